@@ -1,0 +1,19 @@
+//! Pure core of Shoal: everything that can be decided without a socket, a file or a clock.
+//!
+//! Invariant: this crate depends on no async runtime and does no I/O. The swarm engine, the
+//! services and the load-test simulator all drive the same code here, so what is tested here
+//! is what runs in production.
+
+pub mod digest;
+pub mod metainfo;
+pub mod peer_id;
+pub mod picker;
+pub mod ring;
+pub mod wire;
+
+pub use digest::{Digest, DigestHasher, ParseDigestError};
+pub use metainfo::{MetaInfo, MetaInfoError, PieceHash, PieceIndex};
+pub use peer_id::PeerId;
+
+/// One mebibyte.
+pub const MIB: u64 = 1024 * 1024;
