@@ -4,6 +4,7 @@
 //! services and the load-test simulator all drive the same code here, so what is tested here
 //! is what runs in production.
 
+pub mod api;
 pub mod digest;
 pub mod metainfo;
 pub mod peer_id;

@@ -1,1 +1,18 @@
-//! shoal-runtime.
+//! What every Shoal service shares, so each binary stays thin: typed YAML configuration with
+//! unknown keys rejected ([`config`]), byte sizes and rates in humane units ([`units`]), the
+//! admin HTTP server with `/health`, `/ready` and `/metrics` ([`admin`]), signal handling and
+//! task spawning tied to a cancellation token ([`task`]).
+//!
+//! Invariant: nothing here reads the environment or global state on behalf of a library;
+//! binaries call these helpers, libraries receive their results.
+
+pub mod admin;
+pub mod config;
+pub mod task;
+pub mod units;
+
+pub use admin::{Admin, Phase};
+pub use config::{ConfigError, EX_CONFIG};
+pub use admin::serve;
+pub use task::{init_tracing, spawn, wait_for_signal};
+pub use units::{ByteSize, Duration};

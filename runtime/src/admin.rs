@@ -1,0 +1,93 @@
+//! Health, readiness and metrics endpoints, served by every service beside its own API, and
+//! the service's lifecycle [`Phase`].
+//!
+//! Each node owns one `prometheus::Registry`, made by whoever builds the node and passed
+//! down, so several nodes in one process (the in-process cluster tests) keep separate
+//! figures.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus::{Encoder, Registry, TextEncoder};
+use tokio::sync::watch;
+
+/// Where a service is in its life. Readiness is true only in `Ready`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Starting,
+    Ready,
+    Draining,
+    Stopped,
+}
+
+/// The node's registry and its phase; cheap to clone.
+#[derive(Clone)]
+pub struct Admin {
+    pub registry: Registry,
+    phase: watch::Sender<Phase>,
+}
+
+impl Admin {
+    pub fn new(registry: Registry) -> Admin {
+        Admin { registry, phase: watch::Sender::new(Phase::Starting) }
+    }
+
+    pub fn set_phase(&self, p: Phase) {
+        self.phase.send_replace(p);
+    }
+
+    pub fn phase(&self) -> Phase {
+        *self.phase.borrow()
+    }
+
+    /// A receiver that sees every phase change.
+    pub fn watch_phase(&self) -> watch::Receiver<Phase> {
+        self.phase.subscribe()
+    }
+
+    /// `/health` (alive), `/ready` (ready for traffic), `/metrics` (Prometheus text).
+    pub fn router<S: Clone + Send + Sync + 'static>(&self) -> Router<S> {
+        Router::new()
+            .route("/health", get(|| async { "ok\n" }))
+            .route("/ready", get(ready))
+            .route("/metrics", get(metrics))
+            .with_state(self.clone())
+    }
+}
+
+async fn ready(State(admin): State<Admin>) -> impl IntoResponse {
+    match admin.phase() {
+        Phase::Ready => (StatusCode::OK, "ready\n"),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+    }
+}
+
+async fn metrics(State(admin): State<Admin>) -> impl IntoResponse {
+    let mut buf = Vec::new();
+    if let Err(e) = TextEncoder::new().encode(&admin.registry.gather(), &mut buf) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], format!("{e}").into_bytes());
+    }
+    (StatusCode::OK, [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], buf)
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled, then lets in-flight requests
+/// finish for at most `grace`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: tokio_util::sync::CancellationToken,
+    grace: std::time::Duration,
+) -> std::io::Result<()> {
+    let stop = shutdown.clone();
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await });
+    let mut server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        res = &mut server => res,
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "http drain deadline passed; dropping in-flight requests");
+            Ok(())
+        }
+    }
+}

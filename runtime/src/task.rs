@@ -1,0 +1,65 @@
+//! Spawning and signals.
+//!
+//! Every background task goes through [`spawn`]: it is named, runs inside the caller's
+//! tracing span, stops when its cancellation token fires, and logs its error with the whole
+//! cause chain instead of dropping it.
+
+use std::future::Future;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// Spawns `fut` as a named task that ends early when `cancel` fires.
+pub fn spawn<F>(name: &'static str, cancel: CancellationToken, fut: F) -> JoinHandle<()>
+where
+    F: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let span = tracing::Span::current();
+    tokio::spawn(
+        async move {
+            tokio::select! {
+                res = fut => {
+                    if let Err(e) = res {
+                        tracing::warn!(task = name, "task failed: {e:#}");
+                    }
+                }
+                _ = cancel.cancelled() => {
+                    tracing::trace!(task = name, "task cancelled");
+                }
+            }
+        }
+        .instrument(span),
+    )
+}
+
+/// Resolves on the first SIGTERM or SIGINT (Ctrl-C): both start a graceful drain.
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("cannot install SIGTERM handler: {e}");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received, draining"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, draining"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Installs the process-wide log subscriber (binaries only). `RUST_LOG` overrides `default`.
+pub fn init_tracing(default: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
