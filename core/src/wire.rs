@@ -249,6 +249,9 @@ pub fn encode(msg: &Message<'_>, dst: &mut BytesMut) {
         }
         Message::Bitfield { blob, num_pieces, bits } => {
             assert!(num_pieces > 0 && num_pieces <= MAX_PIECES && bits.len() == (num_pieces as usize).div_ceil(8));
+            // The decoder rejects set spare bits, so writing them would only get us disconnected.
+            let spare = bits.len() * 8 - num_pieces as usize;
+            assert!(bits[bits.len() - 1] & ((1u8 << spare) - 1) == 0, "bitfield has spare bits set");
             dst.put_u32((1 + 36 + bits.len()) as u32);
             dst.put_u8(T_BITFIELD);
             dst.put_slice(blob.as_bytes());
