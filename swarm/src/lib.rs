@@ -1,1 +1,27 @@
-//! shoal-swarm.
+//! Shoal's P2P engine, shared by agents and origins: one [`Swarm`] per node.
+//!
+//! - [`conn`]: the connection driver. Owns a socket: handshake, a reader loop that decodes
+//!   frames with `shoal_core::wire` and a writer fed by a channel, deadlines on every read and
+//!   write. One TCP connection per pair of nodes carries every blob they share.
+//! - [`download`]: one actor task per blob being downloaded. It owns the blob's
+//!   `shoal_core::picker::Picker`, turns events from connections into piece requests, handles
+//!   timeouts, announces to the tracker and dials peers, and commits the blob when done.
+//! - [`store`]: pieces on disk; [`limiter`]: token buckets; [`announce`]: the tracker client;
+//!   [`blocking`]: the bounded pool for disk I/O and hashing.
+//!
+//! Invariant: a piece is written to the store, marked present, announced or served only after
+//! it matched its piece hash; a blob is complete only after its sha256 matched.
+
+pub mod announce;
+pub mod blocking;
+pub mod config;
+pub mod conn;
+pub mod download;
+pub mod limiter;
+pub mod metrics;
+mod node;
+pub mod store;
+
+pub use config::SwarmConfig;
+pub use node::{BlobStats, Swarm, SwarmError};
+pub use store::{BlobFile, Store, StoreError};

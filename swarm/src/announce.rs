@@ -1,0 +1,70 @@
+//! The tracker client: announces a node's part in a blob's swarm and returns peers.
+//!
+//! A blob's tracker is chosen by hashing its digest over the configured trackers (client-side
+//! sharding, so trackers share no state); on failure the next one is tried.
+
+use std::time::Duration;
+
+use shoal_core::Digest;
+use shoal_core::api::{AnnounceRequest, AnnounceResponse};
+
+/// Why an announce failed (the caller retries on its next tick).
+#[derive(Debug, thiserror::Error)]
+pub enum AnnounceError {
+    #[error("no tracker configured")]
+    NoTracker,
+    #[error("tracker {url}: {source}")]
+    Http { url: String, source: reqwest::Error },
+    #[error("tracker {url} answered {status}: {body}")]
+    Status { url: String, status: u16, body: String },
+}
+
+#[derive(Clone)]
+pub struct TrackerClient {
+    urls: Vec<String>,
+    http: reqwest::Client,
+}
+
+impl TrackerClient {
+    pub fn new(urls: Vec<String>, timeout: Duration) -> TrackerClient {
+        let http = reqwest::Client::builder().timeout(timeout).build().expect("http client builds");
+        TrackerClient { urls: urls.into_iter().map(|u| u.trim_end_matches('/').to_string()).collect(), http }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.urls.is_empty()
+    }
+
+    /// Index of the first tracker to ask for `blob`.
+    fn shard(&self, blob: &Digest) -> usize {
+        let b = blob.as_bytes();
+        (u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) % self.urls.len() as u64) as usize
+    }
+
+    pub async fn announce(&self, req: &AnnounceRequest) -> Result<AnnounceResponse, AnnounceError> {
+        if self.urls.is_empty() {
+            return Err(AnnounceError::NoTracker);
+        }
+        let first = self.shard(&req.blob);
+        let mut last_err = None;
+        for k in 0..self.urls.len() {
+            let url = format!("{}/announce", self.urls[(first + k) % self.urls.len()]);
+            match self.try_one(&url, req).await {
+                Ok(r) => return Ok(r),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.expect("at least one tracker was tried"))
+    }
+
+    async fn try_one(&self, url: &str, req: &AnnounceRequest) -> Result<AnnounceResponse, AnnounceError> {
+        let http = |source| AnnounceError::Http { url: url.to_string(), source };
+        let resp = self.http.post(url).json(req).send().await.map_err(http)?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default().chars().take(200).collect();
+            return Err(AnnounceError::Status { url: url.to_string(), status: status.as_u16(), body });
+        }
+        resp.json().await.map_err(http)
+    }
+}

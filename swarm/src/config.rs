@@ -1,0 +1,106 @@
+//! Configuration of the swarm engine, embedded in the agent's and the origin's YAML under
+//! `swarm:`. Every field has a documented default; unknown keys are rejected.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use shoal_runtime::{ByteSize, Duration};
+
+/// Swarm engine settings.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SwarmConfig {
+    /// Where pieces and complete blobs live. Default `./shoal-store`.
+    pub store_dir: PathBuf,
+    /// Tracker base URLs; a blob's tracker is chosen by hashing its digest, the others are
+    /// fallbacks. Default: none (the node then only talks to peers it is told about).
+    pub trackers: Vec<String>,
+    /// Peer address announced to the tracker. Default: the peer listener's local address.
+    pub advertise_addr: Option<SocketAddr>,
+    /// Upload cap in bytes/s for the whole node. Default: unlimited.
+    pub egress_rate: Option<ByteSize>,
+    /// Download cap in bytes/s for the whole node. Default: unlimited.
+    pub ingress_rate: Option<ByteSize>,
+    /// Peer connections at most, in and out together. Default 1024.
+    pub max_connections: usize,
+    /// Peers one blob download talks to at most. Default 16.
+    pub max_peers_per_blob: usize,
+    /// Requests in flight to one peer for one blob. Default 4.
+    pub pipeline_depth: usize,
+    /// Requests in flight to one origin for one blob. Default 4.
+    pub origin_pipeline_depth: usize,
+    /// Pieces one connection uploads at once. Default 8.
+    pub max_uploads_per_connection: usize,
+    /// Base time a piece request may take before it is given to another peer; a capped link
+    /// adds the time the pipeline needs at the cap. Default 10s.
+    pub request_timeout: Duration,
+    /// Deadline for connect and handshake. Default 5s.
+    pub handshake_timeout: Duration,
+    /// Deadline for any one socket write, and the longest silence before a connection is
+    /// dropped (keep-alives go out at a third of it). Default 30s.
+    pub io_timeout: Duration,
+    /// How long a blob download may take before its waiters get an error. Default 30m.
+    pub download_timeout: Duration,
+    /// How long a peer that sent a corrupt piece or broke the protocol is shunned. Default 5m.
+    pub blacklist_duration: Duration,
+    /// Threads doing disk I/O and hashing at once. Default 8.
+    pub blocking_threads: usize,
+    /// How often a seeding node re-announces each complete blob; keep it well under the
+    /// tracker's peer TTL. Default 10s.
+    pub seed_announce_interval: Duration,
+    /// Seed of the piece picker's random tie-break (0: random per blob).
+    pub picker_seed: u64,
+}
+
+impl Default for SwarmConfig {
+    fn default() -> Self {
+        SwarmConfig {
+            store_dir: PathBuf::from("shoal-store"),
+            trackers: Vec::new(),
+            advertise_addr: None,
+            egress_rate: None,
+            ingress_rate: None,
+            max_connections: 1024,
+            max_peers_per_blob: 16,
+            pipeline_depth: 4,
+            origin_pipeline_depth: 4,
+            max_uploads_per_connection: 8,
+            request_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
+            io_timeout: Duration::from_secs(30),
+            download_timeout: Duration::from_secs(30 * 60),
+            blacklist_duration: Duration::from_secs(300),
+            blocking_threads: 8,
+            seed_announce_interval: Duration::from_secs(10),
+            picker_seed: 0,
+        }
+    }
+}
+
+impl SwarmConfig {
+    /// Checks the values that cannot be expressed in types.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("max_connections", self.max_connections),
+            ("max_peers_per_blob", self.max_peers_per_blob),
+            ("pipeline_depth", self.pipeline_depth),
+            ("origin_pipeline_depth", self.origin_pipeline_depth),
+            ("max_uploads_per_connection", self.max_uploads_per_connection),
+            ("blocking_threads", self.blocking_threads),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(format!("swarm.{name} must be at least 1"));
+            }
+        }
+        for t in &self.trackers {
+            if !(t.starts_with("http://") || t.starts_with("https://")) {
+                return Err(format!("swarm.trackers entry {t:?} must be an http:// or https:// URL"));
+            }
+        }
+        if self.io_timeout.get() < std::time::Duration::from_secs(1) {
+            return Err("swarm.io_timeout must be at least 1s".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,574 @@
+//! The connection driver: one task per peer connection, owning the socket.
+//!
+//! After the handshake the socket is split: a writer task drains a channel of outgoing frames
+//! (sending a keep-alive when idle), and the reader loop decodes frames and dispatches them.
+//! Every read and write has a deadline. A protocol violation, a corrupt piece or a deadline
+//! closes this connection and nothing else; a corrupt piece or a bad frame also blacklists
+//! the peer for `blacklist_duration`.
+//!
+//! Uploads: a `Request` is served by a short task holding one of the connection's upload
+//! permits, released only once the piece is written to the socket, so memory held by a
+//! connection for uploads is bounded by `max_uploads_per_connection` pieces.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use shoal_core::wire::{self, DecodeError, Message, PROTOCOL_VERSION, RejectReason};
+use shoal_core::{Digest, PeerId};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::download::Event;
+use crate::node::Node;
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("peer sent an invalid frame: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("deadline of {0:?} passed")]
+    Timeout(Duration),
+    #[error("peer broke the protocol: {0}")]
+    Protocol(String),
+    #[error("peer sent piece {piece} of {blob} that failed its hash")]
+    CorruptPiece { blob: Digest, piece: u32 },
+    #[error("connection refused: {0}")]
+    Refused(&'static str),
+    #[error("closed")]
+    Closed,
+}
+
+impl ConnError {
+    /// Whether the peer misbehaved (as opposed to the network failing).
+    fn is_peer_fault(&self) -> bool {
+        matches!(self, ConnError::Decode(_) | ConnError::Protocol(_) | ConnError::CorruptPiece { .. })
+    }
+}
+
+/// One frame to write: a header or whole small message, and piece data after it.
+pub(crate) struct Out {
+    head: Bytes,
+    data: Option<Bytes>,
+    /// Upload permit released once the data is on the socket.
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// The shared face of a connection: the rest of the node sends through it.
+pub(crate) struct ConnHandle {
+    pub peer_id: PeerId,
+    /// The address we dialed, or the remote socket address of an inbound connection.
+    pub addr: SocketAddr,
+    pub outbound: bool,
+    pub is_origin: bool,
+    tx: mpsc::UnboundedSender<Out>,
+    cancel: CancellationToken,
+    /// Blobs open on this connection (their bitfield was exchanged).
+    pub open: Mutex<HashSet<Digest>>,
+}
+
+impl ConnHandle {
+    pub fn send(&self, msg: &Message<'_>) {
+        let mut buf = BytesMut::with_capacity(64);
+        wire::encode(msg, &mut buf);
+        let _ = self.tx.send(Out { head: buf.freeze(), data: None, _permit: None });
+    }
+
+    pub fn close(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Opens `blob` on this connection by sending our bitfield, once.
+    pub fn open_blob(&self, blob: Digest, num_pieces: u32, bits: &[u8]) {
+        if self.open.lock().insert(blob) {
+            self.send(&Message::Bitfield { blob, num_pieces, bits });
+        }
+    }
+}
+
+/// Accepts peers until the node's token is cancelled.
+pub(crate) async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
+    loop {
+        // Take a connection slot before accepting, so the limit holds at the socket.
+        let permit = tokio::select! {
+            p = node.conn_slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = node.cancel.cancelled() => return,
+        };
+        let (stream, remote) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = node.cancel.cancelled() => return,
+        };
+        let n = node.clone();
+        let span = tracing::debug_span!("peer", %remote, dir = "in");
+        tokio::spawn(
+            async move {
+                let _ = stream.set_nodelay(true);
+                if let Err(e) = run(n, stream, remote, false, false, permit).await {
+                    tracing::debug!("connection ended: {e:#}");
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Connects to `addr` unless a connection to it exists or is being made; returns the
+/// connection once its handshake is done.
+pub(crate) async fn connect(node: &Arc<Node>, addr: SocketAddr, is_origin: bool) -> Option<Arc<ConnHandle>> {
+    if addr == node.advertise || node.is_blacklisted(None, Some(&addr)) {
+        return None;
+    }
+    if let Some(p) = node.addr_peer.get(&addr).map(|p| *p) {
+        if let Some(c) = node.conns.get(&p) {
+            return Some(c.clone());
+        }
+    }
+    if node.dialing.insert(addr, ()).is_some() {
+        return None;
+    }
+    let res = dial(node, addr, is_origin).await;
+    node.dialing.remove(&addr);
+    res
+}
+
+async fn dial(node: &Arc<Node>, addr: SocketAddr, is_origin: bool) -> Option<Arc<ConnHandle>> {
+    let permit = node.conn_slots.clone().try_acquire_owned().ok()?;
+    let deadline = node.cfg.handshake_timeout.get();
+    let stream = match tokio::time::timeout(deadline, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%addr, "connect failed: {e}");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(%addr, "connect timed out");
+            return None;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let n = node.clone();
+    let span = tracing::debug_span!("peer", remote = %addr, dir = "out");
+    tokio::spawn(
+        async move {
+            if let Err(e) = run_with_ready(n, stream, addr, true, is_origin, permit, Some(ready_tx)).await {
+                tracing::debug!("connection ended: {e:#}");
+            }
+        }
+        .instrument(span),
+    );
+    ready_rx.await.ok()
+}
+
+async fn run<S>(
+    node: Arc<Node>,
+    stream: S,
+    addr: SocketAddr,
+    outbound: bool,
+    is_origin: bool,
+    permit: OwnedSemaphorePermit,
+) -> Result<(), ConnError>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    run_with_ready(node, stream, addr, outbound, is_origin, permit, None).await
+}
+
+async fn run_with_ready<S>(
+    node: Arc<Node>,
+    stream: S,
+    addr: SocketAddr,
+    outbound: bool,
+    is_origin: bool,
+    _permit: OwnedSemaphorePermit,
+    ready: Option<tokio::sync::oneshot::Sender<Arc<ConnHandle>>>,
+) -> Result<(), ConnError>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let peer_id = match handshake(&node, &mut rd, &mut wr, &mut buf).await {
+        Ok(p) => p,
+        Err(e) => {
+            node.metrics.connections_rejected.inc();
+            if e.is_peer_fault() {
+                node.metrics.protocol_errors.inc();
+            }
+            return Err(e);
+        }
+    };
+    if peer_id == node.peer_id {
+        return Err(ConnError::Refused("connected to self"));
+    }
+    if node.is_blacklisted(Some(&peer_id), None) {
+        node.metrics.connections_rejected.inc();
+        return Err(ConnError::Refused("peer is blacklisted"));
+    }
+    let is_origin = is_origin || node.origin_addrs.contains_key(&addr);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let cancel = node.cancel.child_token();
+    let handle = Arc::new(ConnHandle {
+        peer_id,
+        addr,
+        outbound,
+        is_origin,
+        tx,
+        cancel: cancel.clone(),
+        open: Mutex::new(HashSet::new()),
+    });
+    if outbound {
+        // Recorded even if this connection loses a duplicate race: the address then resolves
+        // to the connection that won.
+        node.addr_peer.insert(addr, peer_id);
+    }
+    if !register(&node, &handle) {
+        node.metrics.connections_rejected.inc();
+        return Err(ConnError::Refused("duplicate connection"));
+    }
+    node.metrics.connections.inc();
+    if let Some(r) = ready {
+        let _ = r.send(handle.clone());
+    }
+
+    let io_timeout = node.cfg.io_timeout.get();
+    let writer = write_loop(wr, rx, io_timeout);
+    let mut reader = Reader {
+        node: node.clone(),
+        conn: handle.clone(),
+        serving: Arc::new(Mutex::new(HashMap::new())),
+        uploads: Arc::new(Semaphore::new(node.cfg.max_uploads_per_connection)),
+    };
+    let res = tokio::select! {
+        r = reader.read_loop(&mut rd, buf, io_timeout) => r,
+        r = writer => r,
+        _ = cancel.cancelled() => Err(ConnError::Closed),
+    };
+    cancel.cancel();
+    reader.abort_uploads();
+    // Unregister, and tell every blob this peer was in.
+    node.conns.remove_if(&peer_id, |_, c| Arc::ptr_eq(c, &handle));
+    node.metrics.connections.dec();
+    let opened: Vec<Digest> = handle.open.lock().drain().collect();
+    for d in opened {
+        if let Some(e) = node.blobs.get(&d).map(|e| e.clone()) {
+            e.shared.lock().peers.remove(&peer_id);
+            if let Some(a) = e.actor() {
+                let _ = a.send(Event::PeerGone { peer: peer_id });
+            }
+        }
+    }
+    if let Err(e) = &res {
+        if e.is_peer_fault() {
+            node.metrics.protocol_errors.inc();
+            node.shun(peer_id, addr);
+        }
+    }
+    res
+}
+
+/// Registers a connection, resolving a duplicate: of two connections between the same pair,
+/// both sides keep the one dialed by the node with the smaller peer id.
+fn register(node: &Arc<Node>, new: &Arc<ConnHandle>) -> bool {
+    use dashmap::mapref::entry::Entry;
+    match node.conns.entry(new.peer_id) {
+        Entry::Vacant(v) => {
+            v.insert(new.clone());
+            true
+        }
+        Entry::Occupied(mut o) => {
+            let old = o.get().clone();
+            let dialer_of = |c: &ConnHandle| if c.outbound { node.peer_id } else { c.peer_id };
+            let keep_new = if old.outbound == new.outbound {
+                true // The peer reconnected (the old one is dead and not yet noticed).
+            } else {
+                dialer_of(new) < dialer_of(&old)
+            };
+            if keep_new {
+                old.close();
+                o.insert(new.clone());
+            }
+            keep_new
+        }
+    }
+}
+
+async fn handshake<R, W>(node: &Node, rd: &mut R, wr: &mut W, buf: &mut BytesMut) -> Result<PeerId, ConnError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let deadline = node.cfg.handshake_timeout.get();
+    let mut out = BytesMut::new();
+    wire::encode(&Message::Handshake { version: PROTOCOL_VERSION, peer_id: node.peer_id }, &mut out);
+    tokio::time::timeout(deadline, wr.write_all(&out)).await.map_err(|_| ConnError::Timeout(deadline))??;
+    let fut = async {
+        loop {
+            if let Some((msg, used)) = wire::decode(buf)? {
+                let res = match msg {
+                    Message::Handshake { version, peer_id } if version == PROTOCOL_VERSION => Ok(peer_id),
+                    Message::Handshake { version, .. } => {
+                        Err(ConnError::Protocol(format!("unsupported protocol version {version}")))
+                    }
+                    other => Err(ConnError::Protocol(format!("expected handshake, got {}", kind(&other)))),
+                };
+                let _ = buf.split_to(used);
+                return res;
+            }
+            if rd.read_buf(buf).await? == 0 {
+                return Err(ConnError::Closed);
+            }
+            // A handshake is tiny; anything long is not a peer.
+            if buf.len() > 1024 {
+                return Err(ConnError::Protocol("oversized handshake".into()));
+            }
+        }
+    };
+    tokio::time::timeout(deadline, fut).await.map_err(|_| ConnError::Timeout(deadline))?
+}
+
+fn kind(m: &Message<'_>) -> &'static str {
+    match m {
+        Message::KeepAlive => "keep-alive",
+        Message::Handshake { .. } => "handshake",
+        Message::Bitfield { .. } => "bitfield",
+        Message::Have { .. } => "have",
+        Message::Request { .. } => "request",
+        Message::Piece { .. } => "piece",
+        Message::Cancel { .. } => "cancel",
+        Message::Reject { .. } => "reject",
+        Message::Error { .. } => "error",
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut rx: mpsc::UnboundedReceiver<Out>,
+    io_timeout: Duration,
+) -> Result<(), ConnError> {
+    let keepalive = io_timeout / 3;
+    let mut ka = BytesMut::new();
+    wire::encode(&Message::KeepAlive, &mut ka);
+    loop {
+        let out = match tokio::time::timeout(keepalive, rx.recv()).await {
+            Ok(Some(out)) => out,
+            Ok(None) => return Err(ConnError::Closed),
+            Err(_) => Out { head: ka.clone().freeze(), data: None, _permit: None },
+        };
+        let write = async {
+            wr.write_all(&out.head).await?;
+            if let Some(d) = &out.data {
+                wr.write_all(d).await?;
+            }
+            Ok::<_, std::io::Error>(())
+        };
+        tokio::time::timeout(io_timeout, write).await.map_err(|_| ConnError::Timeout(io_timeout))??;
+    }
+}
+
+type Serving = Arc<Mutex<HashMap<(Digest, u32), AbortHandle>>>;
+
+struct Reader {
+    node: Arc<Node>,
+    conn: Arc<ConnHandle>,
+    /// Uploads in progress, so a `Cancel` can stop them.
+    serving: Serving,
+    uploads: Arc<Semaphore>,
+}
+
+impl Reader {
+    async fn read_loop<R: AsyncRead + Unpin>(
+        &mut self,
+        rd: &mut R,
+        mut buf: BytesMut,
+        io_timeout: Duration,
+    ) -> Result<(), ConnError> {
+        loop {
+            // Drain every complete frame in the buffer.
+            while let Some(len) = wire::frame_len(&buf)? {
+                let total = wire::LEN_PREFIX + len;
+                if buf.len() < total {
+                    buf.reserve(total - buf.len());
+                    break;
+                }
+                let frame = buf.split_to(total).freeze();
+                let (msg, _) = wire::decode(&frame)?.ok_or(ConnError::Protocol("incomplete frame".into()))?;
+                self.handle(&frame, msg).await?;
+            }
+            let n = tokio::time::timeout(io_timeout, rd.read_buf(&mut buf))
+                .await
+                .map_err(|_| ConnError::Timeout(io_timeout))??;
+            if n == 0 {
+                return Err(ConnError::Closed);
+            }
+        }
+    }
+
+    fn abort_uploads(&self) {
+        for (_, h) in self.serving.lock().drain() {
+            h.abort();
+        }
+    }
+
+    async fn handle(&mut self, frame: &Bytes, msg: Message<'_>) -> Result<(), ConnError> {
+        let node = &self.node;
+        let peer = self.conn.peer_id;
+        match msg {
+            Message::KeepAlive => {}
+            Message::Handshake { .. } => return Err(ConnError::Protocol("second handshake".into())),
+            Message::Error { code, message } => {
+                tracing::debug!(code, message, "peer sent error");
+                return Err(ConnError::Closed);
+            }
+            Message::Bitfield { blob, num_pieces, bits } => {
+                let Some(entry) = node.entry_or_load(blob).await else {
+                    self.conn.send(&Message::Reject { blob, piece: 0, reason: RejectReason::UnknownBlob });
+                    return Ok(());
+                };
+                if num_pieces != entry.meta.num_pieces() {
+                    return Err(ConnError::Protocol(format!(
+                        "bitfield of {num_pieces} pieces for {blob}, which has {}",
+                        entry.meta.num_pieces()
+                    )));
+                }
+                entry.shared.lock().peers.insert(peer);
+                let ours = entry.bitfield();
+                self.conn.open_blob(blob, num_pieces, &ours);
+                if let Some(a) = entry.actor() {
+                    let _ = a.send(Event::PeerBitfield { conn: self.conn.clone(), bits: bits.to_vec() });
+                }
+            }
+            Message::Have { blob, piece } => {
+                if let Some(e) = node.blobs.get(&blob).map(|e| e.clone()) {
+                    if e.meta.piece(piece).is_none() {
+                        return Err(ConnError::Protocol(format!("have of piece {piece} out of range")));
+                    }
+                    if let Some(a) = e.actor() {
+                        let _ = a.send(Event::Have { peer, piece });
+                    }
+                }
+            }
+            Message::Request { blob, piece } => self.serve(blob, piece),
+            Message::Cancel { blob, piece } => {
+                if let Some(h) = self.serving.lock().remove(&(blob, piece)) {
+                    h.abort();
+                }
+            }
+            Message::Reject { blob, piece, reason } => {
+                if let Some(a) = node.blobs.get(&blob).and_then(|e| e.actor()) {
+                    let ev = match reason {
+                        RejectReason::UnknownBlob => Event::PeerGone { peer },
+                        _ => Event::Rejected { peer, piece },
+                    };
+                    let _ = a.send(ev);
+                }
+            }
+            Message::Piece { blob, piece, data } => {
+                let data = frame.slice_ref(data);
+                self.receive_piece(blob, piece, data).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn serve(&self, blob: Digest, piece: u32) {
+        let reject = |reason| self.conn.send(&Message::Reject { blob, piece, reason });
+        let Some(entry) = self.node.blobs.get(&blob).map(|e| e.clone()) else {
+            return reject(RejectReason::UnknownBlob);
+        };
+        let Some(idx) = entry.meta.piece(piece) else { return reject(RejectReason::NotHave) };
+        if !entry.has_piece(piece) {
+            return reject(RejectReason::NotHave);
+        }
+        let Ok(permit) = self.uploads.clone().try_acquire_owned() else { return reject(RejectReason::Busy) };
+        let node = self.node.clone();
+        let conn = self.conn.clone();
+        let serving = self.serving.clone();
+        let mut map = self.serving.lock();
+        let task = tokio::spawn(async move {
+            let file = entry.file.clone();
+            let read = node.store.blocking().run(move || file.read_piece(idx)).await;
+            let data = match read {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(%blob, piece, "cannot read piece to upload: {e}");
+                    conn.send(&Message::Reject { blob, piece, reason: RejectReason::NotHave });
+                    serving.lock().remove(&(blob, piece));
+                    return;
+                }
+            };
+            node.egress.acquire(data.len()).await;
+            let mut head = BytesMut::with_capacity(wire::LEN_PREFIX + wire::PIECE_HEADER_LEN);
+            wire::encode_piece_header(blob, piece, data.len(), &mut head);
+            node.metrics.bytes_out.inc_by(data.len() as u64);
+            entry.uploaded.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            serving.lock().remove(&(blob, piece));
+            let _ = conn.tx.send(Out { head: head.freeze(), data: Some(data), _permit: Some(permit) });
+        });
+        map.insert((blob, piece), task.abort_handle());
+    }
+
+    async fn receive_piece(&self, blob: Digest, piece: u32, data: Bytes) -> Result<(), ConnError> {
+        let node = &self.node;
+        node.ingress.acquire(data.len()).await;
+        let Some(entry) = node.blobs.get(&blob).map(|e| e.clone()) else { return Ok(()) };
+        let (actor, partial) = {
+            let s = entry.shared.lock();
+            (s.actor.clone(), s.partial.clone())
+        };
+        let (Some(actor), Some(partial)) = (actor, partial) else { return Ok(()) }; // Not downloading: late duplicate.
+        let Some(idx) = entry.meta.piece(piece) else {
+            return Err(ConnError::Protocol(format!("piece {piece} out of range")));
+        };
+        if entry.has_piece(piece) {
+            return Ok(()); // Endgame duplicate.
+        }
+        let len = data.len() as u64;
+        let verified = node
+            .store
+            .blocking()
+            .run(move || {
+                if !partial.meta().verify_piece(idx, &data) {
+                    return Ok(false);
+                }
+                partial.write_piece(idx, &data).map(|()| true)
+            })
+            .await;
+        match verified {
+            Ok(true) => {
+                node.metrics.pieces_verified.inc();
+                let source = if self.conn.is_origin { "origin" } else { "peer" };
+                node.metrics.bytes_in.with_label_values(&[source]).inc_by(len);
+                let counter = if self.conn.is_origin { &entry.from_origin } else { &entry.from_peers };
+                counter.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+                let _ = actor.send(Event::PieceOk { peer: self.conn.peer_id, piece });
+                Ok(())
+            }
+            Ok(false) => {
+                node.metrics.pieces_corrupt.inc();
+                let _ = actor.send(Event::PieceBad { peer: self.conn.peer_id, piece });
+                Err(ConnError::CorruptPiece { blob, piece })
+            }
+            Err(e) => {
+                let _ = actor.send(Event::StoreFailed { error: Arc::new(e) });
+                Ok(())
+            }
+        }
+    }
+}

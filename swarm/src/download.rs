@@ -1,0 +1,318 @@
+//! The download actor: one task per blob being downloaded.
+//!
+//! It owns the blob's [`Picker`] and the deadlines of its requests; connections send it
+//! [`Event`]s and it answers by sending requests and cancels through connection handles. Piece
+//! data never passes through it: a connection verifies and writes a piece, then reports it.
+//! It announces to the tracker (at once, then at the tracker's interval), dials the peers it
+//! is handed, and when every piece is present commits the blob after the whole-blob sha256
+//! check.
+//!
+//! State machine (see `STATE.md` beside this file): Running → Committing → Complete, or
+//! Failed on timeout, store error or shutdown. Pieces and partial files survive a failure,
+//! so the next attempt resumes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_core::api::AnnounceRequest;
+use shoal_core::picker::{Picker, PickerOptions};
+use shoal_core::wire::Message;
+use shoal_core::{Digest, PeerId};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::conn::{self, ConnHandle};
+use crate::node::{BlobEntry, Node, SwarmError};
+use crate::store::{PartialBlob, StoreError};
+
+/// What connections and helper tasks tell a download actor.
+pub(crate) enum Event {
+    /// A peer opened the blob and sent its bitfield.
+    PeerBitfield { conn: Arc<ConnHandle>, bits: Vec<u8> },
+    Have { peer: PeerId, piece: u32 },
+    /// A piece from `peer` matched its hash and is written.
+    PieceOk { peer: PeerId, piece: u32 },
+    /// A piece from `peer` failed its hash; the connection is being closed.
+    PieceBad { peer: PeerId, piece: u32 },
+    Rejected { peer: PeerId, piece: u32 },
+    PeerGone { peer: PeerId },
+    /// Writing a piece failed (disk full, I/O error).
+    StoreFailed { error: Arc<StoreError> },
+    /// An announce finished; announce again after `interval`.
+    Announced { interval: Duration },
+}
+
+/// How often the actor checks request deadlines.
+const TICK: Duration = Duration::from_millis(100);
+/// Re-announce at least this often while the download has no peer with pieces we need.
+const STALLED_ANNOUNCE: Duration = Duration::from_millis(500);
+
+struct Actor {
+    node: Arc<Node>,
+    entry: Arc<BlobEntry>,
+    picker: Picker<PeerId>,
+    peers: HashMap<PeerId, Arc<ConnHandle>>,
+    /// Deadline of every request in flight.
+    pending: HashMap<(PeerId, u32), Instant>,
+    request_timeout: Duration,
+}
+
+pub(crate) async fn run(
+    node: Arc<Node>,
+    entry: Arc<BlobEntry>,
+    partial: Arc<PartialBlob>,
+    mut rx: mpsc::UnboundedReceiver<Event>,
+) -> Result<(), SwarmError> {
+    let meta = entry.meta.clone();
+    let digest = meta.digest();
+    let have = partial.have();
+    let cfg = &node.cfg;
+    let opts = PickerOptions {
+        max_outstanding_per_peer: cfg.pipeline_depth,
+        max_outstanding_per_origin: cfg.origin_pipeline_depth,
+        seed: if cfg.picker_seed == 0 { rand::random() } else { cfg.picker_seed },
+        ..PickerOptions::default()
+    };
+    // A capped link needs time to drain a full pipeline before the last request is served.
+    let drain = node
+        .ingress
+        .rate()
+        .map(|r| Duration::from_secs_f64(meta.piece_length() as f64 * cfg.pipeline_depth as f64 * 2.0 / r as f64))
+        .unwrap_or_default();
+    let mut actor = Actor {
+        picker: Picker::new(meta.num_pieces(), &have, opts),
+        peers: HashMap::new(),
+        pending: HashMap::new(),
+        request_timeout: cfg.request_timeout.get() + drain,
+        node: node.clone(),
+        entry: entry.clone(),
+    };
+    let deadline = Instant::now() + cfg.download_timeout.get();
+    let mut next_announce = Instant::now();
+    let mut announcing = false;
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    while !actor.picker.is_complete() {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                None => return Err(SwarmError::ShuttingDown),
+                Some(Event::Announced { interval }) => {
+                    announcing = false;
+                    let stalled = actor.peers.is_empty();
+                    next_announce = Instant::now() + if stalled { interval.min(STALLED_ANNOUNCE) } else { interval };
+                }
+                Some(Event::StoreFailed { error }) => return Err(SwarmError::Store(error)),
+                Some(ev) => actor.handle(ev),
+            },
+            _ = tick.tick() => {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(SwarmError::Timeout { digest, secs: cfg.download_timeout.get().as_secs() });
+                }
+                actor.expire(now);
+                if now >= next_announce && !announcing {
+                    announcing = true;
+                    let (n, e) = (node.clone(), entry.clone());
+                    tokio::spawn(async move {
+                        let interval = announce_and_connect(&n, &e).await;
+                        if let Some(a) = e.actor() {
+                            let _ = a.send(Event::Announced { interval });
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    // Every piece is present: cancel leftovers, check the whole blob, commit.
+    for (peer, piece) in actor.pending.keys() {
+        if let Some(c) = actor.peers.get(peer) {
+            c.send(&Message::Cancel { blob: digest, piece: *piece });
+        }
+    }
+    let root = node.store.root().to_path_buf();
+    let p = partial.clone();
+    node.store.blocking().run(move || p.commit(&root)).await?;
+    {
+        let mut s = entry.shared.lock();
+        s.complete = true;
+        s.partial = None;
+    }
+    tracing::info!(%digest, "blob complete");
+    let n = node.clone();
+    tokio::spawn(async move { announce_once(&n, digest, true).await });
+    Ok(())
+}
+
+impl Actor {
+    fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::PeerBitfield { conn, bits } => {
+                let peer = conn.peer_id;
+                if self.node.is_blacklisted(Some(&peer), None) {
+                    return;
+                }
+                self.picker.peer_joined(peer, &bits, conn.is_origin);
+                self.peers.insert(peer, conn);
+                self.fill(peer);
+            }
+            Event::Have { peer, piece } => {
+                self.picker.peer_have(peer, piece);
+                self.fill(peer);
+            }
+            Event::PieceOk { peer, piece } => {
+                self.pending.remove(&(peer, piece));
+                let cancels = self.picker.piece_verified(peer, piece);
+                let blob = self.entry.meta.digest();
+                for other in &cancels {
+                    self.pending.remove(&(*other, piece));
+                    if let Some(c) = self.peers.get(other) {
+                        c.send(&Message::Cancel { blob, piece });
+                    }
+                }
+                self.announce_have(piece);
+                self.fill(peer);
+                for other in cancels {
+                    self.fill(other);
+                }
+            }
+            Event::PieceBad { peer, piece } => {
+                tracing::warn!(%peer, piece, blob = %self.entry.meta.digest(), "corrupt piece; dropping peer");
+                self.picker.piece_failed(peer, piece);
+                self.drop_peer(peer);
+            }
+            Event::Rejected { peer, piece } => {
+                if self.pending.remove(&(peer, piece)).is_some() {
+                    self.picker.request_rejected(peer, piece);
+                }
+                self.fill(peer);
+            }
+            Event::PeerGone { peer } => self.drop_peer(peer),
+            Event::StoreFailed { .. } | Event::Announced { .. } => {}
+        }
+    }
+
+    fn drop_peer(&mut self, peer: PeerId) {
+        self.picker.peer_left(peer);
+        self.peers.remove(&peer);
+        self.pending.retain(|(p, _), _| *p != peer);
+        self.fill_all();
+    }
+
+    /// Records a new piece where uploads see it, and tells every peer of the blob.
+    fn announce_have(&self, piece: u32) {
+        let blob = self.entry.meta.digest();
+        let peers: Vec<PeerId> = {
+            let mut s = self.entry.shared.lock();
+            if let Some(h) = s.have.get_mut(piece as usize) {
+                *h = true;
+            }
+            s.peers.iter().copied().collect()
+        };
+        for p in peers {
+            if let Some(c) = self.node.conns.get(&p) {
+                c.send(&Message::Have { blob, piece });
+            }
+        }
+    }
+
+    fn fill(&mut self, peer: PeerId) {
+        let Some(conn) = self.peers.get(&peer) else { return };
+        let blob = self.entry.meta.digest();
+        let due = Instant::now() + self.request_timeout;
+        for piece in self.picker.next_requests(peer) {
+            conn.send(&Message::Request { blob, piece });
+            self.pending.insert((peer, piece), due);
+        }
+    }
+
+    fn fill_all(&mut self) {
+        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        for p in peers {
+            self.fill(p);
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let expired: Vec<(PeerId, u32)> =
+            self.pending.iter().filter(|(_, due)| **due <= now).map(|(k, _)| *k).collect();
+        if expired.is_empty() {
+            return;
+        }
+        let blob = self.entry.meta.digest();
+        for (peer, piece) in &expired {
+            self.pending.remove(&(*peer, *piece));
+            self.node.metrics.requests_timed_out.inc();
+            self.picker.request_timed_out(*peer, *piece);
+            if let Some(c) = self.peers.get(peer) {
+                c.send(&Message::Cancel { blob, piece: *piece });
+            }
+        }
+        self.fill_all();
+    }
+}
+
+/// Announces a downloading blob and dials the peers handed out, opening the blob on each
+/// connection. Returns when to announce again.
+async fn announce_and_connect(node: &Arc<Node>, entry: &Arc<BlobEntry>) -> Duration {
+    let digest = entry.meta.digest();
+    let req = AnnounceRequest { blob: digest, peer_id: node.peer_id, addr: node.advertise, complete: false, origin: node.is_origin };
+    let resp = match node.tracker.announce(&req).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(%digest, "announce failed: {e:#}");
+            return Duration::from_secs(1);
+        }
+    };
+    let have_peers = entry.shared.lock().peers.len();
+    let room = node.cfg.max_peers_per_blob.saturating_sub(have_peers);
+    let mut dials = Vec::new();
+    for p in resp.peers.into_iter() {
+        if p.origin {
+            node.origin_addrs.insert(p.addr, ());
+        }
+        if p.addr == node.advertise || Some(node.peer_id) == p.peer_id {
+            continue;
+        }
+        // Origins are always dialed: they are the seeds of last resort.
+        if dials.len() >= room && !p.origin {
+            continue;
+        }
+        let (n, e) = (node.clone(), entry.clone());
+        dials.push(async move {
+            if let Some(c) = conn::connect(&n, p.addr, p.origin).await {
+                e.shared.lock().peers.insert(c.peer_id);
+                let bits = e.bitfield();
+                c.open_blob(digest, e.meta.num_pieces(), &bits);
+            }
+        });
+    }
+    futures::future::join_all(dials).await;
+    Duration::from_millis(resp.interval_ms.clamp(100, 60_000))
+}
+
+/// Announces one blob once (seeding or complete); failures are logged.
+pub(crate) async fn announce_once(node: &Arc<Node>, blob: Digest, complete: bool) {
+    if node.tracker.is_empty() {
+        return;
+    }
+    let req = AnnounceRequest { blob, peer_id: node.peer_id, addr: node.advertise, complete, origin: node.is_origin };
+    if let Err(e) = node.tracker.announce(&req).await {
+        tracing::warn!(%blob, "announce failed: {e:#}");
+    }
+}
+
+/// Re-announces every complete blob periodically, so the tracker keeps handing this node out
+/// while it seeds.
+pub(crate) async fn seed_announcer(node: Arc<Node>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let blobs: Vec<Digest> =
+            node.blobs.iter().filter(|e| e.shared.lock().complete).map(|e| *e.key()).collect();
+        for b in blobs {
+            announce_once(&node, b, true).await;
+        }
+    }
+}

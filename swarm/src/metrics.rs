@@ -1,0 +1,64 @@
+//! The swarm engine's Prometheus collectors, registered on the node's own registry.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Collectors of one node's swarm engine.
+#[derive(Clone)]
+pub struct SwarmMetrics {
+    /// Piece bytes received, by source (`origin` or `peer`).
+    pub bytes_in: IntCounterVec,
+    /// Piece bytes sent.
+    pub bytes_out: IntCounter,
+    pub pieces_verified: IntCounter,
+    /// Pieces that failed their hash: each one blacklists its sender.
+    pub pieces_corrupt: IntCounter,
+    pub requests_timed_out: IntCounter,
+    pub connections: IntGauge,
+    pub connections_rejected: IntCounter,
+    pub protocol_errors: IntCounter,
+    pub downloads_active: IntGauge,
+    pub downloads_completed: IntCounter,
+    pub downloads_failed: IntCounter,
+    pub download_seconds: Histogram,
+}
+
+impl SwarmMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<SwarmMetrics> {
+        let m = SwarmMetrics {
+            bytes_in: IntCounterVec::new(
+                Opts::new("shoal_swarm_piece_bytes_received_total", "Piece bytes received and verified, by source"),
+                &["source"],
+            )?,
+            bytes_out: IntCounter::new("shoal_swarm_piece_bytes_sent_total", "Piece bytes uploaded to peers")?,
+            pieces_verified: IntCounter::new("shoal_swarm_pieces_verified_total", "Pieces received that passed their hash")?,
+            pieces_corrupt: IntCounter::new("shoal_swarm_pieces_corrupt_total", "Pieces received that failed their hash")?,
+            requests_timed_out: IntCounter::new("shoal_swarm_requests_timed_out_total", "Piece requests that timed out")?,
+            connections: IntGauge::new("shoal_swarm_connections", "Open peer connections")?,
+            connections_rejected: IntCounter::new(
+                "shoal_swarm_connections_rejected_total",
+                "Peer connections refused (limit, blacklist, duplicate, bad handshake)",
+            )?,
+            protocol_errors: IntCounter::new("shoal_swarm_protocol_errors_total", "Connections closed for a protocol violation")?,
+            downloads_active: IntGauge::new("shoal_swarm_downloads_active", "Blob downloads in progress")?,
+            downloads_completed: IntCounter::new("shoal_swarm_downloads_completed_total", "Blob downloads completed")?,
+            downloads_failed: IntCounter::new("shoal_swarm_downloads_failed_total", "Blob downloads failed")?,
+            download_seconds: Histogram::with_opts(
+                HistogramOpts::new("shoal_swarm_download_seconds", "Time to download a blob through the swarm")
+                    .buckets(prometheus::exponential_buckets(0.05, 2.0, 16)?),
+            )?,
+        };
+        registry.register(Box::new(m.bytes_in.clone()))?;
+        registry.register(Box::new(m.bytes_out.clone()))?;
+        registry.register(Box::new(m.pieces_verified.clone()))?;
+        registry.register(Box::new(m.pieces_corrupt.clone()))?;
+        registry.register(Box::new(m.requests_timed_out.clone()))?;
+        registry.register(Box::new(m.connections.clone()))?;
+        registry.register(Box::new(m.connections_rejected.clone()))?;
+        registry.register(Box::new(m.protocol_errors.clone()))?;
+        registry.register(Box::new(m.downloads_active.clone()))?;
+        registry.register(Box::new(m.downloads_completed.clone()))?;
+        registry.register(Box::new(m.downloads_failed.clone()))?;
+        registry.register(Box::new(m.download_seconds.clone()))?;
+        Ok(m)
+    }
+}

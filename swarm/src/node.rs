@@ -1,0 +1,387 @@
+//! One node's swarm state: its identity, store, limits, the blobs it downloads or seeds, and
+//! its peer connections.
+//!
+//! Lock notice: `BlobEntry::shared` is a sync mutex held only for short updates, never across
+//! an await and never while taking a `DashMap` shard lock of `Node::conns` or `Node::blobs`.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use shoal_core::wire::pack_bits;
+use shoal_core::{Digest, MetaInfo, PeerId};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::announce::TrackerClient;
+use crate::blocking::Blocking;
+use crate::config::SwarmConfig;
+use crate::conn::ConnHandle;
+use crate::download::{self, Event};
+use crate::limiter::Limiter;
+use crate::metrics::SwarmMetrics;
+use crate::store::{BlobFile, PartialBlob, Store, StoreError};
+
+/// Why a download or a seed failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SwarmError {
+    #[error("store: {0}")]
+    Store(Arc<StoreError>),
+    #[error("download of {digest} timed out after {secs}s")]
+    Timeout { digest: Digest, secs: u64 },
+    #[error("node is shutting down")]
+    ShuttingDown,
+    #[error("blob {0} is not in the store")]
+    NotStored(Digest),
+    #[error("download failed: {0}")]
+    Failed(Arc<str>),
+}
+
+impl From<StoreError> for SwarmError {
+    fn from(e: StoreError) -> SwarmError {
+        SwarmError::Store(Arc::new(e))
+    }
+}
+
+/// Where a blob's download stands, as waiters see it.
+#[derive(Clone, Debug)]
+pub(crate) enum Status {
+    Running,
+    Complete,
+    Failed(SwarmError),
+}
+
+/// Byte counts of one blob on this node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BlobStats {
+    pub from_origin: u64,
+    pub from_peers: u64,
+    pub uploaded: u64,
+    pub complete: bool,
+}
+
+/// A blob this node downloads or seeds.
+pub(crate) struct BlobEntry {
+    pub meta: MetaInfo,
+    pub file: Arc<BlobFile>,
+    pub shared: Mutex<BlobShared>,
+    pub from_origin: AtomicU64,
+    pub from_peers: AtomicU64,
+    pub uploaded: AtomicU64,
+    pub status: watch::Sender<Status>,
+}
+
+pub(crate) struct BlobShared {
+    /// Pieces we can serve (verified and written).
+    pub have: Vec<bool>,
+    pub complete: bool,
+    /// Connections that opened this blob (sent or received its bitfield).
+    pub peers: HashSet<PeerId>,
+    /// The download actor, while downloading.
+    pub actor: Option<mpsc::UnboundedSender<Event>>,
+    /// The partial file, while downloading.
+    pub partial: Option<Arc<PartialBlob>>,
+}
+
+impl BlobEntry {
+    pub fn bitfield(&self) -> Vec<u8> {
+        let s = self.shared.lock();
+        if s.complete {
+            pack_bits(self.meta.num_pieces(), |_| true)
+        } else {
+            pack_bits(self.meta.num_pieces(), |i| s.have[i as usize])
+        }
+    }
+
+    pub fn has_piece(&self, i: u32) -> bool {
+        let s = self.shared.lock();
+        s.complete || s.have.get(i as usize).copied().unwrap_or(false)
+    }
+
+    pub fn actor(&self) -> Option<mpsc::UnboundedSender<Event>> {
+        self.shared.lock().actor.clone()
+    }
+
+    pub fn stats(&self) -> BlobStats {
+        BlobStats {
+            from_origin: self.from_origin.load(Ordering::Relaxed),
+            from_peers: self.from_peers.load(Ordering::Relaxed),
+            uploaded: self.uploaded.load(Ordering::Relaxed),
+            complete: self.shared.lock().complete,
+        }
+    }
+}
+
+/// Everything one node's tasks share.
+pub(crate) struct Node {
+    pub peer_id: PeerId,
+    pub advertise: SocketAddr,
+    pub is_origin: bool,
+    pub cfg: SwarmConfig,
+    pub store: Store,
+    pub metrics: SwarmMetrics,
+    pub egress: Limiter,
+    pub ingress: Limiter,
+    pub tracker: TrackerClient,
+    pub blobs: DashMap<Digest, Arc<BlobEntry>>,
+    /// Serializes the start of a download per digest.
+    pub starting: DashMap<Digest, Arc<tokio::sync::Mutex<()>>>,
+    pub conns: DashMap<PeerId, Arc<ConnHandle>>,
+    /// Dial addresses resolved to the peer behind them.
+    pub addr_peer: DashMap<SocketAddr, PeerId>,
+    /// Dials in progress, so a peer is dialed once.
+    pub dialing: DashMap<SocketAddr, ()>,
+    /// Peer addresses the tracker reported as origins.
+    pub origin_addrs: DashMap<SocketAddr, ()>,
+    /// Shunned peers and until when.
+    pub blacklist: DashMap<PeerId, Instant>,
+    pub blacklist_addrs: DashMap<SocketAddr, Instant>,
+    pub conn_slots: Arc<Semaphore>,
+    pub cancel: CancellationToken,
+}
+
+impl Node {
+    pub fn is_blacklisted(&self, peer: Option<&PeerId>, addr: Option<&SocketAddr>) -> bool {
+        let now = Instant::now();
+        let hit = |until: Option<Instant>| until.is_some_and(|u| u > now);
+        hit(peer.and_then(|p| self.blacklist.get(p).map(|e| *e))) || hit(addr.and_then(|a| self.blacklist_addrs.get(a).map(|e| *e)))
+    }
+
+    pub fn shun(&self, peer: PeerId, addr: SocketAddr) {
+        let until = Instant::now() + self.cfg.blacklist_duration.get();
+        tracing::warn!(%peer, %addr, "blacklisting peer");
+        self.blacklist.insert(peer, until);
+        self.blacklist_addrs.insert(addr, until);
+        if let Some((_, c)) = self.conns.remove(&peer) {
+            c.close();
+        }
+    }
+
+    /// The entry of a blob we download or seed; loads a stored complete blob on demand.
+    pub async fn entry_or_load(self: &Arc<Self>, d: Digest) -> Option<Arc<BlobEntry>> {
+        if let Some(e) = self.blobs.get(&d) {
+            return Some(e.clone());
+        }
+        match self.store.open_complete(d).await {
+            Ok(Some(file)) => Some(self.register_complete(file)),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(%d, "cannot open stored blob: {e:#}");
+                None
+            }
+        }
+    }
+
+    pub fn register_complete(self: &Arc<Self>, file: Arc<BlobFile>) -> Arc<BlobEntry> {
+        let d = file.meta().digest();
+        self.blobs
+            .entry(d)
+            .or_insert_with(|| {
+                let n = file.meta().num_pieces() as usize;
+                Arc::new(BlobEntry {
+                    meta: file.meta().clone(),
+                    file,
+                    shared: Mutex::new(BlobShared {
+                        have: vec![true; n],
+                        complete: true,
+                        peers: HashSet::new(),
+                        actor: None,
+                        partial: None,
+                    }),
+                    from_origin: AtomicU64::new(0),
+                    from_peers: AtomicU64::new(0),
+                    uploaded: AtomicU64::new(0),
+                    status: watch::Sender::new(Status::Complete),
+                })
+            })
+            .clone()
+    }
+}
+
+/// Handle to one node's swarm engine; cheap to clone.
+#[derive(Clone)]
+pub struct Swarm {
+    node: Arc<Node>,
+}
+
+impl Swarm {
+    /// Builds the engine and starts accepting peers on `listener`. `is_origin` nodes announce
+    /// themselves as origins. Everything stops when `shutdown` is cancelled.
+    pub fn start(
+        cfg: SwarmConfig,
+        listener: TcpListener,
+        registry: &prometheus::Registry,
+        is_origin: bool,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Swarm> {
+        cfg.validate().map_err(anyhow::Error::msg)?;
+        let local = listener.local_addr()?;
+        let advertise = cfg.advertise_addr.unwrap_or(local);
+        let blocking = Blocking::new(cfg.blocking_threads);
+        let store = Store::open(&cfg.store_dir, blocking)?;
+        let node = Arc::new(Node {
+            peer_id: PeerId::random(),
+            advertise,
+            is_origin,
+            store,
+            metrics: SwarmMetrics::new(registry)?,
+            egress: Limiter::new(cfg.egress_rate.map(|b| b.0)),
+            ingress: Limiter::new(cfg.ingress_rate.map(|b| b.0)),
+            tracker: TrackerClient::new(cfg.trackers.clone(), cfg.io_timeout.get()),
+            blobs: DashMap::new(),
+            starting: DashMap::new(),
+            conns: DashMap::new(),
+            addr_peer: DashMap::new(),
+            dialing: DashMap::new(),
+            origin_addrs: DashMap::new(),
+            blacklist: DashMap::new(),
+            blacklist_addrs: DashMap::new(),
+            conn_slots: Arc::new(Semaphore::new(cfg.max_connections)),
+            cancel: shutdown.child_token(),
+            cfg,
+        });
+        tracing::info!(peer_id = %node.peer_id, %local, %advertise, is_origin, "swarm listening");
+        let n = node.clone();
+        shoal_runtime::spawn("peer-accept", node.cancel.clone(), async move {
+            crate::conn::accept_loop(n, listener).await;
+            Ok(())
+        });
+        let n = node.clone();
+        let every = n.cfg.seed_announce_interval.get();
+        shoal_runtime::spawn("seed-announcer", node.cancel.clone(), async move {
+            download::seed_announcer(n, every).await;
+            Ok(())
+        });
+        Ok(Swarm { node })
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.node.peer_id
+    }
+
+    pub fn advertise_addr(&self) -> SocketAddr {
+        self.node.advertise
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.node.store
+    }
+
+    /// Byte counts for a blob this node has touched since it started.
+    pub fn stats(&self, d: &Digest) -> Option<BlobStats> {
+        self.node.blobs.get(d).map(|e| e.stats())
+    }
+
+    /// Open peer connections.
+    pub fn connections(&self) -> usize {
+        self.node.conns.len()
+    }
+
+    /// The complete blob, if this node holds it.
+    pub async fn complete(&self, d: Digest) -> Result<Option<Arc<BlobFile>>, SwarmError> {
+        if let Some(e) = self.node.blobs.get(&d) {
+            if e.shared.lock().complete {
+                return Ok(Some(e.file.clone()));
+            }
+            return Ok(None);
+        }
+        Ok(self.node.store.open_complete(d).await?)
+    }
+
+    /// Starts seeding a blob already complete in the store, and announces it.
+    pub async fn seed(&self, d: Digest) -> Result<(), SwarmError> {
+        let file = self.node.store.open_complete(d).await?.ok_or(SwarmError::NotStored(d))?;
+        self.node.register_complete(file);
+        download::announce_once(&self.node, d, true).await;
+        Ok(())
+    }
+
+    /// Downloads the blob `meta` describes through the swarm (or finds it stored), and
+    /// returns its verified file. Concurrent calls for one blob share one download; the
+    /// download goes on if the caller goes away.
+    pub async fn download(&self, meta: MetaInfo) -> Result<Arc<BlobFile>, SwarmError> {
+        let d = meta.digest();
+        let entry = self.start_download(meta).await?;
+        let mut rx = entry.status.subscribe();
+        loop {
+            let st = rx.borrow_and_update().clone();
+            match st {
+                Status::Complete => return Ok(entry.file.clone()),
+                Status::Failed(e) => return Err(e),
+                Status::Running => {}
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return Err(SwarmError::ShuttingDown) },
+                _ = self.node.cancel.cancelled() => return Err(SwarmError::ShuttingDown),
+            }
+            let _ = d;
+        }
+    }
+
+    async fn start_download(&self, meta: MetaInfo) -> Result<Arc<BlobEntry>, SwarmError> {
+        let node = &self.node;
+        let d = meta.digest();
+        let lock = node.starting.entry(d).or_default().clone();
+        let _guard = lock.lock().await;
+        if let Some(e) = node.blobs.get(&d).map(|e| e.clone()) {
+            // A failed download is retried by a new call; a running or complete one is shared.
+            if !matches!(*e.status.borrow(), Status::Failed(_)) {
+                return Ok(e);
+            }
+            node.blobs.remove(&d);
+        }
+        if let Some(file) = node.store.open_complete(d).await? {
+            return Ok(node.register_complete(file));
+        }
+        let partial = node.store.open_partial(meta.clone()).await?;
+        let have = partial.have();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let entry = Arc::new(BlobEntry {
+            meta,
+            file: partial.file().clone(),
+            shared: Mutex::new(BlobShared {
+                have,
+                complete: false,
+                peers: HashSet::new(),
+                actor: Some(tx),
+                partial: Some(partial.clone()),
+            }),
+            from_origin: AtomicU64::new(0),
+            from_peers: AtomicU64::new(0),
+            uploaded: AtomicU64::new(0),
+            status: watch::Sender::new(Status::Running),
+        });
+        node.blobs.insert(d, entry.clone());
+        let n = node.clone();
+        let e = entry.clone();
+        let cancel = node.cancel.clone();
+        tokio::spawn(async move {
+            n.metrics.downloads_active.inc();
+            let started = Instant::now();
+            let res = tokio::select! {
+                r = download::run(n.clone(), e.clone(), partial, rx) => r,
+                _ = cancel.cancelled() => Err(SwarmError::ShuttingDown),
+            };
+            n.metrics.downloads_active.dec();
+            e.shared.lock().actor = None;
+            match res {
+                Ok(()) => {
+                    n.metrics.downloads_completed.inc();
+                    n.metrics.download_seconds.observe(started.elapsed().as_secs_f64());
+                    e.status.send_replace(Status::Complete);
+                }
+                Err(err) => {
+                    tracing::warn!(digest = %e.meta.digest(), "download failed: {err:#}");
+                    n.metrics.downloads_failed.inc();
+                    e.status.send_replace(Status::Failed(err));
+                }
+            }
+        });
+        Ok(entry)
+    }
+}
