@@ -78,8 +78,7 @@ impl Ring {
 
     /// The owners of `blob`, best first: `min(replicas, nodes)` distinct nodes.
     pub fn owners(&self, blob: &Digest) -> Vec<&OriginNode> {
-        let mut scored: Vec<(u64, &OriginNode)> =
-            self.nodes.iter().map(|n| (score(&n.id, blob), n)).collect();
+        let mut scored: Vec<(u64, &OriginNode)> = self.nodes.iter().map(|n| (score(&n.id, blob), n)).collect();
         let n_owners = self.replicas.min(scored.len());
         if n_owners < scored.len() {
             scored.select_nth_unstable_by(n_owners - 1, best_first);
@@ -152,10 +151,7 @@ mod tests {
     }
 
     fn owner_ids(ring: &Ring, blob: &Digest) -> Vec<String> {
-        ring.owners(blob)
-            .into_iter()
-            .map(|n| n.id.clone())
-            .collect()
+        ring.owners(blob).into_iter().map(|n| n.id.clone()).collect()
     }
 
     /// 1,000 digests that are uniformly spread but the same in every run.
@@ -174,18 +170,12 @@ mod tests {
     #[test]
     fn rejects_bad_rings() {
         assert_eq!(Ring::new(vec![], 3).unwrap_err(), RingError::Empty);
-        assert_eq!(
-            Ring::new(vec![node("a")], 0).unwrap_err(),
-            RingError::ZeroReplicas
-        );
+        assert_eq!(Ring::new(vec![node("a")], 0).unwrap_err(), RingError::ZeroReplicas);
         assert_eq!(
             Ring::new(vec![node("a"), node("b"), node("a")], 2).unwrap_err(),
             RingError::DuplicateId("a".into())
         );
-        assert_eq!(
-            Ring::new(vec![node("")], 1).unwrap_err(),
-            RingError::EmptyId
-        );
+        assert_eq!(Ring::new(vec![node("")], 1).unwrap_err(), RingError::EmptyId);
     }
 
     #[test]
@@ -282,10 +272,7 @@ mod tests {
             assert_eq!(kept, old_kept);
         }
         // Expect 3000/11 ≈ 273.
-        assert!(
-            (200..=350).contains(&changed),
-            "{changed} of 1000 owner sets changed"
-        );
+        assert!((200..=350).contains(&changed), "{changed} of 1000 owner sets changed");
     }
 
     #[test]
@@ -318,8 +305,7 @@ mod tests {
     // `score`). Never edit them to make a change pass: a different hash gives different owners,
     // and a mixed-version cluster would then disagree about who owns a blob.
 
-    const EMPTY_BLOB: &str =
-        "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    const EMPTY_BLOB: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
     #[test]
     fn compat_scores() {
@@ -339,30 +325,10 @@ mod tests {
     fn compat_owner_order() {
         let five: &[&str] = &["origin-a", "origin-b", "origin-c", "origin-d", "origin-e"];
         let table: &[(&[&str], usize, Digest, &[&str])] = &[
-            (
-                five,
-                5,
-                EMPTY_BLOB.parse().unwrap(),
-                &["origin-b", "origin-d", "origin-c", "origin-e", "origin-a"],
-            ),
-            (
-                five,
-                5,
-                Digest::of(b"shoal"),
-                &["origin-c", "origin-d", "origin-e", "origin-a", "origin-b"],
-            ),
-            (
-                five,
-                3,
-                Digest::of(b"layer"),
-                &["origin-b", "origin-a", "origin-d"],
-            ),
-            (
-                &["tokyo", "paris", "lima"],
-                2,
-                Digest::of(b"config"),
-                &["paris", "tokyo"],
-            ),
+            (five, 5, EMPTY_BLOB.parse().unwrap(), &["origin-b", "origin-d", "origin-c", "origin-e", "origin-a"]),
+            (five, 5, Digest::of(b"shoal"), &["origin-c", "origin-d", "origin-e", "origin-a", "origin-b"]),
+            (five, 3, Digest::of(b"layer"), &["origin-b", "origin-a", "origin-d"]),
+            (&["tokyo", "paris", "lima"], 2, Digest::of(b"config"), &["paris", "tokyo"]),
         ];
         for (ids, replicas, blob, expect) in table {
             let got = owner_ids(&ring(ids, *replicas), blob);
