@@ -1,7 +1,68 @@
-//! Piece picker: which piece to request from which peer. (Stub: the implementation replaces
-//! this file; the public API below is the contract the swarm engine builds against.)
+//! Piece picker: which piece to request from which peer, for one blob and one downloader.
+//!
+//! The swarm engine feeds a [`Picker`] events (a peer joined with its bitfield, announced a
+//! piece, left; a request was rejected or timed out; a piece verified or failed its hash) and
+//! calls [`Picker::next_requests`] whenever a peer's pipeline may have room. It is plain
+//! synchronous state, deliberately: no clock, no I/O, and its only randomness is an RNG seeded
+//! from [`PickerOptions::seed`], so the load-test simulator can drive this same code with
+//! virtual time and replay a run exactly.
+//!
+//! # Policy
+//! - **Rarest first.** Among the pieces a peer has and we lack, the ones held by the fewest
+//!   connected, non-blacklisted peers (origins included) go first, so rare pieces spread before
+//!   their holders leave. Ties are broken at random: each call draws a salt from the seeded RNG
+//!   and orders tied pieces by a bijective hash of `piece ^ salt`.
+//! - **One request per piece.** Outside endgame a piece is requested from at most one peer.
+//! - **Pipelining.** A peer has at most `max_outstanding_per_peer` requests in flight
+//!   (`max_outstanding_per_origin` for an origin); `next_requests` only tops the pipeline up.
+//! - **Origin preference.** Origins are seeds whose upload we want to spend about once per
+//!   piece, so an origin is only asked for pieces that no *askable* non-origin peer has:
+//!   connected, not blacklisted, and without a don't-ask mark on that piece. Excluding
+//!   don't-ask marks is a choice: without it, a piece whose only peer holders rejected it
+//!   would be asked from nobody, and the download would stall although an origin has it.
+//! - **Don't ask.** After a peer rejected a piece or timed out on it, that peer is not asked
+//!   for it again until it announces it again (a `have`, or a fresh bitfield on re-join).
+//! - **Endgame.** When a request is in flight and no missing piece that a connected peer has
+//!   is free any more, [`Picker::next_requests`] may also pick a piece that is outstanding at
+//!   other peers: fewest outstanding requests first, then rarest, then random; at most one
+//!   request per (peer, piece), within the pipeline cap. When only
+//!   [`PickerOptions::endgame_pieces`] pieces or fewer are missing, duplicates are allowed
+//!   even though free pieces remain, but only up to a *second* peer per piece: that case is
+//!   about a slow last peer, not about flooding. [`Picker::in_endgame`] is true in both
+//!   cases. [`Picker::piece_verified`] returns the peers whose duplicate requests to cancel.
+//! - **Blacklist.** A peer that sent a piece failing its hash is blacklisted for this blob for
+//!   good: its requests are released, its bitfield no longer counts, it is never asked again,
+//!   and a later re-join is ignored.
+//!
+//! Inputs are never trusted to be in range: an out-of-range piece, an unknown peer, a short
+//! or long bitfield or `have` slice is ignored or read as "not set", never a panic.
+//!
+//! # Invariants
+//! - A piece is in exactly one state: *have* (no request in flight for it), *requested* (we
+//!   lack it and it is outstanding at a non-empty set of peers, at most once per peer), or
+//!   *free* (we lack it and nobody is asked).
+//! - Every outstanding request is to a connected, non-blacklisted peer; a peer's own list of
+//!   outstanding pieces and the per-piece sets describe the same requests.
+//! - The per-piece availability counts and the `missing`, `requested` and `free` totals equal
+//!   what a recount from the peer bitfields and request sets gives.
+//!
+//! [`Picker::check_invariants`] recomputes all of them from scratch (tests and the simulator
+//! call it; it is far too slow for production).
+//!
+//! # Cost
+//! Bitfields are kept packed (MSB-first, as on the wire), so `next_requests` scans the peer's
+//! bitfield a byte at a time against ours: O(pieces / 8 + candidates × log pipeline) for the
+//! normal pass, O(requests in flight) for the endgame pass, and it allocates only the
+//! returned `Vec`. A join, a leave and a failed piece are O(pieces); every other event is
+//! O(log requests).
 
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::hash::Hash;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::wire::bit;
 
 /// Tunables of the picker.
 #[derive(Clone, Debug)]
@@ -12,63 +73,1013 @@ pub struct PickerOptions {
     pub max_outstanding_per_origin: usize,
     /// Seed of the random tie-break, so a run is reproducible.
     pub seed: u64,
+    /// With this many pieces missing or fewer, a requested piece may also be asked from a
+    /// second peer, even while other pieces are still free.
+    pub endgame_pieces: u32,
 }
 
 impl Default for PickerOptions {
     fn default() -> Self {
-        PickerOptions { max_outstanding_per_peer: 4, max_outstanding_per_origin: 4, seed: 0 }
+        PickerOptions { max_outstanding_per_peer: 4, max_outstanding_per_origin: 4, seed: 0, endgame_pieces: 3 }
     }
 }
 
 /// Per-blob download state.
 pub struct Picker<P> {
-    _p: std::marker::PhantomData<P>,
+    /// Number of pieces of the blob; every per-piece vector has this many entries (or bits).
+    num_pieces: u32,
+    /// Read by `next_requests` for the pipeline caps and the endgame threshold.
+    opts: PickerOptions,
+    /// Pieces we have verified, packed MSB-first; trailing bits are zero.
+    have: Vec<u8>,
+    /// Number of pieces we lack.
+    missing: u32,
+    /// Per piece: connected, non-blacklisted peers (origins included) that have it.
+    /// The rarest-first key.
+    avail: Vec<u32>,
+    /// Per piece: connected, non-blacklisted, non-origin peers that have it and may be asked
+    /// for it (no don't-ask mark). An origin is only asked for pieces where this is zero.
+    askable_peers: Vec<u32>,
+    /// Per piece: outstanding requests, i.e. the size of the piece's range in `inflight`.
+    /// Zero for pieces we have.
+    n_requests: Vec<u32>,
+    /// Pieces in the requested state.
+    n_requested: u32,
+    /// Free pieces some connected peer has: what a normal pass could still assign.
+    /// Zero (with something requested) means endgame.
+    n_free: u32,
+    /// Every outstanding request as (piece, peer), ordered so that one piece's requesters
+    /// are a range: `piece_verified` reads it to return the peers to cancel.
+    inflight: BTreeSet<(u32, P)>,
+    /// Connected peers that are not blacklisted.
+    peers: HashMap<P, PeerState>,
+    /// Peers that sent a bad piece; never in `peers`.
+    blacklist: HashSet<P>,
+    /// Source of the per-call tie-break salt.
+    rng: StdRng,
+    /// Reused by `next_requests` to keep the best candidates without allocating.
+    scratch: BinaryHeap<Candidate>,
 }
 
 impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
-    pub fn new(_num_pieces: u32, _have: &[bool], _opts: PickerOptions) -> Self {
-        todo!()
+    /// Starts a download of `num_pieces` pieces, of which `have[i]` are already here.
+    /// Entries of `have` beyond `num_pieces` are ignored, missing ones read as `false`.
+    pub fn new(num_pieces: u32, have: &[bool], opts: PickerOptions) -> Self {
+        let n = num_pieces as usize;
+        let mut have_bits = vec![0u8; n.div_ceil(8)];
+        let mut missing = num_pieces;
+        for (piece, _) in (0..num_pieces).zip(have).filter(|(_, h)| **h) {
+            set_bit(&mut have_bits, piece, true);
+            missing -= 1;
+        }
+        Picker {
+            num_pieces,
+            rng: StdRng::seed_from_u64(opts.seed),
+            opts,
+            have: have_bits,
+            missing,
+            avail: vec![0; n],
+            askable_peers: vec![0; n],
+            n_requests: vec![0; n],
+            n_requested: 0,
+            n_free: 0,
+            inflight: BTreeSet::new(),
+            peers: HashMap::new(),
+            blacklist: HashSet::new(),
+            scratch: BinaryHeap::new(),
+        }
     }
-    pub fn peer_joined(&mut self, _peer: P, _bits: &[u8], _is_origin: bool) {
-        todo!()
+
+    /// A peer connected and sent its packed bitfield (MSB-first; missing bytes read as unset,
+    /// bits past the last piece are ignored). For a known peer the new bitfield and origin
+    /// flag replace the old ones and its don't-ask marks are cleared; its outstanding requests
+    /// stay. A blacklisted peer is ignored.
+    pub fn peer_joined(&mut self, peer: P, bits: &[u8], is_origin: bool) {
+        if self.blacklist.contains(&peer) {
+            return;
+        }
+        let mut state = match self.peers.remove(&peer) {
+            Some(old) => {
+                self.forget_bits(&old);
+                old
+            }
+            None => PeerState { is_origin: false, bits: Vec::new(), dont_ask: Vec::new(), outstanding: Vec::new() },
+        };
+        state.is_origin = is_origin;
+        state.dont_ask.clear();
+        state.bits.clear();
+        state.bits.resize(self.have.len(), 0);
+        let n = state.bits.len().min(bits.len());
+        state.bits[..n].copy_from_slice(&bits[..n]);
+        clear_tail(&mut state.bits, self.num_pieces);
+        for_each_set(&state.bits, |piece| self.add_avail(piece, !is_origin));
+        self.peers.insert(peer, state);
     }
-    pub fn peer_have(&mut self, _peer: P, _piece: u32) {
-        todo!()
+
+    /// A peer announced a piece; this also lifts its don't-ask mark on that piece.
+    pub fn peer_have(&mut self, peer: P, piece: u32) {
+        if piece >= self.num_pieces {
+            return;
+        }
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let had = bit(&state.bits, piece);
+        let was_askable = had && !bit(&state.dont_ask, piece);
+        let counts_as_peer = !state.is_origin;
+        set_bit(&mut state.bits, piece, true);
+        set_bit(&mut state.dont_ask, piece, false);
+        if !had {
+            self.add_avail(piece, false);
+        }
+        if !was_askable && counts_as_peer {
+            self.askable_peers[piece as usize] += 1;
+        }
     }
-    pub fn peer_left(&mut self, _peer: P) {
-        todo!()
+
+    /// A peer disconnected: its bitfield stops counting and its requests are released, so
+    /// other peers can be asked. A blacklisted peer stays blacklisted.
+    pub fn peer_left(&mut self, peer: P) {
+        self.remove_peer(peer);
     }
-    pub fn next_requests(&mut self, _peer: P) -> Vec<u32> {
-        todo!()
+
+    /// Pieces to request from `peer` now, rarest first, topping its pipeline up to the cap.
+    /// The returned requests count as outstanding until verified, failed, rejected, timed
+    /// out, or the peer leaves. Empty for an unknown or blacklisted peer.
+    pub fn next_requests(&mut self, peer: P) -> Vec<u32> {
+        let Some(state) = self.peers.get(&peer) else {
+            return Vec::new();
+        };
+        let cap =
+            if state.is_origin { self.opts.max_outstanding_per_origin } else { self.opts.max_outstanding_per_peer };
+        let want = cap.saturating_sub(state.outstanding.len());
+        if want == 0 || self.missing == 0 {
+            return Vec::new();
+        }
+        let mut picked = self.pick_free(peer, want);
+        if picked.len() < want && self.in_endgame() {
+            let more = self.pick_duplicates(peer, want - picked.len());
+            picked.extend(more);
+        }
+        picked
     }
-    pub fn piece_verified(&mut self, _from: P, _piece: u32) -> Vec<P> {
-        todo!()
+
+    /// Piece `piece` from `from` passed its hash check. Returns the other peers that still
+    /// have a request for it in flight (the caller cancels them), in peer order. A repeated
+    /// verification returns nothing.
+    pub fn piece_verified(&mut self, from: P, piece: u32) -> Vec<P> {
+        if piece >= self.num_pieces || self.have(piece) {
+            return Vec::new();
+        }
+        // `inflight` is ordered by (piece, peer) and `P` has no least value, so the piece's
+        // requesters are read as the two runs on either side of (piece, from).
+        let below = self.inflight.range(..(piece, from)).rev().take_while(|(p, _)| *p == piece);
+        let from_up = self.inflight.range((piece, from)..).take_while(|(p, _)| *p == piece);
+        let mut requesters: Vec<P> = below.chain(from_up).map(|&(_, q)| q).collect();
+        requesters.sort_unstable();
+        for &q in &requesters {
+            self.remove_request(piece, q);
+        }
+        requesters.retain(|&q| q != from);
+        self.mark_have(piece);
+        requesters
     }
-    pub fn piece_failed(&mut self, _from: P, _piece: u32) {
-        todo!()
+
+    /// Piece `piece` from `from` failed its hash check: `from` is blacklisted for this blob
+    /// (also when it is unknown, so a later join is ignored) and everything it was asked for,
+    /// `piece` included, becomes requestable from others.
+    pub fn piece_failed(&mut self, from: P, _piece: u32) {
+        self.remove_peer(from);
+        self.blacklist.insert(from);
     }
-    pub fn request_rejected(&mut self, _peer: P, _piece: u32) {
-        todo!()
+
+    /// `peer` rejected the request for `piece`: release it and do not ask `peer` for it again
+    /// until it announces the piece again.
+    pub fn request_rejected(&mut self, peer: P, piece: u32) {
+        self.give_up(peer, piece);
     }
-    pub fn request_timed_out(&mut self, _peer: P, _piece: u32) {
-        todo!()
+
+    /// The request for `piece` to `peer` timed out: same as a rejection.
+    pub fn request_timed_out(&mut self, peer: P, piece: u32) {
+        self.give_up(peer, piece);
     }
+
+    /// Whether every piece is here.
     pub fn is_complete(&self) -> bool {
-        todo!()
+        self.missing == 0
     }
-    pub fn have(&self, _piece: u32) -> bool {
-        todo!()
+
+    /// Whether we have `piece`; `false` when out of range.
+    pub fn have(&self, piece: u32) -> bool {
+        bit(&self.have, piece)
     }
+
+    /// Number of pieces we lack.
     pub fn missing(&self) -> u32 {
-        todo!()
+        self.missing
     }
-    pub fn is_blacklisted(&self, _peer: &P) -> bool {
-        todo!()
+
+    pub fn is_blacklisted(&self, peer: &P) -> bool {
+        self.blacklist.contains(peer)
     }
-    pub fn outstanding(&self, _peer: &P) -> usize {
-        todo!()
+
+    /// Requests in flight to `peer`.
+    pub fn outstanding(&self, peer: &P) -> usize {
+        self.peers.get(peer).map_or(0, |s| s.outstanding.len())
     }
+
+    /// Whether duplicate requests are allowed now (see the module doc): something is in
+    /// flight, and either nothing is left to assign normally or few pieces are missing.
     pub fn in_endgame(&self) -> bool {
-        todo!()
+        self.n_requested > 0 && (self.n_free == 0 || self.missing <= self.opts.endgame_pieces)
+    }
+
+    pub fn num_pieces(&self) -> u32 {
+        self.num_pieces
+    }
+
+    /// Connected, non-blacklisted peers (origins included) that have `piece`; 0 when out of
+    /// range.
+    pub fn availability(&self, piece: u32) -> u32 {
+        self.avail.get(piece as usize).copied().unwrap_or(0)
+    }
+
+    /// Recomputes every invariant of the module doc from scratch and panics on the first one
+    /// broken. O(pieces × peers): for tests and the simulator, not for production.
+    pub fn check_invariants(&self) {
+        let n = self.num_pieces as usize;
+        let bytes = n.div_ceil(8);
+        assert_eq!(self.have.len(), bytes, "have bitfield length");
+        assert_eq!(tail_bits(&self.have, self.num_pieces), 0, "have bits past the end");
+        assert_eq!((self.avail.len(), self.askable_peers.len(), self.n_requests.len()), (n, n, n));
+        let mut avail = vec![0u32; n];
+        let mut askable = vec![0u32; n];
+        let mut requests = vec![0u32; n];
+        for (peer, state) in &self.peers {
+            assert!(!self.blacklist.contains(peer), "{peer:?} is connected and blacklisted");
+            assert_eq!(state.bits.len(), bytes, "{peer:?} bitfield length");
+            assert_eq!(tail_bits(&state.bits, self.num_pieces), 0, "{peer:?} bits past the end");
+            assert!(state.dont_ask.is_empty() || state.dont_ask.len() == bytes);
+            for piece in 0..self.num_pieces {
+                if bit(&state.bits, piece) {
+                    avail[piece as usize] += 1;
+                    if !state.is_origin && !bit(&state.dont_ask, piece) {
+                        askable[piece as usize] += 1;
+                    }
+                }
+            }
+            let mut pieces = state.outstanding.clone();
+            pieces.sort_unstable();
+            pieces.dedup();
+            assert_eq!(pieces.len(), state.outstanding.len(), "{peer:?} asked twice for a piece");
+            for &piece in &pieces {
+                assert!(self.inflight.contains(&(piece, *peer)), "{peer:?} piece {piece} not in flight");
+            }
+        }
+        for &(piece, peer) in &self.inflight {
+            assert!(piece < self.num_pieces, "request for out-of-range piece {piece}");
+            let state = self.peers.get(&peer).unwrap_or_else(|| panic!("request to gone {peer:?}"));
+            assert!(state.outstanding.contains(&piece), "{peer:?} piece {piece} not outstanding");
+            requests[piece as usize] += 1;
+        }
+        assert_eq!(avail, self.avail, "availability");
+        assert_eq!(askable, self.askable_peers, "askable peer availability");
+        assert_eq!(requests, self.n_requests, "request counts");
+        let (mut missing, mut requested, mut free) = (0, 0, 0);
+        for piece in 0..self.num_pieces {
+            let i = piece as usize;
+            match (self.have(piece), requests[i]) {
+                (true, 0) => {}
+                (true, k) => panic!("piece {piece} is here but has {k} requests in flight"),
+                (false, 0) => {
+                    missing += 1;
+                    free += u32::from(avail[i] > 0);
+                }
+                (false, _) => {
+                    missing += 1;
+                    requested += 1;
+                }
+            }
+        }
+        assert_eq!(missing, self.missing, "missing count");
+        assert_eq!(requested, self.n_requested, "requested count");
+        assert_eq!(free, self.n_free, "free count");
+    }
+}
+
+/// What the picker knows about one connected, non-blacklisted peer.
+struct PeerState {
+    /// Counted in `askable_peers` when false; selects the pipeline cap.
+    is_origin: bool,
+    /// Its pieces, packed MSB-first, exactly as long as ours; trailing bits are zero.
+    bits: Vec<u8>,
+    /// Pieces not to ask it for (rejected or timed out), packed; empty until the first mark.
+    dont_ask: Vec<u8>,
+    /// Pieces requested from it and not settled yet; mirrors its entries in `inflight`.
+    outstanding: Vec<u32>,
+}
+
+/// A candidate of one `next_requests` pass: (primary key, random tie-break, piece); smaller
+/// is better.
+type Candidate = (u64, u64, u32);
+
+impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
+    /// Normal pass: up to `want` free pieces from `peer`, rarest first.
+    fn pick_free(&mut self, peer: P, want: usize) -> Vec<u32> {
+        let salt: u64 = self.rng.random();
+        let state = &self.peers[&peer];
+        let scratch = &mut self.scratch;
+        for (byte_idx, (&theirs, &ours)) in (0u32..).zip(state.bits.iter().zip(&self.have)) {
+            let dont_ask = state.dont_ask.get(byte_idx as usize).copied().unwrap_or(0);
+            let mut mask = theirs & !ours & !dont_ask;
+            while mask != 0 {
+                let j = mask.leading_zeros();
+                mask &= !(0x80 >> j);
+                let piece = byte_idx * 8 + j;
+                let i = piece as usize;
+                if self.n_requests[i] != 0 || (state.is_origin && self.askable_peers[i] != 0) {
+                    continue;
+                }
+                offer(scratch, want, (u64::from(self.avail[i]), tie_break(salt, piece), piece));
+            }
+        }
+        self.take_picked(peer)
+    }
+
+    /// Endgame pass: up to `want` pieces in flight elsewhere, fewest requests first.
+    fn pick_duplicates(&mut self, peer: P, want: usize) -> Vec<u32> {
+        let salt: u64 = self.rng.random();
+        // With free pieces left we are here only because few pieces are missing: allow a
+        // second requester, not more.
+        let max_requests = if self.n_free == 0 { u32::MAX } else { 2 };
+        let state = &self.peers[&peer];
+        let scratch = &mut self.scratch;
+        let mut last = None;
+        for &(piece, _) in &self.inflight {
+            if last == Some(piece) {
+                continue;
+            }
+            last = Some(piece);
+            let i = piece as usize;
+            let n = self.n_requests[i];
+            if n >= max_requests
+                || !bit(&state.bits, piece)
+                || bit(&state.dont_ask, piece)
+                || (state.is_origin && self.askable_peers[i] != 0)
+                || state.outstanding.contains(&piece)
+            {
+                continue;
+            }
+            let key = (u64::from(n) << 32) | u64::from(self.avail[i]);
+            offer(scratch, want, (key, tie_break(salt, piece), piece));
+        }
+        self.take_picked(peer)
+    }
+
+    /// Empties the scratch heap best-first and records each piece as requested from `peer`.
+    fn take_picked(&mut self, peer: P) -> Vec<u32> {
+        let mut best = std::mem::take(&mut self.scratch).into_sorted_vec();
+        let picked: Vec<u32> = best.iter().map(|c| c.2).collect();
+        best.clear();
+        self.scratch = BinaryHeap::from(best);
+        for &piece in &picked {
+            self.add_request(piece, peer);
+        }
+        picked
+    }
+
+    /// Releases `peer`'s request for `piece`, if any, and marks the piece don't-ask for it.
+    fn give_up(&mut self, peer: P, piece: u32) {
+        if piece >= self.num_pieces || !self.peers.contains_key(&peer) {
+            return;
+        }
+        self.remove_request(piece, peer);
+        if self.have(piece) {
+            return;
+        }
+        let state = self.peers.get_mut(&peer).expect("checked above");
+        if state.dont_ask.is_empty() {
+            state.dont_ask.resize(self.have.len(), 0);
+        }
+        let was_askable = bit(&state.bits, piece) && !bit(&state.dont_ask, piece);
+        set_bit(&mut state.dont_ask, piece, true);
+        if was_askable && !state.is_origin {
+            self.askable_peers[piece as usize] -= 1;
+        }
+    }
+
+    /// Disconnects `peer`: releases its requests and uncounts its bitfield.
+    fn remove_peer(&mut self, peer: P) {
+        let Some(state) = self.peers.remove(&peer) else {
+            return;
+        };
+        for &piece in &state.outstanding {
+            self.inflight.remove(&(piece, peer));
+            self.dec_requests(piece);
+        }
+        self.forget_bits(&state);
+    }
+
+    /// Uncounts the bitfield of a peer that was just taken out of `peers`.
+    fn forget_bits(&mut self, state: &PeerState) {
+        for_each_set(&state.bits, |piece| {
+            let askable = !state.is_origin && !bit(&state.dont_ask, piece);
+            self.sub_avail(piece, askable);
+        });
+    }
+
+    fn add_avail(&mut self, piece: u32, askable: bool) {
+        let i = piece as usize;
+        self.avail[i] += 1;
+        self.askable_peers[i] += u32::from(askable);
+        if self.avail[i] == 1 && self.n_requests[i] == 0 && !self.have(piece) {
+            self.n_free += 1;
+        }
+    }
+
+    fn sub_avail(&mut self, piece: u32, askable: bool) {
+        let i = piece as usize;
+        self.avail[i] -= 1;
+        self.askable_peers[i] -= u32::from(askable);
+        if self.avail[i] == 0 && self.n_requests[i] == 0 && !self.have(piece) {
+            self.n_free -= 1;
+        }
+    }
+
+    /// Records a request for a piece we lack to a connected peer not yet asked for it.
+    fn add_request(&mut self, piece: u32, peer: P) {
+        let i = piece as usize;
+        if self.n_requests[i] == 0 {
+            self.n_requested += 1;
+            if self.avail[i] > 0 {
+                self.n_free -= 1;
+            }
+        }
+        self.n_requests[i] += 1;
+        self.inflight.insert((piece, peer));
+        self.peers.get_mut(&peer).expect("requests go to connected peers").outstanding.push(piece);
+    }
+
+    /// Releases `peer`'s request for `piece` if there is one.
+    fn remove_request(&mut self, piece: u32, peer: P) {
+        if !self.inflight.remove(&(piece, peer)) {
+            return;
+        }
+        let outstanding = &mut self.peers.get_mut(&peer).expect("requests go to connected peers").outstanding;
+        let pos = outstanding.iter().position(|&p| p == piece).expect("mirrors inflight");
+        outstanding.swap_remove(pos);
+        self.dec_requests(piece);
+    }
+
+    /// One request for `piece` is gone (already taken out of `inflight`).
+    fn dec_requests(&mut self, piece: u32) {
+        let i = piece as usize;
+        self.n_requests[i] -= 1;
+        if self.n_requests[i] == 0 {
+            self.n_requested -= 1;
+            if self.avail[i] > 0 {
+                self.n_free += 1;
+            }
+        }
+    }
+
+    /// A free piece we lacked is here now.
+    fn mark_have(&mut self, piece: u32) {
+        debug_assert_eq!(self.n_requests[piece as usize], 0, "requests settled first");
+        set_bit(&mut self.have, piece, true);
+        self.missing -= 1;
+        if self.avail[piece as usize] > 0 {
+            self.n_free -= 1;
+        }
+    }
+}
+
+/// Keeps the `k` smallest candidates offered so far in a max-heap.
+fn offer(heap: &mut BinaryHeap<Candidate>, k: usize, cand: Candidate) {
+    if heap.len() < k {
+        heap.push(cand);
+    } else if let Some(mut worst) = heap.peek_mut()
+        && cand < *worst
+    {
+        *worst = cand;
+    }
+}
+
+/// Orders tied pieces at random: the splitmix64 finalizer is a bijection, so distinct pieces
+/// never tie again and the order depends only on the seeded salt.
+fn tie_break(salt: u64, piece: u32) -> u64 {
+    let mut z = salt ^ u64::from(piece);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Calls `f` with the index of every set bit of a packed MSB-first bitfield.
+fn for_each_set(bits: &[u8], mut f: impl FnMut(u32)) {
+    for (byte_idx, &byte) in (0u32..).zip(bits) {
+        let mut mask = byte;
+        while mask != 0 {
+            let j = mask.leading_zeros();
+            mask &= !(0x80 >> j);
+            f(byte_idx * 8 + j);
+        }
+    }
+}
+
+/// Sets or clears bit `i`; out of range is a no-op.
+fn set_bit(bits: &mut [u8], i: u32, on: bool) {
+    if let Some(b) = bits.get_mut((i / 8) as usize) {
+        if on {
+            *b |= 0x80 >> (i % 8);
+        } else {
+            *b &= !(0x80 >> (i % 8));
+        }
+    }
+}
+
+/// Clears the bits past piece `num_pieces - 1` in the last byte.
+fn clear_tail(bits: &mut [u8], num_pieces: u32) {
+    let used = num_pieces % 8;
+    if let (Some(last), true) = (bits.last_mut(), used != 0) {
+        *last &= 0xff << (8 - used);
+    }
+}
+
+/// The bits past piece `num_pieces - 1` in the last byte.
+fn tail_bits(bits: &[u8], num_pieces: u32) -> u8 {
+    let used = num_pieces % 8;
+    match bits.last() {
+        Some(last) if used != 0 => last & !(0xff << (8 - used)),
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::{Picker, PickerOptions};
+    use crate::wire::pack_bits;
+
+    const A: u8 = 1;
+    const B: u8 = 2;
+    const C: u8 = 3;
+    const D: u8 = 4;
+    const O: u8 = 9;
+
+    /// A peer of a test set-up: (id, pieces it has, is origin).
+    type Peer<'a> = (u8, &'a [u32], bool);
+
+    fn opts(cap: usize) -> PickerOptions {
+        PickerOptions { max_outstanding_per_peer: cap, max_outstanding_per_origin: cap, ..PickerOptions::default() }
+    }
+
+    fn bits(n: u32, pieces: &[u32]) -> Vec<u8> {
+        pack_bits(n, |i| pieces.contains(&i))
+    }
+
+    /// A picker of `n` pieces, none here, with `peers` joined in order.
+    fn setup(n: u32, peers: &[Peer<'_>], opts: PickerOptions) -> Picker<u8> {
+        let mut p = Picker::new(n, &[], opts);
+        for &(id, pieces, is_origin) in peers {
+            p.peer_joined(id, &bits(n, pieces), is_origin);
+        }
+        p.check_invariants();
+        p
+    }
+
+    /// Asks `peer` for its next requests, compares them (sorted) with `expect` and checks the
+    /// invariants.
+    fn check(p: &mut Picker<u8>, peer: u8, expect: &[u32]) -> Vec<u32> {
+        let mut got = p.next_requests(peer);
+        got.sort_unstable();
+        assert_eq!(got, expect, "next_requests({peer})");
+        p.check_invariants();
+        got
+    }
+
+    const ALL8: &[u32] = &[0, 1, 2, 3, 4, 5, 6, 7];
+
+    #[test]
+    fn rarest_first() {
+        let swarm: &[Peer<'_>] = &[(A, ALL8, false), (B, &[0, 1, 2, 3], false), (C, &[0, 1], false)];
+        let with_origin: &[Peer<'_>] = &[(A, &[0, 1, 2], false), (O, ALL8, true), (B, &[0, 1], false)];
+        let cases: &[(&[Peer<'_>], usize, u8, &[u32])] = &[
+            // Pieces 4..8 are held once, 2 and 3 twice, 0 and 1 three times.
+            (swarm, 4, A, &[4, 5, 6, 7]),
+            (swarm, 6, A, &[2, 3, 4, 5, 6, 7]),
+            (swarm, 8, A, ALL8),
+            (swarm, 2, B, &[2, 3]),
+            (swarm, 4, C, &[0, 1]),
+            // Origins count towards availability: 2 is held by A and O only.
+            (with_origin, 1, A, &[2]),
+        ];
+        for &(peers, cap, asked, expect) in cases {
+            let mut p = setup(8, peers, opts(cap));
+            check(&mut p, asked, expect);
+        }
+    }
+
+    #[test]
+    fn tie_break_is_seeded() {
+        let all: Vec<u32> = (0..64).collect();
+        let pick = |seed| {
+            let mut p = setup(64, &[(A, &all, false)], PickerOptions { seed, ..opts(4) });
+            p.next_requests(A)
+        };
+        for seed in 0..8 {
+            assert_eq!(pick(seed), pick(seed), "seed {seed} must replay");
+        }
+        let distinct: BTreeSet<Vec<u32>> = (0..8).map(pick).collect();
+        assert!(distinct.len() > 4, "ties should be broken differently per seed: {distinct:?}");
+    }
+
+    #[test]
+    fn pipeline_cap() {
+        // (is origin, per-peer cap, per-origin cap, pieces asked on the first call)
+        let cases = [(false, 3, 5, 3), (true, 3, 5, 5), (false, 0, 5, 0), (true, 3, 0, 0), (false, 20, 5, 16)];
+        let all: Vec<u32> = (0..16).collect();
+        for (is_origin, per_peer, per_origin, first) in cases {
+            let opts = PickerOptions {
+                max_outstanding_per_peer: per_peer,
+                max_outstanding_per_origin: per_origin,
+                ..PickerOptions::default()
+            };
+            let mut p = setup(16, &[(A, &all, is_origin)], opts);
+            let got = p.next_requests(A);
+            assert_eq!(got.len(), first, "case {is_origin} {per_peer} {per_origin}");
+            assert_eq!(p.outstanding(&A), first);
+            if first == 0 || first == 16 {
+                continue;
+            }
+            check(&mut p, A, &[]);
+            p.piece_verified(A, got[0]);
+            assert_eq!(p.next_requests(A).len(), 1, "one slot freed");
+            assert_eq!(p.outstanding(&A), first);
+        }
+    }
+
+    #[test]
+    fn no_duplicates_outside_endgame() {
+        let all: Vec<u32> = (0..16).collect();
+        let mut p = setup(16, &[(A, &all, false), (B, &all, false), (C, &all, false)], opts(4));
+        let mut asked = BTreeSet::new();
+        for peer in [A, B, C] {
+            for piece in p.next_requests(peer) {
+                assert!(asked.insert(piece), "piece {piece} asked twice");
+            }
+            assert!(!p.in_endgame());
+            p.check_invariants();
+        }
+        assert_eq!(asked.len(), 12);
+    }
+
+    #[test]
+    fn endgame_duplicates_and_cancels() {
+        let all: &[u32] = &[0, 1, 2, 3];
+        let peers: &[Peer<'_>] = &[(A, all, false), (B, all, false), (C, all, false), (D, all, false)];
+        let mut p = setup(4, peers, PickerOptions { endgame_pieces: 0, ..opts(2) });
+        let a = p.next_requests(A);
+        assert!(!p.in_endgame(), "two pieces are still free");
+        let b = p.next_requests(B);
+        assert!(p.in_endgame(), "every missing piece is requested");
+        // Every piece has one request, so C duplicates two of them and D the other two.
+        let c = p.next_requests(C);
+        let mut d = p.next_requests(D);
+        d.extend(&c);
+        d.sort_unstable();
+        assert_eq!(d, all, "fewest outstanding requests first");
+        p.check_invariants();
+        // A already asked for its pieces and its pipeline is full.
+        check(&mut p, A, &[]);
+        // Verifying a piece returns the other peer asked for it.
+        let dup = if c.contains(&a[0]) { C } else { D };
+        assert_eq!(p.piece_verified(A, a[0]), [dup]);
+        assert_eq!(p.outstanding(&A), 1);
+        assert!(p.piece_verified(A, a[0]).is_empty(), "a repeated verification cancels nothing");
+        // A's free slot goes to one of B's pieces: A is never asked twice for one piece.
+        let again = p.next_requests(A);
+        assert_eq!(again.len(), 1);
+        assert!(b.contains(&again[0]), "{again:?} not among {b:?}");
+        // Verified from a peer never asked: every requester is cancelled.
+        let third = if c.contains(&again[0]) { C } else { D };
+        let mut want = vec![A, B, third];
+        want.sort_unstable();
+        assert_eq!(p.piece_verified(O, again[0]), want);
+        p.check_invariants();
+    }
+
+    #[test]
+    fn few_missing_allow_a_second_peer() {
+        // Piece 1 is asked from A; 0 and 2 stay free because C, who has them, is not asked.
+        let peers: &[Peer<'_>] = &[(A, &[1], false), (B, &[1], false), (D, &[1], false), (C, &[0, 2], false)];
+        // (endgame_pieces, B gets, D gets)
+        let cases: &[(u32, &[u32], &[u32])] = &[(3, &[1], &[]), (2, &[], &[]), (0, &[], &[])];
+        for &(endgame_pieces, for_b, for_d) in cases {
+            let mut p = setup(3, peers, PickerOptions { endgame_pieces, ..opts(4) });
+            check(&mut p, A, &[1]);
+            assert_eq!(p.in_endgame(), endgame_pieces >= 3);
+            check(&mut p, B, for_b);
+            check(&mut p, D, for_d);
+        }
+    }
+
+    #[test]
+    fn origin_preference() {
+        let cases: &[(&[Peer<'_>], usize, &[u32])] = &[
+            // Only the pieces no peer has.
+            (&[(O, ALL8, true), (A, &[0, 1, 2, 3], false)], 8, &[4, 5, 6, 7]),
+            // Alone, the origin is asked for everything.
+            (&[(O, ALL8, true)], 8, ALL8),
+            // Nothing when the peers have it all.
+            (&[(O, ALL8, true), (A, &[0, 1, 2, 3], false), (B, &[4, 5, 6, 7], false)], 8, &[]),
+            // Another origin does not count as a peer.
+            (&[(O, &[0, 1], true), (C, &[0, 1], true), (A, &[1], false)], 8, &[0]),
+        ];
+        for &(peers, cap, expect) in cases {
+            let mut p = setup(8, peers, opts(cap));
+            check(&mut p, O, expect);
+        }
+    }
+
+    #[test]
+    fn origin_takes_over_what_peers_cannot_give() {
+        let mut p = setup(4, &[(O, &[0, 1, 2, 3], true), (A, &[0, 1], false), (B, &[2], false)], opts(4));
+        check(&mut p, O, &[3]);
+        // A rejected 0, B left, and a blacklisted peer does not count either.
+        check(&mut p, A, &[0, 1]);
+        p.request_rejected(A, 0);
+        p.peer_left(B);
+        p.peer_joined(C, &bits(4, &[0, 1, 2, 3]), false);
+        p.piece_failed(C, 1);
+        check(&mut p, O, &[0, 2]);
+    }
+
+    #[test]
+    fn blacklist_on_failure() {
+        let mut p = setup(2, &[(A, &[0, 1], false), (B, &[0], false)], opts(4));
+        check(&mut p, A, &[0, 1]);
+        p.piece_failed(A, 0);
+        assert!(p.is_blacklisted(&A));
+        assert!(!p.is_blacklisted(&B));
+        assert_eq!((p.availability(0), p.availability(1)), (1, 0));
+        assert_eq!(p.outstanding(&A), 0);
+        check(&mut p, A, &[]);
+        check(&mut p, B, &[0]);
+        // Re-joining or announcing does not bring it back.
+        p.peer_joined(A, &bits(2, &[0, 1]), false);
+        p.peer_have(A, 1);
+        assert_eq!(p.availability(1), 0);
+        check(&mut p, A, &[]);
+        p.peer_left(A);
+        assert!(p.is_blacklisted(&A), "blacklisted for good");
+    }
+
+    #[test]
+    fn reject_and_timeout() {
+        let give_ups: [fn(&mut Picker<u8>, u8, u32); 2] = [Picker::request_rejected, Picker::request_timed_out];
+        for give_up in give_ups {
+            let peers: &[Peer<'_>] = &[(A, &[0, 1], false), (B, &[0, 1], false), (C, &[1], false)];
+            let mut p = setup(2, peers, opts(1));
+            check(&mut p, A, &[0]);
+            give_up(&mut p, A, 0);
+            assert_eq!(p.outstanding(&A), 0);
+            check(&mut p, A, &[1]);
+            check(&mut p, B, &[0]);
+            // Until A announces 0 again it is not asked for it, even in endgame.
+            p.piece_verified(A, 1);
+            assert!(p.in_endgame());
+            check(&mut p, A, &[]);
+            p.peer_have(A, 0);
+            check(&mut p, A, &[0]);
+            // A re-join with a fresh bitfield also lifts the mark.
+            let mut p = setup(1, &[(A, &[0], false)], opts(1));
+            check(&mut p, A, &[0]);
+            give_up(&mut p, A, 0);
+            check(&mut p, A, &[]);
+            p.peer_joined(A, &bits(1, &[0]), false);
+            check(&mut p, A, &[0]);
+        }
+    }
+
+    #[test]
+    fn peer_left_releases() {
+        let mut p = setup(2, &[(A, &[0, 1], false), (B, &[0, 1], false)], opts(2));
+        check(&mut p, A, &[0, 1]);
+        p.peer_left(A);
+        assert_eq!(p.outstanding(&A), 0);
+        assert_eq!(p.availability(0), 1);
+        assert!(!p.in_endgame());
+        check(&mut p, B, &[0, 1]);
+        check(&mut p, A, &[]);
+    }
+
+    #[test]
+    fn rejoin_replaces_bitfield() {
+        let mut p = setup(3, &[(A, &[0, 1], false), (B, &[0], false)], opts(1));
+        check(&mut p, A, &[1]);
+        p.peer_joined(A, &bits(3, &[2]), true);
+        assert_eq!([0, 1, 2].map(|i| p.availability(i)), [1, 0, 1]);
+        assert_eq!(p.outstanding(&A), 1, "requests in flight stay");
+        p.check_invariants();
+    }
+
+    #[test]
+    fn out_of_range_inputs_never_panic() {
+        const Z: u8 = 77;
+        let mut p = Picker::<u8>::new(10, &[true, false, true], opts(4));
+        assert_eq!(p.missing(), 8);
+        p.peer_joined(A, &[], false);
+        p.peer_joined(B, &[0xff; 100], false);
+        assert_eq!((p.availability(9), p.availability(10), p.availability(u32::MAX)), (1, 0, 0));
+        for piece in [10, 11, u32::MAX] {
+            p.peer_have(A, piece);
+            p.peer_have(Z, piece);
+            p.request_rejected(A, piece);
+            p.request_timed_out(Z, piece);
+            assert!(p.piece_verified(Z, piece).is_empty());
+            assert!(!p.have(piece));
+        }
+        p.peer_have(Z, 0);
+        p.request_rejected(Z, 3);
+        p.peer_left(Z);
+        assert!(p.next_requests(Z).is_empty());
+        assert_eq!(p.outstanding(&Z), 0);
+        assert!(p.piece_verified(Z, 0).is_empty(), "verified from an unknown peer");
+        assert!(p.have(0));
+        p.piece_failed(Z, u32::MAX);
+        assert!(p.is_blacklisted(&Z), "a bad piece from an unknown peer still blacklists it");
+        p.check_invariants();
+
+        let empty = Picker::<u8>::new(0, &[true], opts(4));
+        assert!(empty.is_complete());
+        empty.check_invariants();
+        let mut done = Picker::<u8>::new(3, &[true; 10], opts(4));
+        done.peer_joined(A, &[0xff], false);
+        assert!(done.is_complete());
+        assert!(done.next_requests(A).is_empty());
+        assert!(!done.in_endgame());
+        done.check_invariants();
+    }
+
+    /// A download driven by random events: peers with random bitfields that reject, time out,
+    /// leave, re-join and learn pieces, one corrupt peer, and an origin that has everything.
+    #[test]
+    fn simulated_download_completes() {
+        const N: u32 = 200;
+        const ORIGIN: u8 = 0;
+        const BAD: u8 = 7;
+        const NUM_PEERS: u8 = 8;
+        for seed in 0..4 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let have: Vec<bool> = (0..N).map(|_| rng.random_bool(0.1)).collect();
+            let mut p = Picker::new(N, &have, PickerOptions { seed, ..opts(3) });
+            let mut holds: Vec<Vec<bool>> =
+                (0..NUM_PEERS).map(|q| (0..N).map(|_| q == ORIGIN || rng.random_bool(0.4)).collect()).collect();
+            let mut connected = vec![true; usize::from(NUM_PEERS)];
+            for q in 0..NUM_PEERS {
+                p.peer_joined(q, &pack_bits(N, |i| holds[usize::from(q)][i as usize]), q == ORIGIN);
+            }
+            // Mirrors the picker's outstanding requests.
+            let mut pending: Vec<(u8, u32)> = Vec::new();
+            for _ in 0..50_000 {
+                if p.is_complete() {
+                    break;
+                }
+                let q = rng.random_range(0..NUM_PEERS);
+                match rng.random_range(0..10) {
+                    0..4 => {
+                        let got = p.next_requests(q);
+                        for &piece in &got {
+                            assert!(holds[usize::from(q)][piece as usize] && !p.have(piece));
+                            assert!(!pending.contains(&(q, piece)), "asked {q} twice for {piece}");
+                            pending.push((q, piece));
+                        }
+                    }
+                    4..7 if !pending.is_empty() => {
+                        let (from, piece) = pending.swap_remove(rng.random_range(0..pending.len()));
+                        if from == BAD {
+                            p.piece_failed(from, piece);
+                            pending.retain(|&(r, _)| r != from);
+                        } else {
+                            let mut expect: Vec<u8> =
+                                pending.iter().filter(|&&(r, i)| i == piece && r != from).map(|&(r, _)| r).collect();
+                            expect.sort_unstable();
+                            assert_eq!(p.piece_verified(from, piece), expect);
+                            pending.retain(|&(_, i)| i != piece);
+                        }
+                    }
+                    7 if !pending.is_empty() => {
+                        let k = rng.random_range(0..pending.len());
+                        let (r, piece) = pending[k];
+                        if r != ORIGIN {
+                            pending.swap_remove(k);
+                            if rng.random_bool(0.5) {
+                                p.request_rejected(r, piece);
+                            } else {
+                                p.request_timed_out(r, piece);
+                            }
+                        }
+                    }
+                    8 => {
+                        let piece = rng.random_range(0..N);
+                        holds[usize::from(q)][piece as usize] = true;
+                        p.peer_have(q, piece);
+                    }
+                    9 if q != ORIGIN => {
+                        if connected[usize::from(q)] {
+                            p.peer_left(q);
+                            pending.retain(|&(r, _)| r != q);
+                        } else {
+                            p.peer_joined(q, &pack_bits(N, |i| holds[usize::from(q)][i as usize]), false);
+                        }
+                        connected[usize::from(q)] ^= true;
+                    }
+                    _ => {}
+                }
+                p.check_invariants();
+                for q in 0..NUM_PEERS {
+                    let mirrored = pending.iter().filter(|&&(r, _)| r == q).count();
+                    assert_eq!(p.outstanding(&q), mirrored, "peer {q}");
+                    assert!(mirrored <= 3);
+                }
+            }
+            assert!(p.is_complete(), "seed {seed}: {} pieces missing", p.missing());
+            assert!(!p.is_blacklisted(&ORIGIN));
+            assert!(p.is_blacklisted(&BAD), "seed {seed}: the corrupt peer was never asked");
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Event {
+        Join(u8, Vec<u8>, bool),
+        Have(u8, u32),
+        Left(u8),
+        Next(u8),
+        Verified(u8, u32),
+        Failed(u8, u32),
+        Rejected(u8, u32),
+        TimedOut(u8, u32),
+    }
+
+    fn event() -> impl Strategy<Value = Event> {
+        let peer = || 0u8..5;
+        let piece = || prop_oneof![8 => 0u32..20, 1 => Just(u32::MAX), 1 => any::<u32>()];
+        prop_oneof![
+            1 => (peer(), vec(any::<u8>(), 0..5), any::<bool>()).prop_map(|(q, b, o)| Event::Join(q, b, o)),
+            1 => (peer(), piece()).prop_map(|(q, i)| Event::Have(q, i)),
+            1 => peer().prop_map(Event::Left),
+            4 => peer().prop_map(Event::Next),
+            3 => (peer(), piece()).prop_map(|(q, i)| Event::Verified(q, i)),
+            1 => (peer(), piece()).prop_map(|(q, i)| Event::Failed(q, i)),
+            1 => (peer(), piece()).prop_map(|(q, i)| Event::Rejected(q, i)),
+            1 => (peer(), piece()).prop_map(|(q, i)| Event::TimedOut(q, i)),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_events_keep_invariants(
+            num_pieces in 0u32..20,
+            have in vec(any::<bool>(), 0..25),
+            cap in 0usize..4,
+            endgame_pieces in 0u32..4,
+            seed in any::<u64>(),
+            events in vec(event(), 0..80),
+        ) {
+            let mut p = Picker::new(num_pieces, &have, PickerOptions { seed, endgame_pieces, ..opts(cap) });
+            p.check_invariants();
+            for e in events {
+                match e {
+                    Event::Join(q, b, o) => p.peer_joined(q, &b, o),
+                    Event::Have(q, i) => p.peer_have(q, i),
+                    Event::Left(q) => p.peer_left(q),
+                    Event::Next(q) => {
+                        let got = p.next_requests(q);
+                        let distinct: BTreeSet<u32> = got.iter().copied().collect();
+                        prop_assert_eq!(distinct.len(), got.len());
+                        prop_assert!(got.iter().all(|&i| i < num_pieces && !p.have(i)));
+                        prop_assert!(p.outstanding(&q) <= cap);
+                        prop_assert!(got.is_empty() || !p.is_blacklisted(&q));
+                    }
+                    Event::Verified(q, i) => {
+                        let cancel = p.piece_verified(q, i);
+                        prop_assert!(!cancel.contains(&q));
+                    }
+                    Event::Failed(q, i) => {
+                        p.piece_failed(q, i);
+                        prop_assert!(p.is_blacklisted(&q) && p.outstanding(&q) == 0);
+                    }
+                    Event::Rejected(q, i) => p.request_rejected(q, i),
+                    Event::TimedOut(q, i) => p.request_timed_out(q, i),
+                }
+                p.check_invariants();
+            }
+        }
     }
 }
