@@ -1,0 +1,672 @@
+//! The peer store: which peers are in which blob's swarm, and the handout policy that decides
+//! which of them an announcing node is told about.
+//!
+//! Invariant: an entry older than the TTL is never handed out. Removal is lazy: an announce
+//! purges the expired entries of its own blob, and a periodic [`PeerStore::sweep`] purges the
+//! rest. A blob's map is never left empty; a blob with no live peer is removed.
+//!
+//! # Handout policy
+//!
+//! An announce for blob `B` from peer `P` at address `A` first records `P` (or refreshes it:
+//! address, `complete` and `origin` are overwritten, `last_seen` becomes now). Any other
+//! peer id at the same address `A` is dropped, because a node that restarted with a new id
+//! is the same listener. Then the answer is, in this order:
+//!
+//! 1. Complete peers (seeders) of `B`, in random order.
+//! 2. Then incomplete peers of `B`, in random order.
+//! 3. Steps 1 and 2 hold at most `max_peers` entries together. Seeders fill it first.
+//!    The asker (same peer id or same address) and expired entries are never listed.
+//! 4. Then the ring owners of `B` (the configured origins) that are not already listed,
+//!    matched by peer address, best owner first. These are added even when the list
+//!    already has `max_peers` entries, so every node can always reach a seed of last resort.
+//!    An owner that has announced `B` is listed with what it announced. One that has not
+//!    has `peer_id: None` and `complete: false`, since it may still have to fetch the blob.
+//!    An owner at the asker's own address is left out.
+//!
+//! # State and restarts
+//!
+//! State is rebuilt from announces alone. A restarted tracker hands out only origins until
+//! the swarm announces again, which every node does within one announce interval. Nothing is
+//! persisted, so a restart loses nothing that matters.
+//!
+//! # Bounds and cost
+//!
+//! The store has at most [`MAX_BLOBS`] blobs and at most [`MAX_PEERS_PER_BLOB`] peers per
+//! blob. An announce that would go past a limit is still answered but not recorded.
+//! An announce costs O(peers of its blob): one pass purges, deduplicates and reservoir-samples
+//! the handout. It holds only that blob's shard of the map, and no lock outlives the call.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use dashmap::DashMap;
+use rand::Rng;
+use rand::seq::SliceRandom;
+use shoal_core::api::{AnnounceRequest, PeerInfo};
+use shoal_core::ring::Ring;
+use shoal_core::{Digest, PeerId};
+use tokio::time::Instant;
+
+/// Peers recorded per blob at most. This is a hard-coded limit. A swarm this large already
+/// has plenty of sources, and a newcomer beyond it still gets an answer. It also bounds the
+/// cost of one announce.
+pub const MAX_PEERS_PER_BLOB: usize = 10_000;
+
+/// Blobs tracked at most. This is a hard-coded limit: about 1M blobs × a few peers ≈ a few
+/// hundred MB. It is soft by at most the number of concurrent announces.
+pub const MAX_BLOBS: usize = 1_000_000;
+
+/// Settings of the store, taken from the validated config.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Entries older than this are expired.
+    pub peer_ttl: std::time::Duration,
+    /// Announced peers per handout at most. Ring owners come on top.
+    pub max_peers: usize,
+    /// The origins whose owners are added to every handout.
+    pub ring: Option<Arc<Ring>>,
+}
+
+/// All swarms the tracker knows.
+pub struct PeerStore {
+    /// Read and written by announces (one shard at a time) and by sweeps.
+    blobs: DashMap<Digest, Swarm>,
+    /// Fixed at construction. Read by every announce and sweep.
+    opts: StoreOptions,
+    /// Live count of `blobs`, kept beside the map because `DashMap::len` locks every shard.
+    n_blobs: AtomicUsize,
+    /// Entries over all blobs, for the peers gauge.
+    n_peers: AtomicUsize,
+}
+
+/// The answer to one announce.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Handout {
+    /// The peers in handout order (see the module docs).
+    pub peers: Vec<PeerInfo>,
+    /// Whether the asker is now in the store.
+    pub recorded: Recorded,
+    /// Expired entries this announce removed.
+    pub purged: usize,
+}
+
+/// Whether an announce was recorded, and if not, why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    Yes,
+    /// The blob already has [`MAX_PEERS_PER_BLOB`] live peers.
+    SwarmFull,
+    /// The store already tracks [`MAX_BLOBS`] blobs.
+    TooManyBlobs,
+    /// The announced address (unspecified IP or port 0) cannot be dialled by anyone. The
+    /// node is answered so it can still download.
+    UnusableAddr,
+}
+
+impl Recorded {
+    /// A short label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Recorded::Yes => "stored",
+            Recorded::SwarmFull => "swarm_full",
+            Recorded::TooManyBlobs => "too_many_blobs",
+            Recorded::UnusableAddr => "unusable_addr",
+        }
+    }
+}
+
+/// What one sweep removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub peers: usize,
+    pub blobs: usize,
+}
+
+/// One blob's peers.
+#[derive(Default)]
+struct Swarm {
+    /// Never empty outside an announce or sweep call. Both remove a blob they leave empty.
+    peers: HashMap<PeerId, Entry>,
+}
+
+/// What the tracker remembers of one peer in one swarm.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    addr: SocketAddr,
+    complete: bool,
+    origin: bool,
+    /// The time of its last announce. Expired when `now - last_seen > peer_ttl`.
+    last_seen: Instant,
+}
+
+impl PeerStore {
+    pub fn new(opts: StoreOptions) -> PeerStore {
+        PeerStore { blobs: DashMap::new(), opts, n_blobs: AtomicUsize::new(0), n_peers: AtomicUsize::new(0) }
+    }
+
+    /// Records `req` as seen at `now` and returns the handout (see the module docs).
+    pub fn announce(&self, req: &AnnounceRequest, now: Instant) -> Handout {
+        self.announce_with_rng(req, now, &mut rand::rng())
+    }
+
+    /// [`PeerStore::announce`] with the randomness supplied, for reproducible runs.
+    pub fn announce_with_rng<R: Rng + ?Sized>(&self, req: &AnnounceRequest, now: Instant, rng: &mut R) -> Handout {
+        let owners: Vec<SocketAddr> = match &self.opts.ring {
+            Some(ring) => ring.owners(&req.blob).into_iter().map(|o| o.peer).filter(|a| *a != req.addr).collect(),
+            None => Vec::new(),
+        };
+        let mut pass = Pass {
+            asker: req.peer_id,
+            asker_addr: req.addr,
+            ttl: self.opts.peer_ttl,
+            now,
+            seeders: Reservoir::new(self.opts.max_peers),
+            leechers: Reservoir::new(self.opts.max_peers),
+            owners: owners.iter().map(|a| (*a, None)).collect(),
+            removed: 0,
+            purged: 0,
+        };
+
+        let usable = !req.addr.ip().is_unspecified() && req.addr.port() != 0;
+        let mut recorded = Recorded::Yes;
+        let mut now_empty = false;
+        let swarm = match self.blobs.get_mut(&req.blob) {
+            Some(swarm) => Some(swarm),
+            None if !usable => None,
+            None if self.n_blobs.load(Ordering::Relaxed) >= MAX_BLOBS => {
+                recorded = Recorded::TooManyBlobs;
+                None
+            }
+            None => Some(self.blobs.entry(req.blob).or_insert_with(|| {
+                self.n_blobs.fetch_add(1, Ordering::Relaxed);
+                Swarm::default()
+            })),
+        };
+        if let Some(mut swarm) = swarm {
+            pass.visit(&mut swarm, rng);
+            if usable {
+                recorded = self.upsert(&mut swarm, req, now);
+            }
+            now_empty = swarm.peers.is_empty();
+        }
+        if !usable {
+            recorded = Recorded::UnusableAddr;
+        }
+        self.n_peers.fetch_sub(pass.removed, Ordering::Relaxed);
+        if now_empty {
+            self.remove_if_empty(&req.blob);
+        }
+
+        let mut peers = pass.seeders.into_shuffled(rng);
+        peers.extend(pass.leechers.into_shuffled(rng));
+        peers.truncate(self.opts.max_peers);
+        for (addr, known) in pass.owners {
+            if peers.iter().any(|p| p.addr == addr) {
+                continue;
+            }
+            peers.push(known.unwrap_or(PeerInfo { peer_id: None, addr, complete: false, origin: true }));
+        }
+        Handout { peers, recorded, purged: pass.purged }
+    }
+
+    /// Removes every expired entry, and every blob left without peers.
+    pub fn sweep(&self, now: Instant) -> Swept {
+        let ttl = self.opts.peer_ttl;
+        let mut swept = Swept::default();
+        self.blobs.retain(|_, swarm| {
+            let before = swarm.peers.len();
+            swarm.peers.retain(|_, e| !e.expired(now, ttl));
+            swept.peers += before - swarm.peers.len();
+            if swarm.peers.is_empty() {
+                swept.blobs += 1;
+                false
+            } else {
+                true
+            }
+        });
+        self.n_peers.fetch_sub(swept.peers, Ordering::Relaxed);
+        self.n_blobs.fetch_sub(swept.blobs, Ordering::Relaxed);
+        swept
+    }
+
+    /// Entries over all blobs, expired ones not yet purged included.
+    pub fn n_peers(&self) -> usize {
+        self.n_peers.load(Ordering::Relaxed)
+    }
+
+    /// Blobs with at least one entry.
+    pub fn n_blobs(&self) -> usize {
+        self.n_blobs.load(Ordering::Relaxed)
+    }
+
+    /// Inserts or refreshes the asker. The caller has already purged expired entries.
+    fn upsert(&self, swarm: &mut Swarm, req: &AnnounceRequest, now: Instant) -> Recorded {
+        let entry = Entry { addr: req.addr, complete: req.complete, origin: req.origin, last_seen: now };
+        if let Some(old) = swarm.peers.get_mut(&req.peer_id) {
+            *old = entry;
+            return Recorded::Yes;
+        }
+        if swarm.peers.len() >= MAX_PEERS_PER_BLOB {
+            return Recorded::SwarmFull;
+        }
+        swarm.peers.insert(req.peer_id, entry);
+        self.n_peers.fetch_add(1, Ordering::Relaxed);
+        Recorded::Yes
+    }
+
+    fn remove_if_empty(&self, blob: &Digest) {
+        if self.blobs.remove_if(blob, |_, swarm| swarm.peers.is_empty()).is_some() {
+            self.n_blobs.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Entry {
+    fn expired(&self, now: Instant, ttl: std::time::Duration) -> bool {
+        now.saturating_duration_since(self.last_seen) > ttl
+    }
+
+    fn info(&self, peer_id: PeerId) -> PeerInfo {
+        PeerInfo { peer_id: Some(peer_id), addr: self.addr, complete: self.complete, origin: self.origin }
+    }
+}
+
+/// One pass over a swarm during an announce. It purges, deduplicates and samples at once.
+struct Pass {
+    asker: PeerId,
+    asker_addr: SocketAddr,
+    ttl: std::time::Duration,
+    now: Instant,
+    seeders: Reservoir,
+    leechers: Reservoir,
+    /// Ring owners of the blob by address, with what they announced if they did.
+    owners: Vec<(SocketAddr, Option<PeerInfo>)>,
+    /// Entries removed, for the peer count.
+    removed: usize,
+    /// Of which expired.
+    purged: usize,
+}
+
+impl Pass {
+    fn visit<R: Rng + ?Sized>(&mut self, swarm: &mut Swarm, rng: &mut R) {
+        swarm.peers.retain(|id, e| {
+            if e.expired(self.now, self.ttl) {
+                self.removed += 1;
+                self.purged += 1;
+                return false;
+            }
+            if *id == self.asker {
+                return true;
+            }
+            if e.addr == self.asker_addr {
+                // The same listener under an older id: that process is gone.
+                self.removed += 1;
+                return false;
+            }
+            let info = e.info(*id);
+            if let Some((_, known)) = self.owners.iter_mut().find(|(a, _)| *a == e.addr) {
+                *known = Some(info.clone());
+            }
+            if e.complete {
+                self.seeders.offer(info, rng)
+            } else {
+                self.leechers.offer(info, rng)
+            }
+            true
+        });
+    }
+}
+
+/// A uniform random sample of at most `cap` items from a stream (Algorithm R).
+struct Reservoir {
+    items: Vec<PeerInfo>,
+    seen: usize,
+    cap: usize,
+}
+
+impl Reservoir {
+    fn new(cap: usize) -> Reservoir {
+        Reservoir { items: Vec::new(), seen: 0, cap }
+    }
+
+    fn offer<R: Rng + ?Sized>(&mut self, item: PeerInfo, rng: &mut R) {
+        self.seen += 1;
+        if self.items.len() < self.cap {
+            self.items.push(item);
+        } else {
+            let j = rng.random_range(0..self.seen);
+            if j < self.cap {
+                self.items[j] = item;
+            }
+        }
+    }
+
+    /// The sample in random order. Algorithm R picks a uniform subset but not a uniform order.
+    fn into_shuffled<R: Rng + ?Sized>(mut self, rng: &mut R) -> Vec<PeerInfo> {
+        self.items.shuffle(rng);
+        self.items
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+    use shoal_core::ring::OriginNode;
+
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(30);
+
+    fn store(max_peers: usize) -> PeerStore {
+        PeerStore::new(StoreOptions { peer_ttl: TTL, max_peers, ring: None })
+    }
+
+    fn blob() -> Digest {
+        Digest::of(b"layer")
+    }
+
+    fn id(n: u8) -> PeerId {
+        PeerId([n; 16])
+    }
+
+    fn addr(n: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, n], 7603))
+    }
+
+    fn req(n: u8, complete: bool) -> AnnounceRequest {
+        AnnounceRequest { blob: blob(), peer_id: id(n), addr: addr(n), complete, origin: false }
+    }
+
+    fn ids(h: &Handout) -> Vec<Option<PeerId>> {
+        h.peers.iter().map(|p| p.peer_id).collect()
+    }
+
+    fn id_set(h: &Handout) -> HashSet<PeerId> {
+        h.peers.iter().filter_map(|p| p.peer_id).collect()
+    }
+
+    #[test]
+    fn first_announce_gets_nobody_and_is_recorded() {
+        let s = store(50);
+        let h = s.announce(&req(1, false), Instant::now());
+        assert!(h.peers.is_empty());
+        assert_eq!(h.recorded, Recorded::Yes);
+        assert_eq!((s.n_peers(), s.n_blobs()), (1, 1));
+    }
+
+    #[test]
+    fn never_the_asker() {
+        let s = store(50);
+        let t = Instant::now();
+        s.announce(&req(1, true), t);
+        s.announce(&req(2, false), t);
+        let h = s.announce(&req(1, true), t);
+        assert_eq!(ids(&h), vec![Some(id(2))]);
+        let h = s.announce(&req(2, false), t);
+        assert_eq!(ids(&h), vec![Some(id(1))]);
+    }
+
+    #[test]
+    fn same_address_under_a_new_id_replaces_the_old_entry() {
+        let s = store(50);
+        let t = Instant::now();
+        s.announce(&req(1, true), t);
+        s.announce(&req(2, true), t);
+        // Peer 1 restarts with a new id on the same address.
+        let restarted = AnnounceRequest { peer_id: id(9), ..req(1, false) };
+        let h = s.announce(&restarted, t);
+        assert_eq!(ids(&h), vec![Some(id(2))]);
+        assert_eq!(s.n_peers(), 2);
+        assert_eq!(id_set(&s.announce(&req(2, true), t)), HashSet::from([id(9)]));
+    }
+
+    #[test]
+    fn seeders_come_first() {
+        let s = store(50);
+        let t = Instant::now();
+        for n in 1..=10 {
+            s.announce(&req(n, n % 3 == 0), t);
+        }
+        let h = s.announce(&req(100, false), t);
+        assert_eq!(h.peers.len(), 10);
+        let complete: Vec<bool> = h.peers.iter().map(|p| p.complete).collect();
+        assert_eq!(complete, [vec![true; 3], vec![false; 7]].concat(), "{h:?}");
+    }
+
+    #[test]
+    fn max_peers_bounds_the_handout_and_seeders_fill_it_first() {
+        let s = store(5);
+        let t = Instant::now();
+        for n in 1..=20 {
+            s.announce(&req(n, n <= 3), t);
+        }
+        let h = s.announce(&req(100, false), t);
+        assert_eq!(h.peers.len(), 5);
+        assert_eq!(id_set(&h).len(), 5);
+        assert!(h.peers[..3].iter().all(|p| p.complete));
+        assert!(h.peers[3..].iter().all(|p| !p.complete));
+        // Only seeders when there are more than enough of them.
+        for n in 30..=40 {
+            s.announce(&req(n, true), t);
+        }
+        let h = s.announce(&req(100, false), t);
+        assert_eq!(h.peers.len(), 5);
+        assert!(h.peers.iter().all(|p| p.complete));
+    }
+
+    #[test]
+    fn handout_is_random_across_announces() {
+        let s = store(3);
+        let t = Instant::now();
+        for n in 1..=30 {
+            s.announce(&req(n, true), t);
+        }
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut seen = HashSet::new();
+        for _ in 0..50 {
+            let h = s.announce_with_rng(&req(100, false), t, &mut rng);
+            assert_eq!(h.peers.len(), 3);
+            seen.extend(id_set(&h));
+        }
+        // 50 draws of 3 from 30 reach almost all of them, never the same 3 each time.
+        assert!(seen.len() > 20, "only {} distinct peers handed out", seen.len());
+    }
+
+    #[test]
+    fn expired_peers_are_not_handed_out_and_are_purged() {
+        let s = store(50);
+        let t0 = Instant::now();
+        s.announce(&req(1, true), t0);
+        s.announce(&req(2, true), t0 + Duration::from_secs(10));
+        // At exactly the TTL an entry is still live.
+        let h = s.announce(&req(3, false), t0 + TTL);
+        assert_eq!(id_set(&h), HashSet::from([id(1), id(2)]));
+        assert_eq!(h.purged, 0);
+        // Just past it, peer 1 is gone and purged by this announce; peer 2 is not yet expired.
+        let h = s.announce(&req(3, false), t0 + TTL + Duration::from_millis(1));
+        assert_eq!(ids(&h), vec![Some(id(2))]);
+        assert_eq!(h.purged, 1);
+        assert_eq!(s.n_peers(), 2);
+    }
+
+    #[test]
+    fn sweep_purges_expired_peers_and_empty_blobs() {
+        let s = store(50);
+        let t0 = Instant::now();
+        s.announce(&req(1, true), t0);
+        let other = AnnounceRequest { blob: Digest::of(b"other"), ..req(2, true) };
+        s.announce(&other, t0 + Duration::from_secs(20));
+        assert_eq!((s.n_peers(), s.n_blobs()), (2, 2));
+
+        assert_eq!(s.sweep(t0 + TTL), Swept::default());
+        assert_eq!(s.sweep(t0 + TTL + Duration::from_secs(1)), Swept { peers: 1, blobs: 1 });
+        assert_eq!((s.n_peers(), s.n_blobs()), (1, 1));
+        assert_eq!(s.sweep(t0 + Duration::from_secs(60)), Swept { peers: 1, blobs: 1 });
+        assert_eq!((s.n_peers(), s.n_blobs()), (0, 0));
+    }
+
+    #[test]
+    fn reannounce_updates_the_entry() {
+        let s = store(50);
+        let t0 = Instant::now();
+        s.announce(&req(1, false), t0);
+        let h = s.announce(&req(2, false), t0);
+        assert!(!h.peers[0].complete);
+        // Peer 1 finished its download.
+        s.announce(&req(1, true), t0 + Duration::from_secs(20));
+        let h = s.announce(&req(2, false), t0 + Duration::from_secs(20));
+        assert_eq!(h.peers.len(), 1);
+        assert!(h.peers[0].complete);
+        // The re-announce also refreshed its TTL.
+        let h = s.announce(&req(2, false), t0 + Duration::from_secs(45));
+        assert_eq!(ids(&h), vec![Some(id(1))]);
+        assert_eq!(s.n_peers(), 2);
+    }
+
+    #[test]
+    fn ipv6_addresses_round_trip() {
+        let s = store(50);
+        let t = Instant::now();
+        let v6: SocketAddr = "[fd00::1:2]:7603".parse().unwrap();
+        let scoped: SocketAddr = "[fe80::1%2]:7603".parse().unwrap();
+        s.announce(&AnnounceRequest { addr: v6, ..req(1, true) }, t);
+        s.announce(&AnnounceRequest { addr: scoped, ..req(2, true) }, t);
+        let h = s.announce(&req(3, false), t);
+        let addrs: HashSet<SocketAddr> = h.peers.iter().map(|p| p.addr).collect();
+        assert_eq!(addrs, HashSet::from([v6, scoped]));
+        // And over JSON, the way the answer travels.
+        let json = serde_json::to_string(&h.peers).unwrap();
+        assert!(json.contains("[fd00::1:2]:7603"), "{json}");
+        assert_eq!(serde_json::from_str::<Vec<PeerInfo>>(&json).unwrap(), h.peers);
+    }
+
+    #[test]
+    fn unusable_address_is_answered_but_not_recorded() {
+        let s = store(50);
+        let t = Instant::now();
+        s.announce(&req(1, true), t);
+        for bad in ["0.0.0.0:7603", "[::]:7603", "10.0.0.5:0"] {
+            let h = s.announce(&AnnounceRequest { addr: bad.parse().unwrap(), ..req(5, false) }, t);
+            assert_eq!(h.recorded, Recorded::UnusableAddr, "{bad}");
+            assert_eq!(ids(&h), vec![Some(id(1))]);
+        }
+        let other = AnnounceRequest { blob: Digest::of(b"new"), addr: "0.0.0.0:1".parse().unwrap(), ..req(5, false) };
+        assert_eq!(s.announce(&other, t).recorded, Recorded::UnusableAddr);
+        assert_eq!((s.n_peers(), s.n_blobs()), (1, 1));
+    }
+
+    #[test]
+    fn swarm_cap_answers_without_recording() {
+        let s = store(50);
+        let t = Instant::now();
+        {
+            let mut swarm = s.blobs.entry(blob()).or_default();
+            for i in 0..MAX_PEERS_PER_BLOB {
+                let n = u32::try_from(i).unwrap();
+                let addr = SocketAddr::from((std::net::Ipv4Addr::from(0x0a00_0000 + n), 7603));
+                let mut pid = [0u8; 16];
+                pid[..4].copy_from_slice(&n.to_le_bytes());
+                swarm.peers.insert(PeerId(pid), Entry { addr, complete: true, origin: false, last_seen: t });
+            }
+        }
+        s.n_blobs.store(1, Ordering::Relaxed);
+        s.n_peers.store(MAX_PEERS_PER_BLOB, Ordering::Relaxed);
+        let newcomer = AnnounceRequest { peer_id: id(0xee), addr: "192.168.0.1:1".parse().unwrap(), ..req(0, false) };
+        let h = s.announce(&newcomer, t);
+        assert_eq!(h.recorded, Recorded::SwarmFull);
+        assert_eq!(h.peers.len(), 50);
+        assert_eq!(s.n_peers(), MAX_PEERS_PER_BLOB);
+        // Once entries expire there is room again.
+        let later = t + TTL + Duration::from_secs(1);
+        let h = s.announce(&newcomer, later);
+        assert_eq!((h.recorded, h.purged), (Recorded::Yes, MAX_PEERS_PER_BLOB));
+        assert_eq!(s.n_peers(), 1);
+    }
+
+    #[test]
+    fn blob_cap_answers_without_recording() {
+        let s = store(50);
+        s.n_blobs.store(MAX_BLOBS, Ordering::Relaxed);
+        let h = s.announce(&req(1, false), Instant::now());
+        assert_eq!(h.recorded, Recorded::TooManyBlobs);
+        assert!(s.blobs.is_empty());
+    }
+
+    fn origin(n: u8) -> OriginNode {
+        OriginNode { id: format!("origin-{n}"), http: format!("http://origin-{n}:7602"), peer: addr(200 + n) }
+    }
+
+    fn store_with_origins(max_peers: usize, n_origins: u8, replicas: usize) -> (PeerStore, Arc<Ring>) {
+        let ring = Arc::new(Ring::new((0..n_origins).map(origin).collect(), replicas).unwrap());
+        let s = PeerStore::new(StoreOptions { peer_ttl: TTL, max_peers, ring: Some(ring.clone()) });
+        (s, ring)
+    }
+
+    #[test]
+    fn ring_owners_are_appended_beyond_max_peers() {
+        let (s, ring) = store_with_origins(2, 5, 3);
+        let t = Instant::now();
+        for n in 1..=4 {
+            s.announce(&req(n, true), t);
+        }
+        let h = s.announce(&req(100, false), t);
+        let owners: Vec<SocketAddr> = ring.owners(&blob()).iter().map(|o| o.peer).collect();
+        assert_eq!(h.peers.len(), 2 + 3);
+        assert!(h.peers[..2].iter().all(|p| !p.origin && p.peer_id.is_some()));
+        let tail: Vec<SocketAddr> = h.peers[2..].iter().map(|p| p.addr).collect();
+        assert_eq!(tail, owners, "owners in ring order");
+        assert!(h.peers[2..].iter().all(|p| p.origin && p.peer_id.is_none() && !p.complete));
+    }
+
+    #[test]
+    fn ring_owners_are_not_listed_twice() {
+        let (s, ring) = store_with_origins(50, 5, 3);
+        let t = Instant::now();
+        let owners: Vec<&OriginNode> = ring.owners(&blob());
+        // The best owner has the blob and announced it.
+        let seeding =
+            AnnounceRequest { peer_id: id(50), addr: owners[0].peer, complete: true, origin: true, ..req(0, true) };
+        s.announce(&seeding, t);
+        let h = s.announce(&req(1, false), t);
+        let addrs: Vec<SocketAddr> = h.peers.iter().map(|p| p.addr).collect();
+        assert_eq!(addrs, vec![owners[0].peer, owners[1].peer, owners[2].peer]);
+        assert_eq!(h.peers[0].peer_id, Some(id(50)));
+        assert!(h.peers[0].complete);
+    }
+
+    #[test]
+    fn an_announced_owner_beyond_max_peers_keeps_what_it_announced() {
+        let (s, ring) = store_with_origins(1, 3, 1);
+        let t = Instant::now();
+        let owner = ring.owners(&blob())[0].peer;
+        s.announce(&req(1, true), t);
+        s.announce(&req(2, true), t);
+        s.announce(
+            &AnnounceRequest { peer_id: id(50), addr: owner, complete: false, origin: true, ..req(0, false) },
+            t,
+        );
+        let mut rng = StdRng::seed_from_u64(1);
+        for _ in 0..20 {
+            let h = s.announce_with_rng(&req(100, false), t, &mut rng);
+            assert_eq!(h.peers.len(), 2, "{h:?}");
+            assert!(h.peers[0].complete);
+            assert_eq!(h.peers[1], PeerInfo { peer_id: Some(id(50)), addr: owner, complete: false, origin: true });
+        }
+    }
+
+    #[test]
+    fn an_origin_asking_is_not_told_about_itself() {
+        let (s, ring) = store_with_origins(50, 3, 3);
+        let me = ring.owners(&blob())[1].peer;
+        let h =
+            s.announce(&AnnounceRequest { peer_id: id(50), addr: me, origin: true, ..req(0, true) }, Instant::now());
+        assert_eq!(h.peers.len(), 2);
+        assert!(h.peers.iter().all(|p| p.addr != me && p.origin));
+    }
+}

@@ -1,0 +1,182 @@
+//! HTTP-level tests: a real tracker on `127.0.0.1:0`, driven with reqwest.
+//!
+//! Invariant: every test starts its own tracker with its own registry and stops it, so tests
+//! share nothing and may run in parallel.
+
+use std::net::SocketAddr;
+
+use shoal_core::api::{AnnounceRequest, AnnounceResponse, ErrorBody, PeerInfo};
+use shoal_core::ring::Ring;
+use shoal_core::{Digest, PeerId};
+use shoal_runtime::Phase;
+
+use crate::{Config, Tracker};
+
+async fn start(config: Config) -> Tracker {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    Tracker::start(config.validate().unwrap(), listener, prometheus::Registry::new()).await.unwrap()
+}
+
+fn announce_req(n: u8, addr: &str, complete: bool) -> AnnounceRequest {
+    AnnounceRequest {
+        blob: Digest::of(b"layer"),
+        peer_id: PeerId([n; 16]),
+        addr: addr.parse().unwrap(),
+        complete,
+        origin: false,
+    }
+}
+
+async fn announce(http: &reqwest::Client, t: &Tracker, req: &AnnounceRequest) -> AnnounceResponse {
+    let res = http.post(format!("{}/announce", t.url())).json(req).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    res.json().await.unwrap()
+}
+
+async fn post_raw(t: &Tracker, body: impl Into<reqwest::Body>) -> (u16, ErrorBody) {
+    let res = reqwest::Client::new().post(format!("{}/announce", t.url())).body(body).send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap())
+}
+
+fn origins_yaml() -> &'static str {
+    "origins:\n\
+     - { id: o0, http: 'http://127.0.0.1:1', peer: '127.0.0.10:7603' }\n\
+     - { id: o1, http: 'http://127.0.0.1:2', peer: '127.0.0.11:7603' }\n\
+     - { id: o2, http: 'http://127.0.0.1:3', peer: '127.0.0.12:7603' }\n\
+     origin_replicas: 1\nannounce_interval: 2s\n"
+}
+
+#[tokio::test]
+async fn three_peers_get_each_other_seeders_first_then_the_origin() {
+    let config: Config = shoal_runtime::config::parse(origins_yaml()).unwrap();
+    let ring = Ring::new(config.origins.clone(), 1).unwrap();
+    let owner = ring.owners(&Digest::of(b"layer"))[0].peer;
+    let t = start(config).await;
+    let http = reqwest::Client::new();
+
+    let a = announce_req(1, "127.0.0.2:7603", false);
+    let b = announce_req(2, "[fd00::2]:7603", true);
+    let c = announce_req(3, "127.0.0.4:7603", false);
+
+    let first = announce(&http, &t, &a).await;
+    assert_eq!(first.interval_ms, 2000);
+    let origin_only = PeerInfo { peer_id: None, addr: owner, complete: false, origin: true };
+    assert_eq!(first.peers, vec![origin_only.clone()]);
+
+    announce(&http, &t, &b).await;
+    let got = announce(&http, &t, &c).await;
+    let peer =
+        |r: &AnnounceRequest| PeerInfo { peer_id: Some(r.peer_id), addr: r.addr, complete: r.complete, origin: false };
+    assert_eq!(got.peers, vec![peer(&b), peer(&a), origin_only.clone()]);
+
+    // A re-announce never lists the asker itself.
+    let again = announce(&http, &t, &a).await;
+    let addrs: Vec<SocketAddr> = again.peers.iter().map(|p| p.addr).collect();
+    assert_eq!(addrs, vec![b.addr, c.addr, owner]);
+
+    t.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn garbage_gets_a_400_with_an_error_body() {
+    let t = start(Config::default()).await;
+    let (status, body) = post_raw(&t, "not json").await;
+    assert_eq!((status, body.code.as_str()), (400, "BAD_REQUEST"));
+    assert!(body.message.starts_with("invalid announce"), "{body:?}");
+
+    let bad_digest =
+        r#"{"blob":"sha256:abc","peer_id":"00000000000000000000000000000000","addr":"127.0.0.1:1","complete":false}"#;
+    let (status, body) = post_raw(&t, bad_digest).await;
+    assert_eq!((status, body.code.as_str()), (400, "BAD_REQUEST"));
+    assert!(body.message.contains("digest hex has length 3"), "{body:?}");
+
+    let mut extra = serde_json::to_value(announce_req(1, "127.0.0.2:1", false)).unwrap();
+    extra["colour"] = "blue".into();
+    let (status, body) = post_raw(&t, extra.to_string()).await;
+    assert_eq!(status, 400);
+    assert!(body.message.contains("unknown field `colour`"), "{body:?}");
+
+    let (status, body) = post_raw(&t, vec![b' '; crate::http::MAX_ANNOUNCE_BODY + 1]).await;
+    assert_eq!((status, body.code.as_str()), (413, "PAYLOAD_TOO_LARGE"));
+
+    let res = reqwest::get(format!("{}/announce", t.url())).await.unwrap();
+    assert_eq!(res.status(), 405);
+    t.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn metrics_endpoint_has_the_tracker_series() {
+    let t = start(Config::default()).await;
+    let http = reqwest::Client::new();
+    announce(&http, &t, &announce_req(1, "127.0.0.2:7603", true)).await;
+    announce(&http, &t, &announce_req(2, "127.0.0.3:7603", false)).await;
+    announce(&http, &t, &announce_req(3, "0.0.0.0:7603", false)).await;
+    post_raw(&t, "{").await;
+
+    let text = http.get(format!("{}/metrics", t.url())).send().await.unwrap().text().await.unwrap();
+    for line in [
+        "shoal_tracker_announces_total{result=\"stored\"} 2",
+        "shoal_tracker_announces_total{result=\"unusable_addr\"} 1",
+        "shoal_tracker_announces_total{result=\"bad_request\"} 1",
+        "shoal_tracker_announces_total{result=\"swarm_full\"} 0",
+        "shoal_tracker_peers_tracked 2",
+        "shoal_tracker_blobs_tracked 1",
+        "shoal_tracker_handout_size_count 3",
+        "shoal_tracker_handout_size_sum 3",
+        "shoal_tracker_expired_peers_total 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+    }
+    t.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn phases_follow_the_lifecycle_and_stop_closes_the_port() {
+    let t = start(Config::default()).await;
+    let mut phases = t.watch_phase();
+    assert_eq!(*phases.borrow_and_update(), Phase::Ready);
+    let base = t.url();
+    assert_eq!(reqwest::get(format!("{base}/ready")).await.unwrap().status(), 200);
+    assert_eq!(reqwest::get(format!("{base}/health")).await.unwrap().status(), 200);
+
+    let seen = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while phases.changed().await.is_ok() {
+            seen.push(*phases.borrow_and_update());
+            if seen.last() == Some(&Phase::Stopped) {
+                break;
+            }
+        }
+        seen
+    });
+    t.stop().await.unwrap();
+    assert_eq!(seen.await.unwrap(), vec![Phase::Draining, Phase::Stopped]);
+    assert!(reqwest::get(format!("{base}/health")).await.is_err(), "port still open after stop");
+}
+
+#[tokio::test]
+async fn run_returns_when_cancelled() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let registry = prometheus::Registry::new();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running =
+        tokio::spawn(crate::run(Config::default().validate().unwrap(), listener, registry.clone(), shutdown.clone()));
+    let res = reqwest::get(format!("http://{addr}/ready")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(registry.gather().iter().any(|m| m.name() == "shoal_tracker_announces_total"));
+    shutdown.cancel();
+    tokio::time::timeout(std::time::Duration::from_secs(5), running).await.unwrap().unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn two_trackers_in_one_process_keep_separate_metrics() {
+    let (a, b) = (start(Config::default()).await, start(Config::default()).await);
+    let http = reqwest::Client::new();
+    announce(&http, &a, &announce_req(1, "127.0.0.2:7603", true)).await;
+    let text = http.get(format!("{}/metrics", b.url())).send().await.unwrap().text().await.unwrap();
+    assert!(text.lines().any(|l| l == "shoal_tracker_announces_total{result=\"stored\"} 0"), "{text}");
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
