@@ -1,1 +1,80 @@
-//! shoal-agent.
+//! The Shoal agent: runs on every host. Its HTTP API serves blobs by digest; a blob it does
+//! not hold is downloaded through the swarm (metainfo from the origin ring, pieces from peers
+//! and origins) and served only once every byte is verified. Completed blobs stay in the
+//! local store and are seeded to other agents.
+//!
+//! Entry point: [`run`] takes its listeners and a shutdown token, so tests bind port 0 and
+//! many agents run in one process.
+
+pub mod api;
+pub mod config;
+pub mod origin_client;
+
+use std::net::SocketAddr;
+
+use shoal_runtime::{Admin, Phase};
+use shoal_swarm::Swarm;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Config, ValidConfig};
+
+/// The sockets an agent serves on, bound by the caller.
+pub struct Listeners {
+    pub http: TcpListener,
+    pub peer: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses of `config`.
+    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
+        Ok(Listeners { http: TcpListener::bind(config.listen).await?, peer: TcpListener::bind(config.peer_listen).await? })
+    }
+}
+
+/// A running agent.
+#[derive(Clone)]
+pub struct Agent {
+    pub swarm: Swarm,
+    pub http_addr: SocketAddr,
+    pub admin: Admin,
+}
+
+/// Starts an agent; it runs until `shutdown` is cancelled. The returned future of
+/// [`Agent::serve`] completes when the agent has drained.
+pub async fn start(
+    config: ValidConfig,
+    listeners: Listeners,
+    registry: prometheus::Registry,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(Agent, impl Future<Output = std::io::Result<()>> + use<>)> {
+    let cfg = &config.config;
+    let admin = Admin::new(registry.clone());
+    let swarm = Swarm::start(cfg.swarm.clone(), listeners.peer, &registry, false, shutdown.clone())?;
+    let http_addr = listeners.http.local_addr()?;
+    let origins = origin_client::OriginClient::new(config.ring.clone(), cfg.origin_fetch_timeout.get());
+    let state = api::AppState { swarm: swarm.clone(), origins };
+    let router = api::router(state).merge(admin.router());
+    tracing::info!(%http_addr, "agent api listening");
+    let grace = cfg.shutdown_grace.get();
+    let a = admin.clone();
+    let serve = async move {
+        a.set_phase(Phase::Ready);
+        let res = shoal_runtime::serve(listeners.http, router, shutdown, grace).await;
+        a.set_phase(Phase::Stopped);
+        res
+    };
+    Ok((Agent { swarm, http_addr, admin }, serve))
+}
+
+/// Runs an agent until `shutdown` is cancelled and its HTTP server has drained.
+pub async fn run(
+    config: ValidConfig,
+    listeners: Listeners,
+    registry: prometheus::Registry,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (_agent, serve) = start(config, listeners, registry, shutdown).await?;
+    serve.await?;
+    Ok(())
+}

@@ -1,1 +1,94 @@
-//! shoal-origin.
+//! The Shoal origin: the swarm's seed of last resort. It fetches a blob from its backend (a
+//! local directory or S3) the first time any agent asks, verifies its sha256, stores it,
+//! builds its metainfo and seeds it; it verifies uploads before writing them back.
+//! Several origins form a rendezvous-hash ring; agents and trackers use the same ring.
+//!
+//! Entry point: [`start`]/[`run`] take their listeners and a shutdown token.
+
+pub mod api;
+pub mod backend;
+pub mod config;
+pub mod fetch;
+pub mod metrics;
+
+use std::net::SocketAddr;
+
+use shoal_runtime::{Admin, Phase};
+use shoal_swarm::Swarm;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Config, ValidConfig};
+
+/// The sockets an origin serves on, bound by the caller.
+pub struct Listeners {
+    pub http: TcpListener,
+    pub peer: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
+        Ok(Listeners { http: TcpListener::bind(config.listen).await?, peer: TcpListener::bind(config.peer_listen).await? })
+    }
+}
+
+/// A running origin.
+#[derive(Clone)]
+pub struct Origin {
+    pub swarm: Swarm,
+    pub http_addr: SocketAddr,
+    pub admin: Admin,
+}
+
+/// Starts an origin; the returned future serves HTTP until `shutdown` and the drain end.
+pub async fn start(
+    config: ValidConfig,
+    listeners: Listeners,
+    registry: prometheus::Registry,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(Origin, impl Future<Output = std::io::Result<()>> + use<>)> {
+    let cfg = config.config;
+    let admin = Admin::new(registry.clone());
+    let backend = cfg.backend.build().await?;
+    let swarm = Swarm::start(cfg.swarm.clone(), listeners.peer, &registry, true, shutdown.clone())?;
+    let metrics = metrics::OriginMetrics::new(&registry)?;
+    let fetcher =
+        fetch::Fetcher::new(swarm.clone(), backend, cfg.max_concurrent_fetches, cfg.failure_ttl.get(), metrics.clone());
+    // Blobs already stored are seeded again after a restart.
+    for d in swarm.store().list_complete().await? {
+        if let Err(e) = swarm.seed(d).await {
+            tracing::warn!(%d, "cannot seed stored blob: {e:#}");
+        }
+    }
+    let http_addr = listeners.http.local_addr()?;
+    let state = api::AppState {
+        swarm: swarm.clone(),
+        fetcher,
+        metainfo_wait: cfg.metainfo_wait.get(),
+        max_upload: cfg.max_upload.0,
+        metrics,
+    };
+    let router = api::router(state).merge(admin.router());
+    tracing::info!(%http_addr, id = %cfg.id, "origin api listening");
+    let grace = cfg.shutdown_grace.get();
+    let a = admin.clone();
+    let serve = async move {
+        a.set_phase(Phase::Ready);
+        let res = shoal_runtime::serve(listeners.http, router, shutdown, grace).await;
+        a.set_phase(Phase::Stopped);
+        res
+    };
+    Ok((Origin { swarm, http_addr, admin }, serve))
+}
+
+/// Runs an origin until `shutdown` is cancelled and its HTTP server has drained.
+pub async fn run(
+    config: ValidConfig,
+    listeners: Listeners,
+    registry: prometheus::Registry,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (_o, serve) = start(config, listeners, registry, shutdown).await?;
+    serve.await?;
+    Ok(())
+}

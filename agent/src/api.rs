@@ -1,0 +1,145 @@
+//! The agent's HTTP API, a thin adapter over the swarm and the origin client.
+//!
+//! - `GET /blobs/<digest>`: the blob's bytes, downloaded through the swarm if needed.
+//! - `HEAD /blobs/<digest>`: its size, without downloading it.
+//! - `GET /debug/blobs/<digest>`: where this node's bytes of the blob came from (JSON).
+//!
+//! Errors are mapped to status codes and Registry v2 error codes here and only here.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use shoal_core::Digest;
+use shoal_core::api::ErrorBody;
+use shoal_swarm::{BlobFile, Swarm, SwarmError};
+
+use crate::origin_client::{OriginClient, OriginError};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub swarm: Swarm,
+    pub origins: OriginClient,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/blobs/{digest}", get(get_blob).head(get_blob))
+        .route("/debug/blobs/{digest}", get(blob_stats))
+        .with_state(state)
+}
+
+/// An error at the API edge: status, Registry v2 code, message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { code: self.code.to_string(), message: self.message };
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<OriginError> for ApiError {
+    fn from(e: OriginError) -> ApiError {
+        let (status, code) = match &e {
+            OriginError::NotFound(_) => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
+            OriginError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE"),
+            OriginError::Unavailable { .. } | OriginError::WrongMetaInfo { .. } => {
+                (StatusCode::BAD_GATEWAY, "UNAVAILABLE")
+            }
+        };
+        ApiError::new(status, code, format!("{e:#}"))
+    }
+}
+
+impl From<SwarmError> for ApiError {
+    fn from(e: SwarmError) -> ApiError {
+        let status = match &e {
+            SwarmError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            SwarmError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, "UNAVAILABLE", format!("{e:#}"))
+    }
+}
+
+pub fn parse_digest(s: &str) -> Result<Digest, ApiError> {
+    s.parse().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "DIGEST_INVALID", format!("{s:?}: {e}")))
+}
+
+async fn get_blob(State(st): State<AppState>, method: Method, Path(digest): Path<String>) -> Result<Response, ApiError> {
+    let digest = parse_digest(&digest)?;
+    if method == Method::HEAD {
+        let len = match st.swarm.complete(digest).await? {
+            Some(f) => f.meta().length(),
+            None => st.origins.metainfo(digest).await?.length(),
+        };
+        return Ok(blob_headers(digest, len, Body::empty()));
+    }
+    let file = match st.swarm.complete(digest).await? {
+        Some(f) => f,
+        None => {
+            let meta = st.origins.metainfo(digest).await?;
+            st.swarm.download(meta).await?
+        }
+    };
+    let len = file.meta().length();
+    Ok(blob_headers(digest, len, Body::from_stream(stream_file(st.swarm.clone(), file, 0, len))))
+}
+
+fn blob_headers(digest: Digest, len: u64, body: Body) -> Response {
+    let mut h = HeaderMap::new();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
+        h.insert("docker-content-digest", v);
+    }
+    (StatusCode::OK, h, body).into_response()
+}
+
+/// Chunk size of blob responses.
+const CHUNK: u64 = 1 << 20;
+
+/// Streams `[start, end)` of a verified blob file, reading on the blocking pool.
+pub fn stream_file(
+    swarm: Swarm,
+    file: Arc<BlobFile>,
+    start: u64,
+    end: u64,
+) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    futures::stream::unfold(start, move |off| {
+        let (swarm, file) = (swarm.clone(), file.clone());
+        async move {
+            if off >= end {
+                return None;
+            }
+            let n = (end - off).min(CHUNK) as usize;
+            let res = swarm.store().blocking().run(move || file.read_at(off, n)).await;
+            Some((res.map(Bytes::from), off + n as u64))
+        }
+    })
+}
+
+async fn blob_stats(State(st): State<AppState>, Path(digest): Path<String>) -> Result<Response, ApiError> {
+    let digest = parse_digest(&digest)?;
+    match st.swarm.stats(&digest) {
+        Some(s) => Ok(axum::Json(s).into_response()),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", "this node has not seen the blob")),
+    }
+}

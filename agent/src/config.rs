@@ -1,0 +1,59 @@
+//! The agent's configuration (YAML). Unknown keys are rejected; [`Config::validate`] runs
+//! before any port is bound.
+
+use std::net::SocketAddr;
+
+use shoal_core::ring::{OriginNode, Ring};
+use shoal_runtime::{ConfigError, Duration};
+use shoal_swarm::SwarmConfig;
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// HTTP API (blobs, health, metrics). Default 127.0.0.1:7700.
+    pub listen: SocketAddr,
+    /// Peer (wire protocol) port. Default 127.0.0.1:7701.
+    pub peer_listen: SocketAddr,
+    /// The origin cluster; every agent and tracker lists the same nodes.
+    pub origins: Vec<OriginNode>,
+    /// How many origins own each blob. Default 3.
+    pub origin_replicas: usize,
+    /// How long to wait for an origin to fetch a blob from its backend. Default 10m.
+    pub origin_fetch_timeout: Duration,
+    /// How long in-flight responses may run after SIGTERM. Default 20s.
+    pub shutdown_grace: Duration,
+    pub swarm: SwarmConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:7700".parse().expect("valid"),
+            peer_listen: "127.0.0.1:7701".parse().expect("valid"),
+            origins: Vec::new(),
+            origin_replicas: 3,
+            origin_fetch_timeout: Duration::from_secs(600),
+            shutdown_grace: Duration::from_secs(20),
+            swarm: SwarmConfig::default(),
+        }
+    }
+}
+
+/// A checked configuration: the ring is built.
+#[derive(Clone, Debug)]
+pub struct ValidConfig {
+    pub config: Config,
+    pub ring: Ring,
+}
+
+impl Config {
+    pub fn validate(self) -> Result<ValidConfig, ConfigError> {
+        if self.origins.is_empty() {
+            return Err(ConfigError::Invalid("origins: at least one origin is required".into()));
+        }
+        let ring = Ring::new(self.origins.clone(), self.origin_replicas)
+            .map_err(|e| ConfigError::Invalid(format!("origins: {e}")))?;
+        self.swarm.validate().map_err(ConfigError::Invalid)?;
+        Ok(ValidConfig { config: self, ring })
+    }
+}

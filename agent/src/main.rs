@@ -1,0 +1,68 @@
+//! `shoal-agent`: parses config, binds, runs the agent until SIGTERM, drains.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use shoal_runtime::{EX_CONFIG, config};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(version, about = "Shoal agent: pulls container image blobs through the peer-to-peer swarm")]
+struct Args {
+    /// YAML config file (unknown keys are errors). Without it the embedded defaults apply.
+    #[arg(long, env = "SHOAL_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Overrides `listen`.
+    #[arg(long, env = "SHOAL_AGENT_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Overrides `peer_listen`.
+    #[arg(long, env = "SHOAL_AGENT_PEER_LISTEN")]
+    peer_listen: Option<SocketAddr>,
+    /// Overrides `swarm.store_dir`.
+    #[arg(long, env = "SHOAL_AGENT_STORE")]
+    store: Option<PathBuf>,
+    /// Validates the config and exits: 0 if good, 64 if not.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn load(args: &Args) -> Result<shoal_agent::ValidConfig, config::ConfigError> {
+    let mut cfg: shoal_agent::Config = config::load(args.config.as_deref())?;
+    if let Some(a) = args.listen {
+        cfg.listen = a;
+    }
+    if let Some(a) = args.peer_listen {
+        cfg.peer_listen = a;
+    }
+    if let Some(s) = &args.store {
+        cfg.swarm.store_dir = s.clone();
+    }
+    cfg.validate()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    shoal_runtime::init_tracing("info");
+    let cfg = match load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("shoal-agent: {e:#}");
+            std::process::exit(EX_CONFIG);
+        }
+    };
+    if args.check_config {
+        println!("config ok");
+        return Ok(());
+    }
+    let listeners = shoal_agent::Listeners::bind(&cfg.config).await?;
+    let shutdown = CancellationToken::new();
+    let registry = prometheus::Registry::new();
+    let (_agent, serve) = shoal_agent::start(cfg, listeners, registry, shutdown.clone()).await?;
+    let server = tokio::spawn(serve);
+    shoal_runtime::wait_for_signal().await;
+    shutdown.cancel();
+    server.await??;
+    Ok(())
+}

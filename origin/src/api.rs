@@ -1,0 +1,216 @@
+//! The origin's HTTP API, a thin adapter over the fetcher, the store and the backend.
+//!
+//! - `GET /blobs/<digest>/metainfo`: 200 with the metainfo; 202 with `Retry-After` while the
+//!   blob is being fetched from the backend; 404 if the backend lacks it.
+//! - `GET`/`HEAD /blobs/<digest>`: the blob itself (fetched first if needed).
+//! - `PUT /blobs/<digest>`: upload. The body is staged and hashed; only bytes matching the
+//!   digest are written back to the backend, stored and seeded; anything else is removed and
+//!   answered 400 `DIGEST_INVALID`. Requires `Content-Length`.
+
+use std::io::Write;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::StreamExt;
+use shoal_core::Digest;
+use shoal_core::api::ErrorBody;
+use shoal_core::metainfo::MetaInfoBuilder;
+use shoal_swarm::Swarm;
+use tokio::sync::watch;
+
+use crate::fetch::{FetchError, FetchState, Fetcher};
+use crate::metrics::OriginMetrics;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub swarm: Swarm,
+    pub fetcher: Fetcher,
+    pub metainfo_wait: std::time::Duration,
+    pub max_upload: u64,
+    pub metrics: OriginMetrics,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/blobs/{digest}/metainfo", get(metainfo))
+        .route("/blobs/{digest}", get(get_blob).head(get_blob).put(put_blob))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(ErrorBody { code: self.code.into(), message: self.message })).into_response()
+    }
+}
+
+impl From<FetchError> for ApiError {
+    fn from(e: FetchError) -> ApiError {
+        let (status, code) = match &e {
+            FetchError::NotFound(_) => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
+            FetchError::Mismatch { .. } => (StatusCode::BAD_GATEWAY, "DIGEST_INVALID"),
+            FetchError::Backend(_) => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
+            FetchError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNAVAILABLE"),
+        };
+        ApiError::new(status, code, format!("{e:#}"))
+    }
+}
+
+fn parse_digest(s: &str) -> Result<Digest, ApiError> {
+    s.parse().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "DIGEST_INVALID", format!("{s:?}: {e}")))
+}
+
+/// Waits up to `wait` for a fetch to settle.
+async fn settle(mut rx: watch::Receiver<FetchState>, wait: std::time::Duration) -> FetchState {
+    let _ = tokio::time::timeout(wait, rx.wait_for(|s| !matches!(s, FetchState::Running))).await;
+    rx.borrow().clone()
+}
+
+async fn metainfo(State(st): State<AppState>, Path(digest): Path<String>) -> Result<Response, ApiError> {
+    let digest = parse_digest(&digest)?;
+    match settle(st.fetcher.ensure(digest).await, st.metainfo_wait).await {
+        FetchState::Done(meta) => Ok(axum::Json(meta).into_response()),
+        FetchState::Running => Ok((StatusCode::ACCEPTED, [(header::RETRY_AFTER, "1")], "fetching\n").into_response()),
+        FetchState::Failed(e) => Err(e.into()),
+    }
+}
+
+async fn get_blob(State(st): State<AppState>, method: Method, Path(digest): Path<String>) -> Result<Response, ApiError> {
+    let digest = parse_digest(&digest)?;
+    let internal = |e: shoal_swarm::SwarmError| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "UNAVAILABLE", format!("{e:#}"));
+    if method == Method::HEAD {
+        if let Some(f) = st.swarm.complete(digest).await.map_err(internal)? {
+            return Ok(headers(digest, f.meta().length(), Body::empty()));
+        }
+        return match st.fetcher.backend().stat(&digest).await {
+            Ok(Some(len)) => Ok(headers(digest, len, Body::empty())),
+            Ok(None) => Err(FetchError::NotFound(digest).into()),
+            Err(e) => Err(ApiError::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", format!("{e:#}"))),
+        };
+    }
+    match settle(st.fetcher.ensure(digest).await, std::time::Duration::from_secs(24 * 3600)).await {
+        FetchState::Done(_) => {}
+        FetchState::Running => return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "still fetching")),
+        FetchState::Failed(e) => return Err(e.into()),
+    }
+    let file = st
+        .swarm
+        .complete(digest)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "UNAVAILABLE", "blob vanished from the store"))?;
+    let len = file.meta().length();
+    let swarm = st.swarm.clone();
+    let stream = futures::stream::unfold(0u64, move |off| {
+        let (swarm, file) = (swarm.clone(), file.clone());
+        async move {
+            if off >= len {
+                return None;
+            }
+            let n = (len - off).min(1 << 20) as usize;
+            let res = swarm.store().blocking().run(move || file.read_at(off, n)).await;
+            Some((res.map(bytes::Bytes::from), off + n as u64))
+        }
+    });
+    Ok(headers(digest, len, Body::from_stream(stream)))
+}
+
+fn headers(digest: Digest, len: u64, body: Body) -> Response {
+    let mut h = HeaderMap::new();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
+        h.insert("docker-content-digest", v);
+    }
+    (StatusCode::OK, h, body).into_response()
+}
+
+async fn put_blob(
+    State(st): State<AppState>,
+    Path(digest): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let digest = parse_digest(&digest)?;
+    let len: u64 = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| ApiError::new(StatusCode::LENGTH_REQUIRED, "SIZE_INVALID", "Content-Length is required"))?;
+    if len > st.max_upload {
+        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID", format!("{len} bytes is over the limit of {}", st.max_upload)));
+    }
+    if st.swarm.complete(digest).await.ok().flatten().is_some() {
+        return Ok((StatusCode::CREATED, "exists\n").into_response());
+    }
+    let store = st.swarm.store().clone();
+    let staged = store.tmp_path();
+    let res = upload(&st, digest, len, body, &staged).await;
+    match res {
+        Ok(()) => {
+            st.metrics.uploads.with_label_values(&["ok"]).inc();
+            Ok((StatusCode::CREATED, "stored\n").into_response())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&staged);
+            let label = if e.code == "DIGEST_INVALID" { "digest_mismatch" } else { "error" };
+            st.metrics.uploads.with_label_values(&[label]).inc();
+            Err(e)
+        }
+    }
+}
+
+async fn upload(st: &AppState, digest: Digest, len: u64, body: Body, staged: &std::path::Path) -> Result<(), ApiError> {
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "DIGEST_INVALID", m);
+    let io = |e: std::io::Error| ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "UNAVAILABLE", format!("staging upload: {e}"));
+    let store = st.swarm.store().clone();
+    let mut builder = MetaInfoBuilder::new(len).map_err(|e| bad(e.to_string()))?;
+    let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(staged).map_err(io)?);
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID", format!("reading body: {e}")))?;
+        if builder.seen() + chunk.len() as u64 > len {
+            return Err(bad(format!("body is longer than Content-Length {len}")));
+        }
+        let (f, b, r) = store
+            .blocking()
+            .run(move || {
+                builder.update(&chunk);
+                let r = file.write_all(&chunk);
+                (file, builder, r)
+            })
+            .await;
+        r.map_err(io)?;
+        file = f;
+        builder = b;
+    }
+    file.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)?;
+    let meta = builder.finish_expecting(digest).map_err(|e| bad(e.to_string()))?;
+    // Verified: write back to the backend first, then store and seed.
+    st.fetcher
+        .backend()
+        .put(&digest, staged, len)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", format!("writing back to backend: {e:#}")))?;
+    let internal = |m: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "UNAVAILABLE", m);
+    store.commit_verified(meta, staged.to_path_buf()).await.map_err(|e| internal(format!("{e:#}")))?;
+    st.swarm.seed(digest).await.map_err(|e| internal(format!("{e:#}")))?;
+    Ok(())
+}

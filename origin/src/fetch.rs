@@ -1,0 +1,189 @@
+//! Fetching blobs from the backend into the store, once per blob.
+//!
+//! Concurrent requests for one blob share one fetch (a `watch` channel per digest). A fetch
+//! streams the backend object to a staging file while hashing it; only if its sha256 matches
+//! the digest is it committed to the store and seeded. A failure is remembered for
+//! `failure_ttl` so a missing blob does not send every agent's retry to the backend.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use futures::StreamExt;
+use shoal_core::metainfo::MetaInfoBuilder;
+use shoal_core::{Digest, MetaInfo};
+use shoal_swarm::Swarm;
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
+
+use crate::backend::{Backend, BackendError};
+
+/// Where a fetch stands.
+#[derive(Clone, Debug)]
+pub enum FetchState {
+    Running,
+    Done(MetaInfo),
+    Failed(FetchError),
+}
+
+/// Why a fetch failed.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("blob {0} is not in the backend")]
+    NotFound(Digest),
+    #[error("backend content does not match {digest}: {reason}")]
+    Mismatch { digest: Digest, reason: String },
+    #[error("backend: {0}")]
+    Backend(Arc<str>),
+    #[error("store: {0}")]
+    Store(Arc<str>),
+}
+
+#[derive(Clone)]
+pub struct Fetcher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    swarm: Swarm,
+    backend: Arc<dyn Backend>,
+    running: DashMap<Digest, watch::Receiver<FetchState>>,
+    failed: DashMap<Digest, (Instant, FetchError)>,
+    slots: Semaphore,
+    failure_ttl: std::time::Duration,
+    metrics: crate::metrics::OriginMetrics,
+}
+
+impl Fetcher {
+    pub fn new(
+        swarm: Swarm,
+        backend: Arc<dyn Backend>,
+        max_concurrent: usize,
+        failure_ttl: std::time::Duration,
+        metrics: crate::metrics::OriginMetrics,
+    ) -> Fetcher {
+        Fetcher {
+            inner: Arc::new(Inner {
+                swarm,
+                backend,
+                running: DashMap::new(),
+                failed: DashMap::new(),
+                slots: Semaphore::new(max_concurrent),
+                failure_ttl,
+                metrics,
+            }),
+        }
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
+    }
+
+    /// The state of `digest`, starting a fetch if the store lacks it and none is running.
+    pub async fn ensure(&self, digest: Digest) -> watch::Receiver<FetchState> {
+        let inner = &self.inner;
+        if let Ok(Some(f)) = inner.swarm.complete(digest).await {
+            return watch::channel(FetchState::Done(f.meta().clone())).1;
+        }
+        if let Some(e) = inner.failed.get(&digest) {
+            if e.0.elapsed() < inner.failure_ttl {
+                return watch::channel(FetchState::Failed(e.1.clone())).1;
+            }
+        }
+        use dashmap::mapref::entry::Entry;
+        let tx = match inner.running.entry(digest) {
+            Entry::Occupied(o) => return o.get().clone(),
+            Entry::Vacant(v) => {
+                let (tx, rx) = watch::channel(FetchState::Running);
+                v.insert(rx);
+                tx
+            }
+        };
+        let rx = tx.subscribe();
+        let this = self.clone();
+        tokio::spawn(async move {
+            let state = match this.fetch(digest).await {
+                Ok(meta) => {
+                    this.inner.metrics.fetches.with_label_values(&["ok"]).inc();
+                    FetchState::Done(meta)
+                }
+                Err(e) => {
+                    tracing::warn!(%digest, "fetch failed: {e:#}");
+                    let label = if matches!(e, FetchError::NotFound(_)) { "not_found" } else { "error" };
+                    this.inner.metrics.fetches.with_label_values(&[label]).inc();
+                    this.inner.failed.insert(digest, (Instant::now(), e.clone()));
+                    FetchState::Failed(e)
+                }
+            };
+            tx.send_replace(state);
+            this.inner.running.remove(&digest);
+        });
+        rx
+    }
+
+    async fn fetch(&self, digest: Digest) -> Result<MetaInfo, FetchError> {
+        let inner = &self.inner;
+        let _slot = inner.slots.acquire().await.expect("never closed");
+        let started = Instant::now();
+        let blob = inner.backend.get(&digest).await.map_err(|e| match e {
+            BackendError::NotFound { .. } => FetchError::NotFound(digest),
+            other => FetchError::Backend(format!("{other:#}").into()),
+        })?;
+        let store = inner.swarm.store().clone();
+        let staged = store.tmp_path();
+        let res = stage(&store, &staged, digest, blob, &inner.metrics).await;
+        let meta = match res {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = std::fs::remove_file(&staged);
+                return Err(e);
+            }
+        };
+        store.commit_verified(meta.clone(), staged).await.map_err(|e| FetchError::Store(format!("{e:#}").into()))?;
+        inner.swarm.seed(digest).await.map_err(|e| FetchError::Store(format!("{e:#}").into()))?;
+        tracing::info!(%digest, bytes = meta.length(), secs = started.elapsed().as_secs_f64(), "fetched from backend");
+        Ok(meta)
+    }
+}
+
+/// Streams a backend object into `path`, hashing as it goes; checks length and digest.
+async fn stage(
+    store: &shoal_swarm::Store,
+    path: &std::path::Path,
+    digest: Digest,
+    blob: crate::backend::BlobStream,
+    metrics: &crate::metrics::OriginMetrics,
+) -> Result<MetaInfo, FetchError> {
+    let mismatch = |reason: String| FetchError::Mismatch { digest, reason };
+    let store_err = |e: std::io::Error| FetchError::Store(format!("{}: {e}", path.display()).into());
+    let mut builder = MetaInfoBuilder::new(blob.length).map_err(|e| mismatch(e.to_string()))?;
+    let file = std::fs::File::create(path).map_err(store_err)?;
+    let mut writer = Some((std::io::BufWriter::with_capacity(1 << 20, file), builder));
+    let mut stream = blob.stream;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| FetchError::Backend(format!("{e:#}").into()))?;
+        metrics.backend_bytes.inc_by(chunk.len() as u64);
+        let (mut w, mut b) = writer.take().expect("writer is put back after each chunk");
+        if b.seen() + chunk.len() as u64 > blob.length {
+            return Err(mismatch(format!("backend sent more than the {} bytes it announced", blob.length)));
+        }
+        let (w2, b2, res) = store
+            .blocking()
+            .run(move || {
+                b.update(&chunk);
+                let r = w.write_all(&chunk);
+                (w, b, r)
+            })
+            .await;
+        res.map_err(store_err)?;
+        writer = Some((w2, b2));
+    }
+    let (w, b) = writer.take().expect("writer present");
+    store
+        .blocking()
+        .run(move || w.into_inner().map_err(|e| e.into_error()).and_then(|f| f.sync_all()))
+        .await
+        .map_err(store_err)?;
+    builder = b;
+    builder.finish_expecting(digest).map_err(|e| mismatch(e.to_string()))
+}

@@ -1,0 +1,27 @@
+//! The origin's Prometheus collectors, on the node's registry.
+
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+
+#[derive(Clone)]
+pub struct OriginMetrics {
+    /// Backend fetches by result (`ok`, `not_found`, `error`).
+    pub fetches: IntCounterVec,
+    /// Bytes read from the backend.
+    pub backend_bytes: IntCounter,
+    /// Uploads by result (`ok`, `digest_mismatch`, `error`).
+    pub uploads: IntCounterVec,
+}
+
+impl OriginMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<OriginMetrics> {
+        let m = OriginMetrics {
+            fetches: IntCounterVec::new(Opts::new("shoal_origin_fetches_total", "Backend fetches by result"), &["result"])?,
+            backend_bytes: IntCounter::new("shoal_origin_backend_bytes_total", "Bytes read from the backend")?,
+            uploads: IntCounterVec::new(Opts::new("shoal_origin_uploads_total", "Uploads by result"), &["result"])?,
+        };
+        registry.register(Box::new(m.fetches.clone()))?;
+        registry.register(Box::new(m.backend_bytes.clone()))?;
+        registry.register(Box::new(m.uploads.clone()))?;
+        Ok(m)
+    }
+}
