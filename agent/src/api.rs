@@ -83,7 +83,11 @@ pub fn parse_digest(s: &str) -> Result<Digest, ApiError> {
     s.parse().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "DIGEST_INVALID", format!("{s:?}: {e}")))
 }
 
-async fn get_blob(State(st): State<AppState>, method: Method, Path(digest): Path<String>) -> Result<Response, ApiError> {
+async fn get_blob(
+    State(st): State<AppState>,
+    method: Method,
+    Path(digest): Path<String>,
+) -> Result<Response, ApiError> {
     let digest = parse_digest(&digest)?;
     if method == Method::HEAD {
         let len = match st.swarm.complete(digest).await? {

@@ -28,7 +28,10 @@ pub struct Listeners {
 impl Listeners {
     /// Binds the addresses of `config`.
     pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
-        Ok(Listeners { http: TcpListener::bind(config.listen).await?, peer: TcpListener::bind(config.peer_listen).await? })
+        Ok(Listeners {
+            http: TcpListener::bind(config.listen).await?,
+            peer: TcpListener::bind(config.peer_listen).await?,
+        })
     }
 }
 

@@ -67,7 +67,11 @@ impl OriginClient {
                             }
                         };
                         if meta.digest() != digest {
-                            return Err(OriginError::WrongMetaInfo { origin: node.id.clone(), want: digest, got: meta.digest() });
+                            return Err(OriginError::WrongMetaInfo {
+                                origin: node.id.clone(),
+                                want: digest,
+                                got: meta.digest(),
+                            });
                         }
                         return Ok(meta);
                     }

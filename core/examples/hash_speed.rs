@@ -16,6 +16,10 @@ fn main() {
             acc ^= shoal_core::PieceHash::of(c).0[0];
         }
         let b = t.elapsed().as_secs_f64();
-        println!("round {round}: sha256 {:.2} GiB/s, blake3 {:.2} GiB/s (1 MiB pieces, one core) [{acc}]", gib / s, gib / b);
+        println!(
+            "round {round}: sha256 {:.2} GiB/s, blake3 {:.2} GiB/s (1 MiB pieces, one core) [{acc}]",
+            gib / s,
+            gib / b
+        );
     }
 }

@@ -273,8 +273,7 @@ impl serde::Serialize for MetaInfo {
         for p in &self.pieces {
             pieces.push_str(&hex::encode(p.0));
         }
-        MetaInfoJson { digest: self.digest, length: self.length, piece_length: self.piece_length, pieces }
-            .serialize(s)
+        MetaInfoJson { digest: self.digest, length: self.length, piece_length: self.piece_length, pieces }.serialize(s)
     }
 }
 

@@ -125,7 +125,9 @@ const T_ERROR: u8 = 7;
 /// Returns `Ok(None)` if more bytes are needed, or the message and the number of bytes it
 /// used. Never reads past [`MAX_FRAME_LEN`] plus the prefix.
 pub fn decode(buf: &[u8]) -> Result<Option<(Message<'_>, usize)>, DecodeError> {
-    let Some(len) = frame_len(buf)? else { return Ok(None) };
+    let Some(len) = frame_len(buf)? else {
+        return Ok(None);
+    };
     let total = LEN_PREFIX + len;
     if buf.len() < total {
         return Ok(None);
@@ -142,7 +144,9 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Message<'_>, usize)>, DecodeError> {
 /// Reads the length prefix of the frame at the front of `buf`, checking it against the limit.
 /// The driver uses this to size its read buffer before the whole frame has arrived.
 pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, DecodeError> {
-    let Some(prefix) = buf.first_chunk::<LEN_PREFIX>() else { return Ok(None) };
+    let Some(prefix) = buf.first_chunk::<LEN_PREFIX>() else {
+        return Ok(None);
+    };
     let len = u32::from_be_bytes(*prefix) as usize;
     if len > MAX_FRAME_LEN {
         return Err(DecodeError::FrameTooLong(len));

@@ -92,9 +92,14 @@ async fn metainfo(State(st): State<AppState>, Path(digest): Path<String>) -> Res
     }
 }
 
-async fn get_blob(State(st): State<AppState>, method: Method, Path(digest): Path<String>) -> Result<Response, ApiError> {
+async fn get_blob(
+    State(st): State<AppState>,
+    method: Method,
+    Path(digest): Path<String>,
+) -> Result<Response, ApiError> {
     let digest = parse_digest(&digest)?;
-    let internal = |e: shoal_swarm::SwarmError| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "UNAVAILABLE", format!("{e:#}"));
+    let internal =
+        |e: shoal_swarm::SwarmError| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "UNAVAILABLE", format!("{e:#}"));
     if method == Method::HEAD {
         if let Some(f) = st.swarm.complete(digest).await.map_err(internal)? {
             return Ok(headers(digest, f.meta().length(), Body::empty()));
@@ -107,15 +112,14 @@ async fn get_blob(State(st): State<AppState>, method: Method, Path(digest): Path
     }
     match settle(st.fetcher.ensure(digest).await, std::time::Duration::from_secs(24 * 3600)).await {
         FetchState::Done(_) => {}
-        FetchState::Running => return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "still fetching")),
+        FetchState::Running => {
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "still fetching"));
+        }
         FetchState::Failed(e) => return Err(e.into()),
     }
-    let file = st
-        .swarm
-        .complete(digest)
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "UNAVAILABLE", "blob vanished from the store"))?;
+    let file = st.swarm.complete(digest).await.map_err(internal)?.ok_or_else(|| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "UNAVAILABLE", "blob vanished from the store")
+    })?;
     let len = file.meta().length();
     let swarm = st.swarm.clone();
     let stream = futures::stream::unfold(0u64, move |off| {
@@ -155,7 +159,11 @@ async fn put_blob(
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| ApiError::new(StatusCode::LENGTH_REQUIRED, "SIZE_INVALID", "Content-Length is required"))?;
     if len > st.max_upload {
-        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID", format!("{len} bytes is over the limit of {}", st.max_upload)));
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "SIZE_INVALID",
+            format!("{len} bytes is over the limit of {}", st.max_upload),
+        ));
     }
     if st.swarm.complete(digest).await.ok().flatten().is_some() {
         return Ok((StatusCode::CREATED, "exists\n").into_response());
@@ -179,13 +187,16 @@ async fn put_blob(
 
 async fn upload(st: &AppState, digest: Digest, len: u64, body: Body, staged: &std::path::Path) -> Result<(), ApiError> {
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "DIGEST_INVALID", m);
-    let io = |e: std::io::Error| ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "UNAVAILABLE", format!("staging upload: {e}"));
+    let io = |e: std::io::Error| {
+        ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "UNAVAILABLE", format!("staging upload: {e}"))
+    };
     let store = st.swarm.store().clone();
     let mut builder = MetaInfoBuilder::new(len).map_err(|e| bad(e.to_string()))?;
     let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(staged).map_err(io)?);
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID", format!("reading body: {e}")))?;
+        let chunk = chunk
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID", format!("reading body: {e}")))?;
         if builder.seen() + chunk.len() as u64 > len {
             return Err(bad(format!("body is longer than Content-Length {len}")));
         }
@@ -204,11 +215,9 @@ async fn upload(st: &AppState, digest: Digest, len: u64, body: Body, staged: &st
     file.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)?;
     let meta = builder.finish_expecting(digest).map_err(|e| bad(e.to_string()))?;
     // Verified: write back to the backend first, then store and seed.
-    st.fetcher
-        .backend()
-        .put(&digest, staged, len)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", format!("writing back to backend: {e:#}")))?;
+    st.fetcher.backend().put(&digest, staged, len).await.map_err(|e| {
+        ApiError::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", format!("writing back to backend: {e:#}"))
+    })?;
     let internal = |m: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "UNAVAILABLE", m);
     store.commit_verified(meta, staged.to_path_buf()).await.map_err(|e| internal(format!("{e:#}")))?;
     st.swarm.seed(digest).await.map_err(|e| internal(format!("{e:#}")))?;

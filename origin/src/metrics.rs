@@ -15,7 +15,10 @@ pub struct OriginMetrics {
 impl OriginMetrics {
     pub fn new(registry: &Registry) -> prometheus::Result<OriginMetrics> {
         let m = OriginMetrics {
-            fetches: IntCounterVec::new(Opts::new("shoal_origin_fetches_total", "Backend fetches by result"), &["result"])?,
+            fetches: IntCounterVec::new(
+                Opts::new("shoal_origin_fetches_total", "Backend fetches by result"),
+                &["result"],
+            )?,
             backend_bytes: IntCounter::new("shoal_origin_backend_bytes_total", "Bytes read from the backend")?,
             uploads: IntCounterVec::new(Opts::new("shoal_origin_uploads_total", "Uploads by result"), &["result"])?,
         };

@@ -67,7 +67,11 @@ async fn ready(State(admin): State<Admin>) -> impl IntoResponse {
 async fn metrics(State(admin): State<Admin>) -> impl IntoResponse {
     let mut buf = Vec::new();
     if let Err(e) = TextEncoder::new().encode(&admin.registry.gather(), &mut buf) {
-        return (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], format!("{e}").into_bytes());
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            format!("{e}").into_bytes(),
+        );
     }
     (StatusCode::OK, [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], buf)
 }

@@ -11,8 +11,8 @@ pub mod config;
 pub mod task;
 pub mod units;
 
+pub use admin::serve;
 pub use admin::{Admin, Phase};
 pub use config::{ConfigError, EX_CONFIG};
-pub use admin::serve;
 pub use task::{init_tracing, spawn, wait_for_signal};
 pub use units::{ByteSize, Duration};

@@ -29,18 +29,39 @@ use crate::store::{PartialBlob, StoreError};
 /// What connections and helper tasks tell a download actor.
 pub(crate) enum Event {
     /// A peer opened the blob and sent its bitfield.
-    PeerBitfield { conn: Arc<ConnHandle>, bits: Vec<u8> },
-    Have { peer: PeerId, piece: u32 },
+    PeerBitfield {
+        conn: Arc<ConnHandle>,
+        bits: Vec<u8>,
+    },
+    Have {
+        peer: PeerId,
+        piece: u32,
+    },
     /// A piece from `peer` matched its hash and is written.
-    PieceOk { peer: PeerId, piece: u32 },
+    PieceOk {
+        peer: PeerId,
+        piece: u32,
+    },
     /// A piece from `peer` failed its hash; the connection is being closed.
-    PieceBad { peer: PeerId, piece: u32 },
-    Rejected { peer: PeerId, piece: u32 },
-    PeerGone { peer: PeerId },
+    PieceBad {
+        peer: PeerId,
+        piece: u32,
+    },
+    Rejected {
+        peer: PeerId,
+        piece: u32,
+    },
+    PeerGone {
+        peer: PeerId,
+    },
     /// Writing a piece failed (disk full, I/O error).
-    StoreFailed { error: Arc<StoreError> },
+    StoreFailed {
+        error: Arc<StoreError>,
+    },
     /// An announce finished; announce again after `interval`.
-    Announced { interval: Duration },
+    Announced {
+        interval: Duration,
+    },
 }
 
 /// How often the actor checks request deadlines.
@@ -258,7 +279,13 @@ impl Actor {
 /// connection. Returns when to announce again.
 async fn announce_and_connect(node: &Arc<Node>, entry: &Arc<BlobEntry>) -> Duration {
     let digest = entry.meta.digest();
-    let req = AnnounceRequest { blob: digest, peer_id: node.peer_id, addr: node.advertise, complete: false, origin: node.is_origin };
+    let req = AnnounceRequest {
+        blob: digest,
+        peer_id: node.peer_id,
+        addr: node.advertise,
+        complete: false,
+        origin: node.is_origin,
+    };
     let resp = match node.tracker.announce(&req).await {
         Ok(r) => r,
         Err(e) => {
@@ -309,8 +336,7 @@ pub(crate) async fn announce_once(node: &Arc<Node>, blob: Digest, complete: bool
 pub(crate) async fn seed_announcer(node: Arc<Node>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
-        let blobs: Vec<Digest> =
-            node.blobs.iter().filter(|e| e.shared.lock().complete).map(|e| *e.key()).collect();
+        let blobs: Vec<Digest> = node.blobs.iter().filter(|e| e.shared.lock().complete).map(|e| *e.key()).collect();
         for b in blobs {
             announce_once(&node, b, true).await;
         }

@@ -30,15 +30,27 @@ impl SwarmMetrics {
                 &["source"],
             )?,
             bytes_out: IntCounter::new("shoal_swarm_piece_bytes_sent_total", "Piece bytes uploaded to peers")?,
-            pieces_verified: IntCounter::new("shoal_swarm_pieces_verified_total", "Pieces received that passed their hash")?,
-            pieces_corrupt: IntCounter::new("shoal_swarm_pieces_corrupt_total", "Pieces received that failed their hash")?,
-            requests_timed_out: IntCounter::new("shoal_swarm_requests_timed_out_total", "Piece requests that timed out")?,
+            pieces_verified: IntCounter::new(
+                "shoal_swarm_pieces_verified_total",
+                "Pieces received that passed their hash",
+            )?,
+            pieces_corrupt: IntCounter::new(
+                "shoal_swarm_pieces_corrupt_total",
+                "Pieces received that failed their hash",
+            )?,
+            requests_timed_out: IntCounter::new(
+                "shoal_swarm_requests_timed_out_total",
+                "Piece requests that timed out",
+            )?,
             connections: IntGauge::new("shoal_swarm_connections", "Open peer connections")?,
             connections_rejected: IntCounter::new(
                 "shoal_swarm_connections_rejected_total",
                 "Peer connections refused (limit, blacklist, duplicate, bad handshake)",
             )?,
-            protocol_errors: IntCounter::new("shoal_swarm_protocol_errors_total", "Connections closed for a protocol violation")?,
+            protocol_errors: IntCounter::new(
+                "shoal_swarm_protocol_errors_total",
+                "Connections closed for a protocol violation",
+            )?,
             downloads_active: IntGauge::new("shoal_swarm_downloads_active", "Blob downloads in progress")?,
             downloads_completed: IntCounter::new("shoal_swarm_downloads_completed_total", "Blob downloads completed")?,
             downloads_failed: IntCounter::new("shoal_swarm_downloads_failed_total", "Blob downloads failed")?,

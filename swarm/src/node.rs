@@ -149,7 +149,8 @@ impl Node {
     pub fn is_blacklisted(&self, peer: Option<&PeerId>, addr: Option<&SocketAddr>) -> bool {
         let now = Instant::now();
         let hit = |until: Option<Instant>| until.is_some_and(|u| u > now);
-        hit(peer.and_then(|p| self.blacklist.get(p).map(|e| *e))) || hit(addr.and_then(|a| self.blacklist_addrs.get(a).map(|e| *e)))
+        hit(peer.and_then(|p| self.blacklist.get(p).map(|e| *e)))
+            || hit(addr.and_then(|a| self.blacklist_addrs.get(a).map(|e| *e)))
     }
 
     pub fn shun(&self, peer: PeerId, addr: SocketAddr) {

@@ -139,10 +139,7 @@ impl Store {
         self.blocking
             .run(move || {
                 let rd = fs::read_dir(&dir).map_err(StoreError::io("list", &dir))?;
-                Ok(rd
-                    .flatten()
-                    .filter_map(|e| e.file_name().to_str().and_then(|n| Digest::from_hex(n).ok()))
-                    .collect())
+                Ok(rd.flatten().filter_map(|e| e.file_name().to_str().and_then(|n| Digest::from_hex(n).ok())).collect())
             })
             .await
     }
@@ -411,8 +408,13 @@ mod tests {
         let data = blob(100);
         let good = meta_of(&data);
         // Same pieces, wrong digest: pieces verify, the whole does not.
-        let bad = MetaInfo::from_parts(Digest::of(b"other"), good.length(), good.piece_length(), good.piece_hashes().to_vec())
-            .unwrap();
+        let bad = MetaInfo::from_parts(
+            Digest::of(b"other"),
+            good.length(),
+            good.piece_length(),
+            good.piece_hashes().to_vec(),
+        )
+        .unwrap();
         let p = store.open_partial(bad.clone()).await.unwrap();
         p.write_piece(bad.piece(0).unwrap(), &data).unwrap();
         assert!(matches!(p.commit(store.root()), Err(StoreError::Corrupt { .. })));

@@ -30,18 +30,12 @@ fn check(frame: &[u8], expect: Result<Message<'_>, DecodeError>) {
     longer.extend_from_slice(&[0xff; 5]);
     assert_eq!(decode(&longer), expect, "frame followed by more bytes");
     if let Ok(Some((msg, _))) = &expect {
-        assert!(
-            enc(msg) == frame,
-            "re-encoding {msg:?} differs from the frame"
-        );
+        assert!(enc(msg) == frame, "re-encoding {msg:?} differs from the frame");
         if let Message::Piece { blob, piece, data } = *msg {
             let mut buf = BytesMut::new();
             encode_piece_header(blob, piece, data.len(), &mut buf);
             buf.extend_from_slice(data);
-            assert!(
-                buf[..] == *frame,
-                "piece header path differs from the frame"
-            );
+            assert!(buf[..] == *frame, "piece header path differs from the frame");
         }
     }
 }
@@ -89,41 +83,21 @@ fn keep_alive() {
 #[test]
 fn handshake() {
     let peer_id = PeerId([7; 16]);
-    check(
-        &frame(T_HANDSHAKE, &[&handshake_body(&MAGIC, 1)]),
-        Ok(Message::Handshake {
-            version: 1,
-            peer_id,
-        }),
-    );
+    check(&frame(T_HANDSHAKE, &[&handshake_body(&MAGIC, 1)]), Ok(Message::Handshake { version: 1, peer_id }));
     // The codec does not judge versions; the connection driver does.
     let body = handshake_body(&MAGIC, u16::MAX);
-    check(
-        &frame(T_HANDSHAKE, &[&body]),
-        Ok(Message::Handshake {
-            version: u16::MAX,
-            peer_id,
-        }),
-    );
+    check(&frame(T_HANDSHAKE, &[&body]), Ok(Message::Handshake { version: u16::MAX, peer_id }));
 }
 #[test]
 fn bitfield_one_piece() {
     let b = blob();
     check(
         &frame(T_BITFIELD, &[b.as_bytes(), &be(1), &[0x80]]),
-        Ok(Message::Bitfield {
-            blob: b,
-            num_pieces: 1,
-            bits: &[0x80],
-        }),
+        Ok(Message::Bitfield { blob: b, num_pieces: 1, bits: &[0x80] }),
     );
     check(
         &frame(T_BITFIELD, &[b.as_bytes(), &be(1), &[0x00]]),
-        Ok(Message::Bitfield {
-            blob: b,
-            num_pieces: 1,
-            bits: &[0x00],
-        }),
+        Ok(Message::Bitfield { blob: b, num_pieces: 1, bits: &[0x00] }),
     );
 }
 #[test]
@@ -131,11 +105,7 @@ fn bitfield_eight_pieces() {
     let b = blob();
     check(
         &frame(T_BITFIELD, &[b.as_bytes(), &be(8), &[0xff]]),
-        Ok(Message::Bitfield {
-            blob: b,
-            num_pieces: 8,
-            bits: &[0xff],
-        }),
+        Ok(Message::Bitfield { blob: b, num_pieces: 8, bits: &[0xff] }),
     );
 }
 #[test]
@@ -144,146 +114,61 @@ fn bitfield_nine_pieces() {
     let bits = [0xff, 0x80];
     check(
         &frame(T_BITFIELD, &[b.as_bytes(), &be(9), &bits]),
-        Ok(Message::Bitfield {
-            blob: b,
-            num_pieces: 9,
-            bits: &bits,
-        }),
+        Ok(Message::Bitfield { blob: b, num_pieces: 9, bits: &bits }),
     );
 }
 #[test]
 fn bitfield_max_pieces() {
     let b = blob();
-    for bits in [
-        pack_bits(MAX_PIECES, |i| i % 3 == 0),
-        pack_bits(MAX_PIECES, |_| true),
-    ] {
+    for bits in [pack_bits(MAX_PIECES, |i| i % 3 == 0), pack_bits(MAX_PIECES, |_| true)] {
         assert_eq!(bits.len(), MAX_BITFIELD_BYTES);
-        let msg = Message::Bitfield {
-            blob: b,
-            num_pieces: MAX_PIECES,
-            bits: &bits,
-        };
-        check(
-            &frame(T_BITFIELD, &[b.as_bytes(), &be(MAX_PIECES), &bits]),
-            Ok(msg),
-        );
+        let msg = Message::Bitfield { blob: b, num_pieces: MAX_PIECES, bits: &bits };
+        check(&frame(T_BITFIELD, &[b.as_bytes(), &be(MAX_PIECES), &bits]), Ok(msg));
     }
 }
 #[test]
 fn have_request_cancel() {
     let b = blob();
-    check(
-        &frame(T_HAVE, &[b.as_bytes(), &be(3)]),
-        Ok(Message::Have { blob: b, piece: 3 }),
-    );
-    check(
-        &frame(T_REQUEST, &[b.as_bytes(), &be(u32::MAX)]),
-        Ok(Message::Request {
-            blob: b,
-            piece: u32::MAX,
-        }),
-    );
-    check(
-        &frame(T_CANCEL, &[b.as_bytes(), &be(0)]),
-        Ok(Message::Cancel { blob: b, piece: 0 }),
-    );
+    check(&frame(T_HAVE, &[b.as_bytes(), &be(3)]), Ok(Message::Have { blob: b, piece: 3 }));
+    check(&frame(T_REQUEST, &[b.as_bytes(), &be(u32::MAX)]), Ok(Message::Request { blob: b, piece: u32::MAX }));
+    check(&frame(T_CANCEL, &[b.as_bytes(), &be(0)]), Ok(Message::Cancel { blob: b, piece: 0 }));
 }
 #[test]
 fn piece_empty() {
     let b = blob();
-    check(
-        &frame(T_PIECE, &[b.as_bytes(), &be(1)]),
-        Ok(Message::Piece {
-            blob: b,
-            piece: 1,
-            data: &[],
-        }),
-    );
+    check(&frame(T_PIECE, &[b.as_bytes(), &be(1)]), Ok(Message::Piece { blob: b, piece: 1, data: &[] }));
 }
 #[test]
 fn piece_small() {
     let b = blob();
-    check(
-        &frame(T_PIECE, &[b.as_bytes(), &be(1), b"abc"]),
-        Ok(Message::Piece {
-            blob: b,
-            piece: 1,
-            data: b"abc",
-        }),
-    );
+    check(&frame(T_PIECE, &[b.as_bytes(), &be(1), b"abc"]), Ok(Message::Piece { blob: b, piece: 1, data: b"abc" }));
 }
 #[test]
 fn piece_max() {
     let b = blob();
-    let data: Vec<u8> = (0..MAX_PIECE_LEN)
-        .map(|i| i.to_le_bytes()[0] ^ i.to_le_bytes()[1])
-        .collect();
+    let data: Vec<u8> = (0..MAX_PIECE_LEN).map(|i| i.to_le_bytes()[0] ^ i.to_le_bytes()[1]).collect();
     let f = frame(T_PIECE, &[b.as_bytes(), &be(9), &data]);
-    assert_eq!(
-        f.len(),
-        LEN_PREFIX + MAX_FRAME_LEN,
-        "a maximal piece is a maximal frame"
-    );
-    check(
-        &f,
-        Ok(Message::Piece {
-            blob: b,
-            piece: 9,
-            data: &data,
-        }),
-    );
+    assert_eq!(f.len(), LEN_PREFIX + MAX_FRAME_LEN, "a maximal piece is a maximal frame");
+    check(&f, Ok(Message::Piece { blob: b, piece: 9, data: &data }));
 }
 #[test]
 fn reject_every_reason() {
     let b = blob();
-    let cases = [
-        (0, RejectReason::NotHave),
-        (1, RejectReason::UnknownBlob),
-        (2, RejectReason::Busy),
-    ];
+    let cases = [(0, RejectReason::NotHave), (1, RejectReason::UnknownBlob), (2, RejectReason::Busy)];
     for (byte, reason) in cases {
-        check(
-            &frame(T_REJECT, &[b.as_bytes(), &be(5), &[byte]]),
-            Ok(Message::Reject {
-                blob: b,
-                piece: 5,
-                reason,
-            }),
-        );
+        check(&frame(T_REJECT, &[b.as_bytes(), &be(5), &[byte]]), Ok(Message::Reject { blob: b, piece: 5, reason }));
     }
 }
 #[test]
 fn error_texts() {
-    check(
-        &frame(T_ERROR, &[&500u16.to_be_bytes()]),
-        Ok(Message::Error {
-            code: 500,
-            message: "",
-        }),
-    );
-    check(
-        &frame(T_ERROR, &[&500u16.to_be_bytes(), b"boom"]),
-        Ok(Message::Error {
-            code: 500,
-            message: "boom",
-        }),
-    );
+    check(&frame(T_ERROR, &[&500u16.to_be_bytes()]), Ok(Message::Error { code: 500, message: "" }));
+    check(&frame(T_ERROR, &[&500u16.to_be_bytes(), b"boom"]), Ok(Message::Error { code: 500, message: "boom" }));
     let text = "caf\u{e9} \u{1f980}";
-    check(
-        &frame(T_ERROR, &[&0u16.to_be_bytes(), text.as_bytes()]),
-        Ok(Message::Error {
-            code: 0,
-            message: text,
-        }),
-    );
+    check(&frame(T_ERROR, &[&0u16.to_be_bytes(), text.as_bytes()]), Ok(Message::Error { code: 0, message: text }));
     let max = "x".repeat(MAX_ERROR_TEXT);
     check(
         &frame(T_ERROR, &[&u16::MAX.to_be_bytes(), max.as_bytes()]),
-        Ok(Message::Error {
-            code: u16::MAX,
-            message: &max,
-        }),
+        Ok(Message::Error { code: u16::MAX, message: &max }),
     );
 }
 #[test]
@@ -296,17 +181,8 @@ fn error_text_over_limit_is_truncated_on_encode() {
         (format!("a{}", "\u{1f980}".repeat(300)), MAX_ERROR_TEXT - 3),
     ];
     for (text, kept) in &cases {
-        let f = enc(&Message::Error {
-            code: 7,
-            message: text,
-        });
-        check(
-            &f,
-            Ok(Message::Error {
-                code: 7,
-                message: &text[..*kept],
-            }),
-        );
+        let f = enc(&Message::Error { code: 7, message: text });
+        check(&f, Ok(Message::Error { code: 7, message: &text[..*kept] }));
     }
 }
 
@@ -314,18 +190,9 @@ fn error_text_over_limit_is_truncated_on_encode() {
 
 #[test]
 fn length_over_limit_is_rejected_from_the_prefix() {
-    check(
-        &prefix(MAX_FRAME_LEN + 1),
-        Err(DecodeError::FrameTooLong(MAX_FRAME_LEN + 1)),
-    );
-    check(
-        &prefix(u32::MAX as usize),
-        Err(DecodeError::FrameTooLong(u32::MAX as usize)),
-    );
-    assert_eq!(
-        frame_len(&prefix(MAX_FRAME_LEN + 1)),
-        Err(DecodeError::FrameTooLong(MAX_FRAME_LEN + 1))
-    );
+    check(&prefix(MAX_FRAME_LEN + 1), Err(DecodeError::FrameTooLong(MAX_FRAME_LEN + 1)));
+    check(&prefix(u32::MAX as usize), Err(DecodeError::FrameTooLong(u32::MAX as usize)));
+    assert_eq!(frame_len(&prefix(MAX_FRAME_LEN + 1)), Err(DecodeError::FrameTooLong(MAX_FRAME_LEN + 1)));
     assert_eq!(frame_len(&prefix(MAX_FRAME_LEN)), Ok(Some(MAX_FRAME_LEN)));
 }
 #[test]
@@ -342,21 +209,12 @@ fn piece_data_over_limit_is_impossible() {
 #[test]
 fn unknown_type() {
     check(&frame(8, &[]), Err(DecodeError::UnknownType(8)));
-    check(
-        &frame(0xff, &[b"whatever"]),
-        Err(DecodeError::UnknownType(0xff)),
-    );
+    check(&frame(0xff, &[b"whatever"]), Err(DecodeError::UnknownType(0xff)));
 }
 #[test]
 fn wrong_body_length_of_fixed_size_types() {
     let hs = handshake_body(&MAGIC, 1);
-    let bad = |kind, len, expected| {
-        Err(DecodeError::BadLength {
-            kind,
-            len,
-            expected,
-        })
-    };
+    let bad = |kind, len, expected| Err(DecodeError::BadLength { kind, len, expected });
     check(&frame(T_HANDSHAKE, &[]), bad(T_HANDSHAKE, 0, 26));
     check(&frame(T_HANDSHAKE, &[&hs[..25]]), bad(T_HANDSHAKE, 25, 26));
     check(&frame(T_HANDSHAKE, &[&hs, &[0]]), bad(T_HANDSHAKE, 27, 26));
@@ -366,57 +224,29 @@ fn wrong_body_length_of_fixed_size_types() {
         check(&frame(kind, &[b.as_bytes(), &[0; 3]]), bad(kind, 35, 36));
         check(&frame(kind, &[b.as_bytes(), &[0; 5]]), bad(kind, 37, 36));
     }
-    check(
-        &frame(T_REJECT, &[b.as_bytes(), &[0; 4]]),
-        bad(T_REJECT, 36, 37),
-    );
-    check(
-        &frame(T_REJECT, &[b.as_bytes(), &[0; 6]]),
-        bad(T_REJECT, 38, 37),
-    );
+    check(&frame(T_REJECT, &[b.as_bytes(), &[0; 4]]), bad(T_REJECT, 36, 37));
+    check(&frame(T_REJECT, &[b.as_bytes(), &[0; 6]]), bad(T_REJECT, 38, 37));
 }
 #[test]
 fn too_short_variable_size_types() {
-    let bad = |kind, len, expected| {
-        Err(DecodeError::BadLength {
-            kind,
-            len,
-            expected,
-        })
-    };
+    let bad = |kind, len, expected| Err(DecodeError::BadLength { kind, len, expected });
     let b = blob();
-    check(
-        &frame(T_BITFIELD, &[b.as_bytes(), &[0; 3]]),
-        bad(T_BITFIELD, 35, 36),
-    );
+    check(&frame(T_BITFIELD, &[b.as_bytes(), &[0; 3]]), bad(T_BITFIELD, 35, 36));
     check(&frame(T_PIECE, &[]), bad(T_PIECE, 0, 36));
-    check(
-        &frame(T_PIECE, &[b.as_bytes(), &[0; 3]]),
-        bad(T_PIECE, 35, 36),
-    );
+    check(&frame(T_PIECE, &[b.as_bytes(), &[0; 3]]), bad(T_PIECE, 35, 36));
     check(&frame(T_ERROR, &[]), bad(T_ERROR, 0, 2));
     check(&frame(T_ERROR, &[&[0]]), bad(T_ERROR, 1, 2));
 }
 #[test]
 fn error_text_over_limit_is_rejected_on_decode() {
     let text = "x".repeat(MAX_ERROR_TEXT + 1);
-    let expect = DecodeError::BadLength {
-        kind: T_ERROR,
-        len: 2 + MAX_ERROR_TEXT + 1,
-        expected: 2 + MAX_ERROR_TEXT,
-    };
+    let expect = DecodeError::BadLength { kind: T_ERROR, len: 2 + MAX_ERROR_TEXT + 1, expected: 2 + MAX_ERROR_TEXT };
     check(&frame(T_ERROR, &[&[0, 1], text.as_bytes()]), Err(expect));
 }
 #[test]
 fn bad_magic() {
-    check(
-        &frame(T_HANDSHAKE, &[&handshake_body(b"SHOALP2Q", 1)]),
-        Err(DecodeError::BadMagic),
-    );
-    check(
-        &frame(T_HANDSHAKE, &[&handshake_body(b"shoalp2p", 1)]),
-        Err(DecodeError::BadMagic),
-    );
+    check(&frame(T_HANDSHAKE, &[&handshake_body(b"SHOALP2Q", 1)]), Err(DecodeError::BadMagic));
+    check(&frame(T_HANDSHAKE, &[&handshake_body(b"shoalp2p", 1)]), Err(DecodeError::BadMagic));
     check(&frame(T_HANDSHAKE, &[&[0; 26]]), Err(DecodeError::BadMagic));
 }
 #[test]
@@ -429,70 +259,31 @@ fn bitfield_invalid() {
     // Over the piece limit, with the byte count that count would need.
     let over = MAX_PIECES + 1;
     let bits = vec![0; MAX_BITFIELD_BYTES + 1];
-    check(
-        &frame(T_BITFIELD, &[b.as_bytes(), &be(over), &bits]),
-        bad(over, bits.len()),
-    );
-    check(
-        &frame(T_BITFIELD, &[b.as_bytes(), &be(u32::MAX), &[0]]),
-        bad(u32::MAX, 1),
-    );
+    check(&frame(T_BITFIELD, &[b.as_bytes(), &be(over), &bits]), bad(over, bits.len()));
+    check(&frame(T_BITFIELD, &[b.as_bytes(), &be(u32::MAX), &[0]]), bad(u32::MAX, 1));
     // Wrong byte count.
     check(&frame(T_BITFIELD, &[b.as_bytes(), &be(1)]), bad(1, 0));
-    check(
-        &frame(T_BITFIELD, &[b.as_bytes(), &be(8), &[0xff, 0]]),
-        bad(8, 2),
-    );
-    check(
-        &frame(T_BITFIELD, &[b.as_bytes(), &be(9), &[0xff]]),
-        bad(9, 1),
-    );
-    check(
-        &frame(T_BITFIELD, &[b.as_bytes(), &be(9), &[0xff, 0x80, 0]]),
-        bad(9, 3),
-    );
+    check(&frame(T_BITFIELD, &[b.as_bytes(), &be(8), &[0xff, 0]]), bad(8, 2));
+    check(&frame(T_BITFIELD, &[b.as_bytes(), &be(9), &[0xff]]), bad(9, 1));
+    check(&frame(T_BITFIELD, &[b.as_bytes(), &be(9), &[0xff, 0x80, 0]]), bad(9, 3));
     let short = vec![0; MAX_BITFIELD_BYTES - 1];
-    check(
-        &frame(T_BITFIELD, &[b.as_bytes(), &be(MAX_PIECES), &short]),
-        bad(MAX_PIECES, short.len()),
-    );
+    check(&frame(T_BITFIELD, &[b.as_bytes(), &be(MAX_PIECES), &short]), bad(MAX_PIECES, short.len()));
 }
 #[test]
 fn bitfield_spare_bits_must_be_zero() {
     let b = blob();
     let bad = |num_pieces, len| Err(DecodeError::BadBitfield { num_pieces, len });
-    check(
-        &frame(T_BITFIELD, &[b.as_bytes(), &be(1), &[0x40]]),
-        bad(1, 1),
-    );
-    check(
-        &frame(T_BITFIELD, &[b.as_bytes(), &be(1), &[0x81]]),
-        bad(1, 1),
-    );
-    check(
-        &frame(T_BITFIELD, &[b.as_bytes(), &be(7), &[0x01]]),
-        bad(7, 1),
-    );
-    check(
-        &frame(T_BITFIELD, &[b.as_bytes(), &be(9), &[0xff, 0x40]]),
-        bad(9, 2),
-    );
-    check(
-        &frame(T_BITFIELD, &[b.as_bytes(), &be(15), &[0, 0x01]]),
-        bad(15, 2),
-    );
+    check(&frame(T_BITFIELD, &[b.as_bytes(), &be(1), &[0x40]]), bad(1, 1));
+    check(&frame(T_BITFIELD, &[b.as_bytes(), &be(1), &[0x81]]), bad(1, 1));
+    check(&frame(T_BITFIELD, &[b.as_bytes(), &be(7), &[0x01]]), bad(7, 1));
+    check(&frame(T_BITFIELD, &[b.as_bytes(), &be(9), &[0xff, 0x40]]), bad(9, 2));
+    check(&frame(T_BITFIELD, &[b.as_bytes(), &be(15), &[0, 0x01]]), bad(15, 2));
 }
 #[test]
 fn unknown_reject_reason() {
     let b = blob();
-    check(
-        &frame(T_REJECT, &[b.as_bytes(), &be(0), &[3]]),
-        Err(DecodeError::BadReason(3)),
-    );
-    check(
-        &frame(T_REJECT, &[b.as_bytes(), &be(0), &[0xff]]),
-        Err(DecodeError::BadReason(0xff)),
-    );
+    check(&frame(T_REJECT, &[b.as_bytes(), &be(0), &[3]]), Err(DecodeError::BadReason(3)));
+    check(&frame(T_REJECT, &[b.as_bytes(), &be(0), &[0xff]]), Err(DecodeError::BadReason(0xff)));
 }
 #[test]
 fn error_text_not_utf8() {
@@ -514,11 +305,7 @@ fn error_text_not_utf8() {
 #[test]
 fn encode_refuses_bitfield_with_spare_bits() {
     let refused = |num_pieces, bits: &[u8]| {
-        let msg = Message::Bitfield {
-            blob: blob(),
-            num_pieces,
-            bits,
-        };
+        let msg = Message::Bitfield { blob: blob(), num_pieces, bits };
         std::panic::catch_unwind(|| enc(&msg)).is_err()
     };
     assert!(!refused(9, &[0xff, 0x80]));
@@ -535,38 +322,16 @@ fn several_messages_from_one_buffer() {
     let b = blob();
     let bits = pack_bits(10, |i| i % 2 == 0);
     let msgs = [
-        Message::Handshake {
-            version: PROTOCOL_VERSION,
-            peer_id: PeerId([1; 16]),
-        },
-        Message::Bitfield {
-            blob: b,
-            num_pieces: 10,
-            bits: &bits,
-        },
+        Message::Handshake { version: PROTOCOL_VERSION, peer_id: PeerId([1; 16]) },
+        Message::Bitfield { blob: b, num_pieces: 10, bits: &bits },
         Message::KeepAlive,
         Message::Request { blob: b, piece: 4 },
-        Message::Piece {
-            blob: b,
-            piece: 4,
-            data: b"four",
-        },
-        Message::Piece {
-            blob: b,
-            piece: 5,
-            data: b"",
-        },
+        Message::Piece { blob: b, piece: 4, data: b"four" },
+        Message::Piece { blob: b, piece: 5, data: b"" },
         Message::Have { blob: b, piece: 4 },
         Message::Cancel { blob: b, piece: 6 },
-        Message::Reject {
-            blob: b,
-            piece: 7,
-            reason: RejectReason::NotHave,
-        },
-        Message::Error {
-            code: 1,
-            message: "bye",
-        },
+        Message::Reject { blob: b, piece: 7, reason: RejectReason::NotHave },
+        Message::Error { code: 1, message: "bye" },
     ];
     let mut buf = BytesMut::new();
     for m in &msgs {
@@ -590,68 +355,27 @@ fn several_messages_from_one_buffer() {
 fn captured_frames() {
     // Hand-made from the format table; see core/tests/data/README.md. Never regenerate these
     // with the encoder: they exist to catch the encoder changing.
-    let b: Digest = "sha256:888696c38e895dd742b8494f449219c12a256a16d0841b93813c841a298df92c"
-        .parse()
-        .unwrap();
+    let b: Digest = "sha256:888696c38e895dd742b8494f449219c12a256a16d0841b93813c841a298df92c".parse().unwrap();
     assert_eq!(b, Digest::of(b"shoal"));
     let peer_id = PeerId(core::array::from_fn(|i| u8::try_from(i).unwrap()));
     let cases: &[(&[u8], Message<'_>)] = &[
-        (
-            include_bytes!("../../tests/data/keepalive.bin"),
-            Message::KeepAlive,
-        ),
-        (
-            include_bytes!("../../tests/data/handshake.bin"),
-            Message::Handshake {
-                version: 1,
-                peer_id,
-            },
-        ),
+        (include_bytes!("../../tests/data/keepalive.bin"), Message::KeepAlive),
+        (include_bytes!("../../tests/data/handshake.bin"), Message::Handshake { version: 1, peer_id }),
         (
             include_bytes!("../../tests/data/bitfield.bin"),
-            Message::Bitfield {
-                blob: b,
-                num_pieces: 10,
-                bits: &pack_bits(10, |i| [0, 2, 5, 7, 9].contains(&i)),
-            },
+            Message::Bitfield { blob: b, num_pieces: 10, bits: &pack_bits(10, |i| [0, 2, 5, 7, 9].contains(&i)) },
         ),
-        (
-            include_bytes!("../../tests/data/have.bin"),
-            Message::Have { blob: b, piece: 7 },
-        ),
-        (
-            include_bytes!("../../tests/data/request.bin"),
-            Message::Request {
-                blob: b,
-                piece: 0x0102_0304,
-            },
-        ),
-        (
-            include_bytes!("../../tests/data/piece.bin"),
-            Message::Piece {
-                blob: b,
-                piece: 2,
-                data: b"hello, shoal",
-            },
-        ),
-        (
-            include_bytes!("../../tests/data/cancel.bin"),
-            Message::Cancel { blob: b, piece: 1 },
-        ),
+        (include_bytes!("../../tests/data/have.bin"), Message::Have { blob: b, piece: 7 }),
+        (include_bytes!("../../tests/data/request.bin"), Message::Request { blob: b, piece: 0x0102_0304 }),
+        (include_bytes!("../../tests/data/piece.bin"), Message::Piece { blob: b, piece: 2, data: b"hello, shoal" }),
+        (include_bytes!("../../tests/data/cancel.bin"), Message::Cancel { blob: b, piece: 1 }),
         (
             include_bytes!("../../tests/data/reject.bin"),
-            Message::Reject {
-                blob: b,
-                piece: 3,
-                reason: RejectReason::Busy,
-            },
+            Message::Reject { blob: b, piece: 3, reason: RejectReason::Busy },
         ),
         (
             include_bytes!("../../tests/data/error.bin"),
-            Message::Error {
-                code: 404,
-                message: "blob not found: caf\u{e9}",
-            },
+            Message::Error { code: 404, message: "blob not found: caf\u{e9}" },
         ),
     ];
     for (bytes, msg) in cases {
@@ -675,41 +399,14 @@ fn bit_helpers() {
 #[derive(Clone, Debug)]
 enum OwnedMessage {
     KeepAlive,
-    Handshake {
-        version: u16,
-        peer_id: PeerId,
-    },
-    Bitfield {
-        blob: Digest,
-        num_pieces: u32,
-        bits: Vec<u8>,
-    },
-    Have {
-        blob: Digest,
-        piece: u32,
-    },
-    Request {
-        blob: Digest,
-        piece: u32,
-    },
-    Piece {
-        blob: Digest,
-        piece: u32,
-        data: Vec<u8>,
-    },
-    Cancel {
-        blob: Digest,
-        piece: u32,
-    },
-    Reject {
-        blob: Digest,
-        piece: u32,
-        reason: RejectReason,
-    },
-    Error {
-        code: u16,
-        message: String,
-    },
+    Handshake { version: u16, peer_id: PeerId },
+    Bitfield { blob: Digest, num_pieces: u32, bits: Vec<u8> },
+    Have { blob: Digest, piece: u32 },
+    Request { blob: Digest, piece: u32 },
+    Piece { blob: Digest, piece: u32, data: Vec<u8> },
+    Cancel { blob: Digest, piece: u32 },
+    Reject { blob: Digest, piece: u32, reason: RejectReason },
+    Error { code: u16, message: String },
 }
 
 impl OwnedMessage {
@@ -717,32 +414,12 @@ impl OwnedMessage {
         match *self {
             OwnedMessage::KeepAlive => Message::KeepAlive,
             OwnedMessage::Handshake { version, peer_id } => Message::Handshake { version, peer_id },
-            OwnedMessage::Bitfield {
-                blob,
-                num_pieces,
-                ref bits,
-            } => Message::Bitfield {
-                blob,
-                num_pieces,
-                bits,
-            },
+            OwnedMessage::Bitfield { blob, num_pieces, ref bits } => Message::Bitfield { blob, num_pieces, bits },
             OwnedMessage::Have { blob, piece } => Message::Have { blob, piece },
             OwnedMessage::Request { blob, piece } => Message::Request { blob, piece },
-            OwnedMessage::Piece {
-                blob,
-                piece,
-                ref data,
-            } => Message::Piece { blob, piece, data },
+            OwnedMessage::Piece { blob, piece, ref data } => Message::Piece { blob, piece, data },
             OwnedMessage::Cancel { blob, piece } => Message::Cancel { blob, piece },
-            OwnedMessage::Reject {
-                blob,
-                piece,
-                reason,
-            } => Message::Reject {
-                blob,
-                piece,
-                reason,
-            },
+            OwnedMessage::Reject { blob, piece, reason } => Message::Reject { blob, piece, reason },
             OwnedMessage::Error { code, ref message } => Message::Error { code, message },
         }
     }
@@ -754,59 +431,30 @@ impl Arbitrary for OwnedMessage {
 
     fn arbitrary_with((): ()) -> Self::Strategy {
         let blob = any::<[u8; 32]>().prop_map(Digest::from_wire);
-        let reason = prop_oneof![
-            Just(RejectReason::NotHave),
-            Just(RejectReason::UnknownBlob),
-            Just(RejectReason::Busy)
-        ];
+        let reason =
+            prop_oneof![Just(RejectReason::NotHave), Just(RejectReason::UnknownBlob), Just(RejectReason::Busy)];
         // Mostly small bitfields, whose spare bits are the interesting part, and some up to the limit.
-        let bitfield = (
-            blob.clone(),
-            prop_oneof![3 => 1..=24u32, 1 => 1..=MAX_PIECES],
-        )
-            .prop_flat_map(|(blob, n)| {
-                let n_bytes = (n as usize).div_ceil(8);
-                proptest::collection::vec(any::<u8>(), n_bytes).prop_map(move |mut bits| {
-                    let spare = n_bytes * 8 - n as usize;
-                    bits[n_bytes - 1] &= 0xff << spare;
-                    OwnedMessage::Bitfield {
-                        blob,
-                        num_pieces: n,
-                        bits,
-                    }
-                })
-            });
+        let bitfield = (blob.clone(), prop_oneof![3 => 1..=24u32, 1 => 1..=MAX_PIECES]).prop_flat_map(|(blob, n)| {
+            let n_bytes = (n as usize).div_ceil(8);
+            proptest::collection::vec(any::<u8>(), n_bytes).prop_map(move |mut bits| {
+                let spare = n_bytes * 8 - n as usize;
+                bits[n_bytes - 1] &= 0xff << spare;
+                OwnedMessage::Bitfield { blob, num_pieces: n, bits }
+            })
+        });
         prop_oneof![
             Just(OwnedMessage::KeepAlive),
-            (any::<u16>(), any::<[u8; 16]>()).prop_map(|(version, id)| OwnedMessage::Handshake {
-                version,
-                peer_id: PeerId(id)
-            }),
+            (any::<u16>(), any::<[u8; 16]>())
+                .prop_map(|(version, id)| OwnedMessage::Handshake { version, peer_id: PeerId(id) }),
             bitfield,
-            (blob.clone(), any::<u32>())
-                .prop_map(|(blob, piece)| OwnedMessage::Have { blob, piece }),
-            (blob.clone(), any::<u32>())
-                .prop_map(|(blob, piece)| OwnedMessage::Request { blob, piece }),
-            (
-                blob.clone(),
-                any::<u32>(),
-                proptest::collection::vec(any::<u8>(), 0..2048)
-            )
-                .prop_map(|(blob, piece, data)| OwnedMessage::Piece {
-                    blob,
-                    piece,
-                    data
-                }),
-            (blob.clone(), any::<u32>())
-                .prop_map(|(blob, piece)| OwnedMessage::Cancel { blob, piece }),
-            (blob, any::<u32>(), reason).prop_map(|(blob, piece, reason)| OwnedMessage::Reject {
-                blob,
-                piece,
-                reason
-            }),
+            (blob.clone(), any::<u32>()).prop_map(|(blob, piece)| OwnedMessage::Have { blob, piece }),
+            (blob.clone(), any::<u32>()).prop_map(|(blob, piece)| OwnedMessage::Request { blob, piece }),
+            (blob.clone(), any::<u32>(), proptest::collection::vec(any::<u8>(), 0..2048))
+                .prop_map(|(blob, piece, data)| OwnedMessage::Piece { blob, piece, data }),
+            (blob.clone(), any::<u32>()).prop_map(|(blob, piece)| OwnedMessage::Cancel { blob, piece }),
+            (blob, any::<u32>(), reason).prop_map(|(blob, piece, reason)| OwnedMessage::Reject { blob, piece, reason }),
             // At most 256 chars of at most 4 bytes: never over `MAX_ERROR_TEXT`, so kept whole.
-            (any::<u16>(), "(?s).{0,256}")
-                .prop_map(|(code, message)| OwnedMessage::Error { code, message }),
+            (any::<u16>(), "(?s).{0,256}").prop_map(|(code, message)| OwnedMessage::Error { code, message }),
         ]
         .boxed()
     }
@@ -816,22 +464,9 @@ impl Arbitrary for OwnedMessage {
 /// and cut anywhere, so that most inputs get past the length prefix and the type.
 fn wire_bytes() -> impl Strategy<Value = Vec<u8>> {
     let noise = proptest::collection::vec(any::<u8>(), 0..128);
-    let framed_noise = proptest::collection::vec(
-        (0u8..10, proptest::collection::vec(any::<u8>(), 0..64)),
-        1..4,
-    )
-    .prop_map(|frames| {
-        frames
-            .iter()
-            .flat_map(|(kind, body)| frame(*kind, &[body]))
-            .collect()
-    });
-    let mutated = (
-        proptest::collection::vec(any::<OwnedMessage>(), 1..4),
-        any::<Index>(),
-        any::<u8>(),
-        any::<Index>(),
-    )
+    let framed_noise = proptest::collection::vec((0u8..10, proptest::collection::vec(any::<u8>(), 0..64)), 1..4)
+        .prop_map(|frames| frames.iter().flat_map(|(kind, body)| frame(*kind, &[body])).collect());
+    let mutated = (proptest::collection::vec(any::<OwnedMessage>(), 1..4), any::<Index>(), any::<u8>(), any::<Index>())
         .prop_map(|(msgs, at, flip, cut)| {
             let mut buf: Vec<u8> = msgs.iter().flat_map(|m| enc(&m.as_message())).collect();
             let at = at.index(buf.len());
