@@ -1,1 +1,6 @@
-//! shoal-loadtest.
+//! Shoal's load-test harness. [`cluster`] starts a whole Shoal cluster in one process (a
+//! tracker, origins with a local-directory backend, agents on distinct loopback addresses);
+//! [`pull`] makes every agent fetch a blob and reports where the bytes came from.
+
+pub mod cluster;
+pub mod pull;
