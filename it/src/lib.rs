@@ -1,1 +1,9 @@
-//! shoal-it.
+//! In-process multi-node tests of Shoal: whole clusters (tracker, origins, agents on
+//! distinct loopback addresses) in one test binary, built with
+//! `shoal_loadtest::cluster::Cluster`. [`evil_peer`] is a peer that speaks the wire protocol
+//! but serves corrupt pieces.
+
+pub mod evil_peer;
+
+#[cfg(test)]
+mod tests;

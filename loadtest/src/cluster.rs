@@ -31,11 +31,13 @@ pub struct ClusterBuilder {
     pub root: Option<PathBuf>,
     /// Swarm settings every node starts from.
     pub swarm: SwarmConfig,
+    /// The origins' backend; a local directory under the root if `None`.
+    pub backend: Option<shoal_origin::backend::BackendConfig>,
 }
 
 impl Default for ClusterBuilder {
     fn default() -> Self {
-        ClusterBuilder { agents: 3, origins: 1, agent_rate: None, origin_rate: None, root: None, swarm: test_swarm_config() }
+        ClusterBuilder { agents: 3, origins: 1, agent_rate: None, origin_rate: None, root: None, swarm: test_swarm_config(), backend: None }
     }
 }
 
@@ -68,6 +70,10 @@ impl ClusterBuilder {
     }
     pub fn root(mut self, p: PathBuf) -> Self {
         self.root = Some(p);
+        self
+    }
+    pub fn backend(mut self, b: shoal_origin::backend::BackendConfig) -> Self {
+        self.backend = Some(b);
         self
     }
     pub fn swarm(mut self, s: SwarmConfig) -> Self {
@@ -152,9 +158,11 @@ impl Cluster {
                 id: format!("origin-{i}"),
                 origins: origin_nodes.clone(),
                 origin_replicas: b.origins.clamp(1, 3),
-                backend: shoal_origin::backend::BackendConfig::Fs(shoal_origin::backend::fs::FsConfig {
-                    root: root.join("backend"),
-                    ..Default::default()
+                backend: b.backend.clone().unwrap_or_else(|| {
+                    shoal_origin::backend::BackendConfig::Fs(shoal_origin::backend::fs::FsConfig {
+                        root: root.join("backend"),
+                        ..Default::default()
+                    })
                 }),
                 metainfo_wait: Duration::from_millis(500),
                 swarm: SwarmConfig {

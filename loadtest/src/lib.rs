@@ -4,3 +4,4 @@
 
 pub mod cluster;
 pub mod pull;
+pub mod s3;

@@ -1,0 +1,7 @@
+//! The tests, one module per concern.
+
+mod bad_input;
+mod corrupt;
+mod resume;
+mod s3;
+mod swarm;

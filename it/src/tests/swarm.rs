@@ -1,0 +1,51 @@
+//! Many agents pull one blob: everyone gets the exact bytes and peers carry most of them.
+
+use std::time::Duration;
+
+use shoal_loadtest::cluster::{Cluster, mib, random_blob};
+use shoal_loadtest::pull::pull_all;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_agents_get_exact_bytes_and_origin_uploads_under_three_copies() {
+    let c = Cluster::builder().agents(10).start().await.unwrap();
+    let size = mib(64);
+    let data = random_blob(size, 1);
+    let d = c.put_backend_blob(&data).unwrap();
+    let pulls = pull_all(&c, d, Duration::from_secs(300)).await.unwrap();
+    assert_eq!(pulls.len(), 10);
+    for p in &pulls {
+        assert!(p.verified, "agent {} got bytes that do not match {d}", p.agent);
+        assert_eq!(p.bytes, size, "agent {}", p.agent);
+        assert!(p.from_origin + p.from_peers >= size, "agent {} counted too few bytes", p.agent);
+    }
+    let origin_up = c.origin_uploaded();
+    assert!(origin_up < 3 * size, "origin uploaded {origin_up} bytes, over 3x the blob ({size})");
+    let from_peers: u64 = pulls.iter().map(|p| p.from_peers).sum();
+    assert!(from_peers > 5 * size, "only {from_peers} bytes came from peers");
+    // A second pull is served from the agent's store: no new swarm traffic.
+    let before = c.origin_uploaded();
+    assert_eq!(c.fetch(3, &d).await.unwrap(), data);
+    assert_eq!(c.origin_uploaded(), before);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_and_empty_blobs_are_one_piece() {
+    let c = Cluster::builder().agents(2).start().await.unwrap();
+    for data in [Vec::new(), b"hello".to_vec()] {
+        let d = c.put_backend_blob(&data).unwrap();
+        assert_eq!(c.fetch(0, &d).await.unwrap(), data);
+        assert_eq!(c.fetch(1, &d).await.unwrap(), data);
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_origins_form_a_ring_and_agents_pull_from_it() {
+    let c = Cluster::builder().agents(3).origins(2).start().await.unwrap();
+    let data = random_blob(mib(8), 7);
+    let d = c.put_backend_blob(&data).unwrap();
+    let pulls = pull_all(&c, d, Duration::from_secs(120)).await.unwrap();
+    assert!(pulls.iter().all(|p| p.verified && p.bytes == data.len() as u64));
+    c.shutdown().await;
+}
