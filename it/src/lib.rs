@@ -3,6 +3,9 @@
 //! `shoal_loadtest::cluster::Cluster`. [`evil_peer`] is a peer that speaks the wire protocol
 //! but serves corrupt pieces.
 
+// Harness code: counts, sizes and addresses here are small, and no file offsets are computed.
+#![allow(clippy::cast_possible_truncation)]
+
 pub mod evil_peer;
 
 #[cfg(test)]

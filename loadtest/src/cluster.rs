@@ -37,7 +37,15 @@ pub struct ClusterBuilder {
 
 impl Default for ClusterBuilder {
     fn default() -> Self {
-        ClusterBuilder { agents: 3, origins: 1, agent_rate: None, origin_rate: None, root: None, swarm: test_swarm_config(), backend: None }
+        ClusterBuilder {
+            agents: 3,
+            origins: 1,
+            agent_rate: None,
+            origin_rate: None,
+            root: None,
+            swarm: test_swarm_config(),
+            backend: None,
+        }
     }
 }
 
@@ -151,7 +159,8 @@ impl Cluster {
             ..shoal_tracker::Config::default()
         }
         .validate()?;
-        let tracker = shoal_tracker::Tracker::start(tcfg, bind(host_ip(999)).await?, prometheus::Registry::new()).await?;
+        let tracker =
+            shoal_tracker::Tracker::start(tcfg, bind(host_ip(999)).await?, prometheus::Registry::new()).await?;
         let mut origins = Vec::new();
         for (i, l) in origin_listeners.into_iter().enumerate() {
             let cfg = shoal_origin::Config {
@@ -294,10 +303,10 @@ pub fn counter(registry: &prometheus::Registry, name: &str, label: Option<(&str,
             continue;
         }
         for m in mf.get_metric() {
-            if let Some((k, v)) = label {
-                if !m.get_label().iter().any(|l| l.name() == k && l.value() == v) {
-                    continue;
-                }
+            if let Some((k, v)) = label
+                && !m.get_label().iter().any(|l| l.name() == k && l.value() == v)
+            {
+                continue;
             }
             total += m.get_counter().get_value();
         }

@@ -5,6 +5,9 @@
 //! one random blob through the swarm, and prints each agent's time, the bytes it got from the
 //! origin and from peers, and whether its copy matches the digest.
 
+// Harness code: counts, sizes and addresses here are small, and no file offsets are computed.
+#![allow(clippy::cast_possible_truncation)]
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -78,7 +81,11 @@ async fn local(a: LocalArgs) -> anyhow::Result<()> {
     let (root, _tmp) = match a.dir {
         Some(d) => (d, None),
         None => {
-            let base = if std::path::Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
+            let base = if std::path::Path::new("/dev/shm").is_dir() {
+                PathBuf::from("/dev/shm")
+            } else {
+                std::env::temp_dir()
+            };
             let t = tempfile::Builder::new().prefix("shoal-local-").tempdir_in(&base)?;
             (t.path().to_path_buf(), Some(t))
         }
@@ -104,7 +111,10 @@ async fn local(a: LocalArgs) -> anyhow::Result<()> {
     drop(data);
     println!("blob {digest} placed in the origin backend; every agent pulls it now\n");
     let pulls = shoal_loadtest::pull::pull_all(&cluster, digest, Duration::from_secs(a.timeout)).await?;
-    println!("{:>6} {:>9} {:>14} {:>14} {:>14} {:>8}", "agent", "secs", "from origin", "from peers", "uploaded", "sha256");
+    println!(
+        "{:>6} {:>9} {:>14} {:>14} {:>14} {:>8}",
+        "agent", "secs", "from origin", "from peers", "uploaded", "sha256"
+    );
     for p in &pulls {
         println!(
             "{:>6} {:>9.3} {:>14} {:>14} {:>14} {:>8}",

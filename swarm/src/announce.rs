@@ -38,7 +38,8 @@ impl TrackerClient {
     /// Index of the first tracker to ask for `blob`.
     fn shard(&self, blob: &Digest) -> usize {
         let b = blob.as_bytes();
-        (u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) % self.urls.len() as u64) as usize
+        let h = u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+        usize::try_from(h % self.urls.len() as u64).expect("below the number of trackers")
     }
 
     pub async fn announce(&self, req: &AnnounceRequest) -> Result<AnnounceResponse, AnnounceError> {

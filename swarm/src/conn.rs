@@ -66,8 +66,6 @@ pub(crate) struct Out {
 /// The shared face of a connection: the rest of the node sends through it.
 pub(crate) struct ConnHandle {
     pub peer_id: PeerId,
-    /// The address we dialed, or the remote socket address of an inbound connection.
-    pub addr: SocketAddr,
     pub outbound: bool,
     pub is_origin: bool,
     tx: mpsc::UnboundedSender<Out>,
@@ -134,10 +132,10 @@ pub(crate) async fn connect(node: &Arc<Node>, addr: SocketAddr, is_origin: bool)
     if addr == node.advertise || node.is_blacklisted(None, Some(&addr)) {
         return None;
     }
-    if let Some(p) = node.addr_peer.get(&addr).map(|p| *p) {
-        if let Some(c) = node.conns.get(&p) {
-            return Some(c.clone());
-        }
+    if let Some(p) = node.addr_peer.get(&addr).map(|p| *p)
+        && let Some(c) = node.conns.get(&p)
+    {
+        return Some(c.clone());
     }
     if node.dialing.insert(addr, ()).is_some() {
         return None;
@@ -226,7 +224,6 @@ where
     let cancel = node.cancel.child_token();
     let handle = Arc::new(ConnHandle {
         peer_id,
-        addr,
         outbound,
         is_origin,
         tx,
@@ -274,11 +271,11 @@ where
             }
         }
     }
-    if let Err(e) = &res {
-        if e.is_peer_fault() {
-            node.metrics.protocol_errors.inc();
-            node.shun(peer_id, addr);
-        }
+    if let Err(e) = &res
+        && e.is_peer_fault()
+    {
+        node.metrics.protocol_errors.inc();
+        node.shun(peer_id, addr);
     }
     res
 }

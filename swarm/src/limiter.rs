@@ -44,6 +44,7 @@ impl Limiter {
         }
     }
 
+    #[allow(clippy::cast_possible_truncation)] // The rate was made from a u64.
     pub fn rate(&self) -> Option<u64> {
         self.inner.as_ref().map(|b| b.lock().rate as u64)
     }

@@ -309,7 +309,7 @@ impl PartialBlob {
         let mut buf = vec![0u8; 4 << 20];
         let mut off = 0u64;
         while off < meta.length() {
-            let n = (meta.length() - off).min(buf.len() as u64) as usize;
+            let n = usize::try_from((meta.length() - off).min(buf.len() as u64)).expect("at most the buffer size");
             self.blob.file.read_exact_at(&mut buf[..n], off).map_err(StoreError::io("read", &data_path))?;
             hasher.update(&buf[..n]);
             off += n as u64;
@@ -335,6 +335,7 @@ impl PartialBlob {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // Test data sizes are small.
 mod tests {
     use super::*;
     use shoal_core::metainfo::{MIN_PIECE_LEN, MetaInfoBuilder};

@@ -43,7 +43,9 @@ async fn malformed_digests_get_400() {
     let http = reqwest::Client::new();
     let agent = c.agent(0).http_addr;
     let origin = c.origins[0].handle.http_addr;
-    for bad in ["sha256:xyz", "md5:abcd", "sha256:ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789", "nope"] {
+    for bad in
+        ["sha256:xyz", "md5:abcd", "sha256:ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789", "nope"]
+    {
         for url in [format!("http://{agent}/blobs/{bad}"), format!("http://{origin}/blobs/{bad}/metainfo")] {
             let resp = http.get(&url).send().await.unwrap();
             assert_eq!(resp.status(), 400, "{url}");
@@ -63,7 +65,10 @@ async fn garbage_on_the_peer_port_closes_that_connection_only() {
     let garbage: [&[u8]; 3] = [
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
         &[0xff, 0xff, 0xff, 0xff, 0, 1, 2, 3],
-        &[0, 0, 0, 27, 0, b'N', b'O', b'T', b'S', b'H', b'O', b'A', b'L', 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        &[
+            0, 0, 0, 27, 0, b'N', b'O', b'T', b'S', b'H', b'O', b'A', b'L', 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            0, 0, 0, 0,
+        ],
     ];
     for g in garbage {
         let mut s = tokio::net::TcpStream::connect(peer).await.unwrap();

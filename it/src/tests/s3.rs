@@ -12,7 +12,8 @@ use shoal_origin::backend::BackendConfig;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_pull_a_blob_stored_in_real_s3() {
     let s3 = S3Server::start(&["blobs"]).unwrap();
-    let backend: BackendConfig = shoal_runtime::config::parse(&s3.backend_yaml("blobs", "layout: flat\nprefix: shoal")).unwrap();
+    let backend: BackendConfig =
+        shoal_runtime::config::parse(&s3.backend_yaml("blobs", "layout: flat\nprefix: shoal")).unwrap();
     // Put the blob with a real S3 PUT through the backend.
     let data = random_blob(mib(12), 5);
     let d = Digest::of(&data);
