@@ -94,7 +94,8 @@ pub struct MetaInfo {
 /// The piece length the default rule picks for a blob of `length` bytes.
 pub fn default_piece_length(length: u64) -> u32 {
     let per_piece = length.div_ceil(TARGET_PIECES).max(1).next_power_of_two();
-    per_piece.clamp(DEFAULT_MIN_PIECE_LEN as u64, MAX_PIECE_LEN as u64) as u32
+    u32::try_from(per_piece.clamp(DEFAULT_MIN_PIECE_LEN as u64, MAX_PIECE_LEN as u64))
+        .expect("clamped to MAX_PIECE_LEN, which is a u32")
 }
 
 fn num_pieces(length: u64, piece_length: u32) -> u64 {
@@ -143,6 +144,8 @@ impl MetaInfo {
     pub fn piece_length(&self) -> u32 {
         self.piece_length
     }
+    // Fits: `pieces.len()` is at most MAX_PIECES (checked by `from_parts`).
+    #[allow(clippy::cast_possible_truncation)]
     pub fn num_pieces(&self) -> u32 {
         self.pieces.len() as u32
     }
@@ -157,7 +160,7 @@ impl MetaInfo {
 
     /// Iterates over every piece index.
     pub fn all_pieces(&self) -> impl Iterator<Item = PieceIndex> + use<> {
-        (0..self.pieces.len() as u32).map(PieceIndex)
+        (0..self.num_pieces()).map(PieceIndex)
     }
 
     /// Byte offset of a piece in the blob.
@@ -166,12 +169,16 @@ impl MetaInfo {
     }
 
     /// Length of a piece; only the last one may be shorter.
+    // Fits: the result is at most `piece_length`, a u32.
+    #[allow(clippy::cast_possible_truncation)]
     pub fn piece_len(&self, i: PieceIndex) -> u32 {
         let start = self.piece_offset(i);
         (self.length - start).min(self.piece_length as u64) as u32
     }
 
     /// The piece containing byte `offset`, if it is inside the blob.
+    // Fits: `offset < length`, so the quotient is below `pieces.len()` <= MAX_PIECES.
+    #[allow(clippy::cast_possible_truncation)]
     pub fn piece_at(&self, offset: u64) -> Option<PieceIndex> {
         (offset < self.length).then(|| PieceIndex((offset / self.piece_length as u64) as u32))
     }
@@ -208,11 +215,15 @@ impl MetaInfoBuilder {
             blob: DigestHasher::new(),
             piece: blake3::Hasher::new(),
             piece_fill: 0,
-            pieces: Vec::with_capacity(num_pieces(length, piece_length) as usize),
+            pieces: Vec::with_capacity(
+                usize::try_from(num_pieces(length, piece_length)).expect("check_shape bounds it by MAX_PIECES"),
+            ),
         })
     }
 
     /// Feeds the next bytes of the blob.
+    // Fits: `take <= room`, which is at most `piece_length`, a u32.
+    #[allow(clippy::cast_possible_truncation)]
     pub fn update(&mut self, mut data: &[u8]) {
         self.seen += data.len() as u64;
         self.blob.update(data);
@@ -331,6 +342,8 @@ mod tests {
     }
 
     #[test]
+    // The byte pattern wraps on purpose; offsets fit as the test blob is under 64 KiB.
+    #[allow(clippy::cast_possible_truncation)]
     fn streaming_matches_whole_and_piece_math() {
         let data: Vec<u8> = (0..(3 * MIN_PIECE_LEN + 100)).map(|i| (i * 7) as u8).collect();
         let mut b = MetaInfoBuilder::with_piece_length(data.len() as u64, MIN_PIECE_LEN).unwrap();

@@ -241,6 +241,8 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message<'_>, DecodeError> {
 /// # Panics
 /// If `msg` breaks a limit the decoder enforces (a piece over [`MAX_PIECE_LEN`], an invalid
 /// bitfield): those are bugs in the caller, never network input.
+// Fits: every frame length is asserted or bounded below MAX_FRAME_LEN, far under u32::MAX.
+#[allow(clippy::cast_possible_truncation)]
 pub fn encode(msg: &Message<'_>, dst: &mut BytesMut) {
     match *msg {
         Message::KeepAlive => dst.put_u32(0),
@@ -285,6 +287,8 @@ pub fn encode(msg: &Message<'_>, dst: &mut BytesMut) {
 
 /// Appends only the header of a `Piece` frame carrying `data_len` bytes, so the driver can
 /// write the piece data from its own buffer without copying it.
+// Fits: `data_len` is asserted to be at most MAX_PIECE_LEN, so the frame is at most MAX_FRAME_LEN.
+#[allow(clippy::cast_possible_truncation)]
 pub fn encode_piece_header(blob: Digest, piece: u32, data_len: usize, dst: &mut BytesMut) {
     assert!(data_len <= MAX_PIECE_LEN as usize, "piece of {data_len} bytes is over the limit");
     dst.put_u32((PIECE_HEADER_LEN + data_len) as u32);
@@ -293,6 +297,8 @@ pub fn encode_piece_header(blob: Digest, piece: u32, data_len: usize, dst: &mut 
     dst.put_u32(piece);
 }
 
+// Fits: `extra` is 0 or 1, so the frame length is a few dozen bytes.
+#[allow(clippy::cast_possible_truncation)]
 fn put_blob_piece(dst: &mut BytesMut, kind: u8, blob: Digest, piece: u32, extra: usize) {
     dst.put_u32((1 + 36 + extra) as u32);
     dst.put_u8(kind);

@@ -85,10 +85,10 @@ impl Fetcher {
         if let Ok(Some(f)) = inner.swarm.complete(digest).await {
             return watch::channel(FetchState::Done(f.meta().clone())).1;
         }
-        if let Some(e) = inner.failed.get(&digest) {
-            if e.0.elapsed() < inner.failure_ttl {
-                return watch::channel(FetchState::Failed(e.1.clone())).1;
-            }
+        if let Some(e) = inner.failed.get(&digest)
+            && e.0.elapsed() < inner.failure_ttl
+        {
+            return watch::channel(FetchState::Failed(e.1.clone())).1;
         }
         use dashmap::mapref::entry::Entry;
         let tx = match inner.running.entry(digest) {
@@ -126,7 +126,7 @@ impl Fetcher {
         let _slot = inner.slots.acquire().await.expect("never closed");
         let started = Instant::now();
         let blob = inner.backend.get(&digest).await.map_err(|e| match e {
-            BackendError::NotFound { .. } => FetchError::NotFound(digest),
+            BackendError::NotFound => FetchError::NotFound(digest),
             other => FetchError::Backend(format!("{other:#}").into()),
         })?;
         let store = inner.swarm.store().clone();

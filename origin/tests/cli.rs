@@ -16,7 +16,8 @@ fn check(yaml: &str) -> (i32, String) {
 
 #[test]
 fn good_config_passes_check() {
-    let (code, err) = check("listen: 127.0.0.1:0\nbackend:\n  type: fs\n  root: /tmp/x\nswarm:\n  egress_rate: 100MiB\n");
+    let (code, err) =
+        check("listen: 127.0.0.1:0\nbackend:\n  type: fs\n  root: /tmp/x\nswarm:\n  egress_rate: 100MiB\n");
     assert_eq!(code, 0, "{err}");
 }
 

@@ -17,6 +17,8 @@ pub struct ParseByteSizeError(String);
 impl FromStr for ByteSize {
     type Err = ParseByteSizeError;
 
+    // Fits: `v` is checked to be finite and in [0, u64::MAX) before the cast.
+    #[allow(clippy::cast_possible_truncation)]
     fn from_str(s: &str) -> Result<ByteSize, ParseByteSizeError> {
         let err = || ParseByteSizeError(s.to_string());
         let t = s.trim();
@@ -53,7 +55,7 @@ impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
         for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-            if b >= size && b % size == 0 {
+            if b >= size && b.is_multiple_of(size) {
                 return write!(f, "{}{unit}", b / size);
             }
         }
