@@ -49,3 +49,27 @@ async fn two_origins_form_a_ring_and_agents_pull_from_it() {
     assert!(pulls.iter().all(|p| p.verified && p.bytes == data.len() as u64));
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_serves_health_and_its_own_metrics() {
+    let c = Cluster::builder().agents(2).start().await.unwrap();
+    let data = random_blob(mib(2), 21);
+    let d = c.put_backend_blob(&data).unwrap();
+    assert_eq!(c.fetch(0, &d).await.unwrap(), data);
+    let http = reqwest::Client::new();
+    let nodes = [
+        (c.agent(0).http_addr, "shoal_swarm_downloads_completed_total 1"),
+        (c.agent(1).http_addr, "shoal_swarm_downloads_completed_total 0"),
+        (c.origins[0].handle.http_addr, "shoal_origin_fetches_total{result=\"ok\"} 1"),
+        (c.tracker.addr(), "shoal_tracker_announces_total"),
+    ];
+    for (addr, expect) in nodes {
+        let health = http.get(format!("http://{addr}/health")).send().await.unwrap();
+        assert_eq!(health.status(), 200, "{addr}");
+        let ready = http.get(format!("http://{addr}/ready")).send().await.unwrap();
+        assert_eq!(ready.status(), 200, "{addr}");
+        let metrics = http.get(format!("http://{addr}/metrics")).send().await.unwrap().text().await.unwrap();
+        assert!(metrics.contains(expect), "{addr} metrics lack {expect:?}:\n{metrics}");
+    }
+    c.shutdown().await;
+}
