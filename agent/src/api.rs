@@ -6,18 +6,15 @@
 //!
 //! Errors are mapped to status codes and Registry v2 error codes here and only here.
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use bytes::Bytes;
 use shoal_core::Digest;
-use shoal_core::api::ErrorBody;
-use shoal_swarm::{BlobFile, Swarm, SwarmError};
+use shoal_runtime::{ApiError, parse_digest};
+use shoal_swarm::{Swarm, SwarmError};
 
 use crate::origin_client::{OriginClient, OriginError};
 
@@ -34,27 +31,6 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// An error at the API edge: status, Registry v2 code, message.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into() }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = ErrorBody { code: self.code.to_string(), message: self.message };
-        (self.status, axum::Json(body)).into_response()
-    }
-}
-
 impl From<OriginError> for ApiError {
     fn from(e: OriginError) -> ApiError {
         let (status, code) = match &e {
@@ -68,19 +44,14 @@ impl From<OriginError> for ApiError {
     }
 }
 
-impl From<SwarmError> for ApiError {
-    fn from(e: SwarmError) -> ApiError {
-        let status = match &e {
-            SwarmError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            SwarmError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError::new(status, "UNAVAILABLE", format!("{e:#}"))
-    }
-}
-
-pub fn parse_digest(s: &str) -> Result<Digest, ApiError> {
-    s.parse().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "DIGEST_INVALID", format!("{s:?}: {e}")))
+/// Maps a swarm failure at the edge.
+fn swarm_error(e: SwarmError) -> ApiError {
+    let status = match &e {
+        SwarmError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        SwarmError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ApiError::new(status, "UNAVAILABLE", format!("{e:#}"))
 }
 
 async fn get_blob(
@@ -90,21 +61,21 @@ async fn get_blob(
 ) -> Result<Response, ApiError> {
     let digest = parse_digest(&digest)?;
     if method == Method::HEAD {
-        let len = match st.swarm.complete(digest).await? {
+        let len = match st.swarm.complete(digest).await.map_err(swarm_error)? {
             Some(f) => f.meta().length(),
             None => st.origins.metainfo(digest).await?.length(),
         };
         return Ok(blob_headers(digest, len, Body::empty()));
     }
-    let file = match st.swarm.complete(digest).await? {
+    let file = match st.swarm.complete(digest).await.map_err(swarm_error)? {
         Some(f) => f,
         None => {
             let meta = st.origins.metainfo(digest).await?;
-            st.swarm.download(meta).await?
+            st.swarm.download(meta).await.map_err(swarm_error)?
         }
     };
     let len = file.meta().length();
-    Ok(blob_headers(digest, len, Body::from_stream(stream_file(st.swarm.clone(), file, 0, len))))
+    Ok(blob_headers(digest, len, Body::from_stream(file.stream(st.swarm.store().blocking().clone(), 0, len))))
 }
 
 fn blob_headers(digest: Digest, len: u64, body: Body) -> Response {
@@ -115,29 +86,6 @@ fn blob_headers(digest: Digest, len: u64, body: Body) -> Response {
         h.insert("docker-content-digest", v);
     }
     (StatusCode::OK, h, body).into_response()
-}
-
-/// Chunk size of blob responses.
-const CHUNK: u64 = 1 << 20;
-
-/// Streams `[start, end)` of a verified blob file, reading on the blocking pool.
-pub fn stream_file(
-    swarm: Swarm,
-    file: Arc<BlobFile>,
-    start: u64,
-    end: u64,
-) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
-    futures::stream::unfold(start, move |off| {
-        let (swarm, file) = (swarm.clone(), file.clone());
-        async move {
-            if off >= end {
-                return None;
-            }
-            let n = (end - off).min(CHUNK) as usize;
-            let res = swarm.store().blocking().run(move || file.read_at(off, n)).await;
-            Some((res.map(Bytes::from), off + n as u64))
-        }
-    })
 }
 
 async fn blob_stats(State(st): State<AppState>, Path(digest): Path<String>) -> Result<Response, ApiError> {

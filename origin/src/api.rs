@@ -17,8 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::StreamExt;
 use shoal_core::Digest;
-use shoal_core::api::ErrorBody;
 use shoal_core::metainfo::MetaInfoBuilder;
+use shoal_runtime::{ApiError, parse_digest};
 use shoal_swarm::Swarm;
 use tokio::sync::watch;
 
@@ -42,25 +42,6 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into() }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status, axum::Json(ErrorBody { code: self.code.into(), message: self.message })).into_response()
-    }
-}
-
 impl From<FetchError> for ApiError {
     fn from(e: FetchError) -> ApiError {
         let (status, code) = match &e {
@@ -71,10 +52,6 @@ impl From<FetchError> for ApiError {
         };
         ApiError::new(status, code, format!("{e:#}"))
     }
-}
-
-fn parse_digest(s: &str) -> Result<Digest, ApiError> {
-    s.parse().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "DIGEST_INVALID", format!("{s:?}: {e}")))
 }
 
 /// Waits up to `wait` for a fetch to settle.
@@ -121,18 +98,7 @@ async fn get_blob(
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "UNAVAILABLE", "blob vanished from the store")
     })?;
     let len = file.meta().length();
-    let swarm = st.swarm.clone();
-    let stream = futures::stream::unfold(0u64, move |off| {
-        let (swarm, file) = (swarm.clone(), file.clone());
-        async move {
-            if off >= len {
-                return None;
-            }
-            let n = (len - off).min(1 << 20) as usize;
-            let res = swarm.store().blocking().run(move || file.read_at(off, n)).await;
-            Some((res.map(bytes::Bytes::from), off + n as u64))
-        }
-    });
+    let stream = file.stream(st.swarm.store().blocking().clone(), 0, len);
     Ok(headers(digest, len, Body::from_stream(stream)))
 }
 

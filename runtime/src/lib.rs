@@ -7,12 +7,14 @@
 //! binaries call these helpers, libraries receive their results.
 
 pub mod admin;
+pub mod api_error;
 pub mod config;
 pub mod task;
 pub mod units;
 
 pub use admin::serve;
 pub use admin::{Admin, Phase};
+pub use api_error::{ApiError, parse_digest};
 pub use config::{ConfigError, EX_CONFIG};
 pub use task::{init_tracing, spawn, wait_for_signal};
 pub use units::{ByteSize, Duration};

@@ -208,6 +208,28 @@ impl BlobFile {
         Ok(buf)
     }
 
+    /// Streams `[start, end)` in 1 MiB chunks read on the blocking pool.
+    pub fn stream(
+        self: &Arc<Self>,
+        blocking: Blocking,
+        start: u64,
+        end: u64,
+    ) -> impl futures::Stream<Item = io::Result<Bytes>> + Send + 'static + use<> {
+        const CHUNK: u64 = 1 << 20;
+        let file = self.clone();
+        futures::stream::unfold(start, move |off| {
+            let (file, blocking) = (file.clone(), blocking.clone());
+            async move {
+                if off >= end {
+                    return None;
+                }
+                let n = usize::try_from((end - off).min(CHUNK)).expect("at most a chunk");
+                let res = blocking.run(move || file.read_at(off, n)).await;
+                Some((res.map(Bytes::from), off + n as u64))
+            }
+        })
+    }
+
     /// Reads one piece.
     pub fn read_piece(&self, i: PieceIndex) -> io::Result<Bytes> {
         self.read_at(self.meta.piece_offset(i), self.meta.piece_len(i) as usize).map(Bytes::from)

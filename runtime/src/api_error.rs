@@ -1,0 +1,32 @@
+//! The one error type of every service's HTTP edge: a status, a stable machine-readable code
+//! (Registry v2 codes such as `BLOB_UNKNOWN`, `DIGEST_INVALID`) and a message, sent as a
+//! `shoal_core::api::ErrorBody`. Library errors are mapped to it only at the edge.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use shoal_core::Digest;
+use shoal_core::api::ErrorBody;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(ErrorBody { code: self.code.into(), message: self.message })).into_response()
+    }
+}
+
+/// Parses a digest from a URL, or answers 400 `DIGEST_INVALID`.
+pub fn parse_digest(s: &str) -> Result<Digest, ApiError> {
+    s.parse().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "DIGEST_INVALID", format!("{s:?}: {e}")))
+}
