@@ -306,7 +306,6 @@ impl Swarm {
     /// returns its verified file. Concurrent calls for one blob share one download; the
     /// download goes on if the caller goes away.
     pub async fn download(&self, meta: MetaInfo) -> Result<Arc<BlobFile>, SwarmError> {
-        let d = meta.digest();
         let entry = self.start_download(meta).await?;
         let mut rx = entry.status.subscribe();
         loop {
@@ -320,7 +319,6 @@ impl Swarm {
                 r = rx.changed() => if r.is_err() { return Err(SwarmError::ShuttingDown) },
                 _ = self.node.cancel.cancelled() => return Err(SwarmError::ShuttingDown),
             }
-            let _ = d;
         }
     }
 
