@@ -9,3 +9,4 @@ pub mod bound;
 pub mod cluster;
 pub mod pull;
 pub mod s3;
+pub mod sim;

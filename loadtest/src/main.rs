@@ -26,6 +26,8 @@ struct Args {
 enum Cmd {
     /// A local in-process cluster pulling one random blob through the swarm.
     Local(LocalArgs),
+    /// The deterministic simulator: simulated agents in virtual time (see `sim` in the library).
+    Sim(shoal_loadtest::sim::cli::SimArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -74,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.cmd.unwrap_or(Cmd::Local(LocalArgs::default())) {
         Cmd::Local(a) => local(a).await,
+        Cmd::Sim(a) => shoal_loadtest::sim::cli::main(&a),
     }
 }
 

@@ -1,0 +1,114 @@
+//! The `shoal-loadtest sim` subcommand: builds a [`SimConfig`] from flags, runs it, prints the
+//! table and optionally writes the JSON report. Kept here so `main.rs` only dispatches.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use shoal_runtime::ByteSize;
+
+use super::{SimConfig, SimReport, run};
+
+/// Flags of `shoal-loadtest sim`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct SimArgs {
+    /// Kraken's benchmark: 2,600 hosts, two 1.5 GB layers, 300 MB/s, 5 origins (other flags
+    /// still override the seed, latency and policy knobs).
+    #[arg(long)]
+    pub kraken: bool,
+    /// Simulated agents.
+    #[arg(long, default_value_t = 100)]
+    pub hosts: usize,
+    /// Size of each layer.
+    #[arg(long, default_value = "256MiB")]
+    pub size: ByteSize,
+    /// Layers of that size, pulled at once.
+    #[arg(long, default_value_t = 1)]
+    pub layers: usize,
+    /// Upload and download cap of every host, bytes/s ("0" for unlimited).
+    #[arg(long, default_value = "300MB")]
+    pub rate: ByteSize,
+    /// Origins (each holds the image from the start).
+    #[arg(long, default_value_t = 1)]
+    pub origins: usize,
+    /// Origins owning each layer.
+    #[arg(long, default_value_t = 3)]
+    pub origin_replicas: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// One-way latency of each host to the fabric, microseconds.
+    #[arg(long, default_value_t = 100.0)]
+    pub latency_us: f64,
+    /// Agent: peers dialed per blob at most.
+    #[arg(long, default_value_t = 16)]
+    pub max_peers_per_blob: usize,
+    /// Picker pipeline depth per peer and per origin.
+    #[arg(long, default_value_t = 4)]
+    pub pipeline: usize,
+    #[arg(long, default_value_t = 4)]
+    pub origin_pipeline: usize,
+    /// Tracker: peers per handout.
+    #[arg(long, default_value_t = 50)]
+    pub max_peers: usize,
+    /// Tracker: announce interval, seconds.
+    #[arg(long, default_value_t = 3.0)]
+    pub announce_interval: f64,
+    /// Write the report (config, per-host results, percentiles) here as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+impl SimArgs {
+    /// The configuration these flags describe.
+    pub fn config(&self) -> SimConfig {
+        let rate = (self.rate.0 > 0).then_some(self.rate.0 as f64);
+        let base = if self.kraken {
+            SimConfig::kraken()
+        } else {
+            SimConfig {
+                hosts: self.hosts,
+                origins: self.origins,
+                layers: vec![self.size.0; self.layers.max(1)],
+                agent_up: rate,
+                agent_down: rate,
+                origin_up: rate,
+                origin_down: rate,
+                ..SimConfig::default()
+            }
+        };
+        SimConfig {
+            seed: self.seed,
+            latency: self.latency_us * 1e-6,
+            origin_replicas: self.origin_replicas,
+            max_peers_per_blob: self.max_peers_per_blob,
+            pipeline_depth: self.pipeline,
+            origin_pipeline_depth: self.origin_pipeline,
+            max_peers: self.max_peers,
+            announce_interval: self.announce_interval,
+            ..base
+        }
+    }
+}
+
+/// Runs `shoal-loadtest sim`.
+///
+/// # Errors
+/// If the JSON report cannot be written.
+pub fn main(args: &SimArgs) -> anyhow::Result<()> {
+    let cfg = args.config();
+    let started = Instant::now();
+    let report = run(&cfg);
+    let wall = started.elapsed().as_secs_f64();
+    print!("{}", report.table(&cfg));
+    println!("wall clock {wall:.1} s");
+    if let Some(path) = &args.json {
+        #[derive(serde::Serialize)]
+        struct Out<'a> {
+            config: &'a SimConfig,
+            wall_secs: f64,
+            report: &'a SimReport,
+        }
+        let out = Out { config: &cfg, wall_secs: wall, report: &report };
+        std::fs::write(path, serde_json::to_vec_pretty(&out)?)?;
+    }
+    Ok(())
+}

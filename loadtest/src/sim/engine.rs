@@ -1,0 +1,700 @@
+//! The event loop of the simulator: hosts, their download actors and the messages between them.
+//!
+//! Each handler mirrors one place of the real code: `Bitfield`, `Have`, `Request`, `Reject` and
+//! `Cancel` mirror the reader of `swarm/src/conn.rs`; `PieceDone` and `Deadline` mirror the
+//! `PieceOk` handler and `expire` of `swarm/src/download.rs`; `AnnounceReply` mirrors
+//! `announce_and_connect`. Invariant: the queue is ordered by (time, sequence), and handlers
+//! only schedule events at or after the current time, so virtual time never goes back.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::net::SocketAddr;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use shoal_core::Digest;
+use shoal_core::metainfo::default_piece_length;
+use shoal_core::picker::{Picker, PickerOptions};
+use shoal_core::ring::{OriginNode, Ring};
+
+use super::tracker::{Handed, Swarm};
+use super::{HostResult, SimConfig, SimReport, stats};
+
+/// Virtual time in nanoseconds.
+type Ns = u64;
+
+fn ns(secs: f64) -> Ns {
+    (secs * 1e9).ceil() as Ns
+}
+
+/// Re-announce at least this often while a download has no peer (`STALLED_ANNOUNCE`).
+const STALLED_ANNOUNCE: f64 = 0.5;
+
+/// A message or timer. `to` is the host handling it, `from` the other end.
+enum Ev {
+    /// An agent starts pulling every layer.
+    Start {
+        host: u32,
+    },
+    /// An announce reaches the tracker.
+    Announce {
+        host: u32,
+        blob: u32,
+        complete: bool,
+    },
+    /// The tracker's answer reaches the agent.
+    AnnounceReply {
+        host: u32,
+        blob: u32,
+        peers: Vec<Handed>,
+    },
+    /// A dial's handshake reaches `to`.
+    Dial {
+        from: u32,
+        to: u32,
+        blob: u32,
+    },
+    /// The dialer learns the connection is up and opens the blob on it.
+    Open {
+        host: u32,
+        peer: u32,
+        blob: u32,
+    },
+    Bitfield {
+        to: u32,
+        from: u32,
+        blob: u32,
+        bits: Vec<u8>,
+    },
+    Have {
+        to: u32,
+        from: u32,
+        blob: u32,
+        piece: u32,
+    },
+    /// A request reaches the server `to`.
+    Request {
+        to: u32,
+        from: u32,
+        blob: u32,
+        piece: u32,
+    },
+    /// The server's egress bucket let the piece go.
+    EgressDone {
+        server: u32,
+        client: u32,
+        blob: u32,
+        piece: u32,
+    },
+    /// The piece's last byte reached `to`.
+    PieceArrive {
+        to: u32,
+        from: u32,
+        blob: u32,
+        piece: u32,
+    },
+    /// `to`'s ingress bucket let the piece in: it is verified.
+    PieceDone {
+        to: u32,
+        from: u32,
+        blob: u32,
+        piece: u32,
+    },
+    Reject {
+        to: u32,
+        from: u32,
+        blob: u32,
+        piece: u32,
+    },
+    Cancel {
+        to: u32,
+        from: u32,
+        blob: u32,
+        piece: u32,
+    },
+    /// The deadline of `host`'s request for `piece` to `peer`.
+    Deadline {
+        host: u32,
+        blob: u32,
+        peer: u32,
+        piece: u32,
+        due: Ns,
+    },
+}
+
+struct Item {
+    t: Ns,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Item {
+    fn eq(&self, other: &Self) -> bool {
+        (self.t, self.seq) == (other.t, other.seq)
+    }
+}
+impl Eq for Item {}
+impl PartialOrd for Item {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Item {
+    /// Reversed, so the max-heap pops the earliest event.
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.t, other.seq).cmp(&(self.t, self.seq))
+    }
+}
+
+/// `swarm/src/limiter.rs` in virtual time: a grant is immediate and the debt is slept off,
+/// which makes the bucket a FIFO server of rate `rate` with a credit of `burst`.
+struct Bucket {
+    rate: Option<f64>,
+    burst: f64,
+    tokens: f64,
+    last: Ns,
+}
+
+impl Bucket {
+    fn new(rate: Option<f64>) -> Bucket {
+        let burst = rate.map_or(0.0, |r| (r / 10.0).max(64.0 * 1024.0));
+        Bucket { rate, burst, tokens: burst, last: 0 }
+    }
+
+    /// When `n` bytes asked for at `now` may pass.
+    fn acquire(&mut self, now: Ns, n: u64) -> Ns {
+        let Some(rate) = self.rate else { return now };
+        let elapsed = now.saturating_sub(self.last) as f64 / 1e9;
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * rate).min(self.burst) - n as f64;
+        if self.tokens >= 0.0 { now } else { now + ns(-self.tokens / rate) }
+    }
+}
+
+/// One layer of the image.
+struct Layer {
+    size: u64,
+    piece_len: u64,
+    num_pieces: u32,
+}
+
+/// One connection as seen from one end.
+#[derive(Default)]
+struct Conn {
+    /// Uploads in flight on it from this end (permits taken).
+    uploads: usize,
+    /// Bit `k`: this end has sent its bitfield of blob `k` (`ConnHandle::open_blob`).
+    opened: u64,
+}
+
+/// A host's state for one blob.
+struct HostBlob {
+    /// Pieces it has, packed MSB-first as on the wire; what it serves and sends.
+    bits: Vec<u8>,
+    /// Peers the blob is open with (`BlobEntry::shared.peers`): who gets its `have`s.
+    peers: Vec<u32>,
+    /// The download actor while the blob is incomplete.
+    actor: Option<Actor>,
+}
+
+/// The download actor's state (`swarm/src/download.rs` `Actor`).
+struct Actor {
+    picker: Picker<u32>,
+    /// Joined peers in join order; `fill_all` walks them.
+    peers: Vec<u32>,
+    /// Deadline of every request in flight.
+    pending: HashMap<(u32, u32), Ns>,
+}
+
+struct Host {
+    origin: bool,
+    latency: Ns,
+    up: Bucket,
+    down: Bucket,
+    conns: HashMap<u32, Conn>,
+    blobs: Vec<HostBlob>,
+    layers_left: usize,
+    done: Ns,
+    received: u64,
+    from_origin: u64,
+    uploaded: u64,
+}
+
+pub(super) struct Sim<'a> {
+    cfg: &'a SimConfig,
+    layers: Vec<Layer>,
+    hosts: Vec<Host>,
+    /// The tracker's swarm of each layer.
+    swarms: Vec<Swarm>,
+    /// Origins owning some layer, for the bound.
+    n_owners: usize,
+    heap: BinaryHeap<Item>,
+    seq: u64,
+    now: Ns,
+    rng: StdRng,
+    /// Uploads waiting for egress tokens, as (server, client, blob, piece): what a cancel
+    /// can still stop.
+    serving: HashSet<(u32, u32, u32, u32)>,
+    request_timeout: Ns,
+    agents_left: usize,
+    events: u64,
+    duplicate_bytes: u64,
+    timeouts: u64,
+    busy_rejects: u64,
+    cancelled: u64,
+    refused_dials: u64,
+}
+
+impl<'a> Sim<'a> {
+    pub(super) fn new(cfg: &'a SimConfig) -> Sim<'a> {
+        let n_agents = cfg.hosts;
+        let layers: Vec<Layer> = cfg
+            .layers
+            .iter()
+            .map(|&size| {
+                let piece_len = u64::from(default_piece_length(size));
+                Layer { size, piece_len, num_pieces: size.div_ceil(piece_len).max(1) as u32 }
+            })
+            .collect();
+        let nodes: Vec<OriginNode> = (0..cfg.origins)
+            .map(|i| OriginNode {
+                id: format!("origin-{i}"),
+                http: String::new(),
+                peer: SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 7000)),
+            })
+            .collect();
+        let ring = Ring::new(nodes, cfg.origin_replicas.max(1)).expect("non-empty ring with unique ids");
+        let mut owned = vec![false; cfg.origins];
+        let mut swarms = Vec::new();
+        for k in 0..layers.len() {
+            let digest = Digest::of(format!("shoal-sim layer {k}").as_bytes());
+            let owners: Vec<u32> = ring
+                .owners(&digest)
+                .into_iter()
+                .map(|o| {
+                    let i: usize = o.id["origin-".len()..].parse().expect("our ids");
+                    owned[i] = true;
+                    (n_agents + i) as u32
+                })
+                .collect();
+            let mut swarm = Swarm::new(owners.clone(), cfg.max_peers);
+            for o in owners {
+                swarm.record(o, true, true);
+            }
+            swarms.push(swarm);
+        }
+        let hosts = (0..n_agents + cfg.origins)
+            .map(|i| {
+                let origin = i >= n_agents;
+                let blobs = layers
+                    .iter()
+                    .map(|l| {
+                        let mut bits = vec![0u8; (l.num_pieces as usize).div_ceil(8)];
+                        if origin {
+                            for p in 0..l.num_pieces {
+                                bits[(p / 8) as usize] |= 0x80 >> (p % 8);
+                            }
+                        }
+                        HostBlob { bits, peers: Vec::new(), actor: None }
+                    })
+                    .collect();
+                let (up, down) = if origin { (cfg.origin_up, cfg.origin_down) } else { (cfg.agent_up, cfg.agent_down) };
+                Host {
+                    origin,
+                    latency: ns(cfg.latency),
+                    up: Bucket::new(up),
+                    down: Bucket::new(down),
+                    conns: HashMap::new(),
+                    blobs,
+                    layers_left: if origin { 0 } else { layers.len() },
+                    done: 0,
+                    received: 0,
+                    from_origin: 0,
+                    uploaded: 0,
+                }
+            })
+            .collect();
+        let drain = match cfg.agent_down {
+            Some(r) => {
+                let max_piece = layers.iter().map(|l| l.piece_len).max().unwrap_or(0) as f64;
+                max_piece * cfg.pipeline_depth as f64 * 2.0 / r
+            }
+            None => 0.0,
+        };
+        let mut sim = Sim {
+            cfg,
+            layers,
+            hosts,
+            swarms,
+            n_owners: owned.iter().filter(|o| **o).count(),
+            heap: BinaryHeap::new(),
+            seq: 0,
+            now: 0,
+            rng: StdRng::seed_from_u64(cfg.seed),
+            serving: HashSet::new(),
+            request_timeout: ns(cfg.request_timeout + drain),
+            agents_left: n_agents,
+            events: 0,
+            duplicate_bytes: 0,
+            timeouts: 0,
+            busy_rejects: 0,
+            cancelled: 0,
+            refused_dials: 0,
+        };
+        for host in 0..n_agents as u32 {
+            let t = if cfg.start_jitter > 0.0 { ns(sim.rng.random_range(0.0..cfg.start_jitter)) } else { 0 };
+            sim.push(t, Ev::Start { host });
+        }
+        sim
+    }
+
+    pub(super) fn run(&mut self) {
+        // A swarm that has not finished long after the bound has stalled: a bug to report.
+        let limit = ns(100.0 * self.bound() + 600.0);
+        while let Some(item) = self.heap.pop() {
+            self.now = item.t;
+            self.events += 1;
+            assert!(self.now <= limit, "simulation stalled: {} agents incomplete at {} s", self.agents_left, self.now);
+            self.handle(item.ev);
+            if self.agents_left == 0 {
+                break;
+            }
+        }
+        assert_eq!(self.agents_left, 0, "event queue drained with agents incomplete");
+    }
+
+    pub(super) fn report(&self) -> SimReport {
+        let hosts: Vec<HostResult> = self
+            .hosts
+            .iter()
+            .filter(|h| !h.origin)
+            .map(|h| HostResult {
+                done: h.done as f64 / 1e9,
+                received: h.received,
+                from_origin: h.from_origin,
+                uploaded: h.uploaded,
+            })
+            .collect();
+        let mut times: Vec<f64> = hosts.iter().map(|h| h.done).collect();
+        times.sort_by(f64::total_cmp);
+        let origin_bytes = self.hosts.iter().filter(|h| h.origin).map(|h| h.uploaded).sum();
+        let peer_bytes = hosts.iter().map(|h| h.uploaded).sum();
+        SimReport {
+            p50: stats::percentile(&times, 50.0),
+            p90: stats::percentile(&times, 90.0),
+            p99: stats::percentile(&times, 99.0),
+            p999: stats::percentile(&times, 99.9),
+            max: times.last().copied().unwrap_or(0.0),
+            bound: self.bound(),
+            hosts,
+            origin_bytes,
+            peer_bytes,
+            duplicate_bytes: self.duplicate_bytes,
+            timeouts: self.timeouts,
+            busy_rejects: self.busy_rejects,
+            cancelled: self.cancelled,
+            refused_dials: self.refused_dials,
+            events: self.events,
+        }
+    }
+
+    /// `T*` with the seeds being the origins that own some layer.
+    fn bound(&self) -> f64 {
+        let cfg = self.cfg;
+        let seed_up = cfg.origin_up.map(|u| u * self.n_owners as f64);
+        stats::bound(cfg.total_size(), seed_up, &vec![(cfg.agent_up, cfg.agent_down); cfg.hosts])
+    }
+
+    fn push(&mut self, t: Ns, ev: Ev) {
+        self.seq += 1;
+        self.heap.push(Item { t, seq: self.seq, ev });
+    }
+
+    /// One-way delay between two hosts.
+    fn delay(&self, a: u32, b: u32) -> Ns {
+        self.hosts[a as usize].latency + self.hosts[b as usize].latency
+    }
+
+    fn piece_len(&self, blob: u32, piece: u32) -> u64 {
+        let l = &self.layers[blob as usize];
+        l.piece_len.min(l.size - u64::from(piece) * l.piece_len)
+    }
+
+    fn blob(&mut self, host: u32, blob: u32) -> &mut HostBlob {
+        &mut self.hosts[host as usize].blobs[blob as usize]
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Start { host } => self.start(host),
+            Ev::Announce { host, blob, complete } => {
+                if complete {
+                    self.swarms[blob as usize].record(host, true, false);
+                } else {
+                    let peers = self.swarms[blob as usize].announce(host, false, false, &mut self.rng);
+                    let t = self.now + self.hosts[host as usize].latency;
+                    self.push(t, Ev::AnnounceReply { host, blob, peers });
+                }
+            }
+            Ev::AnnounceReply { host, blob, peers } => self.announce_reply(host, blob, &peers),
+            Ev::Dial { from, to, blob } => self.dial(from, to, blob),
+            Ev::Open { host, peer, blob } => self.open(host, peer, blob),
+            Ev::Bitfield { to, from, blob, bits } => {
+                self.open(to, from, blob);
+                let is_origin = self.hosts[from as usize].origin;
+                if let Some(actor) = self.blob(to, blob).actor.as_mut() {
+                    actor.picker.peer_joined(from, &bits, is_origin);
+                    if !actor.peers.contains(&from) {
+                        actor.peers.push(from);
+                    }
+                    self.fill(to, blob, from);
+                }
+            }
+            Ev::Have { to, from, blob, piece } => {
+                if let Some(actor) = self.blob(to, blob).actor.as_mut() {
+                    actor.picker.peer_have(from, piece);
+                    self.fill(to, blob, from);
+                }
+            }
+            Ev::Request { to, from, blob, piece } => self.serve(to, from, blob, piece),
+            Ev::EgressDone { server, client, blob, piece } => {
+                if !self.serving.remove(&(server, client, blob, piece)) {
+                    return;
+                }
+                if let Some(c) = self.hosts[server as usize].conns.get_mut(&client) {
+                    c.uploads -= 1;
+                }
+                let len = self.piece_len(blob, piece);
+                self.hosts[server as usize].uploaded += len;
+                let t = self.now + self.delay(server, client);
+                self.push(t, Ev::PieceArrive { to: client, from: server, blob, piece });
+            }
+            Ev::PieceArrive { to, from, blob, piece } => {
+                let len = self.piece_len(blob, piece);
+                let t = self.hosts[to as usize].down.acquire(self.now, len);
+                self.push(t, Ev::PieceDone { to, from, blob, piece });
+            }
+            Ev::PieceDone { to, from, blob, piece } => self.piece_done(to, from, blob, piece),
+            Ev::Reject { to, from, blob, piece } => {
+                if let Some(actor) = self.blob(to, blob).actor.as_mut() {
+                    if actor.pending.remove(&(from, piece)).is_some() {
+                        actor.picker.request_rejected(from, piece);
+                    }
+                    self.fill(to, blob, from);
+                }
+            }
+            Ev::Cancel { to, from, blob, piece } => {
+                if self.serving.remove(&(to, from, blob, piece)) {
+                    self.cancelled += 1;
+                    if let Some(c) = self.hosts[to as usize].conns.get_mut(&from) {
+                        c.uploads -= 1;
+                    }
+                }
+            }
+            Ev::Deadline { host, blob, peer, piece, due } => {
+                let Some(actor) = self.blob(host, blob).actor.as_mut() else { return };
+                if actor.pending.get(&(peer, piece)) != Some(&due) {
+                    return;
+                }
+                actor.pending.remove(&(peer, piece));
+                actor.picker.request_timed_out(peer, piece);
+                self.timeouts += 1;
+                let t = self.now + self.delay(host, peer);
+                self.push(t, Ev::Cancel { to: peer, from: host, blob, piece });
+                self.fill_all(host, blob);
+            }
+        }
+    }
+
+    fn start(&mut self, host: u32) {
+        let cfg = self.cfg;
+        for blob in 0..self.layers.len() as u32 {
+            let opts = PickerOptions {
+                max_outstanding_per_peer: cfg.pipeline_depth,
+                max_outstanding_per_origin: cfg.origin_pipeline_depth,
+                seed: splitmix(cfg.seed ^ (u64::from(host) << 16) ^ u64::from(blob)),
+                endgame_pieces: cfg.endgame_pieces,
+            };
+            let picker = Picker::new(self.layers[blob as usize].num_pieces, &[], opts);
+            self.blob(host, blob).actor = Some(Actor { picker, peers: Vec::new(), pending: HashMap::new() });
+            let t = self.now + self.hosts[host as usize].latency;
+            self.push(t, Ev::Announce { host, blob, complete: false });
+        }
+    }
+
+    /// `announce_and_connect`: dial up to `max_peers_per_blob` minus the peers already open,
+    /// origins always; then announce again after the interval (sooner while stalled).
+    fn announce_reply(&mut self, host: u32, blob: u32, peers: &[Handed]) {
+        let Some(actor) = self.blob(host, blob).actor.as_ref() else { return };
+        let stalled = actor.peers.is_empty();
+        let room = self.cfg.max_peers_per_blob.saturating_sub(self.blob(host, blob).peers.len());
+        let mut dials = 0;
+        for p in peers {
+            if p.host == host || (dials >= room && !p.origin) {
+                continue;
+            }
+            dials += 1;
+            if self.hosts[host as usize].conns.contains_key(&p.host) {
+                self.open(host, p.host, blob);
+            } else {
+                // SYN, SYN-ACK, then ACK with our handshake.
+                let t = self.now + 3 * self.delay(host, p.host);
+                self.push(t, Ev::Dial { from: host, to: p.host, blob });
+            }
+        }
+        let interval = self.cfg.announce_interval;
+        let next = if stalled { interval.min(STALLED_ANNOUNCE) } else { interval };
+        let t = self.now + ns(next) + self.hosts[host as usize].latency;
+        self.push(t, Ev::Announce { host, blob, complete: false });
+    }
+
+    fn dial(&mut self, from: u32, to: u32, blob: u32) {
+        if !self.hosts[to as usize].conns.contains_key(&from) {
+            let max = self.cfg.max_connections;
+            if self.hosts[to as usize].conns.len() >= max || self.hosts[from as usize].conns.len() >= max {
+                self.refused_dials += 1;
+                return;
+            }
+            self.hosts[to as usize].conns.insert(from, Conn::default());
+            self.hosts[from as usize].conns.insert(to, Conn::default());
+        }
+        let t = self.now + self.delay(from, to);
+        self.push(t, Ev::Open { host: from, peer: to, blob });
+    }
+
+    /// `host` adds `peer` to the blob's peers and sends its bitfield once per connection.
+    fn open(&mut self, host: u32, peer: u32, blob: u32) {
+        let hb = self.blob(host, blob);
+        if !hb.peers.contains(&peer) {
+            hb.peers.push(peer);
+        }
+        let bits = hb.bits.clone();
+        let conn = self.hosts[host as usize].conns.get_mut(&peer).expect("open on a connection");
+        if conn.opened & (1 << blob) != 0 {
+            return;
+        }
+        conn.opened |= 1 << blob;
+        let t = self.now + self.delay(host, peer);
+        self.push(t, Ev::Bitfield { to: peer, from: host, blob, bits });
+    }
+
+    /// `Actor::fill`: tops `peer`'s pipeline up.
+    fn fill(&mut self, host: u32, blob: u32, peer: u32) {
+        let d = self.delay(host, peer);
+        let due = self.now + self.request_timeout;
+        let check = self.cfg.check_invariants;
+        let Some(actor) = self.hosts[host as usize].blobs[blob as usize].actor.as_mut() else { return };
+        let reqs = actor.picker.next_requests(peer);
+        if check {
+            actor.picker.check_invariants();
+        }
+        for &piece in &reqs {
+            actor.pending.insert((peer, piece), due);
+        }
+        for piece in reqs {
+            self.push(self.now + d, Ev::Request { to: peer, from: host, blob, piece });
+            self.push(due, Ev::Deadline { host, blob, peer, piece, due });
+        }
+    }
+
+    fn fill_all(&mut self, host: u32, blob: u32) {
+        let Some(actor) = self.blob(host, blob).actor.as_ref() else { return };
+        for peer in actor.peers.clone() {
+            self.fill(host, blob, peer);
+        }
+    }
+
+    /// `Reader::serve`: reject what we lack or what is over the upload permits, else queue
+    /// the piece on the egress bucket.
+    fn serve(&mut self, server: u32, client: u32, blob: u32, piece: u32) {
+        let d = self.delay(server, client);
+        let has = {
+            let bits = &self.blob(server, blob).bits;
+            bits[(piece / 8) as usize] & (0x80 >> (piece % 8)) != 0
+        };
+        let max = self.cfg.max_uploads_per_connection;
+        let conn = self.hosts[server as usize].conns.get_mut(&client).expect("requests come on a connection");
+        if !has || conn.uploads >= max {
+            self.busy_rejects += u64::from(has);
+            self.push(self.now + d, Ev::Reject { to: client, from: server, blob, piece });
+            return;
+        }
+        conn.uploads += 1;
+        self.serving.insert((server, client, blob, piece));
+        let len = self.piece_len(blob, piece);
+        let t = self.hosts[server as usize].up.acquire(self.now, len);
+        self.push(t, Ev::EgressDone { server, client, blob, piece });
+    }
+
+    /// The `PieceOk` handler: verify, cancel duplicates, announce `have`, refill, complete.
+    fn piece_done(&mut self, host: u32, from: u32, blob: u32, piece: u32) {
+        let len = self.piece_len(blob, piece);
+        let from_origin = self.hosts[from as usize].origin;
+        let h = &mut self.hosts[host as usize];
+        h.received += len;
+        if from_origin {
+            h.from_origin += len;
+        }
+        let hb = &mut h.blobs[blob as usize];
+        let Some(actor) = hb.actor.as_mut() else {
+            self.duplicate_bytes += len;
+            return;
+        };
+        actor.pending.remove(&(from, piece));
+        if actor.picker.have(piece) {
+            self.duplicate_bytes += len;
+            self.fill(host, blob, from);
+            return;
+        }
+        let cancels = actor.picker.piece_verified(from, piece);
+        for o in &cancels {
+            actor.pending.remove(&(*o, piece));
+        }
+        hb.bits[(piece / 8) as usize] |= 0x80 >> (piece % 8);
+        let complete = actor.picker.is_complete();
+        for &o in &cancels {
+            let t = self.now + self.delay(host, o);
+            self.push(t, Ev::Cancel { to: o, from: host, blob, piece });
+        }
+        let peers = std::mem::take(&mut self.blob(host, blob).peers);
+        for &p in &peers {
+            let t = self.now + self.delay(host, p);
+            self.push(t, Ev::Have { to: p, from: host, blob, piece });
+        }
+        self.blob(host, blob).peers = peers;
+        if complete {
+            self.complete(host, blob);
+            return;
+        }
+        self.fill(host, blob, from);
+        for o in cancels {
+            self.fill(host, blob, o);
+        }
+    }
+
+    fn complete(&mut self, host: u32, blob: u32) {
+        let actor = self.blob(host, blob).actor.take().expect("completing a running download");
+        let mut left: Vec<(u32, u32)> = actor.pending.into_keys().collect();
+        left.sort_unstable();
+        for (peer, piece) in left {
+            let t = self.now + self.delay(host, peer);
+            self.push(t, Ev::Cancel { to: peer, from: host, blob, piece });
+        }
+        let t = self.now + self.hosts[host as usize].latency;
+        self.push(t, Ev::Announce { host, blob, complete: true });
+        let h = &mut self.hosts[host as usize];
+        h.layers_left -= 1;
+        if h.layers_left == 0 {
+            h.done = self.now;
+            self.agents_left -= 1;
+        }
+    }
+}
+
+/// The splitmix64 finalizer: independent-looking picker seeds from one run seed.
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
