@@ -114,7 +114,8 @@ pub struct Cluster {
     http: reqwest::Client,
 }
 
-/// The loopback address of host `k` (1-based): 127.0.0.(k+1), then on into 127.0.x.y.
+/// The loopback address of host `k`: 127.0.0.(k+2) for small `k`, then on into 127.0.x.y;
+/// never 127.0.0.1.
 pub fn host_ip(k: usize) -> IpAddr {
     let n = k as u32 + 1;
     IpAddr::V4(Ipv4Addr::new(127, 0, (n / 250) as u8, (n % 250 + 1) as u8))

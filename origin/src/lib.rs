@@ -13,7 +13,7 @@ pub mod metrics;
 
 use std::net::SocketAddr;
 
-use shoal_runtime::{Admin, Phase};
+use shoal_runtime::Admin;
 use shoal_swarm::Swarm;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -75,12 +75,7 @@ pub async fn start(
     tracing::info!(%http_addr, id = %cfg.id, "origin api listening");
     let grace = cfg.shutdown_grace.get();
     let a = admin.clone();
-    let serve = async move {
-        a.set_phase(Phase::Ready);
-        let res = shoal_runtime::serve(listeners.http, router, shutdown, grace).await;
-        a.set_phase(Phase::Stopped);
-        res
-    };
+    let serve = async move { a.serve(listeners.http, router, shutdown, grace).await };
     Ok((Origin { swarm, http_addr, admin }, serve))
 }
 

@@ -1,4 +1,4 @@
-//! `shoal-origin`: parses config, binds, runs the agent until SIGTERM, drains.
+//! `shoal-origin`: parses config, binds, runs the origin until SIGTERM, drains.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

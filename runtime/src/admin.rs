@@ -47,6 +47,33 @@ impl Admin {
         self.phase.subscribe()
     }
 
+    /// Serves `router` on `listener` through the whole lifecycle: `Ready` while serving,
+    /// `Draining` from the moment `shutdown` fires (so readiness fails at once), `Stopped` once
+    /// in-flight requests are done or `grace` has passed.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        router: Router,
+        shutdown: tokio_util::sync::CancellationToken,
+        grace: std::time::Duration,
+    ) -> std::io::Result<()> {
+        self.set_phase(Phase::Ready);
+        let stop = shutdown.clone();
+        let draining = async {
+            stop.cancelled().await;
+            self.set_phase(Phase::Draining);
+            std::future::pending::<()>().await
+        };
+        let res = tokio::select! {
+            // Draining first, so it is set before a server with nothing in flight returns.
+            biased;
+            _ = draining => unreachable!("pending never resolves"),
+            r = serve(listener, router, shutdown, grace) => r,
+        };
+        self.set_phase(Phase::Stopped);
+        res
+    }
+
     /// `/health` (alive), `/ready` (ready for traffic), `/metrics` (Prometheus text).
     pub fn router<S: Clone + Send + Sync + 'static>(&self) -> Router<S> {
         Router::new()

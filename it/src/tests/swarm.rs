@@ -73,3 +73,28 @@ async fn every_node_serves_health_and_its_own_metrics() {
     }
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_in_flight_responses_then_stops() {
+    use shoal_runtime::Phase;
+    let mut c = Cluster::builder().agents(1).start().await.unwrap();
+    let data = random_blob(mib(64), 23);
+    let d = c.put_backend_blob(&data).unwrap();
+    assert_eq!(c.fetch(0, &d).await.unwrap().len(), data.len());
+    let admin = c.agent(0).admin.clone();
+    let mut phases = admin.watch_phase();
+    // Hold a response open: headers read, body not consumed, so the server cannot finish it.
+    let url = format!("http://{}/blobs/{d}", c.agent(0).http_addr);
+    let held = reqwest::get(url).await.unwrap();
+    assert_eq!(held.status(), 200);
+    let node = c.agents[0].take().unwrap();
+    node.shutdown.cancel();
+    let ten = Duration::from_secs(10);
+    tokio::time::timeout(ten, phases.wait_for(|x| *x == Phase::Draining)).await.expect("never drained").unwrap();
+    assert!(!node.task.is_finished(), "server stopped with a response in flight");
+    // Reading the rest of the body lets the drain finish.
+    assert_eq!(held.bytes().await.unwrap().len(), data.len());
+    tokio::time::timeout(ten, phases.wait_for(|x| *x == Phase::Stopped)).await.expect("never stopped").unwrap();
+    node.task.await.unwrap().unwrap();
+    c.shutdown().await;
+}
