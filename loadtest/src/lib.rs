@@ -8,5 +8,6 @@
 pub mod bound;
 pub mod cluster;
 pub mod pull;
+pub mod report;
 pub mod s3;
 pub mod sim;
