@@ -5,6 +5,7 @@
 // Harness code: counts, sizes and addresses here are small, and no file offsets are computed.
 #![allow(clippy::cast_possible_truncation)]
 
+pub mod baseline;
 pub mod bound;
 pub mod cluster;
 pub mod pull;

@@ -1,0 +1,219 @@
+//! The no-P2P reference a swarm run is compared with: every agent fetching the blob straight
+//! from the origin's HTTP API (`GET /blobs/<digest>`), under the same caps.
+//!
+//! The origin's HTTP API has no rate limit of its own (its `egress_rate` shapes only swarm
+//! traffic), so the caps are emulated in the client: one token bucket shared by all fetches
+//! stands for the origin's upload cap, and one bucket per fetch stands for that agent's
+//! download cap. The body is read in chunks, and each chunk waits until both buckets allow it,
+//! so TCP flow control slows the sender to the emulated rate.
+//!
+//! Two modes ([`BaselineMode`]):
+//! - **concurrent** (the default): all N fetches start at once and share the origin's cap.
+//!   This is what a fleet without P2P does (every host pulls from the registry when a
+//!   deployment rolls out), and it is the *stronger* baseline: with an uncapped origin it is never
+//!   slower than fetching one after another, so the reported speed-up is not inflated.
+//! - **serial**: the fetches run one after another; agent k's time is when its fetch ended.
+//!   With an origin-capped link both modes finish the last agent at about N·F/U_origin.
+//!
+//! Run it after the swarm pull: the origin then holds the blob already, so the baseline does
+//! not pay for the backend fetch the swarm run paid for (again erring towards a fast baseline).
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures::StreamExt;
+use shoal_core::{Digest, DigestHasher};
+use tokio::time::Instant;
+
+use crate::bound;
+use crate::report::Baseline;
+
+/// How the N fetches are scheduled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum BaselineMode {
+    #[default]
+    Concurrent,
+    Serial,
+}
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct BaselineOptions {
+    pub mode: BaselineMode,
+    /// Fetches (agents).
+    pub n: usize,
+    /// Emulated origin upload cap, bytes/s; shared by all fetches.
+    pub origin_rate: Option<u64>,
+    /// Emulated per-agent download cap, bytes/s.
+    pub agent_rate: Option<u64>,
+    /// Give up after this long in all.
+    pub timeout: Duration,
+    /// Print a line as each fetch completes.
+    pub progress: bool,
+}
+
+/// Fetches `digest` from `origin_http` (e.g. `http://127.0.0.2:1234`) as `opts` says.
+pub async fn measure(origin_http: &str, digest: Digest, opts: &BaselineOptions) -> anyhow::Result<Baseline> {
+    let http = reqwest::Client::new();
+    let url = format!("{}/blobs/{digest}", origin_http.trim_end_matches('/'));
+    let origin = opts.origin_rate.map(TokenBucket::new);
+    let start = Instant::now();
+    let fetch = |i: usize| {
+        let (http, url, origin) = (&http, &url, origin.as_ref());
+        async move {
+            let agent = opts.agent_rate.map(TokenBucket::new);
+            let (bytes, ok) = fetch_one(http, url, digest, origin, agent.as_ref()).await?;
+            let secs = start.elapsed().as_secs_f64();
+            if opts.progress {
+                eprintln!("[baseline {:>4}/{}] fetch {i} done in {secs:.3}s", i + 1, opts.n);
+            }
+            Ok::<_, anyhow::Error>((secs, bytes, ok))
+        }
+    };
+    let run = async {
+        let mut out = Vec::with_capacity(opts.n);
+        match opts.mode {
+            BaselineMode::Concurrent => {
+                for r in futures::future::join_all((0..opts.n).map(fetch)).await {
+                    out.push(r?);
+                }
+            }
+            BaselineMode::Serial => {
+                for i in 0..opts.n {
+                    out.push(fetch(i).await?);
+                }
+            }
+        }
+        Ok::<_, anyhow::Error>(out)
+    };
+    let results = tokio::time::timeout(opts.timeout, run)
+        .await
+        .map_err(|_| anyhow::anyhow!("baseline did not finish within {:?}", opts.timeout))??;
+    let secs: Vec<f64> = results.iter().map(|r| r.0).collect();
+    let size = results.first().map_or(0, |r| r.1);
+    Ok(Baseline {
+        method: format!(
+            "{} fetches from the origin's HTTP API, {}, caps emulated by client token buckets",
+            opts.n,
+            match opts.mode {
+                BaselineMode::Concurrent => "concurrent",
+                BaselineMode::Serial => "one after another",
+            }
+        ),
+        percentiles: bound::percentiles(&secs),
+        verified_all: !results.is_empty() && results.iter().all(|r| r.2 && r.1 == size),
+        secs,
+    })
+}
+
+/// One capped fetch: (bytes, sha256 matched).
+async fn fetch_one(
+    http: &reqwest::Client,
+    url: &str,
+    digest: Digest,
+    origin: Option<&TokenBucket>,
+    agent: Option<&TokenBucket>,
+) -> anyhow::Result<(u64, bool)> {
+    let resp = http.get(url).send().await?;
+    anyhow::ensure!(resp.status().is_success(), "GET {url}: {}", resp.status());
+    let mut hasher = DigestHasher::new();
+    let mut bytes = 0u64;
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        let n = chunk.len() as u64;
+        bytes += n;
+        hasher.update(&chunk);
+        let now = Instant::now();
+        let wait = [origin, agent].into_iter().flatten().map(|b| b.reserve(n, now)).max().unwrap_or_default();
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+    Ok((bytes, hasher.finish() == digest))
+}
+
+/// A token bucket that lets takers go into debt: [`TokenBucket::reserve`] always succeeds
+/// and says how long the taker must wait, so concurrent takers queue up fairly behind one
+/// another and the long-run rate is exactly `rate`.
+#[derive(Debug)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    /// (tokens, when last refilled). Short critical section, never held across an await.
+    state: Mutex<(f64, Option<Instant>)>,
+}
+
+impl TokenBucket {
+    /// A bucket refilled at `rate` bytes/s holding at most 50 ms of it (at least 64 KiB), full at first.
+    pub fn new(rate: u64) -> TokenBucket {
+        let rate = rate.max(1) as f64;
+        let burst = (rate / 20.0).max(65536.0);
+        TokenBucket { rate, burst, state: Mutex::new((burst, None)) }
+    }
+
+    /// Takes `n` tokens at `now`; returns how long the caller must wait before going on.
+    pub fn reserve(&self, n: u64, now: Instant) -> Duration {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (tokens, last) = &mut *st;
+        if let Some(last) = *last {
+            let refill = now.saturating_duration_since(last).as_secs_f64() * self.rate;
+            *tokens = (*tokens + refill).min(self.burst);
+        }
+        *last = Some(now);
+        *tokens -= n as f64;
+        if *tokens >= 0.0 { Duration::ZERO } else { Duration::from_secs_f64(-*tokens / self.rate) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_spends_burst_then_queues_debt() {
+        let b = TokenBucket::new(1 << 20); // 1 MiB/s, burst 64 KiB (> 1 MiB / 20)
+        let t0 = Instant::now();
+        assert_eq!(b.reserve(65536, t0), Duration::ZERO);
+        // 1 MiB more at the same instant: wait 1 s.
+        assert_eq!(b.reserve(1 << 20, t0), Duration::from_secs(1));
+        // A second taker at the same instant queues behind: 1.5 s.
+        assert_eq!(b.reserve(1 << 19, t0), Duration::from_millis(1500));
+        // 1.5 s later the debt is paid off.
+        assert_eq!(b.reserve(0, t0 + Duration::from_millis(1500)), Duration::ZERO);
+    }
+
+    #[test]
+    fn bucket_refill_is_capped_at_burst() {
+        let b = TokenBucket::new(1 << 20);
+        let t0 = Instant::now();
+        assert_eq!(b.reserve(0, t0), Duration::ZERO);
+        // An idle hour banks only the 64 KiB burst.
+        let later = t0 + Duration::from_secs(3600);
+        assert_eq!(b.reserve(65536, later), Duration::ZERO);
+        assert_eq!(b.reserve(1 << 20, later), Duration::from_secs(1));
+    }
+
+    /// A small real run: both modes fetch verified copies from an in-process origin.
+    #[tokio::test]
+    async fn baseline_fetches_verified_copies() {
+        let cluster = crate::cluster::Cluster::builder().agents(0).start().await.unwrap();
+        let data = crate::cluster::random_blob(3 << 20, 7);
+        let digest = cluster.put_backend_blob(&data).unwrap();
+        for mode in [BaselineMode::Concurrent, BaselineMode::Serial] {
+            let opts = BaselineOptions {
+                mode,
+                n: 3,
+                origin_rate: Some(64 << 20),
+                agent_rate: Some(64 << 20),
+                timeout: Duration::from_secs(60),
+                progress: false,
+            };
+            let b = measure(&cluster.origin_nodes[0].http, digest, &opts).await.unwrap();
+            assert_eq!(b.secs.len(), 3);
+            assert!(b.verified_all, "{b:?}");
+            assert_eq!(b.percentiles.unwrap().n, 3);
+        }
+        cluster.shutdown().await;
+    }
+}
