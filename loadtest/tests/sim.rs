@@ -49,6 +49,14 @@ fn bound_holds_with_slow_origins_and_unlimited_links() {
 }
 
 #[test]
+fn origin_priority_experiment_completes_and_replays() {
+    let cfg = SimConfig { hosts: 25, origin_fewest_copies_first: true, ..small(11) };
+    let r = run(&cfg);
+    assert!(r.hosts.iter().all(|h| h.done >= r.bound && h.received >= cfg.total_size()));
+    assert_eq!(r, run(&cfg));
+}
+
+#[test]
 fn kraken_preset_matches_the_published_setup() {
     let k = SimConfig::kraken();
     assert_eq!((k.hosts, k.origins, k.total_size()), (2600, 5, 3_000_000_000));

@@ -52,6 +52,9 @@ pub struct SimArgs {
     /// Tracker: announce interval, seconds.
     #[arg(long, default_value_t = 3.0)]
     pub announce_interval: f64,
+    /// Experiment: origins send the piece they have sent the fewest times first.
+    #[arg(long)]
+    pub origin_priority: bool,
     /// Write the report (config, per-host results, percentiles) here as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -84,6 +87,7 @@ impl SimArgs {
             origin_pipeline_depth: self.origin_pipeline,
             max_peers: self.max_peers,
             announce_interval: self.announce_interval,
+            origin_fewest_copies_first: self.origin_priority,
             ..base
         }
     }

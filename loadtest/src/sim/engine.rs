@@ -218,6 +218,11 @@ struct Host {
     received: u64,
     from_origin: u64,
     uploaded: u64,
+    /// Origins with [`SimConfig::origin_fewest_copies_first`]: requests waiting to be sent,
+    /// whether one is being sent, and the copies sent of each (blob, piece).
+    queue: Vec<(u32, u32, u32)>,
+    sending: bool,
+    copies: Vec<Vec<u32>>,
 }
 
 pub(super) struct Sim<'a> {
@@ -311,6 +316,13 @@ impl<'a> Sim<'a> {
                     received: 0,
                     from_origin: 0,
                     uploaded: 0,
+                    queue: Vec::new(),
+                    sending: false,
+                    copies: if origin {
+                        layers.iter().map(|l| vec![0; l.num_pieces as usize]).collect()
+                    } else {
+                        Vec::new()
+                    },
                 }
             })
             .collect();
@@ -458,16 +470,18 @@ impl<'a> Sim<'a> {
             }
             Ev::Request { to, from, blob, piece } => self.serve(to, from, blob, piece),
             Ev::EgressDone { server, client, blob, piece } => {
-                if !self.serving.remove(&(server, client, blob, piece)) {
-                    return;
+                if self.serving.remove(&(server, client, blob, piece)) {
+                    if let Some(c) = self.hosts[server as usize].conns.get_mut(&client) {
+                        c.uploads -= 1;
+                    }
+                    let len = self.piece_len(blob, piece);
+                    self.hosts[server as usize].uploaded += len;
+                    let t = self.now + self.delay(server, client);
+                    self.push(t, Ev::PieceArrive { to: client, from: server, blob, piece });
                 }
-                if let Some(c) = self.hosts[server as usize].conns.get_mut(&client) {
-                    c.uploads -= 1;
+                if self.prioritizes(server) {
+                    self.origin_next(server);
                 }
-                let len = self.piece_len(blob, piece);
-                self.hosts[server as usize].uploaded += len;
-                let t = self.now + self.delay(server, client);
-                self.push(t, Ev::PieceArrive { to: client, from: server, blob, piece });
             }
             Ev::PieceArrive { to, from, blob, piece } => {
                 let len = self.piece_len(blob, piece);
@@ -621,8 +635,40 @@ impl<'a> Sim<'a> {
         }
         conn.uploads += 1;
         self.serving.insert((server, client, blob, piece));
+        if self.prioritizes(server) {
+            let h = &mut self.hosts[server as usize];
+            h.queue.push((client, blob, piece));
+            if !h.sending {
+                self.origin_next(server);
+            }
+            return;
+        }
         let len = self.piece_len(blob, piece);
         let t = self.hosts[server as usize].up.acquire(self.now, len);
+        self.push(t, Ev::EgressDone { server, client, blob, piece });
+    }
+
+    /// Whether `host` serves with [`SimConfig::origin_fewest_copies_first`].
+    fn prioritizes(&self, host: u32) -> bool {
+        self.cfg.origin_fewest_copies_first && self.hosts[host as usize].origin
+    }
+
+    /// The experimental origin scheduler: send next the queued piece this origin has sent
+    /// the fewest times (oldest request first among equals), one piece at a time at its rate.
+    fn origin_next(&mut self, server: u32) {
+        let h = &mut self.hosts[server as usize];
+        h.queue.retain(|&(c, b, p)| self.serving.contains(&(server, c, b, p)));
+        let best = h.queue.iter().enumerate().min_by_key(|(i, (_, b, p))| (h.copies[*b as usize][*p as usize], *i));
+        let Some((i, _)) = best else {
+            h.sending = false;
+            return;
+        };
+        let (client, blob, piece) = h.queue.remove(i);
+        h.copies[blob as usize][piece as usize] += 1;
+        h.sending = true;
+        let len = self.piece_len(blob, piece);
+        let rate = self.hosts[server as usize].up.rate;
+        let t = self.now + rate.map_or(0, |r| ns(len as f64 / r));
         self.push(t, Ev::EgressDone { server, client, blob, piece });
     }
 

@@ -71,6 +71,9 @@ pub struct SimConfig {
     /// Agent request timeout in seconds (the drain time of a full pipeline is added, as the
     /// download actor does).
     pub request_timeout: f64,
+    /// Experiment, not what the real origin does: an origin sends its queued uploads one at
+    /// a time, the piece it has sent the fewest times first, instead of in arrival order.
+    pub origin_fewest_copies_first: bool,
     /// Run `Picker::check_invariants` after every picker event (slow; small runs only).
     pub check_invariants: bool,
 }
@@ -99,6 +102,7 @@ impl Default for SimConfig {
             max_uploads_per_connection: 8,
             max_connections: 1024,
             request_timeout: 10.0,
+            origin_fewest_copies_first: false,
             check_invariants: false,
         }
     }
