@@ -10,5 +10,6 @@ pub mod bound;
 pub mod cluster;
 pub mod pull;
 pub mod report;
+pub mod run;
 pub mod s3;
 pub mod sim;

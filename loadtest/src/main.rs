@@ -3,16 +3,24 @@
 //! `shoal-loadtest local` (the default) starts a tracker, one origin with a local-directory
 //! backend and N agents on distinct loopback addresses in this process, has every agent pull
 //! one random blob through the swarm, and prints each agent's time, the bytes it got from the
-//! origin and from peers, and whether its copy matches the digest.
+//! origin and from peers, whether its copy matches the digest, the percentiles and, when
+//! links are capped, the bound T* and each percentile's ratio to it. `--baseline` adds the
+//! origin-only baseline and the speed-up; `--report DIR` writes report.json and report.html.
+//!
+//! `shoal-loadtest bench` runs `local` over a matrix (agents × sizes × rates), writes one
+//! report per run and prints a summary table. `shoal-loadtest sim` is the simulator.
 
 // Harness code: counts, sizes and addresses here are small, and no file offsets are computed.
 #![allow(clippy::cast_possible_truncation)]
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use shoal_loadtest::cluster::{Cluster, random_blob};
+use shoal_loadtest::baseline::BaselineMode;
+use shoal_loadtest::report::{RunReport, human_bytes};
+use shoal_loadtest::run::{LocalOptions, run_local};
 use shoal_runtime::ByteSize;
 
 #[derive(Parser)]
@@ -26,6 +34,8 @@ struct Args {
 enum Cmd {
     /// A local in-process cluster pulling one random blob through the swarm.
     Local(LocalArgs),
+    /// Runs `local` over a matrix of agent counts, blob sizes and agent rates.
+    Bench(BenchArgs),
     /// The deterministic simulator: simulated agents in virtual time (see `sim` in the library).
     Sim(shoal_loadtest::sim::cli::SimArgs),
 }
@@ -47,13 +57,68 @@ struct LocalArgs {
     /// Origin upload cap (bytes/s); none by default.
     #[arg(long)]
     origin_rate: Option<ByteSize>,
-    /// Where stores live; default a fresh directory under /dev/shm (tmpfs) when present, so
-    /// the run measures the swarm rather than this machine's one disk.
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(clap::Args, Clone)]
+struct BenchArgs {
+    /// Agent counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "10,25,50")]
+    agents: Vec<usize>,
+    /// Origins.
+    #[arg(long, default_value_t = 1)]
+    origins: usize,
+    /// Blob sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "256MiB")]
+    size: Vec<ByteSize>,
+    /// Per-agent link caps, comma-separated; "none" for uncapped.
+    #[arg(long, value_delimiter = ',', default_value = "50MiB", value_parser = parse_rate)]
+    agent_rate: Vec<Rate>,
+    /// Origin upload cap; defaults to each run's agent rate, so the origin is a host like the others.
+    #[arg(long, value_parser = parse_rate)]
+    origin_rate: Option<Rate>,
+    /// Where the per-run reports and summary go.
+    #[arg(long, default_value = "loadtest-bench")]
+    out: PathBuf,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+/// Options shared by `local` and `bench`.
+#[derive(clap::Args, Clone, Default)]
+struct CommonArgs {
+    /// Stores go in a fresh directory under this one; default /dev/shm (tmpfs) when present,
+    /// so the run measures the swarm rather than this machine's one disk. Pass a disk path
+    /// (e.g. /var/tmp) for a disk-backed run; the report says which it was.
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// Give up after this many seconds.
+    /// Give up after this many seconds (the swarm pull and the baseline each).
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    /// Also measure the origin-only baseline and the speed-up over it.
+    #[arg(long)]
+    baseline: bool,
+    /// How the baseline's fetches are scheduled.
+    #[arg(long, value_enum, default_value_t = BaselineMode::Concurrent)]
+    baseline_mode: BaselineMode,
+    /// Write report.json and report.html into this directory.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Print a line to stderr as each agent completes (always on for `bench`).
+    #[arg(long)]
+    progress: bool,
+}
+
+/// A rate cap: `None` is unlimited.
+#[derive(Clone, Copy, Debug)]
+struct Rate(Option<u64>);
+
+fn parse_rate(s: &str) -> Result<Rate, String> {
+    match s.trim() {
+        "none" | "unlimited" | "" => Ok(Rate(None)),
+        v => v.parse::<ByteSize>().map(|b| Rate(Some(b.0))).map_err(|e| format!("{e}")),
+    }
 }
 
 impl Default for LocalArgs {
@@ -64,8 +129,7 @@ impl Default for LocalArgs {
             size: ByteSize(256 << 20),
             agent_rate: None,
             origin_rate: None,
-            dir: None,
-            timeout: 600,
+            common: CommonArgs { timeout: 600, ..CommonArgs::default() },
         }
     }
 }
@@ -76,73 +140,123 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.cmd.unwrap_or(Cmd::Local(LocalArgs::default())) {
         Cmd::Local(a) => local(a).await,
+        Cmd::Bench(a) => bench(a).await,
         Cmd::Sim(a) => shoal_loadtest::sim::cli::main(&a),
     }
 }
 
+fn options(
+    c: &CommonArgs,
+    agents: usize,
+    origins: usize,
+    size: u64,
+    agent_rate: Option<u64>,
+    origin_rate: Option<u64>,
+) -> LocalOptions {
+    LocalOptions {
+        agents,
+        origins,
+        size,
+        agent_rate,
+        origin_rate,
+        dir: c.dir.clone(),
+        timeout: Duration::from_secs(c.timeout),
+        baseline: c.baseline.then_some(c.baseline_mode),
+        progress: c.progress,
+        verbose: true,
+    }
+}
+
 async fn local(a: LocalArgs) -> anyhow::Result<()> {
-    let (root, _tmp) = match a.dir {
-        Some(d) => (d, None),
-        None => {
-            let base = if std::path::Path::new("/dev/shm").is_dir() {
-                PathBuf::from("/dev/shm")
-            } else {
-                std::env::temp_dir()
-            };
-            let t = tempfile::Builder::new().prefix("shoal-local-").tempdir_in(&base)?;
-            (t.path().to_path_buf(), Some(t))
+    let o = options(&a.common, a.agents, a.origins, a.size.0, a.agent_rate.map(|r| r.0), a.origin_rate.map(|r| r.0));
+    let r = run_local(&o).await?;
+    print!("{}", r.table());
+    if let Some(dir) = &a.common.report {
+        r.write(dir)?;
+        println!("report: {}/report.json, {}/report.html", dir.display(), dir.display());
+    }
+    anyhow::ensure!(r.verified_all, "some agent's copy did not match the digest");
+    Ok(())
+}
+
+async fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    let mut runs = Vec::new();
+    for &size in &a.size {
+        for &rate in &a.agent_rate {
+            for &n in &a.agents {
+                runs.push((n, size.0, rate.0));
+            }
         }
-    };
-    println!(
-        "shoal local cluster: 1 tracker, {} origin(s), {} agents, blob {} ({}), stores in {}",
-        a.origins,
-        a.agents,
-        a.size,
-        a.size.0,
-        root.display()
+    }
+    std::fs::create_dir_all(&a.out)?;
+    let mut reports: Vec<(String, RunReport)> = Vec::new();
+    let common = CommonArgs { progress: true, ..a.common.clone() };
+    for (k, &(n, size, rate)) in runs.iter().enumerate() {
+        let name = format!(
+            "run{:02}-n{n}-{}-{}",
+            k + 1,
+            human_bytes(size),
+            rate.map_or("uncapped".into(), |r| format!("{}ps", human_bytes(r)))
+        );
+        eprintln!("== [{}/{}] {name}", k + 1, runs.len());
+        let origin_rate = a.origin_rate.map_or(rate, |r| r.0);
+        let o = options(&common, n, a.origins, size, rate, origin_rate);
+        let r = run_local(&o).await?;
+        print!("{}", r.summary());
+        let dir = a.out.join(&name);
+        r.write(&dir)?;
+        println!("report: {}\n", dir.join("report.html").display());
+        reports.push((name, r));
+    }
+    let summary = summary_table(&reports);
+    println!("{summary}");
+    std::fs::write(a.out.join("summary.txt"), &summary)?;
+    let json: Vec<&RunReport> = reports.iter().map(|(_, r)| r).collect();
+    std::fs::write(a.out.join("summary.json"), serde_json::to_vec_pretty(&json)?)?;
+    println!("summary: {}", a.out.join("summary.txt").display());
+    anyhow::ensure!(reports.iter().all(|(_, r)| r.verified_all), "some agent's copy did not match the digest");
+    Ok(())
+}
+
+/// One line per run: setup, bound, percentiles as ratios, speed-up, throughput, origin share.
+fn summary_table(reports: &[(String, RunReport)]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<32} {:>5} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9} {:>7}",
+        "run",
+        "N",
+        "size",
+        "agent cap",
+        "T* s",
+        "max s",
+        "p50/T*",
+        "p99/T*",
+        "max/T*",
+        "speedup",
+        "agg MiB/s",
+        "origin/F",
+        "cpu s"
     );
-    let cluster = Cluster::builder()
-        .agents(a.agents)
-        .origins(a.origins)
-        .agent_rate(a.agent_rate.map(|r| r.0))
-        .origin_rate(a.origin_rate.map(|r| r.0))
-        .root(root)
-        .start()
-        .await?;
-    let data = random_blob(a.size.0, rand::random());
-    let digest = cluster.put_backend_blob(&data)?;
-    drop(data);
-    println!("blob {digest} placed in the origin backend; every agent pulls it now\n");
-    let pulls = shoal_loadtest::pull::pull_all(&cluster, digest, Duration::from_secs(a.timeout)).await?;
-    println!(
-        "{:>6} {:>9} {:>14} {:>14} {:>14} {:>8}",
-        "agent", "secs", "from origin", "from peers", "uploaded", "sha256"
-    );
-    for p in &pulls {
-        println!(
-            "{:>6} {:>9.3} {:>14} {:>14} {:>14} {:>8}",
-            p.agent,
-            p.secs,
-            p.from_origin,
-            p.from_peers,
-            p.uploaded,
-            if p.verified { "ok" } else { "MISMATCH" }
+    let opt = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.3}"));
+    for (name, r) in reports {
+        let _ = writeln!(
+            s,
+            "{:<32} {:>5} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9} {:>7}",
+            name,
+            r.n_agents,
+            human_bytes(r.blob_bytes),
+            r.caps.agent_rate.map_or("none".into(), human_bytes),
+            opt(r.bound.as_ref().map(|b| b.secs)),
+            opt(r.percentiles.map(|p| p.max)),
+            opt(r.ratios.map(|x| x.p50)),
+            opt(r.ratios.map(|x| x.p99)),
+            opt(r.ratios.map(|x| x.max)),
+            opt(r.speedup),
+            r.aggregate_bytes_per_sec.map_or("-".into(), |b| format!("{:.1}", b / f64::from(1u32 << 20))),
+            format!("{:.2}", r.origin_uploaded as f64 / r.blob_bytes.max(1) as f64),
+            opt(r.resources.cpu_secs),
         );
     }
-    let size = a.size.0.max(1) as f64;
-    let origin_up = cluster.origin_uploaded();
-    let max = pulls.iter().map(|p| p.secs).fold(0.0, f64::max);
-    let from_origin: u64 = pulls.iter().map(|p| p.from_origin).sum();
-    let from_peers: u64 = pulls.iter().map(|p| p.from_peers).sum();
-    let all_ok = pulls.iter().all(|p| p.verified && p.bytes == a.size.0);
-    println!(
-        "\nall done in {max:.3}s; origin uploaded {origin_up} bytes ({:.2}x the blob); agents got {from_origin} bytes from the origin, {from_peers} from peers ({:.1}% from peers); aggregate {:.1} MiB/s",
-        origin_up as f64 / size,
-        100.0 * from_peers as f64 / (from_origin + from_peers).max(1) as f64,
-        size * pulls.len() as f64 / max.max(1e-9) / (1 << 20) as f64,
-    );
-    println!("every copy matches {digest}: {}", if all_ok { "yes" } else { "NO" });
-    cluster.shutdown().await;
-    anyhow::ensure!(all_ok, "some agent's copy did not match the digest");
-    Ok(())
+    s
 }

@@ -1,0 +1,186 @@
+//! One measured run of the main scenario ("one blob to N agents") on an in-process cluster,
+//! from an options struct to a [`RunReport`]; the CLI's `local` and `bench` both call it.
+//!
+//! Sequence: pick a store directory (tmpfs by default), start the cluster, put a random blob
+//! in the origin backend, reset the peak-RSS counter, pull through the swarm (sampling
+//! delivered bytes), read CPU time, then optionally measure the origin-only baseline, then
+//! shut the cluster down. CPU and RSS cover the swarm pull only, not the baseline.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use shoal_core::Digest;
+
+use crate::baseline::{self, BaselineMode, BaselineOptions};
+use crate::cluster::{Cluster, random_blob};
+use crate::pull::{PullOptions, pull_all_with};
+use crate::report::{self, Caps, Resources, RunReport, RunSpec, Store};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct LocalOptions {
+    pub agents: usize,
+    pub origins: usize,
+    pub size: u64,
+    /// Per-agent link cap, bytes/s (both directions).
+    pub agent_rate: Option<u64>,
+    /// Per-origin upload cap, bytes/s.
+    pub origin_rate: Option<u64>,
+    /// Stores go in a fresh directory under this one; `None` picks /dev/shm (tmpfs) when
+    /// present, else the system temp directory.
+    pub dir: Option<PathBuf>,
+    /// For the swarm pull, and separately for the baseline.
+    pub timeout: Duration,
+    /// Also measure the origin-only baseline.
+    pub baseline: Option<BaselineMode>,
+    /// A line per completed agent on stderr.
+    pub progress: bool,
+    /// Print the setup lines on stdout as the run goes.
+    pub verbose: bool,
+}
+
+impl Default for LocalOptions {
+    fn default() -> Self {
+        LocalOptions {
+            agents: 10,
+            origins: 1,
+            size: 256 << 20,
+            agent_rate: None,
+            origin_rate: None,
+            dir: None,
+            timeout: Duration::from_secs(600),
+            baseline: None,
+            progress: false,
+            verbose: true,
+        }
+    }
+}
+
+/// The default base for stores: tmpfs when this machine has /dev/shm.
+pub fn default_store_base() -> PathBuf {
+    if Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() }
+}
+
+/// Runs the scenario once and reports it. The report says whether every copy verified; the
+/// caller decides whether a mismatch is an error.
+pub async fn run_local(o: &LocalOptions) -> anyhow::Result<RunReport> {
+    let base = o.dir.clone().unwrap_or_else(default_store_base);
+    std::fs::create_dir_all(&base)?;
+    let tmp = tempfile::Builder::new().prefix("shoal-local-").tempdir_in(&base)?;
+    let root = tmp.path().to_path_buf();
+    let store = Store::detect(&root);
+    if o.verbose {
+        println!(
+            "shoal local cluster: 1 tracker, {} origin(s), {} agents, blob {} ({}), stores in {} ({})",
+            o.origins,
+            o.agents,
+            shoal_runtime::ByteSize(o.size),
+            o.size,
+            root.display(),
+            store.kind,
+        );
+    }
+    let cluster = Cluster::builder()
+        .agents(o.agents)
+        .origins(o.origins)
+        .agent_rate(o.agent_rate)
+        .origin_rate(o.origin_rate)
+        .root(root)
+        .start()
+        .await?;
+    let res = measure(&cluster, o, store).await;
+    cluster.shutdown().await;
+    drop(tmp);
+    res
+}
+
+async fn measure(cluster: &Cluster, o: &LocalOptions, store: Store) -> anyhow::Result<RunReport> {
+    let data = random_blob(o.size, rand::random());
+    let digest: Digest = cluster.put_backend_blob(&data)?;
+    drop(data);
+    if o.verbose {
+        println!("blob {digest} placed in the origin backend; every agent pulls it now\n");
+    }
+    let rss_reset = report::reset_peak_rss();
+    let cpu0 = report::cpu_times();
+    let popts = PullOptions { sample_every: Some(Duration::from_millis(100)), progress: o.progress };
+    let run = pull_all_with(cluster, digest, o.timeout, &popts).await?;
+    let cpu1 = report::cpu_times();
+    let (user, sys) = match (cpu0, cpu1) {
+        (Some(a), Some(b)) => (Some(b.0 - a.0), Some(b.1 - a.1)),
+        _ => (None, None),
+    };
+    let resources = Resources {
+        cpu_secs: user.zip(sys).map(|(u, s)| u + s),
+        user_secs: user,
+        sys_secs: sys,
+        peak_rss_bytes: report::peak_rss(),
+        note: format!(
+            "this one process during the swarm pull: tracker, origins, agents and the harness's HTTP clients, which hash every copy; peak RSS {}",
+            if rss_reset { "since just before the pull" } else { "over the process lifetime (reset not allowed)" }
+        ),
+    };
+    let origin_uploaded = cluster.origin_uploaded();
+    let baseline = match o.baseline {
+        None => None,
+        Some(mode) => {
+            if o.verbose {
+                println!("measuring the origin-only baseline ({mode:?})");
+            }
+            let bopts = BaselineOptions {
+                mode,
+                n: run.agents.len(),
+                origin_rate: o.origin_rate,
+                agent_rate: o.agent_rate,
+                timeout: o.timeout,
+                progress: o.progress,
+            };
+            Some(baseline::measure(&cluster.origin_nodes[0].http, digest, &bopts).await?)
+        }
+    };
+    let spec = RunSpec {
+        scenario: "one blob to N agents".into(),
+        mode: "in-process".into(),
+        n_origins: o.origins,
+        blob_bytes: o.size,
+        digest: digest.to_string(),
+        caps: Caps { agent_rate: o.agent_rate, origin_rate: o.origin_rate, seeding_origins: o.origins.clamp(1, 3) },
+        store,
+    };
+    Ok(RunReport::new(spec, run.agents, origin_uploaded, run.timeline, resources, baseline))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CI-sized real run: a few agents, a few MiB, capped, with the baseline and the
+    /// written report. Correctness only: no timing assertions.
+    #[tokio::test]
+    async fn small_real_run_reports_consistently() {
+        let out = tempfile::tempdir().unwrap();
+        let o = LocalOptions {
+            agents: 3,
+            size: 4 << 20,
+            agent_rate: Some(64 << 20),
+            origin_rate: Some(64 << 20),
+            dir: Some(out.path().join("stores")),
+            timeout: Duration::from_secs(120),
+            baseline: Some(BaselineMode::Concurrent),
+            verbose: false,
+            ..LocalOptions::default()
+        };
+        let r = run_local(&o).await.unwrap();
+        assert!(r.verified_all, "{}", r.table());
+        assert_eq!(r.agents.len(), 3);
+        assert!(r.from_origin + r.from_peers >= 3 * (4 << 20));
+        assert!(r.bound.is_some() && r.ratios.is_some() && r.speedup.is_some());
+        assert!(r.baseline.as_ref().unwrap().verified_all);
+        r.write(&out.path().join("report")).unwrap();
+        let json = std::fs::read_to_string(out.path().join("report/report.json")).unwrap();
+        let back: RunReport = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, r);
+        let html = std::fs::read_to_string(out.path().join("report/report.html")).unwrap();
+        assert!(html.contains("<svg"));
+    }
+}
