@@ -22,6 +22,9 @@ pub struct Config {
     pub origin_fetch_timeout: Duration,
     /// How long in-flight responses may run after SIGTERM. Default 20s.
     pub shutdown_grace: Duration,
+    /// How long a registry tag's digest, resolved through the origins, is reused before it
+    /// is asked again; `0s` asks every time. Default 30s.
+    pub tag_ttl: Duration,
     pub swarm: SwarmConfig,
 }
 
@@ -34,6 +37,7 @@ impl Default for Config {
             origin_replicas: 3,
             origin_fetch_timeout: Duration::from_secs(600),
             shutdown_grace: Duration::from_secs(20),
+            tag_ttl: Duration::from_secs(30),
             swarm: SwarmConfig::default(),
         }
     }

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod config;
 pub mod origin_client;
+pub mod registry;
 
 use std::net::SocketAddr;
 
@@ -56,8 +57,13 @@ pub async fn start(
     let swarm = Swarm::start(cfg.swarm.clone(), listeners.peer, &registry, false, shutdown.clone())?;
     let http_addr = listeners.http.local_addr()?;
     let origins = origin_client::OriginClient::new(config.ring.clone(), cfg.origin_fetch_timeout.get());
+    let registry_state = registry::RegistryState {
+        swarm: swarm.clone(),
+        origins: origins.clone(),
+        tags: registry::TagResolver::new(config.ring.clone(), cfg.tag_ttl.get()),
+    };
     let state = api::AppState { swarm: swarm.clone(), origins };
-    let router = api::router(state).merge(admin.router());
+    let router = api::router(state).merge(registry::router(registry_state)).merge(admin.router());
     tracing::info!(%http_addr, "agent api listening");
     let grace = cfg.shutdown_grace.get();
     let a = admin.clone();

@@ -9,6 +9,7 @@ pub mod digest;
 pub mod metainfo;
 pub mod peer_id;
 pub mod picker;
+pub mod registry;
 pub mod ring;
 pub mod wire;
 

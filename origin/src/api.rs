@@ -6,6 +6,7 @@
 //! - `PUT /blobs/<digest>`: upload. The body is staged and hashed; only bytes matching the
 //!   digest are written back to the backend, stored and seeded; anything else is removed and
 //!   answered 400 `DIGEST_INVALID`. Requires `Content-Length`.
+//! - `GET /tags/<name>/<tag>`: the digest a registry tag points at, as text ([`crate::tags`]).
 
 use std::io::Write;
 
@@ -38,6 +39,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/blobs/{digest}/metainfo", get(metainfo))
         .route("/blobs/{digest}", get(get_blob).head(get_blob).put(put_blob))
+        .route("/tags/{*rest}", get(crate::tags::get_tag))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }

@@ -10,6 +10,7 @@ pub mod backend;
 pub mod config;
 pub mod fetch;
 pub mod metrics;
+pub mod tags;
 
 use std::net::SocketAddr;
 

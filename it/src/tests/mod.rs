@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod corrupt;
+mod registry;
 mod resume;
 mod s3;
 mod swarm;
