@@ -55,6 +55,9 @@ pub struct SimArgs {
     /// Experiment: origins send the piece they have sent the fewest times first.
     #[arg(long)]
     pub origin_priority: bool,
+    /// Whole-blob sha256 rate of the commit, bytes/s (e.g. "1.65GiB"); not modeled by default.
+    #[arg(long)]
+    pub commit_rate: Option<ByteSize>,
     /// Write the report (config, per-host results, percentiles) here as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -88,6 +91,7 @@ impl SimArgs {
             max_peers: self.max_peers,
             announce_interval: self.announce_interval,
             origin_fewest_copies_first: self.origin_priority,
+            commit_rate: self.commit_rate.map(|r| r.0 as f64),
             ..base
         }
     }

@@ -112,6 +112,11 @@ enum Ev {
         blob: u32,
         piece: u32,
     },
+    /// Every piece of `blob` is at `host` and its whole-blob check is done.
+    Committed {
+        host: u32,
+        blob: u32,
+    },
     /// The deadline of `host`'s request for `piece` to `peer`.
     Deadline {
         host: u32,
@@ -362,11 +367,17 @@ impl<'a> Sim<'a> {
 
     pub(super) fn run(&mut self) {
         // A swarm that has not finished long after the bound has stalled: a bug to report.
-        let limit = ns(100.0 * self.bound() + 600.0);
+        let limit = ns(20.0 * self.bound() + 60.0);
         while let Some(item) = self.heap.pop() {
             self.now = item.t;
             self.events += 1;
-            assert!(self.now <= limit, "simulation stalled: {} agents incomplete at {} s", self.agents_left, self.now);
+            assert!(
+                self.now <= limit,
+                "simulation stalled: {} agents incomplete after {:.1} virtual seconds ({} timeouts so far)",
+                self.agents_left,
+                self.now as f64 / 1e9,
+                self.timeouts
+            );
             self.handle(item.ev);
             if self.agents_left == 0 {
                 break;
@@ -439,6 +450,7 @@ impl<'a> Sim<'a> {
     fn handle(&mut self, ev: Ev) {
         match ev {
             Ev::Start { host } => self.start(host),
+            Ev::Committed { host, blob } => self.committed(host, blob),
             Ev::Announce { host, blob, complete } => {
                 if complete {
                     self.swarms[blob as usize].record(host, true, false);
@@ -726,6 +738,13 @@ impl<'a> Sim<'a> {
             let t = self.now + self.delay(host, peer);
             self.push(t, Ev::Cancel { to: peer, from: host, blob, piece });
         }
+        let size = self.layers[blob as usize].size as f64;
+        let t = self.now + self.cfg.commit_rate.map_or(0, |r| ns(size / r));
+        self.push(t, Ev::Committed { host, blob });
+    }
+
+    /// The whole-blob check passed: the blob is complete and announced as such.
+    fn committed(&mut self, host: u32, blob: u32) {
         let t = self.now + self.hosts[host as usize].latency;
         self.push(t, Ev::Announce { host, blob, complete: true });
         let h = &mut self.hosts[host as usize];
