@@ -8,6 +8,7 @@
 pub mod baseline;
 pub mod bound;
 pub mod cluster;
+pub mod processes;
 pub mod pull;
 pub mod report;
 pub mod run;

@@ -7,6 +7,9 @@
 //! links are capped, the bound T* and each percentile's ratio to it. `--baseline` adds the
 //! origin-only baseline and the speed-up; `--report DIR` writes report.json and report.html.
 //!
+//! `--mode processes` runs the real `shoal-tracker`, `shoal-origin` and `shoal-agent`
+//! binaries instead, one process per node.
+//!
 //! `shoal-loadtest bench` runs `local` over a matrix (agents × sizes × rates), writes one
 //! report per run and prints a summary table. `shoal-loadtest sim` is the simulator.
 
@@ -20,7 +23,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use shoal_loadtest::baseline::BaselineMode;
 use shoal_loadtest::report::{RunReport, human_bytes};
-use shoal_loadtest::run::{LocalOptions, run_local};
+use shoal_loadtest::run::{LocalOptions, Mode, run};
 use shoal_runtime::ByteSize;
 
 #[derive(Parser)]
@@ -88,6 +91,10 @@ struct BenchArgs {
 /// Options shared by `local` and `bench`.
 #[derive(clap::Args, Clone, Default)]
 struct CommonArgs {
+    /// in-process: every node in this process; processes: the real binaries, one process per
+    /// node (build them first with `cargo build --release --workspace`).
+    #[arg(long, value_enum, default_value_t = Mode::InProcess)]
+    mode: Mode,
     /// Stores go in a fresh directory under this one; default /dev/shm (tmpfs) when present,
     /// so the run measures the swarm rather than this machine's one disk. Pass a disk path
     /// (e.g. /var/tmp) for a disk-backed run; the report says which it was.
@@ -154,6 +161,7 @@ fn options(
     origin_rate: Option<u64>,
 ) -> LocalOptions {
     LocalOptions {
+        mode: c.mode,
         agents,
         origins,
         size,
@@ -169,7 +177,7 @@ fn options(
 
 async fn local(a: LocalArgs) -> anyhow::Result<()> {
     let o = options(&a.common, a.agents, a.origins, a.size.0, a.agent_rate.map(|r| r.0), a.origin_rate.map(|r| r.0));
-    let r = run_local(&o).await?;
+    let r = run(&o).await?;
     print!("{}", r.table());
     if let Some(dir) = &a.common.report {
         r.write(dir)?;
@@ -201,7 +209,7 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         eprintln!("== [{}/{}] {name}", k + 1, runs.len());
         let origin_rate = a.origin_rate.map_or(rate, |r| r.0);
         let o = options(&common, n, a.origins, size, rate, origin_rate);
-        let r = run_local(&o).await?;
+        let r = run(&o).await?;
         print!("{}", r.summary());
         let dir = a.out.join(&name);
         r.write(&dir)?;

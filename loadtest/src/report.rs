@@ -101,6 +101,9 @@ pub struct Resources {
     pub sys_secs: Option<f64>,
     /// Peak resident set size, bytes.
     pub peak_rss_bytes: Option<u64>,
+    /// The largest agent process's peak RSS (multi-process mode only).
+    #[serde(default)]
+    pub max_agent_rss_bytes: Option<u64>,
     /// Whose processes these figures cover.
     pub note: String,
 }
@@ -287,6 +290,9 @@ impl RunReport {
             r.peak_rss_bytes.map_or("?".into(), human_bytes),
             r.note
         );
+        if let Some(a) = r.max_agent_rss_bytes {
+            let _ = writeln!(s, "largest agent process peak rss {}", human_bytes(a));
+        }
         let _ = writeln!(s, "every copy matches {}: {}", self.digest, yes_no(self.verified_all));
         s
     }
@@ -685,6 +691,7 @@ mod tests {
                 user_secs: Some(0.5),
                 sys_secs: Some(0.5),
                 peak_rss_bytes: Some(MIB_U),
+                max_agent_rss_bytes: None,
                 note: "test".into(),
             },
             Some(baseline),

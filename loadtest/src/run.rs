@@ -16,9 +16,20 @@ use crate::cluster::{Cluster, random_blob};
 use crate::pull::{PullOptions, pull_all_with};
 use crate::report::{self, Caps, Resources, RunReport, RunSpec, Store};
 
+/// How the cluster's nodes run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Every node in this process ([`crate::cluster`]).
+    #[default]
+    InProcess,
+    /// One process per node, the real binaries ([`crate::processes`]).
+    Processes,
+}
+
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct LocalOptions {
+    pub mode: Mode,
     pub agents: usize,
     pub origins: usize,
     pub size: u64,
@@ -42,6 +53,7 @@ pub struct LocalOptions {
 impl Default for LocalOptions {
     fn default() -> Self {
         LocalOptions {
+            mode: Mode::InProcess,
             agents: 10,
             origins: 1,
             size: 256 << 20,
@@ -61,8 +73,16 @@ pub fn default_store_base() -> PathBuf {
     if Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() }
 }
 
-/// Runs the scenario once and reports it. The report says whether every copy verified; the
-/// caller decides whether a mismatch is an error.
+/// Runs the scenario once in `o.mode`.
+pub async fn run(o: &LocalOptions) -> anyhow::Result<RunReport> {
+    match o.mode {
+        Mode::InProcess => run_local(o).await,
+        Mode::Processes => crate::processes::run_processes(o).await,
+    }
+}
+
+/// Runs the scenario once in this process and reports it. The report says whether every copy
+/// verified; the caller decides whether a mismatch is an error.
 pub async fn run_local(o: &LocalOptions) -> anyhow::Result<RunReport> {
     let base = o.dir.clone().unwrap_or_else(default_store_base);
     std::fs::create_dir_all(&base)?;
@@ -115,6 +135,7 @@ async fn measure(cluster: &Cluster, o: &LocalOptions, store: Store) -> anyhow::R
         user_secs: user,
         sys_secs: sys,
         peak_rss_bytes: report::peak_rss(),
+        max_agent_rss_bytes: None,
         note: format!(
             "this one process during the swarm pull: tracker, origins, agents and the harness's HTTP clients, which hash every copy; peak RSS {}",
             if rss_reset { "since just before the pull" } else { "over the process lifetime (reset not allowed)" }
