@@ -145,11 +145,12 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
-    /// A bucket refilled at `rate` bytes/s holding at most 50 ms of it (at least 64 KiB), full at first.
+    /// A bucket refilled at `rate` bytes/s holding at most 50 ms of it (at least 64 KiB).
+    /// It starts empty, so a transfer that starts at once is never ahead of `rate`.
     pub fn new(rate: u64) -> TokenBucket {
         let rate = rate.max(1) as f64;
         let burst = (rate / 20.0).max(65536.0);
-        TokenBucket { rate, burst, state: Mutex::new((burst, None)) }
+        TokenBucket { rate, burst, state: Mutex::new((0.0, None)) }
     }
 
     /// Takes `n` tokens at `now`; returns how long the caller must wait before going on.
@@ -171,14 +172,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bucket_spends_burst_then_queues_debt() {
+    fn bucket_starts_empty_and_queues_debt() {
         let b = TokenBucket::new(1 << 20); // 1 MiB/s, burst 64 KiB (> 1 MiB / 20)
         let t0 = Instant::now();
-        assert_eq!(b.reserve(65536, t0), Duration::ZERO);
-        // 1 MiB more at the same instant: wait 1 s.
-        assert_eq!(b.reserve(1 << 20, t0), Duration::from_secs(1));
+        // Empty at first: even the first byte waits, so no fetch beats its cap.
+        assert_eq!(b.reserve(1 << 19, t0), Duration::from_millis(500));
         // A second taker at the same instant queues behind: 1.5 s.
-        assert_eq!(b.reserve(1 << 19, t0), Duration::from_millis(1500));
+        assert_eq!(b.reserve(1 << 20, t0), Duration::from_millis(1500));
         // 1.5 s later the debt is paid off.
         assert_eq!(b.reserve(0, t0 + Duration::from_millis(1500)), Duration::ZERO);
     }
