@@ -1,7 +1,8 @@
 //! The Shoal agent: runs on every host. Its HTTP API serves blobs by digest; a blob it does
 //! not hold is downloaded through the swarm (metainfo from the origin ring, pieces from peers
 //! and origins) and served only once every byte is verified. Completed blobs stay in the
-//! local store and are seeded to other agents.
+//! local store and are seeded to other agents. Under `/v2/` the same API speaks the Registry
+//! v2 / OCI distribution read protocol ([`registry`]), so container runtimes pull through it.
 //!
 //! Entry point: [`run`] takes its listeners and a shutdown token, so tests bind port 0 and
 //! many agents run in one process.

@@ -89,6 +89,7 @@ impl From<RouteError> for RegistryError {
 impl From<SwarmError> for RegistryError {
     fn from(e: SwarmError) -> RegistryError {
         let status = match &e {
+            SwarmError::Store(s) if s.is_storage_full() => StatusCode::INSUFFICIENT_STORAGE,
             SwarmError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             SwarmError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,

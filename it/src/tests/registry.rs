@@ -357,3 +357,32 @@ async fn a_moved_tag_is_seen_after_its_ttl() {
     expect_error(reqwest::get(&url).await.unwrap(), 404, "MANIFEST_UNKNOWN").await;
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pulled_image_still_pulls_with_the_origins_down() {
+    let reg = RegistryDir::new();
+    let img = image(&reg, 71);
+    reg.tag("app", "v1", img.digest);
+    let mut c = cluster(&reg).await;
+    let ttl = Duration::from_millis(300);
+    c.start_agent(0, Some(set_tag_ttl(&c, ttl))).await.unwrap();
+    let base = format!("http://{}/v2/app", c.agent(0).http_addr);
+    let layer = Digest::of(&img.layers[0]);
+    let resp = reqwest::get(format!("{base}/manifests/v1")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(reqwest::get(format!("{base}/blobs/{layer}")).await.unwrap().bytes().await.unwrap(), img.layers[0]);
+
+    for o in c.origins.drain(..) {
+        o.shutdown.cancel();
+        let _ = o.task.await;
+    }
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    // The expired tag is served from the cache, the manifest and layer from the store.
+    let resp = reqwest::get(format!("{base}/manifests/v1")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "docker-content-digest"), img.digest.to_string());
+    assert_eq!(reqwest::get(format!("{base}/blobs/{layer}")).await.unwrap().bytes().await.unwrap(), img.layers[0]);
+    // A tag never resolved cannot be: a retryable error, not MANIFEST_UNKNOWN.
+    expect_error(reqwest::get(format!("{base}/manifests/v2")).await.unwrap(), 503, "UNAVAILABLE").await;
+    c.shutdown().await;
+}
