@@ -200,7 +200,7 @@ mod tests {
         r.write(&out.path().join("report")).unwrap();
         let json = std::fs::read_to_string(out.path().join("report/report.json")).unwrap();
         let back: RunReport = serde_json::from_str(&json).unwrap();
-        assert_eq!(back, r);
+        crate::report::assert_reports_close(&back, &r);
         let html = std::fs::read_to_string(out.path().join("report/report.html")).unwrap();
         assert!(html.contains("<svg"));
     }
