@@ -55,6 +55,12 @@ pub struct SimArgs {
     /// Experiment: origins send the piece they have sent the fewest times first.
     #[arg(long)]
     pub origin_priority: bool,
+    /// Experiment: no endgame duplicates while more than `endgame_pieces` pieces are missing.
+    #[arg(long)]
+    pub late_endgame: bool,
+    /// Experiment: a cancelled upload still waiting for egress tokens gives them back.
+    #[arg(long)]
+    pub refund_cancelled: bool,
     /// Whole-blob sha256 rate of the commit, bytes/s (e.g. "1.65GiB"); not modeled by default.
     #[arg(long)]
     pub commit_rate: Option<ByteSize>,
@@ -91,6 +97,8 @@ impl SimArgs {
             max_peers: self.max_peers,
             announce_interval: self.announce_interval,
             origin_fewest_copies_first: self.origin_priority,
+            refund_cancelled: self.refund_cancelled,
+            late_endgame: self.late_endgame,
             commit_rate: self.commit_rate.map(|r| r.0 as f64),
             ..base
         }

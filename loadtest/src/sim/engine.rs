@@ -512,6 +512,11 @@ impl<'a> Sim<'a> {
             Ev::Cancel { to, from, blob, piece } => {
                 if self.serving.remove(&(to, from, blob, piece)) {
                     self.cancelled += 1;
+                    if self.cfg.refund_cancelled && !self.prioritizes(to) {
+                        let len = self.piece_len(blob, piece) as f64;
+                        let up = &mut self.hosts[to as usize].up;
+                        up.tokens = (up.tokens + len).min(up.burst);
+                    }
                     if let Some(c) = self.hosts[to as usize].conns.get_mut(&from) {
                         c.uploads -= 1;
                     }
@@ -609,7 +614,11 @@ impl<'a> Sim<'a> {
         let d = self.delay(host, peer);
         let due = self.now + self.request_timeout;
         let check = self.cfg.check_invariants;
+        let late_endgame = self.cfg.late_endgame;
         let Some(actor) = self.hosts[host as usize].blobs[blob as usize].actor.as_mut() else { return };
+        if late_endgame && actor.picker.in_endgame() && actor.picker.missing() > self.cfg.endgame_pieces {
+            return;
+        }
         let reqs = actor.picker.next_requests(peer);
         if check {
             actor.picker.check_invariants();

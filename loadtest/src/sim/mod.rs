@@ -76,6 +76,13 @@ pub struct SimConfig {
     /// arriving meanwhile are still counted; the blob's seeding starts at once, as the
     /// pieces are already served while it commits.
     pub commit_rate: Option<f64>,
+    /// Experiment, not what the real actor does: while more than `endgame_pieces` pieces are
+    /// missing, the actor does not ask the picker for requests when it is in endgame (every
+    /// piece its peers have is already requested), so no duplicate goes out mid-download.
+    pub late_endgame: bool,
+    /// Experiment, not what the real limiter does: a cancel that stops an upload still
+    /// waiting for egress tokens gives its tokens back, so later uploads go sooner.
+    pub refund_cancelled: bool,
     /// Experiment, not what the real origin does: an origin sends its queued uploads one at
     /// a time, the piece it has sent the fewest times first, instead of in arrival order.
     pub origin_fewest_copies_first: bool,
@@ -109,6 +116,8 @@ impl Default for SimConfig {
             request_timeout: 10.0,
             origin_fewest_copies_first: false,
             commit_rate: None,
+            refund_cancelled: false,
+            late_endgame: false,
             check_invariants: false,
         }
     }
