@@ -81,6 +81,13 @@ struct BenchArgs {
     /// Origin upload cap; defaults to each run's agent rate, so the origin is a host like the others.
     #[arg(long, value_parser = parse_rate)]
     origin_rate: Option<Rate>,
+    /// Store placements, comma-separated: "tmpfs" (under --dir, default /dev/shm) and/or
+    /// "disk" (under --disk-dir), so a matrix can show what one shared disk costs.
+    #[arg(long, value_delimiter = ',', default_value = "tmpfs")]
+    stores: Vec<StoreChoice>,
+    /// The base directory for "disk" runs.
+    #[arg(long, default_value = "/var/tmp")]
+    disk_dir: PathBuf,
     /// Where the per-run reports and summary go.
     #[arg(long, default_value = "loadtest-bench")]
     out: PathBuf,
@@ -115,6 +122,13 @@ struct CommonArgs {
     /// Print a line to stderr as each agent completes (always on for `bench`).
     #[arg(long)]
     progress: bool,
+}
+
+/// Where a bench run's stores go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum StoreChoice {
+    Tmpfs,
+    Disk,
 }
 
 /// A rate cap: `None` is unlimited.
@@ -189,22 +203,29 @@ async fn local(a: LocalArgs) -> anyhow::Result<()> {
 
 async fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let mut runs = Vec::new();
-    for &size in &a.size {
-        for &rate in &a.agent_rate {
-            for &n in &a.agents {
-                runs.push((n, size.0, rate.0));
+    for &store in &a.stores {
+        for &size in &a.size {
+            for &rate in &a.agent_rate {
+                for &n in &a.agents {
+                    runs.push((store, n, size.0, rate.0));
+                }
             }
         }
     }
     std::fs::create_dir_all(&a.out)?;
     let mut reports: Vec<(String, RunReport)> = Vec::new();
-    let common = CommonArgs { progress: true, ..a.common.clone() };
-    for (k, &(n, size, rate)) in runs.iter().enumerate() {
+    for (k, &(store, n, size, rate)) in runs.iter().enumerate() {
+        let dir = match store {
+            StoreChoice::Tmpfs => a.common.dir.clone(),
+            StoreChoice::Disk => Some(a.disk_dir.clone()),
+        };
+        let common = CommonArgs { progress: true, dir, ..a.common.clone() };
         let name = format!(
-            "run{:02}-n{n}-{}-{}",
+            "run{:02}-n{n}-{}-{}-{}",
             k + 1,
             human_bytes(size),
-            rate.map_or("uncapped".into(), |r| format!("{}ps", human_bytes(r)))
+            rate.map_or("uncapped".into(), |r| format!("{}ps", human_bytes(r))),
+            if store == StoreChoice::Disk { "disk" } else { "tmpfs" }
         );
         eprintln!("== [{}/{}] {name}", k + 1, runs.len());
         let origin_rate = a.origin_rate.map_or(rate, |r| r.0);
@@ -231,11 +252,12 @@ fn summary_table(reports: &[(String, RunReport)]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<32} {:>5} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9} {:>7}",
+        "{:<38} {:>5} {:>8} {:>10} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9} {:>7}",
         "run",
         "N",
         "size",
         "agent cap",
+        "store",
         "T* s",
         "max s",
         "p50/T*",
@@ -250,11 +272,12 @@ fn summary_table(reports: &[(String, RunReport)]) -> String {
     for (name, r) in reports {
         let _ = writeln!(
             s,
-            "{:<32} {:>5} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9} {:>7}",
+            "{:<38} {:>5} {:>8} {:>10} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9} {:>7}",
             name,
             r.n_agents,
             human_bytes(r.blob_bytes),
             r.caps.agent_rate.map_or("none".into(), human_bytes),
+            r.store.kind,
             opt(r.bound.as_ref().map(|b| b.secs)),
             opt(r.percentiles.map(|p| p.max)),
             opt(r.ratios.map(|x| x.p50)),
