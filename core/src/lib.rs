@@ -11,6 +11,7 @@ pub mod peer_id;
 pub mod picker;
 pub mod registry;
 pub mod ring;
+pub mod seeding;
 pub mod wire;
 
 pub use digest::{Digest, DigestHasher, ParseDigestError};

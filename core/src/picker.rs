@@ -260,6 +260,14 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
     }
 
     /// The request for `piece` to `peer` timed out: same as a rejection.
+    /// The peer refused for now (busy): release the request without marking the piece
+    /// "don't ask" at that peer, so it may be asked again later. The caller backs off before
+    /// asking that peer again.
+    pub fn request_deferred(&mut self, peer: P, piece: u32) {
+        if piece < self.num_pieces && self.peers.contains_key(&peer) {
+            self.remove_request(piece, peer);
+        }
+    }
     pub fn request_timed_out(&mut self, peer: P, piece: u32) {
         self.give_up(peer, piece);
     }
@@ -1081,5 +1089,24 @@ mod tests {
                 p.check_invariants();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod deferred_tests {
+    use super::*;
+
+    #[test]
+    fn deferred_request_may_be_asked_again_but_rejected_may_not() {
+        let opts = PickerOptions { max_outstanding_per_origin: 1, ..PickerOptions::default() };
+        let mut p: Picker<u8> = Picker::new(1, &[false], opts);
+        p.peer_joined(1, &[0x80], true);
+        assert_eq!(p.next_requests(1), vec![0]);
+        p.request_deferred(1, 0);
+        assert_eq!(p.outstanding(&1), 0);
+        assert_eq!(p.next_requests(1), vec![0], "busy is not a refusal for good");
+        p.request_rejected(1, 0);
+        assert_eq!(p.next_requests(1), Vec::<u32>::new(), "not-have excludes the piece at that peer");
+        p.check_invariants();
     }
 }

@@ -72,6 +72,9 @@ pub(crate) struct ConnHandle {
     cancel: CancellationToken,
     /// Blobs open on this connection (their bitfield was exchanged).
     pub open: Mutex<HashSet<Digest>>,
+    /// The remote's pieces of each blob it opened, kept up to date by its `Have`s, so a
+    /// download that starts after the exchange (a retry) learns them without a new one.
+    remote_bits: Mutex<HashMap<Digest, Vec<u8>>>,
 }
 
 impl ConnHandle {
@@ -85,11 +88,19 @@ impl ConnHandle {
         self.cancel.cancel();
     }
 
-    /// Opens `blob` on this connection by sending our bitfield, once.
-    pub fn open_blob(&self, blob: Digest, num_pieces: u32, bits: &[u8]) {
-        if self.open.lock().insert(blob) {
+    /// Opens `blob` on this connection by sending our bitfield, once. Returns false if it
+    /// was already open.
+    pub fn open_blob(&self, blob: Digest, num_pieces: u32, bits: &[u8]) -> bool {
+        let fresh = self.open.lock().insert(blob);
+        if fresh {
             self.send(&Message::Bitfield { blob, num_pieces, bits });
         }
+        fresh
+    }
+
+    /// The remote's pieces of `blob`, if it opened the blob on this connection.
+    pub fn remote_bits(&self, blob: &Digest) -> Option<Vec<u8>> {
+        self.remote_bits.lock().get(blob).cloned()
     }
 }
 
@@ -229,6 +240,7 @@ where
         tx,
         cancel: cancel.clone(),
         open: Mutex::new(HashSet::new()),
+        remote_bits: Mutex::new(HashMap::new()),
     });
     if outbound {
         // Recorded even if this connection loses a duplicate race: the address then resolves
@@ -445,6 +457,7 @@ impl Reader {
                     )));
                 }
                 entry.shared.lock().peers.insert(peer);
+                self.conn.remote_bits.lock().insert(blob, bits.to_vec());
                 let ours = entry.bitfield();
                 self.conn.open_blob(blob, num_pieces, &ours);
                 if let Some(a) = entry.actor() {
@@ -455,6 +468,9 @@ impl Reader {
                 if let Some(e) = node.blobs.get(&blob).map(|e| e.clone()) {
                     if e.meta.piece(piece).is_none() {
                         return Err(ConnError::Protocol(format!("have of piece {piece} out of range")));
+                    }
+                    if let Some(bits) = self.conn.remote_bits.lock().get_mut(&blob) {
+                        bits[(piece / 8) as usize] |= 0x80 >> (piece % 8);
                     }
                     if let Some(a) = e.actor() {
                         let _ = a.send(Event::Have { peer, piece });
@@ -471,7 +487,8 @@ impl Reader {
                 if let Some(a) = node.blobs.get(&blob).and_then(|e| e.actor()) {
                     let ev = match reason {
                         RejectReason::UnknownBlob => Event::PeerGone { peer },
-                        _ => Event::Rejected { peer, piece },
+                        RejectReason::Busy => Event::Rejected { peer, piece, busy: true },
+                        RejectReason::NotHave => Event::Rejected { peer, piece, busy: false },
                     };
                     let _ = a.send(ev);
                 }
@@ -494,6 +511,10 @@ impl Reader {
             return reject(RejectReason::NotHave);
         }
         let Ok(permit) = self.uploads.clone().try_acquire_owned() else { return reject(RejectReason::Busy) };
+        // An origin sends every piece once before it sends any piece twice.
+        if self.node.is_origin && !entry.seed_budget.lock().admit(piece) {
+            return reject(RejectReason::Busy);
+        }
         let node = self.node.clone();
         let conn = self.conn.clone();
         let serving = self.serving.clone();

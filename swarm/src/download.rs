@@ -47,9 +47,11 @@ pub(crate) enum Event {
         peer: PeerId,
         piece: u32,
     },
+    /// A peer refused a request: it lacks the piece, or is busy (try it again later).
     Rejected {
         peer: PeerId,
         piece: u32,
+        busy: bool,
     },
     PeerGone {
         peer: PeerId,
@@ -66,6 +68,8 @@ pub(crate) enum Event {
 
 /// How often the actor checks request deadlines.
 const TICK: Duration = Duration::from_millis(100);
+/// How long a peer that answered "busy" is left alone.
+const BUSY_BACKOFF: Duration = Duration::from_millis(50);
 /// Re-announce at least this often while the download has no peer with pieces we need.
 const STALLED_ANNOUNCE: Duration = Duration::from_millis(500);
 
@@ -76,6 +80,8 @@ struct Actor {
     peers: HashMap<PeerId, Arc<ConnHandle>>,
     /// Deadline of every request in flight.
     pending: HashMap<(PeerId, u32), Instant>,
+    /// Peers that answered "busy", and until when they are not asked.
+    backoff: HashMap<PeerId, Instant>,
     request_timeout: Duration,
 }
 
@@ -105,6 +111,7 @@ pub(crate) async fn run(
         picker: Picker::new(meta.num_pieces(), &have, opts),
         peers: HashMap::new(),
         pending: HashMap::new(),
+        backoff: HashMap::new(),
         request_timeout: cfg.request_timeout.get() + drain,
         node: node.clone(),
         entry: entry.clone(),
@@ -204,8 +211,15 @@ impl Actor {
                 self.picker.piece_failed(peer, piece);
                 self.drop_peer(peer);
             }
-            Event::Rejected { peer, piece } => {
+            Event::Rejected { peer, piece, busy } => {
                 if self.pending.remove(&(peer, piece)).is_some() {
+                    if busy {
+                        self.picker.request_deferred(peer, piece);
+                        self.backoff.insert(peer, Instant::now() + BUSY_BACKOFF);
+                        // The piece may be available elsewhere.
+                        self.fill_all();
+                        return;
+                    }
                     self.picker.request_rejected(peer, piece);
                 }
                 self.fill(peer);
@@ -218,6 +232,7 @@ impl Actor {
     fn drop_peer(&mut self, peer: PeerId) {
         self.picker.peer_left(peer);
         self.peers.remove(&peer);
+        self.backoff.remove(&peer);
         self.pending.retain(|(p, _), _| *p != peer);
         self.fill_all();
     }
@@ -241,6 +256,9 @@ impl Actor {
 
     fn fill(&mut self, peer: PeerId) {
         let Some(conn) = self.peers.get(&peer) else { return };
+        if self.backoff.get(&peer).is_some_and(|until| *until > Instant::now()) {
+            return;
+        }
         let blob = self.entry.meta.digest();
         let due = Instant::now() + self.request_timeout;
         for piece in self.picker.next_requests(peer) {
@@ -257,6 +275,11 @@ impl Actor {
     }
 
     fn expire(&mut self, now: Instant) {
+        let rested: Vec<PeerId> = self.backoff.iter().filter(|(_, until)| **until <= now).map(|(p, _)| *p).collect();
+        for p in rested {
+            self.backoff.remove(&p);
+            self.fill(p);
+        }
         let expired: Vec<(PeerId, u32)> =
             self.pending.iter().filter(|(_, due)| **due <= now).map(|(k, _)| *k).collect();
         if expired.is_empty() {
@@ -312,7 +335,13 @@ async fn announce_and_connect(node: &Arc<Node>, entry: &Arc<BlobEntry>) -> Durat
             if let Some(c) = conn::connect(&n, p.addr, p.origin).await {
                 e.shared.lock().peers.insert(c.peer_id);
                 let bits = e.bitfield();
-                c.open_blob(digest, e.meta.num_pieces(), &bits);
+                if !c.open_blob(digest, e.meta.num_pieces(), &bits) {
+                    // Opened before this download started (an earlier attempt): replay what
+                    // the remote told us then.
+                    if let (Some(remote), Some(a)) = (c.remote_bits(&digest), e.actor()) {
+                        let _ = a.send(Event::PeerBitfield { conn: c.clone(), bits: remote });
+                    }
+                }
             }
         });
     }

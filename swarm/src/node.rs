@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
+use shoal_core::seeding::SeedBudget;
 use shoal_core::wire::pack_bits;
 use shoal_core::{Digest, MetaInfo, PeerId};
 use tokio::net::TcpListener;
@@ -74,6 +75,8 @@ pub(crate) struct BlobEntry {
     pub from_peers: AtomicU64,
     pub uploaded: AtomicU64,
     pub status: watch::Sender<Status>,
+    /// On origins: which pieces were uploaded how often (super-seeding).
+    pub seed_budget: Mutex<SeedBudget>,
 }
 
 pub(crate) struct BlobShared {
@@ -183,7 +186,8 @@ impl Node {
         self.blobs
             .entry(d)
             .or_insert_with(|| {
-                let n = file.meta().num_pieces() as usize;
+                let pieces = file.meta().num_pieces();
+                let n = pieces as usize;
                 Arc::new(BlobEntry {
                     meta: file.meta().clone(),
                     file,
@@ -198,6 +202,7 @@ impl Node {
                     from_peers: AtomicU64::new(0),
                     uploaded: AtomicU64::new(0),
                     status: watch::Sender::new(Status::Complete),
+                    seed_budget: Mutex::new(SeedBudget::new(pieces)),
                 })
             })
             .clone()
@@ -339,6 +344,7 @@ impl Swarm {
         }
         let partial = node.store.open_partial(meta.clone()).await?;
         let have = partial.have();
+        let meta_pieces = meta.num_pieces();
         let (tx, rx) = mpsc::unbounded_channel();
         let entry = Arc::new(BlobEntry {
             meta,
@@ -354,6 +360,7 @@ impl Swarm {
             from_peers: AtomicU64::new(0),
             uploaded: AtomicU64::new(0),
             status: watch::Sender::new(Status::Running),
+            seed_budget: Mutex::new(SeedBudget::new(meta_pieces)),
         });
         node.blobs.insert(d, entry.clone());
         let n = node.clone();

@@ -84,3 +84,62 @@ async fn garbage_on_the_peer_port_closes_that_connection_only() {
     assert_eq!(c.fetch(1, &d).await.unwrap(), data);
     c.shutdown().await;
 }
+
+/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
+struct TinyFs {
+    dir: std::path::PathBuf,
+}
+
+impl TinyFs {
+    fn mount(size: &str) -> TinyFs {
+        let dir = std::env::temp_dir().join(format!("shoal-tinyfs-{}-{}", std::process::id(), rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .output()
+            .expect("running mount");
+        assert!(
+            out.status.success(),
+            "this test mounts a small tmpfs to fill a disk and needs root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        TinyFs { dir }
+    }
+}
+
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.dir).status();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_fails_the_download_clearly_and_the_agent_keeps_working() {
+    let mut c = Cluster::builder().agents(1).start().await.unwrap();
+    let disk = TinyFs::mount("3m");
+    let mut cfg = c.agent_config(0);
+    cfg.swarm.store_dir = disk.dir.join("store");
+    c.start_agent(0, Some(cfg)).await.unwrap();
+    // A small blob first: it must stay servable after the disk fills.
+    let small = random_blob(200_000, 32);
+    let s = c.put_backend_blob(&small).unwrap();
+    assert_eq!(c.fetch(0, &s).await.unwrap(), small);
+    let big = random_blob(8 << 20, 31);
+    let d = c.put_backend_blob(&big).unwrap();
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/blobs/{d}", c.agent(0).http_addr);
+    for attempt in 0..2 {
+        let resp = http.get(&url).send().await.unwrap();
+        assert_eq!(resp.status(), 507, "attempt {attempt}: a full disk is reported as such");
+        let body = resp.text().await.unwrap();
+        assert!(body.contains("No space left"), "{body}");
+    }
+    // Nothing unverified is visible; the verified pieces are kept for a resume.
+    assert!(!disk.dir.join("store/blobs").join(d.hex()).exists());
+    let bits = std::fs::read(disk.dir.join("store/partial").join(format!("{}.bits", d.hex()))).unwrap();
+    assert!(bits.iter().any(|b| *b != 0), "no written piece was recorded");
+    assert_eq!(c.fetch(0, &s).await.unwrap(), small);
+    c.shutdown().await;
+}

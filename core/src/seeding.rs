@@ -1,0 +1,70 @@
+//! Super-seeding: how an origin spends its upload on a blob.
+//!
+//! Many agents starting at once ask an origin for pieces before they know what their peers
+//! hold, so without a policy the origin uploads the same piece to several of them and its
+//! uplink, the swarm's scarcest resource, carries duplicates. [`SeedBudget`] admits a request
+//! for a piece already sent only once every piece has been sent at least once; until then the
+//! origin answers "busy" and the requester gets that piece from the peer that has it, or asks
+//! again later.
+//!
+//! Invariant: `unsent` is the number of pieces whose count is zero.
+
+/// Upload counts of one blob at one seed.
+#[derive(Clone, Debug)]
+pub struct SeedBudget {
+    sent: Vec<u32>,
+    unsent: u32,
+}
+
+impl SeedBudget {
+    pub fn new(num_pieces: u32) -> SeedBudget {
+        SeedBudget { sent: vec![0; num_pieces as usize], unsent: num_pieces }
+    }
+
+    /// Whether to upload `piece` now; counts it if so. Out-of-range pieces are refused.
+    pub fn admit(&mut self, piece: u32) -> bool {
+        let Some(count) = self.sent.get_mut(piece as usize) else { return false };
+        if *count > 0 && self.unsent > 0 {
+            return false;
+        }
+        if *count == 0 {
+            self.unsent -= 1;
+        }
+        *count += 1;
+        true
+    }
+
+    /// Pieces not yet sent once.
+    pub fn unsent(&self) -> u32 {
+        self.unsent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Applies requests in order and checks each answer.
+    fn check(num_pieces: u32, steps: &[(u32, bool)]) {
+        let mut b = SeedBudget::new(num_pieces);
+        for (k, &(piece, want)) in steps.iter().enumerate() {
+            assert_eq!(b.admit(piece), want, "step {k}: piece {piece}");
+            assert_eq!(b.unsent() as usize, b.sent.iter().filter(|c| **c == 0).count());
+        }
+    }
+
+    #[test]
+    fn each_piece_once_before_any_twice() {
+        check(3, &[(0, true), (0, false), (1, true), (1, false), (2, true), (0, true), (0, true), (2, true)]);
+    }
+
+    #[test]
+    fn single_piece_blob_is_always_served_after_the_first() {
+        check(1, &[(0, true), (0, true), (0, true)]);
+    }
+
+    #[test]
+    fn out_of_range_is_refused() {
+        check(2, &[(2, false), (u32::MAX, false), (1, true)]);
+    }
+}
