@@ -9,11 +9,10 @@
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use shoal_core::Digest;
-use shoal_runtime::{ApiError, parse_digest};
+use shoal_runtime::{ApiError, blob_response, parse_digest};
 use shoal_swarm::{Swarm, SwarmError};
 
 use crate::origin_client::{OriginClient, OriginError};
@@ -66,7 +65,7 @@ async fn get_blob(
             Some(f) => f.meta().length(),
             None => st.origins.metainfo(digest).await?.length(),
         };
-        return Ok(blob_headers(digest, len, Body::empty()));
+        return Ok(blob_response(digest, len, Body::empty()));
     }
     let file = match st.swarm.complete(digest).await.map_err(swarm_error)? {
         Some(f) => f,
@@ -76,17 +75,7 @@ async fn get_blob(
         }
     };
     let len = file.meta().length();
-    Ok(blob_headers(digest, len, Body::from_stream(file.stream(st.swarm.store().blocking().clone(), 0, len))))
-}
-
-fn blob_headers(digest: Digest, len: u64, body: Body) -> Response {
-    let mut h = HeaderMap::new();
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-    if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
-        h.insert("docker-content-digest", v);
-    }
-    (StatusCode::OK, h, body).into_response()
+    Ok(blob_response(digest, len, Body::from_stream(file.stream(st.swarm.store().blocking().clone(), 0, len))))
 }
 
 async fn blob_stats(State(st): State<AppState>, Path(digest): Path<String>) -> Result<Response, ApiError> {

@@ -13,13 +13,13 @@ use std::io::Write;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::StreamExt;
 use shoal_core::Digest;
 use shoal_core::metainfo::MetaInfoBuilder;
-use shoal_runtime::{ApiError, parse_digest};
+use shoal_runtime::{ApiError, blob_response, parse_digest};
 use shoal_swarm::Swarm;
 use tokio::sync::watch;
 
@@ -81,10 +81,10 @@ async fn get_blob(
         |e: shoal_swarm::SwarmError| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "UNAVAILABLE", format!("{e:#}"));
     if method == Method::HEAD {
         if let Some(f) = st.swarm.complete(digest).await.map_err(internal)? {
-            return Ok(headers(digest, f.meta().length(), Body::empty()));
+            return Ok(blob_response(digest, f.meta().length(), Body::empty()));
         }
         return match st.fetcher.backend().stat(&digest).await {
-            Ok(Some(len)) => Ok(headers(digest, len, Body::empty())),
+            Ok(Some(len)) => Ok(blob_response(digest, len, Body::empty())),
             Ok(None) => Err(FetchError::NotFound(digest).into()),
             Err(e) => Err(ApiError::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", format!("{e:#}"))),
         };
@@ -101,17 +101,7 @@ async fn get_blob(
     })?;
     let len = file.meta().length();
     let stream = file.stream(st.swarm.store().blocking().clone(), 0, len);
-    Ok(headers(digest, len, Body::from_stream(stream)))
-}
-
-fn headers(digest: Digest, len: u64, body: Body) -> Response {
-    let mut h = HeaderMap::new();
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-    if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
-        h.insert("docker-content-digest", v);
-    }
-    (StatusCode::OK, h, body).into_response()
+    Ok(blob_response(digest, len, Body::from_stream(stream)))
 }
 
 async fn put_blob(

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
-use shoal_runtime::{EX_CONFIG, config};
+use shoal_runtime::config;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -45,24 +45,10 @@ fn load(args: &Args) -> Result<shoal_origin::ValidConfig, config::ConfigError> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     shoal_runtime::init_tracing("info");
-    let cfg = match load(&args) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("shoal-origin: {e:#}");
-            std::process::exit(EX_CONFIG);
-        }
-    };
-    if args.check_config {
-        println!("config ok");
-        return Ok(());
-    }
+    let cfg = shoal_runtime::config_or_exit("shoal-origin", load(&args), args.check_config);
     let listeners = shoal_origin::Listeners::bind(&cfg.config).await?;
     let shutdown = CancellationToken::new();
     let registry = prometheus::Registry::new();
     let (_origin, serve) = shoal_origin::start(cfg, listeners, registry, shutdown.clone()).await?;
-    let server = tokio::spawn(serve);
-    shoal_runtime::wait_for_signal().await;
-    shutdown.cancel();
-    server.await??;
-    Ok(())
+    shoal_runtime::serve_until_signal(serve, shutdown).await
 }

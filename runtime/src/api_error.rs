@@ -26,6 +26,18 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A 200 response carrying a blob (or, for `HEAD`, an empty body) with its length and digest.
+pub fn blob_response(digest: Digest, len: u64, body: axum::body::Body) -> Response {
+    use axum::http::{HeaderMap, HeaderValue, header};
+    let mut h = HeaderMap::new();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
+        h.insert("docker-content-digest", v);
+    }
+    (StatusCode::OK, h, body).into_response()
+}
+
 /// Parses a digest from a URL, or answers 400 `DIGEST_INVALID`.
 pub fn parse_digest(s: &str) -> Result<Digest, ApiError> {
     s.parse().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "DIGEST_INVALID", format!("{s:?}: {e}")))

@@ -14,7 +14,7 @@ pub mod units;
 
 pub use admin::serve;
 pub use admin::{Admin, Phase};
-pub use api_error::{ApiError, parse_digest};
+pub use api_error::{ApiError, blob_response, parse_digest};
 pub use config::{ConfigError, EX_CONFIG};
-pub use task::{init_tracing, spawn, wait_for_signal};
+pub use task::{config_or_exit, init_tracing, serve_until_signal, spawn, wait_for_signal};
 pub use units::{ByteSize, Duration};

@@ -57,6 +57,35 @@ pub async fn wait_for_signal() {
     }
 }
 
+/// The tail of every service binary: runs `serve` until SIGTERM or SIGINT, then cancels
+/// `shutdown` and waits for the drain.
+pub async fn serve_until_signal<F>(serve: F, shutdown: CancellationToken) -> anyhow::Result<()>
+where
+    F: Future<Output = std::io::Result<()>> + Send + 'static,
+{
+    let server = tokio::spawn(serve);
+    wait_for_signal().await;
+    shutdown.cancel();
+    server.await??;
+    Ok(())
+}
+
+/// Returns a loaded config, or prints why it is bad and exits with [`crate::EX_CONFIG`]
+/// before anything binds; with `check_only`, exits 0 after a good check.
+pub fn config_or_exit<T>(binary: &str, loaded: Result<T, crate::ConfigError>, check_only: bool) -> T {
+    match loaded {
+        Err(e) => {
+            eprintln!("{binary}: {e:#}");
+            std::process::exit(crate::EX_CONFIG);
+        }
+        Ok(_) if check_only => {
+            println!("config ok");
+            std::process::exit(0);
+        }
+        Ok(c) => c,
+    }
+}
+
 /// Installs the process-wide log subscriber (binaries only). `RUST_LOG` overrides `default`.
 pub fn init_tracing(default: &str) {
     use tracing_subscriber::EnvFilter;
