@@ -18,9 +18,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures::StreamExt;
 use serde_json::json;
-use shoal_core::{Digest, DigestHasher};
+use shoal_core::Digest;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
@@ -208,22 +207,13 @@ async fn measure(l: &Layout, root: &Path, o: &LocalOptions, store: Store, procs:
         let (http, done) = (&http, &done);
         async move {
             let url = format!("http://{h}/blobs/{digest}");
-            let resp = http.get(&url).send().await?;
-            anyhow::ensure!(resp.status().is_success(), "agent {i}: GET {url}: {}", resp.status());
-            let mut hasher = DigestHasher::new();
-            let mut bytes = 0u64;
-            let mut body = resp.bytes_stream();
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk?;
-                bytes += chunk.len() as u64;
-                hasher.update(&chunk);
-            }
+            let (bytes, got) = crate::pull::fetch_and_hash(http, &url, i).await?;
             let secs = start.elapsed().as_secs_f64();
             if o.progress {
                 let k = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 eprintln!("[{k:>4}/{n}] agent {i} done in {secs:.3}s");
             }
-            Ok::<_, anyhow::Error>((i, secs, bytes, hasher.finish() == digest))
+            Ok::<_, anyhow::Error>((i, secs, bytes, got == digest))
         }
     }));
     // Sample delivered bytes from the agents' debug endpoints while the pulls run.

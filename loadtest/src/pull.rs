@@ -75,22 +75,13 @@ pub async fn pull_all_with(
         let done = done.clone();
         let progress = opts.progress;
         tasks.push(async move {
-            let resp = http.get(&url).send().await?;
-            anyhow::ensure!(resp.status().is_success(), "agent {i}: GET {url}: {}", resp.status());
-            let mut hasher = DigestHasher::new();
-            let mut bytes = 0u64;
-            let mut body = resp.bytes_stream();
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk?;
-                bytes += chunk.len() as u64;
-                hasher.update(&chunk);
-            }
+            let (bytes, got) = fetch_and_hash(&http, &url, i).await?;
             let secs = start.elapsed().as_secs_f64();
             if progress {
                 let k = done.fetch_add(1, Ordering::Relaxed) + 1;
                 eprintln!("[{k:>4}/{n_running}] agent {i} done in {secs:.3}s");
             }
-            Ok::<_, anyhow::Error>((i, secs, bytes, hasher.finish() == digest))
+            Ok::<_, anyhow::Error>((i, secs, bytes, got == digest))
         });
     }
     let mut timeline = Vec::new();
@@ -148,4 +139,20 @@ fn delivered(cluster: &Cluster, digest: &Digest) -> u64 {
         .filter_map(|a| a.handle.swarm.stats(digest))
         .map(|s| s.from_origin + s.from_peers)
         .sum()
+}
+
+/// GETs `url` from agent `i` and returns how many bytes its body had and their sha256,
+/// without keeping the body.
+pub async fn fetch_and_hash(http: &reqwest::Client, url: &str, i: usize) -> anyhow::Result<(u64, Digest)> {
+    let resp = http.get(url).send().await?;
+    anyhow::ensure!(resp.status().is_success(), "agent {i}: GET {url}: {}", resp.status());
+    let mut hasher = DigestHasher::new();
+    let mut bytes = 0u64;
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        bytes += chunk.len() as u64;
+        hasher.update(&chunk);
+    }
+    Ok((bytes, hasher.finish()))
 }
