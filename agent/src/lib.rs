@@ -16,26 +16,11 @@ use std::net::SocketAddr;
 
 use shoal_runtime::Admin;
 use shoal_swarm::Swarm;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, ValidConfig};
 
-/// The sockets an agent serves on, bound by the caller.
-pub struct Listeners {
-    pub http: TcpListener,
-    pub peer: TcpListener,
-}
-
-impl Listeners {
-    /// Binds the addresses of `config`.
-    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
-        Ok(Listeners {
-            http: TcpListener::bind(config.listen).await?,
-            peer: TcpListener::bind(config.peer_listen).await?,
-        })
-    }
-}
+pub use shoal_runtime::Listeners;
 
 /// A running agent.
 #[derive(Clone)]

@@ -46,7 +46,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     shoal_runtime::init_tracing("info");
     let cfg = shoal_runtime::config_or_exit("shoal-origin", load(&args), args.check_config);
-    let listeners = shoal_origin::Listeners::bind(&cfg.config).await?;
+    let listeners = shoal_origin::Listeners::bind(cfg.config.listen, cfg.config.peer_listen).await?;
     let shutdown = CancellationToken::new();
     let registry = prometheus::Registry::new();
     let (_origin, serve) = shoal_origin::start(cfg, listeners, registry, shutdown.clone()).await?;

@@ -13,6 +13,24 @@ use axum::routing::get;
 use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::sync::watch;
 
+/// The two sockets of a swarm node (agent or origin), bound by the caller so tests can
+/// bind port 0.
+pub struct Listeners {
+    /// The HTTP API.
+    pub http: tokio::net::TcpListener,
+    /// The peer (wire protocol) port.
+    pub peer: tokio::net::TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(http: std::net::SocketAddr, peer: std::net::SocketAddr) -> std::io::Result<Listeners> {
+        Ok(Listeners {
+            http: tokio::net::TcpListener::bind(http).await?,
+            peer: tokio::net::TcpListener::bind(peer).await?,
+        })
+    }
+}
+
 /// Where a service is in its life. Readiness is true only in `Ready`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {

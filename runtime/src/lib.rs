@@ -13,7 +13,7 @@ pub mod task;
 pub mod units;
 
 pub use admin::serve;
-pub use admin::{Admin, Phase};
+pub use admin::{Admin, Listeners, Phase};
 pub use api_error::{ApiError, blob_response, parse_digest};
 pub use config::{ConfigError, EX_CONFIG};
 pub use task::{config_or_exit, init_tracing, serve_until_signal, spawn, wait_for_signal};
