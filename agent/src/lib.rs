@@ -11,6 +11,7 @@ pub mod api;
 pub mod config;
 pub mod origin_client;
 pub mod registry;
+pub mod runtime_config;
 
 use std::net::SocketAddr;
 

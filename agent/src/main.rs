@@ -1,15 +1,21 @@
-//! `shoal-agent`: parses config, binds, runs the agent until SIGTERM, drains.
+//! `shoal-agent`: parses config, binds, runs the agent until SIGTERM, drains. Its `configure`
+//! subcommand instead writes the config that makes a container runtime pull through the agent
+//! (the text comes from `shoal_agent::runtime_config`), and exits.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use shoal_agent::runtime_config::{self, FileContent, Mirror};
 use shoal_runtime::config;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(version, about = "Shoal agent: pulls container image blobs through the peer-to-peer swarm")]
+#[command(args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// YAML config file (unknown keys are errors). Without it the embedded defaults apply.
     #[arg(long, env = "SHOAL_AGENT_CONFIG")]
     config: Option<PathBuf>,
@@ -25,6 +31,154 @@ struct Args {
     /// Validates the config and exits: 0 if good, 64 if not.
     #[arg(long)]
     check_config: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Writes the config that makes a container runtime pull through this agent, with the
+    /// registry itself as the fallback, and exits. Runtimes read it without a restart
+    /// (dockerd: on SIGHUP).
+    #[command(subcommand)]
+    Configure(Runtime),
+}
+
+#[derive(Subcommand)]
+enum Runtime {
+    /// containerd (ctr, nerdctl, the kubelet through CRI): one hosts.toml per registry and a
+    /// `_default` catch-all under the hosts directory.
+    Containerd {
+        #[command(flatten)]
+        common: Common,
+        /// containerd's hosts directory (the CRI plugin's `config_path`).
+        #[arg(long, default_value = "/etc/containerd/certs.d")]
+        hosts_dir: PathBuf,
+        /// containerd's main config, read to tell whether `config_path` is set.
+        #[arg(long, default_value = "/etc/containerd/config.toml")]
+        containerd_config: PathBuf,
+    },
+    /// podman, skopeo, buildah and cri-o (containers/image): a registries.conf drop-in.
+    Podman {
+        #[command(flatten)]
+        common: Common,
+        /// The drop-in to write.
+        #[arg(long, default_value = "/etc/containers/registries.conf.d/shoal.conf")]
+        file: PathBuf,
+    },
+    /// dockerd: adds the agent to `registry-mirrors` in daemon.json (Docker Hub only).
+    Docker {
+        #[command(flatten)]
+        common: Common,
+        /// dockerd's config file; other keys in it are kept.
+        #[arg(long, default_value = "/etc/docker/daemon.json")]
+        daemon_json: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct Common {
+    /// The agent's registry address as the runtime reaches it (its `listen`).
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    agent: String,
+    /// A registry host to mirror, as image references name it; repeat for more.
+    #[arg(long = "registry", default_value = runtime_config::DOCKER_HUB)]
+    registries: Vec<String>,
+    /// REGISTRY=URL: where REGISTRY's pulls go when the agent is down (also mirrors
+    /// REGISTRY). Default https://REGISTRY, https://registry-1.docker.io for docker.io.
+    #[arg(long = "upstream", value_parser = parse_upstream)]
+    upstreams: Vec<(String, String)>,
+    /// Prints the files instead of writing them.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+fn parse_upstream(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected REGISTRY=URL, got '{s}'"))
+}
+
+impl Common {
+    fn mirror(&self) -> Result<Mirror, runtime_config::ConfigureError> {
+        let mut registries = self.registries.clone();
+        registries.extend(self.upstreams.iter().map(|(k, _)| k.clone()));
+        Mirror::new(&self.agent, &registries, &self.upstreams)
+    }
+}
+
+/// Runs `configure`; the exit code is 64 for bad input, 1 when writing fails.
+fn configure(runtime: &Runtime) -> i32 {
+    match try_configure(runtime) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("shoal-agent configure: {e:#}");
+            if e.downcast_ref::<runtime_config::ConfigureError>().is_some() { 64 } else { 1 }
+        }
+    }
+}
+
+fn try_configure(runtime: &Runtime) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let (common, files, notes) = match runtime {
+        Runtime::Containerd { common, hosts_dir, containerd_config } => {
+            let m = common.mirror()?;
+            let mut notes = vec![format!(
+                "containerd reads {} on every pull: no restart needed (ctr needs --hosts-dir {}).",
+                hosts_dir.display(),
+                hosts_dir.display()
+            )];
+            let set = std::fs::read_to_string(containerd_config)
+                .ok()
+                .and_then(|t| runtime_config::containerd_config_path_set(&t));
+            if set != Some(true) {
+                notes.push(format!(
+                    "{} does not set the CRI plugin's config_path; add this once and restart containerd:
+{}",
+                    containerd_config.display(),
+                    runtime_config::containerd_config_path_hint(hosts_dir)
+                ));
+            }
+            (common, m.containerd_files(hosts_dir), notes)
+        }
+        Runtime::Podman { common, file } => {
+            let m = common.mirror()?;
+            let files = vec![FileContent { path: file.clone(), contents: m.registries_conf() }];
+            let notes = vec!["podman, skopeo and cri-o read it on every command: no restart needed.".to_string()];
+            (common, files, notes)
+        }
+        Runtime::Docker { common, daemon_json } => {
+            let m = common.mirror()?;
+            let existing = match std::fs::read_to_string(daemon_json) {
+                Ok(t) => Some(t),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(e).with_context(|| format!("reading {}", daemon_json.display())),
+            };
+            let contents = m.daemon_json(daemon_json, existing.as_deref())?;
+            let mut notes = vec![
+                "dockerd reloads registry-mirrors on SIGHUP: `systemctl reload docker` or `kill -HUP $(pidof dockerd)`."
+                    .to_string(),
+                "dockerd uses registry mirrors for Docker Hub images only.".to_string(),
+            ];
+            if m.registries.iter().any(|r| r.host != runtime_config::DOCKER_HUB) {
+                notes.push(
+                    "other registries are pulled directly by dockerd; use containerd's hosts.toml for them.".into(),
+                );
+            }
+            (common, vec![FileContent { path: daemon_json.clone(), contents }], notes)
+        }
+    };
+    for f in &files {
+        if common.dry_run {
+            println!("# {}\n{}", f.path.display(), f.contents);
+        } else {
+            let changed = runtime_config::write_atomic(&f.path, &f.contents)
+                .with_context(|| format!("writing {}", f.path.display()))?;
+            println!("{} {}", if changed { "wrote" } else { "unchanged" }, f.path.display());
+        }
+    }
+    for n in notes {
+        println!("{n}");
+    }
+    Ok(())
 }
 
 fn load(args: &Args) -> Result<shoal_agent::ValidConfig, config::ConfigError> {
@@ -44,6 +198,9 @@ fn load(args: &Args) -> Result<shoal_agent::ValidConfig, config::ConfigError> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Command::Configure(runtime)) = &args.command {
+        std::process::exit(configure(runtime));
+    }
     shoal_runtime::init_tracing("info");
     let cfg = shoal_runtime::config_or_exit("shoal-agent", load(&args), args.check_config);
     let listeners = shoal_agent::Listeners::bind(cfg.config.listen, cfg.config.peer_listen).await?;

@@ -45,3 +45,98 @@ fn missing_config_file_exits_64() {
     let out = Command::new(BIN).args(["--config", "/nonexistent/agent.yaml", "--check-config"]).output().unwrap();
     assert_eq!(out.status.code(), Some(64));
 }
+
+fn configure(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).arg("configure").args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn configure_containerd_writes_hosts_files_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("certs.d");
+    let hosts_arg = hosts.to_str().unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, "version = 2\n").unwrap();
+    let args = [
+        "containerd",
+        "--agent",
+        "127.0.0.1:7700",
+        "--hosts-dir",
+        hosts_arg,
+        "--containerd-config",
+        cfg.to_str().unwrap(),
+        "--upstream",
+        "reg.local:5000=http://reg.local:5000",
+    ];
+    let (code, out, err) = configure(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("config_path"), "the missing config_path is pointed out: {out}");
+    let hub = std::fs::read_to_string(hosts.join("docker.io/hosts.toml")).unwrap();
+    assert!(hub.contains("server = \"https://registry-1.docker.io\""), "{hub}");
+    assert!(hub.contains("[host.\"http://127.0.0.1:7700\"]"), "{hub}");
+    let local = std::fs::read_to_string(hosts.join("reg.local:5000/hosts.toml")).unwrap();
+    assert!(local.contains("server = \"http://reg.local:5000\""), "{local}");
+    let default = std::fs::read_to_string(hosts.join("_default/hosts.toml")).unwrap();
+    assert!(!default.contains("server"), "{default}");
+
+    let (code, out, _) = configure(&args);
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().filter(|l| l.starts_with("unchanged ")).count(), 3, "{out}");
+    assert_eq!(std::fs::read_to_string(hosts.join("docker.io/hosts.toml")).unwrap(), hub);
+
+    std::fs::write(&cfg, "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\nconfig_path = \"/x\"\n")
+        .unwrap();
+    let (code, out, _) = configure(&args);
+    assert_eq!(code, 0);
+    assert!(!out.contains("config_path"), "{out}");
+}
+
+#[test]
+fn configure_dry_run_prints_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("shoal.conf");
+    let (code, out, err) =
+        configure(&["podman", "--agent", "10.0.0.1:7700", "--file", file.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("[[registry.mirror]]\nlocation = \"10.0.0.1:7700\""), "{out}");
+    assert!(!file.exists());
+}
+
+#[test]
+fn configure_docker_merges_daemon_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("daemon.json");
+    std::fs::write(&file, r#"{"log-driver": "journald", "registry-mirrors": ["https://m.example"]}"#).unwrap();
+    let args = ["docker", "--agent", "127.0.0.1:7700", "--daemon-json", file.to_str().unwrap()];
+    let (code, out, err) = configure(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("SIGHUP") && out.contains("Docker Hub"), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(v["log-driver"], "journald");
+    assert_eq!(v["registry-mirrors"], serde_json::json!(["https://m.example", "http://127.0.0.1:7700"]));
+    let (code, out, _) = configure(&args);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("unchanged "), "{out}");
+}
+
+#[test]
+fn configure_bad_input_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("daemon.json");
+    std::fs::write(&file, "{ not json").unwrap();
+    for args in [
+        vec!["podman", "--agent", "no-port", "--dry-run"],
+        vec!["podman", "--registry", "a/b", "--dry-run"],
+        vec!["podman", "--upstream", "docker.io=ftp://x", "--dry-run"],
+        vec!["docker", "--daemon-json", file.to_str().unwrap()],
+    ] {
+        let (code, _, err) = configure(&args);
+        assert_eq!(code, 64, "{args:?}: {err}");
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "{ not json", "a file it cannot merge is left alone");
+}
