@@ -7,7 +7,15 @@
 //! origin answers "busy" and the requester gets that piece from the peer that has it, or asks
 //! again later.
 //!
+//! A downloader that is answered "busy" leaves that peer alone for [`BUSY_BACKOFF`] and asks
+//! the others meanwhile; the peer is not excluded, since it will have upload room again soon.
+//!
 //! Invariant: `unsent` is the number of pieces whose count is zero.
+
+use std::time::Duration;
+
+/// How long a downloader leaves a peer that answered "busy" before asking it again.
+pub const BUSY_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Upload counts of one blob at one seed.
 #[derive(Clone, Debug)]

@@ -247,6 +247,7 @@ impl Actor {
             }
             s.peers.iter().copied().collect()
         };
+        self.entry.progress.send_modify(|n| *n += 1);
         for p in peers {
             if let Some(c) = self.node.conns.get(&p) {
                 c.send(&Message::Have { blob, piece });
