@@ -11,6 +11,8 @@
 //!
 //! Invariant: a piece is written to the store, marked present, announced or served only after
 //! it matched its piece hash; a blob is complete only after its sha256 matched.
+//! [`Swarm::stream`] hands a reader each piece once it is present, in order, before the blob
+//! is complete.
 
 pub mod announce;
 pub mod blocking;

@@ -77,6 +77,8 @@ pub(crate) struct BlobEntry {
     pub status: watch::Sender<Status>,
     /// On origins: which pieces were uploaded how often (super-seeding).
     pub seed_budget: Mutex<SeedBudget>,
+    /// Bumped each time a piece becomes present, so streaming readers wake up.
+    pub progress: watch::Sender<u64>,
 }
 
 pub(crate) struct BlobShared {
@@ -203,9 +205,53 @@ impl Node {
                     uploaded: AtomicU64::new(0),
                     status: watch::Sender::new(Status::Complete),
                     seed_budget: Mutex::new(SeedBudget::new(pieces)),
+                    progress: watch::Sender::new(0),
                 })
             })
             .clone()
+    }
+}
+
+/// Reads verified pieces of a blob in order, waiting for the ones still missing.
+struct PieceReader {
+    entry: Arc<BlobEntry>,
+    progress: watch::Receiver<u64>,
+    status: watch::Receiver<Status>,
+    blocking: Blocking,
+    cancel: CancellationToken,
+    end: u64,
+}
+
+impl PieceReader {
+    /// Largest chunk read at once.
+    const CHUNK: u64 = 1 << 20;
+
+    /// The bytes from `off` up to the end of its piece (at most a chunk), once that piece is
+    /// present.
+    async fn next_chunk(&mut self, off: u64) -> std::io::Result<bytes::Bytes> {
+        let meta = &self.entry.meta;
+        let index = u32::try_from(off / u64::from(meta.piece_length()))
+            .ok()
+            .and_then(|i| meta.piece(i))
+            .ok_or_else(|| std::io::Error::other(format!("offset {off} is beyond the blob")))?;
+        loop {
+            self.progress.borrow_and_update();
+            if self.entry.has_piece(index.get()) {
+                break;
+            }
+            if let Status::Failed(e) = &*self.status.borrow_and_update() {
+                return Err(std::io::Error::other(format!("download of {} failed: {e}", meta.digest())));
+            }
+            tokio::select! {
+                r = self.progress.changed() => if r.is_err() { return Err(std::io::Error::other("blob dropped")) },
+                r = self.status.changed() => if r.is_err() { return Err(std::io::Error::other("blob dropped")) },
+                () = self.cancel.cancelled() => return Err(std::io::Error::other("node is shutting down")),
+            }
+        }
+        let piece_end = meta.piece_offset(index) + u64::from(meta.piece_len(index));
+        let len = usize::try_from(piece_end.min(self.end).min(off + Self::CHUNK) - off).expect("at most a chunk");
+        let file = self.entry.file.clone();
+        self.blocking.run(move || file.read_at(off, len)).await.map(bytes::Bytes::from)
     }
 }
 
@@ -327,6 +373,46 @@ impl Swarm {
         }
     }
 
+    /// Streams `[start, end)` of the blob `meta` describes while it downloads: each chunk is
+    /// sent as soon as the piece holding it has matched its piece hash, in order, so a reader
+    /// starts before the blob is complete. Starts (or joins) the download like
+    /// [`Swarm::download`]. The stream ends with an error if the download fails before the
+    /// range is covered; it never yields a byte of a piece that did not verify.
+    ///
+    /// Piece hashes come from the metainfo the origin built from content that matched the
+    /// blob's sha256; the whole blob's sha256 is checked again before it is committed, and a
+    /// registry client checks it too.
+    pub async fn stream(
+        &self,
+        meta: MetaInfo,
+        start: u64,
+        end: u64,
+    ) -> Result<impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static + use<>, SwarmError> {
+        let end = end.min(meta.length());
+        let entry = self.start_download(meta).await?;
+        let reader = PieceReader {
+            progress: entry.progress.subscribe(),
+            status: entry.status.subscribe(),
+            entry,
+            blocking: self.node.store.blocking().clone(),
+            cancel: self.node.cancel.clone(),
+            end,
+        };
+        Ok(futures::stream::unfold(Some((reader, start)), |state| async move {
+            let (mut reader, off) = state?;
+            if off >= reader.end {
+                return None;
+            }
+            match reader.next_chunk(off).await {
+                Ok(bytes) => {
+                    let next = off + bytes.len() as u64;
+                    Some((Ok(bytes), Some((reader, next))))
+                }
+                Err(e) => Some((Err(e), None)),
+            }
+        }))
+    }
+
     async fn start_download(&self, meta: MetaInfo) -> Result<Arc<BlobEntry>, SwarmError> {
         let node = &self.node;
         let d = meta.digest();
@@ -361,6 +447,7 @@ impl Swarm {
             uploaded: AtomicU64::new(0),
             status: watch::Sender::new(Status::Running),
             seed_budget: Mutex::new(SeedBudget::new(meta_pieces)),
+            progress: watch::Sender::new(0),
         });
         node.blobs.insert(d, entry.clone());
         let n = node.clone();

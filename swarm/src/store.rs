@@ -12,6 +12,10 @@
 //! check); a bit is set in `.bits` only after its piece's bytes were verified and written; on
 //! resume every piece marked present is hashed again, so a torn write or a disk error costs
 //! that piece, never a wrong byte. All calls that touch the disk run on the [`Blocking`] pool.
+//!
+//! The whole blob's sha256 is computed while it downloads, over the contiguous prefix of
+//! present pieces (a piece that extends the prefix is hashed from memory as it is written,
+//! later ones from the file once the gap before them fills), so the commit only finishes it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
@@ -74,6 +78,15 @@ pub struct PartialBlob {
     /// and write the bitfield file.
     have: Mutex<Vec<bool>>,
     bits_file: File,
+    /// The whole blob's sha256 over the contiguous prefix of present pieces, advanced as
+    /// pieces arrive so the commit does not read the whole blob again.
+    prefix: Mutex<PrefixHash>,
+}
+
+/// A sha256 over pieces `0..next`.
+struct PrefixHash {
+    hasher: DigestHasher,
+    next: u32,
 }
 
 impl Store {
@@ -283,7 +296,8 @@ impl PartialBlob {
         let packed = pack_bits(n, |i| have[i as usize]);
         bits_file.set_len(nbytes as u64).map_err(StoreError::io("allocate", &bits_path))?;
         bits_file.write_all_at(&packed, 0).map_err(StoreError::io("write", &bits_path))?;
-        Ok(PartialBlob { blob: Arc::new(blob), dir, have: Mutex::new(have), bits_file })
+        let prefix = Mutex::new(PrefixHash { hasher: DigestHasher::new(), next: 0 });
+        Ok(PartialBlob { blob: Arc::new(blob), dir, have: Mutex::new(have), bits_file, prefix })
     }
 
     /// The file to read verified pieces from (valid after commit too).
@@ -300,24 +314,50 @@ impl PartialBlob {
         self.have.lock().clone()
     }
 
-    /// Writes a piece the caller has verified, then records it. Blocking.
+    /// Writes a piece the caller has verified, then records it, and advances the prefix hash
+    /// if the piece extends it. Blocking.
     pub fn write_piece(&self, i: PieceIndex, data: &[u8]) -> Result<(), StoreError> {
         let path = || self.dir.join(format!("{}.data", self.blob.meta.digest().hex()));
         self.blob
             .file
             .write_all_at(data, self.blob.meta.piece_offset(i))
             .map_err(|e| StoreError::io("write", &path())(e))?;
-        let mut have = self.have.lock();
-        have[i.as_usize()] = true;
-        let byte_idx = i.as_usize() / 8;
-        let mut byte = 0u8;
-        for (k, h) in have[byte_idx * 8..].iter().take(8).enumerate() {
-            if *h {
-                byte |= 0x80 >> k;
+        {
+            let mut have = self.have.lock();
+            have[i.as_usize()] = true;
+            let byte_idx = i.as_usize() / 8;
+            let mut byte = 0u8;
+            for (k, h) in have[byte_idx * 8..].iter().take(8).enumerate() {
+                if *h {
+                    byte |= 0x80 >> k;
+                }
             }
+            let bits_path = self.dir.join(format!("{}.bits", self.blob.meta.digest().hex()));
+            self.bits_file.write_all_at(&[byte], byte_idx as u64).map_err(StoreError::io("write", &bits_path))?;
         }
-        let bits_path = self.dir.join(format!("{}.bits", self.blob.meta.digest().hex()));
-        self.bits_file.write_all_at(&[byte], byte_idx as u64).map_err(StoreError::io("write", &bits_path))
+        // Another thread extending the prefix picks this piece up when it gets there; a piece
+        // both miss is hashed at commit.
+        if let Some(mut prefix) = self.prefix.try_lock() {
+            self.advance_prefix(&mut prefix, Some((i, data))).map_err(|e| StoreError::io("read", &path())(e))?;
+        }
+        Ok(())
+    }
+
+    /// Hashes present pieces from `prefix.next` on, using `fresh` (a piece just written)
+    /// instead of reading it back.
+    fn advance_prefix(&self, prefix: &mut PrefixHash, fresh: Option<(PieceIndex, &[u8])>) -> io::Result<()> {
+        let meta = &self.blob.meta;
+        while let Some(next) = meta.piece(prefix.next) {
+            if !self.have.lock()[next.as_usize()] {
+                break;
+            }
+            match fresh {
+                Some((i, data)) if i == next => prefix.hasher.update(data),
+                _ => prefix.hasher.update(&self.blob.read_piece(next)?),
+            }
+            prefix.next += 1;
+        }
+        Ok(())
     }
 
     /// Checks the whole blob's sha256 and moves it into `blobs/`. Blocking. On a mismatch the
@@ -327,16 +367,18 @@ impl PartialBlob {
         let meta = &self.blob.meta;
         let hex = meta.digest().hex();
         let data_path = self.dir.join(format!("{hex}.data"));
-        let mut hasher = DigestHasher::new();
-        let mut buf = vec![0u8; 4 << 20];
-        let mut off = 0u64;
-        while off < meta.length() {
-            let n = usize::try_from((meta.length() - off).min(buf.len() as u64)).expect("at most the buffer size");
-            self.blob.file.read_exact_at(&mut buf[..n], off).map_err(StoreError::io("read", &data_path))?;
-            hasher.update(&buf[..n]);
-            off += n as u64;
-        }
-        let got = hasher.finish();
+        let got = {
+            let mut prefix = self.prefix.lock();
+            self.advance_prefix(&mut prefix, None).map_err(StoreError::io("read", &data_path))?;
+            if prefix.next != meta.num_pieces() {
+                return Err(StoreError::Io {
+                    op: "commit",
+                    path: data_path,
+                    source: io::Error::other(format!("piece {} is missing", prefix.next)),
+                });
+            }
+            std::mem::take(&mut prefix.hasher).finish()
+        };
         let remove = |ext: &str| {
             let _ = fs::remove_file(self.dir.join(format!("{hex}.{ext}")));
         };
@@ -402,6 +444,45 @@ mod tests {
         assert_eq!(f.read_at(0, data.len()).unwrap(), data);
         assert_eq!(store.list_complete().await.unwrap(), vec![meta.digest()]);
         assert!(fs::read_dir(dir.path().join("partial")).unwrap().next().is_none());
+    }
+
+    /// Pieces written in any order from several threads at once: the prefix hash catches up
+    /// with whatever a racing writer skipped, and the commit checks the true sha256.
+    #[tokio::test]
+    async fn pieces_in_any_order_from_many_threads_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Blocking::new(2)).unwrap();
+        let data = Arc::new(blob(9 * MIN_PIECE_LEN as usize + 123));
+        let meta = meta_of(&data);
+        let p = store.open_partial(meta.clone()).await.unwrap();
+        let order = [7u32, 0, 3, 1, 9, 2, 8, 4, 6, 5];
+        std::thread::scope(|s| {
+            for chunk in order.chunks(3) {
+                let (p, data, meta) = (&p, &data, &meta);
+                s.spawn(move || {
+                    for &k in chunk {
+                        let i = meta.piece(k).unwrap();
+                        let o = meta.piece_offset(i) as usize;
+                        p.write_piece(i, &data[o..o + meta.piece_len(i) as usize]).unwrap();
+                    }
+                });
+            }
+        });
+        p.commit(store.root()).unwrap();
+        let f = store.open_complete(meta.digest()).await.unwrap().unwrap();
+        assert!(f.read_at(0, data.len()).unwrap() == *data);
+    }
+
+    #[tokio::test]
+    async fn commit_with_a_missing_piece_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Blocking::new(2)).unwrap();
+        let data = blob(2 * MIN_PIECE_LEN as usize);
+        let meta = meta_of(&data);
+        let p = store.open_partial(meta.clone()).await.unwrap();
+        p.write_piece(meta.piece(1).unwrap(), &data[MIN_PIECE_LEN as usize..]).unwrap();
+        assert!(matches!(p.commit(store.root()), Err(StoreError::Io { op: "commit", .. })));
+        assert!(store.open_complete(meta.digest()).await.unwrap().is_none());
     }
 
     #[tokio::test]
