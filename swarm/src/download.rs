@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use shoal_core::api::AnnounceRequest;
 use shoal_core::picker::{Picker, PickerOptions};
+use shoal_core::seeding::BUSY_BACKOFF;
 use shoal_core::wire::Message;
 use shoal_core::{Digest, PeerId};
 use tokio::sync::mpsc;
@@ -68,8 +69,6 @@ pub(crate) enum Event {
 
 /// How often the actor checks request deadlines.
 const TICK: Duration = Duration::from_millis(100);
-/// How long a peer that answered "busy" is left alone.
-const BUSY_BACKOFF: Duration = Duration::from_millis(50);
 /// Re-announce at least this often while the download has no peer with pieces we need.
 const STALLED_ANNOUNCE: Duration = Duration::from_millis(500);
 
