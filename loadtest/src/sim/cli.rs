@@ -1,12 +1,15 @@
 //! The `shoal-loadtest sim` subcommand: builds a [`SimConfig`] from flags, runs it, prints the
-//! table and optionally writes the JSON report. Kept here so `main.rs` only dispatches.
+//! table and optionally writes the harness's report (`--report`) or the simulator's own JSON;
+//! or, with `--validate`, simulates real runs from their reports and prints the comparison.
+//! Kept here so `main.rs` only dispatches.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use shoal_runtime::ByteSize;
 
-use super::{SimConfig, SimReport, run};
+use super::{SimConfig, SimReport, Validation, run};
+use crate::report::{self, Resources};
 
 /// Flags of `shoal-loadtest sim`.
 #[derive(clap::Args, Clone, Debug)]
@@ -64,9 +67,22 @@ pub struct SimArgs {
     /// Whole-blob sha256 rate of the commit, bytes/s (e.g. "1.65GiB"); not modeled by default.
     #[arg(long)]
     pub commit_rate: Option<ByteSize>,
-    /// Write the report (config, per-host results, percentiles) here as JSON.
+    /// For comparison: origins serve every request a permit allows (no `SeedBudget`).
+    #[arg(long)]
+    pub no_super_seeding: bool,
+    /// For comparison: a busy reject is treated like `NotHave` (no back-off).
+    #[arg(long)]
+    pub no_busy_backoff: bool,
+    /// Write the simulator's report (config, per-host results, percentiles) here as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Write the harness's `report.json` and `report.html` (as `local --report`) here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Simulate each of these real runs' `report.json` (`local --report DIR`) with the same
+    /// agents, blob and caps, and print real against simulated completion times.
+    #[arg(long, num_args = 1..)]
+    pub validate: Vec<PathBuf>,
 }
 
 impl SimArgs {
@@ -100,6 +116,8 @@ impl SimArgs {
             refund_cancelled: self.refund_cancelled,
             late_endgame: self.late_endgame,
             commit_rate: self.commit_rate.map(|r| r.0 as f64),
+            super_seeding: !self.no_super_seeding,
+            busy_backoff: !self.no_busy_backoff,
             ..base
         }
     }
@@ -110,12 +128,35 @@ impl SimArgs {
 /// # Errors
 /// If the JSON report cannot be written.
 pub fn main(args: &SimArgs) -> anyhow::Result<()> {
+    if !args.validate.is_empty() {
+        return validate(args);
+    }
     let cfg = args.config();
     let started = Instant::now();
+    let cpu0 = report::cpu_times();
     let report = run(&cfg);
     let wall = started.elapsed().as_secs_f64();
+    let cpu1 = report::cpu_times();
     print!("{}", report.table(&cfg));
     println!("wall clock {wall:.1} s");
+    if let Some(dir) = &args.report {
+        let (user, sys) = match (cpu0, cpu1) {
+            (Some(a), Some(b)) => (Some(b.0 - a.0), Some(b.1 - a.1)),
+            _ => (None, None),
+        };
+        let resources = Resources {
+            cpu_secs: user.zip(sys).map(|(u, s)| u + s),
+            user_secs: user,
+            sys_secs: sys,
+            peak_rss_bytes: report::peak_rss(),
+            max_agent_rss_bytes: None,
+            note: format!("the simulator process, {wall:.1} s wall clock; times are virtual"),
+        };
+        let rr = report.run_report(&cfg, resources);
+        print!("{}", rr.summary());
+        rr.write(dir)?;
+        println!("report written to {}", dir.display());
+    }
     if let Some(path) = &args.json {
         #[derive(serde::Serialize)]
         struct Out<'a> {
@@ -125,6 +166,25 @@ pub fn main(args: &SimArgs) -> anyhow::Result<()> {
         }
         let out = Out { config: &cfg, wall_secs: wall, report: &report };
         std::fs::write(path, serde_json::to_vec_pretty(&out)?)?;
+    }
+    Ok(())
+}
+
+/// `--validate`: one row per real report, each simulated with `--seed` and `--commit-rate`.
+fn validate(args: &SimArgs) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for path in &args.validate {
+        let file = if path.is_dir() { path.join("report.json") } else { path.clone() };
+        let text = std::fs::read(&file).map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+        let real: report::RunReport =
+            serde_json::from_slice(&text).map_err(|e| anyhow::anyhow!("parsing {}: {e}", file.display()))?;
+        rows.push(Validation::of(&real, args.seed, args.commit_rate.map(|r| r.0 as f64))?);
+    }
+    print!("{}", Validation::table(&rows));
+    let worst = rows.iter().map(Validation::worst_gap).fold(0.0, f64::max);
+    println!("largest gap of a simulated percentile to the real one: {:.1}%", 100.0 * worst);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&rows)?)?;
     }
     Ok(())
 }

@@ -16,6 +16,7 @@ use shoal_core::Digest;
 use shoal_core::metainfo::default_piece_length;
 use shoal_core::picker::{Picker, PickerOptions};
 use shoal_core::ring::{OriginNode, Ring};
+use shoal_core::seeding::{BUSY_BACKOFF, SeedBudget};
 
 use super::tracker::{Handed, Swarm};
 use super::{HostResult, SimConfig, SimReport, stats};
@@ -29,6 +30,9 @@ fn ns(secs: f64) -> Ns {
 
 /// Re-announce at least this often while a download has no peer (`STALLED_ANNOUNCE`).
 const STALLED_ANNOUNCE: f64 = 0.5;
+/// The download actor's timer (`TICK`): it expires requests and ends busy back-offs only on
+/// its ticks, so both take effect at the first tick after they are due.
+const TICK: Ns = 100_000_000;
 
 /// A message or timer. `to` is the host handling it, `from` the other end.
 enum Ev {
@@ -105,6 +109,8 @@ enum Ev {
         from: u32,
         blob: u32,
         piece: u32,
+        /// `RejectReason::Busy` (else `NotHave`).
+        busy: bool,
     },
     Cancel {
         to: u32,
@@ -117,7 +123,14 @@ enum Ev {
         host: u32,
         blob: u32,
     },
-    /// The deadline of `host`'s request for `piece` to `peer`.
+    /// The actor's first tick after `peer`'s busy back-off ended.
+    Rested {
+        host: u32,
+        blob: u32,
+        peer: u32,
+        until: Ns,
+    },
+    /// The actor's first tick after the deadline of `host`'s request for `piece` to `peer`.
     Deadline {
         host: u32,
         blob: u32,
@@ -209,6 +222,17 @@ struct Actor {
     peers: Vec<u32>,
     /// Deadline of every request in flight.
     pending: HashMap<(u32, u32), Ns>,
+    /// Peers that answered busy, and until when they are not asked.
+    backoff: HashMap<u32, Ns>,
+    /// When the actor started: its ticks fall on `started + k·TICK`.
+    started: Ns,
+}
+
+impl Actor {
+    /// The actor's first tick at or after `t`.
+    fn tick_after(&self, t: Ns) -> Ns {
+        self.started + t.saturating_sub(self.started).div_ceil(TICK) * TICK
+    }
 }
 
 struct Host {
@@ -228,6 +252,8 @@ struct Host {
     queue: Vec<(u32, u32, u32)>,
     sending: bool,
     copies: Vec<Vec<u32>>,
+    /// Origins: the super-seeding budget of each blob (`BlobEntry::seed_budget`).
+    budgets: Vec<SeedBudget>,
 }
 
 pub(super) struct Sim<'a> {
@@ -253,6 +279,10 @@ pub(super) struct Sim<'a> {
     busy_rejects: u64,
     cancelled: u64,
     refused_dials: u64,
+    /// Piece bytes delivered to agents so far, sampled every `sample_every` into `timeline`.
+    delivered: u64,
+    sample_every: Ns,
+    timeline: Vec<(f64, u64)>,
 }
 
 impl<'a> Sim<'a> {
@@ -276,10 +306,9 @@ impl<'a> Sim<'a> {
         let ring = Ring::new(nodes, cfg.origin_replicas.max(1)).expect("non-empty ring with unique ids");
         let mut owned = vec![false; cfg.origins];
         let mut swarms = Vec::new();
-        for k in 0..layers.len() {
-            let digest = Digest::of(format!("shoal-sim layer {k}").as_bytes());
+        for digest in &layer_digests(layers.len()) {
             let owners: Vec<u32> = ring
-                .owners(&digest)
+                .owners(digest)
                 .into_iter()
                 .map(|o| {
                     let i: usize = o.id["origin-".len()..].parse().expect("our ids");
@@ -328,6 +357,11 @@ impl<'a> Sim<'a> {
                     } else {
                         Vec::new()
                     },
+                    budgets: if origin && cfg.super_seeding {
+                        layers.iter().map(|l| SeedBudget::new(l.num_pieces)).collect()
+                    } else {
+                        Vec::new()
+                    },
                 }
             })
             .collect();
@@ -357,7 +391,11 @@ impl<'a> Sim<'a> {
             busy_rejects: 0,
             cancelled: 0,
             refused_dials: 0,
+            delivered: 0,
+            sample_every: 1,
+            timeline: Vec::new(),
         };
+        sim.sample_every = ns((sim.bound() / 50.0).max(0.01));
         for host in 0..n_agents as u32 {
             let t = if cfg.start_jitter > 0.0 { ns(sim.rng.random_range(0.0..cfg.start_jitter)) } else { 0 };
             sim.push(t, Ev::Start { host });
@@ -368,7 +406,12 @@ impl<'a> Sim<'a> {
     pub(super) fn run(&mut self) {
         // A swarm that has not finished long after the bound has stalled: a bug to report.
         let limit = ns(20.0 * self.bound() + 60.0);
+        let mut next_sample: Ns = 0;
         while let Some(item) = self.heap.pop() {
+            while next_sample <= item.t {
+                self.timeline.push((next_sample as f64 / 1e9, self.delivered));
+                next_sample += self.sample_every;
+            }
             self.now = item.t;
             self.events += 1;
             assert!(
@@ -380,6 +423,7 @@ impl<'a> Sim<'a> {
             );
             self.handle(item.ev);
             if self.agents_left == 0 {
+                self.timeline.push((self.now as f64 / 1e9, self.delivered));
                 break;
             }
         }
@@ -401,8 +445,20 @@ impl<'a> Sim<'a> {
         let mut times: Vec<f64> = hosts.iter().map(|h| h.done).collect();
         times.sort_by(f64::total_cmp);
         let origin_bytes = self.hosts.iter().filter(|h| h.origin).map(|h| h.uploaded).sum();
-        let peer_bytes = hosts.iter().map(|h| h.uploaded).sum();
+        let peer_bytes: u64 = hosts.iter().map(|h| h.uploaded).sum();
+        let last = times.last().copied().unwrap_or(0.0);
+        let cfg = self.cfg;
+        let n = hosts.len() as f64;
+        let share = |bytes: u64, capacity: f64| (capacity > 0.0).then(|| bytes as f64 / capacity);
+        // Downloads are busy only until each agent is done; uploads (and origins) until the last.
+        let busy_down: f64 = hosts.iter().map(|h| h.done).sum();
+        let received: u64 = hosts.iter().map(|h| h.received).sum();
         SimReport {
+            seeding_origins: self.n_owners,
+            origin_up_use: cfg.origin_up.and_then(|r| share(origin_bytes, r * self.n_owners as f64 * last)),
+            agent_up_use: cfg.agent_up.and_then(|r| share(peer_bytes, r * n * last)),
+            agent_down_use: cfg.agent_down.and_then(|r| share(received, r * busy_down)),
+            timeline: self.timeline.clone(),
             p50: stats::percentile(&times, 50.0),
             p90: stats::percentile(&times, 90.0),
             p99: stats::percentile(&times, 99.0),
@@ -501,12 +557,30 @@ impl<'a> Sim<'a> {
                 self.push(t, Ev::PieceDone { to, from, blob, piece });
             }
             Ev::PieceDone { to, from, blob, piece } => self.piece_done(to, from, blob, piece),
-            Ev::Reject { to, from, blob, piece } => {
-                if let Some(actor) = self.blob(to, blob).actor.as_mut() {
-                    if actor.pending.remove(&(from, piece)).is_some() {
-                        actor.picker.request_rejected(from, piece);
+            Ev::Reject { to, from, blob, piece, busy } => {
+                let backoff = self.cfg.busy_backoff;
+                let now = self.now;
+                let Some(actor) = self.blob(to, blob).actor.as_mut() else { return };
+                if actor.pending.remove(&(from, piece)).is_some() {
+                    if busy && backoff {
+                        actor.picker.request_deferred(from, piece);
+                        let until = now + BUSY_BACKOFF.as_nanos() as Ns;
+                        actor.backoff.insert(from, until);
+                        let t = actor.tick_after(until);
+                        self.push(t, Ev::Rested { host: to, blob, peer: from, until });
+                        // The piece may be available elsewhere.
+                        self.fill_all(to, blob);
+                        return;
                     }
-                    self.fill(to, blob, from);
+                    actor.picker.request_rejected(from, piece);
+                }
+                self.fill(to, blob, from);
+            }
+            Ev::Rested { host, blob, peer, until } => {
+                let Some(actor) = self.blob(host, blob).actor.as_mut() else { return };
+                if actor.backoff.get(&peer) == Some(&until) {
+                    actor.backoff.remove(&peer);
+                    self.fill(host, blob, peer);
                 }
             }
             Ev::Cancel { to, from, blob, piece } => {
@@ -547,7 +621,14 @@ impl<'a> Sim<'a> {
                 endgame_pieces: cfg.endgame_pieces,
             };
             let picker = Picker::new(self.layers[blob as usize].num_pieces, &[], opts);
-            self.blob(host, blob).actor = Some(Actor { picker, peers: Vec::new(), pending: HashMap::new() });
+            let actor = Actor {
+                picker,
+                peers: Vec::new(),
+                pending: HashMap::new(),
+                backoff: HashMap::new(),
+                started: self.now,
+            };
+            self.blob(host, blob).actor = Some(actor);
             let t = self.now + self.hosts[host as usize].latency;
             self.push(t, Ev::Announce { host, blob, complete: false });
         }
@@ -616,6 +697,9 @@ impl<'a> Sim<'a> {
         let check = self.cfg.check_invariants;
         let late_endgame = self.cfg.late_endgame;
         let Some(actor) = self.hosts[host as usize].blobs[blob as usize].actor.as_mut() else { return };
+        if actor.backoff.get(&peer).is_some_and(|until| *until > self.now) {
+            return;
+        }
         if late_endgame && actor.picker.in_endgame() && actor.picker.missing() > self.cfg.endgame_pieces {
             return;
         }
@@ -626,9 +710,10 @@ impl<'a> Sim<'a> {
         for &piece in &reqs {
             actor.pending.insert((peer, piece), due);
         }
+        let expire = actor.tick_after(due);
         for piece in reqs {
             self.push(self.now + d, Ev::Request { to: peer, from: host, blob, piece });
-            self.push(due, Ev::Deadline { host, blob, peer, piece, due });
+            self.push(expire, Ev::Deadline { host, blob, peer, piece, due });
         }
     }
 
@@ -648,12 +733,17 @@ impl<'a> Sim<'a> {
             bits[(piece / 8) as usize] & (0x80 >> (piece % 8)) != 0
         };
         let max = self.cfg.max_uploads_per_connection;
-        let conn = self.hosts[server as usize].conns.get_mut(&client).expect("requests come on a connection");
-        if !has || conn.uploads >= max {
-            self.busy_rejects += u64::from(has);
-            self.push(self.now + d, Ev::Reject { to: client, from: server, blob, piece });
+        let h = &mut self.hosts[server as usize];
+        let conn = h.conns.get_mut(&client).expect("requests come on a connection");
+        // In the order of `Reader::serve`: lacking the piece, no upload permit, then the
+        // origin's super-seeding budget.
+        let busy = has && (conn.uploads >= max || h.budgets.get_mut(blob as usize).is_some_and(|b| !b.admit(piece)));
+        if !has || busy {
+            self.busy_rejects += u64::from(busy);
+            self.push(self.now + d, Ev::Reject { to: client, from: server, blob, piece, busy });
             return;
         }
+        let conn = self.hosts[server as usize].conns.get_mut(&client).expect("checked above");
         conn.uploads += 1;
         self.serving.insert((server, client, blob, piece));
         if self.prioritizes(server) {
@@ -699,6 +789,7 @@ impl<'a> Sim<'a> {
         let from_origin = self.hosts[from as usize].origin;
         let h = &mut self.hosts[host as usize];
         h.received += len;
+        self.delivered += len;
         if from_origin {
             h.from_origin += len;
         }
@@ -763,6 +854,11 @@ impl<'a> Sim<'a> {
             self.agents_left -= 1;
         }
     }
+}
+
+/// The made-up digests of the layers, which place them on the origin ring.
+pub(super) fn layer_digests(n: usize) -> Vec<Digest> {
+    (0..n).map(|k| Digest::of(format!("shoal-sim layer {k}").as_bytes())).collect()
 }
 
 /// The splitmix64 finalizer: independent-looking picker seeds from one run seed.

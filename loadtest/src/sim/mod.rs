@@ -14,6 +14,11 @@
 //!   busy), at most `max_connections` per host (a dial beyond fails). A cancel that reaches the
 //!   sender while its piece waits for egress tokens drops the piece, but the tokens stay spent,
 //!   as the real limiter never refunds them.
+//! - **Origins** super-seed with the real [`shoal_core::seeding::SeedBudget`]: each piece once
+//!   before any twice, a request beyond the budget answered busy; a download that gets a busy
+//!   reject defers the piece (`Picker::request_deferred`) and leaves that peer alone for
+//!   [`shoal_core::seeding::BUSY_BACKOFF`], ended on the actor's next 100 ms tick, as
+//!   `swarm/src/download.rs` does. Request deadlines also expire on those ticks.
 //! - **The tracker** with the real handout policy ([`tracker`]) and the real ring
 //!   (`shoal_core::ring::Ring::owners`) choosing each blob's origins, announce interval and
 //!   `max_peers`; agents dial up to `max_peers_per_blob` handed-out peers and every origin.
@@ -28,6 +33,9 @@ pub mod stats;
 pub mod tracker;
 
 use serde::Serialize;
+
+use crate::pull::{AgentPull, Sample};
+use crate::report::{Caps, Resources, RunReport, RunSpec, Store};
 
 /// Everything a run depends on.
 #[derive(Clone, Debug, Serialize)]
@@ -86,6 +94,12 @@ pub struct SimConfig {
     /// Experiment, not what the real origin does: an origin sends its queued uploads one at
     /// a time, the piece it has sent the fewest times first, instead of in arrival order.
     pub origin_fewest_copies_first: bool,
+    /// Origins super-seed (`SeedBudget`), as the real ones do; `false` serves every request
+    /// an upload permit allows (the swarm before super-seeding, for comparison).
+    pub super_seeding: bool,
+    /// A busy reject defers the piece and backs the peer off for `BUSY_BACKOFF`, as the real
+    /// actor does; `false` treats it like `NotHave` (for comparison).
+    pub busy_backoff: bool,
     /// Run `Picker::check_invariants` after every picker event (slow; small runs only).
     pub check_invariants: bool,
 }
@@ -118,6 +132,8 @@ impl Default for SimConfig {
             commit_rate: None,
             refund_cancelled: false,
             late_endgame: false,
+            super_seeding: true,
+            busy_backoff: true,
             check_invariants: false,
         }
     }
@@ -178,6 +194,15 @@ pub struct SimReport {
     pub cancelled: u64,
     /// Dials refused because the target had `max_connections` connections.
     pub refused_dials: u64,
+    /// Origins that own some layer (the seeds of the bound).
+    pub seeding_origins: usize,
+    /// Share of its capacity each class of link used from t = 0 until the last agent was
+    /// done: what saturates. `None` for unlimited links.
+    pub origin_up_use: Option<f64>,
+    pub agent_up_use: Option<f64>,
+    pub agent_down_use: Option<f64>,
+    /// Piece bytes delivered to agents (duplicates included) over virtual time.
+    pub timeline: Vec<(f64, u64)>,
     /// Events processed.
     pub events: u64,
 }
@@ -216,6 +241,13 @@ impl SimReport {
             self.refused_dials,
             self.events
         );
+        let pct = |u: Option<f64>| u.map_or("unlimited".to_string(), |u| format!("{:.1}%", 100.0 * u));
+        s += &format!(
+            "link use until the last agent was done: origin upload {}, agent upload {}, agent download {}\n",
+            pct(self.origin_up_use),
+            pct(self.agent_up_use),
+            pct(self.agent_down_use)
+        );
         s
     }
 }
@@ -230,4 +262,147 @@ pub fn run(cfg: &SimConfig) -> SimReport {
     let mut sim = engine::Sim::new(cfg);
     sim.run();
     sim.report()
+}
+
+impl SimReport {
+    /// The run in the harness's report format, so a simulated run renders (table, JSON, HTML)
+    /// and compares like a real one. Every simulated copy is whole and its pieces verified by
+    /// construction, so `bytes` is the image and `verified` holds; the machine and resources
+    /// are those of the process that ran the simulation.
+    pub fn run_report(&self, cfg: &SimConfig, resources: Resources) -> RunReport {
+        let size = cfg.total_size();
+        let agents = self
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| AgentPull {
+                from_origin: h.from_origin,
+                from_peers: h.received - h.from_origin,
+                uploaded: h.uploaded,
+                ..AgentPull::plain(i, h.done, size, true)
+            })
+            .collect();
+        let spec = RunSpec {
+            scenario: format!(
+                "simulated: {} layer(s) of {:?} bytes to {} agents, seed {}",
+                cfg.layers.len(),
+                cfg.layers,
+                cfg.hosts,
+                cfg.seed
+            ),
+            mode: "simulated".into(),
+            n_origins: cfg.origins,
+            blob_bytes: size,
+            digest: engine::layer_digests(cfg.layers.len())
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+            caps: Caps {
+                agent_rate: cfg.agent_up.map(|r| r as u64),
+                origin_rate: cfg.origin_up.map(|r| r as u64),
+                seeding_origins: self.seeding_origins,
+            },
+            store: Store { path: String::new(), fs_type: None, kind: "none (simulated)".into() },
+            ..RunSpec::default()
+        };
+        let timeline = self.timeline.iter().map(|&(secs, delivered)| Sample { secs, delivered }).collect();
+        RunReport::new(spec, agents, self.origin_bytes, timeline, resources, None)
+    }
+}
+
+/// The simulated counterpart of a real run: the same agents, origins, blob and caps, and the
+/// in-process cluster's settings (`cluster::test_swarm_config`, a 1 s announce interval,
+/// uncapped origin download), with the agent's whole-blob commit at `commit_rate`.
+pub fn config_of(real: &RunReport, seed: u64, commit_rate: Option<f64>) -> SimConfig {
+    let agent = real.caps.agent_rate.map(|r| r as f64);
+    SimConfig {
+        hosts: real.n_agents,
+        origins: real.n_origins.max(1),
+        layers: vec![real.blob_bytes],
+        agent_up: agent,
+        agent_down: agent,
+        origin_up: real.caps.origin_rate.map(|r| r as f64),
+        origin_down: None,
+        origin_replicas: real.n_origins.clamp(1, 3),
+        announce_interval: 1.0,
+        commit_rate,
+        seed,
+        ..SimConfig::default()
+    }
+}
+
+/// One row of a validation: a real run and its simulation.
+#[derive(Clone, Debug, Serialize)]
+pub struct Validation {
+    pub n_agents: usize,
+    pub blob_bytes: u64,
+    pub bound: f64,
+    pub real_p50: f64,
+    pub real_p90: f64,
+    pub real_max: f64,
+    pub sim_p50: f64,
+    pub sim_p90: f64,
+    pub sim_max: f64,
+    pub real_origin_copies: f64,
+    pub sim_origin_copies: f64,
+}
+
+impl Validation {
+    /// Simulates `real` and pairs the two.
+    pub fn of(real: &RunReport, seed: u64, commit_rate: Option<f64>) -> anyhow::Result<Validation> {
+        let p = real.percentiles.ok_or_else(|| anyhow::anyhow!("the real report has no completion times"))?;
+        let cfg = config_of(real, seed, commit_rate);
+        let sim = run(&cfg);
+        let f = real.blob_bytes.max(1) as f64;
+        Ok(Validation {
+            n_agents: real.n_agents,
+            blob_bytes: real.blob_bytes,
+            bound: sim.bound,
+            real_p50: p.p50,
+            real_p90: p.p90,
+            real_max: p.max,
+            sim_p50: sim.p50,
+            sim_p90: sim.p90,
+            sim_max: sim.max,
+            real_origin_copies: real.origin_uploaded as f64 / f,
+            sim_origin_copies: sim.origin_bytes as f64 / f,
+        })
+    }
+
+    /// The largest relative gap of the simulated percentiles to the real ones.
+    pub fn worst_gap(&self) -> f64 {
+        [(self.sim_p50, self.real_p50), (self.sim_p90, self.real_p90), (self.sim_max, self.real_max)]
+            .iter()
+            .map(|(s, r)| ((s - r) / r).abs())
+            .fold(0.0, f64::max)
+    }
+
+    /// A table of validations, one row each.
+    pub fn table(rows: &[Validation]) -> String {
+        let mut s = String::from(
+            "   N   blob MiB   T* (s)   real p50/p90/max (s)    sim p50/p90/max (s)   gap p50/p90/max   origin copies real/sim\n",
+        );
+        for v in rows {
+            let gap = |s: f64, r: f64| 100.0 * (s - r) / r;
+            s += &format!(
+                "{:>4}   {:>8}   {:>6.3}   {:>6.3} {:>6.3} {:>6.3}   {:>6.3} {:>6.3} {:>6.3}   {:>+5.1}% {:>+5.1}% {:>+5.1}%   {:.2} / {:.2}\n",
+                v.n_agents,
+                v.blob_bytes >> 20,
+                v.bound,
+                v.real_p50,
+                v.real_p90,
+                v.real_max,
+                v.sim_p50,
+                v.sim_p90,
+                v.sim_max,
+                gap(v.sim_p50, v.real_p50),
+                gap(v.sim_p90, v.real_p90),
+                gap(v.sim_max, v.real_max),
+                v.real_origin_copies,
+                v.sim_origin_copies
+            );
+        }
+        s
+    }
 }
