@@ -54,15 +54,32 @@ pub struct BaselineOptions {
 
 /// Fetches `digest` from `origin_http` (e.g. `http://127.0.0.2:1234`) as `opts` says.
 pub async fn measure(origin_http: &str, digest: Digest, opts: &BaselineOptions) -> anyhow::Result<Baseline> {
+    measure_all(origin_http, &[digest], opts).await
+}
+
+/// [`measure`] for a scenario of several blobs: each of the `opts.n` fetchers gets all of
+/// `digests` concurrently (as an agent pulls an image's layers) through its one download cap.
+pub async fn measure_all(origin_http: &str, digests: &[Digest], opts: &BaselineOptions) -> anyhow::Result<Baseline> {
     let http = reqwest::Client::new();
-    let url = format!("{}/blobs/{digest}", origin_http.trim_end_matches('/'));
+    let base = origin_http.trim_end_matches('/');
     let origin = opts.origin_rate.map(TokenBucket::new);
     let start = Instant::now();
     let fetch = |i: usize| {
-        let (http, url, origin) = (&http, &url, origin.as_ref());
+        let (http, origin) = (&http, origin.as_ref());
         async move {
             let agent = opts.agent_rate.map(TokenBucket::new);
-            let (bytes, ok) = fetch_one(http, url, digest, origin, agent.as_ref()).await?;
+            let mut bytes = 0;
+            let mut ok = true;
+            let all = digests.iter().map(|&d| {
+                let url = format!("{base}/blobs/{d}");
+                let agent = agent.as_ref();
+                async move { fetch_one(http, &url, d, origin, agent).await }
+            });
+            for r in futures::future::join_all(all).await {
+                let (b, good) = r?;
+                bytes += b;
+                ok &= good;
+            }
             let secs = start.elapsed().as_secs_f64();
             if opts.progress {
                 eprintln!("[baseline {:>4}/{}] fetch {i} done in {secs:.3}s", i + 1, opts.n);

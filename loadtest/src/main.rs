@@ -8,7 +8,13 @@
 //! origin-only baseline and the speed-up; `--report DIR` writes report.json and report.html.
 //!
 //! `--mode processes` runs the real `shoal-tracker`, `shoal-origin` and `shoal-agent`
-//! binaries instead, one process per node.
+//! binaries instead, one process per node; `--mode netns` runs them each in its own network
+//! namespace with links capped by `tc` (root only; `--cleanup` removes leftovers);
+//! `--mode remote --agents-at URL,...` drives agents already running elsewhere.
+//!
+//! Scenarios (`local` and `bench`): `--layers 512MiB,256MiB,64MiB` (an image's layers, pulled
+//! concurrently), `--blobs M` (M distinct blobs of `--size`), `--late-join K@T` and
+//! `--churn K@T` (with `--churn-restart D`).
 //!
 //! `shoal-loadtest bench` runs `local` over a matrix (agents × sizes × rates), writes one
 //! report per run and prints a summary table. `shoal-loadtest sim` is the simulator.
@@ -22,8 +28,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use shoal_loadtest::baseline::BaselineMode;
+use shoal_loadtest::remote::RemoteOptions;
 use shoal_loadtest::report::{RunReport, human_bytes};
 use shoal_loadtest::run::{LocalOptions, Mode, run};
+use shoal_loadtest::scenario::{AtTime, BlobSet, Churn, Scenario, parse_secs};
 use shoal_runtime::ByteSize;
 
 #[derive(Parser)]
@@ -51,9 +59,10 @@ struct LocalArgs {
     /// Origins.
     #[arg(long, default_value_t = 1)]
     origins: usize,
-    /// Blob size.
-    #[arg(long, default_value = "256MiB")]
-    size: ByteSize,
+    /// Blob size (default 256MiB; in remote mode, the size of --digest, asked of the first
+    /// agent if not given).
+    #[arg(long)]
+    size: Option<ByteSize>,
     /// Per-agent link cap (bytes/s, up and down), e.g. "100MiB"; none by default.
     #[arg(long)]
     agent_rate: Option<ByteSize>,
@@ -61,7 +70,29 @@ struct LocalArgs {
     #[arg(long)]
     origin_rate: Option<ByteSize>,
     #[command(flatten)]
+    remote: RemoteArgs,
+    #[command(flatten)]
     common: CommonArgs,
+}
+
+/// `--mode remote`: where the agents and the blob are.
+#[derive(clap::Args, Clone, Default)]
+struct RemoteArgs {
+    /// The agents' HTTP API URLs, comma-separated (e.g. http://h1:7700,http://h2:7700).
+    #[arg(long, value_delimiter = ',')]
+    agents_at: Vec<String>,
+    /// An origin's HTTP API URL, for --upload and --baseline.
+    #[arg(long)]
+    origin: Option<String>,
+    /// An origin's /metrics URL, for the bytes it uploaded.
+    #[arg(long)]
+    origin_metrics: Option<String>,
+    /// The blob to pull, already in the origins' backend.
+    #[arg(long)]
+    digest: Option<shoal_core::Digest>,
+    /// A file to upload to --origin first (PUT /blobs/<digest>) and then pull.
+    #[arg(long)]
+    upload: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Clone)]
@@ -122,6 +153,25 @@ struct CommonArgs {
     /// Print a line to stderr as each agent completes (always on for `bench`).
     #[arg(long)]
     progress: bool,
+    /// An image of these layers (comma-separated sizes), every agent pulling all of them
+    /// concurrently; T* is for their total.
+    #[arg(long, value_delimiter = ',')]
+    layers: Vec<ByteSize>,
+    /// M distinct blobs of --size, every agent pulling all of them concurrently.
+    #[arg(long)]
+    blobs: Option<usize>,
+    /// K@T: the last K agents start T (e.g. 5s) after the others.
+    #[arg(long)]
+    late_join: Option<AtTime>,
+    /// K@T: the first K agents are killed T into the run.
+    #[arg(long)]
+    churn: Option<AtTime>,
+    /// Restart the killed agents this long after the kill (e.g. 2s), on the same store.
+    #[arg(long, value_parser = parse_secs)]
+    churn_restart: Option<Duration>,
+    /// Remove network namespaces and links a harness left behind (--mode netns), then exit.
+    #[arg(long)]
+    cleanup: bool,
 }
 
 /// Where a bench run's stores go.
@@ -147,9 +197,10 @@ impl Default for LocalArgs {
         LocalArgs {
             agents: 10,
             origins: 1,
-            size: ByteSize(256 << 20),
+            size: None,
             agent_rate: None,
             origin_rate: None,
+            remote: RemoteArgs::default(),
             common: CommonArgs { timeout: 600, ..CommonArgs::default() },
         }
     }
@@ -159,11 +210,56 @@ impl Default for LocalArgs {
 async fn main() -> anyhow::Result<()> {
     shoal_runtime::init_tracing("warn");
     let args = Args::parse();
-    match args.cmd.unwrap_or(Cmd::Local(LocalArgs::default())) {
-        Cmd::Local(a) => local(a).await,
-        Cmd::Bench(a) => bench(a).await,
-        Cmd::Sim(a) => shoal_loadtest::sim::cli::main(&a),
+    let cmd = args.cmd.unwrap_or(Cmd::Local(LocalArgs::default()));
+    let common = match &cmd {
+        Cmd::Local(a) => Some(&a.common),
+        Cmd::Bench(a) => Some(&a.common),
+        Cmd::Sim(_) => None,
+    };
+    if common.is_some_and(|c| c.cleanup) {
+        for r in shoal_loadtest::netns::cleanup_leftovers()? {
+            println!("removed {r}");
+        }
+        return Ok(());
     }
+    // On Ctrl-C the run is dropped, which stops its node processes and removes its network
+    // namespaces, before the exit.
+    let res = tokio::select! {
+        r = async {
+            match cmd {
+                Cmd::Local(a) => local(a).await,
+                Cmd::Bench(a) => bench(a).await,
+                Cmd::Sim(a) => shoal_loadtest::sim::cli::main(&a),
+            }
+        } => Some(r),
+        _ = tokio::signal::ctrl_c() => None,
+    };
+    match res {
+        Some(r) => r,
+        None => {
+            eprintln!("interrupted; the run's processes and namespaces are removed");
+            std::process::exit(130)
+        }
+    }
+}
+
+/// The scenario the flags ask for, with `size` as the one blob's (or each of `--blobs`') size.
+fn scenario(c: &CommonArgs, size: u64) -> anyhow::Result<Scenario> {
+    let mut sc = match (c.layers.is_empty(), c.blobs) {
+        (true, None) => Scenario::single(size),
+        (false, None) => {
+            Scenario { set: BlobSet::Layers, blobs: c.layers.iter().map(|b| b.0).collect(), ..Scenario::single(size) }
+        }
+        (true, Some(m)) => {
+            anyhow::ensure!(m >= 1, "--blobs needs at least 1");
+            Scenario { set: BlobSet::Blobs, blobs: vec![size; m], ..Scenario::single(size) }
+        }
+        (false, Some(_)) => anyhow::bail!("give --layers or --blobs, not both"),
+    };
+    sc.late = c.late_join;
+    anyhow::ensure!(c.churn_restart.is_none() || c.churn.is_some(), "--churn-restart needs --churn");
+    sc.churn = c.churn.map(|k| Churn { count: k.count, at: k.at, restart: c.churn_restart });
+    Ok(sc)
 }
 
 fn options(
@@ -173,12 +269,14 @@ fn options(
     size: u64,
     agent_rate: Option<u64>,
     origin_rate: Option<u64>,
-) -> LocalOptions {
-    LocalOptions {
+) -> anyhow::Result<LocalOptions> {
+    Ok(LocalOptions {
         mode: c.mode,
         agents,
         origins,
         size,
+        scenario: Some(scenario(c, size)?),
+        remote: None,
         agent_rate,
         origin_rate,
         dir: c.dir.clone(),
@@ -186,11 +284,28 @@ fn options(
         baseline: c.baseline.then_some(c.baseline_mode),
         progress: c.progress,
         verbose: true,
-    }
+    })
 }
 
 async fn local(a: LocalArgs) -> anyhow::Result<()> {
-    let o = options(&a.common, a.agents, a.origins, a.size.0, a.agent_rate.map(|r| r.0), a.origin_rate.map(|r| r.0));
+    let size = a.size.map_or(256 << 20, |s| s.0);
+    let mut o = options(&a.common, a.agents, a.origins, size, a.agent_rate.map(|r| r.0), a.origin_rate.map(|r| r.0))?;
+    if a.common.mode == Mode::Remote {
+        o.agents = a.remote.agents_at.len();
+        o.remote = Some(RemoteOptions {
+            agents_at: a.remote.agents_at.clone(),
+            origin: a.remote.origin.clone(),
+            origin_metrics: a.remote.origin_metrics.clone(),
+            digest: a.remote.digest,
+            size: a.size.map(|s| s.0),
+            upload: a.remote.upload.clone(),
+        });
+    } else {
+        anyhow::ensure!(
+            a.remote.agents_at.is_empty() && a.remote.digest.is_none() && a.remote.upload.is_none(),
+            "--agents-at, --digest and --upload are for --mode remote"
+        );
+    }
     let r = run(&o).await?;
     print!("{}", r.table());
     if let Some(dir) = &a.common.report {
@@ -229,7 +344,8 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         );
         eprintln!("== [{}/{}] {name}", k + 1, runs.len());
         let origin_rate = a.origin_rate.map_or(rate, |r| r.0);
-        let o = options(&common, n, a.origins, size, rate, origin_rate);
+        anyhow::ensure!(common.mode != Mode::Remote, "bench runs local clusters; use `local --mode remote`");
+        let o = options(&common, n, a.origins, size, rate, origin_rate)?;
         let r = run(&o).await?;
         print!("{}", r.summary());
         let dir = a.out.join(&name);

@@ -25,15 +25,49 @@ use tokio::time::Instant;
 
 use crate::baseline::{self, BaselineOptions};
 use crate::cluster::random_blob;
-use crate::pull::{AgentPull, Sample};
-use crate::report::{self, Caps, Resources, RunReport, RunSpec, Store};
+use crate::report::{self, Caps, LINK_AGENT_LIMITER, Resources, RunReport, RunSpec, Store};
 use crate::run::{LocalOptions, default_store_base};
+use crate::scenario::{Nodes, Scenario, Stats, drive};
 
 /// The binaries this mode starts.
 pub const BINARIES: [&str; 3] = ["shoal-tracker", "shoal-origin", "shoal-agent"];
 
 /// Runs the scenario with one process per node.
 pub async fn run_processes(o: &LocalOptions) -> anyhow::Result<RunReport> {
+    let layout = Layout::new(o.origins, o.agents);
+    run_with(o, layout, &Launch::Loopback).await
+}
+
+/// How the children are started.
+pub(crate) enum Launch {
+    /// Directly, on loopback addresses; the nodes' own limiters cap the links.
+    Loopback,
+    /// Each under `ip netns exec <ns>`; `tc` caps the links, so the nodes get no limits.
+    Netns { tracker: String, origins: Vec<String>, agents: Vec<String> },
+}
+
+impl Launch {
+    fn netns_of(&self, name: &str) -> Option<&str> {
+        let Launch::Netns { tracker, origins, agents } = self else { return None };
+        let idx = |p: &str| name.strip_prefix(p).and_then(|k| k.parse::<usize>().ok());
+        if name == "tracker" {
+            Some(tracker)
+        } else if let Some(k) = idx("origin-") {
+            origins.get(k).map(String::as_str)
+        } else {
+            idx("agent-").and_then(|k| agents.get(k)).map(String::as_str)
+        }
+    }
+
+    fn limiter(&self) -> bool {
+        matches!(self, Launch::Loopback)
+    }
+}
+
+/// Starts the nodes of `layout` as `launch` says, drives the scenario and reports it.
+pub(crate) async fn run_with(o: &LocalOptions, layout: Layout, launch: &Launch) -> anyhow::Result<RunReport> {
+    let sc = o.scenario();
+    sc.validate(o.agents)?;
     let bin_dir = binaries_dir()?;
     let base = o.dir.clone().unwrap_or_else(default_store_base);
     std::fs::create_dir_all(&base)?;
@@ -42,24 +76,31 @@ pub async fn run_processes(o: &LocalOptions) -> anyhow::Result<RunReport> {
     let store = Store::detect(&root);
     if o.verbose {
         println!(
-            "shoal processes: 1 tracker, {} origin(s), {} agents as separate processes from {}, blob {} ({}), stores and logs in {} ({})",
+            "shoal processes{}: 1 tracker, {} origin(s), {} agents as separate processes from {}; {}; stores and logs in {} ({})",
+            if launch.limiter() { "" } else { " in network namespaces" },
             o.origins,
             o.agents,
             bin_dir.display(),
-            shoal_runtime::ByteSize(o.size),
-            o.size,
+            sc.describe(o.agents),
             root.display(),
             store.kind
         );
     }
-    let mut procs = Procs::default();
+    let mut c = ProcCluster {
+        layout,
+        procs: Procs::default(),
+        bin_dir,
+        root: root.clone(),
+        launch,
+        agent_cfgs: Vec::new(),
+        http: reqwest::Client::new(),
+    };
     let res = async {
-        let layout = Layout::new(o.origins, o.agents);
-        layout.start(&bin_dir, &root, o, &mut procs).await?;
-        measure(&layout, &root, o, store, &procs).await
+        c.start(o).await?;
+        measure(&mut c, o, &sc, store).await
     }
     .await;
-    procs.stop().await;
+    c.procs.stop().await;
     if res.is_err() {
         eprintln!("node logs are in {}", root.display());
         std::mem::forget(tmp);
@@ -86,7 +127,7 @@ pub fn binaries_dir() -> anyhow::Result<PathBuf> {
 }
 
 /// Where each node listens.
-struct Layout {
+pub(crate) struct Layout {
     tracker: SocketAddr,
     /// (http, peer) per origin.
     origins: Vec<(SocketAddr, SocketAddr)>,
@@ -110,11 +151,21 @@ fn proc_ip(k: usize) -> IpAddr {
 
 impl Layout {
     fn new(n_origins: usize, n_agents: usize) -> Layout {
-        let at = |k: usize, (h, p): (u16, u16)| (SocketAddr::new(proc_ip(k), h), SocketAddr::new(proc_ip(k), p));
+        let ip = |k: usize| proc_ip(k);
+        Layout::at(ip(0), (0..n_origins).map(|i| ip(1 + i)), (0..n_agents).map(|i| ip(1 + n_origins + i)))
+    }
+
+    /// The tracker, origins and agents on the given addresses, on this mode's fixed ports.
+    pub(crate) fn at(
+        tracker: IpAddr,
+        origins: impl Iterator<Item = IpAddr>,
+        agents: impl Iterator<Item = IpAddr>,
+    ) -> Layout {
+        let at = |ip: IpAddr, (h, p): (u16, u16)| (SocketAddr::new(ip, h), SocketAddr::new(ip, p));
         Layout {
-            tracker: SocketAddr::new(proc_ip(0), TRACKER_PORT),
-            origins: (0..n_origins).map(|i| at(1 + i, ORIGIN_PORTS)).collect(),
-            agents: (0..n_agents).map(|i| at(1 + n_origins + i, AGENT_PORTS)).collect(),
+            tracker: SocketAddr::new(tracker, TRACKER_PORT),
+            origins: origins.map(|ip| at(ip, ORIGIN_PORTS)).collect(),
+            agents: agents.map(|ip| at(ip, AGENT_PORTS)).collect(),
         }
     }
 
@@ -125,33 +176,58 @@ impl Layout {
             .map(|(i, (h, p))| json!({ "id": format!("origin-{i}"), "http": format!("http://{h}"), "peer": p.to_string() }))
             .collect()
     }
+}
+
+/// A running multi-process cluster.
+pub(crate) struct ProcCluster<'a> {
+    layout: Layout,
+    procs: Procs,
+    bin_dir: PathBuf,
+    root: PathBuf,
+    launch: &'a Launch,
+    /// Each agent's config, to restart it with.
+    agent_cfgs: Vec<serde_json::Value>,
+    http: reqwest::Client,
+}
+
+impl ProcCluster<'_> {
+    fn origin_list(&self) -> serde_json::Value {
+        self.layout.origin_list()
+    }
+
+    async fn spawn(&mut self, bin: &str, name: &str, cfg: &serde_json::Value) -> anyhow::Result<()> {
+        let netns = self.launch.netns_of(name).map(str::to_string);
+        self.procs.spawn(&self.bin_dir, bin, name, &self.root, cfg, netns.as_deref()).await
+    }
 
     /// Writes the configs and starts every node, waiting until each is ready.
-    async fn start(&self, bin: &Path, root: &Path, o: &LocalOptions, procs: &mut Procs) -> anyhow::Result<()> {
+    async fn start(&mut self, o: &LocalOptions) -> anyhow::Result<()> {
+        let l = &self.layout;
         let replicas = o.origins.clamp(1, 3);
-        let trackers = json!([format!("http://{}", self.tracker)]);
-        let rate = |r: Option<u64>| r.map_or(serde_json::Value::Null, |r| json!(r.to_string()));
+        let trackers = json!([format!("http://{}", l.tracker)]);
+        let limiter = self.launch.limiter();
+        let rate = |r: Option<u64>| r.filter(|_| limiter).map(|r| json!(r.to_string()));
         let tracker = json!({
-            "listen": self.tracker.to_string(),
+            "listen": l.tracker.to_string(),
             "origins": self.origin_list(),
             "origin_replicas": replicas,
             "announce_interval": "1s",
             "peer_ttl": "10s",
         });
-        procs.spawn(bin, "shoal-tracker", "tracker", root, &tracker).await?;
-        wait_ready(&format!("http://{}", self.tracker)).await.context("tracker")?;
-        let backend = root.join("backend");
+        let tracker_url = format!("http://{}", l.tracker);
+        let backend = self.root.join("backend");
         std::fs::create_dir_all(backend.join("sha256"))?;
-        for (i, (h, p)) in self.origins.iter().enumerate() {
+        let mut origin_cfgs = Vec::new();
+        for (i, (h, p)) in l.origins.iter().enumerate() {
             let mut swarm = json!({
-                "store_dir": root.join(format!("origin-{i}")),
+                "store_dir": self.root.join(format!("origin-{i}")),
                 "trackers": trackers,
                 "seed_announce_interval": "2s",
             });
-            if let Some(r) = o.origin_rate {
-                swarm["egress_rate"] = rate(Some(r));
+            if let Some(r) = rate(o.origin_rate) {
+                swarm["egress_rate"] = r;
             }
-            let cfg = json!({
+            origin_cfgs.push(json!({
                 "listen": h.to_string(),
                 "peer_listen": p.to_string(),
                 "id": format!("origin-{i}"),
@@ -160,112 +236,97 @@ impl Layout {
                 "backend": { "type": "fs", "root": backend, "layout": "flat" },
                 "metainfo_wait": "500ms",
                 "swarm": swarm,
-            });
-            procs.spawn(bin, "shoal-origin", &format!("origin-{i}"), root, &cfg).await?;
+            }));
         }
-        for (i, (h, p)) in self.agents.iter().enumerate() {
+        let mut agent_cfgs = Vec::new();
+        for (i, (h, p)) in l.agents.iter().enumerate() {
             let mut swarm = json!({
-                "store_dir": root.join(format!("agent-{i}")),
+                "store_dir": self.root.join(format!("agent-{i}")),
                 "trackers": trackers,
                 "seed_announce_interval": "2s",
                 "download_timeout": format!("{}s", o.timeout.as_secs().max(1)),
             });
-            if let Some(r) = o.agent_rate {
-                swarm["egress_rate"] = rate(Some(r));
-                swarm["ingress_rate"] = rate(Some(r));
+            if let Some(r) = rate(o.agent_rate) {
+                swarm["egress_rate"] = r.clone();
+                swarm["ingress_rate"] = r;
             }
-            let cfg = json!({
+            agent_cfgs.push(json!({
                 "listen": h.to_string(),
                 "peer_listen": p.to_string(),
                 "origins": self.origin_list(),
                 "origin_replicas": replicas,
                 "swarm": swarm,
-            });
-            procs.spawn(bin, "shoal-agent", &format!("agent-{i}"), root, &cfg).await?;
+            }));
         }
-        for (h, _) in self.origins.iter().chain(&self.agents) {
-            wait_ready(&format!("http://{h}")).await?;
+        let urls: Vec<String> = l.origins.iter().chain(&l.agents).map(|(h, _)| format!("http://{h}")).collect();
+        self.spawn("shoal-tracker", "tracker", &tracker).await?;
+        wait_ready(&tracker_url).await.context("tracker")?;
+        for (i, cfg) in origin_cfgs.iter().enumerate() {
+            self.spawn("shoal-origin", &format!("origin-{i}"), cfg).await?;
+        }
+        for (i, cfg) in agent_cfgs.iter().enumerate() {
+            self.spawn("shoal-agent", &format!("agent-{i}"), cfg).await?;
+        }
+        self.agent_cfgs = agent_cfgs;
+        for u in &urls {
+            wait_ready(u).await?;
         }
         Ok(())
     }
 }
 
-async fn measure(l: &Layout, root: &Path, o: &LocalOptions, store: Store, procs: &Procs) -> anyhow::Result<RunReport> {
-    let data = random_blob(o.size, rand::random());
-    let digest = Digest::of(&data);
-    std::fs::write(root.join("backend").join("sha256").join(digest.hex()), &data)?;
-    drop(data);
+/// Kills are SIGKILL to the agent's process; a restart runs the same binary on the same
+/// config and store and waits until it is ready.
+impl Nodes for ProcCluster<'_> {
+    fn agent_url(&self, i: usize) -> Option<String> {
+        let name = format!("agent-{i}");
+        self.procs.children.iter().any(|(n, _)| *n == name).then(|| format!("http://{}", self.layout.agents[i].0))
+    }
+
+    async fn stats(&self, i: usize, digests: &[Digest]) -> Stats {
+        let mut s = Stats::default();
+        for d in digests {
+            if let Ok(b) = debug_stats(&self.http, self.layout.agents[i].0, *d).await {
+                s += Stats { from_origin: b.from_origin, from_peers: b.from_peers, uploaded: b.uploaded };
+            }
+        }
+        s
+    }
+
+    async fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        self.procs.kill(&format!("agent-{i}")).await
+    }
+
+    async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        let cfg = self.agent_cfgs.get(i).cloned().ok_or_else(|| anyhow::anyhow!("no agent {i}"))?;
+        self.spawn("shoal-agent", &format!("agent-{i}"), &cfg).await?;
+        wait_ready(&format!("http://{}", self.layout.agents[i].0)).await
+    }
+}
+
+async fn measure(c: &mut ProcCluster<'_>, o: &LocalOptions, sc: &Scenario, store: Store) -> anyhow::Result<RunReport> {
+    let mut digests = Vec::new();
+    for &size in &sc.blobs {
+        let data = random_blob(size, rand::random());
+        let digest = Digest::of(&data);
+        std::fs::write(c.root.join("backend").join("sha256").join(digest.hex()), &data)?;
+        digests.push(digest);
+    }
     if o.verbose {
-        println!("blob {digest} placed in the origin backend; every agent pulls it now\n");
+        println!("{} blob(s) placed in the origin backend; every agent pulls them now\n", digests.len());
     }
-    let http = reqwest::Client::new();
-    let cpu0 = procs.cpu_secs();
-    let start = Instant::now();
-    let n = l.agents.len();
-    let done = std::sync::atomic::AtomicUsize::new(0);
-    let pulls = futures::future::join_all(l.agents.iter().enumerate().map(|(i, (h, _))| {
-        let (http, done) = (&http, &done);
-        async move {
-            let url = format!("http://{h}/blobs/{digest}");
-            let (bytes, got) = crate::pull::fetch_and_hash(http, &url, i).await?;
-            let secs = start.elapsed().as_secs_f64();
-            if o.progress {
-                let k = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                eprintln!("[{k:>4}/{n}] agent {i} done in {secs:.3}s");
-            }
-            Ok::<_, anyhow::Error>((i, secs, bytes, got == digest))
-        }
-    }));
-    // Sample delivered bytes from the agents' debug endpoints while the pulls run.
-    let mut timeline = Vec::new();
-    let mut pulls = std::pin::pin!(pulls);
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let deadline = tokio::time::sleep(o.timeout);
-    tokio::pin!(deadline);
-    // Bounded by the deadline.
-    let results = loop {
-        tokio::select! {
-            r = &mut pulls => break r,
-            () = &mut deadline => anyhow::bail!("pull did not finish within {:?}", o.timeout),
-            _ = tick.tick() => {
-                let secs = start.elapsed().as_secs_f64();
-                let mut delivered = 0;
-                for (h, _) in &l.agents {
-                    if let Ok(s) = debug_stats(&http, *h, digest).await {
-                        delivered += s.from_origin + s.from_peers;
-                    }
-                }
-                timeline.push(Sample { secs, delivered });
-            }
-        }
-    };
-    let cpu1 = procs.cpu_secs();
-    let mut agents = Vec::new();
-    for r in results {
-        let (i, secs, bytes, verified) = r?;
-        let s = debug_stats(&http, l.agents[i].0, digest).await.unwrap_or_default();
-        agents.push(AgentPull {
-            agent: i,
-            secs,
-            bytes,
-            verified,
-            from_origin: s.from_origin,
-            from_peers: s.from_peers,
-            uploaded: s.uploaded,
-        });
-    }
-    let max_secs = agents.iter().map(|a| a.secs).fold(0.0, f64::max);
-    timeline.push(Sample { secs: max_secs, delivered: agents.iter().map(|a| a.from_origin + a.from_peers).sum() });
+    let cpu0 = c.procs.cpu_secs();
+    let (agents, timeline) = drive(c, o.agents, &digests, sc, &o.drive_options(Duration::from_millis(250))).await?;
+    let cpu1 = c.procs.cpu_secs();
     let mut origin_uploaded = 0;
-    for (h, _) in &l.origins {
-        origin_uploaded += metric(&http, *h, "shoal_swarm_piece_bytes_sent_total").await.unwrap_or(0);
+    for (h, _) in &c.layout.origins {
+        origin_uploaded += metric(&c.http, *h, "shoal_swarm_piece_bytes_sent_total").await.unwrap_or(0);
     }
     let (user, sys) = match (cpu0, cpu1) {
         (Some(a), Some(b)) => (Some(b.0 - a.0), Some(b.1 - a.1)),
         _ => (None, None),
     };
-    let rss: Vec<(String, u64)> = procs.peak_rss();
+    let rss: Vec<(String, u64)> = c.procs.peak_rss();
     let max_agent = rss.iter().filter(|(n, _)| n.starts_with("agent")).map(|(_, r)| *r).max();
     let resources = Resources {
         cpu_secs: user.zip(sys).map(|(u, s)| u + s),
@@ -273,7 +334,10 @@ async fn measure(l: &Layout, root: &Path, o: &LocalOptions, store: Store, procs:
         sys_secs: sys,
         peak_rss_bytes: (!rss.is_empty()).then(|| rss.iter().map(|(_, r)| r).sum()),
         max_agent_rss_bytes: max_agent,
-        note: "the cluster's processes (tracker, origins, agents), not the harness; CPU during the swarm pull; peak RSS is the sum of each process's lifetime peak".into(),
+        note: format!(
+            "the cluster's processes (tracker, origins, agents), not the harness; CPU during the swarm pull{}; peak RSS is the sum of each process's lifetime peak",
+            if sc.churn.is_some() { " (a killed process's CPU is not counted)" } else { "" }
+        ),
     };
     let baseline = match o.baseline {
         None => None,
@@ -281,24 +345,33 @@ async fn measure(l: &Layout, root: &Path, o: &LocalOptions, store: Store, procs:
             let bopts = BaselineOptions {
                 mode,
                 n: agents.len(),
+                // Emulated in every mode: in netns mode the harness's traffic is exempt from tc.
                 origin_rate: o.origin_rate,
                 agent_rate: o.agent_rate,
                 timeout: o.timeout,
                 progress: o.progress,
             };
-            Some(baseline::measure(&format!("http://{}", l.origins[0].0), digest, &bopts).await?)
+            let url = baseline_origin_url(c);
+            Some(baseline::measure_all(&url, &digests, &bopts).await?)
         }
     };
     let spec = RunSpec {
-        scenario: "one blob to N agents".into(),
-        mode: "processes".into(),
+        scenario: sc.describe(o.agents),
+        mode: if c.launch.limiter() { "processes" } else { "netns" }.into(),
         n_origins: o.origins,
-        blob_bytes: o.size,
-        digest: digest.to_string(),
+        blob_bytes: sc.total_bytes(),
+        digest: crate::run::digest_label(&digests),
         caps: Caps { agent_rate: o.agent_rate, origin_rate: o.origin_rate, seeding_origins: o.origins.clamp(1, 3) },
         store,
+        scenario_info: Some(sc.info()),
+        link_emulation: if c.launch.limiter() { LINK_AGENT_LIMITER.into() } else { crate::netns::LINK_TC.into() },
     };
     Ok(RunReport::new(spec, agents, origin_uploaded, timeline, resources, baseline))
+}
+
+/// Where the baseline fetches from: the first origin's HTTP API.
+fn baseline_origin_url(c: &ProcCluster<'_>) -> String {
+    format!("http://{}", c.layout.origins[0].0)
 }
 
 /// An agent's `/debug/blobs/<digest>` answer.
@@ -364,11 +437,22 @@ impl Procs {
         name: &str,
         root: &Path,
         cfg: &serde_json::Value,
+        netns: Option<&str>,
     ) -> anyhow::Result<()> {
         let cfg_path = root.join(format!("{name}.yaml"));
         std::fs::write(&cfg_path, serde_json::to_vec_pretty(cfg)?)?;
-        let log = std::fs::File::create(root.join(format!("{name}.log")))?;
-        let child = Command::new(bin_dir.join(bin))
+        // Appended to, so a restarted node's log follows its first life's.
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(root.join(format!("{name}.log")))?;
+        let mut cmd = match netns {
+            // `ip netns exec` execs the binary, so the child's pid is the node's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin_dir.join(bin));
+                c
+            }
+            None => Command::new(bin_dir.join(bin)),
+        };
+        let child = cmd
             .arg("--config")
             .arg(&cfg_path)
             .stdin(Stdio::null())
@@ -401,6 +485,21 @@ impl Procs {
                 Some((n.clone(), report::proc_kib(&status, "VmHWM:")?))
             })
             .collect()
+    }
+
+    /// SIGKILL to the child called `name` (by its pid), waited for, and forgotten.
+    async fn kill(&mut self, name: &str) -> anyhow::Result<()> {
+        let k = self
+            .children
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or_else(|| anyhow::anyhow!("{name} is not running"))?;
+        let (_, mut c) = self.children.remove(k);
+        c.start_kill()?;
+        tokio::time::timeout(STOP_TIMEOUT, c.wait())
+            .await
+            .map_err(|_| anyhow::anyhow!("{name} did not exit within {STOP_TIMEOUT:?} of SIGKILL"))??;
+        Ok(())
     }
 
     /// SIGTERM to each child by pid, then a bounded wait, then SIGKILL for what is left.

@@ -26,6 +26,46 @@ pub struct AgentPull {
     pub from_origin: u64,
     pub from_peers: u64,
     pub uploaded: u64,
+    /// When this agent started pulling, seconds after the run began (late joiners start later);
+    /// `secs` counts from here.
+    #[serde(default)]
+    pub started_secs: f64,
+    /// It joined late (`--late-join`).
+    #[serde(default)]
+    pub late: bool,
+    /// When it was killed (`--churn`), seconds after the run began.
+    #[serde(default)]
+    pub killed_secs: Option<f64>,
+    /// When it was restarted on its store, seconds after the run began.
+    #[serde(default)]
+    pub restarted_secs: Option<f64>,
+    /// It got every blob (false only for an agent killed and not restarted before it finished).
+    #[serde(default = "yes")]
+    pub finished: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl AgentPull {
+    /// A pull with no scenario events: started at once, finished.
+    pub fn plain(agent: usize, secs: f64, bytes: u64, verified: bool) -> AgentPull {
+        AgentPull {
+            agent,
+            secs,
+            bytes,
+            verified,
+            from_origin: 0,
+            from_peers: 0,
+            uploaded: 0,
+            started_secs: 0.0,
+            late: false,
+            killed_secs: None,
+            restarted_secs: None,
+            finished: true,
+        }
+    }
 }
 
 /// How [`pull_all_with`] observes a pull.
@@ -114,13 +154,10 @@ pub async fn pull_all_with(
         let (i, secs, bytes, verified) = r?;
         let s = cluster.agent(i).swarm.stats(&digest).unwrap_or_default();
         out.push(AgentPull {
-            agent: i,
-            secs,
-            bytes,
-            verified,
             from_origin: s.from_origin,
             from_peers: s.from_peers,
             uploaded: s.uploaded,
+            ..AgentPull::plain(i, secs, bytes, verified)
         });
     }
     if opts.sample_every.is_some() {

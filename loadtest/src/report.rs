@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bound::{self, Bound, Link, Percentiles, Ratios};
 use crate::pull::{AgentPull, Sample};
+use crate::scenario::ScenarioInfo;
 
 /// Everything measured and derived for one run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -60,7 +61,21 @@ pub struct RunReport {
     pub resources: Resources,
     /// Delivered bytes over time (may be empty).
     pub timeline: Vec<Sample>,
+    /// The scenario in detail (blobs, late joiners, churn) and what T* covers in it.
+    #[serde(default)]
+    pub scenario_info: Option<ScenarioInfo>,
+    /// How the link caps were applied: "agent limiter" (the nodes' own token buckets) or
+    /// "tc htb" (a real qdisc on each namespace's link).
+    #[serde(default = "agent_limiter")]
+    pub link_emulation: String,
 }
+
+fn agent_limiter() -> String {
+    LINK_AGENT_LIMITER.into()
+}
+
+/// [`RunReport::link_emulation`] when the nodes' own limiters cap the links.
+pub const LINK_AGENT_LIMITER: &str = "agent limiter";
 
 /// The emulated links.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +145,9 @@ pub struct RunSpec {
     pub digest: String,
     pub caps: Caps,
     pub store: Store,
+    pub scenario_info: Option<ScenarioInfo>,
+    /// Empty means [`LINK_AGENT_LIMITER`].
+    pub link_emulation: String,
 }
 
 impl RunReport {
@@ -142,7 +160,8 @@ impl RunReport {
         resources: Resources,
         baseline: Option<Baseline>,
     ) -> RunReport {
-        let secs: Vec<f64> = agents.iter().map(|a| a.secs).collect();
+        let finished: Vec<&AgentPull> = agents.iter().filter(|a| a.finished).collect();
+        let secs: Vec<f64> = finished.iter().map(|a| a.secs).collect();
         let percentiles = bound::percentiles(&secs);
         let links = vec![Link { up: spec.caps.agent_rate, down: spec.caps.agent_rate }; agents.len()];
         let seeds = vec![spec.caps.origin_rate; spec.caps.seeding_origins.max(1)];
@@ -153,8 +172,15 @@ impl RunReport {
             .and_then(|b| b.percentiles)
             .zip(percentiles)
             .and_then(|(b, p)| bound::ratio(b.max, p.max));
-        let aggregate_bytes_per_sec = percentiles.and_then(|p| bound::throughput(agents.len(), spec.blob_bytes, p.max));
-        let verified_all = !agents.is_empty() && agents.iter().all(|a| a.verified && a.bytes == spec.blob_bytes);
+        // Until every finished agent is done, counted from the first start.
+        let span = finished.iter().map(|a| a.started_secs + a.secs).fold(0.0, f64::max);
+        let aggregate_bytes_per_sec =
+            percentiles.and_then(|_| bound::throughput(finished.len(), spec.blob_bytes, span));
+        // Every finished copy is whole and matches; only an agent killed and never restarted
+        // may be unfinished.
+        let verified_all = !finished.is_empty()
+            && finished.iter().all(|a| a.verified && a.bytes == spec.blob_bytes)
+            && agents.iter().all(|a| a.finished || (a.killed_secs.is_some() && a.restarted_secs.is_none()));
         RunReport {
             scenario: spec.scenario,
             mode: spec.mode,
@@ -182,6 +208,8 @@ impl RunReport {
             origin_uploaded,
             resources,
             timeline,
+            scenario_info: spec.scenario_info,
+            link_emulation: if spec.link_emulation.is_empty() { agent_limiter() } else { spec.link_emulation },
         }
     }
 
@@ -198,19 +226,20 @@ impl RunReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "{:>6} {:>9} {:>14} {:>14} {:>14} {:>8}",
+            "{:>6} {:>9} {:>14} {:>14} {:>14} {:>8}  note",
             "agent", "secs", "from origin", "from peers", "uploaded", "sha256"
         );
         for p in &self.agents {
             let _ = writeln!(
                 s,
-                "{:>6} {:>9.3} {:>14} {:>14} {:>14} {:>8}",
+                "{:>6} {:>9} {:>14} {:>14} {:>14} {:>8}  {}",
                 p.agent,
-                p.secs,
+                if p.finished { format!("{:.3}", p.secs) } else { "-".into() },
                 p.from_origin,
                 p.from_peers,
                 p.uploaded,
-                if p.verified { "ok" } else { "MISMATCH" }
+                sha_cell(p),
+                agent_note(p)
             );
         }
         s.push('\n');
@@ -233,18 +262,35 @@ impl RunReport {
             100.0 * self.from_peers as f64 / (self.from_origin + self.from_peers).max(1) as f64,
             self.aggregate_bytes_per_sec.unwrap_or(0.0) / MIB,
         );
+        let _ = writeln!(s, "scenario: {} ({} mode)", self.scenario, self.mode);
         let _ = writeln!(
             s,
-            "setup: {} agents, {} origin(s), blob {}, agent cap {}, origin cap {}, stores on {} ({}), {} core(s)",
+            "setup: {} agents, {} origin(s), {} per agent, agent cap {}, origin cap {} (link emulation: {}), stores on {} ({}), {} core(s)",
             self.n_agents,
             self.n_origins,
             human_bytes(self.blob_bytes),
             rate(self.caps.agent_rate),
             rate(self.caps.origin_rate),
+            self.link_emulation,
             self.store.kind,
             self.store.path,
             self.machine.cores,
         );
+        let late = self.agents.iter().filter(|a| a.late).count();
+        if late > 0 {
+            let _ = writeln!(
+                s,
+                "{late} agent(s) joined late; their times count from their own start (see the note column)"
+            );
+        }
+        let killed = self.agents.iter().filter(|a| a.killed_secs.is_some()).count();
+        if killed > 0 {
+            let restarted = self.agents.iter().filter(|a| a.restarted_secs.is_some()).count();
+            let _ = writeln!(
+                s,
+                "{killed} agent(s) killed mid-run, {restarted} restarted on their stores; a restarted agent's time includes its downtime; sources include what it got before it was killed"
+            );
+        }
         let mut t = Table::new(&["", "p50", "p90", "p99", "max"]);
         if let Some(p) = self.percentiles {
             t.row(vec!["secs".into(), f3(p.p50), f3(p.p90), f3(p.p99), f3(p.max)]);
@@ -265,6 +311,9 @@ impl RunReport {
                     b.binding,
                     self.ratios.map_or(f64::NAN, |r| r.max)
                 );
+                if let Some(i) = &self.scenario_info {
+                    let _ = writeln!(s, "({})", i.bound_note);
+                }
             }
             None => {
                 let _ = writeln!(s, "bound T*: none (no link is capped; the run measures this machine)");
@@ -316,17 +365,18 @@ impl RunReport {
         }
         h.push_str("<h2>Where each agent's bytes came from</h2>\n");
         h.push_str(&self.sources_svg()?);
-        h.push_str("<h2>Agents</h2>\n<table><tr><th>agent</th><th>secs</th><th>from origin</th><th>from peers</th><th>uploaded</th><th>sha256</th></tr>\n");
+        h.push_str("<h2>Agents</h2>\n<table><tr><th>agent</th><th>secs</th><th>from origin</th><th>from peers</th><th>uploaded</th><th>sha256</th><th>note</th></tr>\n");
         for a in &self.agents {
             let _ = writeln!(
                 h,
-                "<tr><td>{}</td><td>{:.3}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 a.agent,
-                a.secs,
+                if a.finished { format!("{:.3}", a.secs) } else { "-".into() },
                 a.from_origin,
                 a.from_peers,
                 a.uploaded,
-                if a.verified { "ok" } else { "MISMATCH" }
+                sha_cell(a),
+                esc(&agent_note(a))
             );
         }
         h.push_str("</table>\n<h2>Raw</h2>\n<pre>");
@@ -338,7 +388,7 @@ impl RunReport {
     /// Fraction of agents done against seconds, with the baseline and T* if known.
     pub fn cdf_svg(&self) -> anyhow::Result<String> {
         use plotters::prelude::*;
-        let swarm = cdf(self.agents.iter().map(|a| a.secs));
+        let swarm = cdf(self.agents.iter().filter(|a| a.finished).map(|a| a.secs));
         let base = self.baseline.as_ref().map(|b| cdf(b.secs.iter().copied())).unwrap_or_default();
         let xmax = swarm
             .iter()
@@ -600,6 +650,32 @@ fn steps(pts: &[(f64, f64)]) -> Vec<(f64, f64)> {
     out
 }
 
+/// The sha256 cell of an agent's row.
+fn sha_cell(a: &AgentPull) -> &'static str {
+    match (a.finished, a.verified) {
+        (false, _) => "-",
+        (true, true) => "ok",
+        (true, false) => "MISMATCH",
+    }
+}
+
+/// What happened to an agent besides its pull: late start, kill, restart.
+pub fn agent_note(a: &AgentPull) -> String {
+    let mut parts = Vec::new();
+    if a.late {
+        parts.push(format!("late: started at {:.1}s", a.started_secs));
+    }
+    if let Some(k) = a.killed_secs {
+        parts.push(format!("killed at {k:.1}s"));
+        match a.restarted_secs {
+            Some(r) => parts.push(format!("restarted at {r:.1}s")),
+            None if !a.finished => parts.push("not restarted, unfinished".into()),
+            None => {}
+        }
+    }
+    parts.join(", ")
+}
+
 fn pe<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow::anyhow!("plotting: {e:?}")
 }
@@ -679,13 +755,10 @@ mod tests {
 
     fn pull(agent: usize, secs: f64, from_origin: u64, from_peers: u64) -> AgentPull {
         AgentPull {
-            agent,
-            secs,
-            bytes: from_origin + from_peers,
-            verified: true,
             from_origin,
             from_peers,
             uploaded: from_peers,
+            ..AgentPull::plain(agent, secs, from_origin + from_peers, true)
         }
     }
 
@@ -711,6 +784,7 @@ mod tests {
                     seeding_origins: 1,
                 },
                 store: Store { path: "/dev/shm/x".into(), fs_type: Some("tmpfs".into()), kind: "tmpfs".into() },
+                ..RunSpec::default()
             },
             agents,
             5 * MIB_U,

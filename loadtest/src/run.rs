@@ -1,10 +1,12 @@
-//! One measured run of the main scenario ("one blob to N agents") on an in-process cluster,
-//! from an options struct to a [`RunReport`]; the CLI's `local` and `bench` both call it.
+//! One measured run of a scenario ([`crate::scenario`]; "one blob to N agents" by default) on
+//! an in-process cluster, from an options struct to a [`RunReport`]; the CLI's `local` and
+//! `bench` both call [`run`], which dispatches on the mode.
 //!
-//! Sequence: pick a store directory (tmpfs by default), start the cluster, put a random blob
-//! in the origin backend, reset the peak-RSS counter, pull through the swarm (sampling
-//! delivered bytes), read CPU time, then optionally measure the origin-only baseline, then
-//! shut the cluster down. CPU and RSS cover the swarm pull only, not the baseline.
+//! Sequence: pick a store directory (tmpfs by default), start the cluster, put the scenario's
+//! random blobs in the origin backend, reset the peak-RSS counter, drive the scenario (pulls,
+//! late starts, kills and restarts, sampling delivered bytes), read CPU time, then optionally
+//! measure the origin-only baseline (of the first blob, scaled to all of them by fetching each
+//! in turn), then shut the cluster down. CPU and RSS cover the swarm pull only.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,8 +15,8 @@ use shoal_core::Digest;
 
 use crate::baseline::{self, BaselineMode, BaselineOptions};
 use crate::cluster::{Cluster, random_blob};
-use crate::pull::{PullOptions, pull_all_with};
 use crate::report::{self, Caps, Resources, RunReport, RunSpec, Store};
+use crate::scenario::{DriveOptions, Nodes, Scenario, Stats, drive};
 
 /// How the cluster's nodes run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -24,6 +26,11 @@ pub enum Mode {
     InProcess,
     /// One process per node, the real binaries ([`crate::processes`]).
     Processes,
+    /// One process per node, each in its own network namespace with `tc`-capped links
+    /// ([`crate::netns`]); needs root.
+    Netns,
+    /// Agents already running elsewhere, driven through their HTTP APIs ([`crate::remote`]).
+    Remote,
 }
 
 /// What to run.
@@ -32,7 +39,12 @@ pub struct LocalOptions {
     pub mode: Mode,
     pub agents: usize,
     pub origins: usize,
+    /// The blob size of the default scenario (one blob to N agents).
     pub size: u64,
+    /// What to pull and when; `None` is one blob of `size` to every agent at once.
+    pub scenario: Option<Scenario>,
+    /// For [`Mode::Remote`]: where the agents and the blob are.
+    pub remote: Option<crate::remote::RemoteOptions>,
     /// Per-agent link cap, bytes/s (both directions).
     pub agent_rate: Option<u64>,
     /// Per-origin upload cap, bytes/s.
@@ -57,6 +69,8 @@ impl Default for LocalOptions {
             agents: 10,
             origins: 1,
             size: 256 << 20,
+            scenario: None,
+            remote: None,
             agent_rate: None,
             origin_rate: None,
             dir: None,
@@ -65,6 +79,18 @@ impl Default for LocalOptions {
             progress: false,
             verbose: true,
         }
+    }
+}
+
+impl LocalOptions {
+    /// The scenario to run.
+    pub fn scenario(&self) -> Scenario {
+        self.scenario.clone().unwrap_or_else(|| Scenario::single(self.size))
+    }
+
+    /// The drive options of the swarm pull.
+    pub fn drive_options(&self, sample_every: Duration) -> DriveOptions {
+        DriveOptions { timeout: self.timeout, sample_every, progress: self.progress }
     }
 }
 
@@ -78,12 +104,16 @@ pub async fn run(o: &LocalOptions) -> anyhow::Result<RunReport> {
     match o.mode {
         Mode::InProcess => run_local(o).await,
         Mode::Processes => crate::processes::run_processes(o).await,
+        Mode::Netns => crate::netns::run_netns(o).await,
+        Mode::Remote => crate::remote::run_remote(o).await,
     }
 }
 
 /// Runs the scenario once in this process and reports it. The report says whether every copy
 /// verified; the caller decides whether a mismatch is an error.
 pub async fn run_local(o: &LocalOptions) -> anyhow::Result<RunReport> {
+    let sc = o.scenario();
+    sc.validate(o.agents)?;
     let base = o.dir.clone().unwrap_or_else(default_store_base);
     std::fs::create_dir_all(&base)?;
     let tmp = tempfile::Builder::new().prefix("shoal-local-").tempdir_in(&base)?;
@@ -91,11 +121,10 @@ pub async fn run_local(o: &LocalOptions) -> anyhow::Result<RunReport> {
     let store = Store::detect(&root);
     if o.verbose {
         println!(
-            "shoal local cluster: 1 tracker, {} origin(s), {} agents, blob {} ({}), stores in {} ({})",
+            "shoal local cluster: 1 tracker, {} origin(s), {} agents; {}; stores in {} ({})",
             o.origins,
             o.agents,
-            shoal_runtime::ByteSize(o.size),
-            o.size,
+            sc.describe(o.agents),
             root.display(),
             store.kind,
         );
@@ -108,23 +137,68 @@ pub async fn run_local(o: &LocalOptions) -> anyhow::Result<RunReport> {
         .root(root)
         .start()
         .await?;
-    let res = measure(&cluster, o, store).await;
+    let mut cluster = cluster;
+    let res = measure(&mut cluster, o, &sc, store).await;
     cluster.shutdown().await;
     drop(tmp);
     res
 }
 
-async fn measure(cluster: &Cluster, o: &LocalOptions, store: Store) -> anyhow::Result<RunReport> {
-    let data = random_blob(o.size, rand::random());
-    let digest: Digest = cluster.put_backend_blob(&data)?;
-    drop(data);
+/// Kills and restarts go through each agent's shutdown token, so a killed agent stops at
+/// once and keeps its store.
+impl Nodes for Cluster {
+    fn agent_url(&self, i: usize) -> Option<String> {
+        self.agents.get(i)?.as_ref().map(|a| format!("http://{}", a.handle.http_addr))
+    }
+
+    async fn stats(&self, i: usize, digests: &[Digest]) -> Stats {
+        let mut s = Stats::default();
+        if let Some(Some(a)) = self.agents.get(i) {
+            for d in digests {
+                if let Some(b) = a.handle.swarm.stats(d) {
+                    s += Stats { from_origin: b.from_origin, from_peers: b.from_peers, uploaded: b.uploaded };
+                }
+            }
+        }
+        s
+    }
+
+    async fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        let n =
+            self.agents.get_mut(i).and_then(Option::take).ok_or_else(|| anyhow::anyhow!("agent {i} is not running"))?;
+        n.shutdown.cancel();
+        let abort = n.task.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(10), n.task).await.is_err() {
+            abort.abort();
+        }
+        Ok(())
+    }
+
+    async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.start_agent(i, None).await
+    }
+}
+
+/// `sizes.len()` random blobs placed in the cluster's backend, by digest.
+fn place_blobs(cluster: &Cluster, sizes: &[u64]) -> anyhow::Result<Vec<Digest>> {
+    sizes
+        .iter()
+        .map(|&size| {
+            let data = random_blob(size, rand::random());
+            cluster.put_backend_blob(&data)
+        })
+        .collect()
+}
+
+async fn measure(cluster: &mut Cluster, o: &LocalOptions, sc: &Scenario, store: Store) -> anyhow::Result<RunReport> {
+    let digests = place_blobs(cluster, &sc.blobs)?;
     if o.verbose {
-        println!("blob {digest} placed in the origin backend; every agent pulls it now\n");
+        println!("{} blob(s) placed in the origin backend; every agent pulls them now\n", digests.len());
     }
     let rss_reset = report::reset_peak_rss();
     let cpu0 = report::cpu_times();
-    let popts = PullOptions { sample_every: Some(Duration::from_millis(100)), progress: o.progress };
-    let run = pull_all_with(cluster, digest, o.timeout, &popts).await?;
+    let (agents, timeline) =
+        drive(cluster, o.agents, &digests, sc, &o.drive_options(Duration::from_millis(100))).await?;
     let cpu1 = report::cpu_times();
     let (user, sys) = match (cpu0, cpu1) {
         (Some(a), Some(b)) => (Some(b.0 - a.0), Some(b.1 - a.1)),
@@ -150,25 +224,32 @@ async fn measure(cluster: &Cluster, o: &LocalOptions, store: Store) -> anyhow::R
             }
             let bopts = BaselineOptions {
                 mode,
-                n: run.agents.len(),
+                n: agents.len(),
                 origin_rate: o.origin_rate,
                 agent_rate: o.agent_rate,
                 timeout: o.timeout,
                 progress: o.progress,
             };
-            Some(baseline::measure(&cluster.origin_nodes[0].http, digest, &bopts).await?)
+            Some(baseline::measure_all(&cluster.origin_nodes[0].http, &digests, &bopts).await?)
         }
     };
     let spec = RunSpec {
-        scenario: "one blob to N agents".into(),
+        scenario: sc.describe(o.agents),
         mode: "in-process".into(),
         n_origins: o.origins,
-        blob_bytes: o.size,
-        digest: digest.to_string(),
+        blob_bytes: sc.total_bytes(),
+        digest: digest_label(&digests),
         caps: Caps { agent_rate: o.agent_rate, origin_rate: o.origin_rate, seeding_origins: o.origins.clamp(1, 3) },
         store,
+        scenario_info: Some(sc.info()),
+        link_emulation: String::new(),
     };
-    Ok(RunReport::new(spec, run.agents, origin_uploaded, run.timeline, resources, baseline))
+    Ok(RunReport::new(spec, agents, origin_uploaded, timeline, resources, baseline))
+}
+
+/// The report's digest field: the one digest, or the digests joined by commas.
+pub fn digest_label(digests: &[Digest]) -> String {
+    digests.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
 }
 
 #[cfg(test)]
