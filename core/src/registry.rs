@@ -26,6 +26,16 @@ pub struct RepoName(String);
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Tag(String);
 
+/// An upstream registry host as containerd names it in `?ns=`: `docker.io`, `ghcr.io`,
+/// `registry.example:5000`. Lowercase DNS labels (or an IPv4 address) and an optional port;
+/// no scheme, path, user info or brackets, so it can be matched against configuration and
+/// logged safely.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RegistryHost(String);
+
+/// Longest registry host accepted: a DNS name is at most 253 characters, plus a port.
+pub const MAX_HOST_LEN: usize = 253 + 6;
+
 /// What a manifest request names: a mutable tag or an immutable digest.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Reference {
@@ -107,6 +117,59 @@ impl Tag {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl RegistryHost {
+    /// Validates a host with an optional `:port`. Letters are accepted in either case and
+    /// kept lowercase, as hostnames are case-insensitive.
+    pub fn parse(s: &str) -> Result<RegistryHost, RouteError> {
+        let invalid = |why: &str| RouteError::NameInvalid(format!("registry host {:?}: {why}", truncate(s)));
+        if s.is_empty() || s.len() > MAX_HOST_LEN {
+            return Err(invalid("empty or too long"));
+        }
+        let (host, port) = match s.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        };
+        if let Some(p) = port
+            && (p.is_empty()
+                || p.len() > 5
+                || !p.bytes().all(|b| b.is_ascii_digit())
+                || p.parse::<u32>().map_or(true, |n| n == 0 || n > 65_535))
+        {
+            return Err(invalid("port must be 1 to 65535"));
+        }
+        for label in host.split('.') {
+            let b = label.as_bytes();
+            if b.is_empty() || b.len() > 63 {
+                return Err(invalid("empty or overlong label"));
+            }
+            if b[0] == b'-' || b[b.len() - 1] == b'-' {
+                return Err(invalid("labels do not start or end with `-`"));
+            }
+            if !b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-') {
+                return Err(invalid("only letters, digits, `-`, `.` and one `:port` are allowed"));
+            }
+        }
+        Ok(RegistryHost(s.to_ascii_lowercase()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RegistryHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RegistryHost {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        RegistryHost::parse(&s).map_err(serde::de::Error::custom)
     }
 }
 
@@ -273,6 +336,30 @@ mod tests {
     use super::*;
 
     const HEX: &str = "ab5e8c0c9a1d6e5fbd3b0f0d9e1c2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b";
+
+    fn host(s: &str) -> Option<String> {
+        RegistryHost::parse(s).ok().map(|h| h.to_string())
+    }
+
+    #[test]
+    fn registry_hosts() {
+        assert_eq!(host("docker.io").as_deref(), Some("docker.io"));
+        assert_eq!(host("Registry.Example:5000").as_deref(), Some("registry.example:5000"));
+        assert_eq!(host("127.0.0.1:5000").as_deref(), Some("127.0.0.1:5000"));
+        assert_eq!(host("localhost").as_deref(), Some("localhost"));
+        assert_eq!(host(""), None);
+        assert_eq!(host("a..b"), None);
+        assert_eq!(host("-a.io"), None);
+        assert_eq!(host("a.io:"), None);
+        assert_eq!(host("a.io:0"), None);
+        assert_eq!(host("a.io:70000"), None);
+        assert_eq!(host("a.io:80:80"), None);
+        assert_eq!(host("https://a.io"), None);
+        assert_eq!(host("a.io/x"), None);
+        assert_eq!(host("user@a.io"), None);
+        assert_eq!(host("[::1]:5000"), None);
+        assert_eq!(host(&"a".repeat(64)), None);
+    }
 
     /// Renders a parse result compactly so each test is one line.
     fn show(r: Result<Route, RouteError>) -> String {

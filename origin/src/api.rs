@@ -7,24 +7,33 @@
 //!   digest are written back to the backend, stored and seeded; anything else is removed and
 //!   answered 400 `DIGEST_INVALID`. Requires `Content-Length`.
 //! - `GET /tags/<name>/<tag>`: the digest a registry tag points at, as text ([`crate::tags`]).
+//! - `POST /preheat`, `GET /preheat/<id>`: warm an image's manifests and blobs
+//!   ([`crate::preheat`]).
+//!
+//! Metainfo, blob and tag requests take two optional query hints for pull-through
+//! ([`Hints`]): `name=<repository>` and `ns=<registry host>`. They choose where a missing
+//! blob is pulled from, never what is served: every byte is verified against the digest.
 
 use std::io::Write;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::StreamExt;
 use shoal_core::Digest;
 use shoal_core::metainfo::MetaInfoBuilder;
+use shoal_core::registry::{RegistryHost, RepoName};
 use shoal_runtime::{ApiError, blob_response, parse_digest};
 use shoal_swarm::Swarm;
 use tokio::sync::watch;
 
-use crate::fetch::{FetchError, FetchState, Fetcher};
+use crate::fetch::{FetchError, FetchState, Fetcher, Source};
 use crate::metrics::OriginMetrics;
+use crate::upstream::{UpstreamError, Upstreams};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -33,6 +42,9 @@ pub struct AppState {
     pub metainfo_wait: std::time::Duration,
     pub max_upload: u64,
     pub metrics: OriginMetrics,
+    /// The pull-through upstreams, if configured.
+    pub upstreams: Option<Arc<Upstreams>>,
+    pub preheats: crate::preheat::Preheats,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -40,6 +52,8 @@ pub fn router(state: AppState) -> Router {
         .route("/blobs/{digest}/metainfo", get(metainfo))
         .route("/blobs/{digest}", get(get_blob).head(get_blob).put(put_blob))
         .route("/tags/{*rest}", get(crate::tags::get_tag))
+        .route("/preheat", axum::routing::post(crate::preheat::post_preheat))
+        .route("/preheat/{id}", get(crate::preheat::get_preheat))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }
@@ -51,20 +65,87 @@ impl From<FetchError> for ApiError {
             FetchError::Mismatch { .. } => (StatusCode::BAD_GATEWAY, "DIGEST_INVALID"),
             FetchError::Backend(_) => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
             FetchError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNAVAILABLE"),
+            FetchError::Upstream(u) => upstream_status(u),
         };
         ApiError::new(status, code, format!("{e:#}"))
     }
 }
 
+/// The status and Registry v2 code of an upstream failure.
+pub fn upstream_status(e: &UpstreamError) -> (StatusCode, &'static str) {
+    match e {
+        UpstreamError::NotFound => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
+        UpstreamError::Denied { .. } => (StatusCode::BAD_GATEWAY, "DENIED"),
+        UpstreamError::Transient { .. } => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+        UpstreamError::Permanent { .. } => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
+    }
+}
+
+/// The query parameters of a request, raw.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct RawHints {
+    name: Option<String>,
+    ns: Option<String>,
+}
+
+/// Pull-through hints, validated: the repository a request is for and the registry host
+/// the client named. Empty values count as absent.
+#[derive(Clone, Debug, Default)]
+pub struct Hints {
+    pub name: Option<RepoName>,
+    pub ns: Option<RegistryHost>,
+}
+
+impl Hints {
+    pub fn parse(raw: RawHints) -> Result<Hints, ApiError> {
+        let name = match raw.name.filter(|n| !n.is_empty()) {
+            Some(n) => Some(
+                RepoName::parse(&n)
+                    .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "NAME_INVALID", e.to_string()))?,
+            ),
+            None => None,
+        };
+        let ns = match raw.ns.filter(|n| !n.is_empty()) {
+            Some(n) => Some(
+                RegistryHost::parse(&n)
+                    .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "NAME_INVALID", e.to_string()))?,
+            ),
+            None => None,
+        };
+        Ok(Hints { name, ns })
+    }
+
+    /// Parses the hints of a raw URI's query.
+    pub fn from_uri(uri: &axum::http::Uri) -> Result<Hints, ApiError> {
+        let Query(raw) = Query::<RawHints>::try_from_uri(uri)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "NAME_INVALID", format!("query: {e}")))?;
+        Hints::parse(raw)
+    }
+}
+
+impl AppState {
+    /// Where a blob named by `hints` may be pulled from when the backend lacks it.
+    pub fn source(&self, hints: &Hints) -> Option<Source> {
+        let name = hints.name.clone()?;
+        let upstream = self.upstreams.as_ref()?.select(hints.ns.as_ref())?;
+        Some(Source { upstream, name })
+    }
+}
+
 /// Waits up to `wait` for a fetch to settle.
-async fn settle(mut rx: watch::Receiver<FetchState>, wait: std::time::Duration) -> FetchState {
+pub(crate) async fn settle(mut rx: watch::Receiver<FetchState>, wait: std::time::Duration) -> FetchState {
     let _ = tokio::time::timeout(wait, rx.wait_for(|s| !matches!(s, FetchState::Running))).await;
     rx.borrow().clone()
 }
 
-async fn metainfo(State(st): State<AppState>, Path(digest): Path<String>) -> Result<Response, ApiError> {
+async fn metainfo(
+    State(st): State<AppState>,
+    Path(digest): Path<String>,
+    Query(raw): Query<RawHints>,
+) -> Result<Response, ApiError> {
     let digest = parse_digest(&digest)?;
-    match settle(st.fetcher.ensure(digest).await, st.metainfo_wait).await {
+    let source = st.source(&Hints::parse(raw)?);
+    match settle(st.fetcher.ensure_from(digest, source).await, st.metainfo_wait).await {
         FetchState::Done(meta) => Ok(axum::Json(meta).into_response()),
         FetchState::Running => Ok((StatusCode::ACCEPTED, [(header::RETRY_AFTER, "1")], "fetching\n").into_response()),
         FetchState::Failed(e) => Err(e.into()),
@@ -75,8 +156,10 @@ async fn get_blob(
     State(st): State<AppState>,
     method: Method,
     Path(digest): Path<String>,
+    Query(raw): Query<RawHints>,
 ) -> Result<Response, ApiError> {
     let digest = parse_digest(&digest)?;
+    let source = st.source(&Hints::parse(raw)?);
     let internal =
         |e: shoal_swarm::SwarmError| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "UNAVAILABLE", format!("{e:#}"));
     if method == Method::HEAD {
@@ -89,7 +172,7 @@ async fn get_blob(
             Err(e) => Err(ApiError::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", format!("{e:#}"))),
         };
     }
-    match settle(st.fetcher.ensure(digest).await, std::time::Duration::from_secs(24 * 3600)).await {
+    match settle(st.fetcher.ensure_from(digest, source).await, std::time::Duration::from_secs(24 * 3600)).await {
         FetchState::Done(_) => {}
         FetchState::Running => {
             return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "still fetching"));

@@ -8,6 +8,7 @@ use shoal_runtime::{ByteSize, ConfigError, Duration};
 use shoal_swarm::SwarmConfig;
 
 use crate::backend::BackendConfig;
+use crate::upstream::{PullThroughConfig, ValidPullThrough};
 
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -35,6 +36,11 @@ pub struct Config {
     pub max_upload: ByteSize,
     /// How long in-flight responses may run after SIGTERM. Default 20s.
     pub shutdown_grace: Duration,
+    /// Upstream registries blobs and tags are pulled from when the backend lacks them.
+    /// Default: none (a miss is a 404).
+    pub pull_through: PullThroughConfig,
+    /// How many blobs one preheat fetches at once. Default 4.
+    pub preheat_concurrency: usize,
     pub swarm: SwarmConfig,
 }
 
@@ -52,6 +58,8 @@ impl Default for Config {
             failure_ttl: Duration::from_secs(15),
             max_upload: ByteSize(64 << 30),
             shutdown_grace: Duration::from_secs(20),
+            pull_through: PullThroughConfig::default(),
+            preheat_concurrency: 4,
             swarm: SwarmConfig { store_dir: "shoal-origin-store".into(), ..SwarmConfig::default() },
         }
     }
@@ -63,6 +71,8 @@ pub struct ValidConfig {
     pub config: Config,
     /// The ring, when a cluster is configured.
     pub ring: Option<Ring>,
+    /// The checked `pull_through:` section, when it lists upstreams.
+    pub pull_through: Option<ValidPullThrough>,
 }
 
 impl Config {
@@ -84,7 +94,12 @@ impl Config {
                     .map_err(|e| ConfigError::Invalid(format!("origins: {e}")))?,
             )
         };
+        if self.preheat_concurrency == 0 {
+            return Err(ConfigError::Invalid("preheat_concurrency must be at least 1".into()));
+        }
+        let pull_through = self.pull_through.validate()?;
+        let pull_through = (!pull_through.upstreams.is_empty()).then_some(pull_through);
         self.swarm.validate().map_err(ConfigError::Invalid)?;
-        Ok(ValidConfig { config: self, ring })
+        Ok(ValidConfig { config: self, ring, pull_through })
     }
 }

@@ -4,6 +4,12 @@
 //! streams the backend object to a staging file while hashing it; only if its sha256 matches
 //! the digest is it committed to the store and seeded. A failure is remembered for
 //! `failure_ttl` so a missing blob does not send every agent's retry to the backend.
+//!
+//! When the backend lacks a blob and the request named a [`Source`] (an upstream registry and
+//! a repository), the blob is pulled through from the upstream the same way: streamed to the
+//! staging file, hashed, checked, and optionally written back to the backend before it is
+//! committed. A failure remembered from a fetch without a source does not stop one with a
+//! source from trying the upstream.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -16,7 +22,18 @@ use shoal_swarm::Swarm;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
+use shoal_core::registry::RepoName;
+
 use crate::backend::{Backend, BackendError};
+use crate::upstream::{Upstream, UpstreamError, UpstreamManifest};
+
+/// Where a blob may be pulled from when the backend lacks it.
+#[derive(Clone)]
+pub struct Source {
+    pub upstream: Arc<Upstream>,
+    /// The repository the request named: upstream registries address blobs per repository.
+    pub name: RepoName,
+}
 
 /// Where a fetch stands.
 #[derive(Clone, Debug)]
@@ -37,6 +54,17 @@ pub enum FetchError {
     Backend(Arc<str>),
     #[error("store: {0}")]
     Store(Arc<str>),
+    #[error("{0}")]
+    Upstream(UpstreamError),
+}
+
+impl FetchError {
+    fn from_upstream(digest: Digest, e: UpstreamError) -> FetchError {
+        match e {
+            UpstreamError::NotFound => FetchError::NotFound(digest),
+            e => FetchError::Upstream(e),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -48,7 +76,8 @@ struct Inner {
     swarm: Swarm,
     backend: Arc<dyn Backend>,
     running: DashMap<Digest, watch::Receiver<FetchState>>,
-    failed: DashMap<Digest, (Instant, FetchError)>,
+    /// Failures by digest: when, why, and whether an upstream was tried.
+    failed: DashMap<Digest, (Instant, FetchError, bool)>,
     slots: Semaphore,
     failure_ttl: std::time::Duration,
     metrics: crate::metrics::OriginMetrics,
@@ -81,12 +110,18 @@ impl Fetcher {
 
     /// The state of `digest`, starting a fetch if the store lacks it and none is running.
     pub async fn ensure(&self, digest: Digest) -> watch::Receiver<FetchState> {
+        self.ensure_from(digest, None).await
+    }
+
+    /// As [`Fetcher::ensure`], pulling through from `source` if the backend lacks the blob.
+    pub async fn ensure_from(&self, digest: Digest, source: Option<Source>) -> watch::Receiver<FetchState> {
         let inner = &self.inner;
         if let Ok(Some(f)) = inner.swarm.complete(digest).await {
             return watch::channel(FetchState::Done(f.meta().clone())).1;
         }
         if let Some(e) = inner.failed.get(&digest)
             && e.0.elapsed() < inner.failure_ttl
+            && (e.2 || source.is_none())
         {
             return watch::channel(FetchState::Failed(e.1.clone())).1;
         }
@@ -102,7 +137,8 @@ impl Fetcher {
         let rx = tx.subscribe();
         let this = self.clone();
         tokio::spawn(async move {
-            let state = match this.fetch(digest).await {
+            let tried_upstream = source.is_some();
+            let state = match this.fetch(digest, source).await {
                 Ok(meta) => {
                     this.inner.metrics.fetches.with_label_values(&["ok"]).inc();
                     FetchState::Done(meta)
@@ -111,7 +147,7 @@ impl Fetcher {
                     tracing::warn!(%digest, "fetch failed: {e:#}");
                     let label = if matches!(e, FetchError::NotFound(_)) { "not_found" } else { "error" };
                     this.inner.metrics.fetches.with_label_values(&[label]).inc();
-                    this.inner.failed.insert(digest, (Instant::now(), e.clone()));
+                    this.inner.failed.insert(digest, (Instant::now(), e.clone(), tried_upstream));
                     FetchState::Failed(e)
                 }
             };
@@ -121,14 +157,25 @@ impl Fetcher {
         rx
     }
 
-    async fn fetch(&self, digest: Digest) -> Result<MetaInfo, FetchError> {
+    async fn fetch(&self, digest: Digest, source: Option<Source>) -> Result<MetaInfo, FetchError> {
         let inner = &self.inner;
         let _slot = inner.slots.acquire().await.expect("never closed");
         let started = Instant::now();
-        let blob = inner.backend.get(&digest).await.map_err(|e| match e {
-            BackendError::NotFound => FetchError::NotFound(digest),
-            other => FetchError::Backend(format!("{other:#}").into()),
-        })?;
+        let (blob, upstream) = match inner.backend.get(&digest).await {
+            Ok(b) => (b, None),
+            Err(BackendError::NotFound) => match &source {
+                Some(src) => {
+                    let b = src
+                        .upstream
+                        .blob(&src.name, &digest)
+                        .await
+                        .map_err(|e| FetchError::from_upstream(digest, e))?;
+                    (b, Some(&src.upstream))
+                }
+                None => return Err(FetchError::NotFound(digest)),
+            },
+            Err(other) => return Err(FetchError::Backend(format!("{other:#}").into())),
+        };
         let store = inner.swarm.store().clone();
         let staged = store.tmp_path();
         let res = stage(&store, &staged, digest, blob, &inner.metrics).await;
@@ -139,9 +186,58 @@ impl Fetcher {
                 return Err(e);
             }
         };
+        if let Some(up) = upstream
+            && up.cfg.write_back
+        {
+            self.write_back(digest, &staged, meta.length()).await;
+        }
         store.commit_verified(meta.clone(), staged).await.map_err(|e| FetchError::Store(format!("{e:#}").into()))?;
         inner.swarm.seed(digest).await.map_err(|e| FetchError::Store(format!("{e:#}").into()))?;
-        tracing::info!(%digest, bytes = meta.length(), secs = started.elapsed().as_secs_f64(), "fetched from backend");
+        let from = upstream.map_or("backend", |u| u.host().as_str());
+        tracing::info!(%digest, bytes = meta.length(), secs = started.elapsed().as_secs_f64(), from, "fetched");
+        Ok(meta)
+    }
+
+    /// Copies a verified staged blob to the backend. A failure is logged, not returned: the
+    /// blob is good and is served; the next miss pulls it through again.
+    async fn write_back(&self, digest: Digest, staged: &std::path::Path, len: u64) {
+        match self.inner.backend.put(&digest, staged, len).await {
+            Ok(()) => tracing::debug!(%digest, "written back to the backend"),
+            Err(e) => tracing::warn!(%digest, "cannot write back to the backend: {e:#}"),
+        }
+    }
+
+    /// Stores a manifest read from an upstream (already verified against its digest) as a blob
+    /// and seeds it, so requests by digest find it; with `write_back`, also in the backend.
+    pub async fn store_manifest(&self, m: &UpstreamManifest, write_back: bool) -> Result<MetaInfo, FetchError> {
+        let inner = &self.inner;
+        let store_err = |e: String| FetchError::Store(e.into());
+        if let Ok(Some(f)) = inner.swarm.complete(m.digest).await {
+            return Ok(f.meta().clone());
+        }
+        let mut builder =
+            MetaInfoBuilder::new(m.bytes.len() as u64).map_err(|e| FetchError::Store(e.to_string().into()))?;
+        builder.update(&m.bytes);
+        let meta = builder
+            .finish_expecting(m.digest)
+            .map_err(|e| FetchError::Mismatch { digest: m.digest, reason: e.to_string() })?;
+        let store = inner.swarm.store().clone();
+        let staged = store.tmp_path();
+        let (path, bytes) = (staged.clone(), m.bytes.clone());
+        let res = store
+            .blocking()
+            .run(move || std::fs::write(&path, &bytes).and_then(|()| std::fs::File::open(&path)?.sync_all()))
+            .await;
+        if let Err(e) = res {
+            let _ = std::fs::remove_file(&staged);
+            return Err(store_err(format!("{}: {e}", staged.display())));
+        }
+        if write_back {
+            self.write_back(m.digest, &staged, meta.length()).await;
+        }
+        store.commit_verified(meta.clone(), staged).await.map_err(|e| store_err(format!("{e:#}")))?;
+        inner.swarm.seed(m.digest).await.map_err(|e| store_err(format!("{e:#}")))?;
+        inner.failed.remove(&m.digest);
         Ok(meta)
     }
 }

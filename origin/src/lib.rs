@@ -2,6 +2,9 @@
 //! local directory or S3) the first time any agent asks, verifies its sha256, stores it,
 //! builds its metainfo and seeds it; it verifies uploads before writing them back.
 //! Several origins form a rendezvous-hash ring; agents and trackers use the same ring.
+//! With upstream registries configured ([`upstream`]), a blob or tag the backend lacks is
+//! pulled through from the registry, verified the same way, and optionally written back;
+//! [`preheat`] warms a whole image (index, manifests, configs, layers) before its first pull.
 //!
 //! Entry point: [`start`]/[`run`] take their listeners and a shutdown token.
 
@@ -10,7 +13,9 @@ pub mod backend;
 pub mod config;
 pub mod fetch;
 pub mod metrics;
+pub mod preheat;
 pub mod tags;
+pub mod upstream;
 
 use std::net::SocketAddr;
 
@@ -42,6 +47,13 @@ pub async fn start(
     let backend = cfg.backend.build().await?;
     let swarm = Swarm::start(cfg.swarm.clone(), listeners.peer, &registry, true, shutdown.clone())?;
     let metrics = metrics::OriginMetrics::new(&registry)?;
+    let upstreams = match &config.pull_through {
+        Some(pt) => {
+            let m = upstream::UpstreamMetrics::new(&registry)?;
+            Some(std::sync::Arc::new(upstream::Upstreams::new(pt, m)?))
+        }
+        None => None,
+    };
     let fetcher =
         fetch::Fetcher::new(swarm.clone(), backend, cfg.max_concurrent_fetches, cfg.failure_ttl.get(), metrics.clone());
     // Blobs already stored are seeded again after a restart.
@@ -57,6 +69,8 @@ pub async fn start(
         metainfo_wait: cfg.metainfo_wait.get(),
         max_upload: cfg.max_upload.0,
         metrics,
+        upstreams,
+        preheats: preheat::Preheats::new(cfg.preheat_concurrency, shutdown.child_token()),
     };
     let router = api::router(state).merge(admin.router());
     tracing::info!(%http_addr, id = %cfg.id, "origin api listening");

@@ -5,18 +5,27 @@
 //!
 //! The backend's own `prefix` (the registry's `rootdirectory`) applies, whatever its blob
 //! layout. Name and tag are validated by `shoal_core::registry` before any key is built, so a
-//! request cannot name an object outside the repositories tree. The origin does not cache
-//! tags: agents do, with their own TTL.
+//! request cannot name an object outside the repositories tree.
+//!
+//! A tag the backend lacks is resolved through an upstream registry when pull-through is
+//! configured ([`resolve_through`]): the request's `?ns=<host>` names the upstream (the
+//! default one otherwise). The manifest read from the upstream is stored as a blob, so the
+//! agent's follow-up request by digest finds it; the answer is cached for `tag_ttl`, and with
+//! `write_back` the manifest and the tag's link files are written to the backend. The origin
+//! does not cache tags read from the backend: agents do, with their own TTL.
 
 use axum::extract::State;
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use shoal_core::Digest;
-use shoal_core::registry::{RepoName, Tag};
+use shoal_core::registry::{RegistryHost, RepoName, Tag};
 use shoal_runtime::ApiError;
 
-use crate::api::AppState;
+use crate::api::{AppState, Hints};
 use crate::backend::{Backend, BackendError};
+use crate::fetch::FetchError;
+use crate::upstream::UpstreamError;
 
 /// Largest tag link file read. Hard-coded: a link is `sha256:` and 64 hex characters.
 const MAX_LINK: usize = 256;
@@ -33,11 +42,69 @@ pub enum TagError {
     /// Reading the link failed.
     #[error("reading tag {tag} of {name}: {source:#}")]
     Backend { name: RepoName, tag: Tag, source: BackendError },
+    /// The upstream failed (denied, unavailable, a bad answer).
+    #[error("resolving tag {tag} of {name}: {source}")]
+    Upstream { name: RepoName, tag: Tag, source: UpstreamError },
+    /// The manifest read from the upstream could not be stored.
+    #[error("storing the manifest of {name}:{tag}: {source}")]
+    Store { name: RepoName, tag: Tag, source: FetchError },
 }
 
 /// The key of a tag's link file, relative to the backend's prefix.
 pub fn tag_link_key(name: &RepoName, tag: &Tag) -> String {
     format!("docker/registry/v2/repositories/{name}/_manifests/tags/{tag}/current/link")
+}
+
+/// The key of a manifest revision's link file, which docker/distribution needs to serve a
+/// manifest by digest.
+pub fn revision_link_key(name: &RepoName, digest: &Digest) -> String {
+    format!("docker/registry/v2/repositories/{name}/_manifests/revisions/sha256/{}/link", digest.hex())
+}
+
+/// Resolves a tag from the backend, else through the upstream that `ns` selects.
+pub async fn resolve_through(
+    st: &AppState,
+    name: &RepoName,
+    tag: &Tag,
+    ns: Option<&RegistryHost>,
+) -> Result<Digest, TagError> {
+    let backend = st.fetcher.backend().as_ref();
+    let unknown = match resolve(backend, name, tag).await {
+        Err(e @ TagError::Unknown { .. }) => e,
+        other => return other,
+    };
+    let Some((ups, up)) = st.upstreams.as_ref().and_then(|u| Some((u, u.select(ns)?))) else {
+        return Err(unknown);
+    };
+    if let Some(d) = ups.cached_tag(&up, name, tag) {
+        return Ok(d);
+    }
+    let m = up.manifest(name, tag).await.map_err(|e| match e {
+        UpstreamError::NotFound => TagError::Unknown { name: name.clone(), tag: tag.clone() },
+        source => TagError::Upstream { name: name.clone(), tag: tag.clone(), source },
+    })?;
+    st.fetcher.store_manifest(&m, up.cfg.write_back).await.map_err(|source| TagError::Store {
+        name: name.clone(),
+        tag: tag.clone(),
+        source,
+    })?;
+    if up.cfg.write_back {
+        write_links(backend, name, tag, m.digest).await;
+    }
+    ups.cache_tag(&up, name, tag, m.digest);
+    tracing::info!(%name, %tag, digest = %m.digest, upstream = %up.host(), "tag resolved upstream");
+    Ok(m.digest)
+}
+
+/// Writes the revision and tag link files of a manifest pulled through, as
+/// docker/distribution lays them out. Failures are logged: the tag still resolves upstream.
+async fn write_links(backend: &dyn Backend, name: &RepoName, tag: &Tag, digest: Digest) {
+    let text = Bytes::from(digest.to_string());
+    for key in [revision_link_key(name, &digest), tag_link_key(name, tag)] {
+        if let Err(e) = backend.put_small(&key, text.clone()).await {
+            tracing::warn!(%name, %tag, key, "cannot write back link: {e:#}");
+        }
+    }
 }
 
 /// Reads the digest a tag points at.
@@ -68,6 +135,8 @@ impl From<TagError> for ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
             }
             TagError::Backend { .. } => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
+            TagError::Upstream { source, .. } => crate::api::upstream_status(source),
+            TagError::Store { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "UNAVAILABLE"),
         };
         ApiError::new(status, code, format!("{e:#}"))
     }
@@ -85,10 +154,11 @@ pub fn parse_tag_path(path: &str) -> Result<(RepoName, Tag), ApiError> {
     Ok((name, tag))
 }
 
-/// `GET /tags/<name>/<tag>`.
+/// `GET /tags/<name>/<tag>[?ns=<host>]`.
 pub async fn get_tag(State(st): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
     let (name, tag) = parse_tag_path(uri.path())?;
-    let digest = resolve(st.fetcher.backend().as_ref(), &name, &tag).await?;
+    let hints = Hints::from_uri(&uri)?;
+    let digest = resolve_through(&st, &name, &tag, hints.ns.as_ref()).await?;
     tracing::debug!(%name, %tag, %digest, "tag resolved");
     Ok(([(header::CONTENT_TYPE, "text/plain")], digest.to_string()).into_response())
 }

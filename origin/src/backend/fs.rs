@@ -118,6 +118,13 @@ impl Backend for FsBackend {
         Ok(Some(Bytes::from(buf)))
     }
 
+    async fn put_small(&self, key: &str, data: Bytes) -> Result<(), BackendError> {
+        let dst = super::key_path(&self.cfg.root, &super::object_key(&self.cfg.prefix, key)?);
+        tokio::task::spawn_blocking(move || write_small_blocking(&dst, &data))
+            .await
+            .map_err(|e| BackendError::Io(std::io::Error::other(e)))?
+    }
+
     fn name(&self) -> &str {
         "fs"
     }
@@ -147,6 +154,22 @@ async fn read_chunk(file: &mut tokio::fs::File) -> std::io::Result<Bytes> {
         }
     }
     Ok(buf.freeze())
+}
+
+/// Writes `data` to a temporary file beside `dst` and renames it into place.
+fn write_small_blocking(dst: &Path, data: &[u8]) -> Result<(), BackendError> {
+    let dir = dst.parent().ok_or_else(|| BackendError::permanent(format!("path {} has no parent", dst.display())))?;
+    std::fs::create_dir_all(dir)?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".tmp-");
+    #[cfg(unix)]
+    builder.permissions(<std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o644));
+    let mut tmp = builder.tempfile_in(dir)?;
+    std::io::Write::write_all(tmp.as_file_mut(), data)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(dst).map_err(|e| e.error)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
 }
 
 fn put_blocking(src: &Path, dst: &Path, length: u64) -> Result<(), BackendError> {
@@ -323,6 +346,16 @@ mod tests {
         assert_eq!(f.backend.get_small("docker/nope/link", 64).await.unwrap(), None);
         let err = f.backend.get_small(key, 9).await.unwrap_err();
         assert!(err.to_string().contains("more than the 9 allowed"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn put_small_round_trips_and_replaces() {
+        let f = fixture(Layout::DockerRegistry, "reg").await;
+        f.backend.put_small("a/b/link", Bytes::from_static(b"one")).await.unwrap();
+        f.backend.put_small("a/b/link", Bytes::from_static(b"two")).await.unwrap();
+        assert_eq!(f.backend.get_small("a/b/link", 16).await.unwrap().as_deref(), Some(&b"two"[..]));
+        assert_eq!(names_in(&f.dir.path().join("root/reg/a/b")), vec!["link".to_string()]);
+        assert!(f.backend.put_small("../x", Bytes::from_static(b"x")).await.is_err());
     }
 
     #[tokio::test]

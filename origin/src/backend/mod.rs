@@ -46,6 +46,10 @@ pub trait Backend: Send + Sync {
     /// `max` bytes.
     async fn get_small(&self, key: &str, max: usize) -> Result<Option<Bytes>, BackendError>;
 
+    /// Writes a small raw object by key relative to the backend root (prefix included), such
+    /// as a registry tag link file, replacing any existing one atomically.
+    async fn put_small(&self, key: &str, data: Bytes) -> Result<(), BackendError>;
+
     /// A short name for logs and metrics labels (`"fs"`, `"s3"`).
     fn name(&self) -> &str;
 }

@@ -344,6 +344,20 @@ impl Backend for S3Backend {
         Ok(Some(buf.freeze()))
     }
 
+    async fn put_small(&self, key: &str, data: Bytes) -> Result<(), BackendError> {
+        let full_key = super::object_key(&self.cfg.prefix, key)?;
+        self.client
+            .put_object()
+            .bucket(&self.cfg.bucket)
+            .key(&full_key)
+            .content_length(to_i64(data.len() as u64))
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map_err(|e| classify("put_object", &full_key, e))?;
+        Ok(())
+    }
+
     fn name(&self) -> &str {
         "s3"
     }

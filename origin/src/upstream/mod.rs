@@ -1,0 +1,642 @@
+//! Pull-through from upstream registries: what the origin does when its backend lacks a blob
+//! or a tag. A request names its upstream by host (containerd's `ns=` parameter, passed on by
+//! the agent); a request that names none goes to the configured default.
+//!
+//! - Blobs: `GET <url>/v2/<name>/blobs/<digest>`, redirects to storage followed. The answer
+//!   is a [`BlobStream`] of exactly its `Content-Length`, which the fetcher hashes and checks
+//!   like any backend object; nothing is buffered whole.
+//! - Manifests by tag: `GET <url>/v2/<name>/manifests/<tag>` with an `Accept` for the four
+//!   manifest kinds; at most [`MAX_MANIFEST_LEN`] bytes are read, the digest is the sha256 of
+//!   the body and must equal `Docker-Content-Digest` when the upstream sends one. Resolved
+//!   tags are cached for `tag_ttl` ([`Upstreams::cached_tag`]).
+//! - Auth ([`auth`]): anonymous, Basic, or the Docker bearer-token flow on a 401 challenge,
+//!   with tokens cached per scope.
+//!
+//! Errors are classified for the failure cache and the HTTP edge ([`UpstreamError`]): 404 is
+//! "not found" as from the backend, 401/403 after authenticating is a permanent denial, 5xx,
+//! 429 and network failures are transient. The repository name is a hint: a digest names the
+//! same bytes everywhere, and every byte is verified before it is stored.
+
+pub mod auth;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use prometheus::{IntCounterVec, Opts, Registry};
+use reqwest::StatusCode;
+use reqwest::header::{ACCEPT, CONTENT_LENGTH, WWW_AUTHENTICATE};
+use shoal_core::Digest;
+use shoal_core::manifest::{ACCEPT_MANIFESTS, MAX_MANIFEST_LEN};
+use shoal_core::registry::{RegistryHost, RepoName, Tag};
+use shoal_runtime::{ConfigError, Duration};
+use tokio::time::Instant;
+
+use crate::backend::{BackendError, BlobStream};
+use auth::{Challenge, TokenCache, TokenResponse, pull_scope};
+
+/// Largest token response read. Hard-coded: tokens are a few KiB.
+const MAX_TOKEN_RESPONSE: usize = 64 << 10;
+/// Most tags cached across upstreams. Hard-coded: past it, the cache is cleared.
+const MAX_CACHED_TAGS: usize = 10_000;
+
+/// The origin config's `pull_through:` section.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PullThroughConfig {
+    /// The registries blobs and tags are pulled from when the backend lacks them.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// The `host` of the upstream for requests that name none (skopeo, podman). Unset: such
+    /// requests are not pulled through.
+    pub default_upstream: Option<RegistryHost>,
+    /// How long a tag resolved upstream is reused before asking again. Default 30s.
+    pub tag_ttl: Duration,
+    /// Connect timeout for upstream requests. Default 10s.
+    pub connect_timeout: Duration,
+    /// Longest wait for the next bytes of an upstream response. Default 60s.
+    pub read_timeout: Duration,
+}
+
+impl Default for PullThroughConfig {
+    fn default() -> Self {
+        PullThroughConfig {
+            upstreams: Vec::new(),
+            default_upstream: None,
+            tag_ttl: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One upstream registry.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// The name clients use for it (`docker.io`), matched against `ns=`.
+    pub host: RegistryHost,
+    /// Where its Registry v2 API is (`https://registry-1.docker.io`).
+    pub url: String,
+    /// Basic credentials, also sent to the token endpoint. Anonymous if unset.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// A file holding the password (a mounted Kubernetes secret); trailing newlines trimmed.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Writes verified blobs and tag links back to the origin's backend (registry layout).
+    #[serde(default)]
+    pub write_back: bool,
+}
+
+/// A password: never printed.
+#[derive(Clone, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// A checked upstream: URL parsed, password read.
+#[derive(Clone, Debug)]
+pub struct ValidUpstream {
+    pub host: RegistryHost,
+    pub url: reqwest::Url,
+    pub credentials: Option<(String, Secret)>,
+    pub write_back: bool,
+}
+
+/// A checked `pull_through:` section.
+#[derive(Clone, Debug)]
+pub struct ValidPullThrough {
+    pub upstreams: Vec<ValidUpstream>,
+    pub default_upstream: Option<RegistryHost>,
+    pub tag_ttl: std::time::Duration,
+    pub connect_timeout: std::time::Duration,
+    pub read_timeout: std::time::Duration,
+}
+
+impl PullThroughConfig {
+    /// Checks the section and reads password files.
+    pub fn validate(&self) -> Result<ValidPullThrough, ConfigError> {
+        let invalid = |m: String| ConfigError::Invalid(format!("pull_through: {m}"));
+        let mut upstreams = Vec::new();
+        for u in &self.upstreams {
+            if upstreams.iter().any(|v: &ValidUpstream| v.host == u.host) {
+                return Err(invalid(format!("upstream {} is listed twice", u.host)));
+            }
+            let url = reqwest::Url::parse(&u.url).map_err(|e| invalid(format!("{}: url {:?}: {e}", u.host, u.url)))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                return Err(invalid(format!("{}: url {:?} is not an http(s) URL with a host", u.host, u.url)));
+            }
+            if url.query().is_some() || !url.username().is_empty() || url.password().is_some() {
+                return Err(invalid(format!("{}: url {:?} must not carry a query or credentials", u.host, u.url)));
+            }
+            let password = match (&u.password, &u.password_file) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(format!("{}: set password or password_file, not both", u.host)));
+                }
+                (Some(p), None) => Some(p.clone()),
+                (None, Some(f)) => {
+                    let text = std::fs::read_to_string(f)
+                        .map_err(|e| invalid(format!("{}: password_file {}: {e}", u.host, f.display())))?;
+                    Some(Secret(text.trim_end_matches(['\n', '\r']).to_owned()))
+                }
+                (None, None) => None,
+            };
+            let credentials = match (&u.username, password) {
+                (Some(user), Some(p)) if !user.is_empty() => Some((user.clone(), p)),
+                (None, None) => None,
+                _ => return Err(invalid(format!("{}: username and a password go together", u.host))),
+            };
+            upstreams.push(ValidUpstream { host: u.host.clone(), url, credentials, write_back: u.write_back });
+        }
+        if let Some(d) = &self.default_upstream
+            && !upstreams.iter().any(|u| &u.host == d)
+        {
+            return Err(invalid(format!("default_upstream {d} is not one of the upstreams")));
+        }
+        Ok(ValidPullThrough {
+            upstreams,
+            default_upstream: self.default_upstream.clone(),
+            tag_ttl: self.tag_ttl.get(),
+            connect_timeout: self.connect_timeout.get(),
+            read_timeout: self.read_timeout.get(),
+        })
+    }
+}
+
+/// Why an upstream request failed, classified by what the caller can do.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The upstream has no such blob, manifest or repository: 404.
+    #[error("not found upstream")]
+    NotFound,
+    /// 401 or 403 after authenticating: the credentials are wrong or lack access. Permanent.
+    #[error("upstream {host} denied access: {message}")]
+    Denied { host: Arc<str>, message: Arc<str> },
+    /// Network failures, timeouts, 5xx, 429: worth retrying later.
+    #[error("upstream {host} unavailable: {message}")]
+    Transient { host: Arc<str>, message: Arc<str> },
+    /// Anything else that retrying will not fix (a bad answer, a digest mismatch).
+    #[error("upstream {host}: {message}")]
+    Permanent { host: Arc<str>, message: Arc<str> },
+}
+
+impl UpstreamError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, UpstreamError::Transient { .. })
+    }
+}
+
+/// The upstream collectors, on the origin's registry.
+#[derive(Clone)]
+pub struct UpstreamMetrics {
+    /// Requests by upstream, kind (`blob`, `manifest`, `token`) and result (`ok`,
+    /// `not_found`, `denied`, `transient`, `error`).
+    pub requests: IntCounterVec,
+    /// Bytes of blobs and manifests read from each upstream.
+    pub bytes: IntCounterVec,
+}
+
+impl UpstreamMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<UpstreamMetrics> {
+        let m = UpstreamMetrics {
+            requests: IntCounterVec::new(
+                Opts::new("shoal_origin_upstream_requests_total", "Upstream registry requests by kind and result"),
+                &["upstream", "kind", "result"],
+            )?,
+            bytes: IntCounterVec::new(
+                Opts::new("shoal_origin_upstream_bytes_total", "Bytes read from upstream registries"),
+                &["upstream"],
+            )?,
+        };
+        registry.register(Box::new(m.requests.clone()))?;
+        registry.register(Box::new(m.bytes.clone()))?;
+        Ok(m)
+    }
+}
+
+/// The configured upstreams and the cache of tags resolved through them.
+pub struct Upstreams {
+    by_host: HashMap<RegistryHost, Arc<Upstream>>,
+    default: Option<Arc<Upstream>>,
+    tag_ttl: std::time::Duration,
+    /// Tag answers; a sync lock held only for map operations.
+    tags: Mutex<HashMap<TagKey, (Digest, Instant)>>,
+}
+
+/// A cached tag: which upstream, repository and tag.
+type TagKey = (RegistryHost, RepoName, Tag);
+
+/// One upstream registry client.
+pub struct Upstream {
+    pub cfg: ValidUpstream,
+    http: reqwest::Client,
+    tokens: TokenCache,
+    metrics: UpstreamMetrics,
+}
+
+/// A manifest read from an upstream, verified against its digest.
+#[derive(Clone, Debug)]
+pub struct UpstreamManifest {
+    pub digest: Digest,
+    pub bytes: Bytes,
+}
+
+impl Upstreams {
+    pub fn new(cfg: &ValidPullThrough, metrics: UpstreamMetrics) -> Result<Upstreams, UpstreamError> {
+        let mut by_host = HashMap::new();
+        for u in &cfg.upstreams {
+            let http = reqwest::Client::builder()
+                .connect_timeout(cfg.connect_timeout)
+                .read_timeout(cfg.read_timeout)
+                .redirect(reqwest::redirect::Policy::limited(5))
+                .user_agent(concat!("shoal-origin/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| UpstreamError::Permanent {
+                    host: u.host.as_str().into(),
+                    message: format!("building http client: {e}").into(),
+                })?;
+            let up = Upstream { cfg: u.clone(), http, tokens: TokenCache::default(), metrics: metrics.clone() };
+            by_host.insert(u.host.clone(), Arc::new(up));
+        }
+        let default = cfg.default_upstream.as_ref().and_then(|h| by_host.get(h).cloned());
+        Ok(Upstreams { by_host, default, tag_ttl: cfg.tag_ttl, tags: Mutex::new(HashMap::new()) })
+    }
+
+    /// The upstream a request names with `ns`, or the default when it names none. A request
+    /// naming a host that is not configured gets none: its names mean nothing elsewhere.
+    pub fn select(&self, ns: Option<&RegistryHost>) -> Option<Arc<Upstream>> {
+        match ns {
+            Some(h) => self.by_host.get(h).cloned(),
+            None => self.default.clone(),
+        }
+    }
+
+    /// A tag resolved through `up` less than `tag_ttl` ago.
+    pub fn cached_tag(&self, up: &Upstream, name: &RepoName, tag: &Tag) -> Option<Digest> {
+        let key = (up.cfg.host.clone(), name.clone(), tag.clone());
+        let tags = self.tags.lock().expect("tag cache lock");
+        tags.get(&key).filter(|(_, at)| at.elapsed() < self.tag_ttl).map(|(d, _)| *d)
+    }
+
+    pub fn cache_tag(&self, up: &Upstream, name: &RepoName, tag: &Tag, digest: Digest) {
+        if self.tag_ttl.is_zero() {
+            return;
+        }
+        let mut tags = self.tags.lock().expect("tag cache lock");
+        if tags.len() >= MAX_CACHED_TAGS {
+            tags.clear();
+        }
+        tags.insert((up.cfg.host.clone(), name.clone(), tag.clone()), (digest, Instant::now()));
+    }
+}
+
+/// What an upstream request is for: the metrics label.
+#[derive(Clone, Copy)]
+enum Kind {
+    Blob,
+    Manifest,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Blob => "blob",
+            Kind::Manifest => "manifest",
+        }
+    }
+}
+
+impl Upstream {
+    pub fn host(&self) -> &RegistryHost {
+        &self.cfg.host
+    }
+
+    /// Streams blob `digest` of repository `name`. The stream yields exactly the announced
+    /// length or ends with an error; the caller verifies the digest.
+    pub async fn blob(&self, name: &RepoName, digest: &Digest) -> Result<BlobStream, UpstreamError> {
+        let url = self.url(&format!("v2/{name}/blobs/{digest}"))?;
+        let resp = self.get(Kind::Blob, name, url, None).await?;
+        let Some(length) = resp.content_length() else {
+            self.count(Kind::Blob, "error");
+            return Err(self.permanent(format!("blob {digest} of {name} came without Content-Length")));
+        };
+        let host: Arc<str> = self.cfg.host.as_str().into();
+        let bytes = self.metrics.bytes.with_label_values(&[self.cfg.host.as_str()]);
+        let stream = resp
+            .bytes_stream()
+            .map(move |r| {
+                r.inspect(|b| bytes.inc_by(b.len() as u64))
+                    .map_err(|e| BackendError::Transient { message: format!("upstream {host}: reading body: {e}") })
+            })
+            .boxed();
+        Ok(BlobStream { length, stream: crate::backend::exact_length(length, stream) })
+    }
+
+    /// Resolves `name:tag` and reads the manifest, verified against its digest.
+    pub async fn manifest(&self, name: &RepoName, tag: &Tag) -> Result<UpstreamManifest, UpstreamError> {
+        let url = self.url(&format!("v2/{name}/manifests/{tag}"))?;
+        let resp = self.get(Kind::Manifest, name, url, Some(ACCEPT_MANIFESTS)).await?;
+        let announced = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        if resp.content_length().is_some_and(|n| n > MAX_MANIFEST_LEN) {
+            return Err(self.permanent(format!("manifest {name}:{tag} is larger than {MAX_MANIFEST_LEN} bytes")));
+        }
+        let mut body = resp.bytes_stream();
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| self.transient(format!("reading manifest {name}:{tag}: {e}")))?;
+            if (buf.len() + chunk.len()) as u64 > MAX_MANIFEST_LEN {
+                return Err(self.permanent(format!("manifest {name}:{tag} is larger than {MAX_MANIFEST_LEN} bytes")));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        let bytes = buf.freeze();
+        self.metrics.bytes.with_label_values(&[self.cfg.host.as_str()]).inc_by(bytes.len() as u64);
+        let digest = Digest::of(&bytes);
+        if let Some(a) = announced
+            && a.trim() != digest.to_string()
+        {
+            return Err(self.permanent(format!(
+                "manifest {name}:{tag} hashes to {digest} but Docker-Content-Digest says {}",
+                a.chars().take(80).collect::<String>()
+            )));
+        }
+        if shoal_core::manifest::media_type(&bytes).is_none() {
+            return Err(self.permanent(format!("{name}:{tag} is not a manifest")));
+        }
+        Ok(UpstreamManifest { digest, bytes })
+    }
+
+    fn url(&self, rel: &str) -> Result<reqwest::Url, UpstreamError> {
+        let base = self.cfg.url.as_str().trim_end_matches('/');
+        reqwest::Url::parse(&format!("{base}/{rel}")).map_err(|e| self.permanent(format!("url for {rel}: {e}")))
+    }
+
+    /// GET with authentication: a cached token or Basic credentials first, then at most one
+    /// answer to a 401 challenge. Returns a 2xx response.
+    async fn get(
+        &self,
+        kind: Kind,
+        name: &RepoName,
+        url: reqwest::Url,
+        accept: Option<&str>,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let scope = pull_scope(name.as_str());
+        let mut token = self.tokens.get(&scope);
+        // Two rounds at most: the first with what we have, the second after a challenge.
+        for round in 0..2 {
+            let mut req = self.http.get(url.clone());
+            if let Some(a) = accept {
+                req = req.header(ACCEPT, a);
+            }
+            req = match (&token, &self.cfg.credentials) {
+                (Some(t), _) => req.bearer_auth(t),
+                (None, Some((user, pass))) => req.basic_auth(user, Some(&pass.0)),
+                (None, None) => req,
+            };
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.count(kind, "transient");
+                    return Err(self.transient(format!("GET {url}: {e}")));
+                }
+            };
+            let status = resp.status();
+            if status.is_success() {
+                self.count(kind, "ok");
+                return Ok(resp);
+            }
+            if status == StatusCode::UNAUTHORIZED && round == 0 {
+                let challenges = resp
+                    .headers()
+                    .get_all(WWW_AUTHENTICATE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(auth::parse_challenges)
+                    .collect::<Vec<_>>();
+                let bearer = challenges.iter().find_map(|c| match c {
+                    Challenge::Bearer { realm, service, scope } => Some((realm, service, scope)),
+                    Challenge::Basic { .. } => None,
+                });
+                if let Some((realm, service, challenge_scope)) = bearer {
+                    self.tokens.remove(&scope);
+                    let want = challenge_scope.clone().unwrap_or_else(|| scope.clone());
+                    let (t, valid) = self.fetch_token(realm, service.as_deref(), &want).await?;
+                    self.tokens.put(&scope, t.clone(), valid);
+                    token = Some(t);
+                    continue;
+                }
+                // Basic (or no usable challenge): Basic credentials were already sent if any.
+            }
+            return Err(self.status_error(kind, status, &url));
+        }
+        self.count(kind, "denied");
+        Err(self.denied(format!("GET {url}: still 401 with a fresh token")))
+    }
+
+    fn status_error(&self, kind: Kind, status: StatusCode, url: &reqwest::Url) -> UpstreamError {
+        match status {
+            StatusCode::NOT_FOUND => {
+                self.count(kind, "not_found");
+                UpstreamError::NotFound
+            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                self.count(kind, "denied");
+                let how =
+                    if self.cfg.credentials.is_some() { "with the configured credentials" } else { "anonymously" };
+                self.denied(format!("GET {url}: {status} {how}"))
+            }
+            s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS || s == StatusCode::REQUEST_TIMEOUT => {
+                self.count(kind, "transient");
+                self.transient(format!("GET {url}: {status}"))
+            }
+            s => {
+                self.count(kind, "error");
+                self.permanent(format!("GET {url}: {s}"))
+            }
+        }
+    }
+
+    /// Asks the token endpoint of a Bearer challenge for a token of `scope`.
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<(String, std::time::Duration), UpstreamError> {
+        let count = |r: &str| {
+            self.metrics.requests.with_label_values(&[self.cfg.host.as_str(), "token", r]).inc();
+        };
+        let mut url = reqwest::Url::parse(realm).map_err(|e| {
+            count("error");
+            self.permanent(format!("token realm {realm:?}: {e}"))
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            count("error");
+            return Err(self.permanent(format!("token realm {realm:?} is not http(s)")));
+        }
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = service {
+                q.append_pair("service", s);
+            }
+            q.append_pair("scope", scope);
+        }
+        let mut req = self.http.get(url.clone());
+        if let Some((user, pass)) = &self.cfg.credentials {
+            req = req.basic_auth(user, Some(&pass.0));
+        }
+        let resp = req.send().await.map_err(|e| {
+            count("transient");
+            self.transient(format!("token {url}: {e}"))
+        })?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(match status {
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                    count("denied");
+                    self.denied(format!("token endpoint {realm} answered {status}"))
+                }
+                s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
+                    count("transient");
+                    self.transient(format!("token endpoint {realm} answered {status}"))
+                }
+                s => {
+                    count("error");
+                    self.permanent(format!("token endpoint {realm} answered {s}"))
+                }
+            });
+        }
+        if resp.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok()).unwrap_or(0)
+            > MAX_TOKEN_RESPONSE
+        {
+            count("error");
+            return Err(self.permanent(format!("token response from {realm} is too large")));
+        }
+        let mut body = resp.bytes_stream();
+        let mut buf = Vec::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| self.transient(format!("reading token from {realm}: {e}")))?;
+            if buf.len() + chunk.len() > MAX_TOKEN_RESPONSE {
+                count("error");
+                return Err(self.permanent(format!("token response from {realm} is too large")));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        let parsed: Option<(String, std::time::Duration)> =
+            serde_json::from_slice::<TokenResponse>(&buf).ok().and_then(TokenResponse::into_token);
+        match parsed {
+            Some(t) => {
+                count("ok");
+                Ok(t)
+            }
+            None => {
+                count("error");
+                Err(self.permanent(format!("token endpoint {realm} sent no token")))
+            }
+        }
+    }
+
+    fn count(&self, kind: Kind, result: &str) {
+        self.metrics.requests.with_label_values(&[self.cfg.host.as_str(), kind.label(), result]).inc();
+    }
+
+    fn transient(&self, message: String) -> UpstreamError {
+        UpstreamError::Transient { host: self.cfg.host.as_str().into(), message: message.into() }
+    }
+
+    fn permanent(&self, message: String) -> UpstreamError {
+        UpstreamError::Permanent { host: self.cfg.host.as_str().into(), message: message.into() }
+    }
+
+    fn denied(&self, message: String) -> UpstreamError {
+        UpstreamError::Denied { host: self.cfg.host.as_str().into(), message: message.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validate(yaml: &str) -> Result<ValidPullThrough, String> {
+        let cfg: PullThroughConfig = shoal_runtime::config::parse(yaml).map_err(|e| e.to_string())?;
+        cfg.validate().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn config_shapes() {
+        let v = validate(
+            "upstreams:\n- host: docker.io\n  url: https://registry-1.docker.io\n  write_back: true\n\
+             - host: ghcr.io\n  url: https://ghcr.io/\n  username: u\n  password: p\n\
+             default_upstream: docker.io\ntag_ttl: 5s\n",
+        )
+        .unwrap();
+        assert_eq!(v.upstreams.len(), 2);
+        assert!(v.upstreams[0].write_back && v.upstreams[0].credentials.is_none());
+        assert_eq!(v.upstreams[1].credentials.as_ref().map(|c| (c.0.as_str(), c.1.0.as_str())), Some(("u", "p")));
+        assert_eq!(v.tag_ttl, std::time::Duration::from_secs(5));
+        assert!(!format!("{v:?}").contains("\"p\""), "passwords are not printed: {v:?}");
+    }
+
+    #[test]
+    fn password_file_is_read_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        std::fs::write(&f, "s3cret\n").unwrap();
+        let v = validate(&format!(
+            "upstreams:\n- host: a.io\n  url: http://a.io\n  username: u\n  password_file: {}\n",
+            f.display()
+        ))
+        .unwrap();
+        assert_eq!(v.upstreams[0].credentials.as_ref().unwrap().1.0, "s3cret");
+        let err =
+            validate("upstreams:\n- host: a.io\n  url: http://a.io\n  username: u\n  password_file: /nonexistent/pw\n")
+                .unwrap_err();
+        assert!(err.contains("/nonexistent/pw"), "{err}");
+    }
+
+    #[test]
+    fn config_errors() {
+        let bad = |yaml: &str, want: &str| {
+            let err = validate(yaml).unwrap_err();
+            assert!(err.contains(want), "{yaml}: {err}");
+        };
+        bad("upstreams:\n- host: a.io\n  url: ftp://a.io\n", "http(s)");
+        bad("upstreams:\n- host: a.io\n  url: a.io\n", "url");
+        bad("upstreams:\n- host: a.io\n  url: http://u:p@a.io\n", "credentials");
+        bad("upstreams:\n- host: a.io\n  url: http://a.io\n- host: a.io\n  url: http://b.io\n", "twice");
+        bad("upstreams:\n- host: a.io\n  url: http://a.io\n  username: u\n", "go together");
+        bad("upstreams:\n- host: a.io\n  url: http://a.io\n  password: p\n", "go together");
+        bad(
+            "upstreams:\n- host: a.io\n  url: http://a.io\n  username: u\n  password: p\n  password_file: /x\n",
+            "not both",
+        );
+        bad("upstreams:\n- host: a.io\n  url: http://a.io\ndefault_upstream: b.io\n", "not one of");
+        bad("upstreams:\n- host: https://a.io\n  url: http://a.io\n", "registry host");
+        bad("upstreams:\n- host: a.io\n  url: http://a.io\n  writeback: true\n", "writeback");
+        bad("upstream: []\n", "upstream");
+    }
+
+    #[tokio::test]
+    async fn select_by_ns_or_default() {
+        let v = validate(
+            "upstreams:\n- host: docker.io\n  url: http://127.0.0.1:1\n- host: ghcr.io\n  url: http://127.0.0.1:2\n\
+             default_upstream: docker.io\n",
+        )
+        .unwrap();
+        let ups = Upstreams::new(&v, UpstreamMetrics::new(&Registry::new()).unwrap()).unwrap();
+        let host = |s: &str| RegistryHost::parse(s).unwrap();
+        let sel = |ns: Option<&str>| ups.select(ns.map(host).as_ref()).map(|u| u.host().to_string());
+        assert_eq!(sel(None).as_deref(), Some("docker.io"));
+        assert_eq!(sel(Some("ghcr.io")).as_deref(), Some("ghcr.io"));
+        assert_eq!(sel(Some("quay.io")), None, "an unconfigured host is not served by another");
+    }
+}
