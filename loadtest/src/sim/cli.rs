@@ -83,6 +83,10 @@ pub struct SimArgs {
     /// agents, blob and caps, and print real against simulated completion times.
     #[arg(long, num_args = 1..)]
     pub validate: Vec<PathBuf>,
+    /// With `--validate`: the simulated hosts share one CPU with this machine's measured
+    /// costs (`CpuModel::measured`), as the real in-process cluster does.
+    #[arg(long)]
+    pub shared_cpu: bool,
 }
 
 impl SimArgs {
@@ -178,7 +182,7 @@ fn validate(args: &SimArgs) -> anyhow::Result<()> {
         let text = std::fs::read(&file).map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
         let real: report::RunReport =
             serde_json::from_slice(&text).map_err(|e| anyhow::anyhow!("parsing {}: {e}", file.display()))?;
-        rows.push(Validation::of(&real, args.seed, args.commit_rate.map(|r| r.0 as f64))?);
+        rows.push(Validation::of(&real, args.seed, args.commit_rate.map(|r| r.0 as f64), args.shared_cpu)?);
     }
     print!("{}", Validation::table(&rows));
     let worst = rows.iter().map(Validation::worst_gap).fold(0.0, f64::max);

@@ -189,6 +189,21 @@ impl Bucket {
     }
 }
 
+/// [`super::CpuModel`]'s cores: when each is free again.
+struct Cpu {
+    free: Vec<Ns>,
+}
+
+impl Cpu {
+    /// Runs a job of `cost` that can start at `at` on the core free first; returns its end.
+    fn run(&mut self, at: Ns, cost: Ns) -> Ns {
+        let (i, _) = self.free.iter().enumerate().min_by_key(|(i, f)| (**f, *i)).expect("at least one core");
+        let end = at.max(self.free[i]) + cost;
+        self.free[i] = end;
+        end
+    }
+}
+
 /// One layer of the image.
 struct Layer {
     size: u64,
@@ -281,6 +296,7 @@ pub(super) struct Sim<'a> {
     refused_dials: u64,
     /// Piece bytes delivered to agents so far, sampled every `sample_every` into `timeline`.
     delivered: u64,
+    cpu: Option<Cpu>,
     sample_every: Ns,
     timeline: Vec<(f64, u64)>,
 }
@@ -392,6 +408,7 @@ impl<'a> Sim<'a> {
             cancelled: 0,
             refused_dials: 0,
             delivered: 0,
+            cpu: cfg.cpu.map(|c| Cpu { free: vec![0; c.cores.max(1)] }),
             sample_every: 1,
             timeline: Vec::new(),
         };
@@ -553,7 +570,10 @@ impl<'a> Sim<'a> {
             }
             Ev::PieceArrive { to, from, blob, piece } => {
                 let len = self.piece_len(blob, piece);
-                let t = self.hosts[to as usize].down.acquire(self.now, len);
+                let mut t = self.hosts[to as usize].down.acquire(self.now, len);
+                if let (Some(cpu), Some(model)) = (self.cpu.as_mut(), self.cfg.cpu) {
+                    t = cpu.run(t, ns(len as f64 / model.piece_rate));
+                }
                 self.push(t, Ev::PieceDone { to, from, blob, piece });
             }
             Ev::PieceDone { to, from, blob, piece } => self.piece_done(to, from, blob, piece),
@@ -839,7 +859,10 @@ impl<'a> Sim<'a> {
             self.push(t, Ev::Cancel { to: peer, from: host, blob, piece });
         }
         let size = self.layers[blob as usize].size as f64;
-        let t = self.now + self.cfg.commit_rate.map_or(0, |r| ns(size / r));
+        let t = match (self.cpu.as_mut(), self.cfg.cpu) {
+            (Some(cpu), Some(model)) => cpu.run(self.now, ns(size / model.blob_rate)),
+            _ => self.now + self.cfg.commit_rate.map_or(0, |r| ns(size / r)),
+        };
         self.push(t, Ev::Committed { host, blob });
     }
 

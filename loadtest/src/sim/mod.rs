@@ -94,6 +94,10 @@ pub struct SimConfig {
     /// Experiment, not what the real origin does: an origin sends its queued uploads one at
     /// a time, the piece it has sent the fewest times first, instead of in arrival order.
     pub origin_fewest_copies_first: bool,
+    /// One CPU shared by every host, as when the whole cluster runs in one process on one
+    /// machine (`local`); `None` gives each host its own CPU that never limits it (a data
+    /// center).
+    pub cpu: Option<CpuModel>,
     /// Origins super-seed (`SeedBudget`), as the real ones do; `false` serves every request
     /// an upload permit allows (the swarm before super-seeding, for comparison).
     pub super_seeding: bool,
@@ -134,6 +138,7 @@ impl Default for SimConfig {
             late_endgame: false,
             super_seeding: true,
             busy_backoff: true,
+            cpu: None,
             check_invariants: false,
         }
     }
@@ -155,6 +160,30 @@ impl SimConfig {
     pub fn bound(&self) -> f64 {
         let seed_up = self.origin_up.map(|u| u * self.origins as f64);
         stats::bound(self.total_size(), seed_up, &vec![(self.agent_up, self.agent_down); self.hosts])
+    }
+}
+
+/// The machine's cores as FIFO servers: every piece a host takes in costs `len / piece_rate`
+/// of one core after it passed the ingress bucket (the sender's read and send, the receiver's
+/// copy, BLAKE3 check and store, all on loopback), and a completed blob costs
+/// `size / blob_rate` (the whole-blob sha256 of the commit, then serving it over HTTP to a
+/// client that hashes it again); the commit's `commit_rate` is then not applied.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct CpuModel {
+    pub cores: usize,
+    /// Bytes/s of one core per piece byte delivered.
+    pub piece_rate: f64,
+    /// Bytes/s of one core per completed blob byte.
+    pub blob_rate: f64,
+}
+
+impl CpuModel {
+    /// This machine's costs, measured with `local --agents 10 --size 64MiB --agent-rate 50MiB
+    /// --origin-rate 50MiB` (4.2 CPU-seconds for 661 MiB of pieces and 640 MiB of blobs served
+    /// and hashed): a blob costs two sha256 passes at 1.65 GiB/s and three copies, about
+    /// 560 MiB/s of a core, and the rest gives 220 MiB/s of a core per piece byte.
+    pub fn measured(cores: usize) -> CpuModel {
+        CpuModel { cores: cores.max(1), piece_rate: 220.0 * 1048576.0, blob_rate: 560.0 * 1048576.0 }
     }
 }
 
@@ -314,7 +343,9 @@ impl SimReport {
 /// The simulated counterpart of a real run: the same agents, origins, blob and caps, and the
 /// in-process cluster's settings (`cluster::test_swarm_config`, a 1 s announce interval,
 /// uncapped origin download), with the agent's whole-blob commit at `commit_rate`.
-pub fn config_of(real: &RunReport, seed: u64, commit_rate: Option<f64>) -> SimConfig {
+///
+/// With `cpu`, the hosts share [`CpuModel::measured`] with the real run's core count.
+pub fn config_of(real: &RunReport, seed: u64, commit_rate: Option<f64>, cpu: bool) -> SimConfig {
     let agent = real.caps.agent_rate.map(|r| r as f64);
     SimConfig {
         hosts: real.n_agents,
@@ -328,6 +359,7 @@ pub fn config_of(real: &RunReport, seed: u64, commit_rate: Option<f64>) -> SimCo
         announce_interval: 1.0,
         commit_rate,
         seed,
+        cpu: cpu.then(|| CpuModel::measured(real.machine.cores)),
         ..SimConfig::default()
     }
 }
@@ -350,9 +382,9 @@ pub struct Validation {
 
 impl Validation {
     /// Simulates `real` and pairs the two.
-    pub fn of(real: &RunReport, seed: u64, commit_rate: Option<f64>) -> anyhow::Result<Validation> {
+    pub fn of(real: &RunReport, seed: u64, commit_rate: Option<f64>, cpu: bool) -> anyhow::Result<Validation> {
         let p = real.percentiles.ok_or_else(|| anyhow::anyhow!("the real report has no completion times"))?;
-        let cfg = config_of(real, seed, commit_rate);
+        let cfg = config_of(real, seed, commit_rate, cpu);
         let sim = run(&cfg);
         let f = real.blob_bytes.max(1) as f64;
         Ok(Validation {
