@@ -166,18 +166,22 @@ fn try_configure(runtime: &Runtime) -> anyhow::Result<()> {
             (common, vec![FileContent { path: daemon_json.clone(), contents }], notes)
         }
     };
+    // Collected and written at once: a closed stdout (`| head`) must not stop the writes.
+    let mut out = String::new();
     for f in &files {
         if common.dry_run {
-            println!("# {}\n{}", f.path.display(), f.contents);
+            out.push_str(&format!("# {}\n{}\n", f.path.display(), f.contents));
         } else {
             let changed = runtime_config::write_atomic(&f.path, &f.contents)
                 .with_context(|| format!("writing {}", f.path.display()))?;
-            println!("{} {}", if changed { "wrote" } else { "unchanged" }, f.path.display());
+            out.push_str(&format!("{} {}\n", if changed { "wrote" } else { "unchanged" }, f.path.display()));
         }
     }
     for n in notes {
-        println!("{n}");
+        out.push_str(&n);
+        out.push('\n');
     }
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes());
     Ok(())
 }
 
