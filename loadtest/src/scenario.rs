@@ -293,16 +293,15 @@ pub(crate) async fn drive<N: Nodes>(
     let mut events: Vec<(Duration, Event)> = (0..n).map(|i| (agents[i].start_at, Event::Start(i))).collect();
     if let Some(c) = sc.churn {
         for i in 0..c.count.min(n) {
+            // A restart is scheduled when its kill happens.
             events.push((c.at, Event::Kill(i)));
-            if let Some(r) = c.restart {
-                events.push((c.at + r, Event::Restart(i)));
-            }
         }
     }
     // Stable: at equal times, starts before kills before restarts, in agent order.
     events.sort_by_key(|(t, _)| *t);
     events.reverse();
-    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, u64, anyhow::Result<(u64, bool)>)>();
+    // (agent, generation, when its pulls ended, bytes and whether every digest matched)
+    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, u64, Instant, anyhow::Result<(u64, bool)>)>();
     let spawn_pull = |i: usize, gen_: u64, base: String| {
         let (http, tx, digests) = (http.clone(), tx.clone(), digests.to_vec());
         tokio::spawn(async move {
@@ -316,7 +315,7 @@ pub(crate) async fn drive<N: Nodes>(
                 .into_iter()
                 .zip(&digests)
                 .try_fold((0u64, true), |(bytes, ok), (r, d)| r.map(|(b, got)| (bytes + b, ok && got == *d)));
-            let _ = tx.send((i, gen_, r));
+            let _ = tx.send((i, gen_, Instant::now(), r));
         })
         .abort_handle()
     };
@@ -338,13 +337,13 @@ pub(crate) async fn drive<N: Nodes>(
         }
         let next = events.last().map(|(t, _)| t0 + *t);
         tokio::select! {
-            Some((i, gen_, r)) = rx.recv() => {
+            Some((i, gen_, ended, r)) = rx.recv() => {
                 let a = &mut agents[i];
                 if gen_ != a.generation || !a.running {
                     continue;
                 }
                 let (bytes, ok) = r?;
-                let secs = a.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+                let secs = a.started.map_or(0.0, |s| ended.saturating_duration_since(s).as_secs_f64());
                 a.result = Some((secs, bytes, ok));
                 a.task = None;
                 if o.progress {
@@ -364,6 +363,7 @@ pub(crate) async fn drive<N: Nodes>(
                             a.task = Some(spawn_pull(i, a.generation, base));
                         }
                         Event::Kill(i) => {
+                            let at = t0.elapsed();
                             let s = nodes.stats(i, digests).await;
                             let a = &mut agents[i];
                             a.generation += 1;
@@ -372,8 +372,14 @@ pub(crate) async fn drive<N: Nodes>(
                             }
                             a.carried += s;
                             a.running = false;
-                            a.killed_at = Some(t0.elapsed().as_secs_f64());
+                            a.killed_at = Some(at.as_secs_f64());
                             nodes.kill(i).await?;
+                            if let Some(r) = sc.churn.and_then(|c| c.restart) {
+                                let when = t0.elapsed() + r;
+                                // `events` is in descending time order; pops take the earliest.
+                                let pos = events.partition_point(|(t, _)| *t > when);
+                                events.insert(pos, (when, Event::Restart(i)));
+                            }
                             if o.progress {
                                 eprintln!("agent {i} killed at {:.3}s{}", t0.elapsed().as_secs_f64(),
                                     if a.result.is_some() { " (it had finished)" } else { "" });
@@ -397,15 +403,15 @@ pub(crate) async fn drive<N: Nodes>(
                 }
             }
             _ = tick.tick() => {
-                let mut delivered = 0;
-                for (i, a) in agents.iter().enumerate() {
-                    let mut s = a.carried;
-                    if a.running {
-                        s += nodes.stats(i, digests).await;
-                    }
-                    delivered += s.from_origin + s.from_peers;
-                }
-                timeline.push(Sample { secs: t0.elapsed().as_secs_f64(), delivered });
+                let secs = t0.elapsed().as_secs_f64();
+                let nodes = &*nodes;
+                let live = futures::future::join_all(
+                    agents.iter().enumerate().filter(|(_, a)| a.running).map(|(i, _)| nodes.stats(i, digests)),
+                )
+                .await;
+                let carried: u64 = agents.iter().map(|a| a.carried.from_origin + a.carried.from_peers).sum();
+                let delivered = carried + live.iter().map(|s| s.from_origin + s.from_peers).sum::<u64>();
+                timeline.push(Sample { secs, delivered });
             }
             () = &mut deadline => {
                 for a in &agents {
