@@ -13,8 +13,9 @@
 # `shoal-agent configure` writes containerd's hosts.toml and a registries.conf drop-in;
 # containerd (ctr), skopeo and podman pull through agent 1 and every digest is checked; the
 # index pulls the right platform; three agents pull a second 64 MiB image at once and the
-# origin's upload is compared with one copy per agent; with agent 1 down containerd falls back
-# to the registry; with the registry and S3 down agent 1 still serves what it holds; bad
+# origin's upload is compared with one copy per agent; a second origin with an empty bucket
+# pulls through from the registry, and a fresh agent pulls again with the registry down and no
+# new upstream request; with agent 1 down containerd falls back to the registry; with the registry and S3 down agent 1 still serves what it holds; bad
 # requests get the spec's error codes. Pull times and origin bytes go to
 # target/e2e-registry/summary.txt. Needs root (containerd, podman) and the packages that
 # scripts/install-deps.sh installs. Exits non-zero on the first mismatch, with a FAIL line.
@@ -500,6 +501,78 @@ code=$(curl -sS --max-time 10 -o "$W/range.bin" -w '%{http_code}' -H 'Range: byt
 echo "bad requests answered as the spec says; agent 1 still answers"
 
 # ---------------------------------------------------------------------------------------------
+log "pull-through: an origin with an empty bucket and the registry as its upstream"
+PT=127.0.78
+PT_ORIGINS="origins:
+  - { id: origin-pt, http: \"http://$PT.2:7800\", peer: \"$PT.2:7801\" }"
+mkdir -p "$W/s3/empty"
+cat >"$W/tracker-pt.yaml" <<EOF
+listen: $PT.1:7600
+announce_interval: 1s
+peer_ttl: 10s
+$PT_ORIGINS
+EOF
+cat >"$W/origin-pt.yaml" <<EOF
+listen: $PT.2:7800
+peer_listen: $PT.2:7801
+id: origin-pt
+$PT_ORIGINS
+backend:
+  type: s3
+  bucket: empty
+  layout: docker_registry
+  endpoint_url: http://127.0.0.1:$S3_PORT
+  region: us-east-1
+  access_key_id: shoal
+  secret_access_key: shoalsecret
+pull_through:
+  default_upstream: "$REG"
+  upstreams:
+    - host: "$REG"
+      url: http://$REG
+      write_back: false
+swarm:
+  store_dir: $W/origin-pt-store
+  trackers: ["http://$PT.1:7600"]
+EOF
+for i in 1 2; do
+    cat >"$W/agent-pt$i.yaml" <<EOF
+listen: $PT.1$i:7700
+peer_listen: $PT.1$i:7701
+$PT_ORIGINS
+swarm:
+  store_dir: $W/agent-pt$i-store
+  trackers: ["http://$PT.1:7600"]
+EOF
+done
+start tracker-pt "$BIN/shoal-tracker" --config "$W/tracker-pt.yaml"
+start origin-pt env -u AWS_CA_BUNDLE "$BIN/shoal-origin" --config "$W/origin-pt.yaml"
+start agent-pt1 "$BIN/shoal-agent" --config "$W/agent-pt1.yaml"
+start agent-pt2 "$BIN/shoal-agent" --config "$W/agent-pt2.yaml"
+wait_http tracker-pt "http://$PT.1:7600/ready"
+wait_http origin-pt "http://$PT.2:7800/ready"
+wait_http agent-pt1 "http://$PT.11:7700/ready"
+wait_http agent-pt2 "http://$PT.12:7700/ready"
+[[ -z $(ls -A "$W/s3/empty") ]] || fail "the pull-through bucket is not empty"
+pull_dir pt1 "docker://$PT.11:7700/test/img:v1"
+T_PT=$TOOK
+check_dir "$W/pull/pt1" "$V1" $V1_LAYERS
+up1=$(metric "http://$PT.2:7800" shoal_origin_upstream_requests_total)
+((up1 > 0)) || fail "the pull-through origin made no upstream requests"
+# The second pull, from a fresh agent, must not need the registry at all.
+stop registry
+pull_dir pt2 "docker://$PT.12:7700/test/img:v1"
+check_dir "$W/pull/pt2" "$V1" $V1_LAYERS
+up2=$(metric "http://$PT.2:7800" shoal_origin_upstream_requests_total)
+((up2 == up1)) || fail "the second pull-through pull made $((up2 - up1)) upstream requests"
+for name in agent-pt1 agent-pt2 origin-pt tracker-pt; do
+    stop "$name"
+done
+start registry env -u AWS_CA_BUNDLE docker-registry serve "$W/registry.yml"
+wait_http registry "http://$REG/v2/"
+echo "pull-through: test/img:v1 from an empty bucket in ${T_PT}s ($up1 upstream requests); a fresh agent pulled it again with the registry down"
+
+# ---------------------------------------------------------------------------------------------
 log "agent 1 down: containerd falls back to the registry"
 stop agent0
 ctr_ images rm --sync "$REG/test/img:v1" >/dev/null
@@ -533,6 +606,7 @@ echo "agent 1 served test/img@sha256:$V1 and its layers with the registry and S3
     echo "  containerd via hosts.toml: ${T_CTR}s; podman via registries.conf: ${T_PODMAN}s"
     echo "test/img:v2 ($V2_BYTES bytes) through 3 agents at once: ${T_CONC}s"
     echo "  origin bytes per agent: $PER_AGENT copies"
+    echo "pull-through from an empty bucket, first pull: ${T_PT}s ($up1 upstream requests; none for the second)"
     echo "whole run after the build: $((SECONDS - T_START))s"
 } | tee "$SUMMARY.tmp"
 mv "$SUMMARY.tmp" "$SUMMARY"
