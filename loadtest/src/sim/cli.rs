@@ -67,6 +67,9 @@ pub struct SimArgs {
     /// Whole-blob sha256 rate of the commit, bytes/s (e.g. "1.65GiB"); not modeled by default.
     #[arg(long)]
     pub commit_rate: Option<ByteSize>,
+    /// Experiment: at most this many uploads in flight per host (beyond: busy).
+    #[arg(long)]
+    pub max_uploads_per_host: Option<usize>,
     /// For comparison: origins serve every request a permit allows (no `SeedBudget`).
     #[arg(long)]
     pub no_super_seeding: bool,
@@ -121,6 +124,7 @@ impl SimArgs {
             late_endgame: self.late_endgame,
             commit_rate: self.commit_rate.map(|r| r.0 as f64),
             super_seeding: !self.no_super_seeding,
+            max_uploads_per_host: self.max_uploads_per_host,
             busy_backoff: !self.no_busy_backoff,
             ..base
         }

@@ -269,6 +269,8 @@ struct Host {
     copies: Vec<Vec<u32>>,
     /// Origins: the super-seeding budget of each blob (`BlobEntry::seed_budget`).
     budgets: Vec<SeedBudget>,
+    /// Uploads in flight over all its connections.
+    uploads: usize,
 }
 
 pub(super) struct Sim<'a> {
@@ -373,6 +375,7 @@ impl<'a> Sim<'a> {
                     } else {
                         Vec::new()
                     },
+                    uploads: 0,
                     budgets: if origin && cfg.super_seeding {
                         layers.iter().map(|l| SeedBudget::new(l.num_pieces)).collect()
                     } else {
@@ -558,6 +561,7 @@ impl<'a> Sim<'a> {
                 if self.serving.remove(&(server, client, blob, piece)) {
                     if let Some(c) = self.hosts[server as usize].conns.get_mut(&client) {
                         c.uploads -= 1;
+                        self.hosts[server as usize].uploads -= 1;
                     }
                     let len = self.piece_len(blob, piece);
                     self.hosts[server as usize].uploaded += len;
@@ -613,6 +617,7 @@ impl<'a> Sim<'a> {
                     }
                     if let Some(c) = self.hosts[to as usize].conns.get_mut(&from) {
                         c.uploads -= 1;
+                        self.hosts[to as usize].uploads -= 1;
                     }
                 }
             }
@@ -757,7 +762,9 @@ impl<'a> Sim<'a> {
         let conn = h.conns.get_mut(&client).expect("requests come on a connection");
         // In the order of `Reader::serve`: lacking the piece, no upload permit, then the
         // origin's super-seeding budget.
-        let busy = has && (conn.uploads >= max || h.budgets.get_mut(blob as usize).is_some_and(|b| !b.admit(piece)));
+        let host_full = self.cfg.max_uploads_per_host.is_some_and(|m| h.uploads >= m);
+        let busy = has
+            && (conn.uploads >= max || host_full || h.budgets.get_mut(blob as usize).is_some_and(|b| !b.admit(piece)));
         if !has || busy {
             self.busy_rejects += u64::from(busy);
             self.push(self.now + d, Ev::Reject { to: client, from: server, blob, piece, busy });
@@ -765,6 +772,7 @@ impl<'a> Sim<'a> {
         }
         let conn = self.hosts[server as usize].conns.get_mut(&client).expect("checked above");
         conn.uploads += 1;
+        self.hosts[server as usize].uploads += 1;
         self.serving.insert((server, client, blob, piece));
         if self.prioritizes(server) {
             let h = &mut self.hosts[server as usize];

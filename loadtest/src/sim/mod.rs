@@ -91,6 +91,10 @@ pub struct SimConfig {
     /// Experiment, not what the real limiter does: a cancel that stops an upload still
     /// waiting for egress tokens gives its tokens back, so later uploads go sooner.
     pub refund_cancelled: bool,
+    /// Experiment, not what the real swarm does: at most this many uploads in flight per host
+    /// over all its connections (a request beyond is rejected busy), so no egress queue grows
+    /// deeper than that many pieces.
+    pub max_uploads_per_host: Option<usize>,
     /// Experiment, not what the real origin does: an origin sends its queued uploads one at
     /// a time, the piece it has sent the fewest times first, instead of in arrival order.
     pub origin_fewest_copies_first: bool,
@@ -136,6 +140,7 @@ impl Default for SimConfig {
             commit_rate: None,
             refund_cancelled: false,
             late_endgame: false,
+            max_uploads_per_host: None,
             super_seeding: true,
             busy_backoff: true,
             cpu: None,
