@@ -386,10 +386,12 @@ pub(crate) async fn drive<N: Nodes>(
                             }
                         }
                         Event::Restart(i) => {
+                            // When the restart was issued; the node is ready a little later.
+                            let at = t0.elapsed();
                             nodes.restart(i).await?;
                             let a = &mut agents[i];
                             a.running = true;
-                            a.restarted_at = Some(t0.elapsed().as_secs_f64());
+                            a.restarted_at = Some(at.as_secs_f64());
                             if o.progress {
                                 eprintln!("agent {i} restarted at {:.3}s", t0.elapsed().as_secs_f64());
                             }
