@@ -152,6 +152,16 @@ fn origin_priority_experiment_completes_and_replays() {
 }
 
 #[test]
+fn bounded_uploads_per_host_experiment_completes_without_timeouts() {
+    let cfg = SimConfig { hosts: 25, max_uploads_per_host: Some(4), ..small(12) };
+    let r = run(&cfg);
+    assert_valid(&r, &cfg);
+    assert_eq!(r.timeouts, 0);
+    assert!(r.busy_rejects > 0);
+    assert_eq!(r, run(&cfg));
+}
+
+#[test]
 fn kraken_preset_matches_the_published_setup() {
     let k = SimConfig::kraken();
     assert_eq!((k.hosts, k.origins, k.total_size()), (2600, 5, 3_000_000_000));

@@ -2,8 +2,9 @@
 //!
 //! The bound is the one of ANCHORS.md: for a blob of `F` bytes sent to `N` peers with upload
 //! `U_i` and download `D_i` from seeds of total upload `U_s`,
-//! `T* = max(F / U_s, F / min D_i, N·F / (U_s + Σ U_i))`. No schedule can beat it, so every
-//! simulated completion time is at least `T*` (the tests check that).
+//! `T* = max(F / U_s, F / min D_i, N·F / (U_s + Σ U_i))`. No schedule can beat it by more
+//! than the credit the links' token buckets start with (a tenth of a second, as the real
+//! limiter's), so no simulated completion time is below `T*` minus that (the tests check it).
 //! These helpers may later be unified with the harness's own report code.
 
 /// The nearest-rank percentile `p` (0–100) of `sorted`, which must be sorted ascending;
