@@ -40,7 +40,7 @@ BUCKET=registry
 NS=shoal-e2e
 
 declare -A PIDS=()
-CTR_SOCK=
+SOCK_DIR=
 
 log() { echo "==> $*"; }
 fail() {
@@ -60,6 +60,7 @@ cleanup() {
         stop "$name"
     done
     [[ -d $W/s3 ]] && scripts/s3-server.sh stop "$W/s3" >/dev/null 2>&1
+    [[ -n $SOCK_DIR ]] && rm -rf "$SOCK_DIR"
     if ((rc != 0)); then
         echo "e2e-registry: failed (exit $rc); logs are in $W/*.log" >&2
     fi
@@ -300,15 +301,17 @@ log "runtime configs from shoal-agent configure"
 HOSTS_DIR=$W/containerd/certs.d
 REGCONF=$W/registries.conf
 mkdir -p "$W/containerd"
+# Unix socket paths must stay under 108 bytes, whatever the checkout's path.
+SOCK_DIR=$(mktemp -d /tmp/shoal-e2e-containerd.XXXXXX)
 cat >"$W/containerd/config.toml" <<EOF
 version = 2
 root = "$W/containerd/root"
 state = "$W/containerd/state"
 disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [grpc]
-  address = "$W/containerd/containerd.sock"
+  address = "$SOCK_DIR/containerd.sock"
 [ttrpc]
-  address = "$W/containerd/containerd.sock.ttrpc"
+  address = "$SOCK_DIR/containerd.sock.ttrpc"
 [debug]
   address = ""
 EOF
@@ -396,7 +399,7 @@ done
 
 # ---------------------------------------------------------------------------------------------
 log "containerd through agent 1 (hosts.toml)"
-CTR_SOCK=$W/containerd/containerd.sock
+CTR_SOCK=$SOCK_DIR/containerd.sock
 start containerd containerd --config "$W/containerd/config.toml"
 deadline=$((SECONDS + START_TIMEOUT))
 until ctr -a "$CTR_SOCK" version >/dev/null 2>&1; do
