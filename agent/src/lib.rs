@@ -48,6 +48,7 @@ pub async fn start(
         swarm: swarm.clone(),
         origins: origins.clone(),
         tags: registry::TagResolver::new(config.ring.clone(), cfg.tag_ttl.get()),
+        shutdown: shutdown.child_token(),
     };
     let state = api::AppState { swarm: swarm.clone(), origins };
     let router = api::router(state).merge(registry::router(registry_state)).merge(admin.router());

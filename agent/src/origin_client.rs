@@ -1,11 +1,41 @@
 //! Client of the origin cluster: asks the ring owners of a blob for its metainfo, waiting
 //! while an origin fetches the blob from its backend (HTTP 202 with `Retry-After`).
+//!
+//! Requests carry pull-through hints ([`Hints`]) as query parameters: the repository and the
+//! upstream registry host a registry client named, so an origin whose backend lacks a blob
+//! knows where to pull it from. They never change which bytes are accepted: metainfo is
+//! checked against the digest asked for, and pieces against the metainfo.
 
 use std::time::Duration;
 
+use shoal_core::registry::RepoName;
 use shoal_core::ring::Ring;
 use shoal_core::{Digest, MetaInfo};
 use tokio::time::Instant;
+
+/// Where a blob came from in the client's view: sent to origins as `?name=&ns=`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hints {
+    /// The repository of the registry request.
+    pub name: Option<RepoName>,
+    /// The upstream registry host (containerd's `ns=`).
+    pub ns: Option<String>,
+}
+
+impl Hints {
+    /// The query pairs to send; empty when there is no hint.
+    pub fn query(&self) -> Vec<(&'static str, &str)> {
+        let mut q = Vec::new();
+        if let Some(n) = &self.name {
+            q.push(("name", n.as_str()));
+        }
+        // Only a well-formed host is passed on; origins would refuse any other.
+        if let Some(ns) = self.ns.as_deref().filter(|h| shoal_core::registry::RegistryHost::parse(h).is_ok()) {
+            q.push(("ns", ns));
+        }
+        q
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum OriginError {
@@ -17,6 +47,17 @@ pub enum OriginError {
     Unavailable { digest: Digest, last: String },
     #[error("origin {origin} sent metainfo for {got}, asked for {want}")]
     WrongMetaInfo { origin: String, want: Digest, got: Digest },
+}
+
+/// Most bytes of an origin's error body kept for a message. Hard-coded.
+const MAX_ERROR_BODY: usize = 512;
+
+/// `status: body` of an error response, the body cut to [`MAX_ERROR_BODY`].
+async fn describe(url: &str, resp: reqwest::Response) -> String {
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    let body: String = body.trim().chars().take(MAX_ERROR_BODY).collect();
+    if body.is_empty() { format!("{url}: status {status}") } else { format!("{url}: status {status}: {body}") }
 }
 
 #[derive(Clone)]
@@ -41,6 +82,11 @@ impl OriginClient {
 
     /// The metainfo of `digest`, from the first owner that has or can fetch it.
     pub async fn metainfo(&self, digest: Digest) -> Result<MetaInfo, OriginError> {
+        self.metainfo_for(digest, &Hints::default()).await
+    }
+
+    /// As [`OriginClient::metainfo`], passing pull-through `hints` to the origins.
+    pub async fn metainfo_for(&self, digest: Digest, hints: &Hints) -> Result<MetaInfo, OriginError> {
         let deadline = Instant::now() + self.fetch_timeout;
         let mut last = String::from("no origin answered");
         for node in self.ring.owners(&digest) {
@@ -50,7 +96,7 @@ impl OriginClient {
                 if Instant::now() >= deadline {
                     return Err(OriginError::Timeout { digest, secs: self.fetch_timeout.as_secs() });
                 }
-                let resp = match self.http.get(&url).send().await {
+                let resp = match self.http.get(&url).query(&hints.query()).send().await {
                     Ok(r) => r,
                     Err(e) => {
                         last = format!("{url}: {e}");
@@ -86,13 +132,43 @@ impl OriginClient {
                         pause = (pause * 2).min(MAX_POLL);
                     }
                     404 => return Err(OriginError::NotFound(digest)),
-                    s => {
-                        last = format!("{url}: status {s}");
+                    _ => {
+                        last = describe(&url, resp).await;
                         break;
                     }
                 }
             }
         }
         Err(OriginError::Unavailable { digest, last })
+    }
+
+    /// Forwards a preheat request (JSON) to the owners of `manifest`; the first origin that
+    /// answers other than 5xx decides. Returns its status code and JSON body.
+    pub async fn preheat(
+        &self,
+        manifest: Digest,
+        body: &serde_json::Value,
+    ) -> Result<(u16, serde_json::Value), OriginError> {
+        let mut last = String::from("no origin answered");
+        for node in self.ring.owners(&manifest) {
+            let url = format!("{}/preheat", node.http.trim_end_matches('/'));
+            let resp = match self.http.post(&url).json(body).send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    last = format!("{url}: {e}");
+                    continue;
+                }
+            };
+            let status = resp.status().as_u16();
+            if status >= 500 {
+                last = describe(&url, resp).await;
+                continue;
+            }
+            match resp.json().await {
+                Ok(v) => return Ok((status, v)),
+                Err(e) => last = format!("{url}: status {status}, bad body: {e}"),
+            }
+        }
+        Err(OriginError::Unavailable { digest: manifest, last })
     }
 }

@@ -7,6 +7,8 @@
 #![allow(clippy::cast_possible_truncation)]
 
 pub mod evil_peer;
+#[cfg(test)]
+pub mod registry_server;
 
 #[cfg(test)]
 mod tests;

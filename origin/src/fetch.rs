@@ -164,14 +164,7 @@ impl Fetcher {
         let (blob, upstream) = match inner.backend.get(&digest).await {
             Ok(b) => (b, None),
             Err(BackendError::NotFound) => match &source {
-                Some(src) => {
-                    let b = src
-                        .upstream
-                        .blob(&src.name, &digest)
-                        .await
-                        .map_err(|e| FetchError::from_upstream(digest, e))?;
-                    (b, Some(&src.upstream))
-                }
+                Some(src) => (pull_through(src, digest).await?, Some(&src.upstream)),
                 None => return Err(FetchError::NotFound(digest)),
             },
             Err(other) => return Err(FetchError::Backend(format!("{other:#}").into())),
@@ -239,6 +232,23 @@ impl Fetcher {
         inner.swarm.seed(m.digest).await.map_err(|e| store_err(format!("{e:#}")))?;
         inner.failed.remove(&m.digest);
         Ok(meta)
+    }
+}
+
+/// The blob from the upstream: the blob endpoint, else the manifest endpoint, since
+/// registries serve manifests only there (a child manifest of an index is asked for by digest).
+async fn pull_through(src: &Source, digest: Digest) -> Result<crate::backend::BlobStream, FetchError> {
+    match src.upstream.blob(&src.name, &digest).await {
+        Ok(b) => Ok(b),
+        Err(UpstreamError::NotFound) => {
+            let reference = shoal_core::registry::Reference::Digest(digest);
+            let m =
+                src.upstream.manifest(&src.name, &reference).await.map_err(|e| FetchError::from_upstream(digest, e))?;
+            let length = m.bytes.len() as u64;
+            let chunk: Result<bytes::Bytes, BackendError> = Ok(m.bytes);
+            Ok(crate::backend::BlobStream { length, stream: futures::stream::iter([chunk]).boxed() })
+        }
+        Err(e) => Err(FetchError::from_upstream(digest, e)),
     }
 }
 

@@ -19,7 +19,7 @@ use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use shoal_core::Digest;
-use shoal_core::registry::{RegistryHost, RepoName, Tag};
+use shoal_core::registry::{Reference, RegistryHost, RepoName, Tag};
 use shoal_runtime::ApiError;
 
 use crate::api::{AppState, Hints};
@@ -79,7 +79,7 @@ pub async fn resolve_through(
     if let Some(d) = ups.cached_tag(&up, name, tag) {
         return Ok(d);
     }
-    let m = up.manifest(name, tag).await.map_err(|e| match e {
+    let m = up.manifest(name, &Reference::Tag(tag.clone())).await.map_err(|e| match e {
         UpstreamError::NotFound => TagError::Unknown { name: name.clone(), tag: tag.clone() },
         source => TagError::Upstream { name: name.clone(), tag: tag.clone(), source },
     })?;

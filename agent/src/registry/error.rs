@@ -21,6 +21,8 @@ pub const MANIFEST_UNKNOWN: &str = "MANIFEST_UNKNOWN";
 pub const DIGEST_INVALID: &str = "DIGEST_INVALID";
 /// `NAME_INVALID`: a malformed repository name (400).
 pub const NAME_INVALID: &str = "NAME_INVALID";
+/// The manifest or reference is malformed.
+pub const MANIFEST_INVALID: &str = "MANIFEST_INVALID";
 /// `NAME_UNKNOWN`: the repository is not known (404).
 pub const NAME_UNKNOWN: &str = "NAME_UNKNOWN";
 /// `UNSUPPORTED`: an operation this read-only mirror does not offer (405), or no such

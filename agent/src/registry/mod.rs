@@ -5,16 +5,20 @@
 //!   the origins ([`tags`]); the manifest is a blob fetched by digest through the swarm and
 //!   sent with its media type ([`manifest`]) as `Content-Type`.
 //! - `GET`/`HEAD /v2/<name>/blobs/<digest>`: the blob through the swarm, with `Range` support.
+//! - `POST /preheat` (outside `/v2/`): warm an image on its origins, optionally here too
+//!   ([`preheat`]).
 //!
 //! Every answer carries `Docker-Distribution-API-Version: registry/2.0`; content answers carry
 //! `Docker-Content-Digest`. Paths are parsed raw by `shoal_core::registry::parse_route`, so
 //! encoded slashes and `..` are rejected, not decoded. The `ns=<upstream host>` query
-//! parameter that containerd sends is accepted and recorded (tag cache key, logs) for upstream
-//! selection. Errors use the spec's body ([`error`]). The repository name does not restrict
+//! parameter that containerd sends is passed on to the origins with the repository name
+//! (`origin_client::Hints`), so an origin can pull a missing blob or tag through from that
+//! upstream registry. Errors use the spec's body ([`error`]). The repository name does not restrict
 //! which blobs can be read: a digest is the same blob in every repository.
 
 pub mod error;
 pub mod manifest;
+pub mod preheat;
 pub mod tags;
 
 use std::sync::Arc;
@@ -29,7 +33,7 @@ use shoal_core::Digest;
 use shoal_core::registry::{ByteRange, Reference, RepoName, Route, parse_range, parse_route};
 use shoal_swarm::{BlobFile, Swarm};
 
-use crate::origin_client::OriginClient;
+use crate::origin_client::{Hints, OriginClient};
 use error::{BLOB_UNKNOWN, MANIFEST_UNKNOWN, RegistryError, UNSUPPORTED};
 pub use tags::TagResolver;
 
@@ -42,6 +46,8 @@ pub struct RegistryState {
     pub swarm: Swarm,
     pub origins: OriginClient,
     pub tags: TagResolver,
+    /// Ends background work started by requests (preheat prefetches).
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// The `/v2/` tree. Every path below `/v2/` reaches one handler, which parses it itself.
@@ -50,6 +56,7 @@ pub fn router(state: RegistryState) -> Router {
         .route("/v2", any(handle))
         .route("/v2/", any(handle))
         .route("/v2/{*rest}", any(handle))
+        .route("/preheat", axum::routing::post(preheat::post_preheat))
         .with_state(state)
 }
 
@@ -93,27 +100,38 @@ async fn serve(st: &RegistryState, method: &Method, uri: &Uri, headers: &HeaderM
         Route::Manifest { name, reference } => get_manifest(st, head, &name, reference, ns.as_deref()).await,
         Route::Blob { name, digest } => {
             tracing::debug!(%name, %digest, ns = ns.as_deref(), "registry blob");
-            get_blob(st, head, digest, headers).await
+            let hints = Hints { name: Some(name), ns };
+            get_blob(st, head, digest, headers, &hints).await
         }
     }
 }
 
 /// The verified blob, from the store or downloaded through the swarm. `unknown` is the error
 /// code for a digest the origins do not have.
-async fn fetch(st: &RegistryState, digest: Digest, unknown: &'static str) -> Result<Arc<BlobFile>, RegistryError> {
+async fn fetch(
+    st: &RegistryState,
+    digest: Digest,
+    unknown: &'static str,
+    hints: &Hints,
+) -> Result<Arc<BlobFile>, RegistryError> {
     if let Some(f) = st.swarm.complete(digest).await? {
         return Ok(f);
     }
-    let meta = st.origins.metainfo(digest).await.map_err(|e| RegistryError::from_origin(e, unknown))?;
+    let meta = st.origins.metainfo_for(digest, hints).await.map_err(|e| RegistryError::from_origin(e, unknown))?;
     Ok(st.swarm.download(meta).await?)
 }
 
 /// The blob's length without downloading it.
-async fn length(st: &RegistryState, digest: Digest, unknown: &'static str) -> Result<u64, RegistryError> {
+async fn length(
+    st: &RegistryState,
+    digest: Digest,
+    unknown: &'static str,
+    hints: &Hints,
+) -> Result<u64, RegistryError> {
     if let Some(f) = st.swarm.complete(digest).await? {
         return Ok(f.meta().length());
     }
-    let meta = st.origins.metainfo(digest).await.map_err(|e| RegistryError::from_origin(e, unknown))?;
+    let meta = st.origins.metainfo_for(digest, hints).await.map_err(|e| RegistryError::from_origin(e, unknown))?;
     Ok(meta.length())
 }
 
@@ -129,15 +147,21 @@ fn content_headers(digest: Digest, len: u64, content_type: &str) -> HeaderMap {
     h
 }
 
-async fn get_blob(st: &RegistryState, head: bool, digest: Digest, req: &HeaderMap) -> Result<Response, RegistryError> {
+async fn get_blob(
+    st: &RegistryState,
+    head: bool,
+    digest: Digest,
+    req: &HeaderMap,
+    hints: &Hints,
+) -> Result<Response, RegistryError> {
     const OCTETS: &str = "application/octet-stream";
     if head {
-        let len = length(st, digest, BLOB_UNKNOWN).await?;
+        let len = length(st, digest, BLOB_UNKNOWN, hints).await?;
         let mut h = content_headers(digest, len, OCTETS);
         h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
         return Ok((StatusCode::OK, h, Body::empty()).into_response());
     }
-    let file = fetch(st, digest, BLOB_UNKNOWN).await?;
+    let file = fetch(st, digest, BLOB_UNKNOWN, hints).await?;
     let len = file.meta().length();
     let range = req.get(header::RANGE).and_then(|v| v.to_str().ok()).map_or(ByteRange::Full, |r| parse_range(r, len));
     let blocking = st.swarm.store().blocking().clone();
@@ -174,7 +198,8 @@ async fn get_manifest(
         })?,
     };
     tracing::debug!(%name, %reference, %digest, ns, "registry manifest");
-    let file = fetch(st, digest, MANIFEST_UNKNOWN).await?;
+    let hints = Hints { name: Some(name.clone()), ns: ns.map(str::to_owned) };
+    let file = fetch(st, digest, MANIFEST_UNKNOWN, &hints).await?;
     let len = file.meta().length();
     let not_manifest =
         || RegistryError::new(StatusCode::NOT_FOUND, MANIFEST_UNKNOWN, format!("{digest} is not a manifest"));

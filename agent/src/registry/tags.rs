@@ -6,7 +6,7 @@
 //! asks the same origins about the same tag. When every origin fails, an expired entry is
 //! served rather than failing the pull (logged); a tag the origins deny is dropped.
 //! The cache is keyed by the `ns` query parameter too, so tags of different upstream
-//! registries never mix. Its lock is a sync `Mutex` held only for map operations, never across
+//! registries never mix, and is passed on to the origins (`?ns=`) for pull-through. Its lock is a sync `Mutex` held only for map operations, never across
 //! an `.await`.
 
 use std::collections::HashMap;
@@ -68,7 +68,7 @@ impl TagResolver {
         {
             return Ok(d);
         }
-        match self.ask_origins(name, tag).await {
+        match self.ask_origins(ns, name, tag).await {
             Ok(d) => {
                 self.insert(key, d);
                 Ok(d)
@@ -102,12 +102,14 @@ impl TagResolver {
         cache.insert(key, (d, Instant::now()));
     }
 
-    async fn ask_origins(&self, name: &RepoName, tag: &Tag) -> Result<Digest, TagError> {
+    /// Asks the tag's origins, passing `ns` on so an origin can resolve it upstream.
+    async fn ask_origins(&self, ns: Option<&str>, name: &RepoName, tag: &Tag) -> Result<Digest, TagError> {
         let place = Digest::of(format!("tag\0{name}\0{tag}").as_bytes());
         let mut last = String::from("no origin configured");
         for node in self.inner.ring.owners(&place) {
             let url = format!("{}/tags/{name}/{tag}", node.http.trim_end_matches('/'));
-            let resp = match self.inner.http.get(&url).send().await {
+            let query: Vec<(&str, &str)> = ns.map(|n| ("ns", n)).into_iter().collect();
+            let resp = match self.inner.http.get(&url).query(&query).send().await {
                 Ok(r) => r,
                 Err(e) => {
                     last = format!("{url}: {e}");
@@ -129,7 +131,12 @@ impl TagResolver {
                     }
                 }
                 404 => return Err(TagError::Unknown { name: name.clone(), tag: tag.clone() }),
-                s => last = format!("{url}: status {s}"),
+                s => {
+                    // The origin's error body says why (an upstream denial, say); keep a bounded part.
+                    let body = resp.text().await.unwrap_or_default();
+                    let body: String = body.trim().chars().take(512).collect();
+                    last = format!("{url}: status {s}: {body}");
+                }
             }
         }
         Err(TagError::Unavailable { name: name.clone(), tag: tag.clone(), last })

@@ -2,6 +2,8 @@
 
 mod bad_input;
 mod corrupt;
+mod preheat;
+mod pullthrough;
 mod registry;
 mod resume;
 mod s3;

@@ -5,10 +5,12 @@
 //! - Blobs: `GET <url>/v2/<name>/blobs/<digest>`, redirects to storage followed. The answer
 //!   is a [`BlobStream`] of exactly its `Content-Length`, which the fetcher hashes and checks
 //!   like any backend object; nothing is buffered whole.
-//! - Manifests by tag: `GET <url>/v2/<name>/manifests/<tag>` with an `Accept` for the four
+//! - Manifests: `GET <url>/v2/<name>/manifests/<tag or digest>` with an `Accept` for the four
 //!   manifest kinds; at most [`MAX_MANIFEST_LEN`] bytes are read, the digest is the sha256 of
-//!   the body and must equal `Docker-Content-Digest` when the upstream sends one. Resolved
-//!   tags are cached for `tag_ttl` ([`Upstreams::cached_tag`]).
+//!   the body and must equal the digest asked for, or for a tag `Docker-Content-Digest` when
+//!   the upstream sends one. Resolved tags are cached for `tag_ttl`
+//!   ([`Upstreams::cached_tag`]). Registries serve a manifest only on this endpoint, not as
+//!   a blob, so a digest the blob endpoint does not know is tried here too (by the fetcher).
 //! - Auth ([`auth`]): anonymous, Basic, or the Docker bearer-token flow on a 401 challenge,
 //!   with tokens cached per scope.
 //!
@@ -30,7 +32,7 @@ use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, WWW_AUTHENTICATE};
 use shoal_core::Digest;
 use shoal_core::manifest::{ACCEPT_MANIFESTS, MAX_MANIFEST_LEN};
-use shoal_core::registry::{RegistryHost, RepoName, Tag};
+use shoal_core::registry::{Reference, RegistryHost, RepoName, Tag};
 use shoal_runtime::{ConfigError, Duration};
 use tokio::time::Instant;
 
@@ -341,36 +343,43 @@ impl Upstream {
         Ok(BlobStream { length, stream: crate::backend::exact_length(length, stream) })
     }
 
-    /// Resolves `name:tag` and reads the manifest, verified against its digest.
-    pub async fn manifest(&self, name: &RepoName, tag: &Tag) -> Result<UpstreamManifest, UpstreamError> {
-        let url = self.url(&format!("v2/{name}/manifests/{tag}"))?;
+    /// Reads manifest `name:reference` (a tag or a digest), verified against its digest: the
+    /// digest asked for, else `Docker-Content-Digest` when the upstream sends one.
+    pub async fn manifest(&self, name: &RepoName, reference: &Reference) -> Result<UpstreamManifest, UpstreamError> {
+        let url = self.url(&format!("v2/{name}/manifests/{reference}"))?;
         let resp = self.get(Kind::Manifest, name, url, Some(ACCEPT_MANIFESTS)).await?;
         let announced = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let too_large =
+            || self.permanent(format!("manifest {name}:{reference} is larger than {MAX_MANIFEST_LEN} bytes"));
         if resp.content_length().is_some_and(|n| n > MAX_MANIFEST_LEN) {
-            return Err(self.permanent(format!("manifest {name}:{tag} is larger than {MAX_MANIFEST_LEN} bytes")));
+            return Err(too_large());
         }
         let mut body = resp.bytes_stream();
         let mut buf = BytesMut::new();
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| self.transient(format!("reading manifest {name}:{tag}: {e}")))?;
+            let chunk = chunk.map_err(|e| self.transient(format!("reading manifest {name}:{reference}: {e}")))?;
             if (buf.len() + chunk.len()) as u64 > MAX_MANIFEST_LEN {
-                return Err(self.permanent(format!("manifest {name}:{tag} is larger than {MAX_MANIFEST_LEN} bytes")));
+                return Err(too_large());
             }
             buf.extend_from_slice(&chunk);
         }
         let bytes = buf.freeze();
         self.metrics.bytes.with_label_values(&[self.cfg.host.as_str()]).inc_by(bytes.len() as u64);
         let digest = Digest::of(&bytes);
-        if let Some(a) = announced
-            && a.trim() != digest.to_string()
+        let expected = match reference {
+            Reference::Digest(d) => Some(d.to_string()),
+            Reference::Tag(_) => announced.map(|a| a.trim().to_owned()),
+        };
+        if let Some(want) = expected
+            && want != digest.to_string()
         {
             return Err(self.permanent(format!(
-                "manifest {name}:{tag} hashes to {digest} but Docker-Content-Digest says {}",
-                a.chars().take(80).collect::<String>()
+                "manifest {name}:{reference} hashes to {digest}, expected {}",
+                want.chars().take(80).collect::<String>()
             )));
         }
         if shoal_core::manifest::media_type(&bytes).is_none() {
-            return Err(self.permanent(format!("{name}:{tag} is not a manifest")));
+            return Err(self.permanent(format!("{name}:{reference} is not a manifest")));
         }
         Ok(UpstreamManifest { digest, bytes })
     }
