@@ -172,3 +172,25 @@ impl OriginClient {
         Err(OriginError::Unavailable { digest: manifest, last })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(name: Option<&str>, ns: Option<&str>) -> Vec<(&'static str, String)> {
+        let hints = Hints { name: name.map(|n| RepoName::parse(n).unwrap()), ns: ns.map(str::to_owned) };
+        hints.query().into_iter().map(|(k, v)| (k, v.to_owned())).collect()
+    }
+
+    #[test]
+    fn hints_become_query_pairs() {
+        assert_eq!(query(None, None), vec![]);
+        assert_eq!(query(Some("library/nginx"), None), vec![("name", "library/nginx".to_owned())]);
+        assert_eq!(
+            query(Some("a/b"), Some("docker.io")),
+            vec![("name", "a/b".to_owned()), ("ns", "docker.io".to_owned())]
+        );
+        assert_eq!(query(None, Some("ghcr.io:443")), vec![("ns", "ghcr.io:443".to_owned())]);
+        assert_eq!(query(None, Some("https://evil/x")), vec![], "a malformed ns is not passed on");
+    }
+}
