@@ -520,3 +520,53 @@ async fn bearer_token_upstream_pulls_and_caches_tokens() {
     assert_eq!(ok_tokens, 1);
     c.shutdown().await;
 }
+
+/// An upstream that lies: a blob whose bytes do not match its digest, and a manifest whose
+/// `Docker-Content-Digest` is not its hash. Nothing of either is served or stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lying_upstream_is_never_served() {
+    let real = random_blob(200_000, 50);
+    let claimed = Digest::of(&real);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
+        "config": descriptor("application/vnd.docker.container.image.v1+json", b"{}"), "layers": [],
+    }))
+    .unwrap();
+    let wrong = Digest::of(b"something else").to_string();
+    let app = axum::Router::new()
+        .route(
+            "/v2/team/liar/blobs/{digest}",
+            axum::routing::get(move || {
+                let mut bytes = real.clone();
+                bytes[1000] ^= 1;
+                async move { bytes }
+            }),
+        )
+        .route(
+            "/v2/team/liar/manifests/{tag}",
+            axum::routing::get(move || {
+                let (m, w) = (manifest.clone(), wrong.clone());
+                async move { ([("content-type", DOCKER_MANIFEST.to_owned()), ("docker-content-digest", w)], m) }
+            }),
+        );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(s.cancelled_owned()).await });
+    let yaml =
+        format!("upstreams:\n- host: {UPSTREAM}\n  url: {url}\n  write_back: true\ndefault_upstream: {UPSTREAM}\n");
+    let mut c = PullCluster::start(shoal_runtime::config::parse(&yaml).unwrap()).await;
+    let a = c.add_agent().await;
+    let agent = c.agent_url(a);
+    let resp = reqwest::get(format!("{agent}/v2/team/liar/blobs/{claimed}")).await.unwrap();
+    assert!(resp.status().is_server_error(), "{}", resp.status());
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("DIGEST_INVALID") || body.contains("does not match"), "{body}");
+    let resp = reqwest::get(format!("{agent}/v2/team/liar/manifests/v1")).await.unwrap();
+    assert!(resp.status().is_server_error(), "{}", resp.status());
+    assert!(c.origin.swarm.complete(claimed).await.unwrap().is_none(), "the corrupt blob was stored");
+    assert!(files_under(&c.backend).is_empty(), "nothing unverified was written back: {:?}", files_under(&c.backend));
+    stop.cancel();
+    c.shutdown().await;
+}
