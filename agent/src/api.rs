@@ -67,15 +67,14 @@ async fn get_blob(
         };
         return Ok(blob_response(digest, len, Body::empty()));
     }
-    let file = match st.swarm.complete(digest).await.map_err(swarm_error)? {
-        Some(f) => f,
-        None => {
-            let meta = st.origins.metainfo(digest).await?;
-            st.swarm.download(meta).await.map_err(swarm_error)?
-        }
+    // Streams while the blob downloads: each piece as soon as it is verified.
+    let meta = match st.swarm.complete(digest).await.map_err(swarm_error)? {
+        Some(f) => f.meta().clone(),
+        None => st.origins.metainfo(digest).await?,
     };
-    let len = file.meta().length();
-    Ok(blob_response(digest, len, Body::from_stream(file.stream(st.swarm.store().blocking().clone(), 0, len))))
+    let len = meta.length();
+    let body = st.swarm.stream(meta, 0, len).await.map_err(swarm_error)?;
+    Ok(blob_response(digest, len, Body::from_stream(body)))
 }
 
 async fn blob_stats(State(st): State<AppState>, Path(digest): Path<String>) -> Result<Response, ApiError> {

@@ -12,6 +12,13 @@
 //!   connected, non-blacklisted peers (origins included) go first, so rare pieces spread before
 //!   their holders leave. Ties are broken at random: each call draws a salt from the seeded RNG
 //!   and orders tied pieces by a bijective hash of `piece ^ salt`.
+//! - **In stripes.** Before rarity, pieces are ordered by stripe: the blob is cut into
+//!   [`PickerOptions::stripes`] runs of consecutive pieces (at least [`MIN_STRIPE_PIECES`]
+//!   each), and a piece of an earlier stripe goes first. The order is soft: a peer whose
+//!   pieces of the current stripe are all had or in flight gets pieces of the next one. So
+//!   the verified prefix of the blob grows during the download, which lets a reader stream
+//!   it and lets the whole-blob hash follow along, while rarest-first still spreads the
+//!   pieces of each stripe.
 //! - **One request per piece.** Outside endgame a piece is requested from at most one peer.
 //! - **Pipelining.** A peer has at most `max_outstanding_per_peer` requests in flight
 //!   (`max_outstanding_per_origin` for an origin); `next_requests` only tops the pipeline up.
@@ -76,11 +83,23 @@ pub struct PickerOptions {
     /// With this many pieces missing or fewer, a requested piece may also be asked from a
     /// second peer, even while other pieces are still free.
     pub endgame_pieces: u32,
+    /// How many stripes the blob is cut into for the in-order preference; 1 is plain
+    /// rarest-first. Stripes are never shorter than [`MIN_STRIPE_PIECES`].
+    pub stripes: u32,
 }
+
+/// Shortest stripe, in pieces: shorter ones would leave too few pieces to spread at once.
+pub const MIN_STRIPE_PIECES: u32 = 16;
 
 impl Default for PickerOptions {
     fn default() -> Self {
-        PickerOptions { max_outstanding_per_peer: 4, max_outstanding_per_origin: 4, seed: 0, endgame_pieces: 3 }
+        PickerOptions {
+            max_outstanding_per_peer: 4,
+            max_outstanding_per_origin: 4,
+            seed: 0,
+            endgame_pieces: 3,
+            stripes: 8,
+        }
     }
 }
 
@@ -119,6 +138,8 @@ pub struct Picker<P> {
     rng: StdRng,
     /// Reused by `next_requests` to keep the best candidates without allocating.
     scratch: BinaryHeap<Candidate>,
+    /// Pieces per stripe (the in-order preference).
+    stripe_len: u32,
 }
 
 impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
@@ -132,8 +153,10 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
             set_bit(&mut have_bits, piece, true);
             missing -= 1;
         }
+        let stripe_len = num_pieces.div_ceil(opts.stripes.max(1)).max(MIN_STRIPE_PIECES);
         Picker {
             num_pieces,
+            stripe_len,
             rng: StdRng::seed_from_u64(opts.seed),
             opts,
             have: have_bits,
@@ -408,7 +431,8 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
                 if self.n_requests[i] != 0 || (state.is_origin && self.askable_peers[i] != 0) {
                     continue;
                 }
-                offer(scratch, want, (u64::from(self.avail[i]), tie_break(salt, piece), piece));
+                let key = (u64::from(piece / self.stripe_len) << 32) | u64::from(self.avail[i]);
+                offer(scratch, want, (key, tie_break(salt, piece), piece));
             }
         }
         self.take_picked(peer)
@@ -672,6 +696,38 @@ mod tests {
     }
 
     const ALL8: &[u32] = &[0, 1, 2, 3, 4, 5, 6, 7];
+
+    /// Earlier stripes go first; rarity orders pieces within a stripe.
+    #[test]
+    fn stripes_before_rarity() {
+        let all: Vec<u32> = (0..64).collect();
+        let stripe0: Vec<u32> = (0..16).collect();
+        let cases: &[(u32, &[u32], usize, &[u32])] = &[
+            // 64 pieces in 4 stripes of 16: the first 16 requests are stripe 0.
+            (4, &[], 16, &stripe0),
+            // A rare piece in stripe 1 waits; within stripe 0 the rare pieces go first.
+            (4, &[3, 5, 20], 2, &[3, 5]),
+            // One stripe: plain rarest-first over the whole blob.
+            (1, &[40, 60], 2, &[40, 60]),
+            // Stripes are at least MIN_STRIPE_PIECES long: 64 stripes are 16 pieces too.
+            (64, &[], 4, &[0, 1, 2, 3]),
+        ];
+        for &(stripes, rare, cap, expect) in cases {
+            // A has every piece; B has every piece but the rare ones.
+            let common: Vec<u32> = all.iter().copied().filter(|p| !rare.contains(p)).collect();
+            let peers: &[Peer<'_>] = &[(A, &all, false), (B, &common, false)];
+            let mut p = setup(64, peers, PickerOptions { stripes, ..opts(cap) });
+            let got = p.next_requests(A);
+            let mut sorted = got.clone();
+            sorted.sort_unstable();
+            if stripes == 64 {
+                assert!(got.iter().all(|&x| x < super::MIN_STRIPE_PIECES), "stripes {stripes}: {got:?}");
+            } else {
+                assert_eq!(sorted, expect, "stripes {stripes}, rare {rare:?}");
+            }
+            p.check_invariants();
+        }
+    }
 
     #[test]
     fn rarest_first() {

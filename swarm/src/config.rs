@@ -31,6 +31,10 @@ pub struct SwarmConfig {
     pub origin_pipeline_depth: usize,
     /// Pieces one connection uploads at once. Default 8.
     pub max_uploads_per_connection: usize,
+    /// Longest upload backlog a node with an `egress_rate` takes on: a request that would
+    /// wait longer behind the pieces already queued at the cap is answered "busy", so the
+    /// requester asks another peer instead of queueing. Default 200ms.
+    pub upload_backlog: Duration,
     /// Base time a piece request may take before it is given to another peer; a capped link
     /// adds the time the pipeline needs at the cap. Default 10s.
     pub request_timeout: Duration,
@@ -65,6 +69,7 @@ impl Default for SwarmConfig {
             pipeline_depth: 4,
             origin_pipeline_depth: 4,
             max_uploads_per_connection: 8,
+            upload_backlog: Duration::from_millis(200),
             request_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(5),
             io_timeout: Duration::from_secs(30),

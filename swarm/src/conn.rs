@@ -510,6 +510,11 @@ impl Reader {
         if !entry.has_piece(piece) {
             return reject(RejectReason::NotHave);
         }
+        // A capped node queues at most `upload_backlog` of work; beyond that the requester is
+        // better served by another peer.
+        let Some(backlog) = self.node.admit_upload(u64::from(entry.meta.piece_len(idx))) else {
+            return reject(RejectReason::Busy);
+        };
         let Ok(permit) = self.uploads.clone().try_acquire_owned() else { return reject(RejectReason::Busy) };
         // An origin sends every piece once before it sends any piece twice.
         if self.node.is_origin && !entry.seed_budget.lock().admit(piece) {
@@ -532,6 +537,7 @@ impl Reader {
                 }
             };
             node.egress.acquire(data.len()).await;
+            drop(backlog);
             let mut head = BytesMut::with_capacity(wire::LEN_PREFIX + wire::PIECE_HEADER_LEN);
             wire::encode_piece_header(blob, piece, data.len(), &mut head);
             node.metrics.bytes_out.inc_by(data.len() as u64);

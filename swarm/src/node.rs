@@ -147,10 +147,37 @@ pub(crate) struct Node {
     pub blacklist: DashMap<PeerId, Instant>,
     pub blacklist_addrs: DashMap<SocketAddr, Instant>,
     pub conn_slots: Arc<Semaphore>,
+    /// Upload bytes admitted and still waiting for egress tokens.
+    pub upload_backlog: Arc<AtomicU64>,
+    /// Most upload bytes that may wait at the egress cap; `None` when uncapped.
+    pub max_upload_backlog: Option<u64>,
     pub cancel: CancellationToken,
 }
 
+/// Upload bytes counted in [`Node::upload_backlog`] until dropped.
+pub(crate) struct BacklogGuard {
+    backlog: Arc<AtomicU64>,
+    bytes: u64,
+}
+
+impl Drop for BacklogGuard {
+    fn drop(&mut self) {
+        self.backlog.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
 impl Node {
+    /// Admits `bytes` of upload into the backlog, or `None` if the backlog is full. An empty
+    /// backlog always admits one piece.
+    pub fn admit_upload(&self, bytes: u64) -> Option<BacklogGuard> {
+        let before = self.upload_backlog.fetch_add(bytes, Ordering::Relaxed);
+        let guard = BacklogGuard { backlog: self.upload_backlog.clone(), bytes };
+        match self.max_upload_backlog {
+            Some(max) if before > 0 && before + bytes > max => None, // The guard gives the bytes back.
+            _ => Some(guard),
+        }
+    }
+
     pub fn is_blacklisted(&self, peer: Option<&PeerId>, addr: Option<&SocketAddr>) -> bool {
         let now = Instant::now();
         let hit = |until: Option<Instant>| until.is_some_and(|u| u > now);
@@ -294,6 +321,10 @@ impl Swarm {
             blacklist: DashMap::new(),
             blacklist_addrs: DashMap::new(),
             conn_slots: Arc::new(Semaphore::new(cfg.max_connections)),
+            upload_backlog: Arc::new(AtomicU64::new(0)),
+            max_upload_backlog: cfg.egress_rate.map(|r| {
+                u64::try_from(u128::from(r.0) * cfg.upload_backlog.get().as_millis() / 1000).unwrap_or(u64::MAX)
+            }),
             cancel: shutdown.child_token(),
             cfg,
         });

@@ -161,15 +161,21 @@ async fn get_blob(
         h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
         return Ok((StatusCode::OK, h, Body::empty()).into_response());
     }
-    let file = fetch(st, digest, BLOB_UNKNOWN, hints).await?;
-    let len = file.meta().length();
+    // A stored blob is read from its file; any other streams while it downloads.
+    let meta = match st.swarm.complete(digest).await? {
+        Some(f) => f.meta().clone(),
+        None => {
+            st.origins.metainfo_for(digest, hints).await.map_err(|e| RegistryError::from_origin(e, BLOB_UNKNOWN))?
+        }
+    };
+    let len = meta.length();
     let range = req.get(header::RANGE).and_then(|v| v.to_str().ok()).map_or(ByteRange::Full, |r| parse_range(r, len));
-    let blocking = st.swarm.store().blocking().clone();
     let (status, start, end) = match range {
         ByteRange::Full => (StatusCode::OK, 0, len),
         ByteRange::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end),
         ByteRange::Unsatisfiable => return Err(RegistryError::range_not_satisfiable(len)),
     };
+    let body = Body::from_stream(st.swarm.stream(meta, start, end).await?);
     let mut h = content_headers(digest, end - start, OCTETS);
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if status == StatusCode::PARTIAL_CONTENT
@@ -177,7 +183,7 @@ async fn get_blob(
     {
         h.insert(header::CONTENT_RANGE, v);
     }
-    Ok((status, h, Body::from_stream(file.stream(blocking, start, end))).into_response())
+    Ok((status, h, body).into_response())
 }
 
 async fn get_manifest(

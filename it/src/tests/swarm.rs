@@ -98,3 +98,62 @@ async fn shutdown_drains_in_flight_responses_then_stops() {
     node.task.await.unwrap().unwrap();
     c.shutdown().await;
 }
+
+/// A GET of a blob the agent does not hold yet answers while it downloads: the first verified
+/// piece reaches the client before the blob is complete, and the body is the exact blob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_streams_before_the_download_completes() {
+    // 48 pieces in three stripes through a 12 MiB/s origin: about four seconds for the whole
+    // blob, and the first stripe, which holds the first piece, is done in a third of that.
+    let c = Cluster::builder().agents(1).origin_rate(Some(mib(12))).start().await.unwrap();
+    let data = random_blob(mib(48), 31);
+    let d = c.put_backend_blob(&data).unwrap();
+    let url = format!("http://{}/blobs/{d}", c.agent(0).http_addr);
+    let mut resp = reqwest::get(&url).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.content_length(), Some(mib(48)));
+    let first = resp.chunk().await.unwrap().expect("a first chunk");
+    let stats = c.agent(0).swarm.stats(&d).expect("the agent downloads the blob");
+    assert!(!stats.complete, "the first chunk arrived only after the whole blob was done");
+    let mut got = first.to_vec();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        got.extend_from_slice(&chunk);
+    }
+    assert!(got == data, "streamed body differs from the blob");
+    assert!(c.agent(0).swarm.stats(&d).unwrap().complete);
+    // Range reads through the registry API stream too, from the stored blob now.
+    let range = reqwest::Client::new()
+        .get(format!("http://{}/v2/any/name/blobs/{d}", c.agent(0).http_addr))
+        .header("range", "bytes=5000000-5000099")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(range.status(), 206);
+    assert_eq!(range.bytes().await.unwrap(), &data[5_000_000..5_000_100]);
+    c.shutdown().await;
+}
+
+/// When the download fails part way, the streamed body ends in an error, never in a short
+/// success; every byte that did arrive is the blob's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_of_a_failing_download_ends_in_an_error() {
+    let mut swarm = shoal_loadtest::cluster::test_swarm_config();
+    swarm.download_timeout = shoal_runtime::Duration::from_secs(2);
+    let c = Cluster::builder().agents(1).origin_rate(Some(mib(2))).swarm(swarm).start().await.unwrap();
+    let data = random_blob(mib(16), 32);
+    let d = c.put_backend_blob(&data).unwrap();
+    let url = format!("http://{}/v2/x/blobs/{d}", c.agent(0).http_addr);
+    let mut resp = reqwest::get(&url).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut got = Vec::new();
+    let err = loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => got.extend_from_slice(&chunk),
+            Ok(None) => panic!("the body ended cleanly after {} of {} bytes", got.len(), data.len()),
+            Err(e) => break e,
+        }
+    };
+    assert!(got.len() < data.len(), "{err}");
+    assert!(got[..] == data[..got.len()], "streamed bytes differ from the blob");
+    c.shutdown().await;
+}

@@ -644,6 +644,7 @@ impl<'a> Sim<'a> {
                 max_outstanding_per_origin: cfg.origin_pipeline_depth,
                 seed: splitmix(cfg.seed ^ (u64::from(host) << 16) ^ u64::from(blob)),
                 endgame_pieces: cfg.endgame_pieces,
+                ..PickerOptions::default()
             };
             let picker = Picker::new(self.layers[blob as usize].num_pieces, &[], opts);
             let actor = Actor {
