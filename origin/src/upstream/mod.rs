@@ -635,6 +635,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn statuses_are_classified() {
+        let v = validate("upstreams:\n- host: a.io\n  url: http://127.0.0.1:1\ndefault_upstream: a.io\n").unwrap();
+        let registry = Registry::new();
+        let ups = Upstreams::new(&v, UpstreamMetrics::new(&registry).unwrap()).unwrap();
+        let up = ups.select(None).unwrap();
+        let url = reqwest::Url::parse("http://127.0.0.1:1/v2/x/blobs/y").unwrap();
+        let class = |code: u16| match up.status_error(Kind::Blob, StatusCode::from_u16(code).unwrap(), &url) {
+            UpstreamError::NotFound => "not_found",
+            UpstreamError::Denied { .. } => "denied",
+            UpstreamError::Transient { .. } => "transient",
+            UpstreamError::Permanent { .. } => "permanent",
+        };
+        assert_eq!(class(404), "not_found");
+        assert_eq!(class(401), "denied");
+        assert_eq!(class(403), "denied");
+        assert_eq!(class(500), "transient");
+        assert_eq!(class(503), "transient");
+        assert_eq!(class(429), "transient");
+        assert_eq!(class(408), "transient");
+        assert_eq!(class(400), "permanent");
+        assert_eq!(class(416), "permanent");
+        let c = |result: &str| up.metrics.requests.with_label_values(&["a.io", "blob", result]).get();
+        assert_eq!((c("not_found"), c("denied"), c("transient"), c("error")), (1, 2, 4, 2));
+    }
+
+    #[tokio::test]
+    async fn unreachable_upstream_is_transient() {
+        // Port 1 on loopback: nothing listens, the connection is refused at once.
+        let v = validate("upstreams:\n- host: a.io\n  url: http://127.0.0.1:1\ndefault_upstream: a.io\n").unwrap();
+        let ups = Upstreams::new(&v, UpstreamMetrics::new(&Registry::new()).unwrap()).unwrap();
+        let up = ups.select(None).unwrap();
+        let name = RepoName::parse("x").unwrap();
+        let err = up.blob(&name, &Digest::of(b"x")).await.unwrap_err();
+        assert!(err.is_transient(), "{err}");
+        let err = up.manifest(&name, &Reference::Tag(Tag::parse("v1").unwrap())).await.unwrap_err();
+        assert!(err.is_transient(), "{err}");
+    }
+
+    #[tokio::test]
     async fn select_by_ns_or_default() {
         let v = validate(
             "upstreams:\n- host: docker.io\n  url: http://127.0.0.1:1\n- host: ghcr.io\n  url: http://127.0.0.1:2\n\
