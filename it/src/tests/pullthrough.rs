@@ -410,7 +410,8 @@ pub(super) const SERVICE: &str = "shoal-test-registry";
 pub(super) const ISSUER: &str = "shoal-test-issuer";
 
 impl TokenIssuer {
-    /// Starts the issuer's HTTP endpoint; it grants `pull` on the scope's repository to anyone.
+    /// Starts the issuer's HTTP endpoint; it grants `pull` on the scope's repository to anyone,
+    /// except below `team/forbidden`.
     pub async fn start() -> TokenIssuer {
         let key_pair = rcgen::KeyPair::generate().unwrap();
         let params = rcgen::CertificateParams::new(vec!["shoal-test-issuer".into()]).unwrap();
@@ -476,6 +477,8 @@ impl Drop for TokenIssuer {
 fn access_from_scope(scope: &str) -> serde_json::Value {
     let mut parts = scope.splitn(3, ':');
     match (parts.next(), parts.next()) {
+        // Repositories under `team/forbidden` get a valid token that grants nothing.
+        (Some("repository"), Some(name)) if name.starts_with("team/forbidden") => serde_json::json!([]),
         (Some("repository"), Some(name)) => {
             serde_json::json!([{"type": "repository", "name": name, "actions": ["pull"]}])
         }
@@ -518,6 +521,16 @@ async fn bearer_token_upstream_pulls_and_caches_tokens() {
     assert_eq!(tokens, 1, "one token serves the manifest and every blob of the repository");
     let ok_tokens = counter(&c.origin_registry, "shoal_origin_upstream_requests_total", Some(("kind", "token")));
     assert_eq!(ok_tokens, 1);
+
+    // A token that grants nothing: the retry is refused too, and the answer says so.
+    let push = format!("Bearer {}", issuer.token("team/forbidden", &["pull", "push"]));
+    push_image(&reg, "team/forbidden", "v1", 41, Some(&push)).await;
+    let origin = c.origin.http_addr;
+    let resp = reqwest::get(format!("http://{origin}/tags/team/forbidden/v1?ns={UPSTREAM}")).await.unwrap();
+    assert_eq!(resp.status(), 502);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "DENIED", "{body}");
+    assert_eq!(issuer.requests.load(Ordering::SeqCst), 2, "one more token, asked once");
     c.shutdown().await;
 }
 
