@@ -172,6 +172,11 @@ struct CommonArgs {
     /// Remove network namespaces and links a harness left behind (--mode netns), then exit.
     #[arg(long)]
     cleanup: bool,
+    /// Leave the origin cold: its fetch from the backend counts in the agents' times. By
+    /// default the origin fetches the blobs before the clock starts (T* assumes seeds that
+    /// hold them).
+    #[arg(long)]
+    cold_origin: bool,
 }
 
 /// Where a bench run's stores go.
@@ -284,6 +289,7 @@ fn options(
         baseline: c.baseline.then_some(c.baseline_mode),
         progress: c.progress,
         verbose: true,
+        cold_origin: c.cold_origin,
     })
 }
 

@@ -312,8 +312,11 @@ async fn measure(c: &mut ProcCluster<'_>, o: &LocalOptions, sc: &Scenario, store
         std::fs::write(c.root.join("backend").join("sha256").join(digest.hex()), &data)?;
         digests.push(digest);
     }
+    if !o.cold_origin {
+        crate::pull::warm_origins(&c.http, &format!("http://{}", c.layout.agents[0].0), &digests).await?;
+    }
     if o.verbose {
-        println!("{} blob(s) placed in the origin backend; every agent pulls them now\n", digests.len());
+        println!("{}", crate::run::placed_line(digests.len(), o.cold_origin));
     }
     let cpu0 = c.procs.cpu_secs();
     let (agents, timeline) = drive(c, o.agents, &digests, sc, &o.drive_options(Duration::from_millis(250))).await?;

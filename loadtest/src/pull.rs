@@ -193,3 +193,15 @@ pub async fn fetch_and_hash(http: &reqwest::Client, url: &str, i: usize) -> anyh
     }
     Ok((bytes, hasher.finish()))
 }
+
+/// Has the origins fetch `digests` from their backend before the clock starts, so a run
+/// measures the swarm from seeds that hold the blob (what T* assumes): a `HEAD` of each blob
+/// on an agent, which waits for the owning origin's metainfo without downloading anything.
+pub async fn warm_origins(http: &reqwest::Client, agent_url: &str, digests: &[Digest]) -> anyhow::Result<()> {
+    for d in digests {
+        let url = format!("{agent_url}/blobs/{d}");
+        let resp = http.head(&url).send().await?;
+        anyhow::ensure!(resp.status().is_success(), "warming the origin: HEAD {url}: {}", resp.status());
+    }
+    Ok(())
+}
