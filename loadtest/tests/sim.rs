@@ -2,7 +2,8 @@
 //! at least the whole image, and no completion beats the bound `T*`, which no schedule can,
 //! by more than the credit the links' token buckets start with (a tenth of a second, as in
 //! the real limiter);
-//! it models the origins' super-seeding; and it agrees with a small real run.
+//! it models the origins' super-seeding and the swarm's upload backlog bound; and it agrees
+//! with a small real run.
 
 use std::time::Duration;
 
@@ -80,7 +81,9 @@ fn slow_origin_super_seeds_about_one_copy() {
     let copies = seeded.origin_bytes as f64 / size;
     assert!((1.0..1.1).contains(&copies), "origin sent {copies:.2} copies");
     assert!(seeded.busy_rejects > 0);
-    let plain_cfg = SimConfig { super_seeding: false, busy_backoff: false, ..cfg.clone() };
+    // The swarm before super-seeding and the back-off, which had no upload backlog bound
+    // either (with busy treated as `NotHave`, the bound's rejects would hide pieces for good).
+    let plain_cfg = SimConfig { super_seeding: false, busy_backoff: false, upload_backlog: None, ..cfg.clone() };
     let plain = run(&plain_cfg);
     assert_valid(&plain, &plain_cfg);
     let plain_copies = plain.origin_bytes as f64 / size;
@@ -161,6 +164,34 @@ fn bounded_uploads_per_host_experiment_completes_without_timeouts() {
     assert_eq!(r.timeouts, 0);
     assert!(r.busy_rejects > 0);
     assert_eq!(r, run(&cfg));
+}
+
+#[test]
+fn upload_backlog_default_is_the_swarms() {
+    let swarm = shoal_swarm::SwarmConfig::default();
+    let sim = SimConfig::default();
+    assert_eq!(sim.upload_backlog, Some(swarm.upload_backlog.get().as_secs_f64()));
+    assert_eq!(sim.max_uploads_per_connection, swarm.max_uploads_per_connection);
+    assert_eq!((sim.pipeline_depth, sim.origin_pipeline_depth), (swarm.pipeline_depth, swarm.origin_pipeline_depth));
+}
+
+#[test]
+fn upload_backlog_bound_rejects_busy_only_on_capped_links() {
+    // Capped: queues at the cap are bounded to 200 ms, so requests beyond are answered busy and
+    // taken elsewhere; every agent still gets the whole image, no request times out.
+    let cfg = SimConfig { hosts: 25, ..small(13) };
+    let r = run(&cfg);
+    assert_valid(&r, &cfg);
+    assert!(r.backlog_rejects > 0 && r.backlog_rejects <= r.busy_rejects);
+    assert_eq!(r.timeouts, 0);
+    assert_eq!(r, run(&cfg));
+    // Off, or nothing capped: no backlog rejects.
+    let off = SimConfig { upload_backlog: None, ..cfg.clone() };
+    let r = run(&off);
+    assert_valid(&r, &off);
+    assert_eq!(r.backlog_rejects, 0);
+    let uncapped = SimConfig { agent_up: None, agent_down: None, origin_up: None, origin_down: None, ..cfg };
+    assert_eq!(run(&uncapped).backlog_rejects, 0);
 }
 
 #[test]

@@ -67,13 +67,22 @@ pub struct SimArgs {
     /// Whole-blob sha256 rate of the commit, bytes/s (e.g. "1.65GiB"); not modeled by default.
     #[arg(long)]
     pub commit_rate: Option<ByteSize>,
-    /// Experiment: at most this many uploads in flight per host (beyond: busy).
+    /// Experiment: at most this many uploads in flight per host (beyond: busy), on top of
+    /// the upload backlog bound.
     #[arg(long)]
     pub max_uploads_per_host: Option<usize>,
+    /// Longest upload backlog of a capped host, milliseconds (the swarm's `upload_backlog`;
+    /// default its default).
+    #[arg(long)]
+    pub upload_backlog_ms: Option<u64>,
+    /// For comparison: no upload backlog bound (the swarm before it).
+    #[arg(long, conflicts_with = "upload_backlog_ms")]
+    pub no_upload_backlog: bool,
     /// For comparison: origins serve every request a permit allows (no `SeedBudget`).
     #[arg(long)]
     pub no_super_seeding: bool,
-    /// For comparison: a busy reject is treated like `NotHave` (no back-off).
+    /// For comparison: a busy reject is treated like `NotHave` (no back-off); implies
+    /// `--no-upload-backlog`.
     #[arg(long)]
     pub no_busy_backoff: bool,
     /// Write the simulator's report (config, per-host results, percentiles) here as JSON.
@@ -126,6 +135,13 @@ impl SimArgs {
             super_seeding: !self.no_super_seeding,
             max_uploads_per_host: self.max_uploads_per_host,
             busy_backoff: !self.no_busy_backoff,
+            // The swarm before the back-off had no backlog bound either, and a busy treated as
+            // `NotHave` hides the peer's piece for good, which the bound's rejects would stall on.
+            upload_backlog: if self.no_upload_backlog || self.no_busy_backoff {
+                None
+            } else {
+                self.upload_backlog_ms.map_or(base.upload_backlog, |ms| Some(ms as f64 / 1000.0))
+            },
             ..base
         }
     }

@@ -271,6 +271,11 @@ struct Host {
     budgets: Vec<SeedBudget>,
     /// Uploads in flight over all its connections.
     uploads: usize,
+    /// Upload bytes admitted and still waiting for egress tokens (`Node::upload_backlog`).
+    backlog: u64,
+    /// Most upload bytes that may wait at its egress cap (`Node::max_upload_backlog`); `None`
+    /// when uncapped or with the bound off.
+    max_backlog: Option<u64>,
 }
 
 pub(super) struct Sim<'a> {
@@ -294,6 +299,8 @@ pub(super) struct Sim<'a> {
     duplicate_bytes: u64,
     timeouts: u64,
     busy_rejects: u64,
+    /// Of which for a full upload backlog.
+    backlog_rejects: u64,
     cancelled: u64,
     refused_dials: u64,
     /// Piece bytes delivered to agents so far, sampled every `sample_every` into `timeline`.
@@ -376,6 +383,8 @@ impl<'a> Sim<'a> {
                         Vec::new()
                     },
                     uploads: 0,
+                    backlog: 0,
+                    max_backlog: max_upload_backlog(up, cfg.upload_backlog),
                     budgets: if origin && cfg.super_seeding {
                         layers.iter().map(|l| SeedBudget::new(l.num_pieces)).collect()
                     } else {
@@ -408,6 +417,7 @@ impl<'a> Sim<'a> {
             duplicate_bytes: 0,
             timeouts: 0,
             busy_rejects: 0,
+            backlog_rejects: 0,
             cancelled: 0,
             refused_dials: 0,
             delivered: 0,
@@ -491,6 +501,7 @@ impl<'a> Sim<'a> {
             duplicate_bytes: self.duplicate_bytes,
             timeouts: self.timeouts,
             busy_rejects: self.busy_rejects,
+            backlog_rejects: self.backlog_rejects,
             cancelled: self.cancelled,
             refused_dials: self.refused_dials,
             events: self.events,
@@ -559,11 +570,13 @@ impl<'a> Sim<'a> {
             Ev::Request { to, from, blob, piece } => self.serve(to, from, blob, piece),
             Ev::EgressDone { server, client, blob, piece } => {
                 if self.serving.remove(&(server, client, blob, piece)) {
+                    let len = self.piece_len(blob, piece);
+                    // The tokens are granted: the piece leaves the backlog (`drop(backlog)`).
+                    self.hosts[server as usize].backlog -= len;
                     if let Some(c) = self.hosts[server as usize].conns.get_mut(&client) {
                         c.uploads -= 1;
                         self.hosts[server as usize].uploads -= 1;
                     }
-                    let len = self.piece_len(blob, piece);
                     self.hosts[server as usize].uploaded += len;
                     let t = self.now + self.delay(server, client);
                     self.push(t, Ev::PieceArrive { to: client, from: server, blob, piece });
@@ -610,6 +623,9 @@ impl<'a> Sim<'a> {
             Ev::Cancel { to, from, blob, piece } => {
                 if self.serving.remove(&(to, from, blob, piece)) {
                     self.cancelled += 1;
+                    // The aborted upload task drops its backlog guard; its tokens stay spent.
+                    let len = self.piece_len(blob, piece);
+                    self.hosts[to as usize].backlog -= len;
                     if self.cfg.refund_cancelled && !self.prioritizes(to) {
                         let len = self.piece_len(blob, piece) as f64;
                         let up = &mut self.hosts[to as usize].up;
@@ -759,13 +775,20 @@ impl<'a> Sim<'a> {
             bits[(piece / 8) as usize] & (0x80 >> (piece % 8)) != 0
         };
         let max = self.cfg.max_uploads_per_connection;
+        let len = self.piece_len(blob, piece);
         let h = &mut self.hosts[server as usize];
         let conn = h.conns.get_mut(&client).expect("requests come on a connection");
-        // In the order of `Reader::serve`: lacking the piece, no upload permit, then the
-        // origin's super-seeding budget.
+        // In the order of `Reader::serve`: lacking the piece, a full upload backlog, no upload
+        // permit, then the origin's super-seeding budget (consulted last, as it counts what it
+        // admits).
         let host_full = self.cfg.max_uploads_per_host.is_some_and(|m| h.uploads >= m);
+        let backlog_full = has && !admit_upload(h.backlog, len, h.max_backlog);
+        self.backlog_rejects += u64::from(backlog_full);
         let busy = has
-            && (conn.uploads >= max || host_full || h.budgets.get_mut(blob as usize).is_some_and(|b| !b.admit(piece)));
+            && (backlog_full
+                || conn.uploads >= max
+                || host_full
+                || h.budgets.get_mut(blob as usize).is_some_and(|b| !b.admit(piece)));
         if !has || busy {
             self.busy_rejects += u64::from(busy);
             self.push(self.now + d, Ev::Reject { to: client, from: server, blob, piece, busy });
@@ -774,6 +797,7 @@ impl<'a> Sim<'a> {
         let conn = self.hosts[server as usize].conns.get_mut(&client).expect("checked above");
         conn.uploads += 1;
         self.hosts[server as usize].uploads += 1;
+        self.hosts[server as usize].backlog += len;
         self.serving.insert((server, client, blob, piece));
         if self.prioritizes(server) {
             let h = &mut self.hosts[server as usize];
@@ -783,7 +807,6 @@ impl<'a> Sim<'a> {
             }
             return;
         }
-        let len = self.piece_len(blob, piece);
         let t = self.hosts[server as usize].up.acquire(self.now, len);
         self.push(t, Ev::EgressDone { server, client, blob, piece });
     }
@@ -886,6 +909,24 @@ impl<'a> Sim<'a> {
             self.agents_left -= 1;
         }
     }
+}
+
+/// `Node::admit_upload` (`swarm/src/node.rs`): whether `bytes` more may join a backlog of
+/// `backlog` bytes bounded by `max`. An empty backlog always admits one piece.
+fn admit_upload(backlog: u64, bytes: u64, max: Option<u64>) -> bool {
+    match max {
+        Some(max) => backlog == 0 || backlog + bytes <= max,
+        None => true,
+    }
+}
+
+/// `Node::max_upload_backlog` as `Swarm::new` computes it (`swarm/src/node.rs`): the bytes
+/// `egress_rate` (whole bytes/s) sends in `upload_backlog` (whole milliseconds); `None` for an
+/// uncapped node.
+fn max_upload_backlog(egress_rate: Option<f64>, upload_backlog: Option<f64>) -> Option<u64> {
+    let (rate, backlog) = (egress_rate?, upload_backlog?);
+    let millis = (backlog * 1000.0).round() as u128;
+    Some(u64::try_from(u128::from(rate as u64) * millis / 1000).unwrap_or(u64::MAX))
 }
 
 /// The made-up digests of the layers, which place them on the origin ring.

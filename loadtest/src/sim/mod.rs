@@ -11,7 +11,12 @@
 //!   ingress queue. This needs no rate recomputation, so a run costs O(log events) per event.
 //! - **Connections** as in `swarm/src/conn.rs`: one per host pair shared by every blob, at most
 //!   `max_uploads_per_connection` uploads in flight on it (a request beyond is rejected as
-//!   busy), at most `max_connections` per host (a dial beyond fails). A cancel that reaches the
+//!   busy), at most `max_connections` per host (a dial beyond fails). A host with an egress
+//!   cap bounds its upload backlog as `Node::admit_upload` does: a request is answered busy
+//!   when the bytes admitted and still waiting for egress tokens, over all its connections,
+//!   plus this piece exceed `egress rate × upload_backlog` (an empty backlog admits one
+//!   piece); the bytes leave the backlog when their tokens are granted or the upload is
+//!   cancelled. A cancel that reaches the
 //!   sender while its piece waits for egress tokens drops the piece, but the tokens stay spent,
 //!   as the real limiter never refunds them.
 //! - **Origins** super-seed with the real [`shoal_core::seeding::SeedBudget`]: each piece once
@@ -74,6 +79,11 @@ pub struct SimConfig {
     pub endgame_pieces: u32,
     /// Uploads in flight per connection; a request beyond is rejected as busy.
     pub max_uploads_per_connection: usize,
+    /// Longest upload backlog of a host with an egress cap, seconds (the swarm's
+    /// `upload_backlog`, whole milliseconds): a request that would take the bytes waiting for
+    /// egress tokens beyond `cap × upload_backlog` is rejected as busy. `None` turns the bound
+    /// off (the swarm before it, for comparison).
+    pub upload_backlog: Option<f64>,
     /// Connections per host; a dial to a full host fails.
     pub max_connections: usize,
     /// Agent request timeout in seconds (the drain time of a full pipeline is added, as the
@@ -93,7 +103,8 @@ pub struct SimConfig {
     pub refund_cancelled: bool,
     /// Experiment, not what the real swarm does: at most this many uploads in flight per host
     /// over all its connections (a request beyond is rejected busy), so no egress queue grows
-    /// deeper than that many pieces.
+    /// deeper than that many pieces. Counts pieces where [`SimConfig::upload_backlog`] (the
+    /// real bound) counts bytes against the cap; applies on top of it.
     pub max_uploads_per_host: Option<usize>,
     /// Experiment, not what the real origin does: an origin sends its queued uploads one at
     /// a time, the piece it has sent the fewest times first, instead of in arrival order.
@@ -134,6 +145,7 @@ impl Default for SimConfig {
             origin_pipeline_depth: 4,
             endgame_pieces: 3,
             max_uploads_per_connection: 8,
+            upload_backlog: Some(0.2),
             max_connections: 1024,
             request_timeout: 10.0,
             origin_fewest_copies_first: false,
@@ -225,6 +237,8 @@ pub struct SimReport {
     /// Requests that timed out, were rejected busy, and were cancelled before sending.
     pub timeouts: u64,
     pub busy_rejects: u64,
+    /// Of the busy rejects, those for a full upload backlog.
+    pub backlog_rejects: u64,
     pub cancelled: u64,
     /// Dials refused because the target had `max_connections` connections.
     pub refused_dials: u64,
@@ -267,10 +281,11 @@ impl SimReport {
             self.peer_bytes as f64 / 1e9
         );
         s += &format!(
-            "duplicates {:.3} GB; timeouts {}, busy rejects {}, cancelled {}, refused dials {}; {} events\n",
+            "duplicates {:.3} GB; timeouts {}, busy rejects {} ({} for a full upload backlog), cancelled {}, refused dials {}; {} events\n",
             self.duplicate_bytes as f64 / 1e9,
             self.timeouts,
             self.busy_rejects,
+            self.backlog_rejects,
             self.cancelled,
             self.refused_dials,
             self.events
