@@ -35,6 +35,10 @@ pub struct SwarmConfig {
     /// wait longer behind the pieces already queued at the cap is answered "busy", so the
     /// requester asks another peer instead of queueing. Default 200ms.
     pub upload_backlog: Duration,
+    /// Memory for pieces read for upload and not yet on the socket, over all connections;
+    /// an upload waits for room before it reads its piece. At least 4MiB (the largest
+    /// piece). Default 8MiB.
+    pub upload_memory: ByteSize,
     /// Base time a piece request may take before it is given to another peer; a capped link
     /// adds the time the pipeline needs at the cap. Default 10s.
     pub request_timeout: Duration,
@@ -70,6 +74,7 @@ impl Default for SwarmConfig {
             origin_pipeline_depth: 4,
             max_uploads_per_connection: 8,
             upload_backlog: Duration::from_millis(200),
+            upload_memory: ByteSize(8 << 20),
             request_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(5),
             io_timeout: Duration::from_secs(30),
@@ -98,6 +103,12 @@ impl SwarmConfig {
                 return Err(format!("swarm.{name} must be at least 1"));
             }
         }
+        if self.upload_memory.0 < u64::from(shoal_core::metainfo::MAX_PIECE_LEN) {
+            return Err(format!(
+                "swarm.upload_memory must be at least the largest piece, {} bytes",
+                shoal_core::metainfo::MAX_PIECE_LEN
+            ));
+        }
         for t in &self.trackers {
             if !(t.starts_with("http://") || t.starts_with("https://")) {
                 return Err(format!("swarm.trackers entry {t:?} must be an http:// or https:// URL"));
@@ -107,5 +118,27 @@ impl SwarmConfig {
             return Err("swarm.io_timeout must be at least 1s".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_rejects_what_types_cannot() {
+        let ok = SwarmConfig::default();
+        assert_eq!(ok.validate(), Ok(()));
+        let cases: &[(&str, SwarmConfig)] = &[
+            ("swarm.pipeline_depth", SwarmConfig { pipeline_depth: 0, ..SwarmConfig::default() }),
+            ("swarm.upload_memory", SwarmConfig { upload_memory: ByteSize((4 << 20) - 1), ..SwarmConfig::default() }),
+            ("swarm.trackers", SwarmConfig { trackers: vec!["tracker:7600".into()], ..SwarmConfig::default() }),
+        ];
+        for (field, cfg) in cases {
+            let err = cfg.validate().expect_err(field);
+            assert!(err.contains(field), "{field}: {err}");
+        }
+        let exact = SwarmConfig { upload_memory: ByteSize(4 << 20), ..SwarmConfig::default() };
+        assert_eq!(exact.validate(), Ok(()));
     }
 }

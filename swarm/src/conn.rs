@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::download::Event;
-use crate::node::Node;
+use crate::node::{Node, UPLOAD_MEMORY_UNIT};
 
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +59,9 @@ impl ConnError {
 pub(crate) struct Out {
     head: Bytes,
     data: Option<Bytes>,
-    /// Upload permit released once the data is on the socket.
-    _permit: Option<OwnedSemaphorePermit>,
+    /// Upload permits (the connection's slot and the node's buffer memory) released once the
+    /// data is on the socket.
+    _permit: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
 }
 
 /// The shared face of a connection: the rest of the node sends through it.
@@ -524,7 +525,11 @@ impl Reader {
         let conn = self.conn.clone();
         let serving = self.serving.clone();
         let mut map = self.serving.lock();
+        let units =
+            u32::try_from(u64::from(entry.meta.piece_len(idx)).div_ceil(UPLOAD_MEMORY_UNIT)).unwrap_or(u32::MAX);
         let task = tokio::spawn(async move {
+            // Validation keeps the memory at least one piece, so this always completes.
+            let Ok(memory) = node.upload_memory.clone().acquire_many_owned(units).await else { return };
             let file = entry.file.clone();
             let read = node.store.blocking().run(move || file.read_piece(idx)).await;
             let data = match read {
@@ -543,7 +548,7 @@ impl Reader {
             node.metrics.bytes_out.inc_by(data.len() as u64);
             entry.uploaded.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
             serving.lock().remove(&(blob, piece));
-            let _ = conn.tx.send(Out { head: head.freeze(), data: Some(data), _permit: Some(permit) });
+            let _ = conn.tx.send(Out { head: head.freeze(), data: Some(data), _permit: Some((permit, memory)) });
         });
         map.insert((blob, piece), task.abort_handle());
     }

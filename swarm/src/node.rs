@@ -151,8 +151,13 @@ pub(crate) struct Node {
     pub upload_backlog: Arc<AtomicU64>,
     /// Most upload bytes that may wait at the egress cap; `None` when uncapped.
     pub max_upload_backlog: Option<u64>,
+    /// Room for piece buffers read for upload, in [`UPLOAD_MEMORY_UNIT`]s.
+    pub upload_memory: Arc<Semaphore>,
     pub cancel: CancellationToken,
 }
+
+/// The unit of [`Node::upload_memory`].
+pub(crate) const UPLOAD_MEMORY_UNIT: u64 = 64 << 10;
 
 /// Upload bytes counted in [`Node::upload_backlog`] until dropped.
 pub(crate) struct BacklogGuard {
@@ -322,6 +327,9 @@ impl Swarm {
             blacklist_addrs: DashMap::new(),
             conn_slots: Arc::new(Semaphore::new(cfg.max_connections)),
             upload_backlog: Arc::new(AtomicU64::new(0)),
+            upload_memory: Arc::new(Semaphore::new(
+                usize::try_from(cfg.upload_memory.0 / UPLOAD_MEMORY_UNIT).unwrap_or(Semaphore::MAX_PERMITS),
+            )),
             max_upload_backlog: cfg.egress_rate.map(|r| {
                 u64::try_from(u128::from(r.0) * cfg.upload_backlog.get().as_millis() / 1000).unwrap_or(u64::MAX)
             }),
