@@ -325,23 +325,18 @@ async fn measure(c: &mut ProcCluster<'_>, o: &LocalOptions, sc: &Scenario, store
     for (h, _) in &c.layout.origins {
         origin_uploaded += metric(&c.http, *h, "shoal_swarm_piece_bytes_sent_total").await.unwrap_or(0);
     }
-    let (user, sys) = match (cpu0, cpu1) {
-        (Some(a), Some(b)) => (Some(b.0 - a.0), Some(b.1 - a.1)),
-        _ => (None, None),
-    };
     let rss: Vec<(String, u64)> = c.procs.peak_rss();
     let max_agent = rss.iter().filter(|(n, _)| n.starts_with("agent")).map(|(_, r)| *r).max();
-    let resources = Resources {
-        cpu_secs: user.zip(sys).map(|(u, s)| u + s),
-        user_secs: user,
-        sys_secs: sys,
-        peak_rss_bytes: (!rss.is_empty()).then(|| rss.iter().map(|(_, r)| r).sum()),
-        max_agent_rss_bytes: max_agent,
-        note: format!(
+    let resources = Resources::between(
+        cpu0,
+        cpu1,
+        (!rss.is_empty()).then(|| rss.iter().map(|(_, r)| r).sum()),
+        max_agent,
+        format!(
             "the cluster's processes (tracker, origins, agents), not the harness; CPU during the swarm pull{}; peak RSS is the sum of each process's lifetime peak",
             if sc.churn.is_some() { " (a killed process's CPU is not counted)" } else { "" }
         ),
-    };
+    );
     let baseline = match o.baseline {
         None => None,
         Some(mode) => {

@@ -123,6 +123,31 @@ pub struct Resources {
     pub note: String,
 }
 
+impl Resources {
+    /// The CPU used between two [`cpu_times`] readings (user, system), with the peak RSS
+    /// figures and whose processes they cover. A missing reading leaves the CPU unknown.
+    pub fn between(
+        before: Option<(f64, f64)>,
+        after: Option<(f64, f64)>,
+        peak_rss_bytes: Option<u64>,
+        max_agent_rss_bytes: Option<u64>,
+        note: String,
+    ) -> Resources {
+        let (user, sys) = match (before, after) {
+            (Some(a), Some(b)) => (Some(b.0 - a.0), Some(b.1 - a.1)),
+            _ => (None, None),
+        };
+        Resources {
+            cpu_secs: user.zip(sys).map(|(u, s)| u + s),
+            user_secs: user,
+            sys_secs: sys,
+            peak_rss_bytes,
+            max_agent_rss_bytes,
+            note,
+        }
+    }
+}
+
 /// The no-P2P reference: every agent fetching straight from the origin with the same caps.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Baseline {
@@ -750,6 +775,15 @@ pub(crate) fn assert_reports_close(a: &RunReport, b: &RunReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resources_between_two_readings() {
+        let r = Resources::between(Some((1.0, 2.0)), Some((3.5, 5.0)), Some(7), None, "n".into());
+        assert_eq!((r.user_secs, r.sys_secs, r.cpu_secs), (Some(2.5), Some(3.0), Some(5.5)));
+        assert_eq!((r.peak_rss_bytes, r.note.as_str()), (Some(7), "n"));
+        let unknown = Resources::between(None, Some((3.5, 5.0)), None, Some(9), String::new());
+        assert_eq!((unknown.cpu_secs, unknown.user_secs, unknown.max_agent_rss_bytes), (None, None, Some(9)));
+    }
 
     const MIB_U: u64 = 1 << 20;
 

@@ -219,21 +219,16 @@ async fn measure(cluster: &mut Cluster, o: &LocalOptions, sc: &Scenario, store: 
     let (agents, timeline) =
         drive(cluster, o.agents, &digests, sc, &o.drive_options(Duration::from_millis(100))).await?;
     let cpu1 = report::cpu_times();
-    let (user, sys) = match (cpu0, cpu1) {
-        (Some(a), Some(b)) => (Some(b.0 - a.0), Some(b.1 - a.1)),
-        _ => (None, None),
-    };
-    let resources = Resources {
-        cpu_secs: user.zip(sys).map(|(u, s)| u + s),
-        user_secs: user,
-        sys_secs: sys,
-        peak_rss_bytes: report::peak_rss(),
-        max_agent_rss_bytes: None,
-        note: format!(
+    let resources = Resources::between(
+        cpu0,
+        cpu1,
+        report::peak_rss(),
+        None,
+        format!(
             "this one process during the swarm pull: tracker, origins, agents and the harness's HTTP clients, which hash every copy; peak RSS {}",
             if rss_reset { "since just before the pull" } else { "over the process lifetime (reset not allowed)" }
         ),
-    };
+    );
     let origin_uploaded = cluster.origin_uploaded();
     let baseline = match o.baseline {
         None => None,

@@ -164,18 +164,13 @@ pub fn main(args: &SimArgs) -> anyhow::Result<()> {
     print!("{}", report.table(&cfg));
     println!("wall clock {wall:.1} s");
     if let Some(dir) = &args.report {
-        let (user, sys) = match (cpu0, cpu1) {
-            (Some(a), Some(b)) => (Some(b.0 - a.0), Some(b.1 - a.1)),
-            _ => (None, None),
-        };
-        let resources = Resources {
-            cpu_secs: user.zip(sys).map(|(u, s)| u + s),
-            user_secs: user,
-            sys_secs: sys,
-            peak_rss_bytes: report::peak_rss(),
-            max_agent_rss_bytes: None,
-            note: format!("the simulator process, {wall:.1} s wall clock; times are virtual"),
-        };
+        let resources = Resources::between(
+            cpu0,
+            cpu1,
+            report::peak_rss(),
+            None,
+            format!("the simulator process, {wall:.1} s wall clock; times are virtual"),
+        );
         let rr = report.run_report(&cfg, resources);
         print!("{}", rr.summary());
         rr.write(dir)?;
