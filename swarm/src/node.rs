@@ -13,7 +13,7 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 use shoal_core::seeding::SeedBudget;
 use shoal_core::wire::pack_bits;
-use shoal_core::{Digest, MetaInfo, PeerId};
+use shoal_core::{Digest, MetaInfo, PeerId, PieceIndex};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
@@ -262,28 +262,40 @@ impl PieceReader {
     /// present.
     async fn next_chunk(&mut self, off: u64) -> std::io::Result<bytes::Bytes> {
         let meta = &self.entry.meta;
-        let index = u32::try_from(off / u64::from(meta.piece_length()))
-            .ok()
-            .and_then(|i| meta.piece(i))
-            .ok_or_else(|| std::io::Error::other(format!("offset {off} is beyond the blob")))?;
-        loop {
-            self.progress.borrow_and_update();
-            if self.entry.has_piece(index.get()) {
-                break;
-            }
-            if let Status::Failed(e) = &*self.status.borrow_and_update() {
-                return Err(std::io::Error::other(format!("download of {} failed: {e}", meta.digest())));
-            }
-            tokio::select! {
-                r = self.progress.changed() => if r.is_err() { return Err(std::io::Error::other("blob dropped")) },
-                r = self.status.changed() => if r.is_err() { return Err(std::io::Error::other("blob dropped")) },
-                () = self.cancel.cancelled() => return Err(std::io::Error::other("node is shutting down")),
-            }
-        }
+        let digest = meta.digest();
+        let index = self
+            .wait_piece(off)
+            .await
+            .map_err(|e| std::io::Error::other(format!("download of {digest} failed: {e}")))?;
+        let meta = &self.entry.meta;
         let piece_end = meta.piece_offset(index) + u64::from(meta.piece_len(index));
         let len = usize::try_from(piece_end.min(self.end).min(off + Self::CHUNK) - off).expect("at most a chunk");
         let file = self.entry.file.clone();
         self.blocking.run(move || file.read_at(off, len)).await.map(bytes::Bytes::from)
+    }
+
+    /// Waits until the piece holding `off` is present; the download's own error if it fails
+    /// first.
+    async fn wait_piece(&mut self, off: u64) -> Result<PieceIndex, SwarmError> {
+        let meta = &self.entry.meta;
+        let index = u32::try_from(off / u64::from(meta.piece_length()))
+            .ok()
+            .and_then(|i| meta.piece(i))
+            .ok_or_else(|| SwarmError::Failed(format!("offset {off} is beyond the blob").into()))?;
+        loop {
+            self.progress.borrow_and_update();
+            if self.entry.has_piece(index.get()) {
+                return Ok(index);
+            }
+            if let Status::Failed(e) = &*self.status.borrow_and_update() {
+                return Err(e.clone());
+            }
+            tokio::select! {
+                r = self.progress.changed() => if r.is_err() { return Err(SwarmError::ShuttingDown) },
+                r = self.status.changed() => if r.is_err() { return Err(SwarmError::ShuttingDown) },
+                () = self.cancel.cancelled() => return Err(SwarmError::ShuttingDown),
+            }
+        }
     }
 }
 
@@ -415,8 +427,10 @@ impl Swarm {
     /// Streams `[start, end)` of the blob `meta` describes while it downloads: each chunk is
     /// sent as soon as the piece holding it has matched its piece hash, in order, so a reader
     /// starts before the blob is complete. Starts (or joins) the download like
-    /// [`Swarm::download`]. The stream ends with an error if the download fails before the
-    /// range is covered; it never yields a byte of a piece that did not verify.
+    /// [`Swarm::download`], and returns once the first piece of the range is present, or with
+    /// the download's error if it fails before that. The stream ends with an error if the
+    /// download fails before the range is covered; it never yields a byte of a piece that
+    /// did not verify.
     ///
     /// Piece hashes come from the metainfo the origin built from content that matched the
     /// blob's sha256; the whole blob's sha256 is checked again before it is committed, and a
@@ -429,7 +443,7 @@ impl Swarm {
     ) -> Result<impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static + use<>, SwarmError> {
         let end = end.min(meta.length());
         let entry = self.start_download(meta).await?;
-        let reader = PieceReader {
+        let mut reader = PieceReader {
             progress: entry.progress.subscribe(),
             status: entry.status.subscribe(),
             entry,
@@ -437,6 +451,11 @@ impl Swarm {
             cancel: self.node.cancel.clone(),
             end,
         };
+        // The first piece is awaited here, so a download that fails before any byte could be
+        // sent (no origin, a full disk, a timeout) is the caller's error, not a broken body.
+        if start < end {
+            reader.wait_piece(start).await?;
+        }
         Ok(futures::stream::unfold(Some((reader, start)), |state| async move {
             let (mut reader, off) = state?;
             if off >= reader.end {

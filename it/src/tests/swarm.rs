@@ -134,17 +134,20 @@ async fn blob_streams_before_the_download_completes() {
 }
 
 /// When the download fails part way, the streamed body ends in an error, never in a short
-/// success; every byte that did arrive is the blob's own.
+/// success; every byte that did arrive is the blob's own. A download that fails before its
+/// first piece is an error status instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_of_a_failing_download_ends_in_an_error() {
     let mut swarm = shoal_loadtest::cluster::test_swarm_config();
-    swarm.download_timeout = shoal_runtime::Duration::from_secs(2);
-    let c = Cluster::builder().agents(1).origin_rate(Some(mib(2))).swarm(swarm).start().await.unwrap();
-    let data = random_blob(mib(16), 32);
+    swarm.download_timeout = shoal_runtime::Duration::from_millis(2500);
+    // 64 pieces in 4 stripes through a 16 MiB/s origin: the first stripe, which holds the
+    // first piece, is in after about a second; the timeout strikes at about 40 MiB.
+    let c = Cluster::builder().agents(1).origin_rate(Some(mib(16))).swarm(swarm).start().await.unwrap();
+    let data = random_blob(mib(64), 32);
     let d = c.put_backend_blob(&data).unwrap();
     let url = format!("http://{}/v2/x/blobs/{d}", c.agent(0).http_addr);
     let mut resp = reqwest::get(&url).await.unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap_or_default());
     let mut got = Vec::new();
     let err = loop {
         match resp.chunk().await {
@@ -153,7 +156,18 @@ async fn stream_of_a_failing_download_ends_in_an_error() {
             Err(e) => break e,
         }
     };
-    assert!(got.len() < data.len(), "{err}");
+    assert!(!got.is_empty() && got.len() < data.len(), "{} bytes, then {err}", got.len());
     assert!(got[..] == data[..got.len()], "streamed bytes differ from the blob");
+    // A new request after the failure starts the download again; one that cannot get its
+    // first piece in time is answered with the download's error.
+    let mut swarm = shoal_loadtest::cluster::test_swarm_config();
+    swarm.download_timeout = shoal_runtime::Duration::from_millis(300);
+    let slow = Cluster::builder().agents(1).origin_rate(Some(mib(1))).swarm(swarm).start().await.unwrap();
+    let big = random_blob(mib(64), 33);
+    let d = slow.put_backend_blob(&big).unwrap();
+    let resp = reqwest::get(format!("http://{}/blobs/{d}", slow.agent(0).http_addr)).await.unwrap();
+    assert_eq!(resp.status(), 504);
+    assert!(resp.text().await.unwrap().contains("timed out"));
+    slow.shutdown().await;
     c.shutdown().await;
 }
