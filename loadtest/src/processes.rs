@@ -287,7 +287,7 @@ impl Nodes for ProcCluster<'_> {
         let mut s = Stats::default();
         for d in digests {
             if let Ok(b) = debug_stats(&self.http, self.layout.agents[i].0, *d).await {
-                s += Stats { from_origin: b.from_origin, from_peers: b.from_peers, uploaded: b.uploaded };
+                s += b;
             }
         }
         s
@@ -372,15 +372,8 @@ fn baseline_origin_url(c: &ProcCluster<'_>) -> String {
     format!("http://{}", c.layout.origins[0].0)
 }
 
-/// An agent's `/debug/blobs/<digest>` answer.
-#[derive(Clone, Copy, Debug, Default, serde::Deserialize)]
-struct DebugStats {
-    from_origin: u64,
-    from_peers: u64,
-    uploaded: u64,
-}
-
-async fn debug_stats(http: &reqwest::Client, h: SocketAddr, d: Digest) -> anyhow::Result<DebugStats> {
+/// An agent's byte counts for one blob, from its `/debug/blobs/<digest>`.
+async fn debug_stats(http: &reqwest::Client, h: SocketAddr, d: Digest) -> anyhow::Result<Stats> {
     let resp = http.get(format!("http://{h}/debug/blobs/{d}")).send().await?;
     anyhow::ensure!(resp.status().is_success(), "{}", resp.status());
     Ok(resp.json().await?)
@@ -394,12 +387,28 @@ async fn metric(http: &reqwest::Client, h: SocketAddr, name: &str) -> anyhow::Re
 
 /// Sums every sample of `name` (any labels) in Prometheus text format.
 pub fn sum_metric(text: &str, name: &str) -> u64 {
+    metric_samples(text, name, None)
+}
+
+/// Sums the samples of counter `name` whose label `key` is `value`, in Prometheus text format.
+pub fn labelled_metric(text: &str, name: &str, key: &str, value: &str) -> u64 {
+    metric_samples(text, name, Some(&format!("{key}=\"{value}\"")))
+}
+
+/// Sums the samples of `name`, all of them or those carrying the label pair `want`
+/// (`key="value"`).
+fn metric_samples(text: &str, name: &str, want: Option<&str>) -> u64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
             let rest = l.strip_prefix(name)?;
-            if !(rest.starts_with('{') || rest.starts_with(' ')) {
-                return None;
+            match want {
+                None if !(rest.starts_with('{') || rest.starts_with(' ')) => return None,
+                None => {}
+                Some(want) => {
+                    let (labels, _) = rest.strip_prefix('{')?.split_once('}')?;
+                    labels.split(',').any(|kv| kv.trim() == want).then_some(())?;
+                }
             }
             l.rsplit(' ').next()?.parse::<f64>().ok()
         })
@@ -529,6 +538,17 @@ mod tests {
                     shoal_swarm_piece_bytes_sent_total_other 5\n";
         assert_eq!(sum_metric(text, "shoal_swarm_piece_bytes_sent_total"), 123);
         assert_eq!(sum_metric("x 1\n", "y"), 0);
+    }
+
+    #[test]
+    fn labelled_metric_picks_one_source() {
+        const RECEIVED: &str = "shoal_swarm_piece_bytes_received_total";
+        let text = "# TYPE shoal_swarm_piece_bytes_received_total counter\n\
+                    shoal_swarm_piece_bytes_received_total{source=\"origin\"} 100\n\
+                    shoal_swarm_piece_bytes_received_total{source=\"peer\"} 23\n";
+        assert_eq!(labelled_metric(text, RECEIVED, "source", "origin"), 100);
+        assert_eq!(labelled_metric(text, RECEIVED, "source", "peer"), 23);
+        assert_eq!(labelled_metric(text, RECEIVED, "source", "other"), 0);
     }
 
     #[test]

@@ -58,8 +58,8 @@ impl RemoteAgents {
     async fn metrics(&self, i: usize) -> Option<Stats> {
         let text = self.get_text(&format!("{}/metrics", self.urls[i])).await?;
         Some(Stats {
-            from_origin: labelled_metric(&text, RECEIVED, "source", "origin"),
-            from_peers: labelled_metric(&text, RECEIVED, "source", "peer"),
+            from_origin: crate::processes::labelled_metric(&text, RECEIVED, "source", "origin"),
+            from_peers: crate::processes::labelled_metric(&text, RECEIVED, "source", "peer"),
             uploaded: crate::processes::sum_metric(&text, SENT),
         })
     }
@@ -73,14 +73,6 @@ impl RemoteAgents {
     }
 }
 
-/// An agent's `/debug/blobs/<digest>` answer.
-#[derive(serde::Deserialize)]
-struct DebugStats {
-    from_origin: u64,
-    from_peers: u64,
-    uploaded: u64,
-}
-
 impl Nodes for RemoteAgents {
     fn agent_url(&self, i: usize) -> Option<String> {
         self.urls.get(i).cloned()
@@ -92,8 +84,8 @@ impl Nodes for RemoteAgents {
         for d in digests {
             let url = format!("{}/debug/blobs/{d}", self.urls[i]);
             match self.http.get(&url).send().await {
-                Ok(r) if r.status().is_success() => match r.json::<DebugStats>().await {
-                    Ok(b) => s += Stats { from_origin: b.from_origin, from_peers: b.from_peers, uploaded: b.uploaded },
+                Ok(r) if r.status().is_success() => match r.json::<Stats>().await {
+                    Ok(b) => s += b,
                     Err(_) => all = false,
                 },
                 // Not seen yet: nothing received.
@@ -121,20 +113,6 @@ impl Nodes for RemoteAgents {
     async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
         anyhow::bail!("remote agent {i} cannot be restarted by the harness")
     }
-}
-
-/// Sums the samples of counter `name` whose label `key` is `value`, in Prometheus text format.
-pub fn labelled_metric(text: &str, name: &str, key: &str, value: &str) -> u64 {
-    let want = format!("{key}=\"{value}\"");
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?.strip_prefix('{')?;
-            let (labels, _) = rest.split_once('}')?;
-            labels.split(',').any(|kv| kv.trim() == want).then_some(())?;
-            l.rsplit(' ').next()?.parse::<f64>().ok()
-        })
-        .sum::<f64>() as u64
 }
 
 /// Uploads `path` to `origin` with `PUT /blobs/<digest>`; returns its digest and size.
@@ -269,19 +247,4 @@ pub async fn run_remote(o: &LocalOptions) -> anyhow::Result<RunReport> {
         ..Resources::default()
     };
     Ok(RunReport::new(spec, agents, origin_uploaded, timeline, resources, baseline))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn labelled_metric_picks_one_source() {
-        let text = "# TYPE shoal_swarm_piece_bytes_received_total counter\n\
-                    shoal_swarm_piece_bytes_received_total{source=\"origin\"} 100\n\
-                    shoal_swarm_piece_bytes_received_total{source=\"peer\"} 23\n";
-        assert_eq!(labelled_metric(text, RECEIVED, "source", "origin"), 100);
-        assert_eq!(labelled_metric(text, RECEIVED, "source", "peer"), 23);
-        assert_eq!(labelled_metric(text, RECEIVED, "source", "other"), 0);
-    }
 }

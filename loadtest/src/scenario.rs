@@ -210,8 +210,9 @@ pub struct ChurnInfo {
     pub restart_after_secs: Option<f64>,
 }
 
-/// Bytes a node has received and sent for some blobs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Bytes a node has received and sent for some blobs; also an agent's
+/// `/debug/blobs/<digest>` answer, whose other fields are ignored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 pub struct Stats {
     pub from_origin: u64,
     pub from_peers: u64,
