@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod corrupt;
+mod image;
 mod preheat;
 mod pullthrough;
 mod registry;

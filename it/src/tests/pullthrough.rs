@@ -18,9 +18,10 @@ use shoal_swarm::SwarmConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::image::{TestImage, descriptor};
 use crate::registry_server::{RegistryAuth, RegistryServer};
 
-pub(super) const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub(super) use super::image::DOCKER_MANIFEST;
 pub(super) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 /// The name clients use for the upstream (containerd's `ns=`).
 pub(super) const UPSTREAM: &str = "upstream.test";
@@ -177,10 +178,6 @@ impl PushedImage {
     }
 }
 
-fn descriptor(media_type: &str, data: &[u8]) -> serde_json::Value {
-    serde_json::json!({"mediaType": media_type, "size": data.len(), "digest": Digest::of(data).to_string()})
-}
-
 /// Pushes a config, two layers and a Docker schema 2 manifest as `name:tag`.
 pub(super) async fn push_image(
     reg: &RegistryServer,
@@ -189,23 +186,10 @@ pub(super) async fn push_image(
     seed: u64,
     auth: Option<&str>,
 ) -> PushedImage {
-    let layers = vec![random_blob(3 << 20, seed), random_blob(100_000, seed + 1)];
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| Digest::of(l).to_string()).collect::<Vec<_>>()},
-    }))
-    .unwrap();
+    let TestImage { config, layers, manifest } = TestImage::new(seed, 100_000);
     for b in std::iter::once(&config).chain(&layers) {
         reg.push_blob(name, b, auth).await.unwrap();
     }
-    let manifest = serde_json::to_vec_pretty(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": DOCKER_MANIFEST,
-        "config": descriptor("application/vnd.docker.container.image.v1+json", &config),
-        "layers": layers.iter().map(|l| descriptor("application/vnd.docker.image.rootfs.diff.tar.gzip", l)).collect::<Vec<_>>(),
-    }))
-    .unwrap();
     let digest = reg.push_manifest(name, tag, DOCKER_MANIFEST, &manifest, auth).await.unwrap();
     PushedImage { manifest, digest, config, layers }
 }

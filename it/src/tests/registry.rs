@@ -7,11 +7,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use shoal_core::Digest;
-use shoal_loadtest::cluster::{Cluster, random_blob};
+use shoal_loadtest::cluster::Cluster;
 use shoal_origin::backend::{BackendConfig, FsConfig, Layout};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+use super::image::{DOCKER_MANIFEST, TestImage, descriptor};
+
 const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -72,25 +73,8 @@ struct Image {
     digest: Digest,
 }
 
-fn descriptor(media_type: &str, data: &[u8]) -> serde_json::Value {
-    serde_json::json!({"mediaType": media_type, "size": data.len(), "digest": Digest::of(data).to_string()})
-}
-
 fn image(reg: &RegistryDir, seed: u64) -> Image {
-    let layers = vec![random_blob(3 << 20, seed), random_blob(70_000, seed + 1)];
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| Digest::of(l).to_string()).collect::<Vec<_>>()},
-    }))
-    .unwrap();
-    let manifest = serde_json::to_vec_pretty(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": DOCKER_MANIFEST,
-        "config": descriptor("application/vnd.docker.container.image.v1+json", &config),
-        "layers": layers.iter().map(|l| descriptor("application/vnd.docker.image.rootfs.diff.tar.gzip", l)).collect::<Vec<_>>(),
-    }))
-    .unwrap();
+    let TestImage { config, layers, manifest } = TestImage::new(seed, 70_000);
     reg.put_blob(&config);
     for l in &layers {
         reg.put_blob(l);
