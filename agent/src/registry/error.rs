@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use shoal_core::registry::RouteError;
 use shoal_swarm::SwarmError;
 
+use super::tags::TagError;
 use crate::origin_client::OriginError;
 
 /// `BLOB_UNKNOWN`: a blob is not known to the registry (404).
@@ -85,6 +86,16 @@ impl From<RouteError> for RegistryError {
             RouteError::DigestInvalid(_) => (StatusCode::BAD_REQUEST, DIGEST_INVALID),
         };
         RegistryError::new(status, code, e.to_string())
+    }
+}
+
+impl From<TagError> for RegistryError {
+    fn from(e: TagError) -> RegistryError {
+        let (status, code) = match &e {
+            TagError::Unknown { .. } => (StatusCode::NOT_FOUND, MANIFEST_UNKNOWN),
+            TagError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE),
+        };
+        RegistryError::new(status, code, format!("{e:#}"))
     }
 }
 

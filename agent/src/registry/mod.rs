@@ -195,13 +195,7 @@ async fn get_manifest(
 ) -> Result<Response, RegistryError> {
     let digest = match &reference {
         Reference::Digest(d) => *d,
-        Reference::Tag(tag) => st.tags.resolve(ns, name, tag).await.map_err(|e| {
-            let (status, code) = match &e {
-                tags::TagError::Unknown { .. } => (StatusCode::NOT_FOUND, MANIFEST_UNKNOWN),
-                tags::TagError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, error::UNAVAILABLE),
-            };
-            RegistryError::new(status, code, format!("{e:#}"))
-        })?,
+        Reference::Tag(tag) => st.tags.resolve(ns, name, tag).await?,
     };
     tracing::debug!(%name, %reference, %digest, ns, "registry manifest");
     let hints = Hints { name: Some(name.clone()), ns: ns.map(str::to_owned) };

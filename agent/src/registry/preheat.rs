@@ -15,7 +15,7 @@ use shoal_core::Digest;
 use shoal_core::registry::{Reference, RegistryHost, RepoName};
 
 use super::error::{BLOB_UNKNOWN, MANIFEST_UNKNOWN, RegistryError};
-use super::{RegistryState, fetch, tags};
+use super::{RegistryState, fetch};
 use crate::origin_client::Hints;
 
 /// Blobs the agent downloads at once while prefetching. Hard-coded: each download already
@@ -56,13 +56,7 @@ async fn preheat(st: &RegistryState, req: PreheatRequest) -> Result<Response, Re
     let ns_str = ns.as_ref().map(|h| h.to_string());
     let digest = match &reference {
         Reference::Digest(d) => *d,
-        Reference::Tag(tag) => st.tags.resolve(ns_str.as_deref(), &name, tag).await.map_err(|e| {
-            let (status, code) = match &e {
-                tags::TagError::Unknown { .. } => (StatusCode::NOT_FOUND, MANIFEST_UNKNOWN),
-                tags::TagError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, super::error::UNAVAILABLE),
-            };
-            RegistryError::new(status, code, format!("{e:#}"))
-        })?,
+        Reference::Tag(tag) => st.tags.resolve(ns_str.as_deref(), &name, tag).await?,
     };
     let body = serde_json::json!({"name": name.as_str(), "reference": digest.to_string(), "ns": ns_str});
     let (status, mut answer) =
