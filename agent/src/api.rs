@@ -60,19 +60,16 @@ async fn get_blob(
     Path(digest): Path<String>,
 ) -> Result<Response, ApiError> {
     let digest = parse_digest(&digest)?;
-    if method == Method::HEAD {
-        let len = match st.swarm.complete(digest).await.map_err(swarm_error)? {
-            Some(f) => f.meta().length(),
-            None => st.origins.metainfo(digest).await?.length(),
-        };
-        return Ok(blob_response(digest, len, Body::empty()));
-    }
-    // Streams while the blob downloads: each piece as soon as it is verified.
+    // A stored blob's metainfo is at hand; any other's comes from the origins.
     let meta = match st.swarm.complete(digest).await.map_err(swarm_error)? {
         Some(f) => f.meta().clone(),
         None => st.origins.metainfo(digest).await?,
     };
     let len = meta.length();
+    if method == Method::HEAD {
+        return Ok(blob_response(digest, len, Body::empty()));
+    }
+    // Streams while the blob downloads: each piece as soon as it is verified.
     let body = st.swarm.stream(meta, 0, len).await.map_err(swarm_error)?;
     Ok(blob_response(digest, len, Body::from_stream(body)))
 }

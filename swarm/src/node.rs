@@ -261,8 +261,7 @@ impl PieceReader {
     /// The bytes from `off` up to the end of its piece (at most a chunk), once that piece is
     /// present.
     async fn next_chunk(&mut self, off: u64) -> std::io::Result<bytes::Bytes> {
-        let meta = &self.entry.meta;
-        let digest = meta.digest();
+        let digest = self.entry.meta.digest();
         let index = self
             .wait_piece(off)
             .await

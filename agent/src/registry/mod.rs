@@ -29,8 +29,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use shoal_core::Digest;
 use shoal_core::registry::{ByteRange, Reference, RepoName, Route, parse_range, parse_route};
+use shoal_core::{Digest, MetaInfo};
 use shoal_swarm::{BlobFile, Swarm};
 
 use crate::origin_client::{Hints, OriginClient};
@@ -106,33 +106,29 @@ async fn serve(st: &RegistryState, method: &Method, uri: &Uri, headers: &HeaderM
     }
 }
 
-/// The verified blob, from the store or downloaded through the swarm. `unknown` is the error
-/// code for a digest the origins do not have.
+/// The blob's metainfo: its stored copy's, or the origins'. `unknown` is the error code for a
+/// digest the origins do not have.
+async fn metainfo(
+    st: &RegistryState,
+    digest: Digest,
+    unknown: &'static str,
+    hints: &Hints,
+) -> Result<MetaInfo, RegistryError> {
+    if let Some(f) = st.swarm.complete(digest).await? {
+        return Ok(f.meta().clone());
+    }
+    st.origins.metainfo_for(digest, hints).await.map_err(|e| RegistryError::from_origin(e, unknown))
+}
+
+/// The verified blob, from the store or downloaded through the swarm.
 async fn fetch(
     st: &RegistryState,
     digest: Digest,
     unknown: &'static str,
     hints: &Hints,
 ) -> Result<Arc<BlobFile>, RegistryError> {
-    if let Some(f) = st.swarm.complete(digest).await? {
-        return Ok(f);
-    }
-    let meta = st.origins.metainfo_for(digest, hints).await.map_err(|e| RegistryError::from_origin(e, unknown))?;
+    let meta = metainfo(st, digest, unknown, hints).await?;
     Ok(st.swarm.download(meta).await?)
-}
-
-/// The blob's length without downloading it.
-async fn length(
-    st: &RegistryState,
-    digest: Digest,
-    unknown: &'static str,
-    hints: &Hints,
-) -> Result<u64, RegistryError> {
-    if let Some(f) = st.swarm.complete(digest).await? {
-        return Ok(f.meta().length());
-    }
-    let meta = st.origins.metainfo_for(digest, hints).await.map_err(|e| RegistryError::from_origin(e, unknown))?;
-    Ok(meta.length())
 }
 
 fn content_headers(digest: Digest, len: u64, content_type: &str) -> HeaderMap {
@@ -155,20 +151,14 @@ async fn get_blob(
     hints: &Hints,
 ) -> Result<Response, RegistryError> {
     const OCTETS: &str = "application/octet-stream";
+    let meta = metainfo(st, digest, BLOB_UNKNOWN, hints).await?;
+    let len = meta.length();
     if head {
-        let len = length(st, digest, BLOB_UNKNOWN, hints).await?;
         let mut h = content_headers(digest, len, OCTETS);
         h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
         return Ok((StatusCode::OK, h, Body::empty()).into_response());
     }
-    // A stored blob is read from its file; any other streams while it downloads.
-    let meta = match st.swarm.complete(digest).await? {
-        Some(f) => f.meta().clone(),
-        None => {
-            st.origins.metainfo_for(digest, hints).await.map_err(|e| RegistryError::from_origin(e, BLOB_UNKNOWN))?
-        }
-    };
-    let len = meta.length();
+    // Streams while the blob downloads (or at once from the store).
     let range = req.get(header::RANGE).and_then(|v| v.to_str().ok()).map_or(ByteRange::Full, |r| parse_range(r, len));
     let (status, start, end) = match range {
         ByteRange::Full => (StatusCode::OK, 0, len),
