@@ -569,18 +569,21 @@ impl Reader {
             return Ok(()); // Endgame duplicate.
         }
         let len = data.len() as u64;
-        let verified = node
+        // `None`: the piece failed its hash; `Some(false)`: a copy that arrived while another
+        // was being recorded, counted nowhere.
+        let written = node
             .store
             .blocking()
             .run(move || {
                 if !partial.meta().verify_piece(idx, &data) {
-                    return Ok(false);
+                    return Ok(None);
                 }
-                partial.write_piece(idx, &data).map(|()| true)
+                partial.write_piece(idx, &data).map(Some)
             })
             .await;
-        match verified {
-            Ok(true) => {
+        match written {
+            Ok(Some(false)) => Ok(()),
+            Ok(Some(true)) => {
                 node.metrics.pieces_verified.inc();
                 let source = if self.conn.is_origin { "origin" } else { "peer" };
                 node.metrics.bytes_in.with_label_values(&[source]).inc_by(len);
@@ -589,7 +592,7 @@ impl Reader {
                 let _ = actor.send(Event::PieceOk { peer: self.conn.peer_id, piece });
                 Ok(())
             }
-            Ok(false) => {
+            Ok(None) => {
                 node.metrics.pieces_corrupt.inc();
                 let _ = actor.send(Event::PieceBad { peer: self.conn.peer_id, piece });
                 Err(ConnError::CorruptPiece { blob, piece })

@@ -316,7 +316,10 @@ impl PartialBlob {
 
     /// Writes a piece the caller has verified, then records it, and advances the prefix hash
     /// if the piece extends it. Blocking.
-    pub fn write_piece(&self, i: PieceIndex, data: &[u8]) -> Result<(), StoreError> {
+    ///
+    /// Returns whether the piece is new: of two copies of one piece written at once (an
+    /// endgame duplicate), exactly one is.
+    pub fn write_piece(&self, i: PieceIndex, data: &[u8]) -> Result<bool, StoreError> {
         let path = || self.dir.join(format!("{}.data", self.blob.meta.digest().hex()));
         self.blob
             .file
@@ -324,6 +327,9 @@ impl PartialBlob {
             .map_err(|e| StoreError::io("write", &path())(e))?;
         {
             let mut have = self.have.lock();
+            if have[i.as_usize()] {
+                return Ok(false);
+            }
             have[i.as_usize()] = true;
             let byte_idx = i.as_usize() / 8;
             let mut byte = 0u8;
@@ -340,7 +346,7 @@ impl PartialBlob {
         if let Some(mut prefix) = self.prefix.try_lock() {
             self.advance_prefix(&mut prefix, Some((i, data))).map_err(|e| StoreError::io("read", &path())(e))?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Hashes present pieces from `prefix.next` on, using `fresh` (a piece just written)
@@ -480,7 +486,9 @@ mod tests {
         let data = blob(2 * MIN_PIECE_LEN as usize);
         let meta = meta_of(&data);
         let p = store.open_partial(meta.clone()).await.unwrap();
-        p.write_piece(meta.piece(1).unwrap(), &data[MIN_PIECE_LEN as usize..]).unwrap();
+        assert!(p.write_piece(meta.piece(1).unwrap(), &data[MIN_PIECE_LEN as usize..]).unwrap());
+        // A second copy of a present piece is not new.
+        assert!(!p.write_piece(meta.piece(1).unwrap(), &data[MIN_PIECE_LEN as usize..]).unwrap());
         assert!(matches!(p.commit(store.root()), Err(StoreError::Io { op: "commit", .. })));
         assert!(store.open_complete(meta.digest()).await.unwrap().is_none());
     }
