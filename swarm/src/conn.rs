@@ -569,21 +569,18 @@ impl Reader {
             return Ok(()); // Endgame duplicate.
         }
         let len = data.len() as u64;
-        // `None`: the piece failed its hash; `Some(false)`: a copy that arrived while another
-        // was being recorded, counted nowhere.
-        let written = node
+        let verified = node
             .store
             .blocking()
             .run(move || {
                 if !partial.meta().verify_piece(idx, &data) {
-                    return Ok(None);
+                    return Ok(false);
                 }
-                partial.write_piece(idx, &data).map(Some)
+                partial.write_piece(idx, &data).map(|()| true)
             })
             .await;
-        match written {
-            Ok(Some(false)) => Ok(()),
-            Ok(Some(true)) => {
+        match verified {
+            Ok(true) => {
                 node.metrics.pieces_verified.inc();
                 let source = if self.conn.is_origin { "origin" } else { "peer" };
                 node.metrics.bytes_in.with_label_values(&[source]).inc_by(len);
@@ -592,7 +589,7 @@ impl Reader {
                 let _ = actor.send(Event::PieceOk { peer: self.conn.peer_id, piece });
                 Ok(())
             }
-            Ok(None) => {
+            Ok(false) => {
                 node.metrics.pieces_corrupt.inc();
                 let _ = actor.send(Event::PieceBad { peer: self.conn.peer_id, piece });
                 Err(ConnError::CorruptPiece { blob, piece })

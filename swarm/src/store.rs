@@ -316,10 +316,7 @@ impl PartialBlob {
 
     /// Writes a piece the caller has verified, then records it, and advances the prefix hash
     /// if the piece extends it. Blocking.
-    ///
-    /// Returns whether the piece is new: of two copies of one piece written at once (an
-    /// endgame duplicate), exactly one is.
-    pub fn write_piece(&self, i: PieceIndex, data: &[u8]) -> Result<bool, StoreError> {
+    pub fn write_piece(&self, i: PieceIndex, data: &[u8]) -> Result<(), StoreError> {
         let path = || self.dir.join(format!("{}.data", self.blob.meta.digest().hex()));
         self.blob
             .file
@@ -327,9 +324,6 @@ impl PartialBlob {
             .map_err(|e| StoreError::io("write", &path())(e))?;
         {
             let mut have = self.have.lock();
-            if have[i.as_usize()] {
-                return Ok(false);
-            }
             have[i.as_usize()] = true;
             let byte_idx = i.as_usize() / 8;
             let mut byte = 0u8;
@@ -346,7 +340,7 @@ impl PartialBlob {
         if let Some(mut prefix) = self.prefix.try_lock() {
             self.advance_prefix(&mut prefix, Some((i, data))).map_err(|e| StoreError::io("read", &path())(e))?;
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Hashes present pieces from `prefix.next` on, using `fresh` (a piece just written)
@@ -486,9 +480,7 @@ mod tests {
         let data = blob(2 * MIN_PIECE_LEN as usize);
         let meta = meta_of(&data);
         let p = store.open_partial(meta.clone()).await.unwrap();
-        assert!(p.write_piece(meta.piece(1).unwrap(), &data[MIN_PIECE_LEN as usize..]).unwrap());
-        // A second copy of a present piece is not new.
-        assert!(!p.write_piece(meta.piece(1).unwrap(), &data[MIN_PIECE_LEN as usize..]).unwrap());
+        p.write_piece(meta.piece(1).unwrap(), &data[MIN_PIECE_LEN as usize..]).unwrap();
         assert!(matches!(p.commit(store.root()), Err(StoreError::Io { op: "commit", .. })));
         assert!(store.open_complete(meta.digest()).await.unwrap().is_none());
     }
