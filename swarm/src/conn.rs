@@ -581,12 +581,14 @@ impl Reader {
             .await;
         match verified {
             Ok(true) => {
-                node.metrics.pieces_verified.inc();
-                let source = if self.conn.is_origin { "origin" } else { "peer" };
-                node.metrics.bytes_in.with_label_values(&[source]).inc_by(len);
-                let counter = if self.conn.is_origin { &entry.from_origin } else { &entry.from_peers };
-                counter.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
-                let _ = actor.send(Event::PieceOk { peer: self.conn.peer_id, piece });
+                // The actor counts the bytes: two endgame copies can both get here, and only
+                // the first it sees is new.
+                let _ = actor.send(Event::PieceOk {
+                    peer: self.conn.peer_id,
+                    piece,
+                    len,
+                    from_origin: self.conn.is_origin,
+                });
                 Ok(())
             }
             Ok(false) => {

@@ -38,10 +38,12 @@ pub(crate) enum Event {
         peer: PeerId,
         piece: u32,
     },
-    /// A piece from `peer` matched its hash and is written.
+    /// A piece of `len` bytes from `peer` matched its hash and is written.
     PieceOk {
         peer: PeerId,
         piece: u32,
+        len: u64,
+        from_origin: bool,
     },
     /// A piece from `peer` failed its hash; the connection is being closed.
     PieceBad {
@@ -189,8 +191,20 @@ impl Actor {
                 self.picker.peer_have(peer, piece);
                 self.fill(peer);
             }
-            Event::PieceOk { peer, piece } => {
+            Event::PieceOk { peer, piece, len, from_origin } => {
                 self.pending.remove(&(peer, piece));
+                if self.picker.have(piece) {
+                    // The second of two endgame copies that passed `has_piece` together: its
+                    // request was settled (and cancelled) with the first, which was counted
+                    // and announced.
+                    self.fill(peer);
+                    return;
+                }
+                let metrics = &self.node.metrics;
+                metrics.pieces_verified.inc();
+                metrics.bytes_in.with_label_values(&[if from_origin { "origin" } else { "peer" }]).inc_by(len);
+                let counter = if from_origin { &self.entry.from_origin } else { &self.entry.from_peers };
+                counter.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
                 let cancels = self.picker.piece_verified(peer, piece);
                 let blob = self.entry.meta.digest();
                 for other in &cancels {

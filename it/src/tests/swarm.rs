@@ -16,7 +16,7 @@ async fn ten_agents_get_exact_bytes_and_origin_uploads_under_three_copies() {
     for p in &pulls {
         assert!(p.verified, "agent {} got bytes that do not match {d}", p.agent);
         assert_eq!(p.bytes, size, "agent {}", p.agent);
-        assert!(p.from_origin + p.from_peers >= size, "agent {} counted too few bytes", p.agent);
+        assert_eq!(p.from_origin + p.from_peers, size, "agent {} counted each new piece once", p.agent);
     }
     let origin_up = c.origin_uploaded();
     assert!(origin_up < 3 * size, "origin uploaded {origin_up} bytes, over 3x the blob ({size})");
