@@ -15,6 +15,6 @@ pub mod units;
 pub use admin::serve;
 pub use admin::{Admin, Listeners, Phase};
 pub use api_error::{ApiError, blob_response, parse_digest};
-pub use config::{ConfigError, EX_CONFIG};
+pub use config::{ConfigError, EX_CONFIG, PeerNames};
 pub use task::{config_or_exit, init_tracing, serve_until_signal, spawn, wait_for_signal};
 pub use units::{ByteSize, Duration};

@@ -4,7 +4,8 @@
 //! Invariant: a bad configuration exits with [`EX_CONFIG`] (64) before any port is bound.
 //! Precedence, lowest to highest: built-in defaults, the YAML file (`--config`), then
 //! `--listen`. Each flag has an environment twin (`SHOAL_TRACKER_CONFIG`,
-//! `SHOAL_TRACKER_LISTEN`).
+//! `SHOAL_TRACKER_LISTEN`). An origin's `peer` may be a `host:port` name, looked up once at
+//! startup (see `shoal_runtime::config::load_resolving`).
 
 use std::error::Error as StdError;
 use std::net::SocketAddr;
@@ -66,7 +67,9 @@ fn main() -> ExitCode {
 
 /// Loads the YAML and applies the flags, then validates the result.
 fn load(args: &Args) -> Result<ValidConfig, Box<dyn StdError>> {
-    let mut config: Config = shoal_runtime::config::load(args.config.as_deref())?;
+    use shoal_runtime::config::PeerNames;
+    let names = if args.check_config { PeerNames::CheckOnly } else { PeerNames::Lookup };
+    let mut config: Config = shoal_runtime::config::load_resolving(args.config.as_deref(), names)?;
     if let Some(listen) = &args.listen {
         config.listen = listen
             .parse::<SocketAddr>()
