@@ -58,6 +58,36 @@ impl Config {
         let ring = Ring::new(self.origins.clone(), self.origin_replicas)
             .map_err(|e| ConfigError::Invalid(format!("origins: {e}")))?;
         self.swarm.validate().map_err(ConfigError::Invalid)?;
+        let advertise = self.swarm.advertise_addr.unwrap_or(self.peer_listen);
+        if advertise.ip().is_unspecified() {
+            return Err(ConfigError::Invalid(format!(
+                "swarm.advertise_addr is required when peer_listen is {}: peers cannot dial it",
+                self.peer_listen
+            )));
+        }
         Ok(ValidConfig { config: self, ring })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ORIGINS: &str = "origins: [{ id: o0, http: 'http://o0:7800', peer: '10.0.0.1:7801' }]\n";
+
+    fn check(yaml: &str) -> Result<ValidConfig, String> {
+        let cfg: Config = shoal_runtime::config::parse(&format!("{ORIGINS}{yaml}")).map_err(|e| e.to_string())?;
+        cfg.validate().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn an_unspecified_peer_listen_needs_an_advertise_addr() {
+        let err = check("peer_listen: 0.0.0.0:7701").unwrap_err();
+        assert!(err.contains("swarm.advertise_addr is required when peer_listen is 0.0.0.0:7701"), "{err}");
+        let err = check("peer_listen: '[::]:7701'\nswarm: { advertise_addr: '[::]:7701' }").unwrap_err();
+        assert!(err.contains("swarm.advertise_addr"), "{err}");
+        let ok = check("peer_listen: 0.0.0.0:7701\nswarm: { advertise_addr: 10.1.2.3:7701 }").unwrap();
+        assert_eq!(ok.config.swarm.advertise_addr, Some("10.1.2.3:7701".parse().unwrap()));
+        check("peer_listen: 10.1.2.3:7701").unwrap();
     }
 }

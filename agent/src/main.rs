@@ -2,7 +2,7 @@
 //! subcommand instead writes the config that makes a container runtime pull through the agent
 //! (the text comes from `shoal_agent::runtime_config`), and exits.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +33,11 @@ struct Args {
     /// Overrides `swarm.store_dir`.
     #[arg(long, env = "SHOAL_AGENT_STORE")]
     store: Option<PathBuf>,
+    /// Overrides the IP of `swarm.advertise_addr`, the address peers dial; the port stays
+    /// `swarm.advertise_addr`'s, else `peer_listen`'s. For a node's IP from the environment
+    /// (Kubernetes: `status.hostIP`).
+    #[arg(long, env = "SHOAL_AGENT_ADVERTISE_IP")]
+    advertise_ip: Option<IpAddr>,
     /// Validates the config and exits: 0 if good, 64 if not.
     #[arg(long)]
     check_config: bool,
@@ -191,7 +196,8 @@ fn try_configure(runtime: &Runtime) -> anyhow::Result<()> {
 }
 
 fn load(args: &Args) -> Result<shoal_agent::ValidConfig, config::ConfigError> {
-    let mut cfg: shoal_agent::Config = config::load(args.config.as_deref())?;
+    let names = if args.check_config { config::PeerNames::CheckOnly } else { config::PeerNames::Lookup };
+    let mut cfg: shoal_agent::Config = config::load_resolving(args.config.as_deref(), names)?;
     if let Some(a) = args.listen {
         cfg.listen = a;
     }
@@ -200,6 +206,10 @@ fn load(args: &Args) -> Result<shoal_agent::ValidConfig, config::ConfigError> {
     }
     if let Some(s) = &args.store {
         cfg.swarm.store_dir = s.clone();
+    }
+    if let Some(ip) = args.advertise_ip {
+        let port = cfg.swarm.advertise_addr.unwrap_or(cfg.peer_listen).port();
+        cfg.swarm.advertise_addr = Some(SocketAddr::new(ip, port));
     }
     cfg.validate()
 }

@@ -41,6 +41,32 @@ fn bad_values_exit_64() {
 }
 
 #[test]
+fn origin_names_and_the_advertise_ip_as_a_daemonset_gives_them() {
+    // Names are checked for form only, so this passes where they do not resolve.
+    let yaml = "peer_listen: 0.0.0.0:7701\norigins:\n  - id: o1\n    http: http://shoal-origin-0.shoal.svc:7800\n    \
+                peer: shoal-origin-0.shoal.svc:7801\n";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let run = |ip: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config").arg(&path).arg("--check-config").env_remove("SHOAL_AGENT_ADVERTISE_IP");
+        if let Some(ip) = ip {
+            cmd.env("SHOAL_AGENT_ADVERTISE_IP", ip);
+        }
+        let out = cmd.output().unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = run(None);
+    assert_eq!(code, 64);
+    assert!(err.contains("swarm.advertise_addr is required"), "{err}");
+    let (code, err) = run(Some("10.1.2.3"));
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = run(Some("node-1"));
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
 fn missing_config_file_exits_64() {
     let out = Command::new(BIN).args(["--config", "/nonexistent/agent.yaml", "--check-config"]).output().unwrap();
     assert_eq!(out.status.code(), Some(64));

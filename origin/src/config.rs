@@ -17,7 +17,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Peer (wire protocol) port. Default 127.0.0.1:7801.
     pub peer_listen: SocketAddr,
-    /// This origin's id in the ring. Default `origin-0`.
+    /// This origin's id in the ring. Default `origin-0`. When `peer_listen` is an unspecified
+    /// address (`0.0.0.0`, `[::]`) and `swarm.advertise_addr` is unset, this origin advertises
+    /// the `peer` of its own `origins` entry.
     pub id: String,
     /// The whole origin cluster, this node included; empty means a cluster of one.
     pub origins: Vec<OriginNode>,
@@ -76,7 +78,7 @@ pub struct ValidConfig {
 }
 
 impl Config {
-    pub fn validate(self) -> Result<ValidConfig, ConfigError> {
+    pub fn validate(mut self) -> Result<ValidConfig, ConfigError> {
         if self.id.is_empty() {
             return Err(ConfigError::Invalid("id must not be empty".into()));
         }
@@ -86,8 +88,12 @@ impl Config {
         let ring = if self.origins.is_empty() {
             None
         } else {
-            if !self.origins.iter().any(|o| o.id == self.id) {
+            let Some(me) = self.origins.iter().find(|o| o.id == self.id) else {
                 return Err(ConfigError::Invalid(format!("origins: this origin's id {:?} is not listed", self.id)));
+            };
+            // Listening on every interface, the origin announces the address the others know it by.
+            if self.swarm.advertise_addr.is_none() && self.peer_listen.ip().is_unspecified() {
+                self.swarm.advertise_addr = Some(me.peer);
             }
             Some(
                 Ring::new(self.origins.clone(), self.origin_replicas)
@@ -100,6 +106,41 @@ impl Config {
         let pull_through = self.pull_through.validate()?;
         let pull_through = (!pull_through.upstreams.is_empty()).then_some(pull_through);
         self.swarm.validate().map_err(ConfigError::Invalid)?;
+        if self.swarm.advertise_addr.unwrap_or(self.peer_listen).ip().is_unspecified() {
+            return Err(ConfigError::Invalid(format!(
+                "swarm.advertise_addr is required when peer_listen is {} and no `origins` entry names this origin",
+                self.peer_listen
+            )));
+        }
         Ok(ValidConfig { config: self, ring, pull_through })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ORIGINS: &str = "origins:\n\
+        - { id: o0, http: 'http://o0:7800', peer: '10.0.0.1:7801' }\n\
+        - { id: o1, http: 'http://o1:7800', peer: '10.0.0.2:7801' }\n";
+
+    fn check(yaml: &str) -> Result<ValidConfig, String> {
+        let cfg: Config = shoal_runtime::config::parse(yaml).map_err(|e| e.to_string())?;
+        cfg.validate().map_err(|e| e.to_string())
+    }
+
+    fn advertise(yaml: &str) -> Option<SocketAddr> {
+        check(yaml).unwrap().config.swarm.advertise_addr
+    }
+
+    #[test]
+    fn listening_everywhere_advertises_the_own_ring_entry() {
+        let any = "peer_listen: 0.0.0.0:7801\n";
+        assert_eq!(advertise(&format!("{ORIGINS}id: o1\n{any}")), Some("10.0.0.2:7801".parse().unwrap()));
+        let set = format!("{ORIGINS}id: o1\n{any}swarm: {{ advertise_addr: 10.9.9.9:1 }}\n");
+        assert_eq!(advertise(&set), Some("10.9.9.9:1".parse().unwrap()));
+        assert_eq!(advertise(&format!("{ORIGINS}id: o1\npeer_listen: 10.0.0.2:7801\n")), None);
+        let err = check(any).unwrap_err();
+        assert!(err.contains("swarm.advertise_addr is required when peer_listen is 0.0.0.0:7801"), "{err}");
     }
 }

@@ -33,7 +33,8 @@ struct Args {
 }
 
 fn load(args: &Args) -> Result<shoal_origin::ValidConfig, config::ConfigError> {
-    let mut cfg: shoal_origin::Config = config::load(args.config.as_deref())?;
+    let names = if args.check_config { config::PeerNames::CheckOnly } else { config::PeerNames::Lookup };
+    let mut cfg: shoal_origin::Config = config::load_resolving(args.config.as_deref(), names)?;
     if let Some(a) = args.listen {
         cfg.listen = a;
     }
