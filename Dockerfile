@@ -27,5 +27,4 @@ EXPOSE 7600 7700 7701 7800 7801
 # chown as root in init containers, because they write to the node's directories.
 USER 10001:10001
 WORKDIR /var/lib/shoal
-ENTRYPOINT []
 CMD ["shoal-agent", "--help"]
