@@ -86,6 +86,25 @@ pub struct PickerOptions {
     /// How many stripes the blob is cut into for the in-order preference; 1 is plain
     /// rarest-first. Stripes are never shorter than [`MIN_STRIPE_PIECES`].
     pub stripes: u32,
+    /// Requests in flight over all peers at most: what the download's own link can take in
+    /// a short while, so requests do not pile up in the uploaders' queues.
+    pub max_outstanding_total: usize,
+}
+
+/// Fewest requests in flight a request window allows, so a download never waits on one
+/// piece alone.
+pub const MIN_WINDOW_PIECES: usize = 2;
+
+/// [`PickerOptions::max_outstanding_total`] for a download whose link takes `rate` bytes/s:
+/// as many pieces of `piece_len` as arrive in `window` at that rate, rounded up, at least
+/// [`MIN_WINDOW_PIECES`]. Unbounded when the link is uncapped or the window is zero.
+pub fn window_pieces(rate: Option<u64>, window: std::time::Duration, piece_len: u64) -> usize {
+    let Some(rate) = rate else { return usize::MAX };
+    if window.is_zero() || piece_len == 0 {
+        return usize::MAX;
+    }
+    let bytes = u128::from(rate).saturating_mul(window.as_nanos()) / 1_000_000_000;
+    usize::try_from(bytes.div_ceil(u128::from(piece_len))).unwrap_or(usize::MAX).max(MIN_WINDOW_PIECES)
 }
 
 /// Shortest stripe, in pieces: shorter ones would leave too few pieces to spread at once.
@@ -99,6 +118,7 @@ impl Default for PickerOptions {
             seed: 0,
             endgame_pieces: 3,
             stripes: 8,
+            max_outstanding_total: usize::MAX,
         }
     }
 }
@@ -235,7 +255,8 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
         };
         let cap =
             if state.is_origin { self.opts.max_outstanding_per_origin } else { self.opts.max_outstanding_per_peer };
-        let want = cap.saturating_sub(state.outstanding.len());
+        let room = self.opts.max_outstanding_total.saturating_sub(self.inflight.len());
+        let want = cap.saturating_sub(state.outstanding.len()).min(room);
         if want == 0 || self.missing == 0 {
             return Vec::new();
         }
@@ -655,7 +676,7 @@ mod tests {
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
-    use super::{Picker, PickerOptions};
+    use super::{MIN_WINDOW_PIECES, Picker, PickerOptions, window_pieces};
     use crate::wire::pack_bits;
 
     const A: u8 = 1;
@@ -785,6 +806,51 @@ mod tests {
             p.piece_verified(A, got[0]);
             assert_eq!(p.next_requests(A).len(), 1, "one slot freed");
             assert_eq!(p.outstanding(&A), first);
+        }
+    }
+
+    #[test]
+    fn window_pieces_rounds_up_and_has_a_floor() {
+        use std::time::Duration;
+        let ms = Duration::from_millis;
+        let mib = 1u64 << 20;
+        let cases: &[(Option<u64>, Duration, u64, usize)] = &[
+            (None, ms(100), 4 * mib, usize::MAX),
+            (Some(300_000_000), ms(0), 4 * mib, usize::MAX),
+            // 30 MB in 100 ms at 300 MB/s: 7.15 pieces of 4 MiB, rounded up.
+            (Some(300_000_000), ms(100), 4 * mib, 8),
+            (Some(50 * mib), ms(100), mib, 5),
+            (Some(8 * mib), ms(1000), 4 * mib, 2),
+            // A slow link still keeps two pieces in flight.
+            (Some(mib), ms(100), 4 * mib, MIN_WINDOW_PIECES),
+            (Some(u64::MAX), Duration::from_secs(u64::MAX), 1, usize::MAX),
+        ];
+        for &(rate, window, piece_len, want) in cases {
+            assert_eq!(window_pieces(rate, window, piece_len), want, "{rate:?} {window:?} {piece_len}");
+        }
+    }
+
+    #[test]
+    fn total_cap_bounds_requests_over_all_peers() {
+        // (per-peer cap, total cap, pieces asked of A, then B, then C on first calls)
+        let cases: &[(usize, usize, [usize; 3])] =
+            &[(4, usize::MAX, [4, 4, 4]), (4, 6, [4, 2, 0]), (4, 4, [4, 0, 0]), (2, 5, [2, 2, 1]), (4, 0, [0, 0, 0])];
+        let all: Vec<u32> = (0..32).collect();
+        for &(per_peer, total, expect) in cases {
+            let peers: &[Peer<'_>] = &[(A, &all, false), (B, &all, false), (C, &all, false)];
+            let mut p = setup(32, peers, PickerOptions { max_outstanding_total: total, ..opts(per_peer) });
+            let got: Vec<usize> = [A, B, C].iter().map(|&q| p.next_requests(q).len()).collect();
+            assert_eq!(got, expect, "per peer {per_peer}, total {total}");
+            p.check_invariants();
+            if total == 0 || total == usize::MAX {
+                continue;
+            }
+            // A verified piece frees one slot of the total, for whichever peer asks next.
+            let first = *p.peers[&A].outstanding.first().expect("A was asked");
+            assert!(p.piece_verified(A, first).is_empty());
+            assert_eq!(p.next_requests(C).len(), 1, "per peer {per_peer}, total {total}");
+            assert!(p.next_requests(A).is_empty(), "the freed slot is taken");
+            p.check_invariants();
         }
     }
 
@@ -1089,6 +1155,7 @@ mod tests {
         Failed(u8, u32),
         Rejected(u8, u32),
         TimedOut(u8, u32),
+        Deferred(u8, u32),
     }
 
     fn event() -> impl Strategy<Value = Event> {
@@ -1103,6 +1170,7 @@ mod tests {
             1 => (peer(), piece()).prop_map(|(q, i)| Event::Failed(q, i)),
             1 => (peer(), piece()).prop_map(|(q, i)| Event::Rejected(q, i)),
             1 => (peer(), piece()).prop_map(|(q, i)| Event::TimedOut(q, i)),
+            1 => (peer(), piece()).prop_map(|(q, i)| Event::Deferred(q, i)),
         ]
     }
 
@@ -1113,10 +1181,12 @@ mod tests {
             have in vec(any::<bool>(), 0..25),
             cap in 0usize..4,
             endgame_pieces in 0u32..4,
+            total in prop_oneof![3 => 0usize..8, 1 => Just(usize::MAX)],
             seed in any::<u64>(),
             events in vec(event(), 0..80),
         ) {
-            let mut p = Picker::new(num_pieces, &have, PickerOptions { seed, endgame_pieces, ..opts(cap) });
+            let opts = PickerOptions { seed, endgame_pieces, max_outstanding_total: total, ..opts(cap) };
+            let mut p = Picker::new(num_pieces, &have, opts);
             p.check_invariants();
             for e in events {
                 match e {
@@ -1129,6 +1199,7 @@ mod tests {
                         prop_assert_eq!(distinct.len(), got.len());
                         prop_assert!(got.iter().all(|&i| i < num_pieces && !p.have(i)));
                         prop_assert!(p.outstanding(&q) <= cap);
+                        prop_assert!((0..5).map(|r| p.outstanding(&r)).sum::<usize>() <= total);
                         prop_assert!(got.is_empty() || !p.is_blacklisted(&q));
                     }
                     Event::Verified(q, i) => {
@@ -1141,6 +1212,7 @@ mod tests {
                     }
                     Event::Rejected(q, i) => p.request_rejected(q, i),
                     Event::TimedOut(q, i) => p.request_timed_out(q, i),
+                    Event::Deferred(q, i) => p.request_deferred(q, i),
                 }
                 p.check_invariants();
             }
