@@ -29,6 +29,12 @@ pub struct SwarmConfig {
     pub pipeline_depth: usize,
     /// Requests in flight to one origin for one blob. Default 4.
     pub origin_pipeline_depth: usize,
+    /// Requests one blob download keeps in flight over all its peers, as time at the
+    /// `ingress_rate`: as many pieces as arrive in this window (at least 2). Requests beyond
+    /// it wait here rather than in the uploaders' queues, where they would be answered busy
+    /// or wait behind other peers' pieces. No bound without an `ingress_rate` or with `0s`.
+    /// Default 100ms.
+    pub request_window: Duration,
     /// Pieces one connection uploads at once. Default 8.
     pub max_uploads_per_connection: usize,
     /// Longest upload backlog a node with an `egress_rate` takes on: a request that would
@@ -72,6 +78,7 @@ impl Default for SwarmConfig {
             max_peers_per_blob: 16,
             pipeline_depth: 4,
             origin_pipeline_depth: 4,
+            request_window: Duration::from_millis(100),
             max_uploads_per_connection: 8,
             upload_backlog: Duration::from_millis(200),
             upload_memory: ByteSize(8 << 20),

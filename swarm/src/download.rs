@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_core::api::AnnounceRequest;
-use shoal_core::picker::{Picker, PickerOptions};
+use shoal_core::picker::{Picker, PickerOptions, window_pieces};
 use shoal_core::seeding::BUSY_BACKOFF;
 use shoal_core::wire::Message;
 use shoal_core::{Digest, PeerId};
@@ -100,6 +100,11 @@ pub(crate) async fn run(
         max_outstanding_per_peer: cfg.pipeline_depth,
         max_outstanding_per_origin: cfg.origin_pipeline_depth,
         seed: if cfg.picker_seed == 0 { rand::random() } else { cfg.picker_seed },
+        max_outstanding_total: window_pieces(
+            node.ingress.rate(),
+            cfg.request_window.get(),
+            u64::from(meta.piece_length()),
+        ),
         ..PickerOptions::default()
     };
     // A capped link needs time to drain a full pipeline before the last request is served.
