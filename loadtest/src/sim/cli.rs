@@ -71,6 +71,13 @@ pub struct SimArgs {
     /// the upload backlog bound.
     #[arg(long)]
     pub max_uploads_per_host: Option<usize>,
+    /// The swarm's `request_window` in milliseconds (default its default): requests in flight
+    /// per download are what arrives in it at the download cap.
+    #[arg(long)]
+    pub request_window_ms: Option<u64>,
+    /// For comparison: no request window, only the per-peer pipeline caps (the swarm before it).
+    #[arg(long, conflicts_with = "request_window_ms")]
+    pub no_request_window: bool,
     /// Longest upload backlog of a capped host, milliseconds (the swarm's `upload_backlog`;
     /// default its default).
     #[arg(long)]
@@ -134,6 +141,11 @@ impl SimArgs {
             commit_rate: self.commit_rate.map(|r| r.0 as f64),
             super_seeding: !self.no_super_seeding,
             max_uploads_per_host: self.max_uploads_per_host,
+            request_window: if self.no_request_window {
+                None
+            } else {
+                self.request_window_ms.map_or(base.request_window, |ms| Some(ms as f64 / 1000.0))
+            },
             busy_backoff: !self.no_busy_backoff,
             // The swarm before the back-off had no backlog bound either, and a busy treated as
             // `NotHave` hides the peer's piece for good, which the bound's rejects would stall on.

@@ -14,9 +14,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use shoal_core::Digest;
 use shoal_core::metainfo::default_piece_length;
-use shoal_core::picker::{Picker, PickerOptions};
+use shoal_core::picker::{Picker, PickerOptions, window_pieces};
 use shoal_core::ring::{OriginNode, Ring};
 use shoal_core::seeding::{BUSY_BACKOFF, SeedBudget};
+use std::time::Duration;
 
 use super::tracker::{Handed, Swarm};
 use super::{HostResult, SimConfig, SimReport, stats};
@@ -660,6 +661,11 @@ impl<'a> Sim<'a> {
                 max_outstanding_per_origin: cfg.origin_pipeline_depth,
                 seed: splitmix(cfg.seed ^ (u64::from(host) << 16) ^ u64::from(blob)),
                 endgame_pieces: cfg.endgame_pieces,
+                max_outstanding_total: window_pieces(
+                    cfg.agent_down.map(|r| r as u64),
+                    Duration::from_secs_f64(cfg.request_window.unwrap_or(0.0)),
+                    self.layers[blob as usize].piece_len,
+                ),
                 ..PickerOptions::default()
             };
             let picker = Picker::new(self.layers[blob as usize].num_pieces, &[], opts);

@@ -106,6 +106,10 @@ pub struct SimConfig {
     /// deeper than that many pieces. Counts pieces where [`SimConfig::upload_backlog`] (the
     /// real bound) counts bytes against the cap; applies on top of it.
     pub max_uploads_per_host: Option<usize>,
+    /// The swarm's `request_window`, seconds: a download keeps at most the pieces that arrive
+    /// in it at the agent's download cap in flight (`picker::window_pieces`); `None` leaves
+    /// only the per-peer pipeline caps (the swarm before the window).
+    pub request_window: Option<f64>,
     /// Experiment, not what the real origin does: an origin sends its queued uploads one at
     /// a time, the piece it has sent the fewest times first, instead of in arrival order.
     pub origin_fewest_copies_first: bool,
@@ -126,6 +130,7 @@ pub struct SimConfig {
 impl Default for SimConfig {
     /// The defaults of the real services (swarm, tracker and origin configs).
     fn default() -> Self {
+        let swarm = shoal_swarm::SwarmConfig::default();
         SimConfig {
             hosts: 20,
             origins: 1,
@@ -145,7 +150,7 @@ impl Default for SimConfig {
             origin_pipeline_depth: 4,
             endgame_pieces: 3,
             max_uploads_per_connection: 8,
-            upload_backlog: Some(0.2),
+            upload_backlog: Some(swarm.upload_backlog.get().as_secs_f64()),
             max_connections: 1024,
             request_timeout: 10.0,
             origin_fewest_copies_first: false,
@@ -153,6 +158,7 @@ impl Default for SimConfig {
             refund_cancelled: false,
             late_endgame: false,
             max_uploads_per_host: None,
+            request_window: Some(swarm.request_window.get().as_secs_f64()),
             super_seeding: true,
             busy_backoff: true,
             cpu: None,
