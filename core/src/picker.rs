@@ -14,8 +14,10 @@
 //!   and orders tied pieces by a bijective hash of `piece ^ salt`.
 //! - **In stripes.** Before rarity, pieces are ordered by stripe: the blob is cut into
 //!   [`PickerOptions::stripes`] runs of consecutive pieces (at least [`MIN_STRIPE_PIECES`]
-//!   each), and a piece of an earlier stripe goes first. The order is soft: a peer whose
-//!   pieces of the current stripe are all had or in flight gets pieces of the next one. So
+//!   each), and a piece of an earlier stripe goes first. The current stripe (the first with a
+//!   piece we lack) and the next [`PickerOptions::stripe_lookahead`] rank together, so the
+//!   next stripe's pieces spread while the current one finishes. The order is soft: a peer
+//!   whose pieces of those stripes are all had or in flight gets pieces of later ones. So
 //!   the verified prefix of the blob grows during the download, which lets a reader stream
 //!   it and lets the whole-blob hash follow along, while rarest-first still spreads the
 //!   pieces of each stripe.
@@ -86,6 +88,11 @@ pub struct PickerOptions {
     /// How many stripes the blob is cut into for the in-order preference; 1 is plain
     /// rarest-first. Stripes are never shorter than [`MIN_STRIPE_PIECES`].
     pub stripes: u32,
+    /// Stripes past the first incomplete one that rank with it: a piece of any of these
+    /// `1 + stripe_lookahead` stripes goes by rarity alone, so the next stripe's pieces
+    /// spread while the current one finishes instead of all peers reaching it together with
+    /// nothing to trade but what the origins send. 0 is strict stripe order.
+    pub stripe_lookahead: u32,
     /// Requests in flight over all peers at most: what the download's own link can take in
     /// a short while, so requests do not pile up in the uploaders' queues.
     pub max_outstanding_total: usize,
@@ -118,6 +125,7 @@ impl Default for PickerOptions {
             seed: 0,
             endgame_pieces: 3,
             stripes: 8,
+            stripe_lookahead: 2,
             max_outstanding_total: usize::MAX,
         }
     }
@@ -439,6 +447,8 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
     /// Normal pass: up to `want` free pieces from `peer`, rarest first.
     fn pick_free(&mut self, peer: P, want: usize) -> Vec<u32> {
         let salt: u64 = self.rng.random();
+        // Stripes up to `base` rank together (key 0), later ones in order after them.
+        let base = self.first_missing() / self.stripe_len + self.opts.stripe_lookahead;
         let state = &self.peers[&peer];
         let scratch = &mut self.scratch;
         for (byte_idx, (&theirs, &ours)) in (0u32..).zip(state.bits.iter().zip(&self.have)) {
@@ -452,11 +462,20 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
                 if self.n_requests[i] != 0 || (state.is_origin && self.askable_peers[i] != 0) {
                     continue;
                 }
-                let key = (u64::from(piece / self.stripe_len) << 32) | u64::from(self.avail[i]);
+                let stripe = (piece / self.stripe_len).saturating_sub(base);
+                let key = (u64::from(stripe) << 32) | u64::from(self.avail[i]);
                 offer(scratch, want, (key, tie_break(salt, piece), piece));
             }
         }
         self.take_picked(peer)
+    }
+
+    /// The first piece we lack (`num_pieces` when none): its stripe is the current one.
+    fn first_missing(&self) -> u32 {
+        (0u32..)
+            .zip(&self.have)
+            .find(|(_, b)| **b != 0xff)
+            .map_or(self.num_pieces, |(byte, b)| (byte * 8 + b.leading_ones()).min(self.num_pieces))
     }
 
     /// Endgame pass: up to `want` pieces in flight elsewhere, fewest requests first.
@@ -718,33 +737,50 @@ mod tests {
 
     const ALL8: &[u32] = &[0, 1, 2, 3, 4, 5, 6, 7];
 
-    /// Earlier stripes go first; rarity orders pieces within a stripe.
+    /// Earlier stripes go first; rarity orders pieces within the current stripe and the
+    /// `stripe_lookahead` stripes after it.
     #[test]
     fn stripes_before_rarity() {
         let all: Vec<u32> = (0..64).collect();
-        let stripe0: Vec<u32> = (0..16).collect();
-        let cases: &[(u32, &[u32], usize, &[u32])] = &[
-            // 64 pieces in 4 stripes of 16: the first 16 requests are stripe 0.
-            (4, &[], 16, &stripe0),
+        let range = |a: u32, b: u32| (a..b).collect::<Vec<u32>>();
+        // (stripes, lookahead, pieces we have, rare pieces, cap, expected requests of A)
+        type Case<'a> = (u32, u32, &'a [u32], &'a [u32], usize, Vec<u32>);
+        let cases: &[Case<'_>] = &[
+            // 64 pieces in 4 stripes of 16, strict order: the first 16 requests are stripe 0.
+            (4, 0, &[], &[], 16, range(0, 16)),
             // A rare piece in stripe 1 waits; within stripe 0 the rare pieces go first.
-            (4, &[3, 5, 20], 2, &[3, 5]),
+            (4, 0, &[], &[3, 5, 20], 2, vec![3, 5]),
+            // With a lookahead of one, stripes 0 and 1 rank together: the rare piece of
+            // stripe 1 goes first, stripe 2 waits for both.
+            (4, 1, &[], &[3, 20, 40], 2, vec![3, 20]),
+            (4, 1, &[], &[], 32, range(0, 32)),
+            // Stripe 0 complete: stripes 1 and 2 are the window now.
+            (4, 1, &range(0, 16), &[50], 32, range(16, 48)),
+            (4, 1, &range(0, 16), &[40, 50], 1, vec![40]),
+            // A missing piece keeps its stripe current.
+            (4, 0, &range(1, 16), &[], 1, vec![0]),
             // One stripe: plain rarest-first over the whole blob.
-            (1, &[40, 60], 2, &[40, 60]),
+            (1, 0, &[], &[40, 60], 2, vec![40, 60]),
             // Stripes are at least MIN_STRIPE_PIECES long: 64 stripes are 16 pieces too.
-            (64, &[], 4, &[0, 1, 2, 3]),
+            (64, 0, &[], &[], 4, vec![]),
         ];
-        for &(stripes, rare, cap, expect) in cases {
+        for (stripes, lookahead, have, rare, cap, expect) in cases {
             // A has every piece; B has every piece but the rare ones.
             let common: Vec<u32> = all.iter().copied().filter(|p| !rare.contains(p)).collect();
-            let peers: &[Peer<'_>] = &[(A, &all, false), (B, &common, false)];
-            let mut p = setup(64, peers, PickerOptions { stripes, ..opts(cap) });
+            let mut p = Picker::new(
+                64,
+                &(0..64).map(|i| have.contains(&i)).collect::<Vec<bool>>(),
+                PickerOptions { stripes: *stripes, stripe_lookahead: *lookahead, ..opts(*cap) },
+            );
+            p.peer_joined(A, &bits(64, &all), false);
+            p.peer_joined(B, &bits(64, &common), false);
             let got = p.next_requests(A);
             let mut sorted = got.clone();
             sorted.sort_unstable();
-            if stripes == 64 {
+            if *stripes == 64 {
                 assert!(got.iter().all(|&x| x < super::MIN_STRIPE_PIECES), "stripes {stripes}: {got:?}");
             } else {
-                assert_eq!(sorted, expect, "stripes {stripes}, rare {rare:?}");
+                assert_eq!(&sorted, expect, "stripes {stripes}, lookahead {lookahead}, have {have:?}, rare {rare:?}");
             }
             p.check_invariants();
         }

@@ -34,6 +34,7 @@ struct Input {
     total: u8,
     endgame_pieces: u8,
     stripes: u8,
+    stripe_lookahead: u8,
     seed: u64,
     events: Vec<Event>,
 }
@@ -51,6 +52,7 @@ fuzz_target!(|input: Input| {
         seed: input.seed,
         endgame_pieces: u32::from(input.endgame_pieces % 8),
         stripes: u32::from(input.stripes % 16),
+        stripe_lookahead: u32::from(input.stripe_lookahead % 4),
         max_outstanding_total: total,
     };
     let mut p: Picker<u8> = Picker::new(num_pieces, &input.have, opts);

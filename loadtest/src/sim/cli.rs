@@ -78,6 +78,9 @@ pub struct SimArgs {
     /// For comparison: no request window, only the per-peer pipeline caps (the swarm before it).
     #[arg(long, conflicts_with = "request_window_ms")]
     pub no_request_window: bool,
+    /// The picker's `stripe_lookahead` (default its default; 0 is strict stripe order).
+    #[arg(long)]
+    pub stripe_lookahead: Option<u32>,
     /// Longest upload backlog of a capped host, milliseconds (the swarm's `upload_backlog`;
     /// default its default).
     #[arg(long)]
@@ -141,6 +144,7 @@ impl SimArgs {
             commit_rate: self.commit_rate.map(|r| r.0 as f64),
             super_seeding: !self.no_super_seeding,
             max_uploads_per_host: self.max_uploads_per_host,
+            stripe_lookahead: self.stripe_lookahead.unwrap_or(base.stripe_lookahead),
             request_window: if self.no_request_window {
                 None
             } else {

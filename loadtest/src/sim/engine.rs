@@ -661,6 +661,7 @@ impl<'a> Sim<'a> {
                 max_outstanding_per_origin: cfg.origin_pipeline_depth,
                 seed: splitmix(cfg.seed ^ (u64::from(host) << 16) ^ u64::from(blob)),
                 endgame_pieces: cfg.endgame_pieces,
+                stripe_lookahead: cfg.stripe_lookahead,
                 max_outstanding_total: window_pieces(
                     cfg.agent_down.map(|r| r as u64),
                     Duration::from_secs_f64(cfg.request_window.unwrap_or(0.0)),
