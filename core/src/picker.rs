@@ -98,20 +98,17 @@ pub struct PickerOptions {
     pub max_outstanding_total: usize,
 }
 
-/// Fewest requests in flight a request window allows, so a download never waits on one
-/// piece alone.
-pub const MIN_WINDOW_PIECES: usize = 2;
-
 /// [`PickerOptions::max_outstanding_total`] for a download whose link takes `rate` bytes/s:
-/// as many pieces of `piece_len` as arrive in `window` at that rate, rounded up, at least
-/// [`MIN_WINDOW_PIECES`]. Unbounded when the link is uncapped or the window is zero.
-pub fn window_pieces(rate: Option<u64>, window: std::time::Duration, piece_len: u64) -> usize {
+/// as many pieces of `piece_len` as arrive in `window` at that rate, rounded up, and at least
+/// `floor` (the caller passes two peers' pipelines, so a slow link still keeps two peers busy).
+/// Unbounded when the link is uncapped or the window is zero.
+pub fn window_pieces(rate: Option<u64>, window: std::time::Duration, piece_len: u64, floor: usize) -> usize {
     let Some(rate) = rate else { return usize::MAX };
     if window.is_zero() || piece_len == 0 {
         return usize::MAX;
     }
     let bytes = u128::from(rate).saturating_mul(window.as_nanos()) / 1_000_000_000;
-    usize::try_from(bytes.div_ceil(u128::from(piece_len))).unwrap_or(usize::MAX).max(MIN_WINDOW_PIECES)
+    usize::try_from(bytes.div_ceil(u128::from(piece_len))).unwrap_or(usize::MAX).max(floor.max(1))
 }
 
 /// Shortest stripe, in pieces: shorter ones would leave too few pieces to spread at once.
@@ -125,7 +122,7 @@ impl Default for PickerOptions {
             seed: 0,
             endgame_pieces: 3,
             stripes: 8,
-            stripe_lookahead: 2,
+            stripe_lookahead: 0,
             max_outstanding_total: usize::MAX,
         }
     }
@@ -695,7 +692,7 @@ mod tests {
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
-    use super::{MIN_WINDOW_PIECES, Picker, PickerOptions, window_pieces};
+    use super::{Picker, PickerOptions, window_pieces};
     use crate::wire::pack_bits;
 
     const A: u8 = 1;
@@ -850,19 +847,22 @@ mod tests {
         use std::time::Duration;
         let ms = Duration::from_millis;
         let mib = 1u64 << 20;
-        let cases: &[(Option<u64>, Duration, u64, usize)] = &[
-            (None, ms(100), 4 * mib, usize::MAX),
-            (Some(300_000_000), ms(0), 4 * mib, usize::MAX),
+        // (rate, window, piece length, floor, pieces)
+        let cases: &[(Option<u64>, Duration, u64, usize, usize)] = &[
+            (None, ms(100), 4 * mib, 8, usize::MAX),
+            (Some(300_000_000), ms(0), 4 * mib, 8, usize::MAX),
             // 30 MB in 100 ms at 300 MB/s: 7.15 pieces of 4 MiB, rounded up.
-            (Some(300_000_000), ms(100), 4 * mib, 8),
-            (Some(50 * mib), ms(100), mib, 5),
-            (Some(8 * mib), ms(1000), 4 * mib, 2),
-            // A slow link still keeps two pieces in flight.
-            (Some(mib), ms(100), 4 * mib, MIN_WINDOW_PIECES),
-            (Some(u64::MAX), Duration::from_secs(u64::MAX), 1, usize::MAX),
+            (Some(300_000_000), ms(100), 4 * mib, 2, 8),
+            (Some(300_000_000), ms(200), 4 * mib, 8, 15),
+            // 5 pieces of 1 MiB at 50 MiB/s, raised to the floor.
+            (Some(50 * mib), ms(100), mib, 2, 5),
+            (Some(50 * mib), ms(100), mib, 8, 8),
+            // A zero floor still allows one request.
+            (Some(mib), ms(100), 4 * mib, 0, 1),
+            (Some(u64::MAX), Duration::from_secs(u64::MAX), 1, 8, usize::MAX),
         ];
-        for &(rate, window, piece_len, want) in cases {
-            assert_eq!(window_pieces(rate, window, piece_len), want, "{rate:?} {window:?} {piece_len}");
+        for &(rate, window, piece_len, floor, want) in cases {
+            assert_eq!(window_pieces(rate, window, piece_len, floor), want, "{rate:?} {window:?} {piece_len} {floor}");
         }
     }
 

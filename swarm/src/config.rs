@@ -30,7 +30,8 @@ pub struct SwarmConfig {
     /// Requests in flight to one origin for one blob. Default 4.
     pub origin_pipeline_depth: usize,
     /// Requests one blob download keeps in flight over all its peers, as time at the
-    /// `ingress_rate`: as many pieces as arrive in this window (at least 2). Requests beyond
+    /// `ingress_rate`: as many pieces as arrive in this window, and at least two peers'
+    /// pipelines (2 x `pipeline_depth`). Requests beyond
     /// it wait here rather than in the uploaders' queues, where they would be answered busy
     /// or wait behind other peers' pieces. No bound without an `ingress_rate` or with `0s`.
     /// Default 100ms.
