@@ -36,6 +36,11 @@ pub struct SwarmConfig {
     /// or wait behind other peers' pieces. No bound without an `ingress_rate` or with `0s`.
     /// Default 100ms.
     pub request_window: Duration,
+    /// Stripes after the current one whose pieces rank with it by rarity alone (the picker's
+    /// `stripe_lookahead`). 0 keeps the verified prefix growing soonest, which streaming
+    /// readers and the whole-blob hash follow; larger fleets may spread pieces better with 2
+    /// (see BENCHMARKS.md). Default 0.
+    pub stripe_lookahead: u32,
     /// Pieces one connection uploads at once. Default 8.
     pub max_uploads_per_connection: usize,
     /// Longest upload backlog a node with an `egress_rate` takes on: a request that would
@@ -80,6 +85,7 @@ impl Default for SwarmConfig {
             pipeline_depth: 4,
             origin_pipeline_depth: 4,
             request_window: Duration::from_millis(100),
+            stripe_lookahead: 0,
             max_uploads_per_connection: 8,
             upload_backlog: Duration::from_millis(200),
             upload_memory: ByteSize(8 << 20),

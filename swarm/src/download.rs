@@ -100,6 +100,7 @@ pub(crate) async fn run(
         max_outstanding_per_peer: cfg.pipeline_depth,
         max_outstanding_per_origin: cfg.origin_pipeline_depth,
         seed: if cfg.picker_seed == 0 { rand::random() } else { cfg.picker_seed },
+        stripe_lookahead: cfg.stripe_lookahead,
         max_outstanding_total: window_pieces(
             node.ingress.rate(),
             cfg.request_window.get(),

@@ -78,7 +78,7 @@ pub struct SimArgs {
     /// For comparison: no request window, only the per-peer pipeline caps (the swarm before it).
     #[arg(long, conflicts_with = "request_window_ms")]
     pub no_request_window: bool,
-    /// The picker's `stripe_lookahead` (default its default; 0 is strict stripe order).
+    /// The swarm's `stripe_lookahead` (default its default; 0 is strict stripe order).
     #[arg(long)]
     pub stripe_lookahead: Option<u32>,
     /// Longest upload backlog of a capped host, milliseconds (the swarm's `upload_backlog`;

@@ -110,7 +110,7 @@ pub struct SimConfig {
     /// in it at the agent's download cap in flight (`picker::window_pieces`); `None` leaves
     /// only the per-peer pipeline caps (the swarm before the window).
     pub request_window: Option<f64>,
-    /// The picker's `stripe_lookahead`: stripes after the current one that rank with it.
+    /// The swarm's `stripe_lookahead`: stripes after the current one that rank with it.
     pub stripe_lookahead: u32,
     /// Experiment, not what the real origin does: an origin sends its queued uploads one at
     /// a time, the piece it has sent the fewest times first, instead of in arrival order.
@@ -161,7 +161,7 @@ impl Default for SimConfig {
             late_endgame: false,
             max_uploads_per_host: None,
             request_window: Some(swarm.request_window.get().as_secs_f64()),
-            stripe_lookahead: shoal_core::picker::PickerOptions::default().stripe_lookahead,
+            stripe_lookahead: swarm.stripe_lookahead,
             super_seeding: true,
             busy_backoff: true,
             cpu: None,
