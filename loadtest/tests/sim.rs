@@ -91,19 +91,19 @@ fn slow_origin_super_seeds_about_one_copy() {
     assert!(seeded.max < plain.max, "super-seeding {} s, without {} s", seeded.max, plain.max);
 }
 
-/// A real in-process run of 4 agents pulling 8 MiB at 4 MiB/s (T* = 2 s) and its simulation
-/// agree within 35%. The blob is 8 pieces, each an eighth of the run, so one piece more or less
-/// in a tail moves a percentile by 12%: with the request window the simulation (p50 2.88 s,
-/// max 3.68 s with the shared CPU, seed 1) has come out 0–10% from real p50s (2.88–3.18 s) and
-/// 4–21% from real maxima (3.04–3.53 s) on this machine.
+/// A real in-process run of 4 agents pulling 32 MiB (32 pieces) at 16 MiB/s (T* = 2 s) and its
+/// simulation with the shared CPU agree within 25%. On this machine they have come out within
+/// 11% (real p50 2.18-2.50 s, max 2.28-2.66 s; sim p50 2.24 s, max 2.46 s). Smaller setups are
+/// poor probes: at 4 MiB/s the 200 ms upload backlog is less than one 1 MiB piece, so every
+/// uploader takes one request at a time and the tail is made of busy back-offs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agrees_with_a_small_real_run() {
     let dir = tempfile::tempdir().unwrap();
     let o = LocalOptions {
         agents: 4,
-        size: 8 << 20,
-        agent_rate: Some(4 << 20),
-        origin_rate: Some(4 << 20),
+        size: 32 << 20,
+        agent_rate: Some(16 << 20),
+        origin_rate: Some(16 << 20),
         dir: Some(dir.path().to_path_buf()),
         timeout: Duration::from_secs(60),
         verbose: false,
@@ -114,8 +114,8 @@ async fn agrees_with_a_small_real_run() {
     let v = Validation::of(&real, 1, None, true).unwrap();
     let table = Validation::table(std::slice::from_ref(&v));
     println!("{table}");
-    assert!(v.worst_gap() <= 0.35, "{table}");
-    // One piece is 0.125 copies; a loaded machine has made the real origin send three more.
+    assert!(v.worst_gap() <= 0.25, "{table}");
+    // One piece is 0.03 copies; the real origin has sent 0.06-0.19 copies more than the sim.
     assert!((v.sim_origin_copies - v.real_origin_copies).abs() <= 0.4, "{table}");
 }
 
