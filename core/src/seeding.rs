@@ -17,6 +17,19 @@ use std::time::Duration;
 /// How long a downloader leaves a peer that answered "busy" before asking it again.
 pub const BUSY_BACKOFF: Duration = Duration::from_millis(50);
 
+/// The most upload bytes a node with an egress cap of `egress_rate` bytes/s lets wait at the
+/// cap: what it sends in `backlog` (counted in whole milliseconds).
+pub fn max_upload_backlog(egress_rate: u64, backlog: Duration) -> u64 {
+    u64::try_from(u128::from(egress_rate) * backlog.as_millis() / 1000).unwrap_or(u64::MAX)
+}
+
+/// Whether an upload of `bytes` may join a backlog of `backlog` bytes bounded by `max` (`None`:
+/// unbounded). An empty backlog always admits one piece, so a piece larger than the bound
+/// still goes.
+pub fn admits_upload(backlog: u64, bytes: u64, max: Option<u64>) -> bool {
+    max.is_none_or(|max| backlog == 0 || backlog.saturating_add(bytes) <= max)
+}
+
 /// Upload counts of one blob at one seed.
 #[derive(Clone, Debug)]
 pub struct SeedBudget {
@@ -69,6 +82,27 @@ mod tests {
     #[test]
     fn single_piece_blob_is_always_served_after_the_first() {
         check(1, &[(0, true), (0, true), (0, true)]);
+    }
+
+    #[test]
+    fn upload_backlog_bound() {
+        assert_eq!(max_upload_backlog(300_000_000, Duration::from_millis(200)), 60_000_000);
+        assert_eq!(max_upload_backlog(1000, Duration::from_micros(1999)), 1);
+        assert_eq!(max_upload_backlog(u64::MAX, Duration::from_secs(10)), u64::MAX);
+        // (backlog, bytes, bound, admitted)
+        let cases = [
+            (0, 10, None, true),
+            (u64::MAX, 10, None, true),
+            (0, 10, Some(5), true),
+            (1, 10, Some(5), false),
+            (5, 5, Some(10), true),
+            (6, 5, Some(10), false),
+            // No overflow: a sum past u64::MAX counts as u64::MAX.
+            (u64::MAX - 1, 5, Some(u64::MAX - 1), false),
+        ];
+        for (backlog, bytes, max, want) in cases {
+            assert_eq!(admits_upload(backlog, bytes, max), want, "{backlog} + {bytes} in {max:?}");
+        }
     }
 
     #[test]

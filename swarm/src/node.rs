@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
-use shoal_core::seeding::SeedBudget;
+use shoal_core::seeding::{SeedBudget, admits_upload, max_upload_backlog};
 use shoal_core::wire::pack_bits;
 use shoal_core::{Digest, MetaInfo, PeerId, PieceIndex};
 use tokio::net::TcpListener;
@@ -177,10 +177,8 @@ impl Node {
     pub fn admit_upload(&self, bytes: u64) -> Option<BacklogGuard> {
         let before = self.upload_backlog.fetch_add(bytes, Ordering::Relaxed);
         let guard = BacklogGuard { backlog: self.upload_backlog.clone(), bytes };
-        match self.max_upload_backlog {
-            Some(max) if before > 0 && before + bytes > max => None, // The guard gives the bytes back.
-            _ => Some(guard),
-        }
+        // Refused, the guard gives the bytes back.
+        admits_upload(before, bytes, self.max_upload_backlog).then_some(guard)
     }
 
     pub fn is_blacklisted(&self, peer: Option<&PeerId>, addr: Option<&SocketAddr>) -> bool {
@@ -341,9 +339,7 @@ impl Swarm {
             upload_memory: Arc::new(Semaphore::new(
                 usize::try_from(cfg.upload_memory.0 / UPLOAD_MEMORY_UNIT).unwrap_or(Semaphore::MAX_PERMITS),
             )),
-            max_upload_backlog: cfg.egress_rate.map(|r| {
-                u64::try_from(u128::from(r.0) * cfg.upload_backlog.get().as_millis() / 1000).unwrap_or(u64::MAX)
-            }),
+            max_upload_backlog: cfg.egress_rate.map(|r| max_upload_backlog(r.0, cfg.upload_backlog.get())),
             cancel: shutdown.child_token(),
             cfg,
         });

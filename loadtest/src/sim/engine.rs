@@ -16,7 +16,7 @@ use shoal_core::Digest;
 use shoal_core::metainfo::default_piece_length;
 use shoal_core::picker::{Picker, PickerOptions, window_pieces};
 use shoal_core::ring::{OriginNode, Ring};
-use shoal_core::seeding::{BUSY_BACKOFF, SeedBudget};
+use shoal_core::seeding::{BUSY_BACKOFF, SeedBudget, admits_upload, max_upload_backlog};
 use std::time::Duration;
 
 use super::tracker::{Handed, Swarm};
@@ -274,7 +274,7 @@ struct Host {
     uploads: usize,
     /// Upload bytes admitted and still waiting for egress tokens (`Node::upload_backlog`).
     backlog: u64,
-    /// Most upload bytes that may wait at its egress cap (`Node::max_upload_backlog`); `None`
+    /// Most upload bytes that may wait at its egress cap (`seeding::max_upload_backlog`); `None`
     /// when uncapped or with the bound off.
     max_backlog: Option<u64>,
 }
@@ -385,7 +385,10 @@ impl<'a> Sim<'a> {
                     },
                     uploads: 0,
                     backlog: 0,
-                    max_backlog: max_upload_backlog(up, cfg.upload_backlog),
+                    // Whole bytes/s and whole milliseconds, as the swarm's config gives them.
+                    max_backlog: up.zip(cfg.upload_backlog).map(|(rate, secs)| {
+                        max_upload_backlog(rate as u64, Duration::from_millis((secs * 1000.0).round() as u64))
+                    }),
                     budgets: if origin && cfg.super_seeding {
                         layers.iter().map(|l| SeedBudget::new(l.num_pieces)).collect()
                     } else {
@@ -790,7 +793,7 @@ impl<'a> Sim<'a> {
         // permit, then the origin's super-seeding budget (consulted last, as it counts what it
         // admits).
         let host_full = self.cfg.max_uploads_per_host.is_some_and(|m| h.uploads >= m);
-        let backlog_full = has && !admit_upload(h.backlog, len, h.max_backlog);
+        let backlog_full = has && !admits_upload(h.backlog, len, h.max_backlog);
         self.backlog_rejects += u64::from(backlog_full);
         let busy = has
             && (backlog_full
@@ -917,24 +920,6 @@ impl<'a> Sim<'a> {
             self.agents_left -= 1;
         }
     }
-}
-
-/// `Node::admit_upload` (`swarm/src/node.rs`): whether `bytes` more may join a backlog of
-/// `backlog` bytes bounded by `max`. An empty backlog always admits one piece.
-fn admit_upload(backlog: u64, bytes: u64, max: Option<u64>) -> bool {
-    match max {
-        Some(max) => backlog == 0 || backlog + bytes <= max,
-        None => true,
-    }
-}
-
-/// `Node::max_upload_backlog` as `Swarm::new` computes it (`swarm/src/node.rs`): the bytes
-/// `egress_rate` (whole bytes/s) sends in `upload_backlog` (whole milliseconds); `None` for an
-/// uncapped node.
-fn max_upload_backlog(egress_rate: Option<f64>, upload_backlog: Option<f64>) -> Option<u64> {
-    let (rate, backlog) = (egress_rate?, upload_backlog?);
-    let millis = (backlog * 1000.0).round() as u128;
-    Some(u64::try_from(u128::from(rate as u64) * millis / 1000).unwrap_or(u64::MAX))
 }
 
 /// The made-up digests of the layers, which place them on the origin ring.

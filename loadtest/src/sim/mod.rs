@@ -12,7 +12,7 @@
 //! - **Connections** as in `swarm/src/conn.rs`: one per host pair shared by every blob, at most
 //!   `max_uploads_per_connection` uploads in flight on it (a request beyond is rejected as
 //!   busy), at most `max_connections` per host (a dial beyond fails). A host with an egress
-//!   cap bounds its upload backlog as `Node::admit_upload` does: a request is answered busy
+//!   cap bounds its upload backlog with the swarm's rule (`seeding::admits_upload`): a request is answered busy
 //!   when the bytes admitted and still waiting for egress tokens, over all its connections,
 //!   plus this piece exceed `egress rate × upload_backlog` (an empty backlog admits one
 //!   piece); the bytes leave the backlog when their tokens are granted or the upload is
