@@ -33,7 +33,7 @@ struct Args {
 }
 
 fn load(args: &Args) -> Result<shoal_origin::ValidConfig, config::ConfigError> {
-    let names = if args.check_config { config::PeerNames::CheckOnly } else { config::PeerNames::Lookup };
+    let names = config::PeerNames::for_check_config(args.check_config);
     let mut cfg: shoal_origin::Config = config::load_resolving(args.config.as_deref(), names)?;
     if let Some(a) = args.listen {
         cfg.listen = a;

@@ -44,6 +44,14 @@ pub enum PeerNames {
     CheckOnly,
 }
 
+impl PeerNames {
+    /// What a binary does with names: [`PeerNames::CheckOnly`] under `--check-config`, else
+    /// [`PeerNames::Lookup`].
+    pub fn for_check_config(check_config: bool) -> PeerNames {
+        if check_config { PeerNames::CheckOnly } else { PeerNames::Lookup }
+    }
+}
+
 /// Parses YAML text into a config; an empty document gives the defaults.
 pub fn parse<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
     let text = if text.trim().is_empty() { "{}" } else { text };
@@ -52,10 +60,19 @@ pub fn parse<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
 
 /// Reads and parses a config file; `None` gives the embedded defaults.
 pub fn load<T: DeserializeOwned>(path: Option<&Path>) -> Result<T, ConfigError> {
-    let Some(path) = path else { return parse("") };
+    load_with(path, parse)
+}
+
+/// Reads the file at `path` (none: empty text) and parses it with `parse_text`, naming the
+/// file in a parse error.
+fn load_with<T>(
+    path: Option<&Path>,
+    parse_text: impl FnOnce(&str) -> Result<T, ConfigError>,
+) -> Result<T, ConfigError> {
+    let Some(path) = path else { return parse_text("") };
     let text =
         std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-    parse(&text).map_err(|e| match e {
+    parse_text(&text).map_err(|e| match e {
         ConfigError::Parse { source, .. } => ConfigError::Parse { path: Some(path.to_path_buf()), source },
         other => other,
     })
@@ -65,14 +82,7 @@ pub fn load<T: DeserializeOwned>(path: Option<&Path>) -> Result<T, ConfigError> 
 /// `shoal-origin-0.shoal.svc:7801`), resolved as `names` says. A file without such a name is
 /// parsed exactly as [`load`] parses it.
 pub fn load_resolving<T: DeserializeOwned>(path: Option<&Path>, names: PeerNames) -> Result<T, ConfigError> {
-    let Some(path) = path else { return parse("") };
-    let text =
-        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-    let with_path = |e| match e {
-        ConfigError::Parse { source, .. } => ConfigError::Parse { path: Some(path.to_path_buf()), source },
-        other => other,
-    };
-    parse_resolving(&text, names, &mut lookup_host).map_err(with_path)
+    load_with(path, |text| parse_resolving(text, names, &mut lookup_host))
 }
 
 /// [`load_resolving`] on text, with the name lookup passed in.
@@ -81,9 +91,7 @@ pub fn parse_resolving<T: DeserializeOwned>(
     names: PeerNames,
     lookup: &mut dyn FnMut(&str) -> std::io::Result<Vec<SocketAddr>>,
 ) -> Result<T, ConfigError> {
-    let doc_text = if text.trim().is_empty() { "{}" } else { text };
-    let mut doc: serde_yaml::Value =
-        serde_yaml::from_str(doc_text).map_err(|source| ConfigError::Parse { path: None, source })?;
+    let mut doc: serde_yaml::Value = parse(text)?;
     if !resolve_origin_peers(&mut doc, names, lookup)? {
         // Nothing replaced: parse the text itself, so errors keep their line numbers.
         return parse(text);

@@ -67,8 +67,7 @@ fn main() -> ExitCode {
 
 /// Loads the YAML and applies the flags, then validates the result.
 fn load(args: &Args) -> Result<ValidConfig, Box<dyn StdError>> {
-    use shoal_runtime::config::PeerNames;
-    let names = if args.check_config { PeerNames::CheckOnly } else { PeerNames::Lookup };
+    let names = shoal_runtime::config::PeerNames::for_check_config(args.check_config);
     let mut config: Config = shoal_runtime::config::load_resolving(args.config.as_deref(), names)?;
     if let Some(listen) = &args.listen {
         config.listen = listen
