@@ -145,22 +145,24 @@ impl SimArgs {
             super_seeding: !self.no_super_seeding,
             max_uploads_per_host: self.max_uploads_per_host,
             stripe_lookahead: self.stripe_lookahead.unwrap_or(base.stripe_lookahead),
-            request_window: if self.no_request_window {
-                None
-            } else {
-                self.request_window_ms.map_or(base.request_window, |ms| Some(ms as f64 / 1000.0))
-            },
+            request_window: seconds_setting(self.no_request_window, self.request_window_ms, base.request_window),
             busy_backoff: !self.no_busy_backoff,
             // The swarm before the back-off had no backlog bound either, and a busy treated as
             // `NotHave` hides the peer's piece for good, which the bound's rejects would stall on.
-            upload_backlog: if self.no_upload_backlog || self.no_busy_backoff {
-                None
-            } else {
-                self.upload_backlog_ms.map_or(base.upload_backlog, |ms| Some(ms as f64 / 1000.0))
-            },
+            upload_backlog: seconds_setting(
+                self.no_upload_backlog || self.no_busy_backoff,
+                self.upload_backlog_ms,
+                base.upload_backlog,
+            ),
             ..base
         }
     }
+}
+
+/// A swarm duration setting in seconds from its flags: `None` when switched `off`, else the
+/// milliseconds given, else `default`.
+fn seconds_setting(off: bool, ms: Option<u64>, default: Option<f64>) -> Option<f64> {
+    if off { None } else { ms.map_or(default, |ms| Some(ms as f64 / 1000.0)) }
 }
 
 /// Runs `shoal-loadtest sim`.
