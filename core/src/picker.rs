@@ -445,7 +445,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
     fn pick_free(&mut self, peer: P, want: usize) -> Vec<u32> {
         let salt: u64 = self.rng.random();
         // Stripes up to `base` rank together (key 0), later ones in order after them.
-        let base = self.first_missing() / self.stripe_len + self.opts.stripe_lookahead;
+        let base = (self.first_missing() / self.stripe_len).saturating_add(self.opts.stripe_lookahead);
         let state = &self.peers[&peer];
         let scratch = &mut self.scratch;
         for (byte_idx, (&theirs, &ours)) in (0u32..).zip(state.bits.iter().zip(&self.have)) {
@@ -758,6 +758,8 @@ mod tests {
             (4, 0, &range(1, 16), &[], 1, vec![0]),
             // One stripe: plain rarest-first over the whole blob.
             (1, 0, &[], &[40, 60], 2, vec![40, 60]),
+            // A lookahead past the end (any value a config may hold) is plain rarest-first.
+            (4, u32::MAX, &[], &[40, 60], 2, vec![40, 60]),
             // Stripes are at least MIN_STRIPE_PIECES long: 64 stripes are 16 pieces too.
             (64, 0, &[], &[], 4, vec![]),
         ];
