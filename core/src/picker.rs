@@ -759,7 +759,7 @@ mod tests {
             // One stripe: plain rarest-first over the whole blob.
             (1, 0, &[], &[40, 60], 2, vec![40, 60]),
             // A lookahead past the end (any value a config may hold) is plain rarest-first.
-            (4, u32::MAX, &[], &[40, 60], 2, vec![40, 60]),
+            (4, u32::MAX, &range(0, 16), &[40, 60], 2, vec![40, 60]),
             // Stripes are at least MIN_STRIPE_PIECES long: 64 stripes are 16 pieces too.
             (64, 0, &[], &[], 4, vec![]),
         ];
