@@ -105,7 +105,7 @@ pub(crate) async fn run(
             node.ingress.rate(),
             cfg.request_window.get(),
             u64::from(meta.piece_length()),
-            2 * cfg.pipeline_depth,
+            cfg.pipeline_depth.saturating_mul(2),
         ),
         ..PickerOptions::default()
     };

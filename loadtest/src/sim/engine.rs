@@ -669,7 +669,7 @@ impl<'a> Sim<'a> {
                     cfg.agent_down.map(|r| r as u64),
                     Duration::from_secs_f64(cfg.request_window.unwrap_or(0.0)),
                     self.layers[blob as usize].piece_len,
-                    2 * cfg.pipeline_depth,
+                    cfg.pipeline_depth.saturating_mul(2),
                 ),
                 ..PickerOptions::default()
             };
