@@ -63,6 +63,9 @@ cleanup() {
     [[ -n $SOCK_DIR ]] && rm -rf "$SOCK_DIR"
     if ((rc != 0)); then
         echo "e2e-registry: failed (exit $rc); logs are in $W/*.log" >&2
+    elif [[ -z ${E2E_KEEP:-} ]]; then
+        # About 2 GB of images, stores and buckets; E2E_KEEP=1 keeps them for a look.
+        rm -rf "$W"
     fi
     exit "$rc"
 }
