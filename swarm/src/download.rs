@@ -23,6 +23,7 @@ use shoal_core::{Digest, PeerId};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::config::SwarmConfig;
 use crate::conn::{self, ConnHandle};
 use crate::node::{BlobEntry, Node, SwarmError};
 use crate::store::{PartialBlob, StoreError};
@@ -86,6 +87,24 @@ struct Actor {
     request_timeout: Duration,
 }
 
+/// The picker's settings for a download of pieces of `piece_length` over a link that takes
+/// `ingress_rate` bytes/s (`None`: uncapped).
+fn picker_options(cfg: &SwarmConfig, ingress_rate: Option<u64>, piece_length: u32, seed: u64) -> PickerOptions {
+    PickerOptions {
+        max_outstanding_per_peer: cfg.pipeline_depth,
+        max_outstanding_per_origin: cfg.origin_pipeline_depth,
+        seed,
+        stripe_lookahead: cfg.stripe_lookahead,
+        max_outstanding_total: window_pieces(
+            ingress_rate,
+            cfg.request_window.get(),
+            u64::from(piece_length),
+            cfg.pipeline_depth.saturating_mul(2),
+        ),
+        ..PickerOptions::default()
+    }
+}
+
 pub(crate) async fn run(
     node: Arc<Node>,
     entry: Arc<BlobEntry>,
@@ -96,19 +115,8 @@ pub(crate) async fn run(
     let digest = meta.digest();
     let have = partial.have();
     let cfg = &node.cfg;
-    let opts = PickerOptions {
-        max_outstanding_per_peer: cfg.pipeline_depth,
-        max_outstanding_per_origin: cfg.origin_pipeline_depth,
-        seed: if cfg.picker_seed == 0 { rand::random() } else { cfg.picker_seed },
-        stripe_lookahead: cfg.stripe_lookahead,
-        max_outstanding_total: window_pieces(
-            node.ingress.rate(),
-            cfg.request_window.get(),
-            u64::from(meta.piece_length()),
-            cfg.pipeline_depth.saturating_mul(2),
-        ),
-        ..PickerOptions::default()
-    };
+    let seed = if cfg.picker_seed == 0 { rand::random() } else { cfg.picker_seed };
+    let opts = picker_options(cfg, node.ingress.rate(), meta.piece_length(), seed);
     // A capped link needs time to drain a full pipeline before the last request is served.
     let drain = node
         .ingress
@@ -389,6 +397,56 @@ pub(crate) async fn seed_announcer(node: Arc<Node>, every: Duration) {
         let blobs: Vec<Digest> = node.blobs.iter().filter(|e| e.shared.lock().complete).map(|e| *e.key()).collect();
         for b in blobs {
             announce_once(&node, b, true).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_runtime::Duration;
+
+    use super::picker_options;
+    use crate::SwarmConfig;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn picker_options_follow_the_config() {
+        let cfg = SwarmConfig {
+            pipeline_depth: 3,
+            origin_pipeline_depth: 5,
+            stripe_lookahead: 2,
+            request_window: Duration::from_millis(400),
+            ..SwarmConfig::default()
+        };
+        let o = picker_options(&cfg, Some(50 * MIB), MIB as u32, 7);
+        assert_eq!(o.max_outstanding_per_peer, 3);
+        assert_eq!(o.max_outstanding_per_origin, 5);
+        assert_eq!(o.stripe_lookahead, 2);
+        assert_eq!(o.seed, 7);
+        // 400 ms at 50 MiB/s is 20 pieces of 1 MiB.
+        assert_eq!(o.max_outstanding_total, 20);
+    }
+
+    #[test]
+    fn request_window_has_a_floor_of_two_pipelines_and_no_bound_uncapped() {
+        // (ingress, window, pipeline_depth, piece) -> requests in flight at most
+        let table = [
+            (Some(50 * MIB), 100, 4, MIB, 8),        // 5 pieces in the window: the floor, 2 x 4
+            (Some(50 * MIB), 100, 1, MIB, 5),        // 100 ms at 50 MiB/s
+            (Some(300 * MIB), 100, 4, MIB, 30),      // 30 pieces in the window
+            (Some(50 * MIB), 0, 4, MIB, usize::MAX), // 0s: no window
+            (None, 100, 4, MIB, usize::MAX),         // uncapped: no window
+            (Some(MIB), 100, usize::MAX, MIB, usize::MAX), // the floor saturates
+        ];
+        for (rate, ms, depth, piece, want) in table {
+            let cfg = SwarmConfig {
+                pipeline_depth: depth,
+                request_window: Duration::from_millis(ms),
+                ..SwarmConfig::default()
+            };
+            let o = picker_options(&cfg, rate, piece as u32, 1);
+            assert_eq!(o.max_outstanding_total, want, "{rate:?} {ms}ms depth {depth}");
         }
     }
 }
