@@ -21,8 +21,8 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::pull::{CopyHasher, Target};
 use futures::StreamExt;
-use shoal_core::{Digest, DigestHasher};
 use tokio::time::Instant;
 
 use crate::bound;
@@ -53,13 +53,13 @@ pub struct BaselineOptions {
 }
 
 /// Fetches `digest` from `origin_http` (e.g. `http://127.0.0.2:1234`) as `opts` says.
-pub async fn measure(origin_http: &str, digest: Digest, opts: &BaselineOptions) -> anyhow::Result<Baseline> {
-    measure_all(origin_http, &[digest], opts).await
+pub async fn measure(origin_http: &str, target: Target, opts: &BaselineOptions) -> anyhow::Result<Baseline> {
+    measure_all(origin_http, &[target], opts).await
 }
 
 /// [`measure`] for a scenario of several blobs: each of the `opts.n` fetchers gets all of
 /// `digests` concurrently (as an agent pulls an image's layers) through its one download cap.
-pub async fn measure_all(origin_http: &str, digests: &[Digest], opts: &BaselineOptions) -> anyhow::Result<Baseline> {
+pub async fn measure_all(origin_http: &str, targets: &[Target], opts: &BaselineOptions) -> anyhow::Result<Baseline> {
     let http = reqwest::Client::new();
     let base = origin_http.trim_end_matches('/');
     let origin = opts.origin_rate.map(TokenBucket::new);
@@ -70,10 +70,10 @@ pub async fn measure_all(origin_http: &str, digests: &[Digest], opts: &BaselineO
             let agent = opts.agent_rate.map(TokenBucket::new);
             let mut bytes = 0;
             let mut ok = true;
-            let all = digests.iter().map(|&d| {
-                let url = format!("{base}/blobs/{d}");
+            let all = targets.iter().map(|t| {
+                let url = format!("{base}/blobs/{}", t.digest);
                 let agent = agent.as_ref();
-                async move { fetch_one(http, &url, d, origin, agent).await }
+                async move { fetch_one(http, &url, t, origin, agent).await }
             });
             for r in futures::future::join_all(all).await {
                 let (b, good) = r?;
@@ -123,17 +123,17 @@ pub async fn measure_all(origin_http: &str, digests: &[Digest], opts: &BaselineO
     })
 }
 
-/// One capped fetch: (bytes, sha256 matched).
+/// One capped fetch: (bytes, the copy matched `target`).
 async fn fetch_one(
     http: &reqwest::Client,
     url: &str,
-    digest: Digest,
+    target: &Target,
     origin: Option<&TokenBucket>,
     agent: Option<&TokenBucket>,
 ) -> anyhow::Result<(u64, bool)> {
     let resp = http.get(url).send().await?;
     anyhow::ensure!(resp.status().is_success(), "GET {url}: {}", resp.status());
-    let mut hasher = DigestHasher::new();
+    let mut hasher = CopyHasher::new(target);
     let mut bytes = 0u64;
     let mut body = resp.bytes_stream();
     while let Some(chunk) = body.next().await {
@@ -147,7 +147,7 @@ async fn fetch_one(
             tokio::time::sleep(wait).await;
         }
     }
-    Ok((bytes, hasher.finish() == digest))
+    Ok((bytes, hasher.matches()))
 }
 
 /// A token bucket that lets takers go into debt: [`TokenBucket::reserve`] always succeeds
@@ -217,7 +217,14 @@ mod tests {
         let cluster = crate::cluster::Cluster::builder().agents(0).start().await.unwrap();
         let data = crate::cluster::random_blob(3 << 20, 7);
         let digest = cluster.put_backend_blob(&data).unwrap();
-        for mode in [BaselineMode::Concurrent, BaselineMode::Serial] {
+        let generated = Target::generated(&data);
+        assert_eq!(generated.digest, digest);
+        let wrong = Target { check: crate::pull::Check::Source(blake3::hash(b"other bytes")), ..generated };
+        for (mode, target, good) in [
+            (BaselineMode::Concurrent, generated, true),
+            (BaselineMode::Serial, Target::digest_only(digest), true),
+            (BaselineMode::Concurrent, wrong, false),
+        ] {
             let opts = BaselineOptions {
                 mode,
                 n: 3,
@@ -226,9 +233,9 @@ mod tests {
                 timeout: Duration::from_secs(60),
                 progress: false,
             };
-            let b = measure(&cluster.origin_nodes[0].http, digest, &opts).await.unwrap();
+            let b = measure(&cluster.origin_nodes[0].http, target, &opts).await.unwrap();
             assert_eq!(b.secs.len(), 3);
-            assert!(b.verified_all, "{b:?}");
+            assert_eq!(b.verified_all, good, "{target:?}: {b:?}");
             assert_eq!(b.percentiles.unwrap().n, 3);
         }
         cluster.shutdown().await;

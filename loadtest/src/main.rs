@@ -177,6 +177,11 @@ struct CommonArgs {
     /// hold them).
     #[arg(long)]
     cold_origin: bool,
+    /// A swarm setting for every node (agents and origins), a key of the `swarm:` section of
+    /// their YAML, e.g. `--swarm upload_backlog=50ms`; repeatable. Unknown keys and bad values
+    /// are refused before anything starts.
+    #[arg(long = "swarm", value_name = "KEY=VALUE", value_parser = shoal_loadtest::run::parse_swarm_setting)]
+    swarm: Vec<(String, serde_json::Value)>,
 }
 
 /// Where a bench run's stores go.
@@ -290,6 +295,11 @@ fn options(
         progress: c.progress,
         verbose: true,
         cold_origin: c.cold_origin,
+        swarm: {
+            // Checked here, before any node starts; each mode applies them to its nodes.
+            shoal_loadtest::run::swarm_with(shoal_swarm::SwarmConfig::default(), &c.swarm)?;
+            c.swarm.clone()
+        },
     })
 }
 

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use crate::baseline::{self, BaselineOptions};
 use crate::cluster::random_blob;
+use crate::pull::Target;
 use crate::report::{self, Caps, LINK_AGENT_LIMITER, Resources, RunReport, RunSpec, Store};
 use crate::run::{LocalOptions, default_store_base};
 use crate::scenario::{Nodes, Scenario, Stats, drive};
@@ -227,6 +228,9 @@ impl ProcCluster<'_> {
             if let Some(r) = rate(o.origin_rate) {
                 swarm["egress_rate"] = r;
             }
+            for (k, v) in &o.swarm {
+                swarm[k.as_str()] = v.clone();
+            }
             origin_cfgs.push(json!({
                 "listen": h.to_string(),
                 "peer_listen": p.to_string(),
@@ -249,6 +253,9 @@ impl ProcCluster<'_> {
             if let Some(r) = rate(o.agent_rate) {
                 swarm["egress_rate"] = r.clone();
                 swarm["ingress_rate"] = r;
+            }
+            for (k, v) in &o.swarm {
+                swarm[k.as_str()] = v.clone();
             }
             agent_cfgs.push(json!({
                 "listen": h.to_string(),
@@ -305,13 +312,14 @@ impl Nodes for ProcCluster<'_> {
 }
 
 async fn measure(c: &mut ProcCluster<'_>, o: &LocalOptions, sc: &Scenario, store: Store) -> anyhow::Result<RunReport> {
-    let mut digests = Vec::new();
+    let mut targets = Vec::new();
     for &size in &sc.blobs {
         let data = random_blob(size, rand::random());
-        let digest = Digest::of(&data);
-        std::fs::write(c.root.join("backend").join("sha256").join(digest.hex()), &data)?;
-        digests.push(digest);
+        let target = Target::generated(&data);
+        std::fs::write(c.root.join("backend").join("sha256").join(target.digest.hex()), &data)?;
+        targets.push(target);
     }
+    let digests: Vec<Digest> = targets.iter().map(|t| t.digest).collect();
     if !o.cold_origin {
         crate::pull::warm_origins(&c.http, &format!("http://{}", c.layout.agents[0].0), &digests).await?;
     }
@@ -319,7 +327,7 @@ async fn measure(c: &mut ProcCluster<'_>, o: &LocalOptions, sc: &Scenario, store
         println!("{}", crate::run::placed_line(digests.len(), o.cold_origin));
     }
     let cpu0 = c.procs.cpu_secs();
-    let (agents, timeline) = drive(c, o.agents, &digests, sc, &o.drive_options(Duration::from_millis(250))).await?;
+    let (agents, timeline) = drive(c, o.agents, &targets, sc, &o.drive_options(Duration::from_millis(250))).await?;
     let cpu1 = c.procs.cpu_secs();
     let mut origin_uploaded = 0;
     for (h, _) in &c.layout.origins {
@@ -350,7 +358,7 @@ async fn measure(c: &mut ProcCluster<'_>, o: &LocalOptions, sc: &Scenario, store
                 progress: o.progress,
             };
             let url = baseline_origin_url(c);
-            Some(baseline::measure_all(&url, &digests, &bopts).await?)
+            Some(baseline::measure_all(&url, &targets, &bopts).await?)
         }
     };
     let spec = RunSpec {

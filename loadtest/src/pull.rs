@@ -21,7 +21,7 @@ pub struct AgentPull {
     pub agent: usize,
     pub secs: f64,
     pub bytes: u64,
-    /// The sha256 of what the agent's API returned matched the digest.
+    /// What the agent's API returned hashed to what its [`Target`] says.
     pub verified: bool,
     pub from_origin: u64,
     pub from_peers: u64,
@@ -115,13 +115,13 @@ pub async fn pull_all_with(
         let done = done.clone();
         let progress = opts.progress;
         tasks.push(async move {
-            let (bytes, got) = fetch_and_hash(&http, &url, i).await?;
+            let (bytes, verified) = fetch_and_check(&http, &url, i, &Target::digest_only(digest)).await?;
             let secs = start.elapsed().as_secs_f64();
             if progress {
                 let k = done.fetch_add(1, Ordering::Relaxed) + 1;
                 eprintln!("[{k:>4}/{n_running}] agent {i} done in {secs:.3}s");
             }
-            Ok::<_, anyhow::Error>((i, secs, bytes, got == digest))
+            Ok::<_, anyhow::Error>((i, secs, bytes, verified))
         });
     }
     let mut timeline = Vec::new();
@@ -178,12 +178,79 @@ fn delivered(cluster: &Cluster, digest: &Digest) -> u64 {
         .sum()
 }
 
-/// GETs `url` from agent `i` and returns how many bytes its body had and their sha256,
-/// without keeping the body.
-pub async fn fetch_and_hash(http: &reqwest::Client, url: &str, i: usize) -> anyhow::Result<(u64, Digest)> {
+/// A blob a run pulls, and how the harness checks each copy of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub digest: Digest,
+    pub check: Check,
+}
+
+/// What a copy must hash to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// The BLAKE3 hash of the bytes the harness generated. A copy that hashes to it is the
+    /// source, whose sha256 is the digest; BLAKE3 costs a fraction of sha256's CPU, and on
+    /// one machine the checking clients share the cores with the agents they measure (which
+    /// check sha256 themselves before committing a blob).
+    Source(blake3::Hash),
+    /// The sha256 digest itself, for blobs the harness did not generate (remote mode).
+    Digest,
+}
+
+impl Target {
+    /// A blob the harness generated as `data`.
+    pub fn generated(data: &[u8]) -> Target {
+        Target { digest: Digest::of(data), check: Check::Source(blake3::hash(data)) }
+    }
+
+    /// A blob known only by its digest.
+    pub fn digest_only(digest: Digest) -> Target {
+        Target { digest, check: Check::Digest }
+    }
+}
+
+/// A copy's running hash and what it must come to.
+pub(crate) enum CopyHasher {
+    Blake3(Box<blake3::Hasher>, blake3::Hash),
+    Sha256(DigestHasher, Digest),
+}
+
+impl CopyHasher {
+    pub(crate) fn new(target: &Target) -> CopyHasher {
+        match target.check {
+            Check::Source(want) => CopyHasher::Blake3(Box::default(), want),
+            Check::Digest => CopyHasher::Sha256(DigestHasher::new(), target.digest),
+        }
+    }
+
+    pub(crate) fn update(&mut self, data: &[u8]) {
+        match self {
+            CopyHasher::Blake3(h, _) => {
+                h.update(data);
+            }
+            CopyHasher::Sha256(h, _) => h.update(data),
+        }
+    }
+
+    pub(crate) fn matches(self) -> bool {
+        match self {
+            CopyHasher::Blake3(h, want) => h.finalize() == want,
+            CopyHasher::Sha256(h, want) => h.finish() == want,
+        }
+    }
+}
+
+/// GETs `url` from agent `i` and returns how many bytes its body had and whether they hash
+/// to what `target` says, without keeping the body.
+pub async fn fetch_and_check(
+    http: &reqwest::Client,
+    url: &str,
+    i: usize,
+    target: &Target,
+) -> anyhow::Result<(u64, bool)> {
     let resp = http.get(url).send().await?;
     anyhow::ensure!(resp.status().is_success(), "agent {i}: GET {url}: {}", resp.status());
-    let mut hasher = DigestHasher::new();
+    let mut hasher = CopyHasher::new(target);
     let mut bytes = 0u64;
     let mut body = resp.bytes_stream();
     while let Some(chunk) = body.next().await {
@@ -191,7 +258,7 @@ pub async fn fetch_and_hash(http: &reqwest::Client, url: &str, i: usize) -> anyh
         bytes += chunk.len() as u64;
         hasher.update(&chunk);
     }
-    Ok((bytes, hasher.finish()))
+    Ok((bytes, hasher.matches()))
 }
 
 /// Has the origins fetch `digests` from their backend before the clock starts, so a run
@@ -204,4 +271,33 @@ pub async fn warm_origins(http: &reqwest::Client, agent_url: &str, digests: &[Di
         anyhow::ensure!(resp.status().is_success(), "warming the origin: HEAD {url}: {}", resp.status());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_core::Digest;
+
+    use super::{CopyHasher, Target};
+
+    fn check(target: &Target, chunks: &[&[u8]]) -> bool {
+        let mut h = CopyHasher::new(target);
+        for c in chunks {
+            h.update(c);
+        }
+        h.matches()
+    }
+
+    #[test]
+    fn a_copy_matches_only_its_source() {
+        let data = b"the source bytes of a blob".as_slice();
+        for target in [Target::generated(data), Target::digest_only(Digest::of(data))] {
+            assert!(check(&target, &[data]), "{target:?}");
+            assert!(check(&target, &[&data[..5], &data[5..]]), "{target:?}: split into chunks");
+            assert!(!check(&target, &[&data[..data.len() - 1]]), "{target:?}: truncated");
+            assert!(!check(&target, &[data, b"x"]), "{target:?}: extra byte");
+            let mut flipped = data.to_vec();
+            flipped[3] ^= 1;
+            assert!(!check(&target, &[&flipped]), "{target:?}: one bit flipped");
+        }
+    }
 }

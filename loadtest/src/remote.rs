@@ -5,7 +5,7 @@
 //! or else the size a `HEAD /blobs/<digest>` on the first agent answers), or uploaded first
 //! (`--upload FILE`) with `PUT /blobs/<digest>` to the origin given by `--origin`. Every agent
 //! is then asked for it with `GET /blobs/<digest>`, which downloads it through the swarm; the
-//! harness times each and checks the sha256 of what comes back.
+//! harness times each and checks the sha256 of what comes back (it did not generate the blob).
 //!
 //! Where each agent's bytes came from is read from its `GET /debug/blobs/<digest>` (exact, per
 //! blob) or, if that does not answer, from the growth of the `source`-labelled
@@ -22,6 +22,7 @@ use anyhow::Context;
 use shoal_core::{Digest, DigestHasher};
 
 use crate::baseline::{self, BaselineOptions};
+use crate::pull::Target;
 use crate::report::{Caps, Resources, RunReport, RunSpec, Store};
 use crate::run::LocalOptions;
 use crate::scenario::{BlobSet, Nodes, Scenario, Stats, drive};
@@ -207,7 +208,8 @@ pub async fn run_remote(o: &LocalOptions) -> anyhow::Result<RunReport> {
     if o.verbose {
         println!("{} remote agents pull {digest} ({size} bytes) now\n", n);
     }
-    let (agents, timeline) = drive(&mut nodes, n, &[digest], &sc, &o.drive_options(Duration::from_millis(250))).await?;
+    let (agents, timeline) =
+        drive(&mut nodes, n, &[Target::digest_only(digest)], &sc, &o.drive_options(Duration::from_millis(250))).await?;
     let origin_after = match &r.origin_metrics {
         Some(u) => origin_sent(nodes.get_text(u).await),
         None => None,
@@ -223,7 +225,7 @@ pub async fn run_remote(o: &LocalOptions) -> anyhow::Result<RunReport> {
                 timeout: o.timeout,
                 progress: o.progress,
             };
-            Some(baseline::measure(origin, digest, &bopts).await?)
+            Some(baseline::measure(origin, Target::digest_only(digest), &bopts).await?)
         }
         (Some(_), None) => anyhow::bail!("--baseline in remote mode needs --origin URL"),
         (None, _) => None,

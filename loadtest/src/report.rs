@@ -39,7 +39,7 @@ pub struct RunReport {
     pub caps: Caps,
     /// Per agent, in agent order.
     pub agents: Vec<AgentPull>,
-    /// Every agent got every byte and its sha256 matched.
+    /// Every agent got every byte, and each copy matched the blob (`pull::Check`).
     pub verified_all: bool,
     /// Of the agents' completion times.
     pub percentiles: Option<Percentiles>,
@@ -252,7 +252,7 @@ impl RunReport {
         let _ = writeln!(
             s,
             "{:>6} {:>9} {:>14} {:>14} {:>14} {:>8}  note",
-            "agent", "secs", "from origin", "from peers", "uploaded", "sha256"
+            "agent", "secs", "from origin", "from peers", "uploaded", "copy"
         );
         for p in &self.agents {
             let _ = writeln!(
@@ -874,7 +874,7 @@ mod tests {
     fn table_lists_agents_and_ratios() {
         let t = sample_report(true).table();
         let lines: Vec<&str> = t.lines().collect();
-        assert!(lines[0].contains("agent") && lines[0].contains("sha256"));
+        assert!(lines[0].contains("agent") && lines[0].contains("copy"));
         assert_eq!(lines.iter().filter(|l| l.trim_end().ends_with("ok")).count(), 3);
         assert!(t.contains("x bound") && t.contains("bound T* = 1.000s"));
         assert!(t.contains("speed-up 2.00x"));

@@ -12,9 +12,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use shoal_core::Digest;
+use shoal_swarm::SwarmConfig;
 
 use crate::baseline::{self, BaselineMode, BaselineOptions};
 use crate::cluster::{Cluster, random_blob};
+use crate::pull::Target;
 use crate::report::{self, Caps, Resources, RunReport, RunSpec, Store};
 use crate::scenario::{DriveOptions, Nodes, Scenario, Stats, drive};
 
@@ -63,6 +65,9 @@ pub struct LocalOptions {
     /// Leave the origins cold: their backend fetch counts in the agents' times. By default
     /// they fetch the blobs before the clock starts, as T* assumes seeds that hold them.
     pub cold_origin: bool,
+    /// Swarm settings for every node (agents and origins) over the harness's own, as
+    /// `--swarm key=value` gives them ([`parse_swarm_setting`]).
+    pub swarm: Vec<(String, serde_json::Value)>,
 }
 
 impl Default for LocalOptions {
@@ -82,6 +87,7 @@ impl Default for LocalOptions {
             progress: false,
             verbose: true,
             cold_origin: false,
+            swarm: Vec::new(),
         }
     }
 }
@@ -134,6 +140,7 @@ pub async fn run_local(o: &LocalOptions) -> anyhow::Result<RunReport> {
         );
     }
     let cluster = Cluster::builder()
+        .swarm(swarm_with(crate::cluster::test_swarm_config(), &o.swarm)?)
         .agents(o.agents)
         .origins(o.origins)
         .agent_rate(o.agent_rate)
@@ -194,19 +201,56 @@ pub(crate) fn placed_line(n: usize, cold_origin: bool) -> String {
     }
 }
 
-/// `sizes.len()` random blobs placed in the cluster's backend, by digest.
-fn place_blobs(cluster: &Cluster, sizes: &[u64]) -> anyhow::Result<Vec<Digest>> {
+/// Swarm keys the harness sets itself for each node (from its layout and `--agent-rate` /
+/// `--origin-rate`), so `--swarm` may not.
+const HARNESS_SWARM_KEYS: [&str; 5] = ["store_dir", "trackers", "advertise_addr", "egress_rate", "ingress_rate"];
+
+/// One `--swarm KEY=VALUE`: a key of the `swarm:` config section and its value, read as JSON
+/// when it is (numbers, booleans) and as a string otherwise (`50ms`, `8MiB`).
+pub fn parse_swarm_setting(s: &str) -> Result<(String, serde_json::Value), String> {
+    let (key, value) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected KEY=VALUE"))?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(format!("{s:?}: no key"));
+    }
+    if HARNESS_SWARM_KEYS.contains(&key) {
+        return Err(format!("swarm.{key} is set by the harness for each node"));
+    }
+    let value = value.trim();
+    let value = serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+    Ok((key.to_string(), value))
+}
+
+/// `base` with `settings` applied, checked as a node checks its config: unknown keys and bad
+/// values are errors.
+pub fn swarm_with(base: SwarmConfig, settings: &[(String, serde_json::Value)]) -> anyhow::Result<SwarmConfig> {
+    if settings.is_empty() {
+        return Ok(base);
+    }
+    let mut v = serde_json::to_value(&base)?;
+    for (k, val) in settings {
+        v[k.as_str()] = val.clone();
+    }
+    let cfg: SwarmConfig = serde_json::from_value(v).map_err(|e| anyhow::anyhow!("--swarm: {e}"))?;
+    cfg.validate().map_err(|e| anyhow::anyhow!("--swarm: {e}"))?;
+    Ok(cfg)
+}
+
+/// `sizes.len()` random blobs placed in the cluster's backend.
+fn place_blobs(cluster: &Cluster, sizes: &[u64]) -> anyhow::Result<Vec<Target>> {
     sizes
         .iter()
         .map(|&size| {
             let data = random_blob(size, rand::random());
-            cluster.put_backend_blob(&data)
+            cluster.put_backend_blob(&data)?;
+            Ok(Target::generated(&data))
         })
         .collect()
 }
 
 async fn measure(cluster: &mut Cluster, o: &LocalOptions, sc: &Scenario, store: Store) -> anyhow::Result<RunReport> {
-    let digests = place_blobs(cluster, &sc.blobs)?;
+    let targets = place_blobs(cluster, &sc.blobs)?;
+    let digests: Vec<Digest> = targets.iter().map(|t| t.digest).collect();
     if !o.cold_origin {
         let agent = format!("http://{}", cluster.agent(0).http_addr);
         crate::pull::warm_origins(&reqwest::Client::new(), &agent, &digests).await?;
@@ -217,7 +261,7 @@ async fn measure(cluster: &mut Cluster, o: &LocalOptions, sc: &Scenario, store: 
     let rss_reset = report::reset_peak_rss();
     let cpu0 = report::cpu_times();
     let (agents, timeline) =
-        drive(cluster, o.agents, &digests, sc, &o.drive_options(Duration::from_millis(100))).await?;
+        drive(cluster, o.agents, &targets, sc, &o.drive_options(Duration::from_millis(100))).await?;
     let cpu1 = report::cpu_times();
     let resources = Resources::between(
         cpu0,
@@ -225,7 +269,7 @@ async fn measure(cluster: &mut Cluster, o: &LocalOptions, sc: &Scenario, store: 
         report::peak_rss(),
         None,
         format!(
-            "this one process during the swarm pull: tracker, origins, agents and the harness's HTTP clients, which hash every copy; peak RSS {}",
+            "this one process during the swarm pull: tracker, origins, agents and the harness's HTTP clients, which hash every copy (BLAKE3); peak RSS {}",
             if rss_reset { "since just before the pull" } else { "over the process lifetime (reset not allowed)" }
         ),
     );
@@ -244,7 +288,7 @@ async fn measure(cluster: &mut Cluster, o: &LocalOptions, sc: &Scenario, store: 
                 timeout: o.timeout,
                 progress: o.progress,
             };
-            Some(baseline::measure_all(&cluster.origin_nodes[0].http, &digests, &bopts).await?)
+            Some(baseline::measure_all(&cluster.origin_nodes[0].http, &targets, &bopts).await?)
         }
     };
     let spec = RunSpec {
@@ -269,6 +313,23 @@ pub fn digest_label(digests: &[Digest]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn swarm_settings_parse_apply_and_are_checked() {
+        let ok = |s: &str| parse_swarm_setting(s).unwrap();
+        assert_eq!(ok("upload_backlog=50ms"), ("upload_backlog".into(), serde_json::json!("50ms")));
+        assert_eq!(ok(" stripe_lookahead = 2 "), ("stripe_lookahead".into(), serde_json::json!(2)));
+        for bad in ["upload_backlog", "=5", "store_dir=/tmp", "egress_rate=1MiB", "ingress_rate=1MiB"] {
+            assert!(parse_swarm_setting(bad).is_err(), "{bad}");
+        }
+        let cfg = swarm_with(SwarmConfig::default(), &[ok("upload_backlog=50ms"), ok("stripe_lookahead=2")]).unwrap();
+        assert_eq!(cfg.upload_backlog.get(), Duration::from_millis(50));
+        assert_eq!(cfg.stripe_lookahead, 2);
+        assert_eq!(cfg.pipeline_depth, SwarmConfig::default().pipeline_depth, "others keep their values");
+        for bad in ["no_such_key=1", "upload_backlog=soon", "pipeline_depth=0", "stripe_lookahead=-1"] {
+            assert!(swarm_with(SwarmConfig::default(), &[ok(bad)]).is_err(), "{bad}");
+        }
+    }
 
     /// The CI-sized real run: a few agents, a few MiB, capped, with the baseline and the
     /// written report. Correctness only: no timing assertions.

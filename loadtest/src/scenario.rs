@@ -20,7 +20,7 @@ use shoal_core::Digest;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::pull::{AgentPull, Sample, fetch_and_hash};
+use crate::pull::{AgentPull, Sample, Target, fetch_and_check};
 use crate::report::human_bytes;
 
 /// `K@T`: K agents, T after the run began.
@@ -267,16 +267,17 @@ enum Event {
     Restart(usize),
 }
 
-/// Runs `sc` on `nodes` (agents `0..n`, every one pulling `digests`) and returns each agent's
+/// Runs `sc` on `nodes` (agents `0..n`, every one pulling `targets`) and returns each agent's
 /// pull, in agent order, and the delivered-bytes timeline.
 pub(crate) async fn drive<N: Nodes>(
     nodes: &mut N,
     n: usize,
-    digests: &[Digest],
+    targets: &[Target],
     sc: &Scenario,
     o: &DriveOptions,
 ) -> anyhow::Result<(Vec<AgentPull>, Vec<Sample>)> {
     let http = reqwest::Client::new();
+    let digests: &[Digest] = &targets.iter().map(|t| t.digest).collect::<Vec<_>>();
     let t0 = Instant::now();
     let mut agents: Vec<AgentRun> = (0..n)
         .map(|i| AgentRun {
@@ -304,18 +305,17 @@ pub(crate) async fn drive<N: Nodes>(
     // (agent, generation, when its pulls ended, bytes and whether every digest matched)
     let (tx, mut rx) = mpsc::unbounded_channel::<(usize, u64, Instant, anyhow::Result<(u64, bool)>)>();
     let spawn_pull = |i: usize, gen_: u64, base: String| {
-        let (http, tx, digests) = (http.clone(), tx.clone(), digests.to_vec());
+        let (http, tx, targets) = (http.clone(), tx.clone(), targets.to_vec());
         tokio::spawn(async move {
             let http = &http;
-            let fetches = digests.iter().map(|d| {
-                let url = format!("{base}/blobs/{d}");
-                async move { fetch_and_hash(http, &url, i).await }
+            let fetches = targets.iter().map(|t| {
+                let url = format!("{base}/blobs/{}", t.digest);
+                async move { fetch_and_check(http, &url, i, t).await }
             });
             let r = futures::future::join_all(fetches)
                 .await
                 .into_iter()
-                .zip(&digests)
-                .try_fold((0u64, true), |(bytes, ok), (r, d)| r.map(|(b, got)| (bytes + b, ok && got == *d)));
+                .try_fold((0u64, true), |(bytes, ok), r| r.map(|(b, good)| (bytes + b, ok && good)));
             let _ = tx.send((i, gen_, Instant::now(), r));
         })
         .abort_handle()
