@@ -45,7 +45,10 @@ pub struct SwarmConfig {
     pub max_uploads_per_connection: usize,
     /// Longest upload backlog a node with an `egress_rate` takes on: a request that would
     /// wait longer behind the pieces already queued at the cap is answered "busy", so the
-    /// requester asks another peer instead of queueing. Default 200ms.
+    /// requester asks another peer instead of queueing. Short, so that a download's requests
+    /// (its `request_window`) are served within the window rather than waiting behind other
+    /// peers' pieces; an empty backlog always takes one piece (see BENCHMARKS.md, "The upload
+    /// backlog"). Default 50ms.
     pub upload_backlog: Duration,
     /// Memory for pieces read for upload and not yet on the socket, over all connections;
     /// an upload waits for room before it reads its piece. At least 4MiB (the largest
@@ -87,7 +90,7 @@ impl Default for SwarmConfig {
             request_window: Duration::from_millis(100),
             stripe_lookahead: 0,
             max_uploads_per_connection: 8,
-            upload_backlog: Duration::from_millis(200),
+            upload_backlog: Duration::from_millis(50),
             upload_memory: ByteSize(8 << 20),
             request_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(5),
