@@ -409,6 +409,7 @@ mod tests {
     use crate::SwarmConfig;
 
     const MIB: u64 = 1 << 20;
+    const PIECE: u32 = 1 << 20;
 
     #[test]
     fn picker_options_follow_the_config() {
@@ -419,7 +420,7 @@ mod tests {
             request_window: Duration::from_millis(400),
             ..SwarmConfig::default()
         };
-        let o = picker_options(&cfg, Some(50 * MIB), MIB as u32, 7);
+        let o = picker_options(&cfg, Some(50 * MIB), PIECE, 7);
         assert_eq!(o.max_outstanding_per_peer, 3);
         assert_eq!(o.max_outstanding_per_origin, 5);
         assert_eq!(o.stripe_lookahead, 2);
@@ -430,22 +431,22 @@ mod tests {
 
     #[test]
     fn request_window_has_a_floor_of_two_pipelines_and_no_bound_uncapped() {
-        // (ingress, window, pipeline_depth, piece) -> requests in flight at most
+        // (ingress, window, pipeline_depth) -> requests in flight at most, pieces of 1 MiB
         let table = [
-            (Some(50 * MIB), 100, 4, MIB, 8),        // 5 pieces in the window: the floor, 2 x 4
-            (Some(50 * MIB), 100, 1, MIB, 5),        // 100 ms at 50 MiB/s
-            (Some(300 * MIB), 100, 4, MIB, 30),      // 30 pieces in the window
-            (Some(50 * MIB), 0, 4, MIB, usize::MAX), // 0s: no window
-            (None, 100, 4, MIB, usize::MAX),         // uncapped: no window
-            (Some(MIB), 100, usize::MAX, MIB, usize::MAX), // the floor saturates
+            (Some(50 * MIB), 100, 4, 8),              // 5 pieces in the window: the floor, 2 x 4
+            (Some(50 * MIB), 100, 1, 5),              // 100 ms at 50 MiB/s
+            (Some(300 * MIB), 100, 4, 30),            // 30 pieces in the window
+            (Some(50 * MIB), 0, 4, usize::MAX),       // 0s: no window
+            (None, 100, 4, usize::MAX),               // uncapped: no window
+            (Some(MIB), 100, usize::MAX, usize::MAX), // the floor saturates
         ];
-        for (rate, ms, depth, piece, want) in table {
+        for (rate, ms, depth, want) in table {
             let cfg = SwarmConfig {
                 pipeline_depth: depth,
                 request_window: Duration::from_millis(ms),
                 ..SwarmConfig::default()
             };
-            let o = picker_options(&cfg, rate, piece as u32, 1);
+            let o = picker_options(&cfg, rate, PIECE, 1);
             assert_eq!(o.max_outstanding_total, want, "{rate:?} {ms}ms depth {depth}");
         }
     }
