@@ -773,7 +773,7 @@ pub(crate) fn assert_reports_close(a: &RunReport, b: &RunReport) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -796,7 +796,7 @@ mod tests {
         }
     }
 
-    fn sample_report(capped: bool) -> RunReport {
+    pub(crate) fn sample_report(capped: bool) -> RunReport {
         let f = 4 * MIB_U;
         let agents = vec![pull(0, 1.0, f, 0), pull(1, 1.2, MIB_U, 3 * MIB_U), pull(2, 1.5, 0, f)];
         let baseline = Baseline {

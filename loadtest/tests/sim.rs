@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use shoal_loadtest::report::{Resources, RunReport};
 use shoal_loadtest::run::{LocalOptions, run_local};
-use shoal_loadtest::sim::{SimConfig, SimReport, Validation, run};
+use shoal_loadtest::sim::{CpuModel, SimConfig, SimReport, Validation, run};
 
 /// What a completion may beat `T*` by: the links' buckets start with a tenth of a second of
 /// credit (at least 64 KiB; the caps here are fast enough that a tenth of a second is more).
@@ -111,7 +111,7 @@ async fn agrees_with_a_small_real_run() {
     };
     let real = run_local(&o).await.unwrap();
     assert!(real.verified_all, "{}", real.table());
-    let v = Validation::of(&real, 1, None, true).unwrap();
+    let v = Validation::of(&real, 1, None, Some(CpuModel::measured(real.machine.cores))).unwrap();
     let table = Validation::table(std::slice::from_ref(&v));
     println!("{table}");
     assert!(v.worst_gap() <= 0.25, "{table}");

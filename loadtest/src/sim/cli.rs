@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use shoal_runtime::ByteSize;
 
-use super::{SimConfig, SimReport, Validation, run};
+use super::{CpuModel, SimConfig, SimReport, Validation, run};
 use crate::report::{self, Resources};
 
 /// Flags of `shoal-loadtest sim`.
@@ -109,6 +109,11 @@ pub struct SimArgs {
     /// costs (`CpuModel::measured`), as the real in-process cluster does.
     #[arg(long)]
     pub shared_cpu: bool,
+    /// With `--validate`: the simulated hosts share the machine's cores at the CPU cost per
+    /// delivered byte that this other real run's `report.json` measured
+    /// (`CpuModel::calibrated`), instead of `--shared-cpu`'s fixed costs.
+    #[arg(long, conflicts_with = "shared_cpu")]
+    pub cpu_from: Option<PathBuf>,
 }
 
 impl SimArgs {
@@ -209,13 +214,29 @@ pub fn main(args: &SimArgs) -> anyhow::Result<()> {
 
 /// `--validate`: one row per real report, each simulated with `--seed` and `--commit-rate`.
 fn validate(args: &SimArgs) -> anyhow::Result<()> {
-    let mut rows = Vec::new();
-    for path in &args.validate {
+    let read = |path: &PathBuf| -> anyhow::Result<report::RunReport> {
         let file = if path.is_dir() { path.join("report.json") } else { path.clone() };
         let text = std::fs::read(&file).map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
-        let real: report::RunReport =
-            serde_json::from_slice(&text).map_err(|e| anyhow::anyhow!("parsing {}: {e}", file.display()))?;
-        rows.push(Validation::of(&real, args.seed, args.commit_rate.map(|r| r.0 as f64), args.shared_cpu)?);
+        serde_json::from_slice(&text).map_err(|e| anyhow::anyhow!("parsing {}: {e}", file.display()))
+    };
+    let calibrated = match &args.cpu_from {
+        Some(path) => {
+            let m = CpuModel::calibrated(&read(path)?)?;
+            println!(
+                "CPU from {}: {:.2} ns per delivered byte on {} core(s)",
+                path.display(),
+                1e9 / m.piece_rate,
+                m.cores
+            );
+            Some(m)
+        }
+        None => None,
+    };
+    let mut rows = Vec::new();
+    for path in &args.validate {
+        let real = read(path)?;
+        let cpu = calibrated.or_else(|| args.shared_cpu.then(|| CpuModel::measured(real.machine.cores)));
+        rows.push(Validation::of(&real, args.seed, args.commit_rate.map(|r| r.0 as f64), cpu)?);
     }
     print!("{}", Validation::table(&rows));
     let worst = rows.iter().map(Validation::worst_gap).fold(0.0, f64::max);

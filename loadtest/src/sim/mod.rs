@@ -211,6 +211,17 @@ impl CpuModel {
     pub fn measured(cores: usize) -> CpuModel {
         CpuModel { cores: cores.max(1), piece_rate: 220.0 * 1048576.0, blob_rate: 560.0 * 1048576.0 }
     }
+
+    /// The cost the real run `cal` measured: its CPU-seconds over the piece bytes its agents
+    /// received, on its cores, all of it charged per piece byte (the agents hash the blob and
+    /// serve it to the streaming clients while its pieces arrive, so nothing is left for the
+    /// commit). `cal` is a calibration run, not one of those being validated.
+    pub fn calibrated(cal: &RunReport) -> anyhow::Result<CpuModel> {
+        let cpu = cal.resources.cpu_secs.ok_or_else(|| anyhow::anyhow!("the calibration run has no CPU figure"))?;
+        let bytes: u64 = cal.agents.iter().map(|a| a.from_origin + a.from_peers).sum();
+        anyhow::ensure!(cpu > 0.0 && bytes > 0, "the calibration run moved nothing");
+        Ok(CpuModel { cores: cal.machine.cores.max(1), piece_rate: bytes as f64 / cpu, blob_rate: f64::INFINITY })
+    }
 }
 
 /// What one agent did.
@@ -373,8 +384,8 @@ impl SimReport {
 /// in-process cluster's settings (`cluster::test_swarm_config`, a 1 s announce interval,
 /// uncapped origin download), with the agent's whole-blob commit at `commit_rate`.
 ///
-/// With `cpu`, the hosts share [`CpuModel::measured`] with the real run's core count.
-pub fn config_of(real: &RunReport, seed: u64, commit_rate: Option<f64>, cpu: bool) -> SimConfig {
+/// With `cpu`, the hosts share that CPU (e.g. [`CpuModel::measured`] with the real run's cores).
+pub fn config_of(real: &RunReport, seed: u64, commit_rate: Option<f64>, cpu: Option<CpuModel>) -> SimConfig {
     let agent = real.caps.agent_rate.map(|r| r as f64);
     SimConfig {
         hosts: real.n_agents,
@@ -388,7 +399,7 @@ pub fn config_of(real: &RunReport, seed: u64, commit_rate: Option<f64>, cpu: boo
         announce_interval: 1.0,
         commit_rate,
         seed,
-        cpu: cpu.then(|| CpuModel::measured(real.machine.cores)),
+        cpu,
         ..SimConfig::default()
     }
 }
@@ -411,7 +422,12 @@ pub struct Validation {
 
 impl Validation {
     /// Simulates `real` and pairs the two.
-    pub fn of(real: &RunReport, seed: u64, commit_rate: Option<f64>, cpu: bool) -> anyhow::Result<Validation> {
+    pub fn of(
+        real: &RunReport,
+        seed: u64,
+        commit_rate: Option<f64>,
+        cpu: Option<CpuModel>,
+    ) -> anyhow::Result<Validation> {
         let p = real.percentiles.ok_or_else(|| anyhow::anyhow!("the real report has no completion times"))?;
         let cfg = config_of(real, seed, commit_rate, cpu);
         let sim = run(&cfg);
@@ -465,5 +481,26 @@ impl Validation {
             );
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CpuModel;
+    use crate::report::tests::sample_report;
+
+    #[test]
+    fn calibration_charges_the_runs_cpu_per_received_byte() {
+        let mut r = sample_report(true);
+        // 12 MiB received (4 + 4 + 4) for 1.0 CPU-second.
+        let m = CpuModel::calibrated(&r).unwrap();
+        assert_eq!(m.piece_rate, (12u64 << 20) as f64);
+        assert_eq!(m.cores, r.machine.cores.max(1));
+        assert!(m.blob_rate.is_infinite(), "nothing is left for the commit");
+        r.resources.cpu_secs = None;
+        assert!(CpuModel::calibrated(&r).is_err());
+        r.resources.cpu_secs = Some(1.0);
+        r.agents.clear();
+        assert!(CpuModel::calibrated(&r).is_err());
     }
 }
