@@ -340,6 +340,14 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
         self.blacklist.contains(peer)
     }
 
+    /// Whether the download could take another request now: pieces are missing and fewer
+    /// than [`PickerOptions::max_outstanding_total`] requests are in flight. A caller that
+    /// settled a request with one peer and topped that peer up asks the others while this
+    /// holds: the freed slot may be one that peer cannot use.
+    pub fn has_room(&self) -> bool {
+        self.missing > 0 && self.inflight.len() < self.opts.max_outstanding_total
+    }
+
     /// Requests in flight to `peer`.
     pub fn outstanding(&self, peer: &P) -> usize {
         self.peers.get(peer).map_or(0, |s| s.outstanding.len())
@@ -883,11 +891,14 @@ mod tests {
             if total == 0 || total == usize::MAX {
                 continue;
             }
+            assert_eq!(p.has_room(), expect.iter().sum::<usize>() < total, "per peer {per_peer}, total {total}");
             // A verified piece frees one slot of the total, for whichever peer asks next.
             let first = *p.peers[&A].outstanding.first().expect("A was asked");
             assert!(p.piece_verified(A, first).is_empty());
+            assert!(p.has_room(), "a slot is free");
             assert_eq!(p.next_requests(C).len(), 1, "per peer {per_peer}, total {total}");
             assert!(p.next_requests(A).is_empty(), "the freed slot is taken");
+            assert!(!p.has_room() || expect.iter().sum::<usize>() < total, "the window is full again");
             p.check_invariants();
         }
     }
@@ -1117,6 +1128,7 @@ mod tests {
             let mut pending: Vec<(u8, u32)> = Vec::new();
             for _ in 0..50_000 {
                 if p.is_complete() {
+                    assert!(!p.has_room(), "nothing is left to ask for");
                     break;
                 }
                 let q = rng.random_range(0..NUM_PEERS);

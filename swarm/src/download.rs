@@ -212,7 +212,7 @@ impl Actor {
                     // The second of two endgame copies that passed `has_piece` together: its
                     // request was settled (and cancelled) with the first, which was counted
                     // and announced.
-                    self.fill(peer);
+                    self.refill(peer);
                     return;
                 }
                 let metrics = &self.node.metrics;
@@ -229,10 +229,7 @@ impl Actor {
                     }
                 }
                 self.announce_have(piece);
-                self.fill(peer);
-                for other in cancels {
-                    self.fill(other);
-                }
+                self.refill(peer);
             }
             Event::PieceBad { peer, piece } => {
                 tracing::warn!(%peer, piece, blob = %self.entry.meta.digest(), "corrupt piece; dropping peer");
@@ -250,7 +247,7 @@ impl Actor {
                     }
                     self.picker.request_rejected(peer, piece);
                 }
-                self.fill(peer);
+                self.refill(peer);
             }
             Event::PeerGone { peer } => self.drop_peer(peer),
             Event::StoreFailed { .. } | Event::Announced { .. } => {}
@@ -283,23 +280,37 @@ impl Actor {
         }
     }
 
-    fn fill(&mut self, peer: PeerId) {
-        let Some(conn) = self.peers.get(&peer) else { return };
+    /// Tops up `peer`'s pipeline; returns how many requests went out.
+    fn fill(&mut self, peer: PeerId) -> usize {
+        let Some(conn) = self.peers.get(&peer) else { return 0 };
         if self.backoff.get(&peer).is_some_and(|until| *until > Instant::now()) {
-            return;
+            return 0;
         }
         let blob = self.entry.meta.digest();
         let due = Instant::now() + self.request_timeout;
-        for piece in self.picker.next_requests(peer) {
+        let pieces = self.picker.next_requests(peer);
+        for &piece in &pieces {
             conn.send(&Message::Request { blob, piece });
             self.pending.insert((peer, piece), due);
         }
+        pieces.len()
     }
 
     fn fill_all(&mut self) {
         let peers: Vec<PeerId> = self.peers.keys().copied().collect();
         for p in peers {
             self.fill(p);
+        }
+    }
+
+    /// After a request to `peer` settled: `peer` first, and if it takes nothing while the
+    /// download has room, every other peer. With a request window the freed slot may be one
+    /// that `peer` cannot use (it holds nothing more we lack); left unused, a download whose
+    /// last pieces only another peer holds, an origin say, would wait for an event from that
+    /// peer that never comes, since nothing is in flight to it.
+    fn refill(&mut self, peer: PeerId) {
+        if self.fill(peer) == 0 && self.picker.has_room() {
+            self.fill_all();
         }
     }
 

@@ -615,7 +615,7 @@ impl<'a> Sim<'a> {
                     }
                     actor.picker.request_rejected(from, piece);
                 }
-                self.fill(to, blob, from);
+                self.refill(to, blob, from);
             }
             Ev::Rested { host, blob, peer, until } => {
                 let Some(actor) = self.blob(host, blob).actor.as_mut() else { return };
@@ -744,17 +744,18 @@ impl<'a> Sim<'a> {
     }
 
     /// `Actor::fill`: tops `peer`'s pipeline up.
-    fn fill(&mut self, host: u32, blob: u32, peer: u32) {
+    /// Tops up `peer`'s pipeline; returns how many requests went out.
+    fn fill(&mut self, host: u32, blob: u32, peer: u32) -> usize {
         let d = self.delay(host, peer);
         let due = self.now + self.request_timeout;
         let check = self.cfg.check_invariants;
         let late_endgame = self.cfg.late_endgame;
-        let Some(actor) = self.hosts[host as usize].blobs[blob as usize].actor.as_mut() else { return };
+        let Some(actor) = self.hosts[host as usize].blobs[blob as usize].actor.as_mut() else { return 0 };
         if actor.backoff.get(&peer).is_some_and(|until| *until > self.now) {
-            return;
+            return 0;
         }
         if late_endgame && actor.picker.in_endgame() && actor.picker.missing() > self.cfg.endgame_pieces {
-            return;
+            return 0;
         }
         let reqs = actor.picker.next_requests(peer);
         if check {
@@ -764,9 +765,20 @@ impl<'a> Sim<'a> {
             actor.pending.insert((peer, piece), due);
         }
         let expire = actor.tick_after(due);
+        let n = reqs.len();
         for piece in reqs {
             self.push(self.now + d, Ev::Request { to: peer, from: host, blob, piece });
             self.push(expire, Ev::Deadline { host, blob, peer, piece, due });
+        }
+        n
+    }
+
+    /// `Actor::refill`: `peer` first, and if it takes nothing while the download has room,
+    /// every other peer.
+    fn refill(&mut self, host: u32, blob: u32, peer: u32) {
+        if self.fill(host, blob, peer) == 0 && self.blob(host, blob).actor.as_ref().is_some_and(|a| a.picker.has_room())
+        {
+            self.fill_all(host, blob);
         }
     }
 
@@ -864,7 +876,7 @@ impl<'a> Sim<'a> {
         actor.pending.remove(&(from, piece));
         if actor.picker.have(piece) {
             self.duplicate_bytes += len;
-            self.fill(host, blob, from);
+            self.refill(host, blob, from);
             return;
         }
         let cancels = actor.picker.piece_verified(from, piece);
@@ -887,10 +899,7 @@ impl<'a> Sim<'a> {
             self.complete(host, blob);
             return;
         }
-        self.fill(host, blob, from);
-        for o in cancels {
-            self.fill(host, blob, o);
-        }
+        self.refill(host, blob, from);
     }
 
     fn complete(&mut self, host: u32, blob: u32) {
