@@ -260,8 +260,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
         };
         let cap =
             if state.is_origin { self.opts.max_outstanding_per_origin } else { self.opts.max_outstanding_per_peer };
-        let room = self.opts.max_outstanding_total.saturating_sub(self.inflight.len());
-        let want = cap.saturating_sub(state.outstanding.len()).min(room);
+        let want = cap.saturating_sub(state.outstanding.len()).min(self.room());
         if want == 0 || self.missing == 0 {
             return Vec::new();
         }
@@ -345,7 +344,12 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
     /// settled a request with one peer and topped that peer up asks the others while this
     /// holds: the freed slot may be one that peer cannot use.
     pub fn has_room(&self) -> bool {
-        self.missing > 0 && self.inflight.len() < self.opts.max_outstanding_total
+        self.missing > 0 && self.room() > 0
+    }
+
+    /// Requests the total cap still allows.
+    fn room(&self) -> usize {
+        self.opts.max_outstanding_total.saturating_sub(self.inflight.len())
     }
 
     /// Requests in flight to `peer`.

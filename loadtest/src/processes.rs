@@ -319,7 +319,7 @@ async fn measure(c: &mut ProcCluster<'_>, o: &LocalOptions, sc: &Scenario, store
         std::fs::write(c.root.join("backend").join("sha256").join(target.digest.hex()), &data)?;
         targets.push(target);
     }
-    let digests: Vec<Digest> = targets.iter().map(|t| t.digest).collect();
+    let digests = Target::digests(&targets);
     if !o.cold_origin {
         crate::pull::warm_origins(&c.http, &format!("http://{}", c.layout.agents[0].0), &digests).await?;
     }

@@ -207,6 +207,11 @@ impl Target {
     pub fn digest_only(digest: Digest) -> Target {
         Target { digest, check: Check::Digest }
     }
+
+    /// The digests of `targets`, in order.
+    pub fn digests(targets: &[Target]) -> Vec<Digest> {
+        targets.iter().map(|t| t.digest).collect()
+    }
 }
 
 /// A copy's running hash and what it must come to.

@@ -250,7 +250,7 @@ fn place_blobs(cluster: &Cluster, sizes: &[u64]) -> anyhow::Result<Vec<Target>> 
 
 async fn measure(cluster: &mut Cluster, o: &LocalOptions, sc: &Scenario, store: Store) -> anyhow::Result<RunReport> {
     let targets = place_blobs(cluster, &sc.blobs)?;
-    let digests: Vec<Digest> = targets.iter().map(|t| t.digest).collect();
+    let digests = Target::digests(&targets);
     if !o.cold_origin {
         let agent = format!("http://{}", cluster.agent(0).http_addr);
         crate::pull::warm_origins(&reqwest::Client::new(), &agent, &digests).await?;

@@ -277,7 +277,7 @@ pub(crate) async fn drive<N: Nodes>(
     o: &DriveOptions,
 ) -> anyhow::Result<(Vec<AgentPull>, Vec<Sample>)> {
     let http = reqwest::Client::new();
-    let digests: &[Digest] = &targets.iter().map(|t| t.digest).collect::<Vec<_>>();
+    let digests: &[Digest] = &Target::digests(targets);
     let t0 = Instant::now();
     let mut agents: Vec<AgentRun> = (0..n)
         .map(|i| AgentRun {
