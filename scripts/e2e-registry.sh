@@ -40,12 +40,18 @@ BUCKET=registry
 NS=shoal-e2e
 
 declare -A PIDS=()
-SOCK_DIR=
+SHORT_DIR=
 
 log() { echo "==> $*"; }
 fail() {
     echo "FAIL: $*" >&2
     exit 1
+}
+# fail_log LOG MESSAGE: fail, with the last lines of LOG in the output (CI keeps no files).
+fail_log() {
+    echo "--- last lines of $1:" >&2
+    tail -15 "$1" >&2 || true
+    fail "$2 (log: $1)"
 }
 
 free_port() {
@@ -60,7 +66,7 @@ cleanup() {
         stop "$name"
     done
     [[ -d $W/s3 ]] && scripts/s3-server.sh stop "$W/s3" >/dev/null 2>&1
-    [[ -n $SOCK_DIR ]] && rm -rf "$SOCK_DIR"
+    [[ -n $SHORT_DIR ]] && rm -rf "$SHORT_DIR"
     if ((rc != 0)); then
         echo "e2e-registry: failed (exit $rc); logs are in $W/*.log" >&2
     elif [[ -z ${E2E_KEEP:-} ]]; then
@@ -304,17 +310,18 @@ log "runtime configs from shoal-agent configure"
 HOSTS_DIR=$W/containerd/certs.d
 REGCONF=$W/registries.conf
 mkdir -p "$W/containerd"
-# Unix socket paths must stay under 108 bytes, whatever the checkout's path.
-SOCK_DIR=$(mktemp -d /tmp/shoal-e2e-containerd.XXXXXX)
+# Short paths, whatever the checkout's path: Unix socket paths must stay under 108 bytes and
+# podman refuses a runroot longer than 50 characters.
+SHORT_DIR=$(mktemp -d /tmp/shoal-e2e.XXXXXX)
 cat >"$W/containerd/config.toml" <<EOF
 version = 2
 root = "$W/containerd/root"
 state = "$W/containerd/state"
 disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [grpc]
-  address = "$SOCK_DIR/containerd.sock"
+  address = "$SHORT_DIR/containerd.sock"
 [ttrpc]
-  address = "$SOCK_DIR/containerd.sock.ttrpc"
+  address = "$SHORT_DIR/containerd.sock.ttrpc"
 [debug]
   address = ""
 EOF
@@ -402,11 +409,11 @@ done
 
 # ---------------------------------------------------------------------------------------------
 log "containerd through agent 1 (hosts.toml)"
-CTR_SOCK=$SOCK_DIR/containerd.sock
+CTR_SOCK=$SHORT_DIR/containerd.sock
 start containerd containerd --config "$W/containerd/config.toml"
 deadline=$((SECONDS + START_TIMEOUT))
 until ctr -a "$CTR_SOCK" version >/dev/null 2>&1; do
-    kill -0 "${PIDS[containerd]}" 2>/dev/null || fail "containerd exited (log: $W/containerd.log)"
+    kill -0 "${PIDS[containerd]}" 2>/dev/null || fail_log "$W/containerd.log" "containerd exited"
     ((SECONDS < deadline)) || fail "containerd did not answer within ${START_TIMEOUT}s"
     sleep 0.2
 done
@@ -426,7 +433,7 @@ ctr_check() {
 }
 n=$(requests 0)
 t=$(now)
-ctr_pull "$REG/test/img:v1" || fail "ctr pull $REG/test/img:v1 through the agent failed (log: $W/ctr.log)"
+ctr_pull "$REG/test/img:v1" || fail_log "$W/ctr.log" "ctr pull $REG/test/img:v1 through the agent failed"
 T_CTR=$(elapsed "$t")
 ctr_check "$REG/test/img:v1" "$V1" "$V1_CONFIG" $V1_LAYERS
 (($(requests 0) > n)) || fail "containerd did not go through the agent"
@@ -439,11 +446,11 @@ echo "containerd: test/img:v1 in ${T_CTR}s, multi for linux/arm64 with the arm64
 
 # ---------------------------------------------------------------------------------------------
 log "podman through agent 1 (registries.conf drop-in)"
-PODMAN=(podman --events-backend file --storage-driver vfs --root "$W/podman/root" --runroot "$W/podman/runroot")
+PODMAN=(podman --events-backend file --storage-driver vfs --root "$W/podman/root" --runroot "$SHORT_DIR/podman")
 n=$(requests 0)
 t=$(now)
 CONTAINERS_REGISTRIES_CONF=$REGCONF timeout "$PULL_TIMEOUT" "${PODMAN[@]}" pull -q "$REG/test/img:v1" >>"$W/podman.log" 2>&1 ||
-    fail "podman pull failed (log: $W/podman.log)"
+    fail_log "$W/podman.log" "podman pull failed"
 T_PODMAN=$(elapsed "$t")
 got=$("${PODMAN[@]}" image inspect --format '{{.Digest}}' "$REG/test/img:v1")
 [[ $got == "sha256:$V1" ]] || fail "podman has test/img:v1 as $got, pushed sha256:$V1"
@@ -462,7 +469,7 @@ for i in 0 1 2; do
     cpids+=($!)
 done
 for i in 0 1 2; do
-    wait "${cpids[$i]}" || fail "concurrent pull through agent $((i + 1)) failed (log: $W/concurrent$i.log)"
+    wait "${cpids[$i]}" || fail_log "$W/concurrent$i.log" "concurrent pull through agent $((i + 1)) failed"
 done
 T_CONC=$(elapsed "$t")
 o1=$(metric "http://$ORIGIN_HTTP" shoal_swarm_piece_bytes_sent_total)
@@ -586,7 +593,7 @@ for d in "$V1" "$V1_CONFIG" $V1_LAYERS; do
     ctr_ content rm "sha256:$d" >/dev/null 2>&1 || true
 done
 ! ctr_ content ls -q | grep -qx "sha256:${V1_LAYERS%% *}" || fail "containerd still holds the big layer after removal"
-ctr_pull "$REG/test/img:v1" || fail "ctr pull with agent 1 down did not fall back to the registry (log: $W/ctr.log)"
+ctr_pull "$REG/test/img:v1" || fail_log "$W/ctr.log" "ctr pull with agent 1 down did not fall back to the registry"
 ctr_check "$REG/test/img:v1" "$V1" "$V1_CONFIG" $V1_LAYERS
 echo "containerd pulled test/img:v1 from the registry with agent 1 down"
 
