@@ -21,8 +21,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::pull::{CopyHasher, Target};
-use futures::StreamExt;
+use crate::pull::{Target, fetch_and_check};
 use tokio::time::Instant;
 
 use crate::bound;
@@ -73,7 +72,8 @@ pub async fn measure_all(origin_http: &str, targets: &[Target], opts: &BaselineO
             let all = targets.iter().map(|t| {
                 let url = format!("{base}/blobs/{}", t.digest);
                 let agent = agent.as_ref();
-                async move { fetch_one(http, &url, t, origin, agent).await }
+                let pace: Vec<&TokenBucket> = [origin, agent].into_iter().flatten().collect();
+                async move { fetch_and_check(http, &url, t, &pace).await }
             });
             for r in futures::future::join_all(all).await {
                 let (b, good) = r?;
@@ -121,33 +121,6 @@ pub async fn measure_all(origin_http: &str, targets: &[Target], opts: &BaselineO
         verified_all: !results.is_empty() && results.iter().all(|r| r.2 && r.1 == size),
         secs,
     })
-}
-
-/// One capped fetch: (bytes, the copy matched `target`).
-async fn fetch_one(
-    http: &reqwest::Client,
-    url: &str,
-    target: &Target,
-    origin: Option<&TokenBucket>,
-    agent: Option<&TokenBucket>,
-) -> anyhow::Result<(u64, bool)> {
-    let resp = http.get(url).send().await?;
-    anyhow::ensure!(resp.status().is_success(), "GET {url}: {}", resp.status());
-    let mut hasher = CopyHasher::new(target);
-    let mut bytes = 0u64;
-    let mut body = resp.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk?;
-        let n = chunk.len() as u64;
-        bytes += n;
-        hasher.update(&chunk);
-        let now = Instant::now();
-        let wait = [origin, agent].into_iter().flatten().map(|b| b.reserve(n, now)).max().unwrap_or_default();
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
-    }
-    Ok((bytes, hasher.matches()))
 }
 
 /// A token bucket that lets takers go into debt: [`TokenBucket::reserve`] always succeeds

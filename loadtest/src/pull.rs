@@ -9,10 +9,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use futures::StreamExt;
 use shoal_core::{Digest, DigestHasher};
 use tokio::time::Instant;
 
+use crate::baseline::TokenBucket;
 use crate::cluster::Cluster;
 
 /// One agent's pull.
@@ -115,7 +117,9 @@ pub async fn pull_all_with(
         let done = done.clone();
         let progress = opts.progress;
         tasks.push(async move {
-            let (bytes, verified) = fetch_and_check(&http, &url, i, &Target::digest_only(digest)).await?;
+            let (bytes, verified) = fetch_and_check(&http, &url, &Target::digest_only(digest), &[])
+                .await
+                .with_context(|| format!("agent {i}"))?;
             let secs = start.elapsed().as_secs_f64();
             if progress {
                 let k = done.fetch_add(1, Ordering::Relaxed) + 1;
@@ -245,23 +249,31 @@ impl CopyHasher {
     }
 }
 
-/// GETs `url` from agent `i` and returns how many bytes its body had and whether they hash
-/// to what `target` says, without keeping the body.
+/// GETs `url` and returns how many bytes its body had and whether they hash to what `target`
+/// says, without keeping the body. Each chunk then waits until every bucket in `pace` allows
+/// it (the serial baseline's emulated caps; empty for a swarm pull), so TCP flow control
+/// slows the sender to their rate.
 pub async fn fetch_and_check(
     http: &reqwest::Client,
     url: &str,
-    i: usize,
     target: &Target,
+    pace: &[&TokenBucket],
 ) -> anyhow::Result<(u64, bool)> {
     let resp = http.get(url).send().await?;
-    anyhow::ensure!(resp.status().is_success(), "agent {i}: GET {url}: {}", resp.status());
+    anyhow::ensure!(resp.status().is_success(), "GET {url}: {}", resp.status());
     let mut hasher = CopyHasher::new(target);
     let mut bytes = 0u64;
     let mut body = resp.bytes_stream();
     while let Some(chunk) = body.next().await {
         let chunk = chunk?;
-        bytes += chunk.len() as u64;
+        let n = chunk.len() as u64;
+        bytes += n;
         hasher.update(&chunk);
+        let now = Instant::now();
+        let wait = pace.iter().map(|b| b.reserve(n, now)).max().unwrap_or_default();
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
     }
     Ok((bytes, hasher.matches()))
 }

@@ -15,6 +15,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use shoal_core::Digest;
 use tokio::sync::mpsc;
@@ -310,7 +311,7 @@ pub(crate) async fn drive<N: Nodes>(
             let http = &http;
             let fetches = targets.iter().map(|t| {
                 let url = format!("{base}/blobs/{}", t.digest);
-                async move { fetch_and_check(http, &url, i, t).await }
+                async move { fetch_and_check(http, &url, t, &[]).await.with_context(|| format!("agent {i}")) }
             });
             let r = futures::future::join_all(fetches)
                 .await
