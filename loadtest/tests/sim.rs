@@ -91,11 +91,39 @@ fn slow_origin_super_seeds_about_one_copy() {
     assert!(seeded.max < plain.max, "super-seeding {} s, without {} s", seeded.max, plain.max);
 }
 
-/// A real in-process run of 4 agents pulling 32 MiB (32 pieces) at 16 MiB/s (T* = 2 s) and its
-/// simulation with the shared CPU agree within 30%. On this machine (2026-12-02, with the slot
-/// refill and `CpuModel::measured` at 3.71 ns per byte) the simulation gives p50 2.33 s, max
-/// 2.51 s, and real runs came out at p50 2.01-2.32 s, max 2.04-2.34 s: gaps of +0.4% to +23%,
-/// the simulation the slower (it sends 1.12 origin copies where the real runs send 1.00-1.03).
+/// A shared CPU a quarter busy (4 hosts at 16 MiB/s, 3.71 ns per byte, two cores) delays the
+/// last host by less than that host's own CPU work. A core is taken when a piece is ready for
+/// it, in that order: booking a core at the moment a piece arrives for when its ingress
+/// tokens allow (up to a piece's transfer time later) held the core idle meanwhile and made
+/// this run 15% slower than without the CPU (+0.30 s against 0.12 s of work per host).
+#[test]
+fn a_lightly_loaded_cpu_delays_a_host_by_less_than_its_own_work() {
+    let mib = (1u64 << 20) as f64;
+    let cfg = |seed, cpu| SimConfig {
+        hosts: 4,
+        origins: 1,
+        origin_replicas: 1,
+        layers: vec![32 << 20],
+        agent_up: Some(16.0 * mib),
+        agent_down: Some(16.0 * mib),
+        origin_up: Some(16.0 * mib),
+        origin_down: None,
+        seed,
+        cpu,
+        ..SimConfig::default()
+    };
+    let cpu = CpuModel { cores: 2, piece_rate: 1e9 / 3.71, blob_rate: f64::INFINITY };
+    let work = 32.0 * mib / cpu.piece_rate;
+    let seeds = 1..=8u64;
+    let delay: f64 = seeds.clone().map(|s| run(&cfg(s, Some(cpu))).max - run(&cfg(s, None)).max).sum::<f64>() / 8.0;
+    assert!(delay < work, "the CPU delays the last host by {delay:.3} s on average, its own work is {work:.3} s");
+}
+
+/// A real in-process run of 4 agents pulling 32 MiB (32 pieces) at 16 MiB/s (T* = 2 s) and the
+/// mean of eight simulations of it with the shared CPU agree within 25%. On this machine
+/// (2026-12-02, `CpuModel::measured` at 3.71 ns per byte) the simulations give p50 2.04 s, max
+/// 2.07 s (2.04-2.11 s over the seeds) and origin copies 1.04, and real runs came out at max
+/// 1.97-2.39 s with 1.00-1.06 copies: gaps of -13.5% to +5.5%, the real runs the more spread.
 /// Smaller setups are poor probes: at 4 MiB/s a run of 8 MiB is over before the swarm settles,
 /// and its tail is made of busy back-offs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,11 +141,12 @@ async fn agrees_with_a_small_real_run() {
     };
     let real = run_local(&o).await.unwrap();
     assert!(real.verified_all, "{}", real.table());
-    let v = Validation::of(&real, 1, None, Some(CpuModel::measured(real.machine.cores))).unwrap();
+    let seeds: Vec<u64> = (1..=8).collect();
+    let v = Validation::of(&real, &seeds, None, Some(CpuModel::measured(real.machine.cores))).unwrap();
     let table = Validation::table(std::slice::from_ref(&v));
     println!("{table}");
-    assert!(v.worst_gap() <= 0.30, "{table}");
-    // One piece is 0.03 copies; the real origin has sent 0.06-0.19 copies more than the sim.
+    assert!(v.worst_gap() <= 0.25, "{table}");
+    // One piece is 0.03 copies.
     assert!((v.sim_origin_copies - v.real_origin_copies).abs() <= 0.4, "{table}");
 }
 

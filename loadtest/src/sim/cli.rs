@@ -105,15 +105,21 @@ pub struct SimArgs {
     /// agents, blob and caps, and print real against simulated completion times.
     #[arg(long, num_args = 1..)]
     pub validate: Vec<PathBuf>,
+    /// With `--validate`: simulate each real run with this many seeds (from `--seed` on) and
+    /// compare it with their mean.
+    #[arg(long, default_value_t = 5)]
+    pub seeds: usize,
     /// With `--validate`: the simulated hosts share one CPU with this machine's measured
     /// costs (`CpuModel::measured`), as the real in-process cluster does.
     #[arg(long)]
     pub shared_cpu: bool,
     /// With `--validate`: the simulated hosts share the machine's cores at the CPU cost per
-    /// delivered byte that this other real run's `report.json` measured
-    /// (`CpuModel::calibrated`), instead of `--shared-cpu`'s fixed costs.
-    #[arg(long, conflicts_with = "shared_cpu")]
-    pub cpu_from: Option<PathBuf>,
+    /// delivered byte that these other real runs' `report.json` measured
+    /// (`CpuModel::calibrated`), instead of `--shared-cpu`'s fixed costs. With several, each
+    /// validated run takes the cost at its own number of agents, interpolated linearly between
+    /// the calibrations' (the cost per byte grows with the agents sharing the cores).
+    #[arg(long, num_args = 1.., conflicts_with = "shared_cpu")]
+    pub cpu_from: Vec<PathBuf>,
 }
 
 impl SimArgs {
@@ -212,31 +218,37 @@ pub fn main(args: &SimArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `--validate`: one row per real report, each simulated with `--seed` and `--commit-rate`.
+/// `--validate`: one row per real report, each simulated with seeds `--seed` to
+/// `--seed + --seeds - 1` and `--commit-rate`; the row shows the simulations' mean.
 fn validate(args: &SimArgs) -> anyhow::Result<()> {
     let read = |path: &PathBuf| -> anyhow::Result<report::RunReport> {
         let file = if path.is_dir() { path.join("report.json") } else { path.clone() };
         let text = std::fs::read(&file).map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
         serde_json::from_slice(&text).map_err(|e| anyhow::anyhow!("parsing {}: {e}", file.display()))
     };
-    let calibrated = match &args.cpu_from {
-        Some(path) => {
-            let m = CpuModel::calibrated(&read(path)?)?;
-            println!(
-                "CPU from {}: {:.2} ns per delivered byte on {} core(s)",
-                path.display(),
-                1e9 / m.piece_rate,
-                m.cores
-            );
-            Some(m)
-        }
-        None => None,
-    };
+    let mut calibrations = Vec::new();
+    for path in &args.cpu_from {
+        let cal = read(path)?;
+        let m = CpuModel::calibrated(&cal)?;
+        println!(
+            "CPU from {} (N = {}): {:.2} ns per delivered byte on {} core(s)",
+            path.display(),
+            cal.n_agents,
+            1e9 / m.piece_rate,
+            m.cores
+        );
+        calibrations.push((cal.n_agents, m));
+    }
     let mut rows = Vec::new();
     for path in &args.validate {
         let real = read(path)?;
-        let cpu = calibrated.or_else(|| args.shared_cpu.then(|| CpuModel::measured(real.machine.cores)));
-        rows.push(Validation::of(&real, args.seed, args.commit_rate.map(|r| r.0 as f64), cpu)?);
+        let cpu = if calibrations.is_empty() {
+            args.shared_cpu.then(|| CpuModel::measured(real.machine.cores))
+        } else {
+            Some(CpuModel::at_agents(&calibrations, real.n_agents))
+        };
+        let seeds: Vec<u64> = (args.seed..).take(args.seeds.max(1)).collect();
+        rows.push(Validation::of(&real, &seeds, args.commit_rate.map(|r| r.0 as f64), cpu)?);
     }
     print!("{}", Validation::table(&rows));
     let worst = rows.iter().map(Validation::worst_gap).fold(0.0, f64::max);

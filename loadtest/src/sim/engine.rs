@@ -98,7 +98,15 @@ enum Ev {
         blob: u32,
         piece: u32,
     },
-    /// `to`'s ingress bucket let the piece in: it is verified.
+    /// `to`'s ingress bucket let the piece in; with a [`super::CpuModel`] it now waits for
+    /// a core (queued in the order pieces get here, not the order they arrived).
+    PieceIn {
+        to: u32,
+        from: u32,
+        blob: u32,
+        piece: u32,
+    },
+    /// The piece is verified and stored.
     PieceDone {
         to: u32,
         from: u32,
@@ -591,7 +599,16 @@ impl<'a> Sim<'a> {
             }
             Ev::PieceArrive { to, from, blob, piece } => {
                 let len = self.piece_len(blob, piece);
-                let mut t = self.hosts[to as usize].down.acquire(self.now, len);
+                let t = self.hosts[to as usize].down.acquire(self.now, len);
+                if self.cpu.is_some() {
+                    self.push(t, Ev::PieceIn { to, from, blob, piece });
+                } else {
+                    self.push(t, Ev::PieceDone { to, from, blob, piece });
+                }
+            }
+            Ev::PieceIn { to, from, blob, piece } => {
+                let len = self.piece_len(blob, piece);
+                let mut t = self.now;
                 if let (Some(cpu), Some(model)) = (self.cpu.as_mut(), self.cfg.cpu) {
                     t = cpu.run(t, ns(len as f64 / model.piece_rate));
                 }

@@ -222,6 +222,24 @@ impl CpuModel {
         anyhow::ensure!(cpu > 0.0 && bytes > 0, "the calibration run moved nothing");
         Ok(CpuModel { cores: cal.machine.cores.max(1), piece_rate: bytes as f64 / cpu, blob_rate: f64::INFINITY })
     }
+
+    /// The cost at `n` agents from calibrations made at other numbers of agents: the cost per
+    /// byte interpolated linearly in the number of agents between the two nearest
+    /// calibrations, the nearest one's outside their range. `cals` is (agents, model) pairs,
+    /// not empty, all from one machine.
+    pub fn at_agents(cals: &[(usize, CpuModel)], n: usize) -> CpuModel {
+        let mut cals = cals.to_vec();
+        cals.sort_by_key(|(k, _)| *k);
+        let cores = cals[0].1.cores;
+        let Some(i) = cals.iter().position(|(k, _)| *k >= n) else { return cals[cals.len() - 1].1 };
+        if cals[i].0 == n || i == 0 {
+            return cals[i].1;
+        }
+        let ((a, ma), (b, mb)) = (cals[i - 1], cals[i]);
+        let w = (n - a) as f64 / (b - a) as f64;
+        let per_byte = (1.0 - w) / ma.piece_rate + w / mb.piece_rate;
+        CpuModel { cores, piece_rate: 1.0 / per_byte, blob_rate: ma.blob_rate.min(mb.blob_rate) }
+    }
 }
 
 /// What one agent did.
@@ -409,6 +427,8 @@ pub fn config_of(real: &RunReport, seed: u64, commit_rate: Option<f64>, cpu: Opt
 pub struct Validation {
     pub n_agents: usize,
     pub blob_bytes: u64,
+    /// Simulations (seeds 1..=k or as given) whose mean the `sim_*` figures are.
+    pub seeds: usize,
     pub bound: f64,
     pub real_p50: f64,
     pub real_p90: f64,
@@ -416,34 +436,44 @@ pub struct Validation {
     pub sim_p50: f64,
     pub sim_p90: f64,
     pub sim_max: f64,
+    /// The smallest and largest `max` of the simulations.
+    pub sim_max_range: (f64, f64),
     pub real_origin_copies: f64,
     pub sim_origin_copies: f64,
 }
 
 impl Validation {
-    /// Simulates `real` and pairs the two.
+    /// Simulates `real` once per seed and pairs it with the mean of those simulations: one
+    /// seed is one draw of the tie-breaks and handouts, as one real run is one draw of the
+    /// scheduler's, so a single seed can sit at either end of the model's own spread.
     pub fn of(
         real: &RunReport,
-        seed: u64,
+        seeds: &[u64],
         commit_rate: Option<f64>,
         cpu: Option<CpuModel>,
     ) -> anyhow::Result<Validation> {
         let p = real.percentiles.ok_or_else(|| anyhow::anyhow!("the real report has no completion times"))?;
-        let cfg = config_of(real, seed, commit_rate, cpu);
-        let sim = run(&cfg);
+        anyhow::ensure!(!seeds.is_empty(), "a validation needs at least one seed");
+        let sims: Vec<SimReport> = seeds.iter().map(|&seed| run(&config_of(real, seed, commit_rate, cpu))).collect();
+        let mean = |f: &dyn Fn(&SimReport) -> f64| sims.iter().map(f).sum::<f64>() / sims.len() as f64;
         let f = real.blob_bytes.max(1) as f64;
         Ok(Validation {
             n_agents: real.n_agents,
             blob_bytes: real.blob_bytes,
-            bound: sim.bound,
+            seeds: seeds.len(),
+            bound: sims[0].bound,
             real_p50: p.p50,
             real_p90: p.p90,
             real_max: p.max,
-            sim_p50: sim.p50,
-            sim_p90: sim.p90,
-            sim_max: sim.max,
+            sim_p50: mean(&|s| s.p50),
+            sim_p90: mean(&|s| s.p90),
+            sim_max: mean(&|s| s.max),
+            sim_max_range: (
+                sims.iter().map(|s| s.max).fold(f64::INFINITY, f64::min),
+                sims.iter().map(|s| s.max).fold(0.0, f64::max),
+            ),
             real_origin_copies: real.origin_uploaded as f64 / f,
-            sim_origin_copies: sim.origin_bytes as f64 / f,
+            sim_origin_copies: mean(&|s| s.origin_bytes as f64 / f),
         })
     }
 
@@ -458,12 +488,12 @@ impl Validation {
     /// A table of validations, one row each.
     pub fn table(rows: &[Validation]) -> String {
         let mut s = String::from(
-            "   N   blob MiB   T* (s)   real p50/p90/max (s)    sim p50/p90/max (s)   gap p50/p90/max   origin copies real/sim\n",
+            "   N   blob MiB   T* (s)   real p50/p90/max (s)    sim p50/p90/max (s)   gap p50/p90/max   sim max range (s)   origin copies real/sim\n",
         );
         for v in rows {
             let gap = |s: f64, r: f64| 100.0 * (s - r) / r;
             s += &format!(
-                "{:>4}   {:>8}   {:>6.3}   {:>6.3} {:>6.3} {:>6.3}   {:>6.3} {:>6.3} {:>6.3}   {:>+5.1}% {:>+5.1}% {:>+5.1}%   {:.2} / {:.2}\n",
+                "{:>4}   {:>8}   {:>6.3}   {:>6.3} {:>6.3} {:>6.3}   {:>6.3} {:>6.3} {:>6.3}   {:>+5.1}% {:>+5.1}% {:>+5.1}%   {:>6.3}-{:<6.3} ({})   {:.2} / {:.2}\n",
                 v.n_agents,
                 v.blob_bytes >> 20,
                 v.bound,
@@ -476,6 +506,9 @@ impl Validation {
                 gap(v.sim_p50, v.real_p50),
                 gap(v.sim_p90, v.real_p90),
                 gap(v.sim_max, v.real_max),
+                v.sim_max_range.0,
+                v.sim_max_range.1,
+                v.seeds,
                 v.real_origin_copies,
                 v.sim_origin_copies
             );
@@ -502,5 +535,18 @@ mod tests {
         r.resources.cpu_secs = Some(1.0);
         r.agents.clear();
         assert!(CpuModel::calibrated(&r).is_err());
+    }
+
+    #[test]
+    fn the_cost_at_a_number_of_agents_comes_from_the_nearest_calibrations() {
+        let at = |ns_per_byte: f64| CpuModel { cores: 2, piece_rate: 1e9 / ns_per_byte, blob_rate: f64::INFINITY };
+        let cals = [(25, at(4.0)), (10, at(3.0))];
+        let cases = [(10, 3.0), (25, 4.0), (4, 3.0), (50, 4.0), (16, 3.4), (20, 3.0 + 10.0 / 15.0)];
+        for (n, want) in cases {
+            let m = CpuModel::at_agents(&cals, n);
+            assert!((1e9 / m.piece_rate - want).abs() < 1e-9, "N = {n}: {} ns/B, want {want}", 1e9 / m.piece_rate);
+            assert_eq!(m.cores, 2);
+        }
+        assert_eq!(CpuModel::at_agents(&cals[..1], 3), cals[0].1, "one calibration serves every N");
     }
 }
