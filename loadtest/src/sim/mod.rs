@@ -190,8 +190,8 @@ impl SimConfig {
 }
 
 /// The machine's cores as FIFO servers: every piece a host takes in costs `len / piece_rate`
-/// of one core after it passed the ingress bucket (the sender's read and send, the receiver's
-/// copy, BLAKE3 check and store, all on loopback), and a completed blob costs
+/// of one core after it passed the ingress bucket, taken in the order pieces pass it (the
+/// sender's read and send, the receiver's copy, BLAKE3 check and store, all on loopback), and a completed blob costs
 /// `size / blob_rate` (the whole-blob sha256 of the commit, then serving it over HTTP to a
 /// client that hashes it again); the commit's `commit_rate` is then not applied.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -422,7 +422,7 @@ pub fn config_of(real: &RunReport, seed: u64, commit_rate: Option<f64>, cpu: Opt
     }
 }
 
-/// One row of a validation: a real run and its simulation.
+/// One row of a validation: a real run and the mean of its simulations.
 #[derive(Clone, Debug, Serialize)]
 pub struct Validation {
     pub n_agents: usize,
