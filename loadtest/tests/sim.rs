@@ -191,6 +191,14 @@ fn origin_priority_experiment_completes_and_replays() {
 }
 
 #[test]
+fn topup_cancelled_experiment_completes_and_replays() {
+    let cfg = SimConfig { hosts: 25, topup_cancelled: true, ..small(13) };
+    let r = run(&cfg);
+    assert_valid(&r, &cfg);
+    assert_eq!(r, run(&cfg));
+}
+
+#[test]
 fn bounded_uploads_per_host_experiment_completes_without_timeouts() {
     let cfg = SimConfig { hosts: 25, max_uploads_per_host: Some(4), ..small(12) };
     let r = run(&cfg);

@@ -61,6 +61,10 @@ pub struct SimArgs {
     /// Experiment: no endgame duplicates while more than `endgame_pieces` pieces are missing.
     #[arg(long)]
     pub late_endgame: bool,
+    /// Experiment: a verified piece also tops up the peers whose duplicate request for it was
+    /// cancelled.
+    #[arg(long)]
+    pub topup_cancelled: bool,
     /// Experiment: a cancelled upload still waiting for egress tokens gives them back.
     #[arg(long)]
     pub refund_cancelled: bool,
@@ -152,6 +156,7 @@ impl SimArgs {
             origin_fewest_copies_first: self.origin_priority,
             refund_cancelled: self.refund_cancelled,
             late_endgame: self.late_endgame,
+            topup_cancelled: self.topup_cancelled,
             commit_rate: self.commit_rate.map(|r| r.0 as f64),
             super_seeding: !self.no_super_seeding,
             max_uploads_per_host: self.max_uploads_per_host,

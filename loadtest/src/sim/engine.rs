@@ -917,6 +917,11 @@ impl<'a> Sim<'a> {
             return;
         }
         self.refill(host, blob, from);
+        if self.cfg.topup_cancelled {
+            for o in cancels {
+                self.fill(host, blob, o);
+            }
+        }
     }
 
     fn complete(&mut self, host: u32, blob: u32) {

@@ -98,6 +98,10 @@ pub struct SimConfig {
     /// missing, the actor does not ask the picker for requests when it is in endgame (every
     /// piece its peers have is already requested), so no duplicate goes out mid-download.
     pub late_endgame: bool,
+    /// Experiment: a verified piece also tops up the peers whose duplicate request for it
+    /// was cancelled (the actor tops up only the peer that delivered, then everyone if that
+    /// one takes nothing).
+    pub topup_cancelled: bool,
     /// Experiment, not what the real limiter does: a cancel that stops an upload still
     /// waiting for egress tokens gives its tokens back, so later uploads go sooner.
     pub refund_cancelled: bool,
@@ -159,6 +163,7 @@ impl Default for SimConfig {
             commit_rate: None,
             refund_cancelled: false,
             late_endgame: false,
+            topup_cancelled: false,
             max_uploads_per_host: None,
             request_window: Some(swarm.request_window.get().as_secs_f64()),
             stripe_lookahead: swarm.stripe_lookahead,
