@@ -427,6 +427,12 @@ mod tests {
         (0..n).map(|i| (i * 31 % 251) as u8).collect()
     }
 
+    /// Piece `i`'s bytes within the whole blob `data`.
+    fn piece_bytes<'a>(meta: &MetaInfo, data: &'a [u8], i: PieceIndex) -> &'a [u8] {
+        let o = meta.piece_offset(i) as usize;
+        &data[o..o + meta.piece_len(i) as usize]
+    }
+
     #[tokio::test]
     async fn write_resume_commit() {
         let dir = tempfile::tempdir().unwrap();
@@ -435,22 +441,19 @@ mod tests {
         let meta = meta_of(&data);
         let p = store.open_partial(meta.clone()).await.unwrap();
         assert_eq!(p.have(), vec![false; 4]);
-        let piece = |i: u32| {
-            let i = meta.piece(i).unwrap();
-            let o = meta.piece_offset(i) as usize;
-            (i, data[o..o + meta.piece_len(i) as usize].to_vec())
+        let write = |p: &PartialBlob, k: u32| {
+            let i = meta.piece(k).unwrap();
+            p.write_piece(i, piece_bytes(&meta, &data, i)).unwrap();
         };
         for k in [0, 2] {
-            let (i, d) = piece(k);
-            p.write_piece(i, &d).unwrap();
+            write(&p, k);
         }
         drop(p);
         // Resume: the two pieces are still there.
         let p = store.open_partial(meta.clone()).await.unwrap();
         assert_eq!(p.have(), vec![true, false, true, false]);
         for k in [1, 3] {
-            let (i, d) = piece(k);
-            p.write_piece(i, &d).unwrap();
+            write(&p, k);
         }
         p.commit(store.root()).unwrap();
         let f = store.open_complete(meta.digest()).await.unwrap().unwrap();
@@ -475,8 +478,7 @@ mod tests {
                 s.spawn(move || {
                     for &k in chunk {
                         let i = meta.piece(k).unwrap();
-                        let o = meta.piece_offset(i) as usize;
-                        p.write_piece(i, &data[o..o + meta.piece_len(i) as usize]).unwrap();
+                        p.write_piece(i, piece_bytes(meta, data, i)).unwrap();
                     }
                 });
             }
@@ -495,10 +497,8 @@ mod tests {
         let data = blob(2 * MIN_PIECE_LEN as usize + 7);
         let meta = meta_of(&data);
         let p = store.open_partial(meta.clone()).await.unwrap();
-        for k in 0..meta.num_pieces() {
-            let i = meta.piece(k).unwrap();
-            let o = meta.piece_offset(i) as usize;
-            p.write_piece(i, &data[o..o + meta.piece_len(i) as usize]).unwrap();
+        for i in meta.all_pieces() {
+            p.write_piece(i, piece_bytes(&meta, &data, i)).unwrap();
         }
         let f = p.file();
         let n = data.len();
@@ -530,8 +530,7 @@ mod tests {
         let meta = meta_of(&data);
         let p = store.open_partial(meta.clone()).await.unwrap();
         for i in meta.all_pieces() {
-            let o = meta.piece_offset(i) as usize;
-            p.write_piece(i, &data[o..o + meta.piece_len(i) as usize]).unwrap();
+            p.write_piece(i, piece_bytes(&meta, &data, i)).unwrap();
         }
         drop(p);
         // Flip a byte of piece 1 behind the store's back.
