@@ -67,13 +67,14 @@ pub async fn measure_all(origin_http: &str, targets: &[Target], opts: &BaselineO
         let (http, origin) = (&http, origin.as_ref());
         async move {
             let agent = opts.agent_rate.map(TokenBucket::new);
+            // The caps this fetcher's blobs share: the origin's and its own download cap.
+            let pace: Vec<&TokenBucket> = [origin, agent.as_ref()].into_iter().flatten().collect();
+            let pace = &pace;
             let mut bytes = 0;
             let mut ok = true;
             let all = targets.iter().map(|t| {
                 let url = format!("{base}/blobs/{}", t.digest);
-                let agent = agent.as_ref();
-                let pace: Vec<&TokenBucket> = [origin, agent].into_iter().flatten().collect();
-                async move { fetch_and_check(http, &url, t, &pace).await }
+                async move { fetch_and_check(http, &url, t, pace).await }
             });
             for r in futures::future::join_all(all).await {
                 let (b, good) = r?;

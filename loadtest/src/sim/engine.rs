@@ -760,8 +760,7 @@ impl<'a> Sim<'a> {
         self.push(t, Ev::Bitfield { to: peer, from: host, blob, bits });
     }
 
-    /// `Actor::fill`: tops `peer`'s pipeline up.
-    /// Tops up `peer`'s pipeline; returns how many requests went out.
+    /// `Actor::fill`: tops `peer`'s pipeline up; returns how many requests went out.
     fn fill(&mut self, host: u32, blob: u32, peer: u32) -> usize {
         let d = self.delay(host, peer);
         let due = self.now + self.request_timeout;

@@ -196,9 +196,10 @@ impl SimConfig {
 
 /// The machine's cores as FIFO servers: every piece a host takes in costs `len / piece_rate`
 /// of one core after it passed the ingress bucket, taken in the order pieces pass it (the
-/// sender's read and send, the receiver's copy, BLAKE3 check and store, all on loopback), and a completed blob costs
-/// `size / blob_rate` (the whole-blob sha256 of the commit, then serving it over HTTP to a
-/// client that hashes it again); the commit's `commit_rate` is then not applied.
+/// sender's read and send, the receiver's copy, BLAKE3 check and store, all on loopback),
+/// and a completed blob costs `size / blob_rate` (the whole-blob sha256 of the commit, then
+/// serving it over HTTP to a client that hashes it again); the commit's `commit_rate` is
+/// then not applied.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct CpuModel {
     pub cores: usize,
