@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod digest;
+pub mod download;
 pub mod manifest;
 pub mod metainfo;
 pub mod peer_id;

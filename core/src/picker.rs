@@ -307,7 +307,6 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
         self.give_up(peer, piece);
     }
 
-    /// The request for `piece` to `peer` timed out: same as a rejection.
     /// The peer refused for now (busy): release the request without marking the piece
     /// "don't ask" at that peer, so it may be asked again later. The caller backs off before
     /// asking that peer again.
@@ -316,8 +315,18 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
             self.remove_request(piece, peer);
         }
     }
+
+    /// The request for `piece` to `peer` timed out: like a rejection while another connected
+    /// peer may still be asked for the piece; otherwise like a busy answer, so a slow sole
+    /// holder (an origin under load, say) is asked again rather than never, which would leave
+    /// the piece with no one to ask until the download timed out. A timeout already costs the
+    /// request timeout, so asking again cannot spin.
     pub fn request_timed_out(&mut self, peer: P, piece: u32) {
-        self.give_up(peer, piece);
+        if self.askable_elsewhere(peer, piece) {
+            self.give_up(peer, piece);
+        } else {
+            self.request_deferred(peer, piece);
+        }
     }
 
     /// Whether every piece is here.
@@ -527,6 +536,12 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
             self.add_request(piece, peer);
         }
         picked
+    }
+
+    /// Whether a connected peer other than `peer` has `piece` and may be asked for it.
+    /// O(peers): only timeouts ask.
+    fn askable_elsewhere(&self, peer: P, piece: u32) -> bool {
+        self.peers.iter().any(|(p, s)| *p != peer && bit(&s.bits, piece) && !bit(&s.dont_ask, piece))
     }
 
     /// Releases `peer`'s request for `piece`, if any, and marks the piece don't-ask for it.
@@ -1041,12 +1056,32 @@ mod tests {
             p.peer_have(A, 0);
             check(&mut p, A, &[0]);
             // A re-join with a fresh bitfield also lifts the mark.
-            let mut p = setup(1, &[(A, &[0], false)], opts(1));
+            let mut p = setup(1, &[(A, &[0], false), (B, &[0], false)], opts(1));
             check(&mut p, A, &[0]);
             give_up(&mut p, A, 0);
             check(&mut p, A, &[]);
             p.peer_joined(A, &bits(1, &[0]), false);
             check(&mut p, A, &[0]);
+        }
+    }
+
+    #[test]
+    fn a_timed_out_sole_holder_is_asked_again_and_a_rejecting_one_is_not() {
+        // (the only holder is an origin, a timeout) -> asked again
+        for (origin, timed_out, again) in
+            [(true, true, true), (false, true, true), (true, false, false), (false, false, false)]
+        {
+            let o = PickerOptions { endgame_pieces: 0, ..opts(1) };
+            let mut p = setup(2, &[(A, &[0, 1], origin), (B, &[1], false)], o);
+            check(&mut p, B, &[1]);
+            check(&mut p, A, &[0]);
+            if timed_out {
+                p.request_timed_out(A, 0);
+            } else {
+                p.request_rejected(A, 0);
+            }
+            let want: &[u32] = if again { &[0] } else { &[] };
+            check(&mut p, A, want);
         }
     }
 

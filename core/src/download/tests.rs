@@ -1,0 +1,411 @@
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::wire::pack_bits;
+
+const MS: Duration = Duration::from_millis(1);
+
+fn opts(per_peer: usize, total: usize) -> DownloadOptions {
+    DownloadOptions {
+        picker: PickerOptions {
+            max_outstanding_per_peer: per_peer,
+            max_outstanding_per_origin: per_peer,
+            max_outstanding_total: total,
+            seed: 7,
+            ..PickerOptions::default()
+        },
+        request_timeout: Duration::from_secs(2),
+        download_timeout: Duration::from_secs(60),
+        busy_backoff: Some(Duration::from_millis(50)),
+    }
+}
+
+fn all(n: u32) -> Vec<u8> {
+    pack_bits(n, |_| true)
+}
+
+fn only(n: u32, pieces: &[u32]) -> Vec<u8> {
+    pack_bits(n, |i| pieces.contains(&i))
+}
+
+fn drain(s: &mut DownloadState<u32>) -> Vec<Action<u32>> {
+    std::iter::from_fn(|| s.poll()).collect()
+}
+
+fn requests(actions: &[Action<u32>]) -> Vec<(u32, u32)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Request { peer, piece } => Some((*peer, *piece)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn cancels(actions: &[Action<u32>]) -> Vec<(u32, u32)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Cancel { peer, piece } => Some((*peer, *piece)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every request the state holds is one the picker counts, peer by peer.
+fn check(s: &DownloadState<u32>, peers: &[u32]) {
+    s.picker().check_invariants();
+    let total: usize = peers.iter().map(|p| s.picker().outstanding(p)).sum();
+    assert_eq!(total, s.in_flight(), "pending requests and the picker's disagree");
+}
+
+#[test]
+fn the_first_tick_announces_and_a_stalled_download_announces_again_soon() {
+    let mut s = DownloadState::<u32>::new(4, &[], opts(4, usize::MAX));
+    assert!(drain(&mut s).is_empty(), "nothing before the first tick");
+    assert_eq!(s.next_wakeup(), Some(Duration::ZERO));
+    s.tick(Duration::ZERO);
+    assert_eq!(drain(&mut s), vec![Action::Announce]);
+    // One announce at a time.
+    s.tick(100 * MS);
+    assert!(drain(&mut s).is_empty());
+    // No peer joined: at most STALLED_ANNOUNCE later, however long the interval.
+    s.announced(Duration::from_secs(3), 150 * MS);
+    assert_eq!(s.next_wakeup(), Some(150 * MS + STALLED_ANNOUNCE));
+    s.tick(600 * MS);
+    assert!(drain(&mut s).is_empty());
+    s.tick(700 * MS);
+    assert_eq!(drain(&mut s), vec![Action::Announce]);
+    // With a peer: the tracker's interval.
+    s.peer_joined(1, &all(4), false, 700 * MS);
+    drain(&mut s);
+    s.announced(Duration::from_secs(3), 800 * MS);
+    s.tick(3700 * MS);
+    assert!(!drain(&mut s).contains(&Action::Announce));
+    s.tick(3800 * MS);
+    assert!(drain(&mut s).contains(&Action::Announce));
+}
+
+#[test]
+fn a_joining_peer_gets_a_full_pipeline_in_stripe_order() {
+    let mut s = DownloadState::<u32>::new(64, &[], opts(4, usize::MAX));
+    s.peer_joined(1, &all(64), false, Duration::ZERO);
+    let got = requests(&drain(&mut s));
+    assert_eq!(got.len(), 4);
+    // 64 pieces in 8 stripes of at least 16: the first stripe is pieces 0..16.
+    assert!(got.iter().all(|&(p, i)| p == 1 && i < 16), "{got:?}");
+    for &(p, i) in &got {
+        assert_eq!(s.deadline(p, i), Some(Duration::from_secs(2)));
+    }
+    check(&s, &[1]);
+}
+
+#[test]
+fn a_freed_slot_the_delivering_peer_cannot_use_goes_to_another_peer() {
+    // A window of two requests. Peer 1 holds pieces 0 and 1 only; the origin holds all four,
+    // and is asked only for pieces no other peer has. Peer 1 takes the whole window first.
+    let mut s = DownloadState::<u32>::new(4, &[], opts(4, 2));
+    s.peer_joined(1, &only(4, &[0, 1]), false, Duration::ZERO);
+    assert_eq!(requests(&drain(&mut s)), vec![(1, 0), (1, 1)]);
+    s.peer_joined(9, &all(4), true, Duration::ZERO);
+    assert!(requests(&drain(&mut s)).is_empty(), "the window is full");
+    // Peer 1 delivers and has nothing more: the slot must go to the origin, or nothing would
+    // ever ask it for pieces 2 and 3 (the stall the slot refill fixed).
+    assert_eq!(s.piece_ok(1, 0, 10 * MS), Verified::New);
+    let got = drain(&mut s);
+    assert_eq!(got[0], Action::Have { piece: 0 });
+    let req = requests(&got);
+    assert_eq!(req.len(), 1);
+    assert_eq!(req[0].0, 9, "{got:?}");
+    check(&s, &[1, 9]);
+    // The rest completes.
+    let mut left = vec![(1, 1), req[0]];
+    while let Some((peer, piece)) = left.pop() {
+        s.piece_ok(peer, piece, 20 * MS);
+        for a in drain(&mut s) {
+            if let Action::Request { peer, piece } = a {
+                left.push((peer, piece));
+            }
+        }
+    }
+    assert!(s.is_complete() && s.is_over());
+}
+
+#[test]
+fn a_busy_peer_is_left_alone_until_its_backoff_ends_on_a_tick() {
+    let mut s = DownloadState::<u32>::new(32, &[], opts(2, usize::MAX));
+    s.tick(Duration::ZERO);
+    s.announced(Duration::from_secs(3), Duration::ZERO);
+    s.peer_joined(1, &all(32), false, Duration::ZERO);
+    let first = requests(&drain(&mut s));
+    assert_eq!(first.len(), 2);
+    let (_, piece) = first[0];
+    s.rejected(1, piece, true, 10 * MS);
+    assert!(requests(&drain(&mut s)).is_empty(), "a busy peer is not asked again at once");
+    // The deferred piece stays askable: a peer holding only it is asked for it.
+    s.peer_joined(2, &only(32, &[piece]), false, 20 * MS);
+    assert_eq!(requests(&drain(&mut s)), vec![(2, piece)]);
+    // A `have` from the busy peer does not wake it early.
+    s.peer_have(1, 0, 30 * MS);
+    assert!(requests(&drain(&mut s)).is_empty());
+    assert_eq!(s.next_wakeup(), Some(60 * MS));
+    s.tick(50 * MS);
+    assert!(requests(&drain(&mut s)).is_empty(), "the back-off ends at 60 ms");
+    s.tick(100 * MS);
+    let got = requests(&drain(&mut s));
+    assert_eq!(got.len(), 1, "peer 1 is topped up to its pipeline: {got:?}");
+    assert_eq!(got[0].0, 1);
+    check(&s, &[1, 2]);
+}
+
+#[test]
+fn without_a_busy_backoff_busy_is_like_not_having_the_piece() {
+    let mut o = opts(1, usize::MAX);
+    o.busy_backoff = None;
+    let mut s = DownloadState::<u32>::new(32, &[], o);
+    s.peer_joined(1, &all(32), false, Duration::ZERO);
+    let (_, piece) = requests(&drain(&mut s))[0];
+    s.rejected(1, piece, true, MS);
+    let got = requests(&drain(&mut s));
+    assert_eq!(got.len(), 1);
+    assert_ne!(got[0].1, piece, "marked don't-ask at that peer");
+}
+
+#[test]
+fn expired_requests_are_cancelled_and_asked_again_on_a_tick() {
+    let mut s = DownloadState::<u32>::new(32, &[], opts(1, usize::MAX));
+    s.peer_joined(1, &all(32), false, Duration::ZERO);
+    let (_, piece) = requests(&drain(&mut s))[0];
+    s.peer_joined(2, &all(32), false, MS);
+    drain(&mut s);
+    s.tick(1999 * MS);
+    assert!(cancels(&drain(&mut s)).is_empty());
+    s.tick(2000 * MS);
+    let got = drain(&mut s);
+    assert_eq!(cancels(&got), vec![(1, piece)]);
+    // Peer 1's slot is free again, and so is the piece: a peer holding only it gets it.
+    let again = requests(&got);
+    assert_eq!(again.len(), 1, "{got:?}");
+    assert_eq!(again[0].0, 1);
+    assert_ne!(again[0].1, piece, "peer 2 holds it too: not asked of peer 1 again");
+    s.peer_joined(3, &only(32, &[piece]), false, 2001 * MS);
+    assert_eq!(requests(&drain(&mut s)), vec![(3, piece)]);
+    check(&s, &[1, 2, 3]);
+}
+
+#[test]
+fn a_rejected_piece_is_asked_elsewhere_and_a_leaving_peer_releases_its_requests() {
+    let mut s = DownloadState::<u32>::new(16, &[], opts(2, usize::MAX));
+    s.peer_joined(1, &all(16), false, Duration::ZERO);
+    let mine = requests(&drain(&mut s));
+    let (a, b) = (mine[0].1, mine[1].1);
+    s.rejected(1, a, false, MS);
+    let got = requests(&drain(&mut s));
+    assert_eq!(got.len(), 1, "peer 1 is topped up");
+    let c = got[0].1;
+    assert!(c != a && c != b);
+    s.peer_joined(2, &only(16, &[a, b, c]), false, 2 * MS);
+    assert_eq!(requests(&drain(&mut s)), vec![(2, a)], "b and c are asked of peer 1 already");
+    s.peer_left(1, 3 * MS);
+    let got = requests(&drain(&mut s));
+    assert_eq!(got.len(), 1, "peer 2's pipeline of two: {got:?}");
+    assert!(got[0].0 == 2 && (got[0].1 == b || got[0].1 == c), "{got:?}");
+    assert_eq!(s.peers(), &[2]);
+    check(&s, &[1, 2]);
+}
+
+#[test]
+fn a_corrupt_piece_blacklists_its_sender_for_good() {
+    let mut s = DownloadState::<u32>::new(16, &[], opts(2, usize::MAX));
+    s.peer_joined(1, &all(16), false, Duration::ZERO);
+    let (_, piece) = requests(&drain(&mut s))[0];
+    s.piece_failed(1, piece, MS);
+    assert!(s.peers().is_empty());
+    assert!(s.picker().is_blacklisted(&1));
+    s.peer_joined(1, &all(16), false, 2 * MS);
+    assert!(drain(&mut s).is_empty());
+    assert!(s.peers().is_empty());
+}
+
+#[test]
+fn endgame_duplicates_are_cancelled_and_a_late_copy_is_a_duplicate() {
+    // Two pieces, both peers have both: endgame from the start (3 pieces or fewer missing).
+    let mut s = DownloadState::<u32>::new(2, &[], opts(2, usize::MAX));
+    s.peer_joined(1, &all(2), false, Duration::ZERO);
+    s.peer_joined(2, &all(2), false, Duration::ZERO);
+    let got = requests(&drain(&mut s));
+    assert_eq!(got.len(), 4, "each piece from both peers: {got:?}");
+    assert_eq!(s.piece_ok(1, 0, MS), Verified::New);
+    let got = drain(&mut s);
+    assert_eq!(cancels(&got), vec![(2, 0)]);
+    // The cancelled copy was already on the wire.
+    assert_eq!(s.piece_ok(2, 0, 2 * MS), Verified::Duplicate);
+    check(&s, &[1, 2]);
+}
+
+#[test]
+fn the_last_piece_cancels_what_is_left_then_commits_and_later_events_are_ignored() {
+    let mut s = DownloadState::<u32>::new(2, &[], opts(2, usize::MAX));
+    s.peer_joined(1, &all(2), false, Duration::ZERO);
+    s.peer_joined(2, &all(2), false, Duration::ZERO);
+    drain(&mut s);
+    s.piece_ok(1, 0, MS);
+    drain(&mut s);
+    assert_eq!(s.piece_ok(2, 1, 2 * MS), Verified::New);
+    let got = drain(&mut s);
+    assert_eq!(got.last(), Some(&Action::Commit));
+    assert_eq!(cancels(&got), vec![(1, 1)]);
+    assert_eq!(s.in_flight(), 0);
+    assert_eq!(s.next_wakeup(), None);
+    s.piece_ok(1, 1, 3 * MS);
+    s.peer_joined(3, &all(2), false, 3 * MS);
+    s.tick(Duration::from_secs(100));
+    assert!(drain(&mut s).is_empty());
+}
+
+#[test]
+fn a_download_that_has_every_piece_commits_at_once() {
+    let mut s = DownloadState::<u32>::new(3, &[true, true, true], opts(2, usize::MAX));
+    assert_eq!(drain(&mut s), vec![Action::Commit]);
+}
+
+#[test]
+fn a_download_past_its_timeout_gives_up_on_a_tick() {
+    let mut s = DownloadState::<u32>::new(3, &[], opts(2, usize::MAX));
+    s.tick(Duration::ZERO);
+    drain(&mut s);
+    s.tick(Duration::from_secs(60));
+    assert_eq!(drain(&mut s), vec![Action::GiveUp]);
+    assert!(s.is_over() && !s.is_complete());
+}
+
+#[test]
+fn the_request_timeout_adds_the_drain_of_two_pipelines() {
+    // (base s, rate, piece, depth) -> timeout ms
+    let table = [
+        (10, None, 1 << 20, 4, 10_000),
+        (10, Some(50 << 20), 1 << 20, 4, 10_160), // 8 MiB at 50 MiB/s
+        (10, Some(50 << 20), 4 << 20, 4, 10_640), // the blob's own piece length
+        (1, Some(0), 1 << 20, 4, 1_000),
+    ];
+    for (base, rate, piece, depth, want) in table {
+        let got = request_timeout(Duration::from_secs(base), rate, piece, depth);
+        assert_eq!(got.as_millis(), want, "{rate:?} {piece} {depth}");
+    }
+}
+
+/// What a scripted peer does with the next request in flight.
+#[derive(Clone, Copy, Debug)]
+enum Reply {
+    Ok,
+    Busy,
+    NotHave,
+    Corrupt,
+    Silent,
+}
+
+fn reply() -> impl Strategy<Value = Reply> {
+    prop_oneof![
+        6 => Just(Reply::Ok),
+        2 => Just(Reply::Busy),
+        1 => Just(Reply::NotHave),
+        1 => Just(Reply::Silent),
+        1 => Just(Reply::Corrupt),
+    ]
+}
+
+proptest! {
+    /// Whatever the peers answer, the state and its picker agree on what is in flight, no
+    /// action follows the commit, and a download with an honest seed among its peers ends
+    /// complete once its peers answer.
+    #[test]
+    fn any_replies_keep_the_books_and_finish(
+        num_pieces in 1u32..40,
+        total in prop_oneof![Just(usize::MAX), 1usize..6],
+        replies in proptest::collection::vec((reply(), 0usize..8), 0..300),
+    ) {
+        run_case(num_pieces, total, &replies)?;
+    }
+}
+
+/// The body of `any_replies_keep_the_books_and_finish`.
+fn run_case(num_pieces: u32, total: usize, replies: &[(Reply, usize)]) -> Result<(), TestCaseError> {
+    let peers = [1u32, 2, 3, 9];
+    let mut o = opts(3, total);
+    o.download_timeout = Duration::from_secs(24 * 3600);
+    let mut s = DownloadState::<u32>::new(num_pieces, &[], o);
+    let mut inflight: Vec<(u32, u32)> = Vec::new();
+    let mut now = Duration::ZERO;
+    let mut committed = false;
+    let take = |s: &mut DownloadState<u32>, inflight: &mut Vec<(u32, u32)>, committed: &mut bool| {
+        for a in drain(s) {
+            prop_assert!(!*committed, "{a:?} after the commit");
+            match a {
+                Action::Request { peer, piece } => inflight.push((peer, piece)),
+                Action::Cancel { peer, piece } => inflight.retain(|r| *r != (peer, piece)),
+                Action::Commit => *committed = true,
+                Action::Have { .. } | Action::Announce | Action::GiveUp => {}
+            }
+        }
+        Ok(())
+    };
+    for (k, &p) in (0u32..).zip(peers.iter()) {
+        // Peer 3 has the first half only; 9 is an origin.
+        let bits = if p == 3 { pack_bits(num_pieces, |i| i < num_pieces / 2) } else { all(num_pieces) };
+        s.peer_joined(p, &bits, p == 9, now + k * MS);
+        take(&mut s, &mut inflight, &mut committed)?;
+    }
+    for &(r, pick) in replies {
+        now += 7 * MS;
+        if inflight.is_empty() {
+            s.tick(now);
+        } else {
+            let (peer, piece) = inflight.remove(pick % inflight.len());
+            // The origin never lies: some peer can always finish the download.
+            let r = if peer == 9 && matches!(r, Reply::Corrupt | Reply::NotHave) { Reply::Ok } else { r };
+            match r {
+                Reply::Ok => {
+                    s.piece_ok(peer, piece, now);
+                }
+                Reply::Busy => s.rejected(peer, piece, true, now),
+                Reply::NotHave => s.rejected(peer, piece, false, now),
+                Reply::Corrupt => {
+                    s.piece_failed(peer, piece, now);
+                    inflight.retain(|(p, _)| *p != peer);
+                }
+                Reply::Silent => s.tick(now),
+            }
+        }
+        take(&mut s, &mut inflight, &mut committed)?;
+        if !s.is_over() {
+            check(&s, &peers);
+        }
+    }
+    // Then every peer answers every request honestly, ticking past every deadline.
+    for _ in 0..10_000 {
+        if committed {
+            break;
+        }
+        if let Some((peer, piece)) = inflight.pop() {
+            now += MS;
+            s.piece_ok(peer, piece, now);
+        } else {
+            now += Duration::from_millis(500);
+            s.tick(now);
+        }
+        take(&mut s, &mut inflight, &mut committed)?;
+    }
+    prop_assert!(
+        committed,
+        "the download never committed: missing {}, in flight {}, peers {:?}, asked {:?}, over {}",
+        s.picker().missing(),
+        s.in_flight(),
+        s.peers(),
+        inflight,
+        s.is_over()
+    );
+    prop_assert!(s.is_complete());
+    Ok(())
+}
