@@ -82,6 +82,27 @@ pub fn request_timeout(
     base.saturating_add(drain)
 }
 
+/// Which entries of a tracker's handout to dial, in handout order: every origin (the seeds of
+/// last resort), and other peers while fewer than `max_peers` are open, counting the `open`
+/// ones and every entry dialed here; never this node itself.
+pub fn peers_to_dial<T>(
+    handout: impl IntoIterator<Item = T>,
+    open: usize,
+    max_peers: usize,
+    is_origin: impl Fn(&T) -> bool,
+    is_self: impl Fn(&T) -> bool,
+) -> Vec<T> {
+    let room = max_peers.saturating_sub(open);
+    let mut dials = Vec::new();
+    for p in handout {
+        if is_self(&p) || (dials.len() >= room && !is_origin(&p)) {
+            continue;
+        }
+        dials.push(p);
+    }
+    dials
+}
+
 /// What the driver is to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action<P> {
@@ -128,6 +149,8 @@ pub struct DownloadState<P> {
     announcing: bool,
     /// Committing or given up: events no longer matter.
     over: bool,
+    /// Requests expired so far.
+    timeouts: u64,
     actions: VecDeque<Action<P>>,
 }
 
@@ -146,6 +169,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> DownloadState<P> {
             next_announce: Duration::ZERO,
             announcing: false,
             over: false,
+            timeouts: 0,
             actions: VecDeque::new(),
         };
         if s.picker.is_complete() {
@@ -177,6 +201,11 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> DownloadState<P> {
     /// Joined peers, in join order.
     pub fn peers(&self) -> &[P] {
         &self.peers
+    }
+
+    /// Requests that expired so far.
+    pub fn timeouts(&self) -> u64 {
+        self.timeouts
     }
 
     /// Requests in flight.
@@ -318,6 +347,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> DownloadState<P> {
         let mut expired: Vec<(P, u32)> = self.pending.iter().filter(|(_, due)| **due <= now).map(|(k, _)| *k).collect();
         if !expired.is_empty() {
             expired.sort_unstable();
+            self.timeouts += expired.len() as u64;
             for (peer, piece) in expired {
                 self.pending.remove(&(peer, piece));
                 self.picker.request_timed_out(peer, piece);

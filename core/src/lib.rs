@@ -7,6 +7,7 @@
 pub mod api;
 pub mod digest;
 pub mod download;
+pub mod handout;
 pub mod manifest;
 pub mod metainfo;
 pub mod peer_id;

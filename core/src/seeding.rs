@@ -30,6 +30,53 @@ pub fn admits_upload(backlog: u64, bytes: u64, max: Option<u64>) -> bool {
     max.is_none_or(|max| backlog == 0 || backlog.saturating_add(bytes) <= max)
 }
 
+/// Why a node refuses to upload a piece it was asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// It lacks the piece (answered `NotHave`).
+    NotHave,
+    /// Its upload backlog is full (answered `Busy`).
+    Backlog,
+    /// The connection has no upload permit left (answered `Busy`).
+    Permits,
+    /// An origin's super-seeding budget refuses the piece for now (answered `Busy`).
+    Seeding,
+}
+
+impl Refusal {
+    /// Whether the answer is `Busy` (ask again later) rather than `NotHave`.
+    pub fn is_busy(self) -> bool {
+        self != Refusal::NotHave
+    }
+}
+
+/// The serving rule of every node, and of the simulator: whether to upload a requested
+/// piece, deciding in this order. A piece the node lacks is refused as not-have. Then the
+/// upload backlog (`backlog`: try to reserve room for the piece, `None` when the bound is
+/// reached), the connection's upload permits (`permit`: try to take one), and last, on an
+/// origin, the super-seeding budget (`budget`: the blob's budget and the piece), which counts
+/// what it admits and so is asked only once the rest admitted the upload. A reservation taken
+/// before a later refusal is dropped, which gives it back. On success the caller holds both
+/// reservations for the length of the upload.
+pub fn admit_upload<B, U>(
+    has_piece: bool,
+    backlog: impl FnOnce() -> Option<B>,
+    permit: impl FnOnce() -> Option<U>,
+    budget: Option<(&mut SeedBudget, u32)>,
+) -> Result<(B, U), Refusal> {
+    if !has_piece {
+        return Err(Refusal::NotHave);
+    }
+    let backlog = backlog().ok_or(Refusal::Backlog)?;
+    let permit = permit().ok_or(Refusal::Permits)?;
+    if let Some((budget, piece)) = budget
+        && !budget.admit(piece)
+    {
+        return Err(Refusal::Seeding);
+    }
+    Ok((backlog, permit))
+}
+
 /// Upload counts of one blob at one seed.
 #[derive(Clone, Debug)]
 pub struct SeedBudget {
@@ -103,6 +150,43 @@ mod tests {
         for (backlog, bytes, max, want) in cases {
             assert_eq!(admits_upload(backlog, bytes, max), want, "{backlog} + {bytes} in {max:?}");
         }
+    }
+
+    #[test]
+    fn the_serving_rule_decides_in_order_and_counts_only_what_it_admits() {
+        // (has, backlog room, permit, seed budget admits) -> answer
+        let table = [
+            (false, true, true, true, Err(Refusal::NotHave)),
+            (false, false, false, false, Err(Refusal::NotHave)),
+            (true, false, false, false, Err(Refusal::Backlog)),
+            (true, true, false, false, Err(Refusal::Permits)),
+            (true, true, true, false, Err(Refusal::Seeding)),
+            (true, true, true, true, Ok(((), ()))),
+        ];
+        for (has, room, permit, fresh, want) in table {
+            let mut budget = SeedBudget::new(2);
+            if !fresh {
+                budget.admit(0);
+            }
+            let before = budget.unsent();
+            let mut asked = Vec::new();
+            let got = admit_upload(
+                has,
+                || {
+                    asked.push("backlog");
+                    room.then_some(())
+                },
+                || permit.then_some(()),
+                Some((&mut budget, 0)),
+            );
+            assert_eq!(got, want, "{has} {room} {permit} {fresh}");
+            assert_eq!(asked.is_empty(), !has, "the backlog is asked only for a piece we have");
+            let counted = budget.unsent() != before;
+            assert_eq!(counted, got.is_ok() && fresh, "the budget counts only an admitted upload");
+        }
+        // Without a budget (not an origin), only the first three rules apply.
+        assert_eq!(admit_upload(true, || Some(1), || Some(2), None), Ok((1, 2)));
+        assert!(Refusal::Seeding.is_busy() && Refusal::Backlog.is_busy() && !Refusal::NotHave.is_busy());
     }
 
     #[test]

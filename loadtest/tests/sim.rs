@@ -191,14 +191,6 @@ fn origin_priority_experiment_completes_and_replays() {
 }
 
 #[test]
-fn topup_cancelled_experiment_completes_and_replays() {
-    let cfg = SimConfig { hosts: 25, topup_cancelled: true, ..small(13) };
-    let r = run(&cfg);
-    assert_valid(&r, &cfg);
-    assert_eq!(r, run(&cfg));
-}
-
-#[test]
 fn bounded_uploads_per_host_experiment_completes_without_timeouts() {
     let cfg = SimConfig { hosts: 25, max_uploads_per_host: Some(4), ..small(12) };
     let r = run(&cfg);
@@ -209,9 +201,22 @@ fn bounded_uploads_per_host_experiment_completes_without_timeouts() {
 }
 
 #[test]
-fn upload_backlog_default_is_the_swarms() {
+fn defaults_are_the_services() {
     let swarm = shoal_swarm::SwarmConfig::default();
+    let tracker = shoal_tracker::Config::default();
     let sim = SimConfig::default();
+    assert_eq!(sim.max_peers, tracker.max_peers);
+    assert_eq!(sim.announce_interval, tracker.announce_interval.get().as_secs_f64());
+    assert_eq!(sim.origin_replicas, shoal_origin::config::Config::default().origin_replicas);
+    assert_eq!(sim.max_peers_per_blob, swarm.max_peers_per_blob);
+    assert_eq!(sim.max_connections, swarm.max_connections);
+    assert_eq!(sim.request_timeout, swarm.request_timeout.get().as_secs_f64());
+    assert_eq!(sim.request_window, Some(swarm.request_window.get().as_secs_f64()));
+    // And the settings the downloads are built from are the swarm's where the run sets none.
+    let built = sim.swarm_config();
+    assert_eq!(built.download_timeout, swarm.download_timeout);
+    assert_eq!(built.request_timeout, swarm.request_timeout);
+    assert_eq!(built.request_window, swarm.request_window);
     assert_eq!(sim.upload_backlog, Some(swarm.upload_backlog.get().as_secs_f64()));
     assert_eq!(sim.max_uploads_per_connection, swarm.max_uploads_per_connection);
     assert_eq!((sim.pipeline_depth, sim.origin_pipeline_depth), (swarm.pipeline_depth, swarm.origin_pipeline_depth));

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
+use shoal_core::seeding;
 use shoal_core::wire::{self, DecodeError, Message, PROTOCOL_VERSION, RejectReason};
 use shoal_core::{Digest, PeerId};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -508,19 +509,23 @@ impl Reader {
             return reject(RejectReason::UnknownBlob);
         };
         let Some(idx) = entry.meta.piece(piece) else { return reject(RejectReason::NotHave) };
-        if !entry.has_piece(piece) {
-            return reject(RejectReason::NotHave);
-        }
-        // A capped node queues at most `upload_backlog` of work; beyond that the requester is
-        // better served by another peer.
-        let Some(backlog) = self.node.admit_upload(u64::from(entry.meta.piece_len(idx))) else {
-            return reject(RejectReason::Busy);
+        // The serving rule (`seeding::admit_upload`, which the simulator runs too): a capped
+        // node queues at most `upload_backlog` of work, a connection carries at most
+        // `max_uploads_per_connection` uploads, and an origin sends every piece once before it
+        // sends any piece twice; beyond that the requester is better served by another peer.
+        let admitted = {
+            let mut budget = self.node.is_origin.then(|| entry.seed_budget.lock());
+            seeding::admit_upload(
+                entry.has_piece(piece),
+                || self.node.admit_upload(u64::from(entry.meta.piece_len(idx))),
+                || self.uploads.clone().try_acquire_owned().ok(),
+                budget.as_deref_mut().map(|b| (b, piece)),
+            )
         };
-        let Ok(permit) = self.uploads.clone().try_acquire_owned() else { return reject(RejectReason::Busy) };
-        // An origin sends every piece once before it sends any piece twice.
-        if self.node.is_origin && !entry.seed_budget.lock().admit(piece) {
-            return reject(RejectReason::Busy);
-        }
+        let (backlog, permit) = match admitted {
+            Ok(reserved) => reserved,
+            Err(r) => return reject(if r.is_busy() { RejectReason::Busy } else { RejectReason::NotHave }),
+        };
         let node = self.node.clone();
         let conn = self.conn.clone();
         let serving = self.serving.clone();

@@ -1,11 +1,14 @@
-//! The download actor: one task per blob being downloaded.
+//! The download actor: one task per blob being downloaded, a thin driver of
+//! [`shoal_core::download::DownloadState`].
 //!
-//! It owns the blob's [`Picker`] and the deadlines of its requests; connections send it
-//! [`Event`]s and it answers by sending requests and cancels through connection handles. Piece
-//! data never passes through it: a connection verifies and writes a piece, then reports it.
-//! It announces to the tracker (at once, then at the tracker's interval), dials the peers it
-//! is handed, and when every piece is present commits the blob after the whole-blob sha256
-//! check.
+//! The state decides (which piece to request from whom, when to give a request up, when a
+//! busy peer may be asked again, when to announce, when to commit); this task feeds it the
+//! connections' [`Event`]s and its timer's ticks with the time since the download started,
+//! and carries out its actions: requests and cancels through connection handles, `Have`s to
+//! the blob's peers, announces (which dial the peers handed out), the commit. The load-test
+//! simulator drives the same state on virtual time. Piece data never passes through here: a
+//! connection verifies and writes a piece, then reports it. When every piece is present the
+//! blob is committed after the whole-blob sha256 check.
 //!
 //! State machine (see `STATE.md` beside this file): Running → Committing → Complete, or
 //! Failed on timeout, store error or shutdown. Pieces and partial files survive a failure,
@@ -16,7 +19,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_core::api::AnnounceRequest;
-use shoal_core::picker::{Picker, PickerOptions, window_pieces};
+use shoal_core::download::{
+    ANNOUNCE_RETRY, Action, DownloadOptions, DownloadState, TICK, Verified, peers_to_dial, request_timeout,
+};
+use shoal_core::picker::{PickerOptions, window_pieces};
 use shoal_core::seeding::BUSY_BACKOFF;
 use shoal_core::wire::Message;
 use shoal_core::{Digest, PeerId};
@@ -70,39 +76,45 @@ pub(crate) enum Event {
     },
 }
 
-/// How often the actor checks request deadlines.
-const TICK: Duration = Duration::from_millis(100);
-/// Re-announce at least this often while the download has no peer with pieces we need.
-const STALLED_ANNOUNCE: Duration = Duration::from_millis(500);
+/// The settings of one download of pieces of `piece_length` on a node whose link takes
+/// `ingress_rate` bytes/s (`None`: uncapped): the picker's caps, the request window, and the
+/// request timeout with the drain of a full pipeline added. The simulator builds its
+/// downloads with this too.
+pub fn download_options(cfg: &SwarmConfig, ingress_rate: Option<u64>, piece_length: u32, seed: u64) -> DownloadOptions {
+    DownloadOptions {
+        picker: PickerOptions {
+            max_outstanding_per_peer: cfg.pipeline_depth,
+            max_outstanding_per_origin: cfg.origin_pipeline_depth,
+            seed,
+            stripe_lookahead: cfg.stripe_lookahead,
+            max_outstanding_total: window_pieces(
+                ingress_rate,
+                cfg.request_window.get(),
+                u64::from(piece_length),
+                cfg.pipeline_depth.saturating_mul(2),
+            ),
+            ..PickerOptions::default()
+        },
+        request_timeout: request_timeout(cfg.request_timeout.get(), ingress_rate, piece_length, cfg.pipeline_depth),
+        download_timeout: cfg.download_timeout.get(),
+        busy_backoff: Some(BUSY_BACKOFF),
+    }
+}
 
 struct Actor {
     node: Arc<Node>,
     entry: Arc<BlobEntry>,
-    picker: Picker<PeerId>,
-    peers: HashMap<PeerId, Arc<ConnHandle>>,
-    /// Deadline of every request in flight.
-    pending: HashMap<(PeerId, u32), Instant>,
-    /// Peers that answered "busy", and until when they are not asked.
-    backoff: HashMap<PeerId, Instant>,
-    request_timeout: Duration,
+    state: DownloadState<PeerId>,
+    /// The connection of every peer that joined.
+    conns: HashMap<PeerId, Arc<ConnHandle>>,
+    started: Instant,
 }
 
-/// The picker's settings for a download of pieces of `piece_length` over a link that takes
-/// `ingress_rate` bytes/s (`None`: uncapped).
-fn picker_options(cfg: &SwarmConfig, ingress_rate: Option<u64>, piece_length: u32, seed: u64) -> PickerOptions {
-    PickerOptions {
-        max_outstanding_per_peer: cfg.pipeline_depth,
-        max_outstanding_per_origin: cfg.origin_pipeline_depth,
-        seed,
-        stripe_lookahead: cfg.stripe_lookahead,
-        max_outstanding_total: window_pieces(
-            ingress_rate,
-            cfg.request_window.get(),
-            u64::from(piece_length),
-            cfg.pipeline_depth.saturating_mul(2),
-        ),
-        ..PickerOptions::default()
-    }
+/// How a round of actions ended.
+enum Next {
+    Running,
+    Commit,
+    GiveUp,
 }
 
 pub(crate) async fn run(
@@ -113,69 +125,42 @@ pub(crate) async fn run(
 ) -> Result<(), SwarmError> {
     let meta = entry.meta.clone();
     let digest = meta.digest();
-    let have = partial.have();
     let cfg = &node.cfg;
     let seed = if cfg.picker_seed == 0 { rand::random() } else { cfg.picker_seed };
-    let opts = picker_options(cfg, node.ingress.rate(), meta.piece_length(), seed);
-    // A capped link needs time to drain a full pipeline before the last request is served.
-    let drain = node
-        .ingress
-        .rate()
-        .map(|r| Duration::from_secs_f64(meta.piece_length() as f64 * cfg.pipeline_depth as f64 * 2.0 / r as f64))
-        .unwrap_or_default();
+    let opts = download_options(cfg, node.ingress.rate(), meta.piece_length(), seed);
     let mut actor = Actor {
-        picker: Picker::new(meta.num_pieces(), &have, opts),
-        peers: HashMap::new(),
-        pending: HashMap::new(),
-        backoff: HashMap::new(),
-        request_timeout: cfg.request_timeout.get() + drain,
+        state: DownloadState::new(meta.num_pieces(), &partial.have(), opts),
+        conns: HashMap::new(),
+        started: Instant::now(),
         node: node.clone(),
         entry: entry.clone(),
     };
-    let deadline = Instant::now() + cfg.download_timeout.get();
-    let mut next_announce = Instant::now();
-    let mut announcing = false;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-    while !actor.picker.is_complete() {
+    loop {
+        match actor.apply() {
+            Next::Running => {}
+            Next::Commit => break,
+            Next::GiveUp => {
+                return Err(SwarmError::Timeout { digest, secs: cfg.download_timeout.get().as_secs() });
+            }
+        }
         tokio::select! {
             ev = rx.recv() => match ev {
                 None => return Err(SwarmError::ShuttingDown),
-                Some(Event::Announced { interval }) => {
-                    announcing = false;
-                    let stalled = actor.peers.is_empty();
-                    next_announce = Instant::now() + if stalled { interval.min(STALLED_ANNOUNCE) } else { interval };
-                }
                 Some(Event::StoreFailed { error }) => return Err(SwarmError::Store(error)),
                 Some(ev) => actor.handle(ev),
             },
             _ = tick.tick() => {
-                let now = Instant::now();
-                if now >= deadline {
-                    return Err(SwarmError::Timeout { digest, secs: cfg.download_timeout.get().as_secs() });
-                }
-                actor.expire(now);
-                if now >= next_announce && !announcing {
-                    announcing = true;
-                    let (n, e) = (node.clone(), entry.clone());
-                    tokio::spawn(async move {
-                        let interval = announce_and_connect(&n, &e).await;
-                        if let Some(a) = e.actor() {
-                            let _ = a.send(Event::Announced { interval });
-                        }
-                    });
-                }
+                let before = actor.state.timeouts();
+                actor.state.tick(actor.now());
+                node.metrics.requests_timed_out.inc_by(actor.state.timeouts() - before);
             }
         }
     }
 
-    // Every piece is present: cancel leftovers, check the whole blob, commit.
-    for (peer, piece) in actor.pending.keys() {
-        if let Some(c) = actor.peers.get(peer) {
-            c.send(&Message::Cancel { blob: digest, piece: *piece });
-        }
-    }
+    // Every piece is present and the leftovers are cancelled: check the whole blob, commit.
     let root = node.store.root().to_path_buf();
     let p = partial.clone();
     node.store.blocking().run(move || p.commit(&root)).await?;
@@ -191,28 +176,25 @@ pub(crate) async fn run(
 }
 
 impl Actor {
+    fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
     fn handle(&mut self, ev: Event) {
+        let now = self.now();
         match ev {
             Event::PeerBitfield { conn, bits } => {
                 let peer = conn.peer_id;
                 if self.node.is_blacklisted(Some(&peer), None) {
                     return;
                 }
-                self.picker.peer_joined(peer, &bits, conn.is_origin);
-                self.peers.insert(peer, conn);
-                self.fill(peer);
+                let is_origin = conn.is_origin;
+                self.conns.insert(peer, conn);
+                self.state.peer_joined(peer, &bits, is_origin, now);
             }
-            Event::Have { peer, piece } => {
-                self.picker.peer_have(peer, piece);
-                self.fill(peer);
-            }
+            Event::Have { peer, piece } => self.state.peer_have(peer, piece, now),
             Event::PieceOk { peer, piece, len, from_origin } => {
-                self.pending.remove(&(peer, piece));
-                if self.picker.have(piece) {
-                    // The second of two endgame copies that passed `has_piece` together: its
-                    // request was settled (and cancelled) with the first, which was counted
-                    // and announced.
-                    self.refill(peer);
+                if self.state.piece_ok(peer, piece, now) != Verified::New {
                     return;
                 }
                 let metrics = &self.node.metrics;
@@ -220,46 +202,52 @@ impl Actor {
                 metrics.bytes_in.with_label_values(&[if from_origin { "origin" } else { "peer" }]).inc_by(len);
                 let counter = if from_origin { &self.entry.from_origin } else { &self.entry.from_peers };
                 counter.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
-                let cancels = self.picker.piece_verified(peer, piece);
-                let blob = self.entry.meta.digest();
-                for other in &cancels {
-                    self.pending.remove(&(*other, piece));
-                    if let Some(c) = self.peers.get(other) {
-                        c.send(&Message::Cancel { blob, piece });
-                    }
-                }
-                self.announce_have(piece);
-                self.refill(peer);
             }
             Event::PieceBad { peer, piece } => {
                 tracing::warn!(%peer, piece, blob = %self.entry.meta.digest(), "corrupt piece; dropping peer");
-                self.picker.piece_failed(peer, piece);
-                self.drop_peer(peer);
+                self.state.piece_failed(peer, piece, now);
+                self.conns.remove(&peer);
             }
-            Event::Rejected { peer, piece, busy } => {
-                if self.pending.remove(&(peer, piece)).is_some() {
-                    if busy {
-                        self.picker.request_deferred(peer, piece);
-                        self.backoff.insert(peer, Instant::now() + BUSY_BACKOFF);
-                        // The piece may be available elsewhere.
-                        self.fill_all();
-                        return;
-                    }
-                    self.picker.request_rejected(peer, piece);
-                }
-                self.refill(peer);
+            Event::Rejected { peer, piece, busy } => self.state.rejected(peer, piece, busy, now),
+            Event::PeerGone { peer } => {
+                self.state.peer_left(peer, now);
+                self.conns.remove(&peer);
             }
-            Event::PeerGone { peer } => self.drop_peer(peer),
-            Event::StoreFailed { .. } | Event::Announced { .. } => {}
+            Event::Announced { interval } => self.state.announced(interval, now),
+            Event::StoreFailed { .. } => {}
         }
     }
 
-    fn drop_peer(&mut self, peer: PeerId) {
-        self.picker.peer_left(peer);
-        self.peers.remove(&peer);
-        self.backoff.remove(&peer);
-        self.pending.retain(|(p, _), _| *p != peer);
-        self.fill_all();
+    /// Carries out the state's actions.
+    fn apply(&mut self) -> Next {
+        let blob = self.entry.meta.digest();
+        while let Some(action) = self.state.poll() {
+            match action {
+                Action::Request { peer, piece } => {
+                    if let Some(c) = self.conns.get(&peer) {
+                        c.send(&Message::Request { blob, piece });
+                    }
+                }
+                Action::Cancel { peer, piece } => {
+                    if let Some(c) = self.conns.get(&peer) {
+                        c.send(&Message::Cancel { blob, piece });
+                    }
+                }
+                Action::Have { piece } => self.announce_have(piece),
+                Action::Announce => {
+                    let (n, e) = (self.node.clone(), self.entry.clone());
+                    tokio::spawn(async move {
+                        let interval = announce_and_connect(&n, &e).await;
+                        if let Some(a) = e.actor() {
+                            let _ = a.send(Event::Announced { interval });
+                        }
+                    });
+                }
+                Action::Commit => return Next::Commit,
+                Action::GiveUp => return Next::GiveUp,
+            }
+        }
+        Next::Running
     }
 
     /// Records a new piece where uploads see it, and tells every peer of the blob.
@@ -279,63 +267,6 @@ impl Actor {
             }
         }
     }
-
-    /// Tops up `peer`'s pipeline; returns how many requests went out.
-    fn fill(&mut self, peer: PeerId) -> usize {
-        let Some(conn) = self.peers.get(&peer) else { return 0 };
-        if self.backoff.get(&peer).is_some_and(|until| *until > Instant::now()) {
-            return 0;
-        }
-        let blob = self.entry.meta.digest();
-        let due = Instant::now() + self.request_timeout;
-        let pieces = self.picker.next_requests(peer);
-        for &piece in &pieces {
-            conn.send(&Message::Request { blob, piece });
-            self.pending.insert((peer, piece), due);
-        }
-        pieces.len()
-    }
-
-    fn fill_all(&mut self) {
-        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
-        for p in peers {
-            self.fill(p);
-        }
-    }
-
-    /// After a request to `peer` settled: `peer` first, and if it takes nothing while the
-    /// download has room, every other peer. With a request window the freed slot may be one
-    /// that `peer` cannot use (it holds nothing more we lack); left unused, a download whose
-    /// last pieces only another peer holds, an origin say, would wait for an event from that
-    /// peer that never comes, since nothing is in flight to it.
-    fn refill(&mut self, peer: PeerId) {
-        if self.fill(peer) == 0 && self.picker.has_room() {
-            self.fill_all();
-        }
-    }
-
-    fn expire(&mut self, now: Instant) {
-        let rested: Vec<PeerId> = self.backoff.iter().filter(|(_, until)| **until <= now).map(|(p, _)| *p).collect();
-        for p in rested {
-            self.backoff.remove(&p);
-            self.fill(p);
-        }
-        let expired: Vec<(PeerId, u32)> =
-            self.pending.iter().filter(|(_, due)| **due <= now).map(|(k, _)| *k).collect();
-        if expired.is_empty() {
-            return;
-        }
-        let blob = self.entry.meta.digest();
-        for (peer, piece) in &expired {
-            self.pending.remove(&(*peer, *piece));
-            self.node.metrics.requests_timed_out.inc();
-            self.picker.request_timed_out(*peer, *piece);
-            if let Some(c) = self.peers.get(peer) {
-                c.send(&Message::Cancel { blob, piece: *piece });
-            }
-        }
-        self.fill_all();
-    }
 }
 
 /// Announces a downloading blob and dials the peers handed out, opening the blob on each
@@ -353,25 +284,23 @@ async fn announce_and_connect(node: &Arc<Node>, entry: &Arc<BlobEntry>) -> Durat
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(%digest, "announce failed: {e:#}");
-            return Duration::from_secs(1);
+            return ANNOUNCE_RETRY;
         }
     };
-    let have_peers = entry.shared.lock().peers.len();
-    let room = node.cfg.max_peers_per_blob.saturating_sub(have_peers);
-    let mut dials = Vec::new();
-    for p in resp.peers.into_iter() {
-        if p.origin {
-            node.origin_addrs.insert(p.addr, ());
-        }
-        if p.addr == node.advertise || Some(node.peer_id) == p.peer_id {
-            continue;
-        }
-        // Origins are always dialed: they are the seeds of last resort.
-        if dials.len() >= room && !p.origin {
-            continue;
-        }
+    for p in resp.peers.iter().filter(|p| p.origin) {
+        node.origin_addrs.insert(p.addr, ());
+    }
+    let open = entry.shared.lock().peers.len();
+    let handout = peers_to_dial(
+        resp.peers,
+        open,
+        node.cfg.max_peers_per_blob,
+        |p| p.origin,
+        |p| p.addr == node.advertise || Some(node.peer_id) == p.peer_id,
+    );
+    let dials = handout.into_iter().map(|p| {
         let (n, e) = (node.clone(), entry.clone());
-        dials.push(async move {
+        async move {
             if let Some(c) = conn::connect(&n, p.addr, p.origin).await {
                 e.shared.lock().peers.insert(c.peer_id);
                 let bits = e.bitfield();
@@ -383,8 +312,8 @@ async fn announce_and_connect(node: &Arc<Node>, entry: &Arc<BlobEntry>) -> Durat
                     }
                 }
             }
-        });
-    }
+        }
+    });
     futures::future::join_all(dials).await;
     Duration::from_millis(resp.interval_ms.clamp(100, 60_000))
 }
@@ -416,14 +345,14 @@ pub(crate) async fn seed_announcer(node: Arc<Node>, every: Duration) {
 mod tests {
     use shoal_runtime::Duration;
 
-    use super::picker_options;
+    use super::download_options;
     use crate::SwarmConfig;
 
     const MIB: u64 = 1 << 20;
     const PIECE: u32 = 1 << 20;
 
     #[test]
-    fn picker_options_follow_the_config() {
+    fn download_options_follow_the_config() {
         let cfg = SwarmConfig {
             pipeline_depth: 3,
             origin_pipeline_depth: 5,
@@ -431,13 +360,17 @@ mod tests {
             request_window: Duration::from_millis(400),
             ..SwarmConfig::default()
         };
-        let o = picker_options(&cfg, Some(50 * MIB), PIECE, 7);
+        let d = download_options(&cfg, Some(50 * MIB), PIECE, 7);
+        let o = &d.picker;
         assert_eq!(o.max_outstanding_per_peer, 3);
         assert_eq!(o.max_outstanding_per_origin, 5);
         assert_eq!(o.stripe_lookahead, 2);
         assert_eq!(o.seed, 7);
         // 400 ms at 50 MiB/s is 20 pieces of 1 MiB.
         assert_eq!(o.max_outstanding_total, 20);
+        // The request timeout drains two pipelines of this blob's pieces: 6 MiB at 50 MiB/s.
+        assert_eq!(d.request_timeout, cfg.request_timeout.get() + std::time::Duration::from_millis(120));
+        assert_eq!(d.download_timeout, cfg.download_timeout.get());
     }
 
     #[test]
@@ -457,7 +390,7 @@ mod tests {
                 request_window: Duration::from_millis(ms),
                 ..SwarmConfig::default()
             };
-            let o = picker_options(&cfg, rate, PIECE, 1);
+            let o = download_options(&cfg, rate, PIECE, 1).picker;
             assert_eq!(o.max_outstanding_total, want, "{rate:?} {ms}ms depth {depth}");
         }
     }

@@ -10,7 +10,8 @@
 //! An announce for blob `B` from peer `P` at address `A` first records `P` (or refreshes it:
 //! address, `complete` and `origin` are overwritten, `last_seen` becomes now). Any other
 //! peer id at the same address `A` is dropped, because a node that restarted with a new id
-//! is the same listener. Then the answer is, in this order:
+//! is the same listener. Then the answer is composed by `shoal_core::handout::compose`,
+//! which the simulator calls too, in this order:
 //!
 //! 1. Complete peers (seeders) of `B`, in random order.
 //! 2. Then incomplete peers of `B`, in random order.
@@ -43,8 +44,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 use rand::Rng;
-use rand::seq::SliceRandom;
 use shoal_core::api::{AnnounceRequest, PeerInfo};
+use shoal_core::handout;
 use shoal_core::ring::Ring;
 use shoal_core::{Digest, PeerId};
 use tokio::time::Instant;
@@ -199,15 +200,18 @@ impl PeerStore {
             self.remove_if_empty(&req.blob);
         }
 
-        let mut peers = pass.seeders.into_shuffled(rng);
-        peers.extend(pass.leechers.into_shuffled(rng));
-        peers.truncate(self.opts.max_peers);
-        for (addr, known) in pass.owners {
-            if peers.iter().any(|p| p.addr == addr) {
-                continue;
-            }
-            peers.push(known.unwrap_or(PeerInfo { peer_id: None, addr, complete: false, origin: true }));
-        }
+        let owners = pass
+            .owners
+            .into_iter()
+            .map(|(addr, known)| known.unwrap_or(PeerInfo { peer_id: None, addr, complete: false, origin: true }));
+        let peers = handout::compose(
+            pass.seeders.items,
+            pass.leechers.items,
+            self.opts.max_peers,
+            owners,
+            |a, b| a.addr == b.addr,
+            rng,
+        );
         Handout { peers, recorded, purged: pass.purged }
     }
 
@@ -319,7 +323,8 @@ impl Pass {
     }
 }
 
-/// A uniform random sample of at most `cap` items from a stream (Algorithm R).
+/// A uniform random sample of at most `cap` items from a stream (Algorithm R). It picks a
+/// uniform subset but not a uniform order: `handout::compose` shuffles it.
 struct Reservoir {
     items: Vec<PeerInfo>,
     seen: usize,
@@ -341,12 +346,6 @@ impl Reservoir {
                 self.items[j] = item;
             }
         }
-    }
-
-    /// The sample in random order. Algorithm R picks a uniform subset but not a uniform order.
-    fn into_shuffled<R: Rng + ?Sized>(mut self, rng: &mut R) -> Vec<PeerInfo> {
-        self.items.shuffle(rng);
-        self.items
     }
 }
 

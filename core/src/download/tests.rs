@@ -185,6 +185,7 @@ fn expired_requests_are_cancelled_and_asked_again_on_a_tick() {
     s.tick(2000 * MS);
     let got = drain(&mut s);
     assert_eq!(cancels(&got), vec![(1, piece)]);
+    assert_eq!(s.timeouts(), 1);
     // Peer 1's slot is free again, and so is the piece: a peer holding only it gets it.
     let again = requests(&got);
     assert_eq!(again.len(), 1, "{got:?}");
@@ -293,6 +294,20 @@ fn the_request_timeout_adds_the_drain_of_two_pipelines() {
     for (base, rate, piece, depth, want) in table {
         let got = request_timeout(Duration::from_secs(base), rate, piece, depth);
         assert_eq!(got.as_millis(), want, "{rate:?} {piece} {depth}");
+    }
+}
+
+#[test]
+fn dials_go_to_every_origin_and_to_peers_while_there_is_room() {
+    // (peer, origin); 0 is this node.
+    let handout = [(1, false), (0, false), (2, false), (7, true), (3, false), (8, true)];
+    // (open, max) -> dialed
+    let table: [(usize, usize, &[u32]); 4] =
+        [(0, 16, &[1, 2, 7, 3, 8]), (0, 2, &[1, 2, 7, 8]), (1, 3, &[1, 2, 7, 8]), (5, 3, &[7, 8])];
+    for (open, max, want) in table {
+        let got = peers_to_dial(handout, open, max, |p| p.1, |p| p.0 == 0);
+        let got: Vec<u32> = got.into_iter().map(|p| p.0).collect();
+        assert_eq!(got, want, "{open} open of {max}");
     }
 }
 

@@ -33,38 +33,31 @@ pub struct SimArgs {
     /// Origins (each holds the image from the start).
     #[arg(long, default_value_t = 1)]
     pub origins: usize,
-    /// Origins owning each layer.
-    #[arg(long, default_value_t = 3)]
-    pub origin_replicas: usize,
+    /// Origins owning each layer (default: the origins' `origin_replicas`).
+    #[arg(long)]
+    pub origin_replicas: Option<usize>,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// One-way latency of each host to the fabric, microseconds.
     #[arg(long, default_value_t = 100.0)]
     pub latency_us: f64,
-    /// Agent: peers dialed per blob at most.
-    #[arg(long, default_value_t = 16)]
-    pub max_peers_per_blob: usize,
-    /// Picker pipeline depth per peer and per origin.
-    #[arg(long, default_value_t = 4)]
-    pub pipeline: usize,
-    #[arg(long, default_value_t = 4)]
-    pub origin_pipeline: usize,
-    /// Tracker: peers per handout.
-    #[arg(long, default_value_t = 50)]
-    pub max_peers: usize,
-    /// Tracker: announce interval, seconds.
-    #[arg(long, default_value_t = 3.0)]
-    pub announce_interval: f64,
+    /// Agent: peers dialed per blob at most (default: the swarm's).
+    #[arg(long)]
+    pub max_peers_per_blob: Option<usize>,
+    /// Picker pipeline depth per peer and per origin (default: the swarm's).
+    #[arg(long)]
+    pub pipeline: Option<usize>,
+    #[arg(long)]
+    pub origin_pipeline: Option<usize>,
+    /// Tracker: peers per handout (default: the tracker's).
+    #[arg(long)]
+    pub max_peers: Option<usize>,
+    /// Tracker: announce interval, seconds (default: the tracker's).
+    #[arg(long)]
+    pub announce_interval: Option<f64>,
     /// Experiment: origins send the piece they have sent the fewest times first.
     #[arg(long)]
     pub origin_priority: bool,
-    /// Experiment: no endgame duplicates while more than `endgame_pieces` pieces are missing.
-    #[arg(long)]
-    pub late_endgame: bool,
-    /// Experiment: a verified piece also tops up the peers whose duplicate request for it was
-    /// cancelled.
-    #[arg(long)]
-    pub topup_cancelled: bool,
     /// Experiment: a cancelled upload still waiting for egress tokens gives them back.
     #[arg(long)]
     pub refund_cancelled: bool,
@@ -147,16 +140,14 @@ impl SimArgs {
         SimConfig {
             seed: self.seed,
             latency: self.latency_us * 1e-6,
-            origin_replicas: self.origin_replicas,
-            max_peers_per_blob: self.max_peers_per_blob,
-            pipeline_depth: self.pipeline,
-            origin_pipeline_depth: self.origin_pipeline,
-            max_peers: self.max_peers,
-            announce_interval: self.announce_interval,
+            origin_replicas: self.origin_replicas.unwrap_or(base.origin_replicas),
+            max_peers_per_blob: self.max_peers_per_blob.unwrap_or(base.max_peers_per_blob),
+            pipeline_depth: self.pipeline.unwrap_or(base.pipeline_depth),
+            origin_pipeline_depth: self.origin_pipeline.unwrap_or(base.origin_pipeline_depth),
+            max_peers: self.max_peers.unwrap_or(base.max_peers),
+            announce_interval: self.announce_interval.unwrap_or(base.announce_interval),
             origin_fewest_copies_first: self.origin_priority,
             refund_cancelled: self.refund_cancelled,
-            late_endgame: self.late_endgame,
-            topup_cancelled: self.topup_cancelled,
             commit_rate: self.commit_rate.map(|r| r.0 as f64),
             super_seeding: !self.no_super_seeding,
             max_uploads_per_host: self.max_uploads_per_host,

@@ -1,10 +1,12 @@
-//! The event loop of the simulator: hosts, their download actors and the messages between them.
+//! The event loop of the simulator: hosts, their downloads and the messages between them.
 //!
-//! Each handler mirrors one place of the real code: `Bitfield`, `Have`, `Request`, `Reject` and
-//! `Cancel` mirror the reader of `swarm/src/conn.rs`; `PieceDone` and `Deadline` mirror the
-//! `PieceOk` handler and `expire` of `swarm/src/download.rs`; `AnnounceReply` mirrors
-//! `announce_and_connect`. Invariant: the queue is ordered by (time, sequence), and handlers
-//! only schedule events at or after the current time, so virtual time never goes back.
+//! Every download is the real actor's state, [`DownloadState`], built with the swarm's own
+//! [`download_options`], fed the same events and ticked on the same 100 ms grid as
+//! `swarm/src/download.rs` does on the wall clock; [`Sim::apply`] carries out its actions as
+//! messages with the path's delay. `Bitfield`, `Have`, `Request`, `Reject` and `Cancel` mirror
+//! the reader of `swarm/src/conn.rs`; `AnnounceReply` dials with the actor's own
+//! [`peers_to_dial`]. Invariant: the queue is ordered by (time, sequence), and handlers only
+//! schedule events at or after the current time, so virtual time never goes back.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -13,10 +15,12 @@ use std::net::SocketAddr;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use shoal_core::Digest;
+use shoal_core::download::{Action, DownloadState, TICK, Verified, peers_to_dial};
 use shoal_core::metainfo::default_piece_length;
-use shoal_core::picker::{Picker, PickerOptions, window_pieces};
 use shoal_core::ring::{OriginNode, Ring};
-use shoal_core::seeding::{BUSY_BACKOFF, SeedBudget, admits_upload, max_upload_backlog};
+use shoal_core::seeding::{Refusal, SeedBudget, admit_upload, admits_upload, max_upload_backlog};
+use shoal_swarm::SwarmConfig;
+use shoal_swarm::download::download_options;
 use std::time::Duration;
 
 use super::tracker::{Handed, Swarm};
@@ -29,11 +33,9 @@ fn ns(secs: f64) -> Ns {
     (secs * 1e9).ceil() as Ns
 }
 
-/// Re-announce at least this often while a download has no peer (`STALLED_ANNOUNCE`).
-const STALLED_ANNOUNCE: f64 = 0.5;
-/// The download actor's timer (`TICK`): it expires requests and ends busy back-offs only on
-/// its ticks, so both take effect at the first tick after they are due.
-const TICK: Ns = 100_000_000;
+/// The download actor's timer ([`TICK`]): deadlines, back-offs and announces take effect at
+/// the first tick after they are due.
+const TICK_NS: Ns = TICK.as_nanos() as Ns;
 
 /// A message or timer. `to` is the host handling it, `from` the other end.
 enum Ev {
@@ -132,20 +134,11 @@ enum Ev {
         host: u32,
         blob: u32,
     },
-    /// The actor's first tick after `peer`'s busy back-off ended.
-    Rested {
+    /// A tick of `host`'s download of `blob` (scheduled only when the state has something
+    /// due: ticks with nothing to do change nothing, so they are skipped).
+    Tick {
         host: u32,
         blob: u32,
-        peer: u32,
-        until: Ns,
-    },
-    /// The actor's first tick after the deadline of `host`'s request for `piece` to `peer`.
-    Deadline {
-        host: u32,
-        blob: u32,
-        peer: u32,
-        piece: u32,
-        due: Ns,
     },
 }
 
@@ -239,23 +232,24 @@ struct HostBlob {
     actor: Option<Actor>,
 }
 
-/// The download actor's state (`swarm/src/download.rs` `Actor`).
+/// A host's download of one blob: the real actor's state on virtual time.
 struct Actor {
-    picker: Picker<u32>,
-    /// Joined peers in join order; `fill_all` walks them.
-    peers: Vec<u32>,
-    /// Deadline of every request in flight.
-    pending: HashMap<(u32, u32), Ns>,
-    /// Peers that answered busy, and until when they are not asked.
-    backoff: HashMap<u32, Ns>,
-    /// When the actor started: its ticks fall on `started + k·TICK`.
+    state: DownloadState<u32>,
+    /// When the download started: the state's epoch, and its ticks fall on `started + k·TICK`.
     started: Ns,
+    /// The earliest tick scheduled and not yet run.
+    next_tick: Option<Ns>,
 }
 
 impl Actor {
     /// The actor's first tick at or after `t`.
     fn tick_after(&self, t: Ns) -> Ns {
-        self.started + t.saturating_sub(self.started).div_ceil(TICK) * TICK
+        self.started + t.saturating_sub(self.started).div_ceil(TICK_NS) * TICK_NS
+    }
+
+    /// `t` as the state's time.
+    fn at(&self, t: Ns) -> Duration {
+        Duration::from_nanos(t - self.started)
     }
 }
 
@@ -302,7 +296,8 @@ pub(super) struct Sim<'a> {
     /// Uploads waiting for egress tokens, as (server, client, blob, piece): what a cancel
     /// can still stop.
     serving: HashSet<(u32, u32, u32, u32)>,
-    request_timeout: Ns,
+    /// The swarm settings every agent's downloads are built from.
+    swarm: SwarmConfig,
     agents_left: usize,
     events: u64,
     duplicate_bytes: u64,
@@ -405,13 +400,6 @@ impl<'a> Sim<'a> {
                 }
             })
             .collect();
-        let drain = match cfg.agent_down {
-            Some(r) => {
-                let max_piece = layers.iter().map(|l| l.piece_len).max().unwrap_or(0) as f64;
-                max_piece * cfg.pipeline_depth as f64 * 2.0 / r
-            }
-            None => 0.0,
-        };
         let mut sim = Sim {
             cfg,
             layers,
@@ -423,7 +411,7 @@ impl<'a> Sim<'a> {
             now: 0,
             rng: StdRng::seed_from_u64(cfg.seed),
             serving: HashSet::new(),
-            request_timeout: ns(cfg.request_timeout + drain),
+            swarm: cfg.swarm_config(),
             agents_left: n_agents,
             events: 0,
             duplicate_bytes: 0,
@@ -565,18 +553,17 @@ impl<'a> Sim<'a> {
             Ev::Bitfield { to, from, blob, bits } => {
                 self.open(to, from, blob);
                 let is_origin = self.hosts[from as usize].origin;
-                if let Some(actor) = self.blob(to, blob).actor.as_mut() {
-                    actor.picker.peer_joined(from, &bits, is_origin);
-                    if !actor.peers.contains(&from) {
-                        actor.peers.push(from);
-                    }
-                    self.fill(to, blob, from);
+                let now = self.now;
+                if let Some(a) = self.blob(to, blob).actor.as_mut() {
+                    a.state.peer_joined(from, &bits, is_origin, a.at(now));
+                    self.apply(to, blob);
                 }
             }
             Ev::Have { to, from, blob, piece } => {
-                if let Some(actor) = self.blob(to, blob).actor.as_mut() {
-                    actor.picker.peer_have(from, piece);
-                    self.fill(to, blob, from);
+                let now = self.now;
+                if let Some(a) = self.blob(to, blob).actor.as_mut() {
+                    a.state.peer_have(from, piece, a.at(now));
+                    self.apply(to, blob);
                 }
             }
             Ev::Request { to, from, blob, piece } => self.serve(to, from, blob, piece),
@@ -616,29 +603,10 @@ impl<'a> Sim<'a> {
             }
             Ev::PieceDone { to, from, blob, piece } => self.piece_done(to, from, blob, piece),
             Ev::Reject { to, from, blob, piece, busy } => {
-                let backoff = self.cfg.busy_backoff;
                 let now = self.now;
-                let Some(actor) = self.blob(to, blob).actor.as_mut() else { return };
-                if actor.pending.remove(&(from, piece)).is_some() {
-                    if busy && backoff {
-                        actor.picker.request_deferred(from, piece);
-                        let until = now + BUSY_BACKOFF.as_nanos() as Ns;
-                        actor.backoff.insert(from, until);
-                        let t = actor.tick_after(until);
-                        self.push(t, Ev::Rested { host: to, blob, peer: from, until });
-                        // The piece may be available elsewhere.
-                        self.fill_all(to, blob);
-                        return;
-                    }
-                    actor.picker.request_rejected(from, piece);
-                }
-                self.refill(to, blob, from);
-            }
-            Ev::Rested { host, blob, peer, until } => {
-                let Some(actor) = self.blob(host, blob).actor.as_mut() else { return };
-                if actor.backoff.get(&peer) == Some(&until) {
-                    actor.backoff.remove(&peer);
-                    self.fill(host, blob, peer);
+                if let Some(a) = self.blob(to, blob).actor.as_mut() {
+                    a.state.rejected(from, piece, busy, a.at(now));
+                    self.apply(to, blob);
                 }
             }
             Ev::Cancel { to, from, blob, piece } => {
@@ -658,64 +626,46 @@ impl<'a> Sim<'a> {
                     }
                 }
             }
-            Ev::Deadline { host, blob, peer, piece, due } => {
-                let Some(actor) = self.blob(host, blob).actor.as_mut() else { return };
-                if actor.pending.get(&(peer, piece)) != Some(&due) {
-                    return;
+            Ev::Tick { host, blob } => {
+                let now = self.now;
+                let Some(a) = self.blob(host, blob).actor.as_mut() else { return };
+                if a.next_tick == Some(now) {
+                    a.next_tick = None;
                 }
-                actor.pending.remove(&(peer, piece));
-                actor.picker.request_timed_out(peer, piece);
-                self.timeouts += 1;
-                let t = self.now + self.delay(host, peer);
-                self.push(t, Ev::Cancel { to: peer, from: host, blob, piece });
-                self.fill_all(host, blob);
+                a.state.tick(a.at(now));
+                self.apply(host, blob);
             }
         }
     }
 
+    /// The agent starts a download of every layer; the first tick of each announces.
     fn start(&mut self, host: u32) {
         let cfg = self.cfg;
         for blob in 0..self.layers.len() as u32 {
-            let opts = PickerOptions {
-                max_outstanding_per_peer: cfg.pipeline_depth,
-                max_outstanding_per_origin: cfg.origin_pipeline_depth,
-                seed: splitmix(cfg.seed ^ (u64::from(host) << 16) ^ u64::from(blob)),
-                endgame_pieces: cfg.endgame_pieces,
-                stripe_lookahead: cfg.stripe_lookahead,
-                max_outstanding_total: window_pieces(
-                    cfg.agent_down.map(|r| r as u64),
-                    Duration::from_secs_f64(cfg.request_window.unwrap_or(0.0)),
-                    self.layers[blob as usize].piece_len,
-                    cfg.pipeline_depth.saturating_mul(2),
-                ),
-                ..PickerOptions::default()
-            };
-            let picker = Picker::new(self.layers[blob as usize].num_pieces, &[], opts);
-            let actor = Actor {
-                picker,
-                peers: Vec::new(),
-                pending: HashMap::new(),
-                backoff: HashMap::new(),
-                started: self.now,
-            };
-            self.blob(host, blob).actor = Some(actor);
-            let t = self.now + self.hosts[host as usize].latency;
-            self.push(t, Ev::Announce { host, blob, complete: false });
+            let layer = &self.layers[blob as usize];
+            let seed = splitmix(cfg.seed ^ (u64::from(host) << 16) ^ u64::from(blob));
+            let piece_len = u32::try_from(layer.piece_len).expect("pieces are at most 4 MiB");
+            let mut opts = download_options(&self.swarm, cfg.agent_down.map(|r| r as u64), piece_len, seed);
+            opts.picker.endgame_pieces = cfg.endgame_pieces;
+            if !cfg.busy_backoff {
+                opts.busy_backoff = None;
+            }
+            let state = DownloadState::new(layer.num_pieces, &[], opts);
+            self.blob(host, blob).actor = Some(Actor { state, started: self.now, next_tick: None });
+            self.apply(host, blob);
         }
     }
 
-    /// `announce_and_connect`: dial up to `max_peers_per_blob` minus the peers already open,
-    /// origins always; then announce again after the interval (sooner while stalled).
+    /// `announce_and_connect`: dial what [`peers_to_dial`] picks (up to `max_peers_per_blob`
+    /// minus the peers already open, origins always), then tell the state when to announce
+    /// again.
     fn announce_reply(&mut self, host: u32, blob: u32, peers: &[Handed]) {
-        let Some(actor) = self.blob(host, blob).actor.as_ref() else { return };
-        let stalled = actor.peers.is_empty();
-        let room = self.cfg.max_peers_per_blob.saturating_sub(self.blob(host, blob).peers.len());
-        let mut dials = 0;
-        for p in peers {
-            if p.host == host || (dials >= room && !p.origin) {
-                continue;
-            }
-            dials += 1;
+        if self.blob(host, blob).actor.is_none() {
+            return;
+        }
+        let open = self.blob(host, blob).peers.len();
+        let dials = peers_to_dial(peers.iter(), open, self.swarm.max_peers_per_blob, |p| p.origin, |p| p.host == host);
+        for p in dials {
             if self.hosts[host as usize].conns.contains_key(&p.host) {
                 self.open(host, p.host, blob);
             } else {
@@ -724,10 +674,12 @@ impl<'a> Sim<'a> {
                 self.push(t, Ev::Dial { from: host, to: p.host, blob });
             }
         }
-        let interval = self.cfg.announce_interval;
-        let next = if stalled { interval.min(STALLED_ANNOUNCE) } else { interval };
-        let t = self.now + ns(next) + self.hosts[host as usize].latency;
-        self.push(t, Ev::Announce { host, blob, complete: false });
+        let interval = Duration::from_secs_f64(self.cfg.announce_interval);
+        let now = self.now;
+        if let Some(a) = self.blob(host, blob).actor.as_mut() {
+            a.state.announced(interval, a.at(now));
+            self.apply(host, blob);
+        }
     }
 
     fn dial(&mut self, from: u32, to: u32, blob: u32) {
@@ -760,53 +712,55 @@ impl<'a> Sim<'a> {
         self.push(t, Ev::Bitfield { to: peer, from: host, blob, bits });
     }
 
-    /// `Actor::fill`: tops `peer`'s pipeline up; returns how many requests went out.
-    fn fill(&mut self, host: u32, blob: u32, peer: u32) -> usize {
-        let d = self.delay(host, peer);
-        let due = self.now + self.request_timeout;
+    /// Carries out the actions of `host`'s download of `blob` as messages (`Actor::apply`),
+    /// then schedules its next tick if the state has something due before the one scheduled.
+    fn apply(&mut self, host: u32, blob: u32) {
         let check = self.cfg.check_invariants;
-        let late_endgame = self.cfg.late_endgame;
-        let Some(actor) = self.hosts[host as usize].blobs[blob as usize].actor.as_mut() else { return 0 };
-        if actor.backoff.get(&peer).is_some_and(|until| *until > self.now) {
-            return 0;
+        loop {
+            let Some(a) = self.blob(host, blob).actor.as_mut() else { return };
+            if check {
+                a.state.picker().check_invariants();
+            }
+            let Some(action) = a.state.poll() else { break };
+            match action {
+                Action::Request { peer, piece } => {
+                    let t = self.now + self.delay(host, peer);
+                    self.push(t, Ev::Request { to: peer, from: host, blob, piece });
+                }
+                Action::Cancel { peer, piece } => {
+                    let t = self.now + self.delay(host, peer);
+                    self.push(t, Ev::Cancel { to: peer, from: host, blob, piece });
+                }
+                Action::Have { piece } => {
+                    let hb = self.blob(host, blob);
+                    hb.bits[(piece / 8) as usize] |= 0x80 >> (piece % 8);
+                    let peers = std::mem::take(&mut hb.peers);
+                    for &p in &peers {
+                        let t = self.now + self.delay(host, p);
+                        self.push(t, Ev::Have { to: p, from: host, blob, piece });
+                    }
+                    self.blob(host, blob).peers = peers;
+                }
+                Action::Announce => {
+                    let t = self.now + self.hosts[host as usize].latency;
+                    self.push(t, Ev::Announce { host, blob, complete: false });
+                }
+                Action::Commit => return self.complete(host, blob),
+                Action::GiveUp => panic!("host {host}'s download of layer {blob} timed out"),
+            }
         }
-        if late_endgame && actor.picker.in_endgame() && actor.picker.missing() > self.cfg.endgame_pieces {
-            return 0;
+        let now = self.now;
+        let Some(a) = self.blob(host, blob).actor.as_mut() else { return };
+        let Some(due) = a.state.next_wakeup() else { return };
+        let t = a.tick_after((a.started + due.as_nanos() as Ns).max(now));
+        if a.next_tick.is_none_or(|n| t < n) {
+            a.next_tick = Some(t);
+            self.push(t, Ev::Tick { host, blob });
         }
-        let reqs = actor.picker.next_requests(peer);
-        if check {
-            actor.picker.check_invariants();
-        }
-        for &piece in &reqs {
-            actor.pending.insert((peer, piece), due);
-        }
-        let expire = actor.tick_after(due);
-        let n = reqs.len();
-        for piece in reqs {
-            self.push(self.now + d, Ev::Request { to: peer, from: host, blob, piece });
-            self.push(expire, Ev::Deadline { host, blob, peer, piece, due });
-        }
-        n
     }
 
-    /// `Actor::refill`: `peer` first, and if it takes nothing while the download has room,
-    /// every other peer.
-    fn refill(&mut self, host: u32, blob: u32, peer: u32) {
-        if self.fill(host, blob, peer) == 0 && self.blob(host, blob).actor.as_ref().is_some_and(|a| a.picker.has_room())
-        {
-            self.fill_all(host, blob);
-        }
-    }
-
-    fn fill_all(&mut self, host: u32, blob: u32) {
-        let Some(actor) = self.blob(host, blob).actor.as_ref() else { return };
-        for peer in actor.peers.clone() {
-            self.fill(host, blob, peer);
-        }
-    }
-
-    /// `Reader::serve`: reject what we lack or what is over the upload permits, else queue
-    /// the piece on the egress bucket.
+    /// `Reader::serve`: the swarm's serving rule (`seeding::admit_upload`), then the piece
+    /// queues on the egress bucket.
     fn serve(&mut self, server: u32, client: u32, blob: u32, piece: u32) {
         let d = self.delay(server, client);
         let has = {
@@ -817,19 +771,14 @@ impl<'a> Sim<'a> {
         let len = self.piece_len(blob, piece);
         let h = &mut self.hosts[server as usize];
         let conn = h.conns.get_mut(&client).expect("requests come on a connection");
-        // In the order of `Reader::serve`: lacking the piece, a full upload backlog, no upload
-        // permit, then the origin's super-seeding budget (consulted last, as it counts what it
-        // admits).
-        let host_full = self.cfg.max_uploads_per_host.is_some_and(|m| h.uploads >= m);
-        let backlog_full = has && !admits_upload(h.backlog, len, h.max_backlog);
-        self.backlog_rejects += u64::from(backlog_full);
-        let busy = has
-            && (backlog_full
-                || conn.uploads >= max
-                || host_full
-                || h.budgets.get_mut(blob as usize).is_some_and(|b| !b.admit(piece)));
-        if !has || busy {
+        // The swarm's serving rule; the experiment's host-wide cap counts as a missing permit.
+        let permit = conn.uploads < max && self.cfg.max_uploads_per_host.is_none_or(|m| h.uploads < m);
+        let room = admits_upload(h.backlog, len, h.max_backlog);
+        let budget = h.budgets.get_mut(blob as usize).map(|b| (b, piece));
+        if let Err(refusal) = admit_upload(has, || room.then_some(()), || permit.then_some(()), budget) {
+            let busy = refusal.is_busy();
             self.busy_rejects += u64::from(busy);
+            self.backlog_rejects += u64::from(refusal == Refusal::Backlog);
             self.push(self.now + d, Ev::Reject { to: client, from: server, blob, piece, busy });
             return;
         }
@@ -874,63 +823,32 @@ impl<'a> Sim<'a> {
         self.push(t, Ev::EgressDone { server, client, blob, piece });
     }
 
-    /// The `PieceOk` handler: verify, cancel duplicates, announce `have`, refill, complete.
+    /// The `PieceOk` handler: the state settles the request, cancels duplicates, tells the
+    /// peers, refills and commits; a copy no download wants counts as a duplicate.
     fn piece_done(&mut self, host: u32, from: u32, blob: u32, piece: u32) {
         let len = self.piece_len(blob, piece);
         let from_origin = self.hosts[from as usize].origin;
+        let now = self.now;
         let h = &mut self.hosts[host as usize];
         h.received += len;
         self.delivered += len;
         if from_origin {
             h.from_origin += len;
         }
-        let hb = &mut h.blobs[blob as usize];
-        let Some(actor) = hb.actor.as_mut() else {
-            self.duplicate_bytes += len;
-            return;
+        let verified = match h.blobs[blob as usize].actor.as_mut() {
+            Some(a) => a.state.piece_ok(from, piece, a.at(now)),
+            None => Verified::Ignored,
         };
-        actor.pending.remove(&(from, piece));
-        if actor.picker.have(piece) {
+        if verified != Verified::New {
             self.duplicate_bytes += len;
-            self.refill(host, blob, from);
-            return;
         }
-        let cancels = actor.picker.piece_verified(from, piece);
-        for o in &cancels {
-            actor.pending.remove(&(*o, piece));
-        }
-        hb.bits[(piece / 8) as usize] |= 0x80 >> (piece % 8);
-        let complete = actor.picker.is_complete();
-        for &o in &cancels {
-            let t = self.now + self.delay(host, o);
-            self.push(t, Ev::Cancel { to: o, from: host, blob, piece });
-        }
-        let peers = std::mem::take(&mut self.blob(host, blob).peers);
-        for &p in &peers {
-            let t = self.now + self.delay(host, p);
-            self.push(t, Ev::Have { to: p, from: host, blob, piece });
-        }
-        self.blob(host, blob).peers = peers;
-        if complete {
-            self.complete(host, blob);
-            return;
-        }
-        self.refill(host, blob, from);
-        if self.cfg.topup_cancelled {
-            for o in cancels {
-                self.fill(host, blob, o);
-            }
-        }
+        self.apply(host, blob);
     }
 
+    /// Every piece is here and the leftovers are cancelled: the whole-blob check.
     fn complete(&mut self, host: u32, blob: u32) {
         let actor = self.blob(host, blob).actor.take().expect("completing a running download");
-        let mut left: Vec<(u32, u32)> = actor.pending.into_keys().collect();
-        left.sort_unstable();
-        for (peer, piece) in left {
-            let t = self.now + self.delay(host, peer);
-            self.push(t, Ev::Cancel { to: peer, from: host, blob, piece });
-        }
+        self.timeouts += actor.state.timeouts();
         let size = self.layers[blob as usize].size as f64;
         let t = match (self.cpu.as_mut(), self.cfg.cpu) {
             (Some(cpu), Some(model)) => cpu.run(self.now, ns(size / model.blob_rate)),

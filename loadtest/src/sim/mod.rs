@@ -94,14 +94,6 @@ pub struct SimConfig {
     /// arriving meanwhile are still counted; the blob's seeding starts at once, as the
     /// pieces are already served while it commits.
     pub commit_rate: Option<f64>,
-    /// Experiment, not what the real actor does: while more than `endgame_pieces` pieces are
-    /// missing, the actor does not ask the picker for requests when it is in endgame (every
-    /// piece its peers have is already requested), so no duplicate goes out mid-download.
-    pub late_endgame: bool,
-    /// Experiment: a verified piece also tops up the peers whose duplicate request for it
-    /// was cancelled (the actor tops up only the peer that delivered, then everyone if that
-    /// one takes nothing).
-    pub topup_cancelled: bool,
     /// Experiment, not what the real limiter does: a cancel that stops an upload still
     /// waiting for egress tokens gives its tokens back, so later uploads go sooner.
     pub refund_cancelled: bool,
@@ -137,6 +129,8 @@ impl Default for SimConfig {
     /// The defaults of the real services (swarm, tracker and origin configs).
     fn default() -> Self {
         let swarm = shoal_swarm::SwarmConfig::default();
+        let tracker = shoal_tracker::Config::default();
+        let origin = shoal_origin::config::Config::default();
         SimConfig {
             hosts: 20,
             origins: 1,
@@ -148,22 +142,20 @@ impl Default for SimConfig {
             latency: 100e-6,
             seed: 1,
             start_jitter: 1e-3,
-            max_peers: 50,
-            announce_interval: 3.0,
-            origin_replicas: 3,
-            max_peers_per_blob: 16,
-            pipeline_depth: 4,
-            origin_pipeline_depth: 4,
-            endgame_pieces: 3,
-            max_uploads_per_connection: 8,
+            max_peers: tracker.max_peers,
+            announce_interval: tracker.announce_interval.get().as_secs_f64(),
+            origin_replicas: origin.origin_replicas,
+            max_peers_per_blob: swarm.max_peers_per_blob,
+            pipeline_depth: swarm.pipeline_depth,
+            origin_pipeline_depth: swarm.origin_pipeline_depth,
+            endgame_pieces: shoal_core::picker::PickerOptions::default().endgame_pieces,
+            max_uploads_per_connection: swarm.max_uploads_per_connection,
             upload_backlog: Some(swarm.upload_backlog.get().as_secs_f64()),
-            max_connections: 1024,
-            request_timeout: 10.0,
+            max_connections: swarm.max_connections,
+            request_timeout: swarm.request_timeout.get().as_secs_f64(),
             origin_fewest_copies_first: false,
             commit_rate: None,
             refund_cancelled: false,
-            late_endgame: false,
-            topup_cancelled: false,
             max_uploads_per_host: None,
             request_window: Some(swarm.request_window.get().as_secs_f64()),
             stripe_lookahead: swarm.stripe_lookahead,
@@ -180,6 +172,22 @@ impl SimConfig {
     /// 300 MB/s per host, 5 origins.
     pub fn kraken() -> SimConfig {
         SimConfig { hosts: 2600, origins: 5, layers: vec![1_500_000_000; 2], ..SimConfig::default() }
+    }
+
+    /// The swarm settings of every simulated agent: the swarm's defaults with this run's
+    /// picker, window and timeout settings, which the downloads are built from exactly as the
+    /// real actor builds them (`shoal_swarm::download::download_options`).
+    pub fn swarm_config(&self) -> shoal_swarm::SwarmConfig {
+        let secs = |s: f64| shoal_runtime::Duration(std::time::Duration::from_secs_f64(s));
+        shoal_swarm::SwarmConfig {
+            pipeline_depth: self.pipeline_depth,
+            origin_pipeline_depth: self.origin_pipeline_depth,
+            max_peers_per_blob: self.max_peers_per_blob,
+            stripe_lookahead: self.stripe_lookahead,
+            request_window: secs(self.request_window.unwrap_or(0.0)),
+            request_timeout: secs(self.request_timeout),
+            ..shoal_swarm::SwarmConfig::default()
+        }
     }
 
     /// Bytes of the whole image.

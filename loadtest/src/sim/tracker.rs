@@ -1,18 +1,17 @@
-//! The tracker's handout policy for one blob, re-stated over simulated host ids.
+//! One blob's swarm as the tracker knows it, over simulated host ids.
 //!
-//! `shoal_tracker::store::PeerStore` is the real thing, but it keys peers in a `HashMap` with
-//! a per-process random hasher and samples while iterating it, so its handouts differ from one
-//! process to the next even with a seeded RNG. The simulator must replay exactly, so this is
-//! the same policy on vectors: (1) complete peers in random order, (2) then incomplete peers in
-//! random order, (3) together at most `max_peers`, the asker never listed, (4) then the ring
-//! owners of the blob that are not listed yet, best owner first, even past `max_peers`.
-//! Nothing expires: simulated hosts never leave, so the TTL never matters.
-//! Cost: O(max_peers) per announce (index sampling), not O(swarm).
+//! The handout is the tracker's own policy, [`shoal_core::handout::compose`]. What differs is
+//! the bookkeeping and the sampling: `shoal_tracker::store::PeerStore` keys peers in a
+//! `HashMap` with a per-process random hasher and samples while iterating it, so its handouts
+//! differ from one process to the next even with a seeded RNG. The simulator must replay
+//! exactly, so it keeps seeders and leechers in vectors and samples them by index, uniformly
+//! as the tracker's reservoir does. Nothing expires: simulated hosts never leave, so the TTL
+//! never matters. Cost: O(max_peers) per announce (index sampling), not O(swarm).
 
 use std::collections::HashMap;
 
 use rand::Rng;
-use rand::seq::SliceRandom;
+use shoal_core::handout;
 
 /// One entry of a handout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,26 +57,22 @@ impl Swarm {
         self.index.insert(host, (complete, list.len() - 1, origin));
     }
 
-    /// Records `host` and returns its handout.
+    /// Records `host` and returns its handout, composed as the tracker composes its own
+    /// (`shoal_core::handout::compose`) from uniform samples of the seeders and leechers.
     pub fn announce<R: Rng + ?Sized>(&mut self, host: u32, complete: bool, origin: bool, rng: &mut R) -> Vec<Handed> {
         self.record(host, complete, origin);
-        let mut out = Vec::new();
-        for (list, is_complete) in [(&self.seeders, true), (&self.leechers, false)] {
-            let room = self.max_peers - out.len();
-            let mut picked = sample_excluding(list, host, room, rng);
-            picked.shuffle(rng);
-            out.extend(picked.into_iter().map(|h| {
-                let origin = self.index.get(&h).is_some_and(|e| e.2);
-                Handed { host: h, complete: is_complete, origin }
-            }));
-        }
-        for &o in &self.owners {
-            if o != host && !out.iter().any(|h| h.host == o) {
-                let complete = self.index.get(&o).is_some_and(|e| e.0);
-                out.push(Handed { host: o, complete, origin: true });
-            }
-        }
-        out
+        let entry =
+            |h: u32, complete: bool| Handed { host: h, complete, origin: self.index.get(&h).is_some_and(|e| e.2) };
+        let seeders =
+            sample_excluding(&self.seeders, host, self.max_peers, rng).into_iter().map(|h| entry(h, true)).collect();
+        let leechers =
+            sample_excluding(&self.leechers, host, self.max_peers, rng).into_iter().map(|h| entry(h, false)).collect();
+        let owners = self.owners.iter().filter(|&&o| o != host).map(|&o| Handed {
+            host: o,
+            complete: self.index.get(&o).is_some_and(|e| e.0),
+            origin: true,
+        });
+        handout::compose(seeders, leechers, self.max_peers, owners, |a, b| a.host == b.host, rng)
     }
 }
 
