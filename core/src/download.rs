@@ -75,7 +75,8 @@ pub fn request_timeout(
 ) -> Duration {
     let drain = match ingress_rate {
         Some(rate) if rate > 0 => {
-            Duration::from_secs_f64(f64::from(piece_length) * pipeline_depth as f64 * 2.0 / rate as f64)
+            Duration::try_from_secs_f64(f64::from(piece_length) * pipeline_depth as f64 * 2.0 / rate as f64)
+                .unwrap_or(Duration::MAX)
         }
         _ => Duration::ZERO,
     };
