@@ -223,8 +223,20 @@ async fn main() -> anyhow::Result<()> {
     shoal_runtime::init_tracing("info");
     let cfg = shoal_runtime::config_or_exit("shoal-agent", load(&args), args.check_config);
     let listeners = shoal_agent::Listeners::bind(cfg.config.listen, cfg.config.peer_listen).await?;
+    let metrics = match cfg.config.metrics_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+        None => None,
+    };
+    let grace = cfg.config.shutdown_grace.get();
     let shutdown = CancellationToken::new();
     let registry = prometheus::Registry::new();
-    let (_agent, serve) = shoal_agent::start(cfg, listeners, registry, shutdown.clone()).await?;
+    let (agent, serve) = shoal_agent::start(cfg, listeners, registry, shutdown.clone()).await?;
+    let admin = metrics.map(|l| shoal_agent::serve_admin(&agent, l, shutdown.clone(), grace));
+    let serve = async move {
+        match admin {
+            Some(admin) => futures::future::try_join(serve, admin).await.map(|_| ()),
+            None => serve.await,
+        }
+    };
     shoal_runtime::serve_until_signal(serve, shutdown).await
 }
