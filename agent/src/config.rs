@@ -63,12 +63,10 @@ impl Config {
         let ring = Ring::new(self.origins.clone(), self.origin_replicas)
             .map_err(|e| ConfigError::Invalid(format!("origins: {e}")))?;
         self.swarm.validate().map_err(ConfigError::Invalid)?;
-        if let Some(m) = self.metrics_listen {
-            if m == self.listen || m == self.peer_listen {
-                return Err(ConfigError::Invalid(format!(
-                    "metrics_listen {m}: already taken by listen or peer_listen"
-                )));
-            }
+        if let Some(m) = self.metrics_listen
+            && (m == self.listen || m == self.peer_listen)
+        {
+            return Err(ConfigError::Invalid(format!("metrics_listen {m}: already taken by listen or peer_listen")));
         }
         let advertise = self.swarm.advertise_addr.unwrap_or(self.peer_listen);
         if advertise.ip().is_unspecified() {
