@@ -7,10 +7,18 @@
 # - builds the debug shoal-agent, shoal-origin and shoal-tracker;
 # - runs `helm lint --strict` with the default values and with each file in charts/shoal/ci/;
 # - renders the chart with each of them and checks the output with scripts/check_chart.py:
-#   the kinds present, the DaemonSet's ports, network and advertised address, one origins list
-#   everywhere, probes and scrape annotations, and every rendered config through the binary's
-#   own `--check-config`; the containerd init container is run against a temporary directory;
-# - checks that bad values (an unknown key, S3 without a bucket) fail to render.
+#   the kinds present, ServiceAccounts and serviceAccountName, the DaemonSet's ports, network,
+#   tolerations, priority class and advertised address, the agent's API on the node's loopback
+#   with its health and metrics on their own port, IPv4 or IPv6 listeners, one origins list
+#   everywhere, the origins' PodDisruptionBudget, zone and node spread and store size, probes,
+#   scrape annotations and checksums (configs and Secrets), init container resources, extra
+#   env, volumes, mounts, labels and annotations, the NetworkPolicies' peers and ports, byte
+#   sizes given as integers, and every rendered config through the binary's own
+#   `--check-config`; the runtime's init container (containerd's hosts.toml or CRI-O's
+#   registries.conf) is run against a temporary directory, merging into a node's own
+#   hosts.toml, then with `--uninstall`, which must leave exactly the node's own file;
+# - checks that bad values (an unknown key, S3 without a bucket, a NetworkPolicy for host-network
+#   agents without the nodes' CIDRs, ...) fail to render.
 # Exits non-zero on the first failure.
 set -euo pipefail
 
@@ -73,5 +81,11 @@ refuse "bucket is required" --set origin.backend.type=s3
 refuse "must be one of" --set origin.backend.type=gcs
 refuse "must be one of" --set agent.store.type=tmpfs
 refuse "Must be greater than or equal to 1" --set origin.replicas=0
+refuse "nodeCIDRs is required with agent.hostNetwork" --set networkPolicy.enabled=true
+refuse "must be one of" --set agent.mirror.runtime=docker
+refuse "must be one of" --set listenAddress=10.0.0.1
+refuse "serviceAccount.name is required" --set origin.serviceAccount.create=false
+refuse "Does not match pattern" --set origin.maxUpload=lots
+refuse "Invalid type" --set-json 'agent.swarm.egress_rate=true'
 
 echo "check-chart.sh: ok" >&2

@@ -19,9 +19,23 @@ import tempfile
 import yaml
 
 CHART = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "charts", "shoal")
-NODE_IP = "192.0.2.10"  # What status.hostIP gives a pod in the check.
+NODE_IP = "192.0.2.10"  # What status.hostIP gives a pod in the check (IPv4 clusters).
+NODE_IP6 = "2001:db8::10"  # The same on IPv6 clusters (listenAddress "::").
 
 failures = []
+
+
+def stand_in_cert(tmp):
+    """A self-signed PEM certificate and key (openssl), for configs that name TLS files."""
+    cert, key = os.path.join(tmp, "stand-in.crt"), os.path.join(tmp, "stand-in.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-days", "1", "-subj", "/CN=check-chart", "-keyout", key, "-out", cert],
+                   check=True, capture_output=True)
+    return open(cert).read(), open(key).read()
+
+
+def node_ip_for(values):
+    return NODE_IP6 if values["listenAddress"].strip("[]") == "::" else NODE_IP
 
 
 def check(ok, what):
@@ -57,11 +71,30 @@ def run_check_config(binary, path, env=None):
                                f"exit {res.returncode}: {res.stderr.strip()}")
 
 
-def check_pod(pod, what, port, values_metrics):
-    """Probes on /health and /ready, and scrape annotations when they are on."""
+def check_pod(pod, what, port, values_metrics, comp_values, sa_name, port_name="http"):
+    """Probes on /health and /ready on the port serving /metrics, scrape annotations when they
+    are on, the ServiceAccount, and the escape hatches (env, extra volumes and mounts, pod
+    labels and annotations) as the values give them."""
     c = pod["spec"]["containers"][0]
-    check(c.get("livenessProbe", {}).get("httpGet", {}).get("path") == "/health", f"{what}: liveness on /health")
-    check(c.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/ready", f"{what}: readiness on /ready")
+    for probe, path in [("startupProbe", "/health"), ("livenessProbe", "/health"), ("readinessProbe", "/ready")]:
+        get = c.get(probe, {}).get("httpGet", {})
+        check(get.get("path") == path and get.get("port") == port_name, f"{what}: {probe} on {path} at {port_name}: {get}")
+    check(pod["spec"].get("serviceAccountName") == sa_name,
+          f"{what}: serviceAccountName {pod['spec'].get('serviceAccountName')}, expected {sa_name}")
+    check(pod["spec"].get("automountServiceAccountToken") is False, f"{what}: no API token mounted")
+    env = [e["name"] for e in c.get("env", [])]
+    for e in comp_values.get("env", []):
+        check(e["name"] in env, f"{what}: env {e['name']}")
+    vols = [v["name"] for v in pod["spec"]["volumes"]]
+    for v in comp_values.get("extraVolumes", []):
+        check(v["name"] in vols, f"{what}: extra volume {v['name']}")
+    mounts = [(m["name"], m["mountPath"]) for m in c.get("volumeMounts", [])]
+    for m in comp_values.get("extraVolumeMounts", []):
+        check((m["name"], m["mountPath"]) in mounts, f"{what}: extra mount {m}")
+    for k, v in comp_values.get("podLabels", {}).items():
+        check(pod["metadata"]["labels"].get(k) == v, f"{what}: pod label {k}")
+    for k, v in comp_values.get("podAnnotations", {}).items():
+        check(pod["metadata"]["annotations"].get(k) == v, f"{what}: pod annotation {k}")
     ann = pod["metadata"].get("annotations", {})
     if values_metrics["podAnnotations"]:
         check(ann.get("prometheus.io/scrape") == "true" and ann.get("prometheus.io/port") == str(port)
@@ -70,8 +103,17 @@ def check_pod(pod, what, port, values_metrics):
         check("prometheus.io/scrape" not in ann, f"{what}: scrape annotations although turned off")
     check("checksum/config" in ann, f"{what}: no config checksum annotation")
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    check(ports.get("http") == port, f"{what}: http port {ports}")
+    check(ports.get(port_name) == port, f"{what}: {port_name} port {ports}")
     return c
+
+
+def sa_name(values, fullname, comp):
+    sa = values[comp]["serviceAccount"]
+    return (sa["name"] or f"{fullname}-{comp}") if sa["create"] else sa["name"]
+
+
+def listen_host(values):
+    return "[::]" if values["listenAddress"].strip("[]") == "::" else "0.0.0.0"
 
 
 def main():
@@ -93,7 +135,12 @@ def main():
     kinds = sorted(d["kind"] for d in docs)
     o, a, t = values["origin"], values["agent"], values["tracker"]
     n = o["replicas"]
+    n_sa = sum(1 for comp in ["tracker", "origin", "agent"] if values[comp]["serviceAccount"]["create"])
+    np = values["networkPolicy"]
     want = sorted(["ConfigMap"] * 3 + ["Service"] * (3 + n) + ["Deployment", "StatefulSet", "DaemonSet"]
+                  + ["ServiceAccount"] * n_sa
+                  + (["PodDisruptionBudget"] if o["podDisruptionBudget"]["enabled"] else [])
+                  + (["NetworkPolicy"] * (2 if a["hostNetwork"] else 3) if np["enabled"] else [])
                   + (["ServiceMonitor"] if values["metrics"]["serviceMonitor"]["enabled"] else []))
     check(kinds == want, f"kinds {kinds}, expected {want}")
     for d in docs:
@@ -104,9 +151,19 @@ def main():
     if not (deploy and sts and ds) or failures:
         return
 
+    fullname = deploy["metadata"]["name"][: -len("-tracker")]
+    sas = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ServiceAccount"}
+    for comp in ["tracker", "origin", "agent"]:
+        sa = values[comp]["serviceAccount"]
+        if sa["create"]:
+            made = sas.get(sa_name(values, fullname, comp))
+            if check(made is not None, f"{comp}: ServiceAccount {sa_name(values, fullname, comp)}"):
+                check((made["metadata"].get("annotations") or {}) == sa["annotations"], f"{comp}: ServiceAccount annotations")
+                check(made.get("automountServiceAccountToken") is False, f"{comp}: ServiceAccount mounts no token")
+
     # Tracker.
     tracker_pod = deploy["spec"]["template"]
-    tc = check_pod(tracker_pod, "tracker", t["port"], values["metrics"])
+    tc = check_pod(tracker_pod, "tracker", t["port"], values["metrics"], t, sa_name(values, fullname, "tracker"))
     tracker_cm = cms[tracker_pod["spec"]["volumes"][0]["configMap"]["name"]]
     tracker_cfg = yaml.safe_load(tracker_cm["data"]["tracker.yaml"])
     check(deploy["spec"]["replicas"] == 1, "tracker: one replica")
@@ -117,7 +174,7 @@ def main():
     # Origins: one config per pod, all with the same origins list, which names the pods.
     sts_name = sts["metadata"]["name"]
     op = sts["spec"]["template"]
-    oc = check_pod(op, "origin", o["httpPort"], values["metrics"])
+    oc = check_pod(op, "origin", o["httpPort"], values["metrics"], o, sa_name(values, fullname, "origin"))
     check(sts["spec"]["replicas"] == n, f"origin: replicas {sts['spec']['replicas']}")
     origin_cm = cms[op["spec"]["volumes"][0]["configMap"]["name"]]
     pod_names = [f"{sts_name}-{i}" for i in range(n)]
@@ -140,6 +197,35 @@ def main():
         check(svc is not None and svc["spec"]["selector"].get("statefulset.kubernetes.io/pod-name") == pod_names[i]
               and svc["spec"].get("clusterIP") != "None", f"origin {i}: its own ClusterIP Service")
     origin_cfgs = {k: yaml.safe_load(v) for k, v in origin_cm["data"].items()}
+    host = listen_host(values)
+    check(yaml.safe_load(tracker_cm["data"]["tracker.yaml"])["listen"] == f"{host}:{t['port']}", "tracker: listen address")
+    for k, cfg in origin_cfgs.items():
+        check(cfg["listen"] == f"{host}:{o['httpPort']}" and cfg["peer_listen"] == f"{host}:{o['peerPort']}",
+              f"{k}: listen addresses {cfg['listen']} {cfg['peer_listen']}")
+        # Byte sizes given as integers stay integers (not Helm's float, 1.34217728e+08).
+        for key, val in [("max_upload", o["maxUpload"])] + (
+                [("multipart_threshold", o["backend"]["s3"]["multipartThreshold"])] if o["backend"]["type"] == "s3" else []):
+            got = cfg[key] if key == "max_upload" else cfg["backend"][key]
+            check(got == val, f"{k}: {key} {got!r}, expected {val!r}")
+    spread = op["spec"].get("topologySpreadConstraints", [])
+    keys = [c["topologyKey"] for c in spread]
+    if o["topologySpread"]["enabled"]:
+        check(keys[:2] == ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]
+              and all(c["whenUnsatisfiable"] == o["topologySpread"]["whenUnsatisfiable"] for c in spread[:2])
+              and all(c["labelSelector"]["matchLabels"].get("app.kubernetes.io/component") == "origin" for c in spread[:2]),
+              f"origin: spread across zones and nodes {spread}")
+    check(keys[len(keys) - len(o["topologySpreadConstraints"]):] == [c["topologyKey"] for c in o["topologySpreadConstraints"]],
+          f"origin: extra topology spread constraints {keys}")
+    if o["podDisruptionBudget"]["enabled"]:
+        pdb = one(docs, "PodDisruptionBudget")
+        check(pdb and pdb["spec"]["maxUnavailable"] == o["podDisruptionBudget"]["maxUnavailable"]
+              and pdb["spec"]["selector"]["matchLabels"] == sts["spec"]["selector"]["matchLabels"], "origin: PodDisruptionBudget")
+    secrets = ([o["backend"]["s3"]["credentials"]["existingSecret"]]
+               if o["backend"]["type"] == "s3" and o["backend"]["s3"]["credentials"]["existingSecret"] else [])
+    if o["pullThrough"]["enabled"]:
+        secrets += [u["passwordSecret"]["name"] for u in o["pullThrough"]["upstreams"] if u.get("passwordSecret")]
+    check(("checksum/secrets" in op["metadata"]["annotations"]) == bool(secrets),
+          f"origin: a checksum of the Secrets {secrets} rolls the pods")
     for k, cfg in origin_cfgs.items():
         check(cfg["origins"] == origins, f"{k}: origins differ from the tracker's")
         check(f"{cfg['id']}.yaml" == k, f"{k}: id {cfg['id']}")
@@ -149,8 +235,11 @@ def main():
     claims = [c["metadata"]["name"] for c in sts["spec"].get("volumeClaimTemplates", [])]
     if o["persistence"]["enabled"]:
         check(claims == ["data"] and "data" not in vols, f"origin: a PVC template for the store, {claims}")
+        size = sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+        check(size == o["persistence"]["size"], f"origin: store volume {size}")
     else:
-        check(not claims and "emptyDir" in vols.get("data", {}), "origin: an emptyDir store without persistence")
+        check(not claims and vols.get("data", {}).get("emptyDir", {}).get("sizeLimit") == o["persistence"]["size"],
+              "origin: an emptyDir store without persistence, sized by persistence.size")
     if o["backend"]["type"] == "s3" and o["backend"]["s3"]["credentials"]["existingSecret"]:
         env = {e["name"]: e for e in oc["env"]}
         for var in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]:
@@ -159,7 +248,7 @@ def main():
 
     # Agents.
     ap_ = ds["spec"]["template"]
-    ac = check_pod(ap_, "agent", a["port"], values["metrics"])
+    ac = check_pod(ap_, "agent", a["metricsPort"], values["metrics"], a, sa_name(values, fullname, "agent"), "metrics")
     agent_cm = cms[[v for v in ap_["spec"]["volumes"] if v["name"] == "config"][0]["configMap"]["name"]]
     agent_cfg = yaml.safe_load(agent_cm["data"]["agent.yaml"])
     check(agent_cfg["origins"] == origins, "agent: origins differ from the tracker's")
@@ -168,6 +257,17 @@ def main():
     check(ports.get("peer", {}).get("containerPort") == a["peerPort"], f"agent: peer port {ports}")
     check(agent_cfg["listen"].endswith(f":{a['port']}") and agent_cfg["peer_listen"].endswith(f":{a['peerPort']}"),
           "agent: config ports match the container ports")
+    # The registry API on the node's loopback with the host network (unless apiAddress says
+    # otherwise); health and metrics on their own port, reachable from the network.
+    api_host = a["apiAddress"] or ("127.0.0.1" if a["hostNetwork"] else host.strip("[]"))
+    api_host = f"[{api_host}]" if ":" in api_host else api_host
+    check(agent_cfg["listen"] == f"{api_host}:{a['port']}", f"agent: API listens on {agent_cfg['listen']}, expected {api_host}")
+    check(agent_cfg["metrics_listen"] == f"{host}:{a['metricsPort']}" and agent_cfg["peer_listen"] == f"{host}:{a['peerPort']}",
+          f"agent: metrics and peer listeners {agent_cfg['metrics_listen']} {agent_cfg['peer_listen']}")
+    svc_ports = {p["name"] for p in services[ds["metadata"]["name"]]["spec"]["ports"]}
+    check(svc_ports == {"metrics", "peer"}, f"agent: the Service lists metrics and peer, not the API: {svc_ports}")
+    for init in ap_["spec"].get("initContainers", []):
+        check(init.get("resources") == a["initResources"], f"agent: init container {init['name']} resources")
     spec = ap_["spec"]
     if a["hostNetwork"]:
         check(spec.get("hostNetwork") is True and spec.get("dnsPolicy") == "ClusterFirstWithHostNet",
@@ -175,7 +275,9 @@ def main():
         check(all("hostPort" not in p for p in ac["ports"]), "agent: no hostPort on the host network")
     else:
         check(not spec.get("hostNetwork"), "agent: pod network")
-        check(all(p.get("hostPort") == p["containerPort"] for p in ac["ports"]), f"agent: hostPorts {ac['ports']}")
+        # The runtime and peers come through the node's IP; Prometheus scrapes the pod's own.
+        check(all((p.get("hostPort") == p["containerPort"]) == (p["name"] != "metrics") for p in ac["ports"]),
+              f"agent: hostPorts {ac['ports']}")
     env = {e["name"]: e for e in ac["env"]}
     check(env.get("SHOAL_AGENT_ADVERTISE_IP", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
           == "status.hostIP", "agent: advertises status.hostIP")
@@ -188,13 +290,40 @@ def main():
         check(store.get("hostPath", {}).get("path") == a["store"]["hostPath"], f"agent: store {store}")
         check(container(ap_, "prepare-store", init=True) is not None, "agent: prepare-store init container")
     else:
-        check("emptyDir" in store, f"agent: store {store}")
+        check(store.get("emptyDir", {}).get("sizeLimit") == (a["store"]["size"] or None), f"agent: store {store}")
     check(ds["spec"]["updateStrategy"] == a["updateStrategy"], "agent: updateStrategy")
     for key in ["priorityClassName", "nodeSelector", "tolerations"]:
         if a[key]:
             check(spec.get(key) == a[key], f"agent: {key}")
+        else:
+            check(key not in spec, f"agent: no {key}")
     check(ac.get("resources") == a["resources"], "agent: resources")
     check(ap_["spec"]["terminationGracePeriodSeconds"] > a["shutdownGraceSeconds"], "agent: termination grace")
+
+    # NetworkPolicies: who may reach which port.
+    if np["enabled"]:
+        pols = {d["metadata"]["name"]: d for d in docs if d["kind"] == "NetworkPolicy"}
+        nodes = [{"ipBlock": {"cidr": c}} for c in np["nodeCIDRs"]]
+        release = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": sts["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],
+                                                   "app.kubernetes.io/instance": sts["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"]}}}
+
+        def allowed(pol, port):
+            return [peer for rule in pol["spec"]["ingress"] if any(p["port"] == port for p in rule["ports"])
+                    for peer in rule["from"]]
+        op_ = pols.get(sts_name)
+        if check(op_ is not None, "networkPolicy: origins"):
+            check(allowed(op_, o["peerPort"]) == [release] + nodes, f"networkPolicy: origin peer port from {allowed(op_, o['peerPort'])}")
+            for peer in np["metricsFrom"]:
+                check(peer in allowed(op_, o["httpPort"]), "networkPolicy: origin metrics from metricsFrom")
+        tp = pols.get(deploy["metadata"]["name"])
+        check(tp is not None and allowed(tp, t["port"])[:1 + len(nodes)] == [release] + nodes, "networkPolicy: tracker")
+        agent_pol = pols.get(ds["metadata"]["name"])
+        if a["hostNetwork"]:
+            check(agent_pol is None, "networkPolicy: none for host-network agents (not enforced there)")
+        elif check(agent_pol is not None, "networkPolicy: agents"):
+            check(allowed(agent_pol, a["port"]) == nodes, f"networkPolicy: agent API only from the nodes {allowed(agent_pol, a['port'])}")
+            check(allowed(agent_pol, a["peerPort"]) == [release] + nodes, "networkPolicy: agent peer port")
+            check(allowed(agent_pol, a["metricsPort"]) == np["metricsFrom"], "networkPolicy: agent metrics")
 
     with tempfile.TemporaryDirectory() as tmp:
         # Every config through its binary's --check-config.
@@ -205,46 +334,89 @@ def main():
         path = os.path.join(tmp, "agent.yaml")
         with open(path, "w") as f:
             f.write(agent_cm["data"]["agent.yaml"])
-        run_check_config(os.path.join(args.bin, "shoal-agent"), path, {"SHOAL_AGENT_ADVERTISE_IP": NODE_IP})
+        run_check_config(os.path.join(args.bin, "shoal-agent"), path, {"SHOAL_AGENT_ADVERTISE_IP": node_ip_for(values)})
         # Without the address the DaemonSet gives it, the agent must refuse to start.
         res = subprocess.run([os.path.join(args.bin, "shoal-agent"), "--config", path, "--check-config"],
                              capture_output=True, text=True,
                              env={k: v for k, v in os.environ.items() if k != "SHOAL_AGENT_ADVERTISE_IP"})
         check(res.returncode == 64, f"agent: check without an advertised IP exits {res.returncode}, not 64")
+        # The files an origin's config names are mounted from Secrets and ConfigMaps: each one
+        # must be in a mount of the origin container, and the check gets a stand-in of the right
+        # kind (a password, a PEM certificate and key, a Docker config JSON).
         secrets = os.path.join(tmp, "secrets")
+        mounts = {m_["mountPath"]: m_["name"] for m_ in oc["volumeMounts"]}
+        ovols = {v["name"]: v for v in op["spec"]["volumes"]}
+        cert, key = stand_in_cert(tmp)
+        stand_ins = {"password_file": "stand-in\n", "ca_file": cert, "client_cert_file": cert,
+                     "client_key_file": key, "docker_config_file": '{"auths": {}}\n'}
         for k, text in origin_cm["data"].items():
-            for pw in re.findall(r"password_file: (\S+)", text):
-                local = os.path.join(secrets, pw.lstrip("/"))
+            for field, file in re.findall(r"(password_file|ca_file|client_cert_file|client_key_file|docker_config_file): (\S+)", text):
+                vol = ovols.get(mounts.get(os.path.dirname(file)), {})
+                items = (vol.get("secret") or vol.get("configMap") or {}).get("items", [])
+                check(os.path.basename(file) in [i["path"] for i in items], f"{k}: {field} {file} is not mounted: {vol}")
+                local = os.path.join(secrets, file.lstrip("/"))
                 os.makedirs(os.path.dirname(local), exist_ok=True)
                 with open(local, "w") as f:
-                    f.write("stand-in\n")
-                text = text.replace(pw, local)
+                    f.write(stand_ins[field])
+                text = text.replace(file, local)
             path = os.path.join(tmp, k)
             with open(path, "w") as f:
                 f.write(text)
             run_check_config(os.path.join(args.bin, "shoal-origin"), path)
 
-        # The containerd init container, run as the pod runs it, against a temporary directory.
-        init = container(ap_, "configure-containerd", init=True)
-        if check((init is not None) == a["containerdMirror"]["enabled"], "agent: configure-containerd init container"):
-            if init is not None:
-                hosts = os.path.join(tmp, "certs.d")
-                os.makedirs(os.path.join(tmp, "containerd"))
-                cmd = [arg.replace("/host/hosts-dir", hosts).replace("/host/containerd-config", os.path.join(tmp, "containerd"))
-                       .replace("$(HOST_IP)", NODE_IP) for arg in init["command"]]
-                cmd[0] = os.path.join(args.bin, cmd[0])
-                mounts = {m["mountPath"]: m["name"] for m in init["volumeMounts"]}
-                vols = {v["name"]: v for v in spec["volumes"]}
-                check(vols[mounts["/host/hosts-dir"]]["hostPath"]["path"] == a["containerdMirror"]["hostsDir"],
-                      "agent: hosts dir mount")
+        # The runtime's init container, run as the pod runs it, against temporary directories:
+        # beside a hosts.toml of the node's own that must be merged into, not replaced; then
+        # `--uninstall`, which must leave exactly the node's own file.
+        m = a["mirror"]
+        init = container(ap_, "configure-runtime", init=True)
+        if check((init is not None) == m["enabled"], "agent: configure-runtime init container") and init is not None:
+            node_ip = node_ip_for(values)
+            host_dir = os.path.join(tmp, "host")
+            cmd = [arg.replace("/host/", host_dir + "/").replace("$(HOST_IP)", node_ip) for arg in init["command"]]
+            cmd[0] = os.path.join(args.bin, cmd[0])
+            mounts = {mnt["mountPath"]: mnt["name"] for mnt in init["volumeMounts"]}
+            vols = {v["name"]: v for v in spec["volumes"]}
+            api = f"[{node_ip}]" if ":" in node_ip else node_ip
+            agent_addr = f"127.0.0.1:{a['port']}" if a["hostNetwork"] else f"{api}:{a['port']}"
+            if m["runtime"] == "containerd":
+                check(init["command"][2] == "containerd", f"agent: configure containerd {init['command']}")
+                check(vols[mounts["/host/hosts-dir"]]["hostPath"]["path"] == m["containerd"]["hostsDir"], "agent: hosts dir mount")
+                hosts = os.path.join(host_dir, "hosts-dir")
+                os.makedirs(os.path.join(host_dir, "containerd-config"))
+                mine = os.path.join(hosts, m["registries"][0], "hosts.toml")
+                own = 'server = "https://own.example"\n\n[host."https://cache.example"]\n  capabilities = ["pull"]\n'
+                os.makedirs(os.path.dirname(mine))
+                with open(mine, "w") as f:
+                    f.write(own)
                 res = subprocess.run(cmd, capture_output=True, text=True)
                 if check(res.returncode == 0, f"configure containerd: exit {res.returncode}: {res.stderr.strip()}"):
-                    agent_addr = f"127.0.0.1:{a['port']}" if a["hostNetwork"] else f"{NODE_IP}:{a['port']}"
-                    for reg in ["_default"] + a["containerdMirror"]["registries"]:
+                    check("config_path" in res.stdout, f"configure containerd: no config_path hint in {res.stdout!r}")
+                    for reg in ["_default"] + m["registries"]:
                         p = os.path.join(hosts, reg, "hosts.toml")
-                        check(os.path.exists(p) and f"http://{agent_addr}" in open(p).read(),
-                              f"configure containerd: {reg}/hosts.toml names the agent {agent_addr}")
-
+                        text = open(p).read() if os.path.exists(p) else ""
+                        check(f'[host."http://{agent_addr}"]' in text and "dial_timeout" in text,
+                              f"configure containerd: {reg}/hosts.toml names the agent {agent_addr} with a dial_timeout")
+                    text = open(mine).read()
+                    check('server = "https://own.example"' in text and 'https://cache.example' in text
+                          and text.index(agent_addr) < text.index("https://cache.example"),
+                          f"configure containerd: the node's own hosts.toml merged, agent first:\n{text}")
+                    res = subprocess.run(cmd + ["--uninstall"], capture_output=True, text=True)
+                    left = sorted(os.path.relpath(os.path.join(d, f), hosts) for d, _, fs in os.walk(hosts) for f in fs)
+                    check(res.returncode == 0 and left == [os.path.relpath(mine, hosts)] and open(mine).read() == own,
+                          f"configure containerd --uninstall: exit {res.returncode} {res.stderr.strip()}, left {left}")
+            else:
+                check(init["command"][2] == "podman", f"agent: CRI-O's registries.conf from `configure podman` {init['command']}")
+                check(vols[mounts["/host/registries-dir"]]["hostPath"]["path"] == os.path.dirname(m["crio"]["dropIn"]),
+                      "agent: registries.conf.d mount")
+                res = subprocess.run(cmd, capture_output=True, text=True)
+                drop_in = os.path.join(host_dir, "registries-dir", os.path.basename(m["crio"]["dropIn"]))
+                if check(res.returncode == 0, f"configure podman: exit {res.returncode}: {res.stderr.strip()}"):
+                    text = open(drop_in).read()
+                    for reg in m["registries"]:
+                        check(f'prefix = "{reg}"' in text, f"registries.conf: {reg}")
+                    check(f'location = "{agent_addr}"' in text, f"registries.conf: the agent {agent_addr} as mirror")
+                    res = subprocess.run(cmd + ["--uninstall"], capture_output=True, text=True)
+                    check(res.returncode == 0 and not os.path.exists(drop_in), f"configure podman --uninstall: {res.stderr}")
 
 if __name__ == "__main__":
     main()

@@ -15,12 +15,14 @@ use axum::routing::get;
 use shoal_runtime::{ApiError, blob_response, parse_digest};
 use shoal_swarm::{Swarm, SwarmError};
 
+use crate::metrics::AgentMetrics;
 use crate::origin_client::{OriginClient, OriginError};
 
 #[derive(Clone)]
 pub struct AppState {
     pub swarm: Swarm,
     pub origins: OriginClient,
+    pub metrics: AgentMetrics,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -61,7 +63,9 @@ async fn get_blob(
 ) -> Result<Response, ApiError> {
     let digest = parse_digest(&digest)?;
     // A stored blob's metainfo is at hand; any other's comes from the origins.
-    let meta = match st.swarm.complete(digest).await.map_err(swarm_error)? {
+    let stored = st.swarm.complete(digest).await.map_err(swarm_error)?;
+    st.metrics.lookup(stored.is_some());
+    let meta = match stored {
         Some(f) => f.meta().clone(),
         None => st.origins.metainfo(digest).await?,
     };
@@ -71,7 +75,7 @@ async fn get_blob(
     }
     // Streams while the blob downloads: each piece as soon as it is verified.
     let body = st.swarm.stream(meta, 0, len).await.map_err(swarm_error)?;
-    Ok(blob_response(digest, len, Body::from_stream(body)))
+    Ok(blob_response(digest, len, Body::from_stream(st.metrics.counted(body))))
 }
 
 async fn blob_stats(State(st): State<AppState>, Path(digest): Path<String>) -> Result<Response, ApiError> {

@@ -10,8 +10,12 @@ use shoal_swarm::SwarmConfig;
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// HTTP API (blobs, health, metrics). Default 127.0.0.1:7700.
+    /// HTTP API (blobs, Registry v2, preheat, debug; health and metrics too). Default
+    /// 127.0.0.1:7700.
     pub listen: SocketAddr,
+    /// A second listener serving only `/health`, `/ready` and `/metrics`, so probes and
+    /// Prometheus reach the agent while `listen` stays on the node's loopback. Default none.
+    pub metrics_listen: Option<SocketAddr>,
     /// Peer (wire protocol) port. Default 127.0.0.1:7701.
     pub peer_listen: SocketAddr,
     /// The origin cluster; every agent and tracker lists the same nodes.
@@ -33,6 +37,7 @@ impl Default for Config {
         Config {
             listen: "127.0.0.1:7700".parse().expect("valid"),
             peer_listen: "127.0.0.1:7701".parse().expect("valid"),
+            metrics_listen: None,
             origins: Vec::new(),
             origin_replicas: 3,
             origin_fetch_timeout: Duration::from_secs(600),
@@ -58,6 +63,11 @@ impl Config {
         let ring = Ring::new(self.origins.clone(), self.origin_replicas)
             .map_err(|e| ConfigError::Invalid(format!("origins: {e}")))?;
         self.swarm.validate().map_err(ConfigError::Invalid)?;
+        if let Some(m) = self.metrics_listen
+            && (m == self.listen || m == self.peer_listen)
+        {
+            return Err(ConfigError::Invalid(format!("metrics_listen {m}: already taken by listen or peer_listen")));
+        }
         let advertise = self.swarm.advertise_addr.unwrap_or(self.peer_listen);
         if advertise.ip().is_unspecified() {
             return Err(ConfigError::Invalid(format!(
@@ -89,5 +99,14 @@ mod tests {
         let ok = check("peer_listen: 0.0.0.0:7701\nswarm: { advertise_addr: 10.1.2.3:7701 }").unwrap();
         assert_eq!(ok.config.swarm.advertise_addr, Some("10.1.2.3:7701".parse().unwrap()));
         check("peer_listen: 10.1.2.3:7701").unwrap();
+    }
+
+    #[test]
+    fn metrics_listen_is_its_own_port() {
+        let ok = check("listen: 127.0.0.1:7700\nmetrics_listen: '[::]:7702'\npeer_listen: 10.1.2.3:7701").unwrap();
+        assert_eq!(ok.config.metrics_listen, Some("[::]:7702".parse().unwrap()));
+        let err =
+            check("listen: 127.0.0.1:7700\nmetrics_listen: 127.0.0.1:7700\npeer_listen: 10.1.2.3:7701").unwrap_err();
+        assert!(err.contains("metrics_listen 127.0.0.1:7700: already taken"), "{err}");
     }
 }

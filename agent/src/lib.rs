@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod config;
+pub mod metrics;
 pub mod origin_client;
 pub mod registry;
 pub mod runtime_config;
@@ -44,19 +45,36 @@ pub async fn start(
     let swarm = Swarm::start(cfg.swarm.clone(), listeners.peer, &registry, false, shutdown.clone())?;
     let http_addr = listeners.http.local_addr()?;
     let origins = origin_client::OriginClient::new(config.ring.clone(), cfg.origin_fetch_timeout.get());
+    let metrics = metrics::AgentMetrics::new(&registry)?;
     let registry_state = registry::RegistryState {
         swarm: swarm.clone(),
         origins: origins.clone(),
+        metrics: metrics.clone(),
         tags: registry::TagResolver::new(config.ring.clone(), cfg.tag_ttl.get()),
         shutdown: shutdown.child_token(),
     };
-    let state = api::AppState { swarm: swarm.clone(), origins };
+    let state = api::AppState { swarm: swarm.clone(), origins, metrics };
     let router = api::router(state).merge(registry::router(registry_state)).merge(admin.router());
     tracing::info!(%http_addr, "agent api listening");
     let grace = cfg.shutdown_grace.get();
     let a = admin.clone();
     let serve = async move { a.serve(listeners.http, router, shutdown, grace).await };
     Ok((Agent { swarm, http_addr, admin }, serve))
+}
+
+/// Serves the agent's `/health`, `/ready` and `/metrics` alone on `listener` (the config's
+/// `metrics_listen`) until `shutdown` is cancelled, beside the API [`start`] serves.
+pub fn serve_admin(
+    agent: &Agent,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+    grace: std::time::Duration,
+) -> impl Future<Output = std::io::Result<()>> + use<> {
+    let router = agent.admin.router();
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "agent metrics listening");
+    }
+    shoal_runtime::serve(listener, router, shutdown, grace)
 }
 
 /// Runs an agent until `shutdown` is cancelled and its HTTP server has drained.
@@ -69,4 +87,107 @@ pub async fn run(
     let (_agent, serve) = start(config, listeners, registry, shutdown).await?;
     serve.await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An agent on loopback ports whose origin does not answer: enough for the HTTP surface.
+    async fn agent(
+        dir: &std::path::Path,
+        registry: prometheus::Registry,
+    ) -> (Agent, CancellationToken, tokio::task::JoinHandle<std::io::Result<()>>) {
+        let cfg: Config = shoal_runtime::config::parse(&format!(
+            "origins: [{{ id: o0, http: 'http://127.0.0.1:9', peer: '127.0.0.1:9' }}]\n\
+             origin_replicas: 1\nswarm: {{ store_dir: '{}' }}\n",
+            dir.display()
+        ))
+        .unwrap();
+        let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
+        let listeners = Listeners { http: bind().await.unwrap(), peer: bind().await.unwrap() };
+        let shutdown = CancellationToken::new();
+        let (agent, serve) = start(cfg.validate().unwrap(), listeners, registry, shutdown.clone()).await.unwrap();
+        (agent, shutdown, tokio::spawn(serve))
+    }
+
+    async fn status(url: String) -> u16 {
+        reqwest::get(url).await.unwrap().status().as_u16()
+    }
+
+    #[tokio::test]
+    async fn the_admin_listener_serves_health_and_metrics_but_not_the_api() {
+        let dir = tempfile::tempdir().unwrap();
+        let (agent, shutdown, task) = agent(dir.path(), prometheus::Registry::new()).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = format!("http://{}", listener.local_addr().unwrap());
+        let admin_task =
+            tokio::spawn(serve_admin(&agent, listener, shutdown.clone(), std::time::Duration::from_secs(1)));
+        let api = format!("http://{}", agent.http_addr);
+
+        assert_eq!(status(format!("{api}/v2/")).await, 200);
+        assert_eq!(status(format!("{admin}/health")).await, 200);
+        assert_eq!(status(format!("{admin}/ready")).await, 200);
+        assert_eq!(status(format!("{admin}/metrics")).await, 200);
+        for path in ["/v2/", "/blobs/sha256:00", "/debug/blobs/sha256:00"] {
+            assert_eq!(status(format!("{admin}{path}")).await, 404, "{path} on the admin listener");
+        }
+        let res = reqwest::Client::new().post(format!("{admin}/preheat")).send().await.unwrap();
+        assert_eq!(res.status().as_u16(), 404);
+
+        shutdown.cancel();
+        task.await.unwrap().unwrap();
+        admin_task.await.unwrap().unwrap();
+    }
+
+    fn value(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let families = registry.gather();
+        let Some(f) = families.iter().find(|f| f.name() == name) else {
+            return 0.0;
+        };
+        f.get_metric()
+            .iter()
+            .filter(|m| labels.iter().all(|(k, v)| m.get_label().iter().any(|l| l.name() == *k && l.value() == *v)))
+            .map(|m| m.get_counter().get_value())
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn registry_requests_cache_hits_and_served_bytes_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = prometheus::Registry::new();
+        let (agent, shutdown, task) = agent(dir.path(), registry.clone()).await;
+        let data = b"a layer, already in the local store".to_vec();
+        let meta = shoal_core::MetaInfo::build(&data);
+        let store = agent.swarm.store();
+        let staged = store.tmp_path();
+        std::fs::create_dir_all(staged.parent().unwrap()).unwrap();
+        std::fs::write(&staged, &data).unwrap();
+        store.commit_verified(meta.clone(), staged).await.unwrap();
+        let api = format!("http://{}", agent.http_addr);
+        let missing = shoal_core::MetaInfo::build(b"not stored anywhere").digest();
+
+        assert_eq!(status(format!("{api}/v2/")).await, 200);
+        let body = reqwest::get(format!("{api}/v2/library/x/blobs/{}", meta.digest())).await.unwrap();
+        assert_eq!(body.status().as_u16(), 200);
+        assert_eq!(body.bytes().await.unwrap().as_ref(), &data[..]);
+        let res =
+            reqwest::Client::new().head(format!("{api}/v2/library/x/blobs/{}", meta.digest())).send().await.unwrap();
+        assert_eq!(res.status().as_u16(), 200);
+        let miss = status(format!("{api}/v2/library/x/blobs/{missing}")).await;
+        assert!(miss >= 500, "the origin does not answer: {miss}");
+        assert_eq!(status(format!("{api}/v2/library/x/blobs/sha256:zz")).await, 400);
+
+        let requests = "shoal_agent_registry_requests_total";
+        assert_eq!(value(&registry, requests, &[("route", "base"), ("status", "200")]), 1.0);
+        assert_eq!(value(&registry, requests, &[("route", "blob"), ("status", "200")]), 2.0);
+        assert_eq!(value(&registry, requests, &[("route", "blob"), ("status", &miss.to_string())]), 1.0);
+        assert_eq!(value(&registry, requests, &[("route", "invalid")]), 1.0);
+        assert_eq!(value(&registry, "shoal_agent_cache_total", &[("result", "hit")]), 2.0);
+        assert_eq!(value(&registry, "shoal_agent_cache_total", &[("result", "miss")]), 1.0);
+        assert_eq!(value(&registry, "shoal_agent_served_bytes_total", &[]), data.len() as f64, "HEAD sends no body");
+
+        shutdown.cancel();
+        task.await.unwrap().unwrap();
+    }
 }

@@ -55,7 +55,8 @@ enum Command {
 #[derive(Subcommand)]
 enum Runtime {
     /// containerd (ctr, nerdctl, the kubelet through CRI): one hosts.toml per registry and a
-    /// `_default` catch-all under the hosts directory.
+    /// `_default` catch-all under the hosts directory, merged into the hosts.toml files already
+    /// there (a file that cannot be merged is refused, never overwritten).
     Containerd {
         #[command(flatten)]
         common: Common,
@@ -86,9 +87,14 @@ enum Runtime {
 
 #[derive(clap::Args)]
 struct Common {
-    /// The agent's registry address as the runtime reaches it (its `listen`).
+    /// The agent's registry address as the runtime reaches it (its `listen`); an IPv6
+    /// address in brackets, `[fd00::1]:7700`.
     #[arg(long, default_value = "127.0.0.1:7700")]
     agent: String,
+    /// Replaces the host of `--agent` with this IP (IPv4 or IPv6), e.g. the node's IP from the
+    /// environment.
+    #[arg(long)]
+    agent_ip: Option<IpAddr>,
     /// A registry host to mirror, as image references name it; repeat for more.
     #[arg(long = "registry", default_value = runtime_config::DOCKER_HUB)]
     registries: Vec<String>,
@@ -99,6 +105,10 @@ struct Common {
     /// Prints the files instead of writing them.
     #[arg(long)]
     dry_run: bool,
+    /// Removes what `configure` wrote instead: files Shoal wrote whole, and Shoal's block in a
+    /// containerd hosts.toml it merged into (daemon.json: the agent's mirror). Nothing else.
+    #[arg(long, conflicts_with = "dry_run")]
+    uninstall: bool,
 }
 
 fn parse_upstream(s: &str) -> Result<(String, String), String> {
@@ -111,7 +121,7 @@ impl Common {
     fn mirror(&self) -> Result<Mirror, runtime_config::ConfigureError> {
         let mut registries = self.registries.clone();
         registries.extend(self.upstreams.iter().map(|(k, _)| k.clone()));
-        Mirror::new(&self.agent, &registries, &self.upstreams)
+        Mirror::new(&self.agent, self.agent_ip, &registries, &self.upstreams)
     }
 }
 
@@ -121,13 +131,67 @@ fn configure(runtime: &Runtime) -> i32 {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("shoal-agent configure: {e:#}");
-            if e.downcast_ref::<runtime_config::ConfigureError>().is_some() { 64 } else { 1 }
+            if e.downcast_ref::<runtime_config::ConfigureError>().is_some_and(|e| e.is_usage()) { 64 } else { 1 }
         }
     }
 }
 
+/// `configure ... --uninstall`: takes out what `configure` wrote, and says what it did.
+fn uninstall(runtime: &Runtime) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use runtime_config::Uninstall;
+    let mut out = String::new();
+    let mut remove_whole = |path: &std::path::Path| -> anyhow::Result<()> {
+        match std::fs::read_to_string(path) {
+            Ok(t) if runtime_config::uninstall_text(&t).is_none() => {
+                std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+                out.push_str(&format!("removed {}\n", path.display()));
+            }
+            Ok(_) => out.push_str(&format!("left {}: not written by shoal-agent\n", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+        Ok(())
+    };
+    match runtime {
+        Runtime::Containerd { hosts_dir, .. } => {
+            let done = runtime_config::containerd_uninstall(hosts_dir)
+                .with_context(|| format!("uninstalling from {}", hosts_dir.display()))?;
+            for d in done {
+                match d {
+                    Uninstall::Removed(p) => out.push_str(&format!("removed {}\n", p.display())),
+                    Uninstall::Unmerged(p) => out.push_str(&format!("took the agent's block out of {}\n", p.display())),
+                }
+            }
+        }
+        Runtime::Podman { file, .. } => remove_whole(file)?,
+        Runtime::Docker { common, daemon_json } => {
+            let m = common.mirror()?;
+            match std::fs::read_to_string(daemon_json) {
+                Ok(t) => {
+                    let contents = m.daemon_json_without(daemon_json, &t)?;
+                    if runtime_config::write_atomic(daemon_json, &contents)
+                        .with_context(|| format!("writing {}", daemon_json.display()))?
+                    {
+                        out.push_str(&format!("took http://{} out of {}\n", m.agent, daemon_json.display()));
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("reading {}", daemon_json.display())),
+            }
+        }
+    }
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes());
+    Ok(())
+}
+
 fn try_configure(runtime: &Runtime) -> anyhow::Result<()> {
     use anyhow::Context;
+    let (Runtime::Containerd { common, .. } | Runtime::Podman { common, .. } | Runtime::Docker { common, .. }) =
+        runtime;
+    if common.uninstall {
+        return uninstall(runtime);
+    }
     let (common, files, notes) = match runtime {
         Runtime::Containerd { common, hosts_dir, containerd_config } => {
             let m = common.mirror()?;
@@ -136,18 +200,16 @@ fn try_configure(runtime: &Runtime) -> anyhow::Result<()> {
                 hosts_dir.display(),
                 hosts_dir.display()
             )];
-            let set = std::fs::read_to_string(containerd_config)
-                .ok()
-                .and_then(|t| runtime_config::containerd_config_path_set(&t));
+            let config = std::fs::read_to_string(containerd_config).ok();
+            let set = config.as_deref().and_then(runtime_config::containerd_config_path_set);
             if set != Some(true) {
                 notes.push(format!(
-                    "{} does not set the CRI plugin's config_path; add this once and restart containerd:
-{}",
+                    "{} does not set the CRI plugin's config_path; add this once and restart containerd:\n{}",
                     containerd_config.display(),
-                    runtime_config::containerd_config_path_hint(hosts_dir)
+                    runtime_config::containerd_config_path_hint(hosts_dir, config.as_deref())
                 ));
             }
-            (common, m.containerd_files(hosts_dir), notes)
+            (common, m.containerd_install(hosts_dir)?, notes)
         }
         Runtime::Podman { common, file } => {
             let m = common.mirror()?;
@@ -223,8 +285,20 @@ async fn main() -> anyhow::Result<()> {
     shoal_runtime::init_tracing("info");
     let cfg = shoal_runtime::config_or_exit("shoal-agent", load(&args), args.check_config);
     let listeners = shoal_agent::Listeners::bind(cfg.config.listen, cfg.config.peer_listen).await?;
+    let metrics = match cfg.config.metrics_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+        None => None,
+    };
+    let grace = cfg.config.shutdown_grace.get();
     let shutdown = CancellationToken::new();
     let registry = prometheus::Registry::new();
-    let (_agent, serve) = shoal_agent::start(cfg, listeners, registry, shutdown.clone()).await?;
+    let (agent, serve) = shoal_agent::start(cfg, listeners, registry, shutdown.clone()).await?;
+    let admin = metrics.map(|l| shoal_agent::serve_admin(&agent, l, shutdown.clone(), grace));
+    let serve = async move {
+        match admin {
+            Some(admin) => futures::future::try_join(serve, admin).await.map(|_| ()),
+            None => serve.await,
+        }
+    };
     shoal_runtime::serve_until_signal(serve, shutdown).await
 }

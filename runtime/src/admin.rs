@@ -47,8 +47,17 @@ pub struct Admin {
     phase: watch::Sender<Phase>,
 }
 
+/// The version every binary reports (the workspace's).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git commit the binaries were built from, or "unknown" (see `build.rs`).
+pub const GIT_COMMIT: &str = env!("SHOAL_GIT_COMMIT");
+
 impl Admin {
+    /// Registers what every service reports on `registry`: `shoal_build_info{version,commit}`
+    /// (always 1) and, on Linux, the process's CPU, memory, open files and start time
+    /// (`process_*`). A registry that already has them keeps its own.
     pub fn new(registry: Registry) -> Admin {
+        register_common(&registry);
         Admin { registry, phase: watch::Sender::new(Phase::Starting) }
     }
 
@@ -102,6 +111,28 @@ impl Admin {
     }
 }
 
+fn register_common(registry: &Registry) {
+    let opts = prometheus::Opts::new("shoal_build_info", "the build: version and git commit; always 1")
+        .const_label("version", VERSION)
+        .const_label("commit", GIT_COMMIT);
+    let mut collectors: Vec<Box<dyn prometheus::core::Collector>> = Vec::new();
+    match prometheus::IntGauge::with_opts(opts) {
+        Ok(g) => {
+            g.set(1);
+            collectors.push(Box::new(g));
+        }
+        Err(e) => tracing::warn!("shoal_build_info: {e}"),
+    }
+    #[cfg(target_os = "linux")]
+    collectors.push(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+    for c in collectors {
+        match registry.register(c) {
+            Ok(()) | Err(prometheus::Error::AlreadyReg) => {}
+            Err(e) => tracing::warn!("registering a metric: {e}"),
+        }
+    }
+}
+
 async fn ready(State(admin): State<Admin>) -> impl IntoResponse {
     match admin.phase() {
         Phase::Ready => (StatusCode::OK, "ready\n"),
@@ -137,6 +168,31 @@ pub async fn serve(
         _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
             tracing::warn!(?grace, "http drain deadline passed; dropping in-flight requests");
             Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_registry_gets_build_info_and_process_metrics_once() {
+        let registry = Registry::new();
+        let _a = Admin::new(registry.clone());
+        let _b = Admin::new(registry.clone());
+        let families = registry.gather();
+        let info: Vec<_> = families.iter().filter(|f| f.name() == "shoal_build_info").collect();
+        assert_eq!(info.len(), 1);
+        let m = &info[0].get_metric()[0];
+        let labels: Vec<_> = m.get_label().iter().map(|l| (l.name(), l.value())).collect();
+        assert!(labels.contains(&("version", env!("CARGO_PKG_VERSION"))), "{labels:?}");
+        let commit = labels.iter().find(|(k, _)| *k == "commit").map(|(_, v)| *v).unwrap();
+        assert!(commit == "unknown" || commit.len() >= 7, "{commit}");
+        assert_eq!(m.get_gauge().get_value(), 1.0);
+        #[cfg(target_os = "linux")]
+        for name in ["process_cpu_seconds_total", "process_resident_memory_bytes", "process_start_time_seconds"] {
+            assert!(families.iter().any(|f| f.name() == name), "{name} missing");
         }
     }
 }

@@ -33,6 +33,7 @@ use shoal_core::registry::{ByteRange, Reference, RepoName, Route, parse_range, p
 use shoal_core::{Digest, MetaInfo};
 use shoal_swarm::{BlobFile, Swarm};
 
+use crate::metrics::AgentMetrics;
 use crate::origin_client::{Hints, OriginClient};
 use error::{BLOB_UNKNOWN, MANIFEST_UNKNOWN, RegistryError, UNSUPPORTED};
 pub use tags::TagResolver;
@@ -46,6 +47,8 @@ pub struct RegistryState {
     pub swarm: Swarm,
     pub origins: OriginClient,
     pub tags: TagResolver,
+    /// Requests by status, cache hits and misses, bytes served.
+    pub metrics: AgentMetrics,
     /// Ends background work started by requests (preheat prefetches).
     pub shutdown: tokio_util::sync::CancellationToken,
 }
@@ -71,6 +74,13 @@ async fn handle(State(st): State<RegistryState>, method: Method, uri: Uri, heade
         }
     };
     resp.headers_mut().insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    let route = match parse_route(uri.path()) {
+        Ok(Route::Base) => "base",
+        Ok(Route::Manifest { .. }) => "manifest",
+        Ok(Route::Blob { .. }) => "blob",
+        Err(_) => "invalid",
+    };
+    st.metrics.request(route, resp.status().as_u16());
     resp
 }
 
@@ -114,7 +124,9 @@ async fn metainfo(
     unknown: &'static str,
     hints: &Hints,
 ) -> Result<MetaInfo, RegistryError> {
-    if let Some(f) = st.swarm.complete(digest).await? {
+    let stored = st.swarm.complete(digest).await?;
+    st.metrics.lookup(stored.is_some());
+    if let Some(f) = stored {
         return Ok(f.meta().clone());
     }
     st.origins.metainfo_for(digest, hints).await.map_err(|e| RegistryError::from_origin(e, unknown))
@@ -165,7 +177,7 @@ async fn get_blob(
         ByteRange::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end),
         ByteRange::Unsatisfiable => return Err(RegistryError::range_not_satisfiable(len)),
     };
-    let body = Body::from_stream(st.swarm.stream(meta, start, end).await?);
+    let body = Body::from_stream(st.metrics.counted(st.swarm.stream(meta, start, end).await?));
     let mut h = content_headers(digest, end - start, OCTETS);
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if status == StatusCode::PARTIAL_CONTENT
@@ -207,7 +219,12 @@ async fn get_manifest(
         })?;
     let media_type = manifest::media_type(&bytes).ok_or_else(not_manifest)?;
     let h = content_headers(digest, len, &media_type);
-    let body = if head { Body::empty() } else { Body::from(bytes) };
+    let body = if head {
+        Body::empty()
+    } else {
+        st.metrics.served(bytes.len());
+        Body::from(bytes)
+    };
     Ok((StatusCode::OK, h, body).into_response())
 }
 

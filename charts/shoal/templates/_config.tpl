@@ -5,7 +5,8 @@ the binaries reject unknown keys and check the rest before binding a port.
 
 {{- define "shoal.trackerConfig" -}}
 {{- $t := .Values.tracker -}}
-listen: "0.0.0.0:{{ $t.port }}"
+{{- $any := include "shoal.listenAddress" . -}}
+listen: {{ include "shoal.hostPort" (dict "host" $any "port" $t.port) | quote }}
 peer_ttl: {{ $t.peerTtl | quote }}
 announce_interval: {{ $t.announceInterval | quote }}
 max_peers: {{ $t.maxPeers }}
@@ -21,8 +22,9 @@ One origin's config: call with (dict "ctx" $ "index" i). Only `id` differs betwe
 {{- define "shoal.originConfig" -}}
 {{- $o := .ctx.Values.origin -}}
 {{- $name := include "shoal.originName" .ctx -}}
-listen: "0.0.0.0:{{ $o.httpPort }}"
-peer_listen: "0.0.0.0:{{ $o.peerPort }}"
+{{- $any := include "shoal.listenAddress" .ctx -}}
+listen: {{ include "shoal.hostPort" (dict "host" $any "port" $o.httpPort) | quote }}
+peer_listen: {{ include "shoal.hostPort" (dict "host" $any "port" $o.peerPort) | quote }}
 id: {{ printf "%s-%d" $name (int .index) }}
 origins:
   {{- include "shoal.origins" .ctx | trim | nindent 2 }}
@@ -38,11 +40,14 @@ backend:
   {{- with $s3.endpointUrl }}
   endpoint_url: {{ . | quote }}
   {{- end }}
+  {{- if $s3.caBundle.configMap }}
+  ca_file: /var/run/shoal/s3-ca/ca.pem
+  {{- end }}
   {{- if not (kindIs "invalid" $s3.forcePathStyle) }}
   force_path_style: {{ $s3.forcePathStyle }}
   {{- end }}
-  multipart_threshold: {{ $s3.multipartThreshold | quote }}
-  part_size: {{ $s3.partSize | quote }}
+  multipart_threshold: {{ include "shoal.bytes" $s3.multipartThreshold }}
+  part_size: {{ include "shoal.bytes" $s3.partSize }}
 {{- else if eq $o.backend.type "fs" }}
   type: fs
   root: /var/lib/shoal/backend
@@ -54,7 +59,7 @@ backend:
 max_concurrent_fetches: {{ $o.maxConcurrentFetches }}
 metainfo_wait: {{ $o.metainfoWait | quote }}
 failure_ttl: {{ $o.failureTtl | quote }}
-max_upload: {{ $o.maxUpload | quote }}
+max_upload: {{ include "shoal.bytes" $o.maxUpload }}
 preheat_concurrency: {{ $o.preheatConcurrency }}
 shutdown_grace: "{{ $o.shutdownGraceSeconds }}s"
 {{- with $o.pullThrough }}
@@ -66,6 +71,9 @@ pull_through:
   tag_ttl: {{ .tagTtl | quote }}
   connect_timeout: {{ .connectTimeout | quote }}
   read_timeout: {{ .readTimeout | quote }}
+  {{- if .dockerConfigSecret }}
+  docker_config_file: /var/run/shoal/dockerconfig/config.json
+  {{- end }}
   upstreams:
   {{- range $i, $u := .upstreams }}
     - host: {{ $u.host | quote }}
@@ -76,6 +84,13 @@ pull_through:
       {{- end }}
       {{- if and $u.passwordSecret $u.passwordSecret.name }}
       password_file: /var/run/shoal/upstream-{{ $i }}/password
+      {{- end }}
+      {{- if and $u.caBundle $u.caBundle.configMap }}
+      ca_file: /var/run/shoal/upstream-{{ $i }}-ca/ca.pem
+      {{- end }}
+      {{- if $u.clientCertSecret }}
+      client_cert_file: /var/run/shoal/upstream-{{ $i }}-client/tls.crt
+      client_key_file: /var/run/shoal/upstream-{{ $i }}-client/tls.key
       {{- end }}
   {{- else }}
     []
@@ -92,8 +107,10 @@ swarm:
 
 {{- define "shoal.agentConfig" -}}
 {{- $a := .Values.agent -}}
-listen: "0.0.0.0:{{ $a.port }}"
-peer_listen: "0.0.0.0:{{ $a.peerPort }}"
+{{- $any := include "shoal.listenAddress" . -}}
+listen: {{ include "shoal.hostPort" (dict "host" (include "shoal.agentApiAddress" .) "port" $a.port) | quote }}
+metrics_listen: {{ include "shoal.hostPort" (dict "host" $any "port" $a.metricsPort) | quote }}
+peer_listen: {{ include "shoal.hostPort" (dict "host" $any "port" $a.peerPort) | quote }}
 origins:
   {{- include "shoal.origins" . | trim | nindent 2 }}
 origin_replicas: {{ .Values.origin.ringReplicas }}
@@ -108,4 +125,15 @@ swarm:
   {{- with $a.swarm }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
+{{- end }}
+
+{{/* The address the agent's registry API binds (agent.apiAddress; see values.yaml). */}}
+{{- define "shoal.agentApiAddress" -}}
+{{- if .Values.agent.apiAddress }}
+{{- .Values.agent.apiAddress | trimPrefix "[" | trimSuffix "]" }}
+{{- else if .Values.agent.hostNetwork }}
+{{- "127.0.0.1" }}
+{{- else }}
+{{- include "shoal.listenAddress" . }}
+{{- end }}
 {{- end }}

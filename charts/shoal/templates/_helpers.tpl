@@ -89,20 +89,94 @@ prometheus.io/path: /metrics
 {{- end }}
 {{- end }}
 
-{{/* Liveness and readiness probes on the HTTP port named "http". */}}
+{{/* Liveness and readiness probes on the named port: call with the port's name. */}}
 {{- define "shoal.probes" -}}
 startupProbe:
-  httpGet: { path: /health, port: http }
+  httpGet: { path: /health, port: {{ . }} }
   periodSeconds: 2
   failureThreshold: 30
 livenessProbe:
-  httpGet: { path: /health, port: http }
+  httpGet: { path: /health, port: {{ . }} }
   periodSeconds: 10
   timeoutSeconds: 3
   failureThreshold: 3
 readinessProbe:
-  httpGet: { path: /ready, port: http }
+  httpGet: { path: /ready, port: {{ . }} }
   periodSeconds: 5
   timeoutSeconds: 3
   failureThreshold: 2
+{{- end }}
+
+{{/*
+"host:port" for a listener on `host` (an IPv4 or IPv6 address): call with
+(dict "host" "::" "port" 7700). IPv6 addresses get their brackets.
+*/}}
+{{- define "shoal.hostPort" -}}
+{{- if contains ":" .host }}{{ printf "[%s]:%d" .host (int .port) }}{{ else }}{{ printf "%s:%d" .host (int .port) }}{{ end }}
+{{- end }}
+
+{{/* The address every listener binds: listenAddress, validated. */}}
+{{- define "shoal.listenAddress" -}}
+{{- $a := .Values.listenAddress | trimPrefix "[" | trimSuffix "]" }}
+{{- if not (has $a (list "0.0.0.0" "::")) }}
+{{- fail (printf "listenAddress must be 0.0.0.0 or ::, not %q" .Values.listenAddress) }}
+{{- end }}
+{{- $a }}
+{{- end }}
+
+{{/*
+A byte size as the binaries read it: an integer stays an integer (printed in full, not as the
+float Helm parses it into), a string such as 64MiB is quoted.
+*/}}
+{{- define "shoal.bytes" -}}
+{{- if or (kindIs "float64" .) (kindIs "int64" .) (kindIs "int" .) }}{{ int64 . }}{{ else }}{{ . | quote }}{{ end }}
+{{- end }}
+
+{{/*
+The ServiceAccount name of a component: call with (dict "ctx" $ "component" "agent").
+*/}}
+{{- define "shoal.serviceAccountName" -}}
+{{- $sa := (index .ctx.Values .component).serviceAccount }}
+{{- if $sa.create }}
+{{- default (printf "%s-%s" (include "shoal.fullname" .ctx) .component) $sa.name }}
+{{- else }}
+{{- required (printf "%s.serviceAccount.name is required with create false" .component) $sa.name }}
+{{- end }}
+{{- end }}
+
+{{/* The ServiceAccount of a component, when the chart creates it. */}}
+{{- define "shoal.serviceAccount" -}}
+{{- $sa := (index .ctx.Values .component).serviceAccount }}
+{{- if $sa.create }}
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: {{ include "shoal.serviceAccountName" . }}
+  namespace: {{ .ctx.Release.Namespace }}
+  labels:
+    {{- include "shoal.labels" .ctx | nindent 4 }}
+    app.kubernetes.io/component: {{ .component }}
+  {{- with $sa.annotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+# The pods mount no API token (automountServiceAccountToken: false); identity webhooks (IRSA,
+# EKS Pod Identity) project their own.
+automountServiceAccountToken: false
+---
+{{- end }}
+{{- end }}
+
+{{/*
+A checksum of the Secrets a pod reads, as the cluster holds them at install or upgrade time
+(`lookup`; empty under `helm template`): call with (dict "ctx" $ "names" (list ...)). A changed
+Secret rolls the pods on the next `helm upgrade`, as a changed config does.
+*/}}
+{{- define "shoal.secretsChecksum" -}}
+{{- $data := list }}
+{{- range $name := .names | uniq | sortAlpha }}
+{{- $s := lookup "v1" "Secret" $.ctx.Release.Namespace $name }}
+{{- $data = append $data (printf "%s=%s" $name (toJson (default dict $s.data))) }}
+{{- end }}
+{{- join "\n" $data | sha256sum | trunc 16 }}
 {{- end }}

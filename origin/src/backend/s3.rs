@@ -55,6 +55,10 @@ pub struct S3Config {
     /// Endpoint of an S3-compatible server (`http://127.0.0.1:9000`); default AWS.
     #[serde(default)]
     pub endpoint_url: Option<String>,
+    /// PEM CA certificates trusted for the endpoint beside the system's roots (an
+    /// S3-compatible server with a private CA); default none.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Signing region; default `us-east-1`.
     #[serde(default = "default_region")]
     pub region: String,
@@ -97,6 +101,7 @@ impl S3Config {
             prefix: String::new(),
             layout,
             endpoint_url: None,
+            ca_file: None,
             region: default_region(),
             force_path_style: None,
             access_key_id: None,
@@ -113,6 +118,9 @@ impl S3Config {
             return invalid("bucket is empty".into());
         }
         super::validate_prefix(&self.prefix)?;
+        if let Some(f) = &self.ca_file {
+            read_ca_file(f)?;
+        }
         if self.access_key_id.is_some() != self.secret_access_key.is_some() {
             return invalid("set both access_key_id and secret_access_key, or neither".into());
         }
@@ -133,6 +141,17 @@ impl S3Config {
     }
 }
 
+/// The PEM bundle at `path`, checked to hold at least one certificate.
+fn read_ca_file(path: &Path) -> Result<Vec<u8>, BackendError> {
+    let bad = |why: String| BackendError::permanent(format!("invalid s3 config: ca_file {}: {why}", path.display()));
+    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    match reqwest::Certificate::from_pem_bundle(&pem) {
+        Ok(certs) if !certs.is_empty() => Ok(pem),
+        Ok(_) => Err(bad("no PEM certificate in it".into())),
+        Err(e) => Err(bad(e.to_string())),
+    }
+}
+
 impl fmt::Debug for S3Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("S3Config")
@@ -140,6 +159,7 @@ impl fmt::Debug for S3Config {
             .field("prefix", &self.prefix)
             .field("layout", &self.layout)
             .field("endpoint_url", &self.endpoint_url)
+            .field("ca_file", &self.ca_file)
             .field("region", &self.region)
             .field("force_path_style", &self.force_path_style)
             .field("access_key_id", &self.access_key_id)
@@ -165,6 +185,20 @@ impl S3Backend {
             aws_config::defaults(aws_config::BehaviorVersion::latest()).region(Region::new(cfg.region.clone()));
         if let Some(url) = &cfg.endpoint_url {
             loader = loader.endpoint_url(url);
+        }
+        if let Some(f) = &cfg.ca_file {
+            use aws_smithy_http_client::tls;
+            // The native roots stay (TrustStore's default); the bundle is added to them.
+            let trust = tls::TrustStore::default().with_pem_certificate(read_ca_file(f)?);
+            let ctx = tls::TlsContext::builder()
+                .with_trust_store(trust)
+                .build()
+                .map_err(|e| BackendError::permanent(format!("s3 ca_file {}: {e}", f.display())))?;
+            let http = aws_smithy_http_client::Builder::new()
+                .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc))
+                .tls_context(ctx)
+                .build_https();
+            loader = loader.http_client(http);
         }
         if let (Some(id), Some(secret)) = (&cfg.access_key_id, &cfg.secret_access_key) {
             loader = loader.credentials_provider(Credentials::new(id, secret, None, None, "shoal-config"));
@@ -457,6 +491,34 @@ mod tests {
     use super::*;
 
     const MIB: u64 = 1 << 20;
+
+    #[tokio::test]
+    async fn an_endpoint_with_a_private_ca_is_reached_with_ca_file() {
+        use crate::upstream::tls_tests::{Ca, tls_server, write_pem};
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("shoal test S3 CA");
+        let ca_file = write_pem(dir.path(), "ca.pem", ca.cert.pem());
+        // What HeadObject wants: a 200 with the object's length.
+        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n".to_vec();
+        let addr = tls_server(&ca, None, answer).await;
+        let cfg = |ca_file: Option<&str>| S3Config {
+            endpoint_url: Some(format!("https://localhost:{}", addr.port())),
+            ca_file: ca_file.map(Into::into),
+            access_key_id: Some("test".into()),
+            secret_access_key: Some("test".into()),
+            ..S3Config::new("bucket", Layout::Flat)
+        };
+        let digest = Digest::of(b"hello");
+        let trusted = S3Backend::new(cfg(Some(&ca_file))).await.unwrap();
+        assert_eq!(trusted.stat(&digest).await.unwrap(), Some(5));
+        let untrusted = S3Backend::new(cfg(None)).await.unwrap();
+        let err = untrusted.stat(&digest).await.unwrap_err();
+        assert!(err.to_string().contains("head_object"), "an unknown CA fails the request: {err}");
+
+        let junk = write_pem(dir.path(), "junk.pem", "not a certificate\n".into());
+        let err = S3Backend::new(cfg(Some(&junk))).await.unwrap_err().to_string();
+        assert!(err.contains("ca_file") && err.contains("no PEM certificate"), "{err}");
+    }
 
     #[test]
     fn parts_cover_the_file_exactly() {

@@ -12,7 +12,12 @@
 //!   ([`Upstreams::cached_tag`]). Registries serve a manifest only on this endpoint, not as
 //!   a blob, so a digest the blob endpoint does not know is tried here too (by the fetcher).
 //! - Auth ([`auth`]): anonymous, Basic, or the Docker bearer-token flow on a 401 challenge,
-//!   with tokens cached per scope.
+//!   with tokens cached per scope. Basic credentials come from the upstream's own
+//!   `username`/`password`, else from a Docker config JSON ([`docker_config`]), the file a
+//!   `kubernetes.io/dockerconfigjson` Secret mounts.
+//! - TLS: the system's native roots and the bundled web roots, plus an upstream's own
+//!   `ca_file`; a client certificate (`client_cert_file`, `client_key_file`) for an upstream
+//!   that asks for one. Every file is read and parsed when the config is validated.
 //!
 //! Errors are classified for the failure cache and the HTTP edge ([`UpstreamError`]): 404 is
 //! "not found" as from the backend, 401/403 after authenticating is a permanent denial, 5xx,
@@ -20,6 +25,9 @@
 //! same bytes everywhere, and every byte is verified before it is stored.
 
 pub mod auth;
+pub mod docker_config;
+#[cfg(test)]
+pub(crate) mod tls_tests;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -59,6 +67,10 @@ pub struct PullThroughConfig {
     pub connect_timeout: Duration,
     /// Longest wait for the next bytes of an upstream response. Default 60s.
     pub read_timeout: Duration,
+    /// A Docker config JSON (the `.dockerconfigjson` of a `kubernetes.io/dockerconfigjson`
+    /// Secret): Basic credentials for every upstream without a `username` of its own, found by
+    /// its `host` or its URL's host. Default none.
+    pub docker_config_file: Option<PathBuf>,
 }
 
 impl Default for PullThroughConfig {
@@ -69,6 +81,7 @@ impl Default for PullThroughConfig {
             tag_ttl: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
+            docker_config_file: None,
         }
     }
 }
@@ -92,6 +105,16 @@ pub struct UpstreamConfig {
     /// Writes verified blobs and tag links back to the origin's backend (registry layout).
     #[serde(default)]
     pub write_back: bool,
+    /// PEM CA certificates trusted for this upstream beside the system's roots (a private
+    /// registry's own CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// A PEM client certificate (with its chain) presented to an upstream that asks for one.
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    /// The PEM private key of `client_cert_file`.
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
 }
 
 /// A password: never printed.
@@ -105,13 +128,63 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// A checked upstream: URL parsed, password read.
+/// A checked upstream: URL parsed, password read, TLS files loaded.
 #[derive(Clone, Debug)]
 pub struct ValidUpstream {
     pub host: RegistryHost,
     pub url: reqwest::Url,
     pub credentials: Option<(String, Secret)>,
     pub write_back: bool,
+    pub tls: UpstreamTls,
+}
+
+/// The TLS material of one upstream, parsed.
+#[derive(Clone, Default)]
+pub struct UpstreamTls {
+    /// Trusted beside the system's roots.
+    pub roots: Vec<reqwest::Certificate>,
+    /// The client certificate and key.
+    pub identity: Option<reqwest::Identity>,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("roots", &self.roots.len())
+            .field("identity", &self.identity.is_some())
+            .finish()
+    }
+}
+
+impl UpstreamTls {
+    /// Reads and parses the files; errors name the file.
+    fn load(u: &UpstreamConfig) -> Result<UpstreamTls, String> {
+        let read = |f: &PathBuf| std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()));
+        let roots = match &u.ca_file {
+            Some(f) => {
+                let certs = reqwest::Certificate::from_pem_bundle(&read(f)?)
+                    .map_err(|e| format!("ca_file {}: {e}", f.display()))?;
+                if certs.is_empty() {
+                    return Err(format!("ca_file {}: no PEM certificate in it", f.display()));
+                }
+                certs
+            }
+            None => Vec::new(),
+        };
+        let identity = match (&u.client_cert_file, &u.client_key_file) {
+            (Some(cert), Some(key)) => {
+                let mut pem = read(cert)?;
+                pem.push(b'\n');
+                pem.extend(read(key)?);
+                Some(reqwest::Identity::from_pem(&pem).map_err(|e| {
+                    format!("client_cert_file {} with client_key_file {}: {e}", cert.display(), key.display())
+                })?)
+            }
+            (None, None) => None,
+            _ => return Err("client_cert_file and client_key_file go together".to_owned()),
+        };
+        Ok(UpstreamTls { roots, identity })
+    }
 }
 
 /// A checked `pull_through:` section.
@@ -125,9 +198,18 @@ pub struct ValidPullThrough {
 }
 
 impl PullThroughConfig {
-    /// Checks the section and reads password files.
+    /// Checks the section and reads the password, Docker config and TLS files.
     pub fn validate(&self) -> Result<ValidPullThrough, ConfigError> {
         let invalid = |m: String| ConfigError::Invalid(format!("pull_through: {m}"));
+        let docker = match &self.docker_config_file {
+            Some(f) => {
+                let text = std::fs::read_to_string(f)
+                    .map_err(|e| invalid(format!("docker_config_file {}: {e}", f.display())))?;
+                docker_config::DockerCredentials::parse(&text)
+                    .map_err(|e| invalid(format!("docker_config_file {}: {e}", f.display())))?
+            }
+            None => docker_config::DockerCredentials::default(),
+        };
         let mut upstreams = Vec::new();
         for u in &self.upstreams {
             if upstreams.iter().any(|v: &ValidUpstream| v.host == u.host) {
@@ -154,10 +236,18 @@ impl PullThroughConfig {
             };
             let credentials = match (&u.username, password) {
                 (Some(user), Some(p)) if !user.is_empty() => Some((user.clone(), p)),
-                (None, None) => None,
+                (None, None) => {
+                    let url_host = match (url.host_str(), url.port()) {
+                        (Some(h), Some(p)) => format!("{h}:{p}"),
+                        (h, None) => h.unwrap_or_default().to_owned(),
+                        (None, Some(_)) => String::new(),
+                    };
+                    docker.lookup([u.host.as_str(), url_host.as_str()])
+                }
                 _ => return Err(invalid(format!("{}: username and a password go together", u.host))),
             };
-            upstreams.push(ValidUpstream { host: u.host.clone(), url, credentials, write_back: u.write_back });
+            let tls = UpstreamTls::load(u).map_err(|e| invalid(format!("{}: {e}", u.host)))?;
+            upstreams.push(ValidUpstream { host: u.host.clone(), url, credentials, write_back: u.write_back, tls });
         }
         if let Some(d) = &self.default_upstream
             && !upstreams.iter().any(|u| &u.host == d)
@@ -256,16 +346,24 @@ impl Upstreams {
     pub fn new(cfg: &ValidPullThrough, metrics: UpstreamMetrics) -> Result<Upstreams, UpstreamError> {
         let mut by_host = HashMap::new();
         for u in &cfg.upstreams {
-            let http = reqwest::Client::builder()
+            let mut builder = reqwest::Client::builder()
                 .connect_timeout(cfg.connect_timeout)
                 .read_timeout(cfg.read_timeout)
                 .redirect(reqwest::redirect::Policy::limited(5))
                 .user_agent(concat!("shoal-origin/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .map_err(|e| UpstreamError::Permanent {
-                    host: u.host.as_str().into(),
-                    message: format!("building http client: {e}").into(),
-                })?;
+                // The system's roots (a corporate CA installed on the image) beside the
+                // bundled web roots; reqwest's default is the bundled ones alone.
+                .tls_built_in_native_certs(true);
+            for root in &u.tls.roots {
+                builder = builder.add_root_certificate(root.clone());
+            }
+            if let Some(id) = &u.tls.identity {
+                builder = builder.identity(id.clone());
+            }
+            let http = builder.build().map_err(|e| UpstreamError::Permanent {
+                host: u.host.as_str().into(),
+                message: format!("building http client: {e}").into(),
+            })?;
             let up = Upstream { cfg: u.clone(), http, tokens: TokenCache::default(), metrics: metrics.clone() };
             by_host.insert(u.host.clone(), Arc::new(up));
         }
@@ -593,6 +691,36 @@ mod tests {
         assert_eq!(v.upstreams[1].credentials.as_ref().map(|c| (c.0.as_str(), c.1.0.as_str())), Some(("u", "p")));
         assert_eq!(v.tag_ttl, std::time::Duration::from_secs(5));
         assert!(!format!("{v:?}").contains("\"p\""), "passwords are not printed: {v:?}");
+    }
+
+    #[test]
+    fn credentials_from_a_docker_config_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join(".dockerconfigjson");
+        // base64("robot:tok"); the registry is keyed by the upstream URL's host here.
+        std::fs::write(
+            &f,
+            r#"{"auths":{"https://index.docker.io/v1/":{"username":"hub","password":"hp"},
+                "mirror.corp:5000":{"auth":"cm9ib3Q6dG9r"}}}"#,
+        )
+        .unwrap();
+        let v = validate(&format!(
+            "docker_config_file: {}\nupstreams:\n- host: docker.io\n  url: https://registry-1.docker.io\n\
+             - host: corp.io\n  url: https://mirror.corp:5000/\n\
+             - host: own.io\n  url: https://own.io\n  username: me\n  password: mine\n\
+             - host: anon.io\n  url: https://anon.io\n",
+            f.display()
+        ))
+        .unwrap();
+        let creds: Vec<_> =
+            v.upstreams.iter().map(|u| u.credentials.as_ref().map(|(a, b)| (a.as_str(), b.0.as_str()))).collect();
+        assert_eq!(creds, [Some(("hub", "hp")), Some(("robot", "tok")), Some(("me", "mine")), None]);
+
+        std::fs::write(&f, "{\"auths\":{\"x\":{\"auth\":\"!\"}}}").unwrap();
+        let err = validate(&format!("docker_config_file: {}\n", f.display())).unwrap_err();
+        assert!(err.contains(".dockerconfigjson") && err.contains("auths.x: auth is not base64"), "{err}");
+        let err = validate("docker_config_file: /nonexistent/config.json\n").unwrap_err();
+        assert!(err.contains("/nonexistent/config.json"), "{err}");
     }
 
     #[test]
