@@ -1,6 +1,6 @@
 # The Shoal image: shoal-agent, shoal-origin and shoal-tracker on Debian bookworm.
 #
-#   docker build -t shoal:0.1.0 .
+#   docker build --build-arg SHOAL_GIT_COMMIT=$(git rev-parse --short HEAD) -t shoal:0.1.0 .
 #
 # The Helm chart in charts/shoal runs all three parts from this one image.
 
@@ -9,6 +9,8 @@ FROM rust:1.95-bookworm AS builder
 WORKDIR /src
 # The whole workspace: cargo needs every member's manifest, and the lock file pins the build.
 COPY . .
+# `.git` stays out of the context, so `--version` names the commit passed here.
+ARG SHOAL_GIT_COMMIT=unknown
 RUN cargo build --release --locked -p shoal-agent -p shoal-origin -p shoal-tracker \
     && install -D -m 0755 -t /out target/release/shoal-agent target/release/shoal-origin target/release/shoal-tracker
 

@@ -51,7 +51,8 @@ pub async fn start(
         shutdown: shutdown.child_token(),
     };
     let state = api::AppState { swarm: swarm.clone(), origins };
-    let router = api::router(state).merge(registry::router(registry_state)).merge(admin.router());
+    let router = api::router(state).merge(registry::router(registry_state));
+    let router = shoal_runtime::request_id::with_request_id(router, "agent").merge(admin.router());
     tracing::info!(%http_addr, "agent api listening");
     let grace = cfg.shutdown_grace.get();
     let a = admin.clone();

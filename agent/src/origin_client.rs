@@ -96,7 +96,11 @@ impl OriginClient {
                 if Instant::now() >= deadline {
                     return Err(OriginError::Timeout { digest, secs: self.fetch_timeout.as_secs() });
                 }
-                let resp = match self.http.get(&url).query(&hints.query()).send().await {
+                let mut req = self.http.get(&url).query(&hints.query());
+                if let Some(id) = shoal_runtime::request_id::current() {
+                    req = req.header(shoal_runtime::request_id::HEADER, id.as_str());
+                }
+                let resp = match req.send().await {
                     Ok(r) => r,
                     Err(e) => {
                         last = format!("{url}: {e}");

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use shoal_core::ring::{OriginNode, Ring};
-use shoal_runtime::{ByteSize, ConfigError, Duration};
+use shoal_runtime::{ByteSize, ConfigError, Duration, LogFormat};
 use shoal_swarm::SwarmConfig;
 
 use crate::backend::BackendConfig;
@@ -43,6 +43,8 @@ pub struct Config {
     pub pull_through: PullThroughConfig,
     /// How many blobs one preheat fetches at once. Default 4.
     pub preheat_concurrency: usize,
+    /// `text` or `json` log lines on stderr. Default `text`.
+    pub log_format: LogFormat,
     pub swarm: SwarmConfig,
 }
 
@@ -62,6 +64,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(20),
             pull_through: PullThroughConfig::default(),
             preheat_concurrency: 4,
+            log_format: LogFormat::Text,
             swarm: SwarmConfig { store_dir: "shoal-origin-store".into(), ..SwarmConfig::default() },
         }
     }

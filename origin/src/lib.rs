@@ -72,7 +72,7 @@ pub async fn start(
         upstreams,
         preheats: preheat::Preheats::new(cfg.preheat_concurrency, shutdown.child_token()),
     };
-    let router = api::router(state).merge(admin.router());
+    let router = shoal_runtime::request_id::with_request_id(api::router(state), "origin").merge(admin.router());
     tracing::info!(%http_addr, id = %cfg.id, "origin api listening");
     let grace = cfg.shutdown_grace.get();
     let a = admin.clone();

@@ -60,7 +60,13 @@ impl TrackerClient {
 
     async fn try_one(&self, url: &str, req: &AnnounceRequest) -> Result<AnnounceResponse, AnnounceError> {
         let http = |source| AnnounceError::Http { url: url.to_string(), source };
-        let resp = self.http.post(url).json(req).send().await.map_err(http)?;
+        let mut post = self.http.post(url).json(req);
+        // The request a download works for (see `shoal_runtime::request_id`), for the
+        // tracker's logs.
+        if let Some(id) = shoal_runtime::request_id::current() {
+            post = post.header(shoal_runtime::request_id::HEADER, id.as_str());
+        }
+        let resp = post.send().await.map_err(http)?;
         let status = resp.status();
         if !status.is_success() {
             let body = resp.text().await.unwrap_or_default().chars().take(200).collect();

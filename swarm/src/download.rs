@@ -159,12 +159,12 @@ pub(crate) async fn run(
                 if now >= next_announce && !announcing {
                     announcing = true;
                     let (n, e) = (node.clone(), entry.clone());
-                    tokio::spawn(async move {
+                    tokio::spawn(shoal_runtime::request_id::inherit(async move {
                         let interval = announce_and_connect(&n, &e).await;
                         if let Some(a) = e.actor() {
                             let _ = a.send(Event::Announced { interval });
                         }
-                    });
+                    }));
                 }
             }
         }

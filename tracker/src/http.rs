@@ -34,7 +34,9 @@ pub(crate) struct AppState {
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
-    Router::new().route("/announce", post(announce)).layer(DefaultBodyLimit::max(MAX_ANNOUNCE_BODY)).with_state(state)
+    let router =
+        Router::new().route("/announce", post(announce)).layer(DefaultBodyLimit::max(MAX_ANNOUNCE_BODY)).with_state(state);
+    shoal_runtime::request_id::with_request_id(router, "tracker")
 }
 
 async fn announce(

@@ -6,6 +6,7 @@ mod image;
 mod preheat;
 mod pullthrough;
 mod registry;
+mod request_id;
 mod resume;
 mod s3;
 mod swarm;
