@@ -46,6 +46,7 @@ pub async fn start(
     let admin = Admin::new(registry.clone());
     let backend = cfg.backend.build().await?;
     let swarm = Swarm::start(cfg.swarm.clone(), listeners.peer, &registry, true, shutdown.clone())?;
+    shoal_swarm::store_metrics::register(&registry, cfg.swarm.store_dir.clone())?;
     let metrics = metrics::OriginMetrics::new(&registry)?;
     let upstreams = match &config.pull_through {
         Some(pt) => {

@@ -1,7 +1,9 @@
 //! The tests, one module per concern.
 
 mod bad_input;
+mod cli;
 mod corrupt;
+mod dashboard;
 mod image;
 mod preheat;
 mod pullthrough;
