@@ -5,6 +5,7 @@ mod cli;
 mod corrupt;
 mod dashboard;
 mod image;
+mod notify;
 mod preheat;
 mod pullthrough;
 mod registry;
