@@ -5,6 +5,7 @@ mod cli;
 mod corrupt;
 mod dashboard;
 mod image;
+mod ipv6;
 mod notify;
 mod preheat;
 mod pullthrough;
