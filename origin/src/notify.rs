@@ -370,6 +370,19 @@ mod tests {
         assert_eq!(got, [("team/app", d('a'), Some("v1")), ("team/multi", d('f'), None)]);
     }
 
+    /// docker-registry 2.8's envelopes for `skopeo copy` of a one-layer image as `team/app:v1`,
+    /// as it sent them (a blob push, then the manifest push), joined into one.
+    #[test]
+    fn a_captured_registry_envelope() {
+        let got = parse(include_bytes!("../tests/data/registry-notification.json")).unwrap();
+        let want = "sha256:3d5f9eeb2c10e6e04a852f7efd601fb6f7b9d614bc62b74ce7abb0a496f05467";
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(
+            (got[0].name.as_str(), got[0].digest.to_string().as_str(), got[0].tag.as_deref()),
+            ("team/app", want, Some("v1"))
+        );
+    }
+
     #[test]
     fn harbor_webhooks_name_push_artifacts() {
         let body = |kind: &str| {
