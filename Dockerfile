@@ -1,6 +1,6 @@
 # The Shoal image: shoal-agent, shoal-origin and shoal-tracker on Debian bookworm.
 #
-#   docker build -t shoal:0.1.0 --build-arg GIT_COMMIT=$(git rev-parse HEAD) .
+#   docker build -t shoal:0.1.0 --build-arg SHOAL_GIT_COMMIT=$(git rev-parse --short HEAD) .
 #
 # The Helm chart in charts/shoal runs all three parts from this one image. The dependencies
 # are built in a layer of their own (cargo-chef), which a change to Shoal's own code leaves
@@ -21,19 +21,19 @@ COPY --from=planner /src/recipe.json recipe.json
 # Changes only when a manifest or Cargo.lock does.
 RUN cargo chef cook --release --locked --recipe-path recipe.json
 COPY . .
-# The commit shoal_build_info reports (the build context usually holds no .git).
-ARG GIT_COMMIT=unknown
-ENV SHOAL_GIT_COMMIT=${GIT_COMMIT}
+# `.git` stays out of the context, so `--version` and shoal_build_info name the commit passed here.
+ARG SHOAL_GIT_COMMIT=unknown
+ENV SHOAL_GIT_COMMIT=${SHOAL_GIT_COMMIT}
 RUN cargo build --release --locked -p shoal-agent -p shoal-origin -p shoal-tracker \
     && install -D -m 0755 -t /out target/release/shoal-agent target/release/shoal-origin target/release/shoal-tracker
 
 FROM debian:bookworm-slim
 ARG VERSION=0.1.0
-ARG GIT_COMMIT=unknown
+ARG SHOAL_GIT_COMMIT=unknown
 LABEL org.opencontainers.image.title="shoal" \
       org.opencontainers.image.description="Peer-to-peer distribution of container image blobs: agent, origin and tracker" \
       org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${GIT_COMMIT}" \
+      org.opencontainers.image.revision="${SHOAL_GIT_COMMIT}" \
       org.opencontainers.image.licenses="Apache-2.0"
 # CA certificates for S3 and upstream registries over HTTPS (the native roots the binaries
 # load beside a configured CA bundle).

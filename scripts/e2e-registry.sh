@@ -9,7 +9,9 @@
 # push to it; the filesystem layout is the same docker/distribution tree). One tracker, one
 # origin (s3 backend, docker_registry layout, reading that bucket) and three agents on
 # 127.0.77.x run from the debug binaries. An OCI image (a 64 MiB random layer and a small one)
-# and a linux/amd64 + linux/arm64 index are built by hand and pushed with skopeo. Then:
+# and a linux/amd64 + linux/arm64 index are built by hand and pushed with skopeo; the
+# registry's push notifications reach the origin, which must hold every pushed layer before
+# anything pulls (preheat on push). Then:
 # `shoal-agent configure` writes containerd's hosts.toml and a registries.conf drop-in;
 # containerd (ctr), skopeo and podman pull through agent 1 and every digest is checked; the
 # index pulls the right platform; three agents pull a second 64 MiB image at once and the
@@ -37,6 +39,7 @@ ORIGIN_PEER=$NET.2:7801
 AGENT_IPS=("$NET.11" "$NET.12" "$NET.13")
 AGENT=("${AGENT_IPS[0]}:7700" "${AGENT_IPS[1]}:7700" "${AGENT_IPS[2]}:7700")
 BUCKET=registry
+NOTIFY_TOKEN=e2e-notify-token
 NS=shoal-e2e
 
 declare -A PIDS=()
@@ -158,6 +161,16 @@ storage:
     enabled: true
 http:
   addr: $REG
+# Push notifications preheat what is pushed on the origin (queued until the origin is up).
+notifications:
+  endpoints:
+    - name: shoal
+      url: http://$ORIGIN_HTTP/notifications
+      headers:
+        Authorization: [Bearer $NOTIFY_TOKEN]
+      timeout: 5s
+      threshold: 3
+      backoff: 1s
 EOF
 start registry env -u AWS_CA_BUNDLE docker-registry serve "$W/registry.yml"
 wait_http registry "http://$REG/v2/"
@@ -185,6 +198,8 @@ backend:
   region: us-east-1
   access_key_id: shoal
   secret_access_key: shoalsecret
+notifications:
+  token: $NOTIFY_TOKEN
 swarm:
   store_dir: $W/origin-store
   trackers: ["http://$TRACKER"]
@@ -304,6 +319,21 @@ done
 V1_DOCKER=$(registry_digest v1-docker)
 [[ $V1_DOCKER == sha256:* && $V1_DOCKER != "sha256:$V1" ]] || fail "v1-docker is not a separate schema-2 manifest: $V1_DOCKER"
 echo "pushed test/img v1 sha256:$V1, v2 sha256:$V2, multi sha256:$INDEX, v1-docker $V1_DOCKER"
+
+# ---------------------------------------------------------------------------------------------
+log "preheat on push: the registry's notifications put the pushed images in the origin's store before any pull"
+deadline=$((SECONDS + PULL_TIMEOUT))
+for d in $V1 $V1_CONFIG $V1_LAYERS $INDEX $AMD_LAYERS $ARM_LAYERS; do
+    until [[ -f $W/origin-store/blobs/$d ]]; do
+        ((SECONDS < deadline)) || fail_log "$W/origin.log" "the origin did not preheat sha256:$d within ${PULL_TIMEOUT}s of the push"
+        sleep 0.2
+    done
+done
+for i in 0 1 2; do
+    [[ $(metric "http://${AGENT[$i]}" shoal_swarm_downloads_completed_total) == 0 ]] || fail "agent $i pulled during the preheat"
+done
+grep -q 'push notified; preheating' "$W/origin.log" || fail_log "$W/origin.log" "the origin logged no push notification"
+echo "preheat on push: the origin stored test/img:v1 and the index's layers ($(metric "http://$ORIGIN_HTTP" shoal_origin_backend_bytes_total) backend bytes) before any pull"
 
 # ---------------------------------------------------------------------------------------------
 log "runtime configs from shoal-agent configure"

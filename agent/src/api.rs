@@ -46,7 +46,7 @@ impl From<OriginError> for ApiError {
 }
 
 /// Maps a swarm failure at the edge.
-fn swarm_error(e: SwarmError) -> ApiError {
+pub(crate) fn swarm_error(e: SwarmError) -> ApiError {
     let status = match &e {
         SwarmError::Store(s) if s.is_storage_full() => StatusCode::INSUFFICIENT_STORAGE,
         SwarmError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use shoal_core::ring::{OriginNode, Ring};
-use shoal_runtime::{ConfigError, Duration};
+use shoal_runtime::{ConfigError, Duration, LogFormat};
 use shoal_swarm::SwarmConfig;
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -29,6 +29,8 @@ pub struct Config {
     /// How long a registry tag's digest, resolved through the origins, is reused before it
     /// is asked again; `0s` asks every time. Default 30s.
     pub tag_ttl: Duration,
+    /// `text` or `json` log lines on stderr. Default `text`.
+    pub log_format: LogFormat,
     pub swarm: SwarmConfig,
 }
 
@@ -43,6 +45,7 @@ impl Default for Config {
             origin_fetch_timeout: Duration::from_secs(600),
             shutdown_grace: Duration::from_secs(20),
             tag_ttl: Duration::from_secs(30),
+            log_format: LogFormat::Text,
             swarm: SwarmConfig::default(),
         }
     }

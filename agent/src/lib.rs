@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod origin_client;
 pub mod registry;
 pub mod runtime_config;
+pub mod stat;
 
 use std::net::SocketAddr;
 
@@ -43,6 +44,7 @@ pub async fn start(
     let cfg = &config.config;
     let admin = Admin::new(registry.clone());
     let swarm = Swarm::start(cfg.swarm.clone(), listeners.peer, &registry, false, shutdown.clone())?;
+    shoal_swarm::store_metrics::register(&registry, cfg.swarm.store_dir.clone())?;
     let http_addr = listeners.http.local_addr()?;
     let origins = origin_client::OriginClient::new(config.ring.clone(), cfg.origin_fetch_timeout.get());
     let metrics = metrics::AgentMetrics::new(&registry)?;
@@ -53,8 +55,11 @@ pub async fn start(
         tags: registry::TagResolver::new(config.ring.clone(), cfg.tag_ttl.get()),
         shutdown: shutdown.child_token(),
     };
+    let stat_state =
+        stat::StatState::new(swarm.clone(), origins.clone(), config.ring.clone(), cfg.swarm.trackers.clone());
     let state = api::AppState { swarm: swarm.clone(), origins, metrics };
-    let router = api::router(state).merge(registry::router(registry_state)).merge(admin.router());
+    let router = api::router(state).merge(registry::router(registry_state)).merge(stat::router(stat_state));
+    let router = shoal_runtime::request_id::with_request_id(router, "agent").merge(admin.router());
     tracing::info!(%http_addr, "agent api listening");
     let grace = cfg.shutdown_grace.get();
     let a = admin.clone();

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(version, about = "Shoal agent: pulls container image blobs through the peer-to-peer swarm")]
+#[command(version = shoal_runtime::VERSION, about = "Shoal agent: pulls container image blobs through the peer-to-peer swarm")]
 #[command(args_conflicts_with_subcommands = true)]
 struct Args {
     #[command(subcommand)]
@@ -282,8 +282,8 @@ async fn main() -> anyhow::Result<()> {
     if let Some(Command::Configure(runtime)) = &args.command {
         std::process::exit(configure(runtime));
     }
-    shoal_runtime::init_tracing("info");
     let cfg = shoal_runtime::config_or_exit("shoal-agent", load(&args), args.check_config);
+    shoal_runtime::init_tracing("info", cfg.config.log_format);
     let listeners = shoal_agent::Listeners::bind(cfg.config.listen, cfg.config.peer_listen).await?;
     let metrics = match cfg.config.metrics_listen {
         Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),

@@ -96,7 +96,11 @@ impl OriginClient {
                 if Instant::now() >= deadline {
                     return Err(OriginError::Timeout { digest, secs: self.fetch_timeout.as_secs() });
                 }
-                let resp = match self.http.get(&url).query(&hints.query()).send().await {
+                let mut req = self.http.get(&url).query(&hints.query());
+                if let Some(id) = shoal_runtime::request_id::current() {
+                    req = req.header(shoal_runtime::request_id::HEADER, id.as_str());
+                }
+                let resp = match req.send().await {
                     Ok(r) => r,
                     Err(e) => {
                         last = format!("{url}: {e}");
@@ -143,7 +147,8 @@ impl OriginClient {
     }
 
     /// Forwards a preheat request (JSON) to the owners of `manifest`; the first origin that
-    /// answers other than 5xx decides. Returns its status code and JSON body.
+    /// answers other than 5xx decides. Returns its status code and JSON body, with the
+    /// origin's ring id added as `origin` (a preheat id is only unique on its origin).
     pub async fn preheat(
         &self,
         manifest: Digest,
@@ -164,12 +169,32 @@ impl OriginClient {
                 last = describe(&url, resp).await;
                 continue;
             }
-            match resp.json().await {
-                Ok(v) => return Ok((status, v)),
+            match resp.json::<serde_json::Value>().await {
+                Ok(mut v) => {
+                    if let Some(obj) = v.as_object_mut() {
+                        obj.insert("origin".into(), serde_json::Value::String(node.id.clone()));
+                    }
+                    return Ok((status, v));
+                }
                 Err(e) => last = format!("{url}: status {status}, bad body: {e}"),
             }
         }
         Err(OriginError::Unavailable { digest: manifest, last })
+    }
+
+    /// The state of preheat `id` on the origin whose ring id is `origin` (`GET /preheat/<id>`
+    /// there): its status code and JSON body, or `None` when no origin has that ring id.
+    pub async fn preheat_status(&self, origin: &str, id: &str) -> Option<Result<(u16, serde_json::Value), String>> {
+        let node = self.ring.nodes().iter().find(|n| n.id == origin)?;
+        let url = format!("{}/preheat/{id}", node.http.trim_end_matches('/'));
+        let res = async {
+            let resp = self.http.get(&url).send().await.map_err(|e| format!("{url}: {e}"))?;
+            let status = resp.status().as_u16();
+            let body: serde_json::Value =
+                resp.json().await.map_err(|e| format!("{url}: status {status}, bad body: {e}"))?;
+            Ok::<_, String>((status, body))
+        };
+        Some(res.await)
     }
 }
 

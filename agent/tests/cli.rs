@@ -166,3 +166,21 @@ fn configure_bad_input_exits_64() {
     }
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "{ not json", "a file it cannot merge is left alone");
 }
+
+#[test]
+fn version_names_the_git_commit() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.trim(), format!("shoal-agent {}", shoal_runtime::VERSION));
+    assert!(text.contains(&format!("({})", shoal_runtime::version::GIT_COMMIT)), "{text}");
+}
+
+#[test]
+fn log_format_is_text_or_json() {
+    assert_eq!(check(&format!("{ORIGINS}log_format: json\n")).0, 0);
+    assert_eq!(check(&format!("{ORIGINS}log_format: text\n")).0, 0);
+    let (code, err) = check(&format!("{ORIGINS}log_format: xml\n"));
+    assert_eq!(code, 64);
+    assert!(err.contains("log_format"), "{err}");
+}

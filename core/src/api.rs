@@ -9,6 +9,9 @@
 
 use std::net::SocketAddr;
 
+mod ops;
+pub use ops::{BlobStat, LocalCopy, SwarmSize};
+
 use crate::{Digest, PeerId};
 
 /// A node tells the tracker it is in a blob's swarm.

@@ -33,6 +33,9 @@ pub struct ClusterBuilder {
     pub swarm: SwarmConfig,
     /// The origins' backend; a local directory under the root if `None`.
     pub backend: Option<shoal_origin::backend::BackendConfig>,
+    /// One address for every node (each on its own ports), such as `::1`; `None` gives each
+    /// node its own 127.0.0.0/8 address ([`host_ip`]).
+    pub ip: Option<IpAddr>,
 }
 
 impl Default for ClusterBuilder {
@@ -45,6 +48,7 @@ impl Default for ClusterBuilder {
             root: None,
             swarm: test_swarm_config(),
             backend: None,
+            ip: None,
         }
     }
 }
@@ -84,6 +88,11 @@ impl ClusterBuilder {
         self.backend = Some(b);
         self
     }
+    pub fn ip(mut self, ip: IpAddr) -> Self {
+        self.ip = Some(ip);
+        self
+    }
+
     pub fn swarm(mut self, s: SwarmConfig) -> Self {
         self.swarm = s;
         self
@@ -143,7 +152,7 @@ impl Cluster {
         let mut origin_listeners = Vec::new();
         let mut origin_nodes = Vec::new();
         for i in 0..b.origins {
-            let ip = host_ip(1000 + i);
+            let ip = b.ip.unwrap_or(host_ip(1000 + i));
             let (http, peer) = (bind(ip).await?, bind(ip).await?);
             origin_nodes.push(OriginNode {
                 id: format!("origin-{i}"),
@@ -161,7 +170,8 @@ impl Cluster {
         }
         .validate()?;
         let tracker =
-            shoal_tracker::Tracker::start(tcfg, bind(host_ip(999)).await?, prometheus::Registry::new()).await?;
+            shoal_tracker::Tracker::start(tcfg, bind(b.ip.unwrap_or(host_ip(999))).await?, prometheus::Registry::new())
+                .await?;
         let mut origins = Vec::new();
         for (i, l) in origin_listeners.into_iter().enumerate() {
             let cfg = shoal_origin::Config {
@@ -229,7 +239,7 @@ impl Cluster {
         cfg: Option<shoal_agent::Config>,
     ) -> anyhow::Result<Node<shoal_agent::Agent>> {
         let cfg = cfg.unwrap_or_else(|| self.agent_config(i)).validate()?;
-        let ip = host_ip(i + 1);
+        let ip = self.builder.ip.unwrap_or(host_ip(i + 1));
         let listeners = shoal_agent::Listeners { http: bind(ip).await?, peer: bind(ip).await? };
         let registry = prometheus::Registry::new();
         let shutdown = CancellationToken::new();

@@ -35,7 +35,7 @@ use shoal_loadtest::scenario::{AtTime, BlobSet, Churn, Scenario, parse_secs};
 use shoal_runtime::ByteSize;
 
 #[derive(Parser)]
-#[command(version, about = "Shoal load-test harness")]
+#[command(version = shoal_runtime::VERSION, about = "Shoal load-test harness")]
 struct Args {
     #[command(subcommand)]
     cmd: Option<Cmd>,
@@ -218,7 +218,7 @@ impl Default for LocalArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    shoal_runtime::init_tracing("warn");
+    shoal_runtime::init_tracing("warn", shoal_runtime::LogFormat::Text);
     let args = Args::parse();
     let cmd = args.cmd.unwrap_or(Cmd::Local(LocalArgs::default()));
     let common = match &cmd {

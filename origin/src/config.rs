@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use shoal_core::ring::{OriginNode, Ring};
-use shoal_runtime::{ByteSize, ConfigError, Duration};
+use shoal_runtime::{ByteSize, ConfigError, Duration, LogFormat};
 use shoal_swarm::SwarmConfig;
 
 use crate::backend::BackendConfig;
@@ -43,6 +43,11 @@ pub struct Config {
     pub pull_through: PullThroughConfig,
     /// How many blobs one preheat fetches at once. Default 4.
     pub preheat_concurrency: usize,
+    /// `text` or `json` log lines on stderr. Default `text`.
+    pub log_format: LogFormat,
+    /// Registry push notifications (`POST /notifications`): an optional token and agent
+    /// prefetch rules. Default: accepted without a token, no prefetch.
+    pub notifications: crate::notify::NotifyConfig,
     pub swarm: SwarmConfig,
 }
 
@@ -62,6 +67,8 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(20),
             pull_through: PullThroughConfig::default(),
             preheat_concurrency: 4,
+            log_format: LogFormat::Text,
+            notifications: crate::notify::NotifyConfig::default(),
             swarm: SwarmConfig { store_dir: "shoal-origin-store".into(), ..SwarmConfig::default() },
         }
     }
@@ -103,6 +110,7 @@ impl Config {
         if self.preheat_concurrency == 0 {
             return Err(ConfigError::Invalid("preheat_concurrency must be at least 1".into()));
         }
+        self.notifications.validate().map_err(ConfigError::Invalid)?;
         let pull_through = self.pull_through.validate()?;
         let pull_through = (!pull_through.upstreams.is_empty()).then_some(pull_through);
         self.swarm.validate().map_err(ConfigError::Invalid)?;

@@ -13,6 +13,7 @@ pub mod backend;
 pub mod config;
 pub mod fetch;
 pub mod metrics;
+pub mod notify;
 pub mod preheat;
 pub mod tags;
 pub mod upstream;
@@ -46,6 +47,7 @@ pub async fn start(
     let admin = Admin::new(registry.clone());
     let backend = cfg.backend.build().await?;
     let swarm = Swarm::start(cfg.swarm.clone(), listeners.peer, &registry, true, shutdown.clone())?;
+    shoal_swarm::store_metrics::register(&registry, cfg.swarm.store_dir.clone())?;
     let metrics = metrics::OriginMetrics::new(&registry)?;
     let upstreams = match &config.pull_through {
         Some(pt) => {
@@ -72,7 +74,16 @@ pub async fn start(
         upstreams,
         preheats: preheat::Preheats::new(cfg.preheat_concurrency, shutdown.child_token()),
     };
-    let router = api::router(state).merge(admin.router());
+    let notify_state = notify::NotifyState {
+        app: state.clone(),
+        config: cfg.notifications.clone(),
+        id: cfg.id.clone(),
+        ring: config.ring.clone(),
+        http: reqwest::Client::new(),
+        shutdown: shutdown.child_token(),
+    };
+    let router = api::router(state).merge(notify::router(notify_state));
+    let router = shoal_runtime::request_id::with_request_id(router, "origin").merge(admin.router());
     tracing::info!(%http_addr, id = %cfg.id, "origin api listening");
     let grace = cfg.shutdown_grace.get();
     let a = admin.clone();

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(version, about = "Shoal origin: seeds blobs from S3 or a local directory into the swarm")]
+#[command(version = shoal_runtime::VERSION, about = "Shoal origin: seeds blobs from S3 or a local directory into the swarm")]
 struct Args {
     /// YAML config file (unknown keys are errors). Without it the embedded defaults apply.
     #[arg(long, env = "SHOAL_ORIGIN_CONFIG")]
@@ -50,8 +50,8 @@ fn load(args: &Args) -> Result<shoal_origin::ValidConfig, config::ConfigError> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    shoal_runtime::init_tracing("info");
     let cfg = shoal_runtime::config_or_exit("shoal-origin", load(&args), args.check_config);
+    shoal_runtime::init_tracing("info", cfg.config.log_format);
     let listeners = shoal_origin::Listeners::bind(cfg.config.listen, cfg.config.peer_listen).await?;
     let shutdown = CancellationToken::new();
     let registry = prometheus::Registry::new();

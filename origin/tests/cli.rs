@@ -80,3 +80,10 @@ fn serves_then_drains_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn version_names_the_git_commit() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("shoal-origin {}", shoal_runtime::VERSION));
+}

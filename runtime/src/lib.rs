@@ -9,12 +9,15 @@
 pub mod admin;
 pub mod api_error;
 pub mod config;
+pub mod request_id;
 pub mod task;
 pub mod units;
+pub mod version;
 
 pub use admin::serve;
 pub use admin::{Admin, Listeners, Phase};
 pub use api_error::{ApiError, blob_response, parse_digest};
 pub use config::{ConfigError, EX_CONFIG, PeerNames};
-pub use task::{config_or_exit, init_tracing, serve_until_signal, spawn, wait_for_signal};
+pub use task::{LogFormat, config_or_exit, init_tracing, serve_until_signal, spawn, wait_for_signal};
 pub use units::{ByteSize, Duration};
+pub use version::VERSION;

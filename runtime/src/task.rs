@@ -86,9 +86,25 @@ pub fn config_or_exit<T>(binary: &str, loaded: Result<T, crate::ConfigError>, ch
     }
 }
 
+/// How a service writes its log lines to stderr: the `log_format` key of every service config.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event (the default).
+    #[default]
+    Text,
+    /// One JSON object per event, with its fields, level, target and enclosing spans (among
+    /// them a request's `request_id`), for log collectors.
+    Json,
+}
+
 /// Installs the process-wide log subscriber (binaries only). `RUST_LOG` overrides `default`.
-pub fn init_tracing(default: &str) {
+pub fn init_tracing(default: &str, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => fmt.try_init(),
+        LogFormat::Json => fmt.json().with_current_span(true).with_span_list(true).try_init(),
+    };
 }

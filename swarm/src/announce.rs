@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use shoal_core::Digest;
-use shoal_core::api::{AnnounceRequest, AnnounceResponse};
+use shoal_core::api::{AnnounceRequest, AnnounceResponse, SwarmSize};
 
 /// Why an announce failed (the caller retries on its next tick).
 #[derive(Debug, thiserror::Error)]
@@ -58,9 +58,47 @@ impl TrackerClient {
         Err(last_err.expect("at least one tracker was tried"))
     }
 
+    /// How many live nodes `blob`'s tracker knows in its swarm (read-only: this node is not
+    /// recorded). The same tracker order as [`TrackerClient::announce`].
+    pub async fn swarm_size(&self, blob: &Digest) -> Result<SwarmSize, AnnounceError> {
+        if self.urls.is_empty() {
+            return Err(AnnounceError::NoTracker);
+        }
+        let first = self.shard(blob);
+        let mut last_err = None;
+        for k in 0..self.urls.len() {
+            let url = format!("{}/blobs/{blob}/peers", self.urls[(first + k) % self.urls.len()]);
+            let http = |source| AnnounceError::Http { url: url.clone(), source };
+            let resp = match self.http.get(&url).send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    last_err = Some(http(e));
+                    continue;
+                }
+            };
+            let status = resp.status();
+            if !status.is_success() {
+                let body = resp.text().await.unwrap_or_default().chars().take(200).collect();
+                last_err = Some(AnnounceError::Status { url: url.clone(), status: status.as_u16(), body });
+                continue;
+            }
+            match resp.json().await {
+                Ok(s) => return Ok(s),
+                Err(e) => last_err = Some(http(e)),
+            }
+        }
+        Err(last_err.expect("at least one tracker was tried"))
+    }
+
     async fn try_one(&self, url: &str, req: &AnnounceRequest) -> Result<AnnounceResponse, AnnounceError> {
         let http = |source| AnnounceError::Http { url: url.to_string(), source };
-        let resp = self.http.post(url).json(req).send().await.map_err(http)?;
+        let mut post = self.http.post(url).json(req);
+        // The request a download works for (see `shoal_runtime::request_id`), for the
+        // tracker's logs.
+        if let Some(id) = shoal_runtime::request_id::current() {
+            post = post.header(shoal_runtime::request_id::HEADER, id.as_str());
+        }
+        let resp = post.send().await.map_err(http)?;
         let status = resp.status();
         if !status.is_success() {
             let body = resp.text().await.unwrap_or_default().chars().take(200).collect();

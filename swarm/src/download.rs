@@ -236,12 +236,12 @@ impl Actor {
                 Action::Have { piece } => self.announce_have(piece),
                 Action::Announce => {
                     let (n, e) = (self.node.clone(), self.entry.clone());
-                    tokio::spawn(async move {
+                    tokio::spawn(shoal_runtime::request_id::inherit(async move {
                         let interval = announce_and_connect(&n, &e).await;
                         if let Some(a) = e.actor() {
                             let _ = a.send(Event::Announced { interval });
                         }
-                    });
+                    }));
                 }
                 Action::Commit => return Next::Commit,
                 Action::GiveUp => return Next::GiveUp,

@@ -23,6 +23,7 @@ pub mod limiter;
 pub mod metrics;
 mod node;
 pub mod store;
+pub mod store_metrics;
 
 pub use config::SwarmConfig;
 pub use node::{BlobStats, Swarm, SwarmError};

@@ -506,7 +506,8 @@ impl Swarm {
         let n = node.clone();
         let e = entry.clone();
         let cancel = node.cancel.clone();
-        tokio::spawn(async move {
+        // The request that started the download keeps its id in the download's announces.
+        tokio::spawn(shoal_runtime::request_id::inherit(async move {
             n.metrics.downloads_active.inc();
             let started = Instant::now();
             let res = tokio::select! {
@@ -527,7 +528,7 @@ impl Swarm {
                     e.status.send_replace(Status::Failed(err));
                 }
             }
-        });
+        }));
         Ok(entry)
     }
 }

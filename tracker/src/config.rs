@@ -14,6 +14,7 @@
 //! max_peers: 50
 //! origin_replicas: 3
 //! shutdown_grace: 10s
+//! log_format: text
 //! origins:
 //!   - { id: origin-0, http: "http://origin-0:7602", peer: "10.0.0.10:7603" }
 //! ```
@@ -22,7 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use shoal_core::ring::{OriginNode, Ring, RingError};
-use shoal_runtime::Duration;
+use shoal_runtime::{Duration, LogFormat};
 
 use crate::store::MAX_PEERS_PER_BLOB;
 
@@ -52,6 +53,8 @@ pub struct Config {
     /// After SIGTERM, how long in-flight requests may take before the tracker exits anyway.
     /// Default `10s`.
     pub shutdown_grace: Duration,
+    /// `text` or `json` log lines on stderr. Default `text`.
+    pub log_format: LogFormat,
 }
 
 impl Default for Config {
@@ -64,6 +67,7 @@ impl Default for Config {
             origins: Vec::new(),
             origin_replicas: 3,
             shutdown_grace: Duration::from_secs(10),
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -77,6 +81,7 @@ pub struct ValidConfig {
     max_peers: usize,
     ring: Option<Arc<Ring>>,
     shutdown_grace: std::time::Duration,
+    log_format: LogFormat,
 }
 
 /// Why a configuration is rejected. Each message names the key to fix.
@@ -136,6 +141,7 @@ impl Config {
             max_peers: self.max_peers,
             ring,
             shutdown_grace: self.shutdown_grace.get(),
+            log_format: self.log_format,
         })
     }
 }
@@ -170,6 +176,11 @@ impl ValidConfig {
 
     pub fn shutdown_grace(&self) -> std::time::Duration {
         self.shutdown_grace
+    }
+
+    /// The `log_format` key: read by the binary before it installs its log subscriber.
+    pub fn log_format(&self) -> LogFormat {
+        self.log_format
     }
 }
 

@@ -1,4 +1,5 @@
-//! The tracker's HTTP API: `POST /announce`. Handlers are thin adapters over
+//! The tracker's HTTP API: `POST /announce`, and `GET /blobs/<digest>/peers` (how many live
+//! nodes are in a blob's swarm, for operators' tools). Handlers are thin adapters over
 //! [`crate::store::PeerStore`].
 //!
 //! Invariant: every error answer is an [`ErrorBody`] with a stable `code`, and nothing here
@@ -14,7 +15,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use shoal_core::api::{AnnounceRequest, AnnounceResponse, ErrorBody};
+use shoal_core::api::{AnnounceRequest, AnnounceResponse, ErrorBody, SwarmSize};
 
 use crate::metrics::{BAD_REQUEST, Metrics};
 use crate::store::{PeerStore, Recorded};
@@ -34,7 +35,12 @@ pub(crate) struct AppState {
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
-    Router::new().route("/announce", post(announce)).layer(DefaultBodyLimit::max(MAX_ANNOUNCE_BODY)).with_state(state)
+    let router = Router::new()
+        .route("/announce", post(announce))
+        .route("/blobs/{digest}/peers", axum::routing::get(swarm_size))
+        .layer(DefaultBodyLimit::max(MAX_ANNOUNCE_BODY))
+        .with_state(state);
+    shoal_runtime::request_id::with_request_id(router, "tracker")
 }
 
 async fn announce(
@@ -52,6 +58,18 @@ async fn announce(
         }
     };
     Ok(Json(state.announce(&req)))
+}
+
+async fn swarm_size(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(digest): axum::extract::Path<String>,
+) -> Result<Json<SwarmSize>, ApiError> {
+    let digest: shoal_core::Digest = digest.parse().map_err(|e| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "DIGEST_INVALID",
+        message: format!("invalid digest: {e}"),
+    })?;
+    Ok(Json(state.store.swarm_size(&digest, tokio::time::Instant::now())))
 }
 
 impl AppState {

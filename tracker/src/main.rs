@@ -28,7 +28,7 @@ const DRAIN_SLACK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Shoal tracker: hands out the peers of each blob's swarm.
 #[derive(Parser, Debug)]
-#[command(name = "shoal-tracker", version, about)]
+#[command(name = "shoal-tracker", version = shoal_runtime::VERSION, about)]
 struct Args {
     /// YAML config file. Without it, the built-in defaults are used.
     #[arg(long, env = "SHOAL_TRACKER_CONFIG", value_name = "PATH")]
@@ -43,7 +43,6 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    shoal_runtime::init_tracing("info");
     let config = match load(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -55,6 +54,7 @@ fn main() -> ExitCode {
         println!("shoal-tracker: config ok");
         return ExitCode::SUCCESS;
     }
+    shoal_runtime::init_tracing("info", config.log_format());
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

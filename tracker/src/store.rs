@@ -245,6 +245,22 @@ impl PeerStore {
         self.n_blobs.load(Ordering::Relaxed)
     }
 
+    /// The unexpired peers of `blob` at `now`, counted; changes nothing.
+    pub fn swarm_size(&self, blob: &Digest, now: Instant) -> shoal_core::api::SwarmSize {
+        let mut size = shoal_core::api::SwarmSize::default();
+        if let Some(swarm) = self.blobs.get(blob) {
+            for e in swarm.peers.values().filter(|e| !e.expired(now, self.opts.peer_ttl)) {
+                if e.complete {
+                    size.seeders += 1;
+                } else {
+                    size.downloaders += 1;
+                }
+                size.origins += usize::from(e.origin);
+            }
+        }
+        size
+    }
+
     /// Inserts or refreshes the asker. The caller has already purged expired entries.
     fn upsert(&self, swarm: &mut Swarm, req: &AnnounceRequest, now: Instant) -> Recorded {
         let entry = Entry { addr: req.addr, complete: req.complete, origin: req.origin, last_seen: now };

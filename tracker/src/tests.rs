@@ -180,3 +180,23 @@ async fn two_trackers_in_one_process_keep_separate_metrics() {
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn peers_endpoint_counts_the_live_swarm() {
+    let t = start(Config::default()).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/blobs/{}/peers", t.url(), Digest::of(b"layer"));
+    let size = |v: serde_json::Value| (v["seeders"].as_u64(), v["downloaders"].as_u64(), v["origins"].as_u64());
+    let empty: serde_json::Value = http.get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(size(empty), (Some(0), Some(0), Some(0)));
+    announce(&http, &t, &announce_req(1, "127.0.0.2:7603", false)).await;
+    announce(&http, &t, &announce_req(2, "127.0.0.3:7603", true)).await;
+    let mut origin = announce_req(3, "127.0.0.4:7603", true);
+    origin.origin = true;
+    announce(&http, &t, &origin).await;
+    let got: serde_json::Value = http.get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(size(got), (Some(2), Some(1), Some(1)));
+    let bad = http.get(format!("{}/blobs/sha256:nothex/peers", t.url())).send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    t.stop().await.unwrap();
+}

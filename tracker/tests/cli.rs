@@ -150,3 +150,65 @@ fn bound_addr(line: &str) -> std::net::SocketAddr {
     let field = plain.split_whitespace().find_map(|w| w.strip_prefix("addr=")).unwrap_or_else(|| panic!("{plain}"));
     field.parse().unwrap_or_else(|e| panic!("{field:?}: {e}"))
 }
+
+#[test]
+fn version_names_the_git_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tracker(dir.path()).arg("--version").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.trim(), format!("shoal-tracker {}", shoal_runtime::VERSION));
+}
+
+#[tokio::test]
+async fn json_logs_carry_the_request_id() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tracker.yaml"), "listen: 127.0.0.1:0\nlog_format: json\n").unwrap();
+    let mut child = tokio::process::Command::from(tracker(dir.path()))
+        .args(["--config", "tracker.yaml"])
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut next_json = async || -> serde_json::Value {
+        let line = lines.next_line().await.unwrap().expect("the tracker exited");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"))
+    };
+    let addr = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let ev = next_json().await;
+            if ev["fields"]["message"] == "tracker listening" {
+                return ev["fields"]["addr"].as_str().unwrap().to_string();
+            }
+        }
+    })
+    .await
+    .expect("no 'tracker listening' event within 20s");
+
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/announce"))
+        .header("X-Request-Id", "json-42")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.headers()["x-request-id"], "json-42");
+    let answered = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let ev = next_json().await;
+            if ev["fields"]["message"] == "request answered" {
+                return ev;
+            }
+        }
+    })
+    .await
+    .expect("no 'request answered' event within 20s");
+    assert_eq!(answered["span"]["request_id"], "json-42", "{answered}");
+    assert_eq!(answered["span"]["service"], "tracker", "{answered}");
+    assert_eq!(answered["fields"]["status"], 400, "{answered}");
+    child.kill().await.unwrap();
+}

@@ -1,11 +1,16 @@
 //! The tests, one module per concern.
 
 mod bad_input;
+mod cli;
 mod corrupt;
+mod dashboard;
 mod image;
+mod ipv6;
+mod notify;
 mod preheat;
 mod pullthrough;
 mod registry;
+mod request_id;
 mod resume;
 mod s3;
 mod swarm;

@@ -1,0 +1,429 @@
+//! Preheat on push: `POST /notifications` takes a registry's push notifications and preheats
+//! each pushed image, so its first pull is served from the swarm.
+//!
+//! Two formats are read, told apart by their shape:
+//!
+//! - docker/distribution's notification envelope (`application/vnd.docker.distribution.events.v1+json`):
+//!   `{"events": [{"action": "push", "target": {"mediaType", "digest", "repository", "url", "tag"}}]}`.
+//!   Only pushes of manifests count (blob pushes and pulls are skipped).
+//! - Harbor's webhook: `{"type": "PUSH_ARTIFACT", "event_data": {"resources": [{"digest", "tag"}],
+//!   "repository": {"repo_full_name"}}}`. Other event types are skipped.
+//!
+//! Each image is preheated by its manifest digest, here when this origin owns the digest on the
+//! ring (or there is no ring), else by the owners through their `POST /preheat`. With
+//! `notifications.prefetch`, the agents listed for a matching repository are asked to prefetch
+//! it (their `POST /preheat` with `prefetch`). All of it runs in the background: the answer
+//! (202, with the number of images taken) goes back at once, as registries wait on it.
+//!
+//! Invariant: a notification never decides which bytes are accepted. It only names digests;
+//! every blob is fetched and verified as in any preheat.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use shoal_core::Digest;
+use shoal_core::registry::RepoName;
+use shoal_core::ring::Ring;
+use shoal_runtime::ApiError;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::AppState;
+
+/// Largest notification body read. Hard-coded: docker/distribution batches a few events per
+/// envelope, and Harbor sends one artifact per webhook.
+pub const MAX_NOTIFICATION_BODY: usize = 1 << 20;
+/// Most images one notification preheats. Hard-coded.
+pub const MAX_IMAGES: usize = 100;
+/// The media types of manifests, which alone are preheated.
+const MANIFEST_TYPES: [&str; 4] = [
+    shoal_core::manifest::DOCKER_MANIFEST,
+    shoal_core::manifest::DOCKER_MANIFEST_LIST,
+    shoal_core::manifest::OCI_MANIFEST,
+    shoal_core::manifest::OCI_INDEX,
+];
+/// Timeout of one forwarded preheat or prefetch request. Hard-coded.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The `notifications:` section of the origin's config.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// When set, a notification must carry `Authorization: Bearer <token>` (the registry's
+    /// `endpoints[].headers`; Harbor's webhook `auth_header`). Default: none required.
+    pub token: Option<String>,
+    /// Agents that prefetch what is pushed to matching repositories.
+    pub prefetch: Vec<PrefetchRule>,
+}
+
+/// Pushed repositories matching any of `repositories` are prefetched by every agent in `agents`.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrefetchRule {
+    /// Repository patterns: `*` matches any run of characters, `/` included (`team/*`, `*`).
+    pub repositories: Vec<String>,
+    /// Agent API base URLs (`http://10.0.0.5:7700`).
+    pub agents: Vec<String>,
+}
+
+impl NotifyConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.token.as_deref() == Some("") {
+            return Err("notifications.token must not be empty when set".into());
+        }
+        for rule in &self.prefetch {
+            if rule.repositories.iter().any(|p| p.is_empty()) || rule.repositories.is_empty() {
+                return Err("notifications.prefetch: every rule needs non-empty repository patterns".into());
+            }
+            if let Some(a) = rule.agents.iter().find(|a| !(a.starts_with("http://") || a.starts_with("https://"))) {
+                return Err(format!("notifications.prefetch: agent {a:?} is not an http(s) URL"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The agents that prefetch `repo`, each once.
+    pub fn agents_for(&self, repo: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for rule in self.prefetch.iter().filter(|r| r.repositories.iter().any(|p| glob(p, repo))) {
+            for a in &rule.agents {
+                if !out.contains(a) {
+                    out.push(a.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Whether `text` matches `pattern`, where `*` matches any run of characters.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = text.strip_prefix(first) else { return false };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else { return rest.is_empty() };
+    for p in middle {
+        match rest.find(p) {
+            Some(i) => rest = &rest[i + p.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// One pushed image, as a notification names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pushed {
+    pub name: RepoName,
+    pub digest: Digest,
+    pub tag: Option<String>,
+}
+
+/// Why a notification body is refused (400).
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error("not JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("neither a docker/distribution envelope nor a Harbor webhook")]
+    UnknownFormat,
+}
+
+#[derive(serde::Deserialize)]
+struct Envelope {
+    events: Vec<Event>,
+}
+
+#[derive(serde::Deserialize)]
+struct Event {
+    #[serde(default)]
+    action: String,
+    #[serde(default)]
+    target: Target,
+}
+
+#[derive(Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Target {
+    #[serde(default)]
+    media_type: String,
+    #[serde(default)]
+    digest: String,
+    #[serde(default)]
+    repository: String,
+    #[serde(default)]
+    url: String,
+    #[serde(default)]
+    tag: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct Harbor {
+    #[serde(rename = "type")]
+    kind: String,
+    event_data: HarborData,
+}
+
+#[derive(serde::Deserialize)]
+struct HarborData {
+    #[serde(default)]
+    resources: Vec<HarborResource>,
+    repository: HarborRepo,
+}
+
+#[derive(serde::Deserialize)]
+struct HarborResource {
+    #[serde(default)]
+    digest: String,
+    #[serde(default)]
+    tag: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct HarborRepo {
+    repo_full_name: String,
+}
+
+/// The images a notification body names as pushed, each once, at most [`MAX_IMAGES`]. Events
+/// that are not manifest pushes, or whose repository or digest is malformed, are skipped.
+pub fn parse(body: &[u8]) -> Result<Vec<Pushed>, NotifyError> {
+    let v: serde_json::Value = serde_json::from_slice(body)?;
+    let mut out: Vec<Pushed> = Vec::new();
+    let mut add = |name: &str, digest: &str, tag: Option<String>| {
+        let (Ok(name), Ok(digest)) = (RepoName::parse(name), digest.parse::<Digest>()) else {
+            tracing::debug!(name, digest, "notification names no valid image; skipped");
+            return;
+        };
+        if out.len() < MAX_IMAGES && !out.iter().any(|p| p.name == name && p.digest == digest) {
+            out.push(Pushed { name, digest, tag: tag.filter(|t| !t.is_empty()) });
+        }
+    };
+    if v.get("events").is_some() {
+        let env: Envelope = serde_json::from_value(v)?;
+        for e in env.events.into_iter().filter(|e| e.action == "push") {
+            let t = e.target;
+            let is_manifest = t.url.contains("/manifests/") || MANIFEST_TYPES.contains(&t.media_type.as_str());
+            if is_manifest {
+                add(&t.repository, &t.digest, t.tag);
+            }
+        }
+        return Ok(out);
+    }
+    if v.get("event_data").is_some() && v.get("type").is_some() {
+        let h: Harbor = serde_json::from_value(v)?;
+        if h.kind == "PUSH_ARTIFACT" {
+            for r in h.event_data.resources {
+                add(&h.event_data.repository.repo_full_name, &r.digest, r.tag);
+            }
+        }
+        return Ok(out);
+    }
+    Err(NotifyError::UnknownFormat)
+}
+
+/// What the notification handler needs.
+#[derive(Clone)]
+pub struct NotifyState {
+    pub app: AppState,
+    pub config: NotifyConfig,
+    /// This origin's ring id, and the ring when a cluster is configured.
+    pub id: String,
+    pub ring: Option<Ring>,
+    pub http: reqwest::Client,
+    pub shutdown: CancellationToken,
+}
+
+pub fn router(state: NotifyState) -> Router {
+    Router::new().route("/notifications", post(notifications)).with_state(state)
+}
+
+async fn notifications(State(st): State<NotifyState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    if let Some(token) = &st.config.token {
+        let sent = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if sent.and_then(|s| s.strip_prefix("Bearer ")) != Some(token.as_str()) {
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "a bearer token is required"));
+        }
+    }
+    if body.len() > MAX_NOTIFICATION_BODY {
+        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", "notification too large"));
+    }
+    let pushed = parse(&body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", e.to_string()))?;
+    let n = pushed.len();
+    for p in pushed {
+        tracing::info!(name = %p.name, digest = %p.digest, tag = p.tag.as_deref(), "push notified; preheating");
+        let st2 = st.clone();
+        shoal_runtime::spawn(
+            "push-preheat",
+            st.shutdown.clone(),
+            shoal_runtime::request_id::inherit(async move {
+                preheat_pushed(&st2, &p).await;
+                Ok(())
+            }),
+        );
+    }
+    Ok((StatusCode::ACCEPTED, axum::Json(serde_json::json!({ "images": n }))).into_response())
+}
+
+/// Preheats one pushed image (here or at its owners) and asks the matching agents to prefetch it.
+async fn preheat_pushed(st: &NotifyState, p: &Pushed) {
+    let owners: Vec<String> = match &st.ring {
+        Some(ring) => ring.owners(&p.digest).into_iter().map(|o| o.id.clone()).collect(),
+        None => Vec::new(),
+    };
+    if st.ring.is_none() || owners.contains(&st.id) {
+        let req =
+            crate::preheat::PreheatRequest { name: p.name.to_string(), reference: p.digest.to_string(), ns: None };
+        match crate::preheat::post_preheat(State(st.app.clone()), axum::Json(req)).await {
+            Ok(_) => tracing::debug!(name = %p.name, digest = %p.digest, "preheat started"),
+            Err(e) => tracing::warn!(name = %p.name, digest = %p.digest, "preheat failed: {}", e.message),
+        }
+    } else if let Some(ring) = &st.ring {
+        let body = serde_json::json!({ "name": p.name.as_str(), "reference": p.digest.to_string() });
+        let urls = ring.owners(&p.digest).into_iter().map(|o| format!("{}/preheat", o.http.trim_end_matches('/')));
+        let sent = post_first(&st.http, urls, &body).await;
+        if let Err(e) = sent {
+            tracing::warn!(name = %p.name, digest = %p.digest, "no owner took the preheat: {e}");
+        }
+    }
+    let body = serde_json::json!({ "name": p.name.as_str(), "reference": p.digest.to_string(), "prefetch": true });
+    for agent in st.config.agents_for(p.name.as_str()) {
+        let url = format!("{}/preheat", agent.trim_end_matches('/'));
+        if let Err(e) = post_first(&st.http, std::iter::once(url), &body).await {
+            tracing::warn!(name = %p.name, digest = %p.digest, "agent prefetch not started: {e}");
+        }
+    }
+}
+
+/// Posts `body` to each URL in turn until one answers 2xx.
+async fn post_first(
+    http: &reqwest::Client,
+    urls: impl Iterator<Item = String>,
+    body: &serde_json::Value,
+) -> Result<(), String> {
+    let mut last = String::from("no URL");
+    for url in urls {
+        let mut req = http.post(&url).timeout(FORWARD_TIMEOUT).json(body);
+        if let Some(id) = shoal_runtime::request_id::current() {
+            req = req.header(shoal_runtime::request_id::HEADER, id.as_str());
+        }
+        match req.send().await {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(r) => last = format!("{url}: status {}", r.status()),
+            Err(e) => last = format!("{url}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        for (p, t, want) in [
+            ("team/*", "team/app", true),
+            ("team/*", "team/a/b", true),
+            ("team/*", "other/app", false),
+            ("*", "anything", true),
+            ("*/app", "team/app", true),
+            ("*/app", "team/apps", false),
+            ("team/app", "team/app", true),
+            ("team/app", "team/app2", false),
+            ("a*b*c", "aXbYc", true),
+            ("a*b*c", "aXcYb", false),
+            ("ab*ba", "aba", false),
+        ] {
+            assert_eq!(glob(p, t), want, "{p} ~ {t}");
+        }
+    }
+
+    fn d(c: char) -> String {
+        format!("sha256:{}", c.to_string().repeat(64))
+    }
+
+    #[test]
+    fn docker_envelopes_name_manifest_pushes_only() {
+        let body = serde_json::json!({"events": [
+            {"action": "push", "target": {"mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+             "digest": d('a'), "repository": "team/app", "url": "http://r:5000/v2/team/app/manifests/".to_string() + &d('a'), "tag": "v1"}},
+            // A layer push and a pull: skipped.
+            {"action": "push", "target": {"mediaType": "application/octet-stream", "digest": d('b'),
+             "repository": "team/app", "url": "http://r:5000/v2/team/app/blobs/".to_string() + &d('b')}},
+            {"action": "pull", "target": {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": d('c'),
+             "repository": "team/app", "url": "http://r:5000/v2/team/app/manifests/v1"}},
+            // The same manifest again, and a malformed repository: skipped.
+            {"action": "push", "target": {"mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+             "digest": d('a'), "repository": "team/app", "url": "", "tag": "v1"}},
+            {"action": "push", "target": {"mediaType": "application/vnd.oci.image.index.v1+json",
+             "digest": d('e'), "repository": "Bad//Name", "url": ""}},
+            {"action": "push", "target": {"mediaType": "application/vnd.oci.image.index.v1+json",
+             "digest": d('f'), "repository": "team/multi", "url": ""}},
+        ]});
+        let got = parse(body.to_string().as_bytes()).unwrap();
+        let got: Vec<(&str, String, Option<&str>)> =
+            got.iter().map(|p| (p.name.as_str(), p.digest.to_string(), p.tag.as_deref())).collect();
+        assert_eq!(got, [("team/app", d('a'), Some("v1")), ("team/multi", d('f'), None)]);
+    }
+
+    /// docker-registry 2.8's envelopes for `skopeo copy` of a one-layer image as `team/app:v1`,
+    /// as it sent them (a blob push, then the manifest push), joined into one.
+    #[test]
+    fn a_captured_registry_envelope() {
+        let got = parse(include_bytes!("../tests/data/registry-notification.json")).unwrap();
+        let want = "sha256:3d5f9eeb2c10e6e04a852f7efd601fb6f7b9d614bc62b74ce7abb0a496f05467";
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(
+            (got[0].name.as_str(), got[0].digest.to_string().as_str(), got[0].tag.as_deref()),
+            ("team/app", want, Some("v1"))
+        );
+    }
+
+    #[test]
+    fn harbor_webhooks_name_push_artifacts() {
+        let body = |kind: &str| {
+            serde_json::json!({"type": kind, "occur_at": 1, "operator": "admin", "event_data": {
+                "resources": [{"digest": d('a'), "tag": "1.0", "resource_url": "harbor.example/library/app:1.0"}],
+                "repository": {"name": "app", "namespace": "library", "repo_full_name": "library/app", "repo_type": "private"}}})
+            .to_string()
+        };
+        let got = parse(body("PUSH_ARTIFACT").as_bytes()).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (got[0].name.as_str(), got[0].digest.to_string(), got[0].tag.as_deref()),
+            ("library/app", d('a'), Some("1.0"))
+        );
+        assert!(parse(body("DELETE_ARTIFACT").as_bytes()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn other_bodies_are_refused() {
+        assert!(matches!(parse(b"{\"hello\": 1}"), Err(NotifyError::UnknownFormat)));
+        assert!(matches!(parse(b"not json"), Err(NotifyError::Json(_))));
+    }
+
+    #[test]
+    fn prefetch_rules_pick_agents_once() {
+        let cfg = NotifyConfig {
+            token: None,
+            prefetch: vec![
+                PrefetchRule { repositories: vec!["team/*".into()], agents: vec!["http://a:7700".into()] },
+                PrefetchRule {
+                    repositories: vec!["*".into()],
+                    agents: vec!["http://a:7700".into(), "http://b:7700".into()],
+                },
+            ],
+        };
+        assert_eq!(cfg.agents_for("team/app"), ["http://a:7700", "http://b:7700"]);
+        assert!(cfg.validate().is_ok());
+        let bad = NotifyConfig {
+            prefetch: vec![PrefetchRule { repositories: vec!["x".into()], agents: vec!["a:7700".into()] }],
+            ..cfg
+        };
+        assert!(bad.validate().is_err());
+    }
+}
