@@ -1,9 +1,12 @@
 //! A deterministic discrete-event simulator of a Shoal swarm in virtual time.
 //!
-//! Every simulated agent downloads through the real [`shoal_core::picker::Picker`], fed the
-//! same events in the same order as `swarm/src/download.rs` feeds it (bitfield on open, `have`,
-//! piece verified, rejected, timed out), and fills a peer's pipeline on each of them exactly as
-//! the download actor does. Around it the simulator models, rather than runs, the rest:
+//! Every simulated download is the real actor's [`shoal_core::download::DownloadState`], built
+//! with the swarm's own `download_options`, fed the same events as `swarm/src/download.rs`
+//! feeds it (bitfield on open, `have`, piece verified, rejected, ticks) and ticked on the same
+//! 100 ms grid, so the simulator runs the agents' decisions rather than a copy of them;
+//! uploads are admitted by the real serving rule (`seeding::admit_upload`) and handouts composed
+//! by the tracker's `handout::compose`. Around them the simulator models, rather than runs, the
+//! rest:
 //! - **Links** as the real bandwidth limiter (`swarm/src/limiter.rs`): per host one egress and
 //!   one ingress token bucket with a burst of a tenth of a second, which grants a whole piece
 //!   at once and sleeps off the debt. A debt bucket is a FIFO server, so a piece waits in the
