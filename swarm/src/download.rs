@@ -25,7 +25,8 @@ use tokio::time::Instant;
 
 use crate::config::SwarmConfig;
 use crate::conn::{self, ConnHandle};
-use crate::node::{BlobEntry, Node, SwarmError};
+use crate::error::SwarmError;
+use crate::node::{BlobEntry, Node};
 use crate::store::{PartialBlob, StoreError};
 
 /// What connections and helper tasks tell a download actor.

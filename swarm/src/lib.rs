@@ -19,11 +19,13 @@ pub mod blocking;
 pub mod config;
 pub mod conn;
 pub mod download;
+mod error;
 pub mod limiter;
 pub mod metrics;
 mod node;
 pub mod store;
 
 pub use config::SwarmConfig;
-pub use node::{BlobStats, Swarm, SwarmError};
+pub use error::SwarmError;
+pub use node::{BlobStats, Swarm};
 pub use store::{BlobFile, Store, StoreError};

@@ -24,30 +24,10 @@ use crate::blocking::Blocking;
 use crate::config::SwarmConfig;
 use crate::conn::ConnHandle;
 use crate::download::{self, Event};
+use crate::error::SwarmError;
 use crate::limiter::Limiter;
 use crate::metrics::SwarmMetrics;
-use crate::store::{BlobFile, PartialBlob, Store, StoreError};
-
-/// Why a download or a seed failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum SwarmError {
-    #[error("store: {0}")]
-    Store(Arc<StoreError>),
-    #[error("download of {digest} timed out after {secs}s")]
-    Timeout { digest: Digest, secs: u64 },
-    #[error("node is shutting down")]
-    ShuttingDown,
-    #[error("blob {0} is not in the store")]
-    NotStored(Digest),
-    #[error("download failed: {0}")]
-    Failed(Arc<str>),
-}
-
-impl From<StoreError> for SwarmError {
-    fn from(e: StoreError) -> SwarmError {
-        SwarmError::Store(Arc::new(e))
-    }
-}
+use crate::store::{BlobFile, PartialBlob, Store};
 
 /// Where a blob's download stands, as waiters see it.
 #[derive(Clone, Debug)]
