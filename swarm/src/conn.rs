@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::download::Event;
-use crate::node::{Node, UPLOAD_MEMORY_UNIT};
+use crate::node::Node;
 
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
@@ -43,9 +43,20 @@ pub enum ConnError {
     #[error("peer sent piece {piece} of {blob} that failed its hash")]
     CorruptPiece { blob: Digest, piece: u32 },
     #[error("connection refused: {0}")]
-    Refused(&'static str),
+    Refused(#[from] Refusal),
     #[error("closed")]
     Closed,
+}
+
+/// Why the connection table refused a handshaken connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("connected to self")]
+    OwnId,
+    #[error("peer is blacklisted")]
+    Shunned,
+    #[error("duplicate connection")]
+    Duplicate,
 }
 
 impl ConnError {
@@ -79,6 +90,26 @@ pub(crate) struct ConnHandle {
 }
 
 impl ConnHandle {
+    /// A handle and the receiver its writer drains; `cancel` closes the connection.
+    pub fn new(
+        peer_id: PeerId,
+        outbound: bool,
+        is_origin: bool,
+        cancel: CancellationToken,
+    ) -> (Arc<ConnHandle>, mpsc::UnboundedReceiver<Out>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = ConnHandle {
+            peer_id,
+            outbound,
+            is_origin,
+            tx,
+            cancel,
+            open: Mutex::new(HashSet::new()),
+            remote_bits: Mutex::new(HashMap::new()),
+        };
+        (Arc::new(handle), rx)
+    }
+
     pub fn send(&self, msg: &Message<'_>) {
         let mut buf = BytesMut::with_capacity(64);
         wire::encode(msg, &mut buf);
@@ -87,6 +118,11 @@ impl ConnHandle {
 
     pub fn close(&self) {
         self.cancel.cancel();
+    }
+
+    #[cfg(test)]
+    pub fn is_closed(&self) -> bool {
+        self.cancel.is_cancelled()
     }
 
     /// Opens `blob` on this connection by sending our bitfield, once. Returns false if it
@@ -110,7 +146,7 @@ pub(crate) async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
     loop {
         // Take a connection slot before accepting, so the limit holds at the socket.
         let permit = tokio::select! {
-            p = node.conn_slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            p = node.peers.slot() => match p { Some(p) => p, None => return },
             _ = node.cancel.cancelled() => return,
         };
         let (stream, remote) = tokio::select! {
@@ -138,27 +174,15 @@ pub(crate) async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
     }
 }
 
-/// Connects to `addr` unless a connection to it exists or is being made; returns the
-/// connection once its handshake is done.
+/// Connects to `addr` unless a connection to it exists or is being made (see
+/// [`Peers::connect`](crate::peers::Peers::connect)); returns the connection once its
+/// handshake is done.
 pub(crate) async fn connect(node: &Arc<Node>, addr: SocketAddr, is_origin: bool) -> Option<Arc<ConnHandle>> {
-    if addr == node.advertise || node.is_blacklisted(None, Some(&addr)) {
-        return None;
-    }
-    if let Some(p) = node.addr_peer.get(&addr).map(|p| *p)
-        && let Some(c) = node.conns.get(&p)
-    {
-        return Some(c.clone());
-    }
-    if node.dialing.insert(addr, ()).is_some() {
-        return None;
-    }
-    let res = dial(node, addr, is_origin).await;
-    node.dialing.remove(&addr);
-    res
+    node.peers.connect(addr, || dial(node, addr, is_origin)).await
 }
 
 async fn dial(node: &Arc<Node>, addr: SocketAddr, is_origin: bool) -> Option<Arc<ConnHandle>> {
-    let permit = node.conn_slots.clone().try_acquire_owned().ok()?;
+    let permit = node.peers.try_slot()?;
     let deadline = node.cfg.handshake_timeout.get();
     let stream = match tokio::time::timeout(deadline, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
@@ -224,33 +248,12 @@ where
             return Err(e);
         }
     };
-    if peer_id == node.peer_id {
-        return Err(ConnError::Refused("connected to self"));
-    }
-    if node.is_blacklisted(Some(&peer_id), None) {
-        node.metrics.connections_rejected.inc();
-        return Err(ConnError::Refused("peer is blacklisted"));
-    }
-    let is_origin = is_origin || node.origin_addrs.contains_key(&addr);
-    let (tx, rx) = mpsc::unbounded_channel();
+    let is_origin = is_origin || node.peers.is_origin_addr(&addr);
     let cancel = node.cancel.child_token();
-    let handle = Arc::new(ConnHandle {
-        peer_id,
-        outbound,
-        is_origin,
-        tx,
-        cancel: cancel.clone(),
-        open: Mutex::new(HashSet::new()),
-        remote_bits: Mutex::new(HashMap::new()),
-    });
-    if outbound {
-        // Recorded even if this connection loses a duplicate race: the address then resolves
-        // to the connection that won.
-        node.addr_peer.insert(addr, peer_id);
-    }
-    if !register(&node, &handle) {
+    let (handle, rx) = ConnHandle::new(peer_id, outbound, is_origin, cancel.clone());
+    if let Err(refusal) = node.peers.register(addr, &handle) {
         node.metrics.connections_rejected.inc();
-        return Err(ConnError::Refused("duplicate connection"));
+        return Err(refusal.into());
     }
     node.metrics.connections.inc();
     if let Some(r) = ready {
@@ -273,11 +276,11 @@ where
     cancel.cancel();
     reader.abort_uploads();
     // Unregister, and tell every blob this peer was in.
-    node.conns.remove_if(&peer_id, |_, c| Arc::ptr_eq(c, &handle));
+    node.peers.unregister(&handle);
     node.metrics.connections.dec();
     let opened: Vec<Digest> = handle.open.lock().drain().collect();
     for d in opened {
-        if let Some(e) = node.blobs.get(&d).map(|e| e.clone()) {
+        if let Some(e) = node.blob(&d) {
             e.shared.lock().peers.remove(&peer_id);
             if let Some(a) = e.actor() {
                 let _ = a.send(Event::PeerGone { peer: peer_id });
@@ -288,35 +291,9 @@ where
         && e.is_peer_fault()
     {
         node.metrics.protocol_errors.inc();
-        node.shun(peer_id, addr);
+        node.peers.shun(peer_id, addr);
     }
     res
-}
-
-/// Registers a connection, resolving a duplicate: of two connections between the same pair,
-/// both sides keep the one dialed by the node with the smaller peer id.
-fn register(node: &Arc<Node>, new: &Arc<ConnHandle>) -> bool {
-    use dashmap::mapref::entry::Entry;
-    match node.conns.entry(new.peer_id) {
-        Entry::Vacant(v) => {
-            v.insert(new.clone());
-            true
-        }
-        Entry::Occupied(mut o) => {
-            let old = o.get().clone();
-            let dialer_of = |c: &ConnHandle| if c.outbound { node.peer_id } else { c.peer_id };
-            let keep_new = if old.outbound == new.outbound {
-                true // The peer reconnected (the old one is dead and not yet noticed).
-            } else {
-                dialer_of(new) < dialer_of(&old)
-            };
-            if keep_new {
-                old.close();
-                o.insert(new.clone());
-            }
-            keep_new
-        }
-    }
 }
 
 async fn handshake<R, W>(node: &Node, rd: &mut R, wr: &mut W, buf: &mut BytesMut) -> Result<PeerId, ConnError>
@@ -466,7 +443,7 @@ impl Reader {
                 }
             }
             Message::Have { blob, piece } => {
-                if let Some(e) = node.blobs.get(&blob).map(|e| e.clone()) {
+                if let Some(e) = node.blob(&blob) {
                     if e.meta.piece(piece).is_none() {
                         return Err(ConnError::Protocol(format!("have of piece {piece} out of range")));
                     }
@@ -485,7 +462,7 @@ impl Reader {
                 }
             }
             Message::Reject { blob, piece, reason } => {
-                if let Some(a) = node.blobs.get(&blob).and_then(|e| e.actor()) {
+                if let Some(a) = node.blob(&blob).and_then(|e| e.actor()) {
                     let ev = match reason {
                         RejectReason::UnknownBlob => Event::PeerGone { peer },
                         RejectReason::Busy => Event::Rejected { peer, piece, busy: true },
@@ -504,7 +481,7 @@ impl Reader {
 
     fn serve(&self, blob: Digest, piece: u32) {
         let reject = |reason| self.conn.send(&Message::Reject { blob, piece, reason });
-        let Some(entry) = self.node.blobs.get(&blob).map(|e| e.clone()) else {
+        let Some(entry) = self.node.blob(&blob) else {
             return reject(RejectReason::UnknownBlob);
         };
         let Some(idx) = entry.meta.piece(piece) else { return reject(RejectReason::NotHave) };
@@ -525,11 +502,10 @@ impl Reader {
         let conn = self.conn.clone();
         let serving = self.serving.clone();
         let mut map = self.serving.lock();
-        let units =
-            u32::try_from(u64::from(entry.meta.piece_len(idx)).div_ceil(UPLOAD_MEMORY_UNIT)).unwrap_or(u32::MAX);
+        let piece_len = u64::from(entry.meta.piece_len(idx));
         let task = tokio::spawn(async move {
             // Validation keeps the memory at least one piece, so this always completes.
-            let Ok(memory) = node.upload_memory.clone().acquire_many_owned(units).await else { return };
+            let Some(memory) = node.reserve_upload_memory(piece_len).await else { return };
             let file = entry.file.clone();
             let read = node.store.blocking().run(move || file.read_piece(idx)).await;
             let data = match read {
@@ -556,7 +532,7 @@ impl Reader {
     async fn receive_piece(&self, blob: Digest, piece: u32, data: Bytes) -> Result<(), ConnError> {
         let node = &self.node;
         node.ingress.acquire(data.len()).await;
-        let Some(entry) = node.blobs.get(&blob).map(|e| e.clone()) else { return Ok(()) };
+        let Some(entry) = node.blob(&blob) else { return Ok(()) };
         let (actor, partial) = {
             let s = entry.shared.lock();
             (s.actor.clone(), s.partial.clone())

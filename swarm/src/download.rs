@@ -196,7 +196,7 @@ impl Actor {
         match ev {
             Event::PeerBitfield { conn, bits } => {
                 let peer = conn.peer_id;
-                if self.node.is_blacklisted(Some(&peer), None) {
+                if self.node.peers.is_shunned(&peer) {
                     return;
                 }
                 self.picker.peer_joined(peer, &bits, conn.is_origin);
@@ -275,7 +275,7 @@ impl Actor {
         };
         self.entry.progress.send_modify(|n| *n += 1);
         for p in peers {
-            if let Some(c) = self.node.conns.get(&p) {
+            if let Some(c) = self.node.peers.get(&p) {
                 c.send(&Message::Have { blob, piece });
             }
         }
@@ -362,7 +362,7 @@ async fn announce_and_connect(node: &Arc<Node>, entry: &Arc<BlobEntry>) -> Durat
     let mut dials = Vec::new();
     for p in resp.peers.into_iter() {
         if p.origin {
-            node.origin_addrs.insert(p.addr, ());
+            node.peers.note_origin(p.addr);
         }
         if p.addr == node.advertise || Some(node.peer_id) == p.peer_id {
             continue;
@@ -406,8 +406,7 @@ pub(crate) async fn announce_once(node: &Arc<Node>, blob: Digest, complete: bool
 pub(crate) async fn seed_announcer(node: Arc<Node>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
-        let blobs: Vec<Digest> = node.blobs.iter().filter(|e| e.shared.lock().complete).map(|e| *e.key()).collect();
-        for b in blobs {
+        for b in node.complete_blobs() {
             announce_once(&node, b, true).await;
         }
     }
