@@ -379,7 +379,7 @@ async fn announce_and_connect(node: &Arc<Node>, entry: &Arc<BlobEntry>) -> Durat
                 if !c.open_blob(digest, e.meta.num_pieces(), &bits) {
                     // Opened before this download started (an earlier attempt): replay what
                     // the remote told us then.
-                    if let (Some(remote), Some(a)) = (c.remote_bits(&digest), e.actor()) {
+                    if let (Some(remote), Some(a)) = (c.remote_bits(&digest, e.meta.num_pieces()), e.actor()) {
                         let _ = a.send(Event::PeerBitfield { conn: c.clone(), bits: remote });
                     }
                 }

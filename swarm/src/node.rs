@@ -77,6 +77,29 @@ pub(crate) struct BlobShared {
 }
 
 impl BlobEntry {
+    /// The entry of a download into `partial`, reporting to the actor behind `actor`.
+    pub fn downloading(partial: Arc<PartialBlob>, actor: mpsc::UnboundedSender<Event>) -> BlobEntry {
+        let meta = partial.meta().clone();
+        let pieces = meta.num_pieces();
+        BlobEntry {
+            meta,
+            file: partial.file().clone(),
+            shared: Mutex::new(BlobShared {
+                have: partial.have(),
+                complete: false,
+                peers: HashSet::new(),
+                actor: Some(actor),
+                partial: Some(partial),
+            }),
+            from_origin: AtomicU64::new(0),
+            from_peers: AtomicU64::new(0),
+            uploaded: AtomicU64::new(0),
+            status: watch::Sender::new(Status::Running),
+            seed_budget: Mutex::new(SeedBudget::new(pieces)),
+            progress: watch::Sender::new(0),
+        }
+    }
+
     pub fn bitfield(&self) -> Vec<u8> {
         let s = self.shared.lock();
         if s.complete {
@@ -181,6 +204,21 @@ impl Node {
             cancel,
             cfg,
         })
+    }
+
+    /// A node for tests of one component: its store in `cfg.store_dir`, no tracker unless
+    /// `cfg` names one, no listener, its own metrics registry.
+    #[cfg(test)]
+    pub fn for_tests(cfg: SwarmConfig, is_origin: bool) -> Arc<Node> {
+        let advertise = SocketAddr::from(([127, 0, 0, 1], 1));
+        let node = Node::new(cfg, advertise, is_origin, &Registry::new(), CancellationToken::new());
+        Arc::new(node.expect("test node"))
+    }
+
+    /// Puts `entry` in the blob map, replacing any entry of its digest.
+    #[cfg(test)]
+    pub fn insert_blob(&self, entry: Arc<BlobEntry>) {
+        self.blobs.insert(entry.meta.digest(), entry);
     }
 
     /// The entry of a blob this node downloads or seeds.
@@ -464,27 +502,9 @@ impl Swarm {
         if let Some(file) = node.store.open_complete(d).await? {
             return Ok(node.register_complete(file));
         }
-        let partial = node.store.open_partial(meta.clone()).await?;
-        let have = partial.have();
-        let meta_pieces = meta.num_pieces();
+        let partial = node.store.open_partial(meta).await?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let entry = Arc::new(BlobEntry {
-            meta,
-            file: partial.file().clone(),
-            shared: Mutex::new(BlobShared {
-                have,
-                complete: false,
-                peers: HashSet::new(),
-                actor: Some(tx),
-                partial: Some(partial.clone()),
-            }),
-            from_origin: AtomicU64::new(0),
-            from_peers: AtomicU64::new(0),
-            uploaded: AtomicU64::new(0),
-            status: watch::Sender::new(Status::Running),
-            seed_budget: Mutex::new(SeedBudget::new(meta_pieces)),
-            progress: watch::Sender::new(0),
-        });
+        let entry = Arc::new(BlobEntry::downloading(partial.clone(), tx));
         node.blobs.insert(d, entry.clone());
         let n = node.clone();
         let e = entry.clone();
