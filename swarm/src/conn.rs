@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::download::Event;
-use crate::node::{Node, UPLOAD_MEMORY_UNIT};
+use crate::node::Node;
 
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
@@ -44,9 +44,20 @@ pub enum ConnError {
     #[error("peer sent piece {piece} of {blob} that failed its hash")]
     CorruptPiece { blob: Digest, piece: u32 },
     #[error("connection refused: {0}")]
-    Refused(&'static str),
+    Refused(#[from] Refusal),
     #[error("closed")]
     Closed,
+}
+
+/// Why the connection table refused a handshaken connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("connected to self")]
+    OwnId,
+    #[error("peer is blacklisted")]
+    Shunned,
+    #[error("duplicate connection")]
+    Duplicate,
 }
 
 impl ConnError {
@@ -76,10 +87,38 @@ pub(crate) struct ConnHandle {
     pub open: Mutex<HashSet<Digest>>,
     /// The remote's pieces of each blob it opened, kept up to date by its `Have`s, so a
     /// download that starts after the exchange (a retry) learns them without a new one.
-    remote_bits: Mutex<HashMap<Digest, Vec<u8>>>,
+    remote_bits: Mutex<HashMap<Digest, RemoteBits>>,
+}
+
+/// A remote's bitfield of one blob, and the piece count it was sent for: a later download
+/// of the blob under another metainfo (another piece length) has other pieces, so the
+/// bitfield says nothing about them.
+struct RemoteBits {
+    num_pieces: u32,
+    bits: Vec<u8>,
 }
 
 impl ConnHandle {
+    /// A handle and the receiver its writer drains; `cancel` closes the connection.
+    pub fn new(
+        peer_id: PeerId,
+        outbound: bool,
+        is_origin: bool,
+        cancel: CancellationToken,
+    ) -> (Arc<ConnHandle>, mpsc::UnboundedReceiver<Out>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = ConnHandle {
+            peer_id,
+            outbound,
+            is_origin,
+            tx,
+            cancel,
+            open: Mutex::new(HashSet::new()),
+            remote_bits: Mutex::new(HashMap::new()),
+        };
+        (Arc::new(handle), rx)
+    }
+
     pub fn send(&self, msg: &Message<'_>) {
         let mut buf = BytesMut::with_capacity(64);
         wire::encode(msg, &mut buf);
@@ -88,6 +127,11 @@ impl ConnHandle {
 
     pub fn close(&self) {
         self.cancel.cancel();
+    }
+
+    #[cfg(test)]
+    pub fn is_closed(&self) -> bool {
+        self.cancel.is_cancelled()
     }
 
     /// Opens `blob` on this connection by sending our bitfield, once. Returns false if it
@@ -100,9 +144,24 @@ impl ConnHandle {
         fresh
     }
 
-    /// The remote's pieces of `blob`, if it opened the blob on this connection.
-    pub fn remote_bits(&self, blob: &Digest) -> Option<Vec<u8>> {
-        self.remote_bits.lock().get(blob).cloned()
+    /// The remote's pieces of `blob`, if it opened the blob on this connection with a
+    /// bitfield of `num_pieces` pieces.
+    pub fn remote_bits(&self, blob: &Digest, num_pieces: u32) -> Option<Vec<u8>> {
+        let remembered = self.remote_bits.lock();
+        remembered.get(blob).filter(|r| r.num_pieces == num_pieces).map(|r| r.bits.clone())
+    }
+
+    /// Records the remote's `Have` of `piece` of a blob with `num_pieces` pieces. A bitfield
+    /// sent for another piece count is stale, and forgotten.
+    fn remote_have(&self, blob: &Digest, num_pieces: u32, piece: u32) {
+        let mut remembered = self.remote_bits.lock();
+        let Some(r) = remembered.get_mut(blob) else { return };
+        match r.bits.get_mut((piece / 8) as usize) {
+            Some(byte) if r.num_pieces == num_pieces => *byte |= 0x80 >> (piece % 8),
+            _ => {
+                remembered.remove(blob);
+            }
+        }
     }
 }
 
@@ -111,7 +170,7 @@ pub(crate) async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
     loop {
         // Take a connection slot before accepting, so the limit holds at the socket.
         let permit = tokio::select! {
-            p = node.conn_slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            p = node.peers.slot() => match p { Some(p) => p, None => return },
             _ = node.cancel.cancelled() => return,
         };
         let (stream, remote) = tokio::select! {
@@ -139,27 +198,15 @@ pub(crate) async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
     }
 }
 
-/// Connects to `addr` unless a connection to it exists or is being made; returns the
-/// connection once its handshake is done.
+/// Connects to `addr` unless a connection to it exists or is being made (see
+/// [`Peers::connect`](crate::peers::Peers::connect)); returns the connection once its
+/// handshake is done.
 pub(crate) async fn connect(node: &Arc<Node>, addr: SocketAddr, is_origin: bool) -> Option<Arc<ConnHandle>> {
-    if addr == node.advertise || node.is_blacklisted(None, Some(&addr)) {
-        return None;
-    }
-    if let Some(p) = node.addr_peer.get(&addr).map(|p| *p)
-        && let Some(c) = node.conns.get(&p)
-    {
-        return Some(c.clone());
-    }
-    if node.dialing.insert(addr, ()).is_some() {
-        return None;
-    }
-    let res = dial(node, addr, is_origin).await;
-    node.dialing.remove(&addr);
-    res
+    node.peers.connect(addr, || dial(node, addr, is_origin)).await
 }
 
 async fn dial(node: &Arc<Node>, addr: SocketAddr, is_origin: bool) -> Option<Arc<ConnHandle>> {
-    let permit = node.conn_slots.clone().try_acquire_owned().ok()?;
+    let permit = node.peers.try_slot()?;
     let deadline = node.cfg.handshake_timeout.get();
     let stream = match tokio::time::timeout(deadline, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
@@ -225,33 +272,12 @@ where
             return Err(e);
         }
     };
-    if peer_id == node.peer_id {
-        return Err(ConnError::Refused("connected to self"));
-    }
-    if node.is_blacklisted(Some(&peer_id), None) {
-        node.metrics.connections_rejected.inc();
-        return Err(ConnError::Refused("peer is blacklisted"));
-    }
-    let is_origin = is_origin || node.origin_addrs.contains_key(&addr);
-    let (tx, rx) = mpsc::unbounded_channel();
+    let is_origin = is_origin || node.peers.is_origin_addr(&addr);
     let cancel = node.cancel.child_token();
-    let handle = Arc::new(ConnHandle {
-        peer_id,
-        outbound,
-        is_origin,
-        tx,
-        cancel: cancel.clone(),
-        open: Mutex::new(HashSet::new()),
-        remote_bits: Mutex::new(HashMap::new()),
-    });
-    if outbound {
-        // Recorded even if this connection loses a duplicate race: the address then resolves
-        // to the connection that won.
-        node.addr_peer.insert(addr, peer_id);
-    }
-    if !register(&node, &handle) {
+    let (handle, rx) = ConnHandle::new(peer_id, outbound, is_origin, cancel.clone());
+    if let Err(refusal) = node.peers.register(addr, &handle) {
         node.metrics.connections_rejected.inc();
-        return Err(ConnError::Refused("duplicate connection"));
+        return Err(refusal.into());
     }
     node.metrics.connections.inc();
     if let Some(r) = ready {
@@ -274,11 +300,11 @@ where
     cancel.cancel();
     reader.abort_uploads();
     // Unregister, and tell every blob this peer was in.
-    node.conns.remove_if(&peer_id, |_, c| Arc::ptr_eq(c, &handle));
+    node.peers.unregister(&handle);
     node.metrics.connections.dec();
     let opened: Vec<Digest> = handle.open.lock().drain().collect();
     for d in opened {
-        if let Some(e) = node.blobs.get(&d).map(|e| e.clone()) {
+        if let Some(e) = node.blob(&d) {
             e.shared.lock().peers.remove(&peer_id);
             if let Some(a) = e.actor() {
                 let _ = a.send(Event::PeerGone { peer: peer_id });
@@ -289,35 +315,9 @@ where
         && e.is_peer_fault()
     {
         node.metrics.protocol_errors.inc();
-        node.shun(peer_id, addr);
+        node.peers.shun(peer_id, addr);
     }
     res
-}
-
-/// Registers a connection, resolving a duplicate: of two connections between the same pair,
-/// both sides keep the one dialed by the node with the smaller peer id.
-fn register(node: &Arc<Node>, new: &Arc<ConnHandle>) -> bool {
-    use dashmap::mapref::entry::Entry;
-    match node.conns.entry(new.peer_id) {
-        Entry::Vacant(v) => {
-            v.insert(new.clone());
-            true
-        }
-        Entry::Occupied(mut o) => {
-            let old = o.get().clone();
-            let dialer_of = |c: &ConnHandle| if c.outbound { node.peer_id } else { c.peer_id };
-            let keep_new = if old.outbound == new.outbound {
-                true // The peer reconnected (the old one is dead and not yet noticed).
-            } else {
-                dialer_of(new) < dialer_of(&old)
-            };
-            if keep_new {
-                old.close();
-                o.insert(new.clone());
-            }
-            keep_new
-        }
-    }
 }
 
 async fn handshake<R, W>(node: &Node, rd: &mut R, wr: &mut W, buf: &mut BytesMut) -> Result<PeerId, ConnError>
@@ -459,7 +459,7 @@ impl Reader {
                     )));
                 }
                 entry.shared.lock().peers.insert(peer);
-                self.conn.remote_bits.lock().insert(blob, bits.to_vec());
+                self.conn.remote_bits.lock().insert(blob, RemoteBits { num_pieces, bits: bits.to_vec() });
                 let ours = entry.bitfield();
                 self.conn.open_blob(blob, num_pieces, &ours);
                 if let Some(a) = entry.actor() {
@@ -467,13 +467,11 @@ impl Reader {
                 }
             }
             Message::Have { blob, piece } => {
-                if let Some(e) = node.blobs.get(&blob).map(|e| e.clone()) {
+                if let Some(e) = node.blob(&blob) {
                     if e.meta.piece(piece).is_none() {
                         return Err(ConnError::Protocol(format!("have of piece {piece} out of range")));
                     }
-                    if let Some(bits) = self.conn.remote_bits.lock().get_mut(&blob) {
-                        bits[(piece / 8) as usize] |= 0x80 >> (piece % 8);
-                    }
+                    self.conn.remote_have(&blob, e.meta.num_pieces(), piece);
                     if let Some(a) = e.actor() {
                         let _ = a.send(Event::Have { peer, piece });
                     }
@@ -486,7 +484,7 @@ impl Reader {
                 }
             }
             Message::Reject { blob, piece, reason } => {
-                if let Some(a) = node.blobs.get(&blob).and_then(|e| e.actor()) {
+                if let Some(a) = node.blob(&blob).and_then(|e| e.actor()) {
                     let ev = match reason {
                         RejectReason::UnknownBlob => Event::PeerGone { peer },
                         RejectReason::Busy => Event::Rejected { peer, piece, busy: true },
@@ -505,7 +503,7 @@ impl Reader {
 
     fn serve(&self, blob: Digest, piece: u32) {
         let reject = |reason| self.conn.send(&Message::Reject { blob, piece, reason });
-        let Some(entry) = self.node.blobs.get(&blob).map(|e| e.clone()) else {
+        let Some(entry) = self.node.blob(&blob) else {
             return reject(RejectReason::UnknownBlob);
         };
         let Some(idx) = entry.meta.piece(piece) else { return reject(RejectReason::NotHave) };
@@ -530,11 +528,10 @@ impl Reader {
         let conn = self.conn.clone();
         let serving = self.serving.clone();
         let mut map = self.serving.lock();
-        let units =
-            u32::try_from(u64::from(entry.meta.piece_len(idx)).div_ceil(UPLOAD_MEMORY_UNIT)).unwrap_or(u32::MAX);
+        let piece_len = u64::from(entry.meta.piece_len(idx));
         let task = tokio::spawn(async move {
             // Validation keeps the memory at least one piece, so this always completes.
-            let Ok(memory) = node.upload_memory.clone().acquire_many_owned(units).await else { return };
+            let Some(memory) = node.reserve_upload_memory(piece_len).await else { return };
             let file = entry.file.clone();
             let read = node.store.blocking().run(move || file.read_piece(idx)).await;
             let data = match read {
@@ -561,7 +558,7 @@ impl Reader {
     async fn receive_piece(&self, blob: Digest, piece: u32, data: Bytes) -> Result<(), ConnError> {
         let node = &self.node;
         node.ingress.acquire(data.len()).await;
-        let Some(entry) = node.blobs.get(&blob).map(|e| e.clone()) else { return Ok(()) };
+        let Some(entry) = node.blob(&blob) else { return Ok(()) };
         let (actor, partial) = {
             let s = entry.shared.lock();
             (s.actor.clone(), s.partial.clone())
@@ -606,5 +603,280 @@ impl Reader {
                 Ok(())
             }
         }
+    }
+}
+
+/// The driver against a scripted peer on an in-memory duplex: no TCP, no tracker.
+#[cfg(test)]
+mod tests {
+    use shoal_core::MetaInfo;
+    use shoal_core::metainfo::{MIN_PIECE_LEN, MetaInfoBuilder};
+    use shoal_core::wire::pack_bits;
+    use tempfile::TempDir;
+    use tokio::io::DuplexStream;
+    use tokio::task::JoinHandle;
+
+    use super::*;
+    use crate::SwarmConfig;
+    use crate::node::BlobEntry;
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    /// A node with its store in a temporary directory.
+    fn node() -> (Arc<Node>, TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SwarmConfig { store_dir: dir.path().to_path_buf(), ..SwarmConfig::default() };
+        (Node::for_tests(cfg, false), dir)
+    }
+
+    fn data(n: usize) -> Vec<u8> {
+        (0..n).map(|i| u8::try_from(i * 31 % 251).expect("below 251")).collect()
+    }
+
+    fn meta(data: &[u8], piece_length: u32) -> MetaInfo {
+        let mut b = MetaInfoBuilder::with_piece_length(data.len() as u64, piece_length).unwrap();
+        b.update(data);
+        b.finish().unwrap()
+    }
+
+    fn piece<'a>(meta: &MetaInfo, data: &'a [u8], i: u32) -> &'a [u8] {
+        let i = meta.piece(i).unwrap();
+        let o = usize::try_from(meta.piece_offset(i)).unwrap();
+        &data[o..o + meta.piece_len(i) as usize]
+    }
+
+    /// Registers `data` as a complete blob of `node`.
+    async fn complete(node: &Arc<Node>, data: &[u8]) -> MetaInfo {
+        let meta = meta(data, MIN_PIECE_LEN);
+        let partial = node.store.open_partial(meta.clone()).await.unwrap();
+        for i in meta.all_pieces() {
+            partial.write_piece(i, piece(&meta, data, i.get())).unwrap();
+        }
+        partial.commit(node.store.root()).unwrap();
+        node.register_complete(node.store.open_complete(meta.digest()).await.unwrap().unwrap());
+        meta
+    }
+
+    /// Makes `node` download `meta`, with the test as its actor.
+    async fn downloading(node: &Arc<Node>, meta: MetaInfo) -> mpsc::UnboundedReceiver<Event> {
+        let partial = node.store.open_partial(meta).await.unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        node.insert_blob(Arc::new(BlobEntry::downloading(partial, tx)));
+        rx
+    }
+
+    async fn event(rx: &mut mpsc::UnboundedReceiver<Event>) -> Event {
+        tokio::time::timeout(WAIT, rx.recv()).await.expect("an event").expect("the node holds the sender")
+    }
+
+    /// The far end of a connection, scripted by a test.
+    struct Remote {
+        io: DuplexStream,
+        buf: BytesMut,
+        peer_id: PeerId,
+    }
+
+    impl Remote {
+        async fn send(&mut self, msg: &Message<'_>) {
+            let mut out = BytesMut::new();
+            wire::encode(msg, &mut out);
+            self.send_raw(&out).await;
+        }
+
+        async fn send_raw(&mut self, bytes: &[u8]) {
+            self.io.write_all(bytes).await.unwrap();
+        }
+
+        /// The next frame from the node other than a keep-alive.
+        async fn frame(&mut self) -> Bytes {
+            loop {
+                let decoded = wire::decode(&self.buf).expect("the node sends valid frames");
+                let next = decoded.map(|(msg, used)| (matches!(msg, Message::KeepAlive), used));
+                match next {
+                    Some((true, used)) => drop(self.buf.split_to(used)),
+                    Some((false, used)) => return self.buf.split_to(used).freeze(),
+                    None => {
+                        let n = tokio::time::timeout(WAIT, self.io.read_buf(&mut self.buf)).await.unwrap().unwrap();
+                        assert!(n > 0, "the node closed the connection");
+                    }
+                }
+            }
+        }
+
+        /// Sends our handshake and checks the node's.
+        async fn handshake(&mut self, node: &Node) {
+            self.send(&Message::Handshake { version: PROTOCOL_VERSION, peer_id: self.peer_id }).await;
+            let f = self.frame().await;
+            let (msg, _) = wire::decode(&f).unwrap().unwrap();
+            assert_eq!(msg, Message::Handshake { version: PROTOCOL_VERSION, peer_id: node.peer_id });
+        }
+    }
+
+    /// Runs the driver for an inbound connection from peer `n` at 127.0.0.`n`.
+    fn start(node: &Arc<Node>, n: u8) -> (Remote, JoinHandle<Result<(), ConnError>>) {
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        let permit = node.peers.try_slot().unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, n], 4000));
+        let task = tokio::spawn(run(node.clone(), ours, addr, false, false, permit));
+        (Remote { io: theirs, buf: BytesMut::new(), peer_id: PeerId([n; 16]) }, task)
+    }
+
+    async fn connected(node: &Arc<Node>, n: u8) -> (Remote, JoinHandle<Result<(), ConnError>>) {
+        let (mut remote, task) = start(node, n);
+        remote.handshake(node).await;
+        // The node registers the connection right after its handshake went out.
+        tokio::time::timeout(WAIT, async {
+            while node.peers.get(&remote.peer_id).is_none() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the connection is registered");
+        (remote, task)
+    }
+
+    async fn ended(task: JoinHandle<Result<(), ConnError>>) -> Result<(), ConnError> {
+        tokio::time::timeout(WAIT, task).await.expect("the connection ends").expect("the driver does not panic")
+    }
+
+    #[tokio::test]
+    async fn handshake_is_accepted_and_the_peer_registered() {
+        let (node, _dir) = node();
+        let (remote, task) = connected(&node, 2).await;
+        let conn = node.peers.get(&remote.peer_id).unwrap();
+        assert!(!conn.outbound && !conn.is_origin);
+        drop(remote);
+        assert!(matches!(ended(task).await, Err(ConnError::Closed)));
+        assert!(node.peers.get(&PeerId([2; 16])).is_none(), "unregistered when it ends");
+        assert!(!node.peers.is_shunned(&PeerId([2; 16])), "a closed socket is not the peer's fault");
+    }
+
+    #[tokio::test]
+    async fn wrong_magic_or_version_is_refused() {
+        let (node, _dir) = node();
+        let mut hs = BytesMut::new();
+        wire::encode(&Message::Handshake { version: PROTOCOL_VERSION, peer_id: PeerId([2; 16]) }, &mut hs);
+        // The magic follows the length prefix and the type byte.
+        hs[wire::LEN_PREFIX + 1] ^= 0xff;
+        let (mut remote, task) = start(&node, 2);
+        remote.send_raw(&hs).await;
+        assert!(matches!(ended(task).await, Err(ConnError::Decode(_))));
+
+        let (mut remote, task) = start(&node, 3);
+        remote.send(&Message::Handshake { version: PROTOCOL_VERSION + 1, peer_id: remote.peer_id }).await;
+        assert!(matches!(ended(task).await, Err(ConnError::Protocol(_))));
+
+        let (mut remote, task) = start(&node, 4);
+        remote.send(&Message::KeepAlive).await;
+        assert!(matches!(ended(task).await, Err(ConnError::Protocol(_))), "the first frame must be a handshake");
+
+        assert_eq!(node.peers.len(), 0);
+        assert_eq!(node.metrics.connections_rejected.get(), 3);
+        assert_eq!(node.metrics.protocol_errors.get(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_garbage_frame_closes_only_its_connection() {
+        let (node, _dir) = node();
+        let (mut bad, bad_task) = connected(&node, 2).await;
+        let (mut good, good_task) = connected(&node, 3).await;
+        // A whole frame of an unknown type.
+        bad.send_raw(&[0, 0, 0, 2, 0xee, 0]).await;
+        assert!(matches!(ended(bad_task).await, Err(ConnError::Decode(_))));
+        assert!(node.peers.is_shunned(&bad.peer_id), "a peer that breaks the protocol is shunned");
+        assert!(node.peers.get(&bad.peer_id).is_none());
+        // The other connection still answers.
+        let blob = shoal_core::Digest::of(b"nothing here");
+        good.send(&Message::Request { blob, piece: 0 }).await;
+        let f = good.frame().await;
+        let (msg, _) = wire::decode(&f).unwrap().unwrap();
+        assert_eq!(msg, Message::Reject { blob, piece: 0, reason: RejectReason::UnknownBlob });
+        assert!(!good_task.is_finished() && node.peers.get(&good.peer_id).is_some());
+    }
+
+    #[tokio::test]
+    async fn requests_get_the_piece_or_a_reject() {
+        let (node, _dir) = node();
+        let bytes = data(3 * MIN_PIECE_LEN as usize + 100);
+        let full = complete(&node, &bytes).await;
+        let other = data(2 * MIN_PIECE_LEN as usize + 1);
+        let other = meta(&other[..], MIN_PIECE_LEN);
+        let _rx = downloading(&node, other.clone()).await;
+        let (mut remote, _task) = connected(&node, 2).await;
+
+        for i in [3, 1] {
+            remote.send(&Message::Request { blob: full.digest(), piece: i }).await;
+            let f = remote.frame().await;
+            let (msg, _) = wire::decode(&f).unwrap().unwrap();
+            assert_eq!(msg, Message::Piece { blob: full.digest(), piece: i, data: piece(&full, &bytes, i) });
+        }
+        assert_eq!(node.blob(&full.digest()).unwrap().stats().uploaded, u64::from(MIN_PIECE_LEN) + 100);
+        // A piece the node lacks, and one past the blob's end.
+        for (blob, i) in [(other.digest(), 0), (full.digest(), 4)] {
+            remote.send(&Message::Request { blob, piece: i }).await;
+            let f = remote.frame().await;
+            let (msg, _) = wire::decode(&f).unwrap().unwrap();
+            assert_eq!(msg, Message::Reject { blob, piece: i, reason: RejectReason::NotHave });
+        }
+    }
+
+    /// A bitfield remembered from one metainfo of a blob, then a `Have` under a newer one
+    /// with more pieces (a retried download got a different piece length): the index is
+    /// valid for the blob but past the remembered bitfield.
+    #[tokio::test]
+    async fn have_past_a_bitfield_from_an_older_metainfo_does_not_panic() {
+        let (node, _dir) = node();
+        let bytes = data(20 * MIN_PIECE_LEN as usize);
+        let old = meta(&bytes, 16 * MIN_PIECE_LEN);
+        let new = meta(&bytes, MIN_PIECE_LEN);
+        assert_eq!((old.digest(), old.num_pieces(), new.num_pieces()), (new.digest(), 2, 20));
+        let blob = old.digest();
+        let mut rx = downloading(&node, old).await;
+        let (mut remote, task) = connected(&node, 2).await;
+        let bits = pack_bits(2, |_| true);
+        remote.send(&Message::Bitfield { blob, num_pieces: 2, bits: &bits }).await;
+        assert!(matches!(event(&mut rx).await, Event::PeerBitfield { .. }));
+        let conn = node.peers.get(&remote.peer_id).unwrap();
+        assert_eq!(conn.remote_bits(&blob, 2), Some(bits.clone()));
+
+        let mut rx = downloading(&node, new).await;
+        remote.send(&Message::Have { blob, piece: 17 }).await;
+        assert!(matches!(event(&mut rx).await, Event::Have { piece: 17, .. }));
+        assert!(!task.is_finished(), "the connection stays up");
+        // The old bitfield describes other pieces: it is not replayed to the new download.
+        assert_eq!(conn.remote_bits(&blob, 20), None);
+        assert_eq!(conn.remote_bits(&blob, 2), None);
+    }
+
+    #[tokio::test]
+    async fn a_good_piece_is_reported_and_a_corrupt_one_shuns_its_sender() {
+        let (node, _dir) = node();
+        let bytes = data(2 * MIN_PIECE_LEN as usize);
+        let meta = meta(&bytes, MIN_PIECE_LEN);
+        let blob = meta.digest();
+        let mut rx = downloading(&node, meta.clone()).await;
+        let (mut remote, task) = connected(&node, 2).await;
+        let bits = pack_bits(2, |_| true);
+        remote.send(&Message::Bitfield { blob, num_pieces: 2, bits: &bits }).await;
+        assert!(matches!(event(&mut rx).await, Event::PeerBitfield { .. }));
+
+        remote.send(&Message::Piece { blob, piece: 1, data: piece(&meta, &bytes, 1) }).await;
+        let ev = event(&mut rx).await;
+        assert!(
+            matches!(ev, Event::PieceOk { piece: 1, len, from_origin: false, .. } if len == u64::from(MIN_PIECE_LEN))
+        );
+
+        let mut corrupt = piece(&meta, &bytes, 0).to_vec();
+        corrupt[7] ^= 1;
+        remote.send(&Message::Piece { blob, piece: 0, data: &corrupt }).await;
+        let ev = event(&mut rx).await;
+        assert!(matches!(ev, Event::PieceBad { peer, piece: 0 } if peer == remote.peer_id));
+        assert!(matches!(ended(task).await, Err(ConnError::CorruptPiece { piece: 0, .. })));
+        assert!(matches!(event(&mut rx).await, Event::PeerGone { .. }));
+        assert!(node.peers.is_shunned(&remote.peer_id));
+        assert_eq!(node.metrics.pieces_corrupt.get(), 1);
+        // Piece 1 is on disk; piece 0 is not.
+        let partial = node.store.open_partial(meta).await.unwrap();
+        assert_eq!(partial.have(), vec![false, true]);
     }
 }

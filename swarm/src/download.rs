@@ -31,7 +31,8 @@ use tokio::time::Instant;
 
 use crate::config::SwarmConfig;
 use crate::conn::{self, ConnHandle};
-use crate::node::{BlobEntry, Node, SwarmError};
+use crate::error::SwarmError;
+use crate::node::{BlobEntry, Node};
 use crate::store::{PartialBlob, StoreError};
 
 /// What connections and helper tasks tell a download actor.
@@ -185,7 +186,7 @@ impl Actor {
         match ev {
             Event::PeerBitfield { conn, bits } => {
                 let peer = conn.peer_id;
-                if self.node.is_blacklisted(Some(&peer), None) {
+                if self.node.peers.is_shunned(&peer) {
                     return;
                 }
                 let is_origin = conn.is_origin;
@@ -262,7 +263,7 @@ impl Actor {
         };
         self.entry.progress.send_modify(|n| *n += 1);
         for p in peers {
-            if let Some(c) = self.node.conns.get(&p) {
+            if let Some(c) = self.node.peers.get(&p) {
                 c.send(&Message::Have { blob, piece });
             }
         }
@@ -288,7 +289,7 @@ async fn announce_and_connect(node: &Arc<Node>, entry: &Arc<BlobEntry>) -> Durat
         }
     };
     for p in resp.peers.iter().filter(|p| p.origin) {
-        node.origin_addrs.insert(p.addr, ());
+        node.peers.note_origin(p.addr);
     }
     let open = entry.shared.lock().peers.len();
     let handout = peers_to_dial(
@@ -307,7 +308,7 @@ async fn announce_and_connect(node: &Arc<Node>, entry: &Arc<BlobEntry>) -> Durat
                 if !c.open_blob(digest, e.meta.num_pieces(), &bits) {
                     // Opened before this download started (an earlier attempt): replay what
                     // the remote told us then.
-                    if let (Some(remote), Some(a)) = (c.remote_bits(&digest), e.actor()) {
+                    if let (Some(remote), Some(a)) = (c.remote_bits(&digest, e.meta.num_pieces()), e.actor()) {
                         let _ = a.send(Event::PeerBitfield { conn: c.clone(), bits: remote });
                     }
                 }
@@ -334,8 +335,7 @@ pub(crate) async fn announce_once(node: &Arc<Node>, blob: Digest, complete: bool
 pub(crate) async fn seed_announcer(node: Arc<Node>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
-        let blobs: Vec<Digest> = node.blobs.iter().filter(|e| e.shared.lock().complete).map(|e| *e.key()).collect();
-        for b in blobs {
+        for b in node.complete_blobs() {
             announce_once(&node, b, true).await;
         }
     }

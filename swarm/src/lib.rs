@@ -6,6 +6,8 @@
 //! - [`download`]: one actor task per blob being downloaded. It owns the blob's
 //!   `shoal_core::picker::Picker`, turns events from connections into piece requests, handles
 //!   timeouts, announces to the tracker and dials peers, and commits the blob when done.
+//! - `peers`: the connection table (connections, dials, origin addresses, the blacklist),
+//!   the one owner of who is connected.
 //! - [`store`]: pieces on disk; [`limiter`]: token buckets; [`announce`]: the tracker client;
 //!   [`blocking`]: the bounded pool for disk I/O and hashing.
 //!
@@ -19,12 +21,15 @@ pub mod blocking;
 pub mod config;
 pub mod conn;
 pub mod download;
+mod error;
 pub mod limiter;
 pub mod metrics;
 mod node;
+mod peers;
 pub mod store;
 pub mod store_metrics;
 
 pub use config::SwarmConfig;
-pub use node::{BlobStats, Swarm, SwarmError};
+pub use error::SwarmError;
+pub use node::{BlobStats, Swarm};
 pub use store::{BlobFile, Store, StoreError};

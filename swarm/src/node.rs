@@ -1,8 +1,10 @@
 //! One node's swarm state: its identity, store, limits, the blobs it downloads or seeds, and
-//! its peer connections.
+//! its connection table ([`Peers`], which owns the connections, dials and the blacklist).
 //!
 //! Lock notice: `BlobEntry::shared` is a sync mutex held only for short updates, never across
-//! an await and never while taking a `DashMap` shard lock of `Node::conns` or `Node::blobs`.
+//! an await and never while taking a `DashMap` shard lock of `Node::blobs` or a lock inside
+//! [`Peers`]. `Peers` holds none of its own guards while it takes another, nor across an
+//! await (its module doc), and it never takes a blob's lock; so no two locks nest.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -11,43 +13,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
+use prometheus::Registry;
 use shoal_core::seeding::{SeedBudget, admits_upload, max_upload_backlog};
 use shoal_core::wire::pack_bits;
 use shoal_core::{Digest, MetaInfo, PeerId, PieceIndex};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::announce::TrackerClient;
 use crate::blocking::Blocking;
 use crate::config::SwarmConfig;
-use crate::conn::ConnHandle;
 use crate::download::{self, Event};
+use crate::error::SwarmError;
 use crate::limiter::Limiter;
 use crate::metrics::SwarmMetrics;
-use crate::store::{BlobFile, PartialBlob, Store, StoreError};
-
-/// Why a download or a seed failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum SwarmError {
-    #[error("store: {0}")]
-    Store(Arc<StoreError>),
-    #[error("download of {digest} timed out after {secs}s")]
-    Timeout { digest: Digest, secs: u64 },
-    #[error("node is shutting down")]
-    ShuttingDown,
-    #[error("blob {0} is not in the store")]
-    NotStored(Digest),
-    #[error("download failed: {0}")]
-    Failed(Arc<str>),
-}
-
-impl From<StoreError> for SwarmError {
-    fn from(e: StoreError) -> SwarmError {
-        SwarmError::Store(Arc::new(e))
-    }
-}
+use crate::peers::Peers;
+use crate::store::{BlobFile, PartialBlob, Store};
 
 /// Where a blob's download stands, as waiters see it.
 #[derive(Clone, Debug)]
@@ -94,6 +77,29 @@ pub(crate) struct BlobShared {
 }
 
 impl BlobEntry {
+    /// The entry of a download into `partial`, reporting to the actor behind `actor`.
+    pub fn downloading(partial: Arc<PartialBlob>, actor: mpsc::UnboundedSender<Event>) -> BlobEntry {
+        let meta = partial.meta().clone();
+        let pieces = meta.num_pieces();
+        BlobEntry {
+            meta,
+            file: partial.file().clone(),
+            shared: Mutex::new(BlobShared {
+                have: partial.have(),
+                complete: false,
+                peers: HashSet::new(),
+                actor: Some(actor),
+                partial: Some(partial),
+            }),
+            from_origin: AtomicU64::new(0),
+            from_peers: AtomicU64::new(0),
+            uploaded: AtomicU64::new(0),
+            status: watch::Sender::new(Status::Running),
+            seed_budget: Mutex::new(SeedBudget::new(pieces)),
+            progress: watch::Sender::new(0),
+        }
+    }
+
     pub fn bitfield(&self) -> Vec<u8> {
         let s = self.shared.lock();
         if s.complete {
@@ -122,7 +128,9 @@ impl BlobEntry {
     }
 }
 
-/// Everything one node's tasks share.
+/// Everything one node's tasks share. The public fields are fixed at start or synchronise
+/// themselves (the store, limiters, metrics, the connection table); the mutable maps and
+/// budgets behind them have one owner each and are reached through methods.
 pub(crate) struct Node {
     pub peer_id: PeerId,
     pub advertise: SocketAddr,
@@ -133,31 +141,24 @@ pub(crate) struct Node {
     pub egress: Limiter,
     pub ingress: Limiter,
     pub tracker: TrackerClient,
-    pub blobs: DashMap<Digest, Arc<BlobEntry>>,
+    /// Connections, dials, origin addresses and the blacklist.
+    pub peers: Peers,
+    /// Blobs downloading or seeding. Inserted and removed only here (`start_download`,
+    /// `register_complete`); connections and actors look entries up with [`Node::blob`].
+    blobs: DashMap<Digest, Arc<BlobEntry>>,
     /// Serializes the start of a download per digest.
-    pub starting: DashMap<Digest, Arc<tokio::sync::Mutex<()>>>,
-    pub conns: DashMap<PeerId, Arc<ConnHandle>>,
-    /// Dial addresses resolved to the peer behind them.
-    pub addr_peer: DashMap<SocketAddr, PeerId>,
-    /// Dials in progress, so a peer is dialed once.
-    pub dialing: DashMap<SocketAddr, ()>,
-    /// Peer addresses the tracker reported as origins.
-    pub origin_addrs: DashMap<SocketAddr, ()>,
-    /// Shunned peers and until when.
-    pub blacklist: DashMap<PeerId, Instant>,
-    pub blacklist_addrs: DashMap<SocketAddr, Instant>,
-    pub conn_slots: Arc<Semaphore>,
+    starting: DashMap<Digest, Arc<tokio::sync::Mutex<()>>>,
     /// Upload bytes admitted and still waiting for egress tokens.
-    pub upload_backlog: Arc<AtomicU64>,
+    upload_backlog: Arc<AtomicU64>,
     /// Most upload bytes that may wait at the egress cap; `None` when uncapped.
-    pub max_upload_backlog: Option<u64>,
+    max_upload_backlog: Option<u64>,
     /// Room for piece buffers read for upload, in [`UPLOAD_MEMORY_UNIT`]s.
-    pub upload_memory: Arc<Semaphore>,
+    upload_memory: Arc<Semaphore>,
     pub cancel: CancellationToken,
 }
 
 /// The unit of [`Node::upload_memory`].
-pub(crate) const UPLOAD_MEMORY_UNIT: u64 = 64 << 10;
+const UPLOAD_MEMORY_UNIT: u64 = 64 << 10;
 
 /// Upload bytes counted in [`Node::upload_backlog`] until dropped.
 pub(crate) struct BacklogGuard {
@@ -172,6 +173,71 @@ impl Drop for BacklogGuard {
 }
 
 impl Node {
+    /// A node with no listener of its own: `Swarm::start` adds the accept loop.
+    fn new(
+        cfg: SwarmConfig,
+        advertise: SocketAddr,
+        is_origin: bool,
+        registry: &Registry,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<Node> {
+        cfg.validate().map_err(anyhow::Error::msg)?;
+        let store = Store::open(&cfg.store_dir, Blocking::new(cfg.blocking_threads))?;
+        let peer_id = PeerId::random();
+        Ok(Node {
+            peer_id,
+            advertise,
+            is_origin,
+            store,
+            metrics: SwarmMetrics::new(registry)?,
+            egress: Limiter::new(cfg.egress_rate.map(|b| b.0)),
+            ingress: Limiter::new(cfg.ingress_rate.map(|b| b.0)),
+            tracker: TrackerClient::new(cfg.trackers.clone(), cfg.io_timeout.get()),
+            peers: Peers::new(peer_id, advertise, cfg.max_connections, cfg.blacklist_duration.get()),
+            blobs: DashMap::new(),
+            starting: DashMap::new(),
+            upload_backlog: Arc::new(AtomicU64::new(0)),
+            upload_memory: Arc::new(Semaphore::new(
+                usize::try_from(cfg.upload_memory.0 / UPLOAD_MEMORY_UNIT).unwrap_or(Semaphore::MAX_PERMITS),
+            )),
+            max_upload_backlog: cfg.egress_rate.map(|r| max_upload_backlog(r.0, cfg.upload_backlog.get())),
+            cancel,
+            cfg,
+        })
+    }
+
+    /// A node for tests of one component: its store in `cfg.store_dir`, no tracker unless
+    /// `cfg` names one, no listener, its own metrics registry.
+    #[cfg(test)]
+    pub fn for_tests(cfg: SwarmConfig, is_origin: bool) -> Arc<Node> {
+        let advertise = SocketAddr::from(([127, 0, 0, 1], 1));
+        let node = Node::new(cfg, advertise, is_origin, &Registry::new(), CancellationToken::new());
+        Arc::new(node.expect("test node"))
+    }
+
+    /// Puts `entry` in the blob map, replacing any entry of its digest.
+    #[cfg(test)]
+    pub fn insert_blob(&self, entry: Arc<BlobEntry>) {
+        self.blobs.insert(entry.meta.digest(), entry);
+    }
+
+    /// The entry of a blob this node downloads or seeds.
+    pub fn blob(&self, d: &Digest) -> Option<Arc<BlobEntry>> {
+        self.blobs.get(d).map(|e| e.clone())
+    }
+
+    /// The blobs complete on this node (the ones it seeds).
+    pub fn complete_blobs(&self) -> Vec<Digest> {
+        self.blobs.iter().filter(|e| e.shared.lock().complete).map(|e| *e.key()).collect()
+    }
+
+    /// Waits for room to hold a piece of `bytes` read for upload; the permit gives the room
+    /// back when dropped.
+    pub async fn reserve_upload_memory(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
+        let units = u32::try_from(bytes.div_ceil(UPLOAD_MEMORY_UNIT)).unwrap_or(u32::MAX);
+        self.upload_memory.clone().acquire_many_owned(units).await.ok()
+    }
+
     /// Admits `bytes` of upload into the backlog, or `None` if the backlog is full. An empty
     /// backlog always admits one piece.
     pub fn admit_upload(&self, bytes: u64) -> Option<BacklogGuard> {
@@ -181,27 +247,10 @@ impl Node {
         admits_upload(before, bytes, self.max_upload_backlog).then_some(guard)
     }
 
-    pub fn is_blacklisted(&self, peer: Option<&PeerId>, addr: Option<&SocketAddr>) -> bool {
-        let now = Instant::now();
-        let hit = |until: Option<Instant>| until.is_some_and(|u| u > now);
-        hit(peer.and_then(|p| self.blacklist.get(p).map(|e| *e)))
-            || hit(addr.and_then(|a| self.blacklist_addrs.get(a).map(|e| *e)))
-    }
-
-    pub fn shun(&self, peer: PeerId, addr: SocketAddr) {
-        let until = Instant::now() + self.cfg.blacklist_duration.get();
-        tracing::warn!(%peer, %addr, "blacklisting peer");
-        self.blacklist.insert(peer, until);
-        self.blacklist_addrs.insert(addr, until);
-        if let Some((_, c)) = self.conns.remove(&peer) {
-            c.close();
-        }
-    }
-
     /// The entry of a blob we download or seed; loads a stored complete blob on demand.
     pub async fn entry_or_load(self: &Arc<Self>, d: Digest) -> Option<Arc<BlobEntry>> {
-        if let Some(e) = self.blobs.get(&d) {
-            return Some(e.clone());
+        if let Some(e) = self.blob(&d) {
+            return Some(e);
         }
         match self.store.open_complete(d).await {
             Ok(Some(file)) => Some(self.register_complete(file)),
@@ -308,41 +357,13 @@ impl Swarm {
     pub fn start(
         cfg: SwarmConfig,
         listener: TcpListener,
-        registry: &prometheus::Registry,
+        registry: &Registry,
         is_origin: bool,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Swarm> {
-        cfg.validate().map_err(anyhow::Error::msg)?;
         let local = listener.local_addr()?;
         let advertise = cfg.advertise_addr.unwrap_or(local);
-        let blocking = Blocking::new(cfg.blocking_threads);
-        let store = Store::open(&cfg.store_dir, blocking)?;
-        let node = Arc::new(Node {
-            peer_id: PeerId::random(),
-            advertise,
-            is_origin,
-            store,
-            metrics: SwarmMetrics::new(registry)?,
-            egress: Limiter::new(cfg.egress_rate.map(|b| b.0)),
-            ingress: Limiter::new(cfg.ingress_rate.map(|b| b.0)),
-            tracker: TrackerClient::new(cfg.trackers.clone(), cfg.io_timeout.get()),
-            blobs: DashMap::new(),
-            starting: DashMap::new(),
-            conns: DashMap::new(),
-            addr_peer: DashMap::new(),
-            dialing: DashMap::new(),
-            origin_addrs: DashMap::new(),
-            blacklist: DashMap::new(),
-            blacklist_addrs: DashMap::new(),
-            conn_slots: Arc::new(Semaphore::new(cfg.max_connections)),
-            upload_backlog: Arc::new(AtomicU64::new(0)),
-            upload_memory: Arc::new(Semaphore::new(
-                usize::try_from(cfg.upload_memory.0 / UPLOAD_MEMORY_UNIT).unwrap_or(Semaphore::MAX_PERMITS),
-            )),
-            max_upload_backlog: cfg.egress_rate.map(|r| max_upload_backlog(r.0, cfg.upload_backlog.get())),
-            cancel: shutdown.child_token(),
-            cfg,
-        });
+        let node = Arc::new(Node::new(cfg, advertise, is_origin, registry, shutdown.child_token())?);
         tracing::info!(peer_id = %node.peer_id, %local, %advertise, is_origin, "swarm listening");
         let n = node.clone();
         shoal_runtime::spawn("peer-accept", node.cancel.clone(), async move {
@@ -377,7 +398,7 @@ impl Swarm {
 
     /// Open peer connections.
     pub fn connections(&self) -> usize {
-        self.node.conns.len()
+        self.node.peers.len()
     }
 
     /// The complete blob, if this node holds it.
@@ -481,27 +502,9 @@ impl Swarm {
         if let Some(file) = node.store.open_complete(d).await? {
             return Ok(node.register_complete(file));
         }
-        let partial = node.store.open_partial(meta.clone()).await?;
-        let have = partial.have();
-        let meta_pieces = meta.num_pieces();
+        let partial = node.store.open_partial(meta).await?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let entry = Arc::new(BlobEntry {
-            meta,
-            file: partial.file().clone(),
-            shared: Mutex::new(BlobShared {
-                have,
-                complete: false,
-                peers: HashSet::new(),
-                actor: Some(tx),
-                partial: Some(partial.clone()),
-            }),
-            from_origin: AtomicU64::new(0),
-            from_peers: AtomicU64::new(0),
-            uploaded: AtomicU64::new(0),
-            status: watch::Sender::new(Status::Running),
-            seed_budget: Mutex::new(SeedBudget::new(meta_pieces)),
-            progress: watch::Sender::new(0),
-        });
+        let entry = Arc::new(BlobEntry::downloading(partial.clone(), tx));
         node.blobs.insert(d, entry.clone());
         let n = node.clone();
         let e = entry.clone();
