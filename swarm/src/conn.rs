@@ -833,11 +833,13 @@ mod tests {
         let blob = old.digest();
         let mut rx = downloading(&node, old).await;
         let (mut remote, task) = connected(&node, 2).await;
-        let bits = pack_bits(2, |_| true);
+        let bits = pack_bits(2, |i| i == 0);
         remote.send(&Message::Bitfield { blob, num_pieces: 2, bits: &bits }).await;
         assert!(matches!(event(&mut rx).await, Event::PeerBitfield { .. }));
+        remote.send(&Message::Have { blob, piece: 1 }).await;
+        assert!(matches!(event(&mut rx).await, Event::Have { piece: 1, .. }));
         let conn = node.peers.get(&remote.peer_id).unwrap();
-        assert_eq!(conn.remote_bits(&blob, 2), Some(bits.clone()));
+        assert_eq!(conn.remote_bits(&blob, 2), Some(pack_bits(2, |_| true)), "kept current by the Have");
 
         let mut rx = downloading(&node, new).await;
         remote.send(&Message::Have { blob, piece: 17 }).await;

@@ -40,7 +40,8 @@ use crate::conn::{ConnHandle, Refusal};
 /// Most peer ids, and most addresses, shunned at once. Hard-coded: a node meets far fewer
 /// misbehaving peers within one `blacklist_duration`, and without a bound peers that churn
 /// their ids (or a hostile fleet) would grow the table for as long as the node runs. When it
-/// is full of live entries, the entry that would expire first makes room.
+/// is full of live entries, the entry that would expire first makes room. The doc of
+/// `SwarmConfig::blacklist_duration` names the number.
 pub(crate) const MAX_SHUNNED: usize = 4096;
 
 /// The connection table of one node.
