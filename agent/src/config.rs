@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use shoal_core::ring::{OriginNode, Ring};
-use shoal_runtime::{ConfigError, Duration, LogFormat};
+use shoal_runtime::{ConfigError, Duration, LogFormat, Tls, TlsConfig};
 use shoal_swarm::SwarmConfig;
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -31,6 +31,13 @@ pub struct Config {
     pub tag_ttl: Duration,
     /// `text` or `json` log lines on stderr. Default `text`.
     pub log_format: LogFormat,
+    /// Mutual TLS on every link to other nodes: the peer port, the origins' and trackers' APIs
+    /// (their URLs then start with `https://`). Default none: plaintext, with a loud warning.
+    pub tls: Option<TlsConfig>,
+    /// Serve the API on `listen` over TLS too, with the certificate of `tls`; clients must
+    /// present one as `tls.http_client_auth` says. Default false: containerd and dockerd
+    /// expect a plain HTTP mirror on the node's loopback.
+    pub api_tls: bool,
     pub swarm: SwarmConfig,
 }
 
@@ -46,16 +53,19 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(20),
             tag_ttl: Duration::from_secs(30),
             log_format: LogFormat::Text,
+            tls: None,
+            api_tls: false,
             swarm: SwarmConfig::default(),
         }
     }
 }
 
-/// A checked configuration: the ring is built.
+/// A checked configuration: the ring is built, the TLS files are loaded.
 #[derive(Clone, Debug)]
 pub struct ValidConfig {
     pub config: Config,
     pub ring: Ring,
+    pub tls: Option<Tls>,
 }
 
 impl Config {
@@ -78,7 +88,14 @@ impl Config {
                 self.peer_listen
             )));
         }
-        Ok(ValidConfig { config: self, ring })
+        if self.api_tls && self.tls.is_none() {
+            return Err(ConfigError::Invalid("api_tls: needs a tls section".into()));
+        }
+        let urls = self.origins.iter().map(|o| (format!("origins[{}].http", o.id), o.http.as_str()));
+        let trackers =
+            self.swarm.trackers.iter().enumerate().map(|(i, t)| (format!("swarm.trackers[{i}]"), t.as_str()));
+        let tls = shoal_runtime::tls::validate(self.tls.as_ref(), urls.chain(trackers))?;
+        Ok(ValidConfig { config: self, ring, tls })
     }
 }
 
