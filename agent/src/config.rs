@@ -129,4 +129,35 @@ mod tests {
             check("listen: 127.0.0.1:7700\nmetrics_listen: 127.0.0.1:7700\npeer_listen: 10.1.2.3:7701").unwrap_err();
         assert!(err.contains("metrics_listen 127.0.0.1:7700: already taken"), "{err}");
     }
+
+    #[test]
+    fn tls_is_checked_with_the_urls_of_other_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = shoal_runtime::tls::test_ca::TestCa::new("test");
+        let tls = ca.write(dir.path(), "agent", &ca.issue("spiffe://shoal/agent")).unwrap();
+        let section = format!(
+            "tls: {{ ca_file: {}, cert_file: {}, key_file: {} }}\n",
+            tls.ca_file.display(),
+            tls.cert_file.display(),
+            tls.key_file.display()
+        );
+        let https = "origins: [{ id: o0, http: 'https://o0:7800', peer: '10.0.0.1:7801' }]\n";
+        let parse = |yaml: &str| -> Result<ValidConfig, String> {
+            let cfg: Config = shoal_runtime::config::parse(yaml).map_err(|e| e.to_string())?;
+            cfg.validate().map_err(|e| e.to_string())
+        };
+        let ok = parse(&format!("{https}{section}swarm: {{ trackers: ['https://t:7600'] }}")).unwrap();
+        assert_eq!(ok.tls.unwrap().identity().as_str(), "spiffe://shoal/agent");
+        let err = parse(&format!("{ORIGINS}{section}")).unwrap_err();
+        assert!(err.contains("origins[o0].http") && err.contains("https://"), "{err}");
+        let err = parse(&format!("{https}{section}swarm: {{ trackers: ['http://t:7600'] }}")).unwrap_err();
+        assert!(err.contains("swarm.trackers[0]"), "{err}");
+        let err = parse(https).unwrap_err();
+        assert!(err.contains("tls is not configured"), "{err}");
+        let err = check("api_tls: true").unwrap_err();
+        assert!(err.contains("api_tls: needs a tls section"), "{err}");
+        std::fs::write(&tls.cert_file, "not a certificate").unwrap();
+        let err = parse(&format!("{https}{section}")).unwrap_err();
+        assert!(err.contains("tls:") && err.contains("agent.crt"), "{err}");
+    }
 }
