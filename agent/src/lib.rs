@@ -18,7 +18,7 @@ pub mod stat;
 use std::net::SocketAddr;
 
 use shoal_runtime::Admin;
-use shoal_swarm::Swarm;
+use shoal_swarm::{Role, Swarm};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, ValidConfig};
@@ -43,7 +43,8 @@ pub async fn start(
 ) -> anyhow::Result<(Agent, impl Future<Output = std::io::Result<()>> + use<>)> {
     let cfg = &config.config;
     let admin = Admin::new(registry.clone());
-    let swarm = Swarm::start(cfg.swarm.clone(), listeners.peer, &registry, false, shutdown.clone())?;
+    let role = Role::Agent { origins: config.ring.clone() };
+    let swarm = Swarm::start(cfg.swarm.clone(), listeners.peer, &registry, role, shutdown.clone())?;
     shoal_swarm::store_metrics::register(&registry, cfg.swarm.store_dir.clone())?;
     let http_addr = listeners.http.local_addr()?;
     let origins = origin_client::OriginClient::new(config.ring.clone(), cfg.origin_fetch_timeout.get());

@@ -21,7 +21,7 @@ pub mod upstream;
 use std::net::SocketAddr;
 
 use shoal_runtime::Admin;
-use shoal_swarm::Swarm;
+use shoal_swarm::{Role, Swarm};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, ValidConfig};
@@ -46,7 +46,7 @@ pub async fn start(
     let cfg = config.config;
     let admin = Admin::new(registry.clone());
     let backend = cfg.backend.build().await?;
-    let swarm = Swarm::start(cfg.swarm.clone(), listeners.peer, &registry, true, shutdown.clone())?;
+    let swarm = Swarm::start(cfg.swarm.clone(), listeners.peer, &registry, Role::Origin, shutdown.clone())?;
     shoal_swarm::store_metrics::register(&registry, cfg.swarm.store_dir.clone())?;
     let metrics = metrics::OriginMetrics::new(&registry)?;
     let upstreams = match &config.pull_through {
