@@ -56,8 +56,12 @@ pub async fn start(
         }
         None => None,
     };
-    let fetcher =
-        fetch::Fetcher::new(swarm.clone(), backend, cfg.max_concurrent_fetches, cfg.failure_ttl.get(), metrics.clone());
+    let limits = fetch::FetchLimits {
+        max_concurrent: cfg.max_concurrent_fetches,
+        failure_ttl: cfg.failure_ttl.get(),
+        timeout: cfg.fetch_timeout.get(),
+    };
+    let fetcher = fetch::Fetcher::new(swarm.clone(), backend, limits, metrics.clone());
     // Blobs already stored are seeded again after a restart.
     for d in swarm.store().list_complete().await? {
         if let Err(e) = swarm.seed(d).await {
@@ -70,9 +74,10 @@ pub async fn start(
         fetcher,
         metainfo_wait: cfg.metainfo_wait.get(),
         max_upload: cfg.max_upload.0,
+        uploads: shoal_runtime::Cap::new("uploads", "max_uploads", cfg.max_uploads),
         metrics,
         upstreams,
-        preheats: preheat::Preheats::new(cfg.preheat_concurrency, shutdown.child_token()),
+        preheats: preheat::Preheats::new(cfg.preheat_concurrency, cfg.max_preheats, shutdown.child_token()),
     };
     let notify_state = notify::NotifyState {
         app: state.clone(),
@@ -80,6 +85,7 @@ pub async fn start(
         id: cfg.id.clone(),
         ring: config.ring.clone(),
         http: reqwest::Client::new(),
+        tasks: shoal_runtime::Cap::new("notified images", "MAX_PUSH_TASKS", notify::MAX_PUSH_TASKS),
         shutdown: shutdown.child_token(),
     };
     let router = api::router(state).merge(notify::router(notify_state));
