@@ -55,6 +55,7 @@ pub async fn start(
         metrics: metrics.clone(),
         tags: registry::TagResolver::new(config.ring.clone(), cfg.tag_ttl.get()),
         shutdown: shutdown.child_token(),
+        prefetches: shoal_runtime::Cap::new("prefetches", "max_prefetches", cfg.max_prefetches),
     };
     let stat_state =
         stat::StatState::new(swarm.clone(), origins.clone(), config.ring.clone(), cfg.swarm.trackers.clone());
