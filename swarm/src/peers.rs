@@ -270,14 +270,13 @@ impl Peers {
         self.ring_origins.contains(addr) || self.noted_origins.lock().contains_key(addr)
     }
 
-    /// Up to `n` connected peers other than origins and those in `skip`.
+    /// Up to `n` connected peers other than origins and those in `skip`, chosen at random (so
+    /// that repeated calls reach different peers).
     pub fn sample(&self, n: usize, skip: &HashSet<PeerId>) -> Vec<Arc<ConnHandle>> {
-        self.conns
-            .iter()
-            .filter(|c| !c.is_origin && !skip.contains(c.key()))
-            .take(n)
-            .map(|c| c.value().clone())
-            .collect()
+        use rand::seq::IndexedRandom;
+        let candidates: Vec<Arc<ConnHandle>> =
+            self.conns.iter().filter(|c| !c.is_origin && !skip.contains(c.key())).map(|c| c.value().clone()).collect();
+        candidates.choose_multiple(&mut rand::rng(), n).cloned().collect()
     }
 
     fn forget_addrs(&self, peer: &PeerId) {
@@ -525,6 +524,29 @@ mod tests {
         let c = conn(2, true);
         let res = p.connect(addr(2), || async { Some(c.clone()) }).await;
         assert!(res.is_some(), "the address is dialed again");
+    }
+
+    /// The sample leaves out origins and the peers skipped, and reaches every other peer over
+    /// repeated calls.
+    #[test]
+    fn samples_of_connected_peers() {
+        let p = Peers::new(id(1), addr(1), limits(64, 0), HashSet::new());
+        for n in 2..22 {
+            p.register(addr(u16::from(n)), &conn(n, false)).unwrap();
+        }
+        let queued = prometheus::IntGauge::new("queued", "test").unwrap();
+        let origin = ConnHandle::new(id(30), false, true, CancellationToken::new(), queued).0;
+        p.register(addr(30), &origin).unwrap();
+        let skip = HashSet::from([id(2), id(3)]);
+        let mut seen = HashSet::new();
+        for _ in 0..200 {
+            let s = p.sample(4, &skip);
+            assert_eq!(s.len(), 4);
+            assert!(s.iter().all(|c| !c.is_origin && !skip.contains(&c.peer_id)));
+            seen.extend(s.iter().map(|c| c.peer_id));
+        }
+        assert_eq!(seen.len(), 18, "every peer but the skipped ones and the origin is reached");
+        assert_eq!(p.sample(100, &skip).len(), 18);
     }
 
     #[test]
