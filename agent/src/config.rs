@@ -29,6 +29,9 @@ pub struct Config {
     /// How long a registry tag's digest, resolved through the origins, is reused before it
     /// is asked again; `0s` asks every time. Default 30s.
     pub tag_ttl: Duration,
+    /// Prefetches (`POST /preheat` with `prefetch`) running in the background at once;
+    /// another is answered 503 with `Retry-After` until one ends. Default 4.
+    pub max_prefetches: usize,
     /// `text` or `json` log lines on stderr. Default `text`.
     pub log_format: LogFormat,
     /// Mutual TLS on every link to other nodes: the peer port, the origins' and trackers' APIs
@@ -52,6 +55,7 @@ impl Default for Config {
             origin_fetch_timeout: Duration::from_secs(600),
             shutdown_grace: Duration::from_secs(20),
             tag_ttl: Duration::from_secs(30),
+            max_prefetches: 4,
             log_format: LogFormat::Text,
             tls: None,
             api_tls: false,
@@ -76,6 +80,9 @@ impl Config {
         let ring = Ring::new(self.origins.clone(), self.origin_replicas)
             .map_err(|e| ConfigError::Invalid(format!("origins: {e}")))?;
         self.swarm.validate().map_err(ConfigError::Invalid)?;
+        if self.max_prefetches == 0 {
+            return Err(ConfigError::Invalid("max_prefetches must be at least 1".into()));
+        }
         if let Some(m) = self.metrics_listen
             && (m == self.listen || m == self.peer_listen)
         {

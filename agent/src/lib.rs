@@ -28,7 +28,7 @@ pub mod stat;
 use std::net::SocketAddr;
 
 use shoal_runtime::Admin;
-use shoal_swarm::Swarm;
+use shoal_swarm::{Role, Swarm};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, ValidConfig};
@@ -57,7 +57,8 @@ pub async fn start(
     if let Some(t) = &tls {
         t.register(&registry)?;
     }
-    let swarm = Swarm::start(cfg.swarm.clone(), listeners.peer, &registry, false, tls.clone(), shutdown.clone())?;
+    let role = Role::Agent { origins: config.ring.clone() };
+    let swarm = Swarm::start(cfg.swarm.clone(), listeners.peer, &registry, role, tls.clone(), shutdown.clone())?;
     shoal_swarm::store_metrics::register(&registry, cfg.swarm.store_dir.clone())?;
     let http_addr = listeners.http.local_addr()?;
     let origins = origin_client::OriginClient::new(config.ring.clone(), cfg.origin_fetch_timeout.get(), tls.as_ref());
@@ -68,6 +69,7 @@ pub async fn start(
         metrics: metrics.clone(),
         tags: registry::TagResolver::new(config.ring.clone(), cfg.tag_ttl.get(), tls.as_ref()),
         shutdown: shutdown.child_token(),
+        prefetches: shoal_runtime::Cap::new("prefetches", "max_prefetches", cfg.max_prefetches),
     };
     let stat_state = stat::StatState::new(
         swarm.clone(),

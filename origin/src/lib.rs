@@ -21,7 +21,7 @@ pub mod upstream;
 use std::net::SocketAddr;
 
 use shoal_runtime::Admin;
-use shoal_swarm::Swarm;
+use shoal_swarm::{Role, Swarm};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, ValidConfig};
@@ -50,7 +50,8 @@ pub async fn start(
         t.register(&registry)?;
     }
     let backend = cfg.backend.build().await?;
-    let swarm = Swarm::start(cfg.swarm.clone(), listeners.peer, &registry, true, tls.clone(), shutdown.clone())?;
+    let swarm =
+        Swarm::start(cfg.swarm.clone(), listeners.peer, &registry, Role::Origin, tls.clone(), shutdown.clone())?;
     shoal_swarm::store_metrics::register(&registry, cfg.swarm.store_dir.clone())?;
     let metrics = metrics::OriginMetrics::new(&registry)?;
     let upstreams = match &config.pull_through {
@@ -60,8 +61,12 @@ pub async fn start(
         }
         None => None,
     };
-    let fetcher =
-        fetch::Fetcher::new(swarm.clone(), backend, cfg.max_concurrent_fetches, cfg.failure_ttl.get(), metrics.clone());
+    let limits = fetch::FetchLimits {
+        max_concurrent: cfg.max_concurrent_fetches,
+        failure_ttl: cfg.failure_ttl.get(),
+        timeout: cfg.fetch_timeout.get(),
+    };
+    let fetcher = fetch::Fetcher::new(swarm.clone(), backend, limits, metrics.clone());
     // Blobs already stored are seeded again after a restart.
     for d in swarm.store().list_complete().await? {
         if let Err(e) = swarm.seed(d).await {
@@ -74,9 +79,10 @@ pub async fn start(
         fetcher,
         metainfo_wait: cfg.metainfo_wait.get(),
         max_upload: cfg.max_upload.0,
+        uploads: shoal_runtime::Cap::new("uploads", "max_uploads", cfg.max_uploads),
         metrics,
         upstreams,
-        preheats: preheat::Preheats::new(cfg.preheat_concurrency, shutdown.child_token()),
+        preheats: preheat::Preheats::new(cfg.preheat_concurrency, cfg.max_preheats, shutdown.child_token()),
     };
     let notify_state = notify::NotifyState {
         app: state.clone(),
@@ -88,6 +94,7 @@ pub async fn start(
             Some(t) => t.http_client(reqwest::Client::builder()).build()?,
             None => reqwest::Client::new(),
         },
+        tasks: shoal_runtime::Cap::new("notified images", "MAX_PUSH_TASKS", notify::MAX_PUSH_TASKS),
         shutdown: shutdown.child_token(),
     };
     let router = api::router(state).merge(notify::router(notify_state));

@@ -8,6 +8,10 @@
 //! answer (202) lists every digest; blobs are fetched in the background, at most
 //! `preheat_concurrency` at a time. `GET /preheat/<id>` gives each digest's state.
 //!
+//! At most `max_preheats` jobs run at once, from the request to the last blob; another
+//! request is answered 503 with `Retry-After` ([`PREHEAT_RETRY_AFTER`]), while a preheat for
+//! a push notification waits for its turn ([`start_waiting`]).
+//!
 //! Jobs are kept in memory, the newest [`MAX_JOBS`]; their lock is a sync `Mutex` held only
 //! for map operations, never across an `.await`.
 
@@ -23,7 +27,8 @@ use futures::StreamExt;
 use shoal_core::Digest;
 use shoal_core::manifest::{MAX_MANIFEST_LEN, Manifest};
 use shoal_core::registry::{Reference, RegistryHost, RepoName};
-use shoal_runtime::ApiError;
+use shoal_runtime::{ApiError, Cap};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{AppState, Hints, settle};
@@ -36,6 +41,8 @@ pub const MAX_JOBS: usize = 1000;
 pub const MAX_MANIFESTS: usize = 128;
 /// Longest wait for one manifest during the request. Hard-coded.
 const MANIFEST_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+/// `Retry-After` of a preheat refused because `max_preheats` are running.
+pub const PREHEAT_RETRY_AFTER: u32 = 10;
 
 /// The body of `POST /preheat`.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -90,6 +97,8 @@ pub struct Preheats {
 
 struct PreheatsInner {
     concurrency: usize,
+    /// Jobs running (`max_preheats`).
+    running: Cap,
     shutdown: CancellationToken,
     next: AtomicU64,
     /// Jobs by id, and ids oldest first for eviction.
@@ -97,10 +106,11 @@ struct PreheatsInner {
 }
 
 impl Preheats {
-    pub fn new(concurrency: usize, shutdown: CancellationToken) -> Preheats {
+    pub fn new(concurrency: usize, max_running: usize, shutdown: CancellationToken) -> Preheats {
         Preheats {
             inner: Arc::new(PreheatsInner {
                 concurrency: concurrency.max(1),
+                running: Cap::new("preheats", "max_preheats", max_running),
                 shutdown,
                 next: AtomicU64::new(1),
                 jobs: Mutex::new((BTreeMap::new(), VecDeque::new())),
@@ -171,8 +181,23 @@ impl From<PreheatError> for ApiError {
     }
 }
 
-/// `POST /preheat`.
+/// `POST /preheat`: refused with 503 while `max_preheats` jobs run.
 pub async fn post_preheat(State(st): State<AppState>, Json(req): Json<PreheatRequest>) -> Result<Response, ApiError> {
+    let running = st.preheats.inner.running.try_take().map_err(|full| {
+        st.metrics.busy.with_label_values(&["preheat"]).inc();
+        ApiError::busy(full.to_string(), PREHEAT_RETRY_AFTER)
+    })?;
+    start(st, req, running).await
+}
+
+/// A preheat that waits for one of the `max_preheats` turns instead of being refused.
+pub async fn start_waiting(st: AppState, req: PreheatRequest) -> Result<Response, ApiError> {
+    let running = st.preheats.inner.running.take().await;
+    start(st, req, running).await
+}
+
+/// Runs a preheat holding `running` until its last blob is fetched.
+async fn start(st: AppState, req: PreheatRequest, running: OwnedSemaphorePermit) -> Result<Response, ApiError> {
     let bad = |code: &'static str, e: String| ApiError::new(StatusCode::BAD_REQUEST, code, e);
     let name = RepoName::parse(&req.name).map_err(|e| bad("NAME_INVALID", e.to_string()))?;
     let reference = Reference::parse(&req.reference).map_err(|e| bad("MANIFEST_INVALID", e.to_string()))?;
@@ -211,6 +236,7 @@ pub async fn post_preheat(State(st): State<AppState>, Json(req): Json<PreheatReq
     let fetcher = st.fetcher.clone();
     shoal_runtime::spawn("preheat", preheats.inner.shutdown.clone(), async move {
         fetch_all(&preheats, &fetcher, &id, blobs, source).await;
+        drop(running);
         Ok(())
     });
     Ok((StatusCode::ACCEPTED, Json(status)).into_response())
@@ -317,7 +343,7 @@ mod tests {
 
     #[test]
     fn jobs_are_bounded_and_updated() {
-        let p = Preheats::new(2, CancellationToken::new());
+        let p = Preheats::new(2, 1, CancellationToken::new());
         for i in 0..MAX_JOBS + 5 {
             p.insert(status(&format!("ph-{i}")));
         }
@@ -329,6 +355,31 @@ mod tests {
         let s = p.get(&id).unwrap();
         assert!(s.finished());
         assert_eq!(s.errors.get(&Digest::of(b"l")).map(String::as_str), Some("boom"));
+    }
+
+    /// `max_preheats` jobs run at once; one more request is answered 503 with `Retry-After`
+    /// before any work, and goes on once a job ended.
+    #[tokio::test]
+    async fn preheats_past_max_preheats_get_503_with_retry_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let (st, shutdown) = crate::api::tests::state(dir.path()).await;
+        let req =
+            || PreheatRequest { name: "team/app".into(), reference: Digest::of(b"no manifest").to_string(), ns: None };
+        let running = st.preheats.inner.running.try_take().unwrap();
+        let err = post_preheat(State(st.clone()), Json(req())).await.expect_err("refused while a job runs");
+        assert_eq!((err.status, err.retry_after), (StatusCode::SERVICE_UNAVAILABLE, Some(PREHEAT_RETRY_AFTER)));
+        assert!(err.message.contains("max_preheats"), "{}", err.message);
+        assert_eq!(st.metrics.busy.with_label_values(&["preheat"]).get(), 1);
+        drop(running);
+        let err = post_preheat(State(st.clone()), Json(req())).await.expect_err("the manifest is missing");
+        assert_eq!(
+            (err.status, err.code),
+            (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
+            "past the cap: {}",
+            err.message
+        );
+        assert_eq!(st.preheats.inner.running.available(), 1, "a failed walk gives its turn back");
+        shutdown.cancel();
     }
 
     #[test]

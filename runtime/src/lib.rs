@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod api_error;
+pub mod cap;
 pub mod config;
 pub mod request_id;
 pub mod task;
@@ -19,6 +20,7 @@ pub mod version;
 pub use admin::serve;
 pub use admin::{Admin, Listeners, Phase};
 pub use api_error::{ApiError, blob_response, parse_digest};
+pub use cap::Cap;
 pub use config::{ConfigError, EX_CONFIG, PeerNames};
 pub use task::{LogFormat, config_or_exit, init_tracing, serve_until_signal, spawn, wait_for_signal};
 pub use tls::{Tls, TlsConfig};

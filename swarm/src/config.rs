@@ -13,7 +13,8 @@ pub struct SwarmConfig {
     /// Where pieces and complete blobs live. Default `./shoal-store`.
     pub store_dir: PathBuf,
     /// Tracker base URLs; a blob's tracker is chosen by hashing its digest, the others are
-    /// fallbacks. Default: none (the node then only talks to peers it is told about).
+    /// fallbacks. Without an answer from any, an agent's download still dials the blob's
+    /// owners on the origin ring and the peers it is connected to. Default: none.
     pub trackers: Vec<String>,
     /// Peer address announced to the tracker. Default: the peer listener's local address.
     pub advertise_addr: Option<SocketAddr>,
@@ -21,8 +22,15 @@ pub struct SwarmConfig {
     pub egress_rate: Option<ByteSize>,
     /// Download cap in bytes/s for the whole node. Default: unlimited.
     pub ingress_rate: Option<ByteSize>,
-    /// Peer connections at most, in and out together. Default 1024.
+    /// Peer connections at most, in and out together; inbound ones take at most three
+    /// quarters of them on an agent, so its dials always find a slot (an origin, which dials
+    /// nobody, lets inbound take all). At most 128 accepted sockets wait for their handshake
+    /// at once, and they hold no slot until it is done. Default 1024.
     pub max_connections: usize,
+    /// Blob downloads running at once on this node. Another is refused until one ends (the
+    /// agent answers 503 with `Retry-After`); a request for a blob already downloading joins
+    /// that download and does not count. Default 128.
+    pub max_downloads: usize,
     /// Peers one blob download talks to at most. Default 16.
     pub max_peers_per_blob: usize,
     /// Requests in flight to one peer for one blob. Default 4.
@@ -87,6 +95,7 @@ impl Default for SwarmConfig {
             egress_rate: None,
             ingress_rate: None,
             max_connections: 1024,
+            max_downloads: 128,
             max_peers_per_blob: 16,
             pipeline_depth: 4,
             origin_pipeline_depth: 4,
@@ -112,6 +121,7 @@ impl SwarmConfig {
     pub fn validate(&self) -> Result<(), String> {
         let positive = [
             ("max_connections", self.max_connections),
+            ("max_downloads", self.max_downloads),
             ("max_peers_per_blob", self.max_peers_per_blob),
             ("pipeline_depth", self.pipeline_depth),
             ("origin_pipeline_depth", self.origin_pipeline_depth),

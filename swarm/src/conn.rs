@@ -16,27 +16,50 @@
 //! Uploads: a `Request` is served by a short task holding one of the connection's upload
 //! permits, released only once the piece is written to the socket, so memory held by a
 //! connection for uploads is bounded by `max_uploads_per_connection` pieces.
+//!
+//! The writer's queue of control frames (everything but piece data) is bounded in bytes. Past
+//! [`QUEUE_PAUSE`] the reader stops reading: a peer that sends requests and does not read the
+//! answers fills its own socket, not our memory, and is dropped by the write deadline like any
+//! peer that stops reading. Senders that cannot wait (download actors, `Have` broadcasts) may
+//! go on to [`QUEUE_MAX`]; a frame past it closes the connection (not a peer fault: a congested
+//! peer looks the same).
+//!
+//! Inbound connections: an accepted socket waits for its handshake holding one of the node's
+//! pending-handshake permits, not a connection slot, and takes an inbound slot only once the
+//! handshake is done (see [`Peers`](crate::peers::Peers)), so idle sockets never keep the
+//! node from dialing.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
+use prometheus::IntGauge;
 use shoal_core::seeding;
 use shoal_core::wire::{self, DecodeError, Message, PROTOCOL_VERSION, RejectReason};
 use shoal_core::{Digest, PeerId};
 use shoal_runtime::tls::{Identity, Link, Side};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::download::Event;
 use crate::node::Node;
+use crate::peers::Slot;
+
+/// Control bytes queued for the writer past which the reader stops reading until the writer
+/// has drained them. Hard-coded: honest traffic queues a few KiB (requests and answers are
+/// bounded by the pipelines, `Have`s by the rate pieces arrive).
+pub(crate) const QUEUE_PAUSE: usize = 256 << 10;
+/// Control bytes queued at most: a frame that would go past it closes the connection.
+/// Hard-coded; only senders that cannot wait reach it (the reader pauses at [`QUEUE_PAUSE`]).
+pub(crate) const QUEUE_MAX: usize = 4 << 20;
 
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +78,8 @@ pub enum ConnError {
     Refused(#[from] Refusal),
     #[error("tls handshake: {0}")]
     Tls(std::io::Error),
+    #[error("peer does not read: {QUEUE_MAX} bytes of frames queued for it")]
+    QueueFull,
     #[error("closed")]
     Closed,
 }
@@ -70,6 +95,8 @@ pub enum Refusal {
     Duplicate,
     #[error("peer id not bound to the certificate's identity")]
     UnboundId,
+    #[error("no inbound connection slot free")]
+    Full,
 }
 
 /// Who is at the other end of a connection, as far as TLS and the socket can tell: what the
@@ -100,9 +127,74 @@ impl ConnError {
 pub(crate) struct Out {
     head: Bytes,
     data: Option<Bytes>,
+    /// Bytes of this frame counted in the connection's [`SendQueue`] (control frames; piece
+    /// uploads are bounded by their permits instead).
+    counted: usize,
     /// Upload permits (the connection's slot and the node's buffer memory) released once the
     /// data is on the socket.
     _permit: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+}
+
+/// The control bytes queued for one connection's writer.
+pub(crate) struct SendQueue {
+    bytes: AtomicUsize,
+    /// Woken when the queue drains below [`QUEUE_PAUSE`].
+    room: Notify,
+    /// Set when a frame found the queue full: the connection is closing.
+    overflowed: AtomicBool,
+    /// The node's total over all connections (`shoal_swarm_send_queue_bytes`).
+    total: IntGauge,
+}
+
+impl SendQueue {
+    pub fn new(total: IntGauge) -> SendQueue {
+        SendQueue { bytes: AtomicUsize::new(0), room: Notify::new(), overflowed: AtomicBool::new(false), total }
+    }
+
+    /// Counts `n` bytes in, unless that would pass [`QUEUE_MAX`].
+    fn push(&self, n: usize) -> bool {
+        let before = self.bytes.fetch_add(n, Ordering::AcqRel);
+        if before + n > QUEUE_MAX {
+            self.bytes.fetch_sub(n, Ordering::AcqRel);
+            self.overflowed.store(true, Ordering::Release);
+            return false;
+        }
+        self.total.add(n as i64);
+        true
+    }
+
+    /// Counts `n` bytes out, once the writer wrote them.
+    fn pop(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let before = self.bytes.fetch_sub(n, Ordering::AcqRel);
+        self.total.sub(n as i64);
+        if before > QUEUE_PAUSE && before - n <= QUEUE_PAUSE {
+            self.room.notify_one();
+        }
+    }
+
+    /// Waits until at most [`QUEUE_PAUSE`] bytes are queued.
+    async fn room(&self) {
+        while self.bytes.load(Ordering::Acquire) > QUEUE_PAUSE {
+            // A wake-up that raced the check is kept as a permit, so none is lost.
+            self.room.notified().await;
+        }
+    }
+
+    /// Bytes queued now.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.bytes.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for SendQueue {
+    fn drop(&mut self) {
+        // Frames still queued when the connection went are gone with it.
+        self.total.sub(*self.bytes.get_mut() as i64);
+    }
 }
 
 /// The shared face of a connection: the rest of the node sends through it.
@@ -113,6 +205,8 @@ pub(crate) struct ConnHandle {
     /// Who the remote proved to be (its certificate's identity and its address).
     pub remote: Remote,
     tx: mpsc::UnboundedSender<Out>,
+    /// What `tx` holds, bounded (see the module doc).
+    queue: SendQueue,
     cancel: CancellationToken,
     /// Blobs open on this connection (their bitfield was exchanged).
     pub open: Mutex<HashSet<Digest>>,
@@ -130,13 +224,15 @@ struct RemoteBits {
 }
 
 impl ConnHandle {
-    /// A handle and the receiver its writer drains; `cancel` closes the connection.
+    /// A handle and the receiver its writer drains; `cancel` closes the connection, and the
+    /// queue's bytes are also counted in `queued` (the node's total).
     pub fn new(
         peer_id: PeerId,
         outbound: bool,
         is_origin: bool,
         remote: Remote,
         cancel: CancellationToken,
+        queued: IntGauge,
     ) -> (Arc<ConnHandle>, mpsc::UnboundedReceiver<Out>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = ConnHandle {
@@ -145,6 +241,7 @@ impl ConnHandle {
             is_origin,
             remote,
             tx,
+            queue: SendQueue::new(queued),
             cancel,
             open: Mutex::new(HashSet::new()),
             remote_bits: Mutex::new(HashMap::new()),
@@ -152,10 +249,27 @@ impl ConnHandle {
         (Arc::new(handle), rx)
     }
 
+    /// Queues a control frame. One that finds [`QUEUE_MAX`] bytes queued closes the
+    /// connection instead.
     pub fn send(&self, msg: &Message<'_>) {
         let mut buf = BytesMut::with_capacity(64);
         wire::encode(msg, &mut buf);
-        let _ = self.tx.send(Out { head: buf.freeze(), data: None, _permit: None });
+        let n = buf.len();
+        if !self.queue.push(n) {
+            tracing::debug!(peer = %self.peer_id, "send queue full; closing the connection");
+            self.close();
+            return;
+        }
+        if self.tx.send(Out { head: buf.freeze(), data: None, counted: n, _permit: None }).is_err() {
+            // The writer is gone: nobody will count these bytes out.
+            self.queue.pop(n);
+        }
+    }
+
+    /// Control bytes queued for the writer.
+    #[cfg(test)]
+    pub fn queued(&self) -> usize {
+        self.queue.len()
     }
 
     pub fn close(&self) {
@@ -201,9 +315,10 @@ impl ConnHandle {
 /// Accepts peers until the node's token is cancelled.
 pub(crate) async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
     loop {
-        // Take a connection slot before accepting, so the limit holds at the socket.
+        // Take a pending-handshake permit before accepting, so that bound holds at the
+        // socket; the connection slot is taken after the handshake.
         let permit = tokio::select! {
-            p = node.peers.slot() => match p { Some(p) => p, None => return },
+            p = node.peers.handshake_permit() => match p { Some(p) => p, None => return },
             _ = node.cancel.cancelled() => return,
         };
         let (stream, remote) = tokio::select! {
@@ -223,7 +338,7 @@ pub(crate) async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
             async move {
                 let _ = stream.set_nodelay(true);
                 let res = match n.tls.clone() {
-                    None => run(n, stream, remote, Remote::plain(remote), false, false, permit).await,
+                    None => run(n, stream, remote, Remote::plain(remote), Admission::Inbound(permit)).await,
                     Some(tls) => {
                         let acceptor = tls.acceptor(Link::Peer, shoal_runtime::tls::ClientAuth::Required);
                         let deadline = n.cfg.handshake_timeout.get();
@@ -233,7 +348,7 @@ pub(crate) async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
                                     identity: peer_identity(s.get_ref().1.peer_certificates()),
                                     ip: remote.ip(),
                                 };
-                                run(n, s, remote, who, false, false, permit).await
+                                run(n, s, remote, who, Admission::Inbound(permit)).await
                             }
                             Ok(Err(e)) => Err(tls_refused(&n, Side::Server, e)),
                             Err(_) => Err(tls_timed_out(&n, Side::Server, deadline)),
@@ -277,8 +392,9 @@ async fn dial(node: &Arc<Node>, addr: SocketAddr, is_origin: bool) -> Option<Arc
     tokio::spawn(
         async move {
             let ready = Some(ready_tx);
+            let admission = Admission::Outbound { slot: permit, is_origin };
             let res = match n.tls.clone() {
-                None => run_with_ready(n, stream, addr, Remote::plain(addr), true, is_origin, permit, ready).await,
+                None => run_with_ready(n, stream, addr, Remote::plain(addr), admission, ready).await,
                 Some(tls) => {
                     // Peers are dialed by address; the certificate is checked against the CA,
                     // and its identity bound to the peer id below.
@@ -287,7 +403,7 @@ async fn dial(node: &Arc<Node>, addr: SocketAddr, is_origin: bool) -> Option<Arc
                         Ok(Ok(s)) => {
                             let who =
                                 Remote { identity: peer_identity(s.get_ref().1.peer_certificates()), ip: addr.ip() };
-                            run_with_ready(n, s, addr, who, true, is_origin, permit, ready).await
+                            run_with_ready(n, s, addr, who, admission, ready).await
                         }
                         Ok(Err(e)) => Err(tls_refused(&n, Side::Client, e)),
                         Err(_) => Err(tls_timed_out(&n, Side::Client, deadline)),
@@ -328,19 +444,24 @@ fn tls_timed_out(node: &Node, side: Side, deadline: Duration) -> ConnError {
     ConnError::Timeout(deadline)
 }
 
+/// What lets a connection in: an accepted socket holds a pending-handshake permit until its
+/// handshake is done, a dial holds its connection slot from the start.
+enum Admission {
+    Inbound(OwnedSemaphorePermit),
+    Outbound { slot: Slot, is_origin: bool },
+}
+
 async fn run<S>(
     node: Arc<Node>,
     stream: S,
     addr: SocketAddr,
     remote: Remote,
-    outbound: bool,
-    is_origin: bool,
-    permit: OwnedSemaphorePermit,
+    admission: Admission,
 ) -> Result<(), ConnError>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    run_with_ready(node, stream, addr, remote, outbound, is_origin, permit, None).await
+    run_with_ready(node, stream, addr, remote, admission, None).await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -349,9 +470,7 @@ async fn run_with_ready<S>(
     stream: S,
     addr: SocketAddr,
     remote: Remote,
-    outbound: bool,
-    is_origin: bool,
-    _permit: OwnedSemaphorePermit,
+    admission: Admission,
     ready: Option<tokio::sync::oneshot::Sender<Arc<ConnHandle>>>,
 ) -> Result<(), ConnError>
 where
@@ -359,6 +478,8 @@ where
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    let pending =
+        matches!(admission, Admission::Inbound(_)).then(|| PendingGauge::new(&node.metrics.handshakes_pending));
     let peer_id = match handshake(&node, &mut rd, &mut wr, &mut buf).await {
         Ok(p) => p,
         Err(e) => {
@@ -369,6 +490,8 @@ where
             return Err(e);
         }
     };
+    drop(pending);
+    let outbound = matches!(admission, Admission::Outbound { .. });
     if let Some(identity) = &remote.identity
         && !peer_id.is_bound_to(identity.as_str())
     {
@@ -380,9 +503,21 @@ where
         }
         return Err(Refusal::UnboundId.into());
     }
+    let (is_origin, _slot) = match admission {
+        Admission::Outbound { slot, is_origin } => (is_origin, slot),
+        // The handshake is done: trade the pending-handshake permit for an inbound slot.
+        Admission::Inbound(_handshake) => match node.peers.try_inbound_slot() {
+            Some(slot) => (false, slot),
+            None => {
+                node.metrics.connections_rejected.inc();
+                return Err(Refusal::Full.into());
+            }
+        },
+    };
     let is_origin = is_origin || node.peers.is_origin_addr(&addr);
     let cancel = node.cancel.child_token();
-    let (handle, rx) = ConnHandle::new(peer_id, outbound, is_origin, remote, cancel.clone());
+    let (handle, rx) =
+        ConnHandle::new(peer_id, outbound, is_origin, remote, cancel.clone(), node.metrics.send_queue_bytes.clone());
     if let Err(refusal) = node.peers.register(addr, &handle) {
         node.metrics.connections_rejected.inc();
         return Err(refusal.into());
@@ -393,7 +528,7 @@ where
     }
 
     let io_timeout = node.cfg.io_timeout.get();
-    let writer = write_loop(wr, rx, io_timeout);
+    let writer = write_loop(wr, rx, &handle.queue, io_timeout);
     let mut reader = Reader {
         node: node.clone(),
         conn: handle.clone(),
@@ -405,6 +540,12 @@ where
         r = writer => r,
         _ = cancel.cancelled() => Err(ConnError::Closed),
     };
+    let res = if handle.queue.overflowed.load(Ordering::Acquire) {
+        node.metrics.send_queue_overflows.inc();
+        Err(ConnError::QueueFull)
+    } else {
+        res
+    };
     cancel.cancel();
     reader.abort_uploads();
     // Unregister, and tell every blob this peer was in.
@@ -415,7 +556,7 @@ where
         if let Some(e) = node.blob(&d) {
             e.shared.lock().peers.remove(&peer_id);
             if let Some(a) = e.actor() {
-                let _ = a.send(Event::PeerGone { peer: peer_id });
+                let _ = a.send(Event::PeerGone { peer: peer_id }).await;
             }
         }
     }
@@ -479,6 +620,7 @@ fn kind(m: &Message<'_>) -> &'static str {
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut wr: W,
     mut rx: mpsc::UnboundedReceiver<Out>,
+    queue: &SendQueue,
     io_timeout: Duration,
 ) -> Result<(), ConnError> {
     let keepalive = io_timeout / 3;
@@ -488,7 +630,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         let out = match tokio::time::timeout(keepalive, rx.recv()).await {
             Ok(Some(out)) => out,
             Ok(None) => return Err(ConnError::Closed),
-            Err(_) => Out { head: ka.clone().freeze(), data: None, _permit: None },
+            Err(_) => Out { head: ka.clone().freeze(), data: None, counted: 0, _permit: None },
         };
         let idle = rx.is_empty();
         let write = async {
@@ -503,6 +645,23 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             Ok::<_, std::io::Error>(())
         };
         tokio::time::timeout(io_timeout, write).await.map_err(|_| ConnError::Timeout(io_timeout))??;
+        queue.pop(out.counted);
+    }
+}
+
+/// Counts an accepted socket in `shoal_swarm_handshakes_pending` until dropped.
+struct PendingGauge(IntGauge);
+
+impl PendingGauge {
+    fn new(g: &IntGauge) -> PendingGauge {
+        g.inc();
+        PendingGauge(g.clone())
+    }
+}
+
+impl Drop for PendingGauge {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -533,6 +692,9 @@ impl Reader {
                 }
                 let frame = buf.split_to(total).freeze();
                 let (msg, _) = wire::decode(&frame)?.ok_or(ConnError::Protocol("incomplete frame".into()))?;
+                // Answers wait for room in the writer's queue: a peer that does not read
+                // them is not read either.
+                self.conn.queue.room().await;
                 self.handle(&frame, msg).await?;
             }
             let n = tokio::time::timeout(io_timeout, rd.read_buf(&mut buf))
@@ -576,7 +738,7 @@ impl Reader {
                 let ours = entry.bitfield();
                 self.conn.open_blob(blob, num_pieces, &ours);
                 if let Some(a) = entry.actor() {
-                    let _ = a.send(Event::PeerBitfield { conn: self.conn.clone(), bits: bits.to_vec() });
+                    let _ = a.send(Event::PeerBitfield { conn: self.conn.clone(), bits: bits.to_vec() }).await;
                 }
             }
             Message::Have { blob, piece } => {
@@ -586,7 +748,7 @@ impl Reader {
                     }
                     self.conn.remote_have(&blob, e.meta.num_pieces(), piece);
                     if let Some(a) = e.actor() {
-                        let _ = a.send(Event::Have { peer, piece });
+                        let _ = a.send(Event::Have { peer, piece }).await;
                     }
                 }
             }
@@ -597,13 +759,22 @@ impl Reader {
                 }
             }
             Message::Reject { blob, piece, reason } => {
+                if reason == RejectReason::UnknownBlob {
+                    // The remote did not open the blob: it is not open on this connection, and
+                    // the next exchange (the remote's bitfield, or ours) must happen in full.
+                    self.conn.open.lock().remove(&blob);
+                    self.conn.remote_bits.lock().remove(&blob);
+                    if let Some(e) = node.blob(&blob) {
+                        e.shared.lock().peers.remove(&peer);
+                    }
+                }
                 if let Some(a) = node.blob(&blob).and_then(|e| e.actor()) {
                     let ev = match reason {
                         RejectReason::UnknownBlob => Event::PeerGone { peer },
                         RejectReason::Busy => Event::Rejected { peer, piece, busy: true },
                         RejectReason::NotHave => Event::Rejected { peer, piece, busy: false },
                     };
-                    let _ = a.send(ev);
+                    let _ = a.send(ev).await;
                 }
             }
             Message::Piece { blob, piece, data } => {
@@ -663,7 +834,8 @@ impl Reader {
             node.metrics.bytes_out.inc_by(data.len() as u64);
             entry.uploaded.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
             serving.lock().remove(&(blob, piece));
-            let _ = conn.tx.send(Out { head: head.freeze(), data: Some(data), _permit: Some((permit, memory)) });
+            let out = Out { head: head.freeze(), data: Some(data), counted: 0, _permit: Some((permit, memory)) };
+            let _ = conn.tx.send(out);
         });
         map.insert((blob, piece), task.abort_handle());
     }
@@ -698,21 +870,17 @@ impl Reader {
             Ok(true) => {
                 // The actor counts the bytes: two endgame copies can both get here, and only
                 // the first it sees is new.
-                let _ = actor.send(Event::PieceOk {
-                    peer: self.conn.peer_id,
-                    piece,
-                    len,
-                    from_origin: self.conn.is_origin,
-                });
+                let ok = Event::PieceOk { peer: self.conn.peer_id, piece, len, from_origin: self.conn.is_origin };
+                let _ = actor.send(ok).await;
                 Ok(())
             }
             Ok(false) => {
                 node.metrics.pieces_corrupt.inc();
-                let _ = actor.send(Event::PieceBad { peer: self.conn.peer_id, piece });
+                let _ = actor.send(Event::PieceBad { peer: self.conn.peer_id, piece }).await;
                 Err(ConnError::CorruptPiece { blob, piece })
             }
             Err(e) => {
-                let _ = actor.send(Event::StoreFailed { error: Arc::new(e) });
+                let _ = actor.send(Event::StoreFailed { error: Arc::new(e) }).await;
                 Ok(())
             }
         }
@@ -776,25 +944,25 @@ mod tests {
     }
 
     /// Makes `node` download `meta`, with the test as its actor.
-    async fn downloading(node: &Arc<Node>, meta: MetaInfo) -> mpsc::UnboundedReceiver<Event> {
+    async fn downloading(node: &Arc<Node>, meta: MetaInfo) -> mpsc::Receiver<Event> {
         let partial = node.store.open_partial(meta).await.unwrap();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = crate::download::events();
         node.insert_blob(Arc::new(BlobEntry::downloading(partial, tx)));
         rx
     }
 
-    async fn event(rx: &mut mpsc::UnboundedReceiver<Event>) -> Event {
+    async fn event(rx: &mut mpsc::Receiver<Event>) -> Event {
         tokio::time::timeout(WAIT, rx.recv()).await.expect("an event").expect("the node holds the sender")
     }
 
     /// The far end of a connection, scripted by a test.
-    struct FarEnd {
-        io: DuplexStream,
+    struct FarEnd<S = DuplexStream> {
+        io: S,
         buf: BytesMut,
         peer_id: PeerId,
     }
 
-    impl FarEnd {
+    impl<S: AsyncRead + AsyncWrite + Unpin> FarEnd<S> {
         async fn send(&mut self, msg: &Message<'_>) {
             let mut out = BytesMut::new();
             wire::encode(msg, &mut out);
@@ -830,22 +998,36 @@ mod tests {
         }
     }
 
-    /// Runs the driver for an inbound connection from peer `n` at 127.0.0.`n`.
-    fn start(node: &Arc<Node>, n: u8) -> (FarEnd, JoinHandle<Result<(), ConnError>>) {
-        start_as(node, PeerId([n; 16]), n)
+    /// Runs the driver for an inbound connection from peer `n` at 127.0.0.`n`, over a duplex
+    /// of `buffer` bytes each way.
+    async fn start_with(node: &Arc<Node>, n: u8, buffer: usize) -> (FarEnd, JoinHandle<Result<(), ConnError>>) {
+        start_as(node, PeerId([n; 16]), n, buffer).await
     }
 
     /// Runs the driver for an inbound connection from 127.0.0.`ip` that will claim `peer_id`.
-    fn start_as(node: &Arc<Node>, peer_id: PeerId, ip: u8) -> (FarEnd, JoinHandle<Result<(), ConnError>>) {
-        let (ours, theirs) = tokio::io::duplex(1 << 20);
-        let permit = node.peers.try_slot().unwrap();
+    async fn start_as(
+        node: &Arc<Node>,
+        peer_id: PeerId,
+        ip: u8,
+        buffer: usize,
+    ) -> (FarEnd, JoinHandle<Result<(), ConnError>>) {
+        let (ours, theirs) = tokio::io::duplex(buffer);
+        let permit = node.peers.handshake_permit().await.unwrap();
         let addr = SocketAddr::from(([127, 0, 0, ip], 4000));
-        let task = tokio::spawn(run(node.clone(), ours, addr, Remote::plain(addr), false, false, permit));
+        let task = tokio::spawn(run(node.clone(), ours, addr, Remote::plain(addr), Admission::Inbound(permit)));
         (FarEnd { io: theirs, buf: BytesMut::new(), peer_id }, task)
     }
 
+    async fn start(node: &Arc<Node>, n: u8) -> (FarEnd, JoinHandle<Result<(), ConnError>>) {
+        start_with(node, n, 1 << 20).await
+    }
+
     async fn connected(node: &Arc<Node>, n: u8) -> (FarEnd, JoinHandle<Result<(), ConnError>>) {
-        let (mut remote, task) = start(node, n);
+        connected_with(node, n, 1 << 20).await
+    }
+
+    async fn connected_with(node: &Arc<Node>, n: u8, buffer: usize) -> (FarEnd, JoinHandle<Result<(), ConnError>>) {
+        let (mut remote, task) = start_with(node, n, buffer).await;
         remote.handshake(node).await;
         // The node registers the connection right after its handshake went out.
         tokio::time::timeout(WAIT, async {
@@ -881,15 +1063,15 @@ mod tests {
         wire::encode(&Message::Handshake { version: PROTOCOL_VERSION, peer_id: PeerId([2; 16]) }, &mut hs);
         // The magic follows the length prefix and the type byte.
         hs[wire::LEN_PREFIX + 1] ^= 0xff;
-        let (mut remote, task) = start(&node, 2);
+        let (mut remote, task) = start(&node, 2).await;
         remote.send_raw(&hs).await;
         assert!(matches!(ended(task).await, Err(ConnError::Decode(_))));
 
-        let (mut remote, task) = start(&node, 3);
+        let (mut remote, task) = start(&node, 3).await;
         remote.send(&Message::Handshake { version: PROTOCOL_VERSION + 1, peer_id: remote.peer_id }).await;
         assert!(matches!(ended(task).await, Err(ConnError::Protocol(_))));
 
-        let (mut remote, task) = start(&node, 4);
+        let (mut remote, task) = start(&node, 4).await;
         remote.send(&Message::KeepAlive).await;
         assert!(matches!(ended(task).await, Err(ConnError::Protocol(_))), "the first frame must be a handshake");
 
@@ -923,7 +1105,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_claiming_a_peers_id_gets_only_itself_shunned() {
         let (node, _dir) = node();
-        let (mut liar, task) = start_as(&node, PeerId([2; 16]), 66);
+        let (mut liar, task) = start_as(&node, PeerId([2; 16]), 66, 1 << 20).await;
         liar.handshake(&node).await;
         liar.send_raw(&[0, 0, 0, 2, 0xee, 0]).await;
         assert!(matches!(ended(task).await, Err(ConnError::Decode(_))));
@@ -933,7 +1115,7 @@ mod tests {
         assert!(node.peers.get(&real.peer_id).is_some());
         assert!(!node.peers.is_shunned(&at(2)));
         // The claimant is refused whatever id it claims next.
-        let (mut again, task) = start_as(&node, PeerId([9; 16]), 66);
+        let (mut again, task) = start_as(&node, PeerId([9; 16]), 66, 1 << 20).await;
         again.handshake(&node).await;
         assert!(matches!(ended(task).await, Err(ConnError::Refused(Refusal::Shunned))));
     }
@@ -1024,5 +1206,150 @@ mod tests {
         // Piece 1 is on disk; piece 0 is not.
         let partial = node.store.open_partial(meta).await.unwrap();
         assert_eq!(partial.have(), vec![false, true]);
+    }
+
+    /// A peer that sends requests and never reads the answers: the node stops reading it
+    /// once a bounded amount of answers is queued, instead of queueing one per request.
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_does_not_read_is_not_read_either() {
+        let (node, _dir) = node();
+        let (mut remote, task) = connected_with(&node, 2, 4096).await;
+        let conn = node.peers.get(&remote.peer_id).unwrap();
+        let blob = Digest::of(b"no such blob");
+        const REQUESTS: usize = 20_000;
+        let flood = tokio::spawn(async move {
+            let mut out = BytesMut::new();
+            for _ in 0..REQUESTS {
+                wire::encode(&Message::Request { blob, piece: 0 }, &mut out);
+            }
+            remote.send_raw(&out).await;
+            remote
+        });
+        // Virtual time passes only once every task waits: the node has read all it will.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let reject = 42;
+        assert!(REQUESTS * reject > 2 * QUEUE_PAUSE, "the flood is larger than the bound");
+        assert!(conn.queued() <= QUEUE_PAUSE + reject, "{} bytes queued", conn.queued());
+        assert!(conn.queued() > QUEUE_PAUSE / 2, "the answers that fit are queued: {}", conn.queued());
+        assert_eq!(node.metrics.send_queue_bytes.get(), conn.queued() as i64);
+        assert!(!flood.is_finished(), "the rest of the flood waits in the peer's own socket");
+        assert!(!task.is_finished() && !node.peers.is_shunned(&conn.remote));
+    }
+
+    /// Frames the node has for a peer that stopped reading (here `Have`s) fill its queue up
+    /// to `QUEUE_MAX`; the next one closes the connection, which is not blacklisted.
+    #[tokio::test]
+    async fn a_queue_past_its_bound_closes_the_connection() {
+        let (node, _dir) = node();
+        let (remote, task) = connected_with(&node, 2, 4096).await;
+        let conn = node.peers.get(&remote.peer_id).unwrap();
+        let blob = Digest::of(b"a blob");
+        let have = 41;
+        for _ in 0..QUEUE_MAX / have + 1 {
+            conn.send(&Message::Have { blob, piece: 0 });
+        }
+        assert!(conn.queued() <= QUEUE_MAX);
+        assert!(matches!(ended(task).await, Err(ConnError::QueueFull)));
+        assert_eq!(node.metrics.send_queue_overflows.get(), 1);
+        assert!(!node.peers.is_shunned(&conn.remote), "a slow reader is not blacklisted");
+        assert!(node.peers.get(&remote.peer_id).is_none());
+        drop(conn);
+        assert_eq!(node.metrics.send_queue_bytes.get(), 0, "the node's total forgets a closed connection's queue");
+    }
+
+    /// A peer flooding `Have`s for a blob being downloaded fills the actor's event queue and
+    /// is then read only as fast as the actor takes events; nothing is lost.
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_events_waits_for_the_actor() {
+        let (node, _dir) = node();
+        let bytes = data(2 * MIN_PIECE_LEN as usize);
+        let meta = meta(&bytes, MIN_PIECE_LEN);
+        let blob = meta.digest();
+        let mut rx = downloading(&node, meta).await;
+        let (mut remote, _task) = connected_with(&node, 2, 4096).await;
+        const HAVES: usize = 5 * crate::download::EVENT_QUEUE;
+        let flood = tokio::spawn(async move {
+            let mut out = BytesMut::new();
+            for _ in 0..HAVES {
+                wire::encode(&Message::Have { blob, piece: 1 }, &mut out);
+            }
+            remote.send_raw(&out).await;
+            remote
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(rx.len(), crate::download::EVENT_QUEUE, "the queue is full and no longer");
+        assert!(!flood.is_finished(), "the rest waits in the peer's socket");
+        for _ in 0..HAVES {
+            assert!(matches!(event(&mut rx).await, Event::Have { piece: 1, .. }));
+        }
+        assert!(flood.await.is_ok());
+    }
+
+    /// Accepted sockets that never handshake hold pending-handshake permits, not connection
+    /// slots: with more of them than `max_connections`, the node still dials.
+    #[tokio::test]
+    async fn idle_inbound_sockets_do_not_block_dials() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SwarmConfig {
+            store_dir: dir.path().to_path_buf(),
+            max_connections: 4,
+            handshake_timeout: shoal_runtime::Duration::from_secs(60),
+            ..SwarmConfig::default()
+        };
+        let node = Node::for_tests(cfg, false);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(accept_loop(node.clone(), listener));
+        let mut idle = Vec::new();
+        for _ in 0..10 {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let pending = |n: i64| {
+            let node = node.clone();
+            tokio::time::timeout(WAIT, async move {
+                while node.metrics.handshakes_pending.get() < n {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        };
+        pending(4).await.expect("as many idle sockets as there are slots are accepted");
+
+        // A peer (say an origin) the node dials.
+        let far = TcpListener::bind("127.0.0.2:0").await.unwrap();
+        let far_addr = far.local_addr().unwrap();
+        let n = node.clone();
+        let peer = tokio::spawn(async move {
+            let (io, _) = far.accept().await.unwrap();
+            let mut remote = FarEnd { io, buf: BytesMut::new(), peer_id: PeerId([9; 16]) };
+            remote.handshake(&n).await;
+            remote
+        });
+        let conn = tokio::time::timeout(WAIT, connect(&node, far_addr, true)).await.expect("the dial ends");
+        assert!(conn.is_some_and(|c| c.peer_id == PeerId([9; 16]) && c.is_origin), "the dial found a slot");
+        let _remote = peer.await.unwrap();
+        pending(10).await.expect("every idle socket is accepted and waits for its handshake");
+        assert_eq!(node.peers.len(), 1, "idle sockets are not connections");
+    }
+
+    /// The node opened a blob on a connection and the remote answered `UnknownBlob`; later the
+    /// remote opens the blob itself (it is downloading it now): the node answers with its
+    /// bitfield, as to any first exchange.
+    #[tokio::test]
+    async fn a_blob_the_remote_did_not_know_is_opened_again() {
+        let (node, _dir) = node();
+        let bytes = data(2 * MIN_PIECE_LEN as usize);
+        let full = complete(&node, &bytes).await;
+        let blob = full.digest();
+        let (mut remote, _task) = connected(&node, 2).await;
+        let conn = node.peers.get(&remote.peer_id).unwrap();
+        assert!(conn.open_blob(blob, 2, &pack_bits(2, |_| true)));
+        let f = remote.frame().await;
+        assert!(matches!(wire::decode(&f).unwrap().unwrap().0, Message::Bitfield { .. }));
+        remote.send(&Message::Reject { blob, piece: 0, reason: RejectReason::UnknownBlob }).await;
+        let none = pack_bits(2, |_| false);
+        remote.send(&Message::Bitfield { blob, num_pieces: 2, bits: &none }).await;
+        let f = remote.frame().await;
+        let (msg, _) = wire::decode(&f).unwrap().unwrap();
+        assert_eq!(msg, Message::Bitfield { blob, num_pieces: 2, bits: &pack_bits(2, |_| true) });
     }
 }

@@ -35,5 +35,5 @@ pub mod store_metrics;
 
 pub use config::SwarmConfig;
 pub use error::SwarmError;
-pub use node::{BlobStats, Swarm};
+pub use node::{BlobStats, Role, Swarm};
 pub use store::{BlobFile, Store, StoreError};

@@ -14,24 +14,36 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use prometheus::Registry;
+use shoal_core::ring::Ring;
 use shoal_core::seeding::{SeedBudget, admits_upload, max_upload_backlog};
 use shoal_core::wire::pack_bits;
 use shoal_core::{Digest, MetaInfo, PeerId, PieceIndex};
 use shoal_runtime::Tls;
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::announce::TrackerClient;
 use crate::blocking::Blocking;
 use crate::config::SwarmConfig;
-use crate::download::{self, Event};
+use crate::download::{self, EventTx};
 use crate::error::SwarmError;
 use crate::limiter::Limiter;
 use crate::metrics::SwarmMetrics;
-use crate::peers::Peers;
+use crate::peers::{Limits, Peers};
 use crate::store::{BlobFile, PartialBlob, Store};
+
+/// What a node is in the swarm.
+#[derive(Clone, Debug)]
+pub enum Role {
+    /// An agent: downloads blobs. `origins` is the origin ring (the agent's `origins` and
+    /// `origin_replicas`): a download dials its blob's owners on it beside what the tracker
+    /// hands out, so it goes on with every tracker down.
+    Agent { origins: Ring },
+    /// An origin: seeds the blobs it fetched and announces itself as an origin; dials nobody.
+    Origin,
+}
 
 /// Where a blob's download stands, as waiters see it.
 #[derive(Clone, Debug)]
@@ -72,14 +84,14 @@ pub(crate) struct BlobShared {
     /// Connections that opened this blob (sent or received its bitfield).
     pub peers: HashSet<PeerId>,
     /// The download actor, while downloading.
-    pub actor: Option<mpsc::UnboundedSender<Event>>,
+    pub actor: Option<EventTx>,
     /// The partial file, while downloading.
     pub partial: Option<Arc<PartialBlob>>,
 }
 
 impl BlobEntry {
     /// The entry of a download into `partial`, reporting to the actor behind `actor`.
-    pub fn downloading(partial: Arc<PartialBlob>, actor: mpsc::UnboundedSender<Event>) -> BlobEntry {
+    pub fn downloading(partial: Arc<PartialBlob>, actor: EventTx) -> BlobEntry {
         let meta = partial.meta().clone();
         let pieces = meta.num_pieces();
         BlobEntry {
@@ -115,7 +127,7 @@ impl BlobEntry {
         s.complete || s.have.get(i as usize).copied().unwrap_or(false)
     }
 
-    pub fn actor(&self) -> Option<mpsc::UnboundedSender<Event>> {
+    pub fn actor(&self) -> Option<EventTx> {
         self.shared.lock().actor.clone()
     }
 
@@ -140,6 +152,8 @@ pub(crate) struct Node {
     pub tls: Option<Tls>,
     pub advertise: SocketAddr,
     pub is_origin: bool,
+    /// The origin ring, on agents: every download dials its blob's owners.
+    pub ring: Option<Ring>,
     pub cfg: SwarmConfig,
     pub store: Store,
     pub metrics: SwarmMetrics,
@@ -151,8 +165,11 @@ pub(crate) struct Node {
     /// Blobs downloading or seeding. Inserted and removed only here (`start_download`,
     /// `register_complete`); connections and actors look entries up with [`Node::blob`].
     blobs: DashMap<Digest, Arc<BlobEntry>>,
-    /// Serializes the start of a download per digest.
+    /// Serializes the start of a download per digest; an entry lives while a start of its
+    /// digest is in progress or waiting.
     starting: DashMap<Digest, Arc<tokio::sync::Mutex<()>>>,
+    /// Running downloads (`max_downloads`): each actor holds a permit.
+    downloads: Arc<Semaphore>,
     /// Upload bytes admitted and still waiting for egress tokens.
     upload_backlog: Arc<AtomicU64>,
     /// Most upload bytes that may wait at the egress cap; `None` when uncapped.
@@ -184,6 +201,7 @@ impl Node {
         advertise: SocketAddr,
         is_origin: bool,
         tls: Option<Tls>,
+        ring: Option<Ring>,
         registry: &Registry,
         cancel: CancellationToken,
     ) -> anyhow::Result<Node> {
@@ -193,19 +211,26 @@ impl Node {
             Some(t) => PeerId::bound(t.identity().as_str()),
             None => PeerId::random(),
         };
+        let ring_origins: HashSet<SocketAddr> = ring.iter().flat_map(|r| r.nodes().iter().map(|o| o.peer)).collect();
+        // An origin dials nobody: every slot may be inbound.
+        let dial_reserve = if is_origin { 0 } else { cfg.max_connections / 4 };
+        let limits =
+            Limits { max_connections: cfg.max_connections, dial_reserve, shun_for: cfg.blacklist_duration.get() };
         Ok(Node {
             peer_id,
             tracker: TrackerClient::new(cfg.trackers.clone(), cfg.io_timeout.get(), tls.as_ref()),
             tls,
             advertise,
             is_origin,
+            ring,
             store,
             metrics: SwarmMetrics::new(registry)?,
             egress: Limiter::new(cfg.egress_rate.map(|b| b.0)),
             ingress: Limiter::new(cfg.ingress_rate.map(|b| b.0)),
-            peers: Peers::new(peer_id, advertise, cfg.max_connections, cfg.blacklist_duration.get()),
+            peers: Peers::new(peer_id, advertise, limits, ring_origins),
             blobs: DashMap::new(),
             starting: DashMap::new(),
+            downloads: Arc::new(Semaphore::new(cfg.max_downloads)),
             upload_backlog: Arc::new(AtomicU64::new(0)),
             upload_memory: Arc::new(Semaphore::new(
                 usize::try_from(cfg.upload_memory.0 / UPLOAD_MEMORY_UNIT).unwrap_or(Semaphore::MAX_PERMITS),
@@ -217,11 +242,11 @@ impl Node {
     }
 
     /// A node for tests of one component: its store in `cfg.store_dir`, no tracker unless
-    /// `cfg` names one, no listener, its own metrics registry.
+    /// `cfg` names one, no listener, its own metrics registry. An agent has no ring.
     #[cfg(test)]
     pub fn for_tests(cfg: SwarmConfig, is_origin: bool) -> Arc<Node> {
         let advertise = SocketAddr::from(([127, 0, 0, 1], 1));
-        let node = Node::new(cfg, advertise, is_origin, None, &Registry::new(), CancellationToken::new());
+        let node = Node::new(cfg, advertise, is_origin, None, None, &Registry::new(), CancellationToken::new());
         Arc::new(node.expect("test node"))
     }
 
@@ -362,21 +387,25 @@ pub struct Swarm {
 }
 
 impl Swarm {
-    /// Builds the engine and starts accepting peers on `listener`. `is_origin` nodes announce
-    /// themselves as origins. With `tls` every peer connection and tracker call is mutual TLS,
-    /// and the node's peer id is bound to its certificate. Everything stops when `shutdown` is
-    /// cancelled.
+    /// Builds the engine and starts accepting peers on `listener`. An origin announces itself
+    /// as one; an agent's downloads also dial their blobs' owners on its ring. With `tls` every
+    /// peer connection and tracker call is mutual TLS, and the node's peer id is bound to its
+    /// certificate. Everything stops when `shutdown` is cancelled.
     pub fn start(
         cfg: SwarmConfig,
         listener: TcpListener,
         registry: &Registry,
-        is_origin: bool,
+        role: Role,
         tls: Option<Tls>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Swarm> {
         let local = listener.local_addr()?;
         let advertise = cfg.advertise_addr.unwrap_or(local);
-        let node = Arc::new(Node::new(cfg, advertise, is_origin, tls, registry, shutdown.child_token())?);
+        let (is_origin, ring) = match role {
+            Role::Agent { origins } => (false, Some(origins)),
+            Role::Origin => (true, None),
+        };
+        let node = Arc::new(Node::new(cfg, advertise, is_origin, tls, ring, registry, shutdown.child_token())?);
         tracing::info!(peer_id = %node.peer_id, %local, %advertise, is_origin, "swarm listening");
         let n = node.clone();
         shoal_runtime::spawn("peer-accept", node.cancel.clone(), async move {
@@ -509,7 +538,20 @@ impl Swarm {
         let node = &self.node;
         let d = meta.digest();
         let lock = node.starting.entry(d).or_default().clone();
-        let _guard = lock.lock().await;
+        let res = {
+            let _guard = lock.lock().await;
+            self.start_download_locked(meta).await
+        };
+        // The last one out removes the lock: the map holds only starts in progress. Checked
+        // under the map's shard lock, which `entry` above takes too, so no start can be
+        // holding a clone of a lock removed here.
+        node.starting.remove_if(&d, |_, l| Arc::strong_count(l) == 2);
+        res
+    }
+
+    async fn start_download_locked(&self, meta: MetaInfo) -> Result<Arc<BlobEntry>, SwarmError> {
+        let node = &self.node;
+        let d = meta.digest();
         if let Some(e) = node.blobs.get(&d).map(|e| e.clone()) {
             // A failed download is retried by a new call; a running or complete one is shared.
             if !matches!(*e.status.borrow(), Status::Failed(_)) {
@@ -520,8 +562,12 @@ impl Swarm {
         if let Some(file) = node.store.open_complete(d).await? {
             return Ok(node.register_complete(file));
         }
+        let Ok(running) = node.downloads.clone().try_acquire_owned() else {
+            node.metrics.downloads_refused.inc();
+            return Err(SwarmError::TooManyDownloads { max: node.cfg.max_downloads });
+        };
         let partial = node.store.open_partial(meta).await?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = download::events();
         let entry = Arc::new(BlobEntry::downloading(partial.clone(), tx));
         node.blobs.insert(d, entry.clone());
         let n = node.clone();
@@ -536,6 +582,7 @@ impl Swarm {
                 _ = cancel.cancelled() => Err(SwarmError::ShuttingDown),
             };
             n.metrics.downloads_active.dec();
+            drop(running);
             e.shared.lock().actor = None;
             match res {
                 Ok(()) => {
@@ -551,5 +598,59 @@ impl Swarm {
             }
         }));
         Ok(entry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_core::metainfo::MetaInfoBuilder;
+
+    use super::*;
+
+    fn meta(seed: u8) -> MetaInfo {
+        let data = vec![seed; 1000];
+        let mut b = MetaInfoBuilder::new(data.len() as u64).unwrap();
+        b.update(&data);
+        b.finish().unwrap()
+    }
+
+    /// Downloads that can get no piece (no tracker, no ring) until their timeout: the node
+    /// runs at most `max_downloads` of them; joining one does not count, and a slot frees
+    /// when one ends.
+    #[tokio::test(start_paused = true)]
+    async fn downloads_past_max_downloads_are_refused_until_one_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SwarmConfig {
+            store_dir: dir.path().to_path_buf(),
+            max_downloads: 2,
+            download_timeout: shoal_runtime::Duration::from_secs(2),
+            ..SwarmConfig::default()
+        };
+        let swarm = Swarm { node: Node::for_tests(cfg, false) };
+        let (a, b, c) = (meta(1), meta(2), meta(3));
+        swarm.start_download(a.clone()).await.unwrap();
+        swarm.start_download(b.clone()).await.unwrap();
+        let err = swarm.start_download(c.clone()).await.err().expect("a third download is refused");
+        assert!(matches!(err, SwarmError::TooManyDownloads { max: 2 }), "{err}");
+        assert!(err.to_string().contains("swarm.max_downloads"), "{err}");
+        assert_eq!(swarm.node.metrics.downloads_refused.get(), 1);
+        swarm.start_download(a.clone()).await.expect("a running download is joined, not refused");
+        assert!(matches!(swarm.download(a).await, Err(SwarmError::Timeout { .. })));
+        assert!(matches!(swarm.download(b).await, Err(SwarmError::Timeout { .. })));
+        swarm.start_download(c).await.expect("the slots came back when the downloads ended");
+    }
+
+    /// The per-digest start locks last only while a start is in progress.
+    #[tokio::test]
+    async fn start_locks_are_dropped_once_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SwarmConfig { store_dir: dir.path().to_path_buf(), ..SwarmConfig::default() };
+        let swarm = Swarm { node: Node::for_tests(cfg, false) };
+        let starts = (0..20).map(|i| swarm.start_download(meta(i % 4)));
+        for r in futures::future::join_all(starts).await {
+            r.unwrap();
+        }
+        assert!(swarm.node.starting.is_empty(), "{} start locks left", swarm.node.starting.len());
+        assert_eq!(swarm.node.blobs.len(), 4);
     }
 }

@@ -116,6 +116,12 @@ impl Tracker {
 
     /// Cancels the tracker and waits until it has drained.
     pub async fn stop(mut self) -> Result<(), Error> {
+        self.halt().await
+    }
+
+    /// Cancels the tracker and waits until it has drained and closed its listener, keeping
+    /// the handle (a tracker that goes down while its nodes run on). Later calls do nothing.
+    pub async fn halt(&mut self) -> Result<(), Error> {
         self.shutdown.cancel();
         match self.task.take() {
             Some(task) => task.await.map_err(Error::Join)?,

@@ -23,6 +23,8 @@ use crate::origin_client::Hints;
 const PREFETCH_CONCURRENCY: usize = 4;
 /// Most digests prefetched for one request. Hard-coded, as the origin's own bounds.
 const MAX_PREFETCH: usize = 4096;
+/// `Retry-After` of a prefetch refused because `max_prefetches` are running.
+pub const PREFETCH_RETRY_AFTER: u32 = 10;
 
 /// The body of the agent's `POST /preheat`.
 #[derive(Clone, Debug, serde::Deserialize)]
@@ -47,6 +49,13 @@ pub async fn post_preheat(State(st): State<RegistryState>, Json(req): Json<Prehe
 
 async fn preheat(st: &RegistryState, req: PreheatRequest) -> Result<Response, RegistryError> {
     let bad = |code, m: String| RegistryError::new(StatusCode::BAD_REQUEST, code, m);
+    // Held by the prefetch until its last blob; taken first, so a refusal starts nothing.
+    let prefetching = match req.prefetch {
+        true => {
+            Some(st.prefetches.try_take().map_err(|full| RegistryError::busy(full.to_string(), PREFETCH_RETRY_AFTER))?)
+        }
+        false => None,
+    };
     let name = RepoName::parse(&req.name).map_err(|e| bad(super::error::NAME_INVALID, e.to_string()))?;
     let reference = Reference::parse(&req.reference).map_err(|e| bad(super::error::MANIFEST_INVALID, e.to_string()))?;
     let ns = match req.ns.as_deref().filter(|s| !s.is_empty()) {
@@ -61,7 +70,7 @@ async fn preheat(st: &RegistryState, req: PreheatRequest) -> Result<Response, Re
     let body = serde_json::json!({"name": name.as_str(), "reference": digest.to_string(), "ns": ns_str});
     let (status, mut answer) =
         st.origins.preheat(digest, &body).await.map_err(|e| RegistryError::from_origin(e, MANIFEST_UNKNOWN))?;
-    if status == 202 && req.prefetch {
+    if let (202, Some(running)) = (status, prefetching) {
         let digests: Vec<Digest> = answer["digests"]
             .as_array()
             .map(|a| a.iter().filter_map(|v| v.as_str()?.parse().ok()).take(MAX_PREFETCH).collect())
@@ -71,6 +80,7 @@ async fn preheat(st: &RegistryState, req: PreheatRequest) -> Result<Response, Re
         let n = digests.len();
         shoal_runtime::spawn("prefetch", st.shutdown.clone(), async move {
             prefetch(&st2, digests, &hints).await;
+            drop(running);
             Ok(())
         });
         if let Some(obj) = answer.as_object_mut() {
@@ -98,4 +108,59 @@ async fn prefetch(st: &RegistryState, digests: Vec<Digest>, hints: &Hints) {
         .fold(0, |acc, f| async move { acc + f })
         .await;
     tracing::info!(failed, "prefetch finished");
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_core::ring::{OriginNode, Ring};
+
+    use super::*;
+
+    /// The registry state of an agent whose one origin does not answer, with one prefetch
+    /// slot; the token stops its swarm.
+    async fn state(dir: &std::path::Path) -> (RegistryState, tokio_util::sync::CancellationToken) {
+        let origin =
+            OriginNode { id: "o0".into(), http: "http://127.0.0.1:9".into(), peer: "127.0.0.1:9".parse().unwrap() };
+        let ring = Ring::new(vec![origin], 1).unwrap();
+        let registry = prometheus::Registry::new();
+        let cfg = shoal_swarm::SwarmConfig { store_dir: dir.to_path_buf(), ..Default::default() };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let role = shoal_swarm::Role::Agent { origins: ring.clone() };
+        let swarm = shoal_swarm::Swarm::start(cfg, listener, &registry, role, None, shutdown.clone()).unwrap();
+        let st = RegistryState {
+            swarm,
+            origins: crate::origin_client::OriginClient::new(ring.clone(), std::time::Duration::from_secs(5), None),
+            tags: super::super::TagResolver::new(ring, std::time::Duration::from_secs(30), None),
+            metrics: crate::metrics::AgentMetrics::new(&registry).unwrap(),
+            shutdown: shutdown.clone(),
+            prefetches: shoal_runtime::Cap::new("prefetches", "max_prefetches", 1),
+        };
+        (st, shutdown)
+    }
+
+    fn request(prefetch: bool) -> PreheatRequest {
+        PreheatRequest { name: "team/app".into(), reference: Digest::of(b"m").to_string(), ns: None, prefetch }
+    }
+
+    /// `max_prefetches` prefetches run at once: one more is answered 503 with `Retry-After`
+    /// before anything is asked of the origins; a preheat without prefetch is not held back.
+    #[tokio::test]
+    async fn prefetches_past_max_prefetches_get_503_with_retry_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let (st, shutdown) = state(dir.path()).await;
+        let running = st.prefetches.try_take().unwrap();
+        let err = preheat(&st, request(true)).await.expect_err("refused while the only prefetch runs");
+        assert_eq!(err.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(err.headers[axum::http::header::RETRY_AFTER], PREFETCH_RETRY_AFTER.to_string().as_str());
+        assert!(err.message.contains("max_prefetches"), "{}", err.message);
+        // Past the cap, the request reaches the origins, which do not answer here.
+        let err = preheat(&st, request(false)).await.expect_err("no origin answers");
+        assert_ne!(err.status, StatusCode::SERVICE_UNAVAILABLE, "{}", err.message);
+        drop(running);
+        let err = preheat(&st, request(true)).await.expect_err("no origin answers");
+        assert_ne!(err.status, StatusCode::SERVICE_UNAVAILABLE, "{}", err.message);
+        assert_eq!(st.prefetches.available(), 1, "a prefetch that did not start gives its slot back");
+        shutdown.cancel();
+    }
 }

@@ -49,6 +49,7 @@ backend:
   {{- end }}
   multipart_threshold: {{ include "shoal.bytes" $s3.multipartThreshold }}
   part_size: {{ include "shoal.bytes" $s3.partSize }}
+  read_timeout: {{ $s3.readTimeout | quote }}
 {{- else if eq $o.backend.type "fs" }}
   type: fs
   root: /var/lib/shoal/backend
@@ -58,10 +59,13 @@ backend:
 {{- fail (printf "origin.backend.type must be s3 or fs, not %q" $o.backend.type) }}
 {{- end }}
 max_concurrent_fetches: {{ $o.maxConcurrentFetches }}
+fetch_timeout: {{ $o.fetchTimeout | quote }}
 metainfo_wait: {{ $o.metainfoWait | quote }}
 failure_ttl: {{ $o.failureTtl | quote }}
 max_upload: {{ include "shoal.bytes" $o.maxUpload }}
+max_uploads: {{ $o.maxUploads }}
 preheat_concurrency: {{ $o.preheatConcurrency }}
+max_preheats: {{ $o.maxPreheats }}
 shutdown_grace: "{{ $o.shutdownGraceSeconds }}s"
 {{- with $o.pullThrough }}
 {{- if .enabled }}
@@ -72,6 +76,7 @@ pull_through:
   tag_ttl: {{ .tagTtl | quote }}
   connect_timeout: {{ .connectTimeout | quote }}
   read_timeout: {{ .readTimeout | quote }}
+  request_timeout: {{ .requestTimeout | quote }}
   {{- if .dockerConfigSecret }}
   docker_config_file: /var/run/shoal/dockerconfig/config.json
   {{- end }}
@@ -118,6 +123,7 @@ origins:
 origin_replicas: {{ .Values.origin.ringReplicas }}
 origin_fetch_timeout: {{ $a.originFetchTimeout | quote }}
 tag_ttl: {{ $a.tagTtl | quote }}
+max_prefetches: {{ $a.maxPrefetches }}
 shutdown_grace: "{{ $a.shutdownGraceSeconds }}s"
 {{- include "shoal.tlsConfig" . }}
 swarm:

@@ -171,3 +171,34 @@ async fn stream_of_a_failing_download_ends_in_an_error() {
     slow.shutdown().await;
     c.shutdown().await;
 }
+
+/// With every tracker down, downloads go on: from the blob's owners on the origin ring, which
+/// every agent computes itself, and from the peers an agent is already connected to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_go_on_with_every_tracker_down() {
+    use shoal_loadtest::cluster::counter;
+    let mut swarm = shoal_loadtest::cluster::test_swarm_config();
+    swarm.download_timeout = shoal_runtime::Duration::from_secs(20);
+    // A capped origin, as in a fleet: a peer that has the blob is the faster source.
+    let mut c = Cluster::builder().agents(2).origin_rate(Some(mib(16))).swarm(swarm).start().await.unwrap();
+    // With the tracker up, agent 1 meets agent 0 through a first blob.
+    let first = random_blob(mib(4), 41);
+    let d = c.put_backend_blob(&first).unwrap();
+    assert_eq!(c.fetch(0, &d).await.unwrap(), first);
+    assert_eq!(c.fetch(1, &d).await.unwrap(), first);
+    assert!(c.agent(1).swarm.stats(&d).unwrap().from_peers > 0, "agent 1 is connected to agent 0");
+
+    c.tracker.halt().await.unwrap();
+    let data = random_blob(mib(16), 42);
+    let d = c.put_backend_blob(&data).unwrap();
+    // Agent 0 gets it from the blob's owner, agent 1 from agent 0 above all.
+    assert!(c.fetch(0, &d).await.unwrap() == data, "agent 0's copy differs");
+    assert!(c.fetch(1, &d).await.unwrap() == data, "agent 1's copy differs");
+    let stats = c.agent(1).swarm.stats(&d).unwrap();
+    assert!(stats.from_peers > 0, "agent 1 used the peer it knew: {stats:?}");
+    for (i, agent) in c.agents.iter().flatten().enumerate() {
+        let failures = counter(&agent.registry, "shoal_swarm_announce_failures_total", None);
+        assert!(failures > 0, "agent {i} announced to no tracker");
+    }
+    c.shutdown().await;
+}
