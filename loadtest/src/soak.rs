@@ -31,6 +31,11 @@ use crate::report::human_bytes;
 
 /// The tolerance of "flat".
 pub const FLAT: f64 = 0.10;
+/// The longest one pull may take.
+const PULL_DEADLINE: Duration = Duration::from_secs(30);
+/// A pull's failures are the churn's when it ended after a kill of its agent and started
+/// before this long after it (the 2 s down, the restart, and the pulls then in flight).
+const CHURN_WINDOW: Duration = Duration::from_secs(10);
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct SoakArgs {
@@ -180,7 +185,7 @@ pub async fn main(a: &SoakArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let end = t0 + a.duration;
     let stop = CancellationToken::new();
-    // Per agent: pulls done, bytes, failures (injected or not); down marks an agent being churned.
+    // Per agent: when it was last killed; pulls done, bytes, failures (injected or not).
     let down: Arc<Vec<Mutex<Option<Instant>>>> = Arc::new((0..a.agents).map(|_| Mutex::new(None)).collect());
     let pulls = Arc::new(AtomicU64::new(0));
     let bytes = Arc::new(AtomicU64::new(0));
@@ -200,7 +205,7 @@ pub async fn main(a: &SoakArgs) -> anyhow::Result<()> {
             while !stop.is_cancelled() && Instant::now() < end {
                 let (d, data) = &blobs[rng.random_range(0..blobs.len())];
                 let started = Instant::now();
-                let deadline = (started + Duration::from_secs(120)).min(end + Duration::from_secs(120));
+                let deadline = started + PULL_DEADLINE;
                 let log = pull_exact(
                     &http,
                     &format!("{base}/blobs/{d}"),
@@ -210,10 +215,10 @@ pub async fn main(a: &SoakArgs) -> anyhow::Result<()> {
                     Duration::from_millis(500),
                 )
                 .await;
-                let churned = down[i]
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .is_some_and(|t| t >= started - Duration::from_secs(5));
+                // The pull overlapped the agent's last kill and the restart after it.
+                let ended = Instant::now();
+                let last_kill = *down[i].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let churned = last_kill.is_some_and(|k| k <= ended && started <= k + CHURN_WINDOW);
                 // Failures while the agent was down or restarting are the churn's.
                 if churned {
                     injected.fetch_add(log.failures.len() as u64, Ordering::Relaxed);
@@ -260,8 +265,7 @@ pub async fn main(a: &SoakArgs) -> anyhow::Result<()> {
             let i = churn_k % a.churn;
             churn_k += 1;
             let name = format!("agent-{i}");
-            *down[i].lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                Some(Instant::now() + Duration::from_secs(10));
+            *down[i].lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
             c.kill(&name).await?;
             tokio::time::sleep(Duration::from_secs(2)).await;
             c.restart(&name).await?;

@@ -64,6 +64,9 @@ pub enum Fault {
     /// Both trackers SIGKILLed mid-swarm for good; agents finish from the origins and the
     /// peers they already know.
     TrackersDown,
+    /// Both trackers SIGKILLed before any pull (the origin warm): agents finish from the
+    /// blob's ring owners, which every node computes without a tracker.
+    NoTrackers,
     /// The origins' S3 backend (s3s-fs behind the fault proxy) answering 503 to 5% of requests
     /// and never answering 5%; a blob whose every request fails is a 5xx at the agent, and a
     /// blob whose bytes arrive corrupt is never committed or served.
@@ -74,8 +77,8 @@ pub enum Fault {
     /// one sending garbage frames; each is dropped by every agent that met it and not redialed.
     Liars,
     /// Agent 0's store on a tmpfs too small for the blob (it holds a smaller blob first): its
-    /// pull fails with 507, it still serves the smaller blob, and when the tmpfs grows it
-    /// finishes. Needs root.
+    /// pull fails (507, or a response cut short once it streams) and its log says why, it still
+    /// serves the smaller blob, and when the tmpfs grows it finishes. Needs root.
     DiskFull,
     /// Every node in its own network namespace; agent 0's link down mid-pull for 3 s, then up.
     /// Needs root.
@@ -83,12 +86,13 @@ pub enum Fault {
 }
 
 impl Fault {
-    pub const ALL: [Fault; 10] = [
+    pub const ALL: [Fault; 11] = [
         Fault::None,
         Fault::KillAgents,
         Fault::OriginLost,
         Fault::TrackerRestart,
         Fault::TrackersDown,
+        Fault::NoTrackers,
         Fault::S3Errors,
         Fault::S3Slow,
         Fault::Liars,
@@ -103,6 +107,7 @@ impl Fault {
             Fault::OriginLost => "origin-lost",
             Fault::TrackerRestart => "tracker-restart",
             Fault::TrackersDown => "trackers-down",
+            Fault::NoTrackers => "no-trackers",
             Fault::S3Errors => "s3-errors",
             Fault::S3Slow => "s3-slow",
             Fault::Liars => "liars",
@@ -474,7 +479,7 @@ async fn run_row(fault: Fault, o: &MatrixOptions) -> anyhow::Result<Row> {
         }
         Fault::KillAgents => kill_agents(o, tmp, data).await,
         Fault::OriginLost => origin_lost(o, tmp, data).await,
-        Fault::TrackerRestart | Fault::TrackersDown => trackers(fault, o, tmp, data).await,
+        Fault::TrackerRestart | Fault::TrackersDown | Fault::NoTrackers => trackers(fault, o, tmp, data).await,
         Fault::S3Errors | Fault::S3Slow => s3(fault, o, tmp, data).await,
         Fault::Liars => liars(o, tmp, data).await,
         Fault::DiskFull => disk_full(o, tmp, data).await,
@@ -545,13 +550,21 @@ async fn origin_lost(o: &MatrixOptions, tmp: tempfile::TempDir, data: Vec<u8>) -
 }
 
 async fn trackers(fault: Fault, o: &MatrixOptions, tmp: tempfile::TempDir, data: Vec<u8>) -> anyhow::Result<Row> {
-    let down = fault == Fault::TrackersDown;
+    let down = fault != Fault::TrackerRestart;
     let spec = ClusterSpec { trackers: if down { 2 } else { 1 }, ..base_spec(o) };
     let mut r = Run::start(fault, o, spec, None, tmp, data).await?;
     r.warm().await?;
+    let names: Vec<String> = r.c.names().into_iter().filter(|n| n.starts_with("tracker")).collect();
+    if fault == Fault::NoTrackers {
+        for t in &names {
+            r.c.kill(t).await?;
+        }
+        r.row.notes.push(format!("trackers {names:?} killed before the pulls"));
+        r.pull_all();
+        return Ok(r.finish().await);
+    }
     r.pull_all();
     r.wait_share(MID_SWARM).await?;
-    let names: Vec<String> = r.c.names().into_iter().filter(|n| n.starts_with("tracker")).collect();
     for t in &names {
         r.c.kill(t).await?;
     }
@@ -824,11 +837,17 @@ async fn disk_full(o: &MatrixOptions, tmp: tempfile::TempDir, data: Vec<u8>) -> 
     mount.resize(f * 3)?;
     r.row.notes.push(format!("tmpfs grown to {} at {:.1}s", human_bytes(f * 3), r.t0.elapsed().as_secs_f64()));
     r.wait_pulls().await;
+    // The error reaches the client as a 507 when the disk fills before the response starts,
+    // and as a cut response (never a short success) once it streams; the agent logs why.
     if let Some(log0) = &r.logs[0]
-        && !log0.failures.iter().any(|s| s == "507")
+        && (log0.failures.is_empty() || log0.failures.iter().any(|s| s != "507" && s != "cut"))
     {
-        let why = format!("agent 0 never answered 507 Insufficient Storage: {}", log0.failure_summary());
+        let why = format!("agent 0's pull should fail with 507 or a cut response, got: {}", log0.failure_summary());
         r.row.problems.push(why);
+    }
+    let log = std::fs::read_to_string(r.c.log_path("agent-0")).unwrap_or_default();
+    if !log.contains("No space left on device") {
+        r.row.problems.push("agent 0's log does not say its disk was full".into());
     }
     r.mount = Some(mount);
     Ok(r.finish().await)
