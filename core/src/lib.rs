@@ -15,6 +15,7 @@ pub mod picker;
 pub mod registry;
 pub mod ring;
 pub mod seeding;
+pub mod store_files;
 pub mod wire;
 
 pub use digest::{Digest, DigestHasher, ParseDigestError};

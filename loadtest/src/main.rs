@@ -49,6 +49,12 @@ enum Cmd {
     Bench(BenchArgs),
     /// The deterministic simulator: simulated agents in virtual time (see `sim` in the library).
     Sim(shoal_loadtest::sim::cli::SimArgs),
+    /// The fault matrix: each fault on a fresh cluster of the real binaries, checked for exact
+    /// copies, no unverified byte served and no panic (see `faults` in the library).
+    Faults(shoal_loadtest::faults::cli::FaultArgs),
+    /// A long loop of pulls with churn on small stores, sampling every process's RSS and open
+    /// file descriptors (see `soak` in the library); not for CI.
+    Soak(shoal_loadtest::soak::SoakArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -229,7 +235,7 @@ async fn main() -> anyhow::Result<()> {
     let common = match &cmd {
         Cmd::Local(a) => Some(&a.common),
         Cmd::Bench(a) => Some(&a.common),
-        Cmd::Sim(_) => None,
+        Cmd::Sim(_) | Cmd::Faults(_) | Cmd::Soak(_) => None,
     };
     if common.is_some_and(|c| c.cleanup) {
         for r in shoal_loadtest::netns::cleanup_leftovers()? {
@@ -245,6 +251,8 @@ async fn main() -> anyhow::Result<()> {
                 Cmd::Local(a) => local(a).await,
                 Cmd::Bench(a) => bench(a).await,
                 Cmd::Sim(a) => shoal_loadtest::sim::cli::main(&a),
+                Cmd::Faults(a) => shoal_loadtest::faults::cli::main(&a).await,
+                Cmd::Soak(a) => shoal_loadtest::soak::main(&a).await,
             }
         } => Some(r),
         _ = tokio::signal::ctrl_c() => None,

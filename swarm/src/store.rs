@@ -26,7 +26,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use shoal_core::wire::{bit, pack_bits};
+use shoal_core::store_files;
+use shoal_core::wire::pack_bits;
 use shoal_core::{Digest, DigestHasher, MetaInfo, PieceIndex};
 
 use crate::blocking::Blocking;
@@ -198,8 +199,12 @@ impl Store {
 }
 
 fn read_meta(path: &Path) -> Result<MetaInfo, StoreError> {
-    let text = fs::read(path).map_err(StoreError::io("read", path))?;
-    serde_json::from_slice(&text).map_err(|e| StoreError::BadMeta { path: path.to_path_buf(), reason: e.to_string() })
+    // Bounded: a file longer than any metainfo is refused without reading it all.
+    let mut text = Vec::new();
+    File::open(path)
+        .and_then(|f| f.take(store_files::MAX_META_LEN as u64 + 1).read_to_end(&mut text))
+        .map_err(StoreError::io("read", path))?;
+    store_files::parse_meta(&text).map_err(|e| StoreError::BadMeta { path: path.to_path_buf(), reason: e.to_string() })
 }
 
 fn write_meta(path: &Path, meta: &MetaInfo) -> Result<(), StoreError> {
@@ -282,12 +287,14 @@ impl PartialBlob {
             .open(&data_path)
             .map_err(StoreError::io("open", &data_path))?;
         file.set_len(meta.length()).map_err(StoreError::io("allocate", &data_path))?;
-        let mut bits = vec![0u8; nbytes];
+        let mut claimed = vec![false; n as usize];
         if resumable {
-            if let Ok(mut f) = File::open(&bits_path) {
+            if let Ok(f) = File::open(&bits_path) {
                 let mut got = Vec::new();
-                if f.read_to_end(&mut got).is_ok() && got.len() == nbytes {
-                    bits = got;
+                if f.take(nbytes as u64 + 1).read_to_end(&mut got).is_ok()
+                    && let Some(bits) = store_files::parse_bits(&got, n)
+                {
+                    claimed = bits;
                 }
             }
         } else {
@@ -298,7 +305,7 @@ impl PartialBlob {
         let have: Vec<bool> = blob
             .meta
             .all_pieces()
-            .map(|p| bit(&bits, p.get()) && blob.read_piece(p).is_ok_and(|d| blob.meta.verify_piece(p, &d)))
+            .map(|p| claimed[p.as_usize()] && blob.read_piece(p).is_ok_and(|d| blob.meta.verify_piece(p, &d)))
             .collect();
         let bits_file = OpenOptions::new()
             .write(true)
