@@ -19,5 +19,5 @@ pub use admin::{Admin, Listeners, Phase};
 pub use api_error::{ApiError, blob_response, parse_digest};
 pub use config::{ConfigError, EX_CONFIG, PeerNames};
 pub use task::{LogFormat, config_or_exit, init_tracing, serve_until_signal, spawn, wait_for_signal};
-pub use units::{ByteSize, Duration};
+pub use units::{ByteSize, Duration, Percent, SizeLimit};
 pub use version::VERSION;
