@@ -44,7 +44,6 @@ pub async fn start(
     let cfg = &config.config;
     let admin = Admin::new(registry.clone());
     let swarm = Swarm::start(cfg.swarm.clone(), listeners.peer, &registry, false, shutdown.clone())?;
-    shoal_swarm::store_metrics::register(&registry, cfg.swarm.store_dir.clone())?;
     let http_addr = listeners.http.local_addr()?;
     let origins = origin_client::OriginClient::new(config.ring.clone(), cfg.origin_fetch_timeout.get());
     let metrics = metrics::AgentMetrics::new(&registry)?;
@@ -62,8 +61,13 @@ pub async fn start(
     let router = shoal_runtime::request_id::with_request_id(router, "agent").merge(admin.router());
     tracing::info!(%http_addr, "agent api listening");
     let grace = cfg.shutdown_grace.get();
-    let a = admin.clone();
-    let serve = async move { a.serve(listeners.http, router, shutdown, grace).await };
+    let (a, s) = (admin.clone(), swarm.clone());
+    let serve = async move {
+        let served = a.serve(listeners.http, router, shutdown, grace).await;
+        // The next start ranks the store's blobs by these last uses.
+        s.persist_last_uses().await;
+        served
+    };
     Ok((Agent { swarm, http_addr, admin }, serve))
 }
 

@@ -47,7 +47,6 @@ pub async fn start(
     let admin = Admin::new(registry.clone());
     let backend = cfg.backend.build().await?;
     let swarm = Swarm::start(cfg.swarm.clone(), listeners.peer, &registry, true, shutdown.clone())?;
-    shoal_swarm::store_metrics::register(&registry, cfg.swarm.store_dir.clone())?;
     let metrics = metrics::OriginMetrics::new(&registry)?;
     let upstreams = match &config.pull_through {
         Some(pt) => {
@@ -58,12 +57,9 @@ pub async fn start(
     };
     let fetcher =
         fetch::Fetcher::new(swarm.clone(), backend, cfg.max_concurrent_fetches, cfg.failure_ttl.get(), metrics.clone());
-    // Blobs already stored are seeded again after a restart.
-    for d in swarm.store().list_complete().await? {
-        if let Err(e) = swarm.seed(d).await {
-            tracing::warn!(%d, "cannot seed stored blob: {e:#}");
-        }
-    }
+    // Blobs already stored are announced again after a restart, in the background while the
+    // listeners already take requests; none is opened until a peer or a client asks for it.
+    swarm.announce_stored();
     let http_addr = listeners.http.local_addr()?;
     let state = api::AppState {
         swarm: swarm.clone(),
@@ -86,8 +82,13 @@ pub async fn start(
     let router = shoal_runtime::request_id::with_request_id(router, "origin").merge(admin.router());
     tracing::info!(%http_addr, id = %cfg.id, "origin api listening");
     let grace = cfg.shutdown_grace.get();
-    let a = admin.clone();
-    let serve = async move { a.serve(listeners.http, router, shutdown, grace).await };
+    let (a, s) = (admin.clone(), swarm.clone());
+    let serve = async move {
+        let served = a.serve(listeners.http, router, shutdown, grace).await;
+        // The next start ranks the store's blobs by these last uses.
+        s.persist_last_uses().await;
+        served
+    };
     Ok((Origin { swarm, http_addr, admin }, serve))
 }
 

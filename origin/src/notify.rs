@@ -275,8 +275,12 @@ async fn preheat_pushed(st: &NotifyState, p: &Pushed) {
         None => Vec::new(),
     };
     if st.ring.is_none() || owners.contains(&st.id) {
-        let req =
-            crate::preheat::PreheatRequest { name: p.name.to_string(), reference: p.digest.to_string(), ns: None };
+        let req = crate::preheat::PreheatRequest {
+            name: p.name.to_string(),
+            reference: p.digest.to_string(),
+            ns: None,
+            pin: None,
+        };
         match crate::preheat::post_preheat(State(st.app.clone()), axum::Json(req)).await {
             Ok(_) => tracing::debug!(name = %p.name, digest = %p.digest, "preheat started"),
             Err(e) => tracing::warn!(name = %p.name, digest = %p.digest, "preheat failed: {}", e.message),
