@@ -100,8 +100,8 @@ pull_through:
 swarm:
   store_dir: /var/lib/shoal/store
   trackers: [{{ include "shoal.trackerUrl" .ctx | quote }}]
-  {{- with $o.swarm }}
-  {{- toYaml . | nindent 2 }}
+  {{- with include "shoal.swarmValues" (dict "swarm" $o.swarm "size" $o.persistence.size) }}
+  {{- . | nindent 2 }}
   {{- end }}
 {{- end }}
 
@@ -121,9 +121,9 @@ swarm:
   store_dir: /var/lib/shoal/store
   trackers: [{{ include "shoal.trackerUrl" . | quote }}]
   # No advertise_addr: the DaemonSet sets SHOAL_AGENT_ADVERTISE_IP to the node's IP, and the
-  # port is peer_listen's.
-  {{- with $a.swarm }}
-  {{- toYaml . | nindent 2 }}
+  # port is peer_listen's. The store's budget is agent.store.size.
+  {{- with include "shoal.swarmValues" (dict "swarm" $a.swarm "size" $a.store.size) }}
+  {{- . | nindent 2 }}
   {{- end }}
 {{- end }}
 
