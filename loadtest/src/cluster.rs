@@ -123,8 +123,8 @@ pub struct Cluster {
     pub origin_nodes: Vec<OriginNode>,
     /// `None` while an agent is stopped.
     pub agents: Vec<Option<Node<shoal_agent::Agent>>>,
-    /// Each agent's HTTP and peer addresses, which a restart binds again (as a host's agent
-    /// comes back on its ports).
+    /// Each agent's HTTP and peer addresses, which a restart binds again if they are free (as
+    /// a host's agent comes back on its ports).
     agent_addrs: Vec<Option<(SocketAddr, SocketAddr)>>,
     root: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -250,11 +250,16 @@ impl Cluster {
     ) -> anyhow::Result<Node<shoal_agent::Agent>> {
         let cfg = cfg.unwrap_or_else(|| self.agent_config(i)).validate()?;
         let ip = self.builder.ip.unwrap_or(host_ip(i + 1));
-        let listeners = match self.agent_addrs.get(i).copied().flatten() {
-            Some((http, peer)) => shoal_agent::Listeners {
-                http: TcpListener::bind(http).await.with_context(|| format!("binding {http} again"))?,
-                peer: TcpListener::bind(peer).await.with_context(|| format!("binding {peer} again"))?,
+        // The same ports as before, unless another process took one meanwhile.
+        let again = match self.agent_addrs.get(i).copied().flatten() {
+            Some((http, peer)) => match (TcpListener::bind(http).await, TcpListener::bind(peer).await) {
+                (Ok(http), Ok(peer)) => Some(shoal_agent::Listeners { http, peer }),
+                _ => None,
             },
+            None => None,
+        };
+        let listeners = match again {
+            Some(l) => l,
             None => shoal_agent::Listeners { http: bind(ip).await?, peer: bind(ip).await? },
         };
         let registry = prometheus::Registry::new();
