@@ -252,7 +252,8 @@ def main():
         check(f"{cfg['id']}.yaml" == k, f"{k}: id {cfg['id']}")
         check(cfg["origin_replicas"] == tracker_cfg["origin_replicas"] == o["ringReplicas"], f"{k}: origin_replicas")
         check(cfg["backend"]["type"] == o["backend"]["type"], f"{k}: backend type")
-        check_store(k, cfg, o["swarm"], o["persistence"]["size"])
+        own_volume = o["backend"]["type"] == "s3" or o["backend"]["fs"]["volume"]
+        check_store(k, cfg, o["swarm"], o["persistence"]["size"] if own_volume else "")
     vols = {v["name"]: v for v in op["spec"]["volumes"]}
     claims = [c["metadata"]["name"] for c in sts["spec"].get("volumeClaimTemplates", [])]
     if o["persistence"]["enabled"]:

@@ -100,7 +100,9 @@ pull_through:
 swarm:
   store_dir: /var/lib/shoal/store
   trackers: [{{ include "shoal.trackerUrl" .ctx | quote }}]
-  {{- with include "shoal.swarmValues" (dict "swarm" $o.swarm "size" $o.persistence.size) }}
+  {{- /* The volume's size is the store's budget unless the fs backend lives on it too. */}}
+  {{- $size := ternary $o.persistence.size "" (or (eq $o.backend.type "s3") (not (empty $o.backend.fs.volume))) }}
+  {{- with include "shoal.swarmValues" (dict "swarm" $o.swarm "size" $size) }}
   {{- . | nindent 2 }}
   {{- end }}
 {{- end }}
