@@ -43,6 +43,13 @@ async fn eventually(what: &str, mut cond: impl AsyncFnMut() -> bool) {
     }
 }
 
+/// Waits until agent `i` has committed every blob of `ds` (a response ends with the last
+/// piece, just before the commit).
+async fn committed(c: &Cluster, i: usize, ds: &[Digest]) {
+    let store = c.agent(i).swarm.store().clone();
+    eventually("the blobs are committed", async || ds.iter().all(|d| store.contains(d))).await;
+}
+
 /// Agent 0 pulls a 32 MiB blob, then twelve of 4 MiB, then the fourth small one again: 80 MiB.
 /// Restarted with a budget of 80 MiB (marks at 72 and 60 MiB) while a client streams the big
 /// blob, the oldest it holds, a round evicts the least recently used small blobs until the
@@ -62,6 +69,7 @@ async fn a_full_store_settles_under_its_low_mark_keeping_recent_and_served_blobs
         assert_eq!(&c.fetch(0, d).await.unwrap(), data, "agent 0");
     }
     assert_eq!(c.fetch(0, &ds[3]).await.unwrap(), small[3]);
+    committed(&c, 0, &[&[big_d][..], &ds].concat()).await;
     let before = c.agent(0).swarm.store().used();
     assert_eq!(before, mib(80));
 
@@ -165,6 +173,7 @@ async fn the_order_of_last_uses_survives_a_restart() {
     for k in [0, 1, 2, 0] {
         assert_eq!(c.fetch(0, &ds[k]).await.unwrap(), blobs[k]);
     }
+    committed(&c, 0, &ds).await;
     // Room for two: above 10.8 MiB, down to 9 MiB.
     restart_with(&mut c, 0, budget(mib(12))).await;
     let r = c.agent(0).swarm.store_round().await;
@@ -180,6 +189,7 @@ async fn a_torn_blob_is_not_served_after_a_power_loss() {
     let data = random_blob(mib(3), 11);
     let d = c.put_backend_blob(&data).unwrap();
     assert_eq!(c.fetch(0, &d).await.unwrap(), data);
+    committed(&c, 0, &[d]).await;
     c.stop_agent(0).await;
     let path = c.root().join("agent-0").join("blobs").join(d.hex());
     std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(mib(1) + 17).unwrap();
@@ -187,8 +197,7 @@ async fn a_torn_blob_is_not_served_after_a_power_loss() {
     assert_eq!(c.fetch(0, &d).await.unwrap(), data);
     let registry = &c.agents[0].as_ref().unwrap().registry;
     assert_eq!(counter(registry, "shoal_swarm_store_evictions_total", Some(("reason", "corrupt"))), 1);
-    let store = c.agent(0).swarm.store().clone();
-    eventually("the blob is committed again", async || store.contains(&d)).await;
+    committed(&c, 0, &[d]).await;
     assert_eq!(std::fs::metadata(&path).unwrap().len(), mib(3), "downloaded again whole");
     c.shutdown().await;
 }
@@ -270,4 +279,39 @@ async fn an_origin_starts_without_opening_its_store() {
     assert_eq!(meta.digest(), ds[0]);
     shutdown.cancel();
     task.await.unwrap().unwrap();
+}
+
+/// A repository listed in `swarm.store.pin.repositories` pins the blobs requested through it
+/// (the agent's `/v2/<name>/blobs/...`); they survive a round that evicts everything else,
+/// and are released once the repository leaves the list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_repository_keeps_what_was_pulled_through_it() {
+    let mut c = Cluster::builder().agents(1).origins(1).start().await.unwrap();
+    let pinning = |max: u64, repos: &[&str]| {
+        let mut s = budget(max);
+        s.pin.repositories = repos.iter().map(|r| r.to_string()).collect();
+        s
+    };
+    restart_with(&mut c, 0, pinning(1 << 40, &["library/app"])).await;
+    let (kept, other) = (random_blob(mib(4), 500), random_blob(mib(4), 501));
+    let (kd, od) = (c.put_backend_blob(&kept).unwrap(), c.put_backend_blob(&other).unwrap());
+    let agent = format!("http://{}", c.agent(0).http_addr);
+    for (name, d, data) in [("library/app", kd, &kept), ("library/other", od, &other)] {
+        let got = reqwest::get(format!("{agent}/v2/{name}/blobs/{d}")).await.unwrap().bytes().await.unwrap();
+        assert!(got == *data);
+    }
+    committed(&c, 0, &[kd, od]).await;
+    assert!(c.agent(0).swarm.store().is_pinned(&kd));
+    assert!(!c.agent(0).swarm.store().is_pinned(&od));
+
+    // A budget that holds nothing: the pinned blob stays.
+    restart_with(&mut c, 0, pinning(1, &["library/app"])).await;
+    let r = c.agent(0).swarm.store_round().await;
+    assert_eq!(r.evicted, [od]);
+    assert!(r.short > 0, "the pinned blob keeps the store above its low mark");
+    assert!(c.agent(0).swarm.store().contains(&kd));
+    // The repository leaves the list: the pin goes with it.
+    restart_with(&mut c, 0, pinning(1, &[])).await;
+    assert_eq!(c.agent(0).swarm.store_round().await.evicted, [kd]);
+    c.shutdown().await;
 }
