@@ -355,8 +355,8 @@ mod tests {
 
     proptest! {
         /// Whatever the store holds: pinned complete blobs and anything in use are never
-        /// evicted, nothing is evicted twice, and either the targets are met or everything
-        /// evictable is gone.
+        /// evicted, nothing is evicted twice, the store is never left above its high mark nor,
+        /// once evicting for size, above its low mark while something evictable is left.
         #[test]
         fn never_evicts_what_it_must_keep(
             specs in proptest::collection::vec(candidate(), 0..40),
@@ -387,8 +387,11 @@ mod tests {
             if p.short > 0 {
                 prop_assert!(!evictable_left, "short while something evictable is left");
             }
-            if usage.used > limits.high && !evictable_left {
-                prop_assert!(p.after.used <= limits.low || p.short > 0);
+            if p.after.used > limits.high {
+                prop_assert!(!evictable_left && p.short > 0, "left above the high mark");
+            }
+            if p.evict.iter().any(|(_, r)| *r == Reason::Size) {
+                prop_assert!(p.after.used <= limits.low || !evictable_left, "stopped above the low mark");
             }
         }
     }
