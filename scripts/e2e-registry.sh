@@ -202,6 +202,7 @@ notifications:
   token: $NOTIFY_TOKEN
 swarm:
   store_dir: $W/origin-store
+  store: { min_free: 0 }   # no floor: the disk is shared with builds, whose fill is not the test's
   trackers: ["http://$TRACKER"]
 EOF
 write_agent_config() {
@@ -213,6 +214,7 @@ $ORIGINS
 tag_ttl: 1s
 swarm:
   store_dir: $W/agent$i-store
+  store: { min_free: 0 }   # no floor: the disk is shared with builds, whose fill is not the test's
   trackers: ["http://$TRACKER"]
   seed_announce_interval: 1s
 EOF
@@ -576,6 +578,7 @@ pull_through:
       write_back: false
 swarm:
   store_dir: $W/origin-pt-store
+  store: { min_free: 0 }   # no floor: the disk is shared with builds, whose fill is not the test's
   trackers: ["http://$PT.1:7600"]
 EOF
 for i in 1 2; do
@@ -585,6 +588,7 @@ peer_listen: $PT.1$i:7701
 $PT_ORIGINS
 swarm:
   store_dir: $W/agent-pt$i-store
+  store: { min_free: 0 }   # no floor: the disk is shared with builds, whose fill is not the test's
   trackers: ["http://$PT.1:7600"]
 EOF
 done
