@@ -13,8 +13,10 @@
 #   everywhere, the origins' PodDisruptionBudget, zone and node spread and store size, probes,
 #   scrape annotations and checksums (configs and Secrets), init container resources, extra
 #   env, volumes, mounts, labels and annotations, the NetworkPolicies' peers and ports, byte
-#   sizes given as integers, the stores' budgets (the volumes' sizes in bytes, unless the
-#   values give swarm.store.max_size), and every rendered config through the binary's own
+#   sizes given as integers, TLS (cert-manager Certificates or the user's Secrets, mounted
+#   where each config names its files, HTTPS probes, https URLs; or none of it), the stores'
+#   budgets (the volumes' sizes in bytes, unless the values give swarm.store.max_size), and
+#   every rendered config through the binary's own
 #   `--check-config`; the runtime's init container (containerd's hosts.toml or CRI-O's
 #   registries.conf) is run against a temporary directory, merging into a node's own
 #   hosts.toml, then with `--uninstall`, which must leave exactly the node's own file;
@@ -90,5 +92,8 @@ refuse "must be one of" --set listenAddress=10.0.0.1
 refuse "serviceAccount.name is required" --set origin.serviceAccount.create=false
 refuse "Does not match pattern" --set origin.maxUpload=lots
 refuse "Invalid type" --set-json 'agent.swarm.egress_rate=true'
+refuse "tls.secrets.tracker is required" --set tls.source=secret
+refuse "must be one of" --set tls.source=vault
+refuse "must be one of" --set tls.httpClientAuth=maybe
 
 echo "check-chart.sh: ok" >&2

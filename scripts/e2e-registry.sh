@@ -8,7 +8,9 @@
 # filesystem driver (s3s-fs lacks ListMultipartUploads, so the registry's s3 driver cannot
 # push to it; the filesystem layout is the same docker/distribution tree). One tracker, one
 # origin (s3 backend, docker_registry layout, reading that bucket) and three agents on
-# 127.0.77.x run from the debug binaries. An OCI image (a 64 MiB random layer and a small one)
+# 127.0.77.x run from the debug binaries, with mutual TLS between them (a CA and a certificate
+# per node made with openssl; the registry's notifications reach the origin over HTTPS too,
+# trusting that CA). An OCI image (a 64 MiB random layer and a small one)
 # and a linux/amd64 + linux/arm64 index are built by hand and pushed with skopeo; the
 # registry's push notifications reach the origin, which must hold every pushed layer before
 # anything pulls (preheat on push). Then:
@@ -106,7 +108,7 @@ start() {
 # wait_http NAME URL: until URL answers 2xx, or FAIL after START_TIMEOUT.
 wait_http() {
     local name=$1 url=$2 deadline=$((SECONDS + START_TIMEOUT))
-    until curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null; do
+    until curl -fsS --cacert "$W/tls/ca.crt" -o /dev/null --max-time 2 "$url" 2>/dev/null; do
         if [[ -n ${PIDS[$name]:-} ]] && ! kill -0 "${PIDS[$name]}" 2>/dev/null; then
             tail -20 "$W/$name.log" >&2
             fail "$name exited during startup (log above)"
@@ -121,10 +123,26 @@ elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 
 # metric URL NAME: the sum of a Prometheus counter's samples (0 if absent).
 metric() {
-    curl -fsS --max-time 5 "$1/metrics" | awk -v n="$2" '$1 == n || index($1, n "{") == 1 { s += $2 } END { printf "%.0f", s }'
+    curl -fsS --cacert "$W/tls/ca.crt" --max-time 5 "$1/metrics" | awk -v n="$2" '$1 == n || index($1, n "{") == 1 { s += $2 } END { printf "%.0f", s }'
 }
 
 sha() { sha256sum "$1" | cut -c1-64; }
+
+# tls_node NAME IP: a certificate for node NAME from the run's CA (URI SAN spiffe://shoal/e2e/NAME,
+# and the node's IP for clients that check names, as the registry's notifications do), and the
+# config's tls section naming it.
+tls_node() {
+    local name=$1 ip=$2 d=$W/tls
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$name" \
+        -keyout "$d/$name.key" -out "$d/$name.csr" 2>/dev/null
+    printf 'subjectAltName=URI:spiffe://shoal/e2e/%s,IP:%s\nextendedKeyUsage=serverAuth,clientAuth\n' "$name" "$ip" >"$d/$name.ext"
+    openssl x509 -req -in "$d/$name.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -days 2 \
+        -extfile "$d/$name.ext" -out "$d/$name.crt" 2>/dev/null
+    # Optional client certificates on the HTTP APIs: curl's probes and the registry's
+    # notifications come without one; every node presents its own.
+    printf 'tls:\n  ca_file: %s\n  cert_file: %s\n  key_file: %s\n  http_client_auth: optional\n  reload_interval: 1s\n' \
+        "$d/ca.crt" "$d/$name.crt" "$d/$name.key"
+}
 
 # ---------------------------------------------------------------------------------------------
 log "dependencies and binaries"
@@ -144,6 +162,12 @@ mkdir -p "$W"
 REG_PORT=$(free_port)
 S3_PORT=$(free_port)
 REG=127.0.0.1:$REG_PORT
+
+log "a CA for the nodes"
+mkdir -p "$W/tls"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=shoal e2e CA" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign \
+    -keyout "$W/tls/ca.key" -out "$W/tls/ca.crt" 2>/dev/null
 
 # ---------------------------------------------------------------------------------------------
 log "S3 server and docker-registry"
@@ -165,25 +189,26 @@ http:
 notifications:
   endpoints:
     - name: shoal
-      url: http://$ORIGIN_HTTP/notifications
+      url: https://$ORIGIN_HTTP/notifications
       headers:
         Authorization: [Bearer $NOTIFY_TOKEN]
       timeout: 5s
       threshold: 3
       backoff: 1s
 EOF
-start registry env -u AWS_CA_BUNDLE docker-registry serve "$W/registry.yml"
+start registry env -u AWS_CA_BUNDLE SSL_CERT_FILE="$W/tls/ca.crt" docker-registry serve "$W/registry.yml"
 wait_http registry "http://$REG/v2/"
 
 # ---------------------------------------------------------------------------------------------
 log "tracker, origin and three agents"
 ORIGINS="origins:
-  - { id: origin-0, http: \"http://$ORIGIN_HTTP\", peer: \"$ORIGIN_PEER\" }"
+  - { id: origin-0, http: \"https://$ORIGIN_HTTP\", peer: \"$ORIGIN_PEER\" }"
 cat >"$W/tracker.yaml" <<EOF
 listen: $TRACKER
 announce_interval: 1s
 peer_ttl: 10s
 $ORIGINS
+$(tls_node tracker "${TRACKER%:*}")
 EOF
 cat >"$W/origin.yaml" <<EOF
 listen: $ORIGIN_HTTP
@@ -200,10 +225,11 @@ backend:
   secret_access_key: shoalsecret
 notifications:
   token: $NOTIFY_TOKEN
+$(tls_node origin-0 "${ORIGIN_HTTP%:*}")
 swarm:
   store_dir: $W/origin-store
   store: { min_free: 0 }   # no floor: the disk is shared with builds, whose fill is not the test's
-  trackers: ["http://$TRACKER"]
+  trackers: ["https://$TRACKER"]
 EOF
 write_agent_config() {
     local i=$1
@@ -212,10 +238,11 @@ listen: ${AGENT[$i]}
 peer_listen: ${AGENT_IPS[$i]}:7701
 $ORIGINS
 tag_ttl: 1s
+$(tls_node "agent$i" "${AGENT_IPS[$i]}")
 swarm:
   store_dir: $W/agent$i-store
   store: { min_free: 0 }   # no floor: the disk is shared with builds, whose fill is not the test's
-  trackers: ["http://$TRACKER"]
+  trackers: ["https://$TRACKER"]
   seed_announce_interval: 1s
 EOF
 }
@@ -225,8 +252,11 @@ start_agent() {
 }
 start tracker "$BIN/shoal-tracker" --config "$W/tracker.yaml"
 start origin env -u AWS_CA_BUNDLE "$BIN/shoal-origin" --config "$W/origin.yaml"
-wait_http tracker "http://$TRACKER/ready"
-wait_http origin "http://$ORIGIN_HTTP/ready"
+wait_http tracker "https://$TRACKER/ready"
+wait_http origin "https://$ORIGIN_HTTP/ready"
+# TLS is on between the nodes: plain HTTP to the origin is refused at the handshake, and counted.
+curl -fsS -o /dev/null --max-time 2 "http://$ORIGIN_HTTP/ready" 2>/dev/null && fail "the origin answered plain http"
+[[ $(metric "https://$ORIGIN_HTTP" shoal_tls_handshakes_refused_total) -ge 1 ]] || fail "the origin did not count the plaintext handshake"
 for i in 0 1 2; do
     write_agent_config "$i"
     start_agent "$i"
@@ -335,7 +365,7 @@ for i in 0 1 2; do
     [[ $(metric "http://${AGENT[$i]}" shoal_swarm_downloads_completed_total) == 0 ]] || fail "agent $i pulled during the preheat"
 done
 grep -q 'push notified; preheating' "$W/origin.log" || fail_log "$W/origin.log" "the origin logged no push notification"
-echo "preheat on push: the origin stored test/img:v1 and the index's layers ($(metric "http://$ORIGIN_HTTP" shoal_origin_backend_bytes_total) backend bytes) before any pull"
+echo "preheat on push: the origin stored test/img:v1 and the index's layers ($(metric "https://$ORIGIN_HTTP" shoal_origin_backend_bytes_total) backend bytes) before any pull"
 
 # ---------------------------------------------------------------------------------------------
 log "runtime configs from shoal-agent configure"
@@ -412,10 +442,10 @@ log "skopeo: direct from the registry, then through agent 1 cold and warm"
 pull_dir direct "docker://$REG/test/img:v1"
 T_DIRECT=$TOOK
 check_dir "$W/pull/direct" "$V1" $V1_LAYERS
-o0=$(metric "http://$ORIGIN_HTTP" shoal_swarm_piece_bytes_sent_total)
+o0=$(metric "https://$ORIGIN_HTTP" shoal_swarm_piece_bytes_sent_total)
 pull_dir cold "docker://${AGENT[0]}/test/img:v1"
 T_COLD=$TOOK
-o1=$(metric "http://$ORIGIN_HTTP" shoal_swarm_piece_bytes_sent_total)
+o1=$(metric "https://$ORIGIN_HTTP" shoal_swarm_piece_bytes_sent_total)
 check_dir "$W/pull/cold" "$V1" $V1_LAYERS
 pull_dir warm "docker://${AGENT[0]}/test/img:v1"
 T_WARM=$TOOK
@@ -491,7 +521,7 @@ echo "podman: test/img:v1 in ${T_PODMAN}s"
 
 # ---------------------------------------------------------------------------------------------
 log "three agents pull test/img:v2 at once"
-o0=$(metric "http://$ORIGIN_HTTP" shoal_swarm_piece_bytes_sent_total)
+o0=$(metric "https://$ORIGIN_HTTP" shoal_swarm_piece_bytes_sent_total)
 t=$(now)
 cpids=()
 for i in 0 1 2; do
@@ -504,7 +534,7 @@ for i in 0 1 2; do
     wait "${cpids[$i]}" || fail_log "$W/concurrent$i.log" "concurrent pull through agent $((i + 1)) failed"
 done
 T_CONC=$(elapsed "$t")
-o1=$(metric "http://$ORIGIN_HTTP" shoal_swarm_piece_bytes_sent_total)
+o1=$(metric "https://$ORIGIN_HTTP" shoal_swarm_piece_bytes_sent_total)
 for i in 0 1 2; do
     check_dir "$W/pull/c$i" "$V2"
 done
@@ -615,7 +645,7 @@ up2=$(metric "http://$PT.2:7800" shoal_origin_upstream_requests_total)
 for name in agent-pt1 agent-pt2 origin-pt tracker-pt; do
     stop "$name"
 done
-start registry env -u AWS_CA_BUNDLE docker-registry serve "$W/registry.yml"
+start registry env -u AWS_CA_BUNDLE SSL_CERT_FILE="$W/tls/ca.crt" docker-registry serve "$W/registry.yml"
 wait_http registry "http://$REG/v2/"
 echo "pull-through: test/img:v1 from an empty bucket in ${T_PT}s ($up1 upstream requests); a fresh agent pulled it again with the registry down"
 

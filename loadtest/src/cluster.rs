@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use shoal_core::ring::OriginNode;
 use shoal_core::{Digest, MIB};
-use shoal_runtime::{ByteSize, Duration};
+use shoal_runtime::tls::test_ca::TestCa;
+use shoal_runtime::{ByteSize, Duration, TlsConfig};
 use shoal_swarm::SwarmConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +37,9 @@ pub struct ClusterBuilder {
     /// One address for every node (each on its own ports), such as `::1`; `None` gives each
     /// node its own 127.0.0.0/8 address ([`host_ip`]).
     pub ip: Option<IpAddr>,
+    /// Mutual TLS on every link between nodes, with certificates from a CA made for the run
+    /// ([`Cluster::ca`]). The agents' APIs stay plain HTTP, as in a deployment.
+    pub tls: bool,
 }
 
 impl Default for ClusterBuilder {
@@ -49,6 +53,7 @@ impl Default for ClusterBuilder {
             swarm: test_swarm_config(),
             backend: None,
             ip: None,
+            tls: false,
         }
     }
 }
@@ -98,6 +103,11 @@ impl ClusterBuilder {
         self
     }
 
+    pub fn tls(mut self, on: bool) -> Self {
+        self.tls = on;
+        self
+    }
+
     pub fn swarm(mut self, s: SwarmConfig) -> Self {
         self.swarm = s;
         self
@@ -129,6 +139,8 @@ pub struct Cluster {
     root: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     http: reqwest::Client,
+    /// The run's CA, with `tls`.
+    pub ca: Option<TestCa>,
 }
 
 /// The loopback address of host `k`: 127.0.0.(k+2) for small `k`, then on into 127.0.x.y;
@@ -156,6 +168,12 @@ impl Cluster {
             }
         };
         std::fs::create_dir_all(root.join("backend"))?;
+        let ca = b.tls.then(|| TestCa::new("shoal load test"));
+        let tls_for = |name: &str| -> anyhow::Result<Option<TlsConfig>> {
+            let Some(ca) = &ca else { return Ok(None) };
+            Ok(Some(ca.write(&root.join("tls"), name, &ca.issue(&identity(name)))?))
+        };
+        let scheme = if b.tls { "https" } else { "http" };
         // Origins: bind first so the ring can name their addresses.
         let mut origin_listeners = Vec::new();
         let mut origin_nodes = Vec::new();
@@ -164,7 +182,7 @@ impl Cluster {
             let (http, peer) = (bind(ip).await?, bind(ip).await?);
             origin_nodes.push(OriginNode {
                 id: format!("origin-{i}"),
-                http: format!("http://{}", http.local_addr()?),
+                http: format!("{scheme}://{}", http.local_addr()?),
                 peer: peer.local_addr()?,
             });
             origin_listeners.push(shoal_origin::Listeners { http, peer });
@@ -174,6 +192,7 @@ impl Cluster {
             origin_replicas: b.origins.clamp(1, 3),
             announce_interval: Duration::from_millis(1000),
             peer_ttl: Duration::from_secs(10),
+            tls: tls_for("tracker")?,
             ..shoal_tracker::Config::default()
         }
         .validate()?;
@@ -193,6 +212,7 @@ impl Cluster {
                     })
                 }),
                 metainfo_wait: Duration::from_millis(500),
+                tls: tls_for(&format!("origin-{i}"))?,
                 swarm: SwarmConfig {
                     store_dir: root.join(format!("origin-{i}")),
                     trackers: vec![tracker.url()],
@@ -217,7 +237,12 @@ impl Cluster {
             _tmp: tmp,
             http: reqwest::Client::new(),
             builder: b,
+            ca,
         };
+        // The harness calls the origins as a node would.
+        if let Some(cfg) = c.tls_config("harness")? {
+            c.http = shoal_runtime::Tls::load(&cfg)?.http_client(reqwest::Client::builder()).build()?;
+        }
         for i in 0..c.builder.agents {
             let node = c.start_agent_node(i, None).await?;
             c.agent_addrs.push(Some((node.handle.http_addr, node.handle.swarm.advertise_addr())));
@@ -226,10 +251,19 @@ impl Cluster {
         Ok(c)
     }
 
+    /// A TLS config for a node called `name`, its certificate from the run's CA naming
+    /// [`identity`]`(name)`; `None` without `tls`. Written under `<root>/tls/`.
+    pub fn tls_config(&self, name: &str) -> anyhow::Result<Option<TlsConfig>> {
+        let Some(ca) = &self.ca else { return Ok(None) };
+        Ok(Some(ca.write(&self.root.join("tls"), name, &ca.issue(&identity(name)))?))
+    }
+
     /// The agent config for agent `i`.
     pub fn agent_config(&self, i: usize) -> shoal_agent::Config {
         let b = &self.builder;
+        let tls = self.tls_config(&format!("agent-{i}")).expect("writing the agent's certificate");
         shoal_agent::Config {
+            tls,
             origins: self.origin_nodes.clone(),
             origin_replicas: b.origins.clamp(1, 3),
             swarm: SwarmConfig {
@@ -288,6 +322,11 @@ impl Cluster {
         &self.agents[i].as_ref().expect("agent is running").handle
     }
 
+    /// The harness's HTTP client: with `tls`, it presents a certificate from the run's CA.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -325,6 +364,11 @@ impl Cluster {
         }
         let _ = self.tracker.stop().await;
     }
+}
+
+/// The certificate identity the harness gives node `name`: `spiffe://shoal/<name>`.
+pub fn identity(name: &str) -> String {
+    format!("spiffe://shoal/{name}")
 }
 
 /// Reads a counter (summing its label sets, or the one with `label` = value) from a registry.

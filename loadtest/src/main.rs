@@ -182,6 +182,11 @@ struct CommonArgs {
     /// are refused before anything starts.
     #[arg(long = "swarm", value_name = "KEY=VALUE", value_parser = shoal_loadtest::run::parse_swarm_setting)]
     swarm: Vec<(String, serde_json::Value)>,
+    /// Mutual TLS on every link between the nodes (peer protocol, origin and tracker APIs),
+    /// with certificates from a CA made for the run; in-process mode only. The report adds
+    /// CPU-seconds per GiB delivered, to compare with a run without it.
+    #[arg(long)]
+    tls: bool,
 }
 
 /// Where a bench run's stores go.
@@ -280,7 +285,10 @@ fn options(
     agent_rate: Option<u64>,
     origin_rate: Option<u64>,
 ) -> anyhow::Result<LocalOptions> {
+    anyhow::ensure!(!c.tls || c.mode == Mode::InProcess, "--tls: in-process mode only");
+    anyhow::ensure!(!(c.tls && c.baseline), "--tls: the baseline's clients speak plain HTTP; run it without --tls");
     Ok(LocalOptions {
+        tls: c.tls,
         mode: c.mode,
         agents,
         origins,

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use shoal_core::ring::{OriginNode, Ring};
-use shoal_runtime::{ByteSize, ConfigError, Duration, LogFormat};
+use shoal_runtime::{ByteSize, ConfigError, Duration, LogFormat, Tls, TlsConfig};
 use shoal_swarm::SwarmConfig;
 
 use crate::backend::BackendConfig;
@@ -48,6 +48,11 @@ pub struct Config {
     /// Registry push notifications (`POST /notifications`): an optional token and agent
     /// prefetch rules. Default: accepted without a token, no prefetch.
     pub notifications: crate::notify::NotifyConfig,
+    /// Mutual TLS on every link to other nodes: the peer port, this API (clients present a
+    /// certificate as `tls.http_client_auth` says), and the calls to other origins and the
+    /// trackers (their URLs then start with `https://`). Default none: plaintext, with a loud
+    /// warning.
+    pub tls: Option<TlsConfig>,
     pub swarm: SwarmConfig,
 }
 
@@ -69,6 +74,7 @@ impl Default for Config {
             preheat_concurrency: 4,
             log_format: LogFormat::Text,
             notifications: crate::notify::NotifyConfig::default(),
+            tls: None,
             swarm: SwarmConfig { store_dir: "shoal-origin-store".into(), ..SwarmConfig::default() },
         }
     }
@@ -82,6 +88,8 @@ pub struct ValidConfig {
     pub ring: Option<Ring>,
     /// The checked `pull_through:` section, when it lists upstreams.
     pub pull_through: Option<ValidPullThrough>,
+    /// The loaded TLS files, when `tls` is set.
+    pub tls: Option<Tls>,
 }
 
 impl Config {
@@ -120,7 +128,11 @@ impl Config {
                 self.peer_listen
             )));
         }
-        Ok(ValidConfig { config: self, ring, pull_through })
+        let urls = self.origins.iter().map(|o| (format!("origins[{}].http", o.id), o.http.as_str()));
+        let trackers =
+            self.swarm.trackers.iter().enumerate().map(|(i, t)| (format!("swarm.trackers[{i}]"), t.as_str()));
+        let tls = shoal_runtime::tls::validate(self.tls.as_ref(), urls.chain(trackers))?;
+        Ok(ValidConfig { config: self, ring, pull_through, tls })
     }
 }
 

@@ -45,8 +45,12 @@ pub async fn start(
 ) -> anyhow::Result<(Origin, impl Future<Output = std::io::Result<()>> + use<>)> {
     let cfg = config.config;
     let admin = Admin::new(registry.clone());
+    let tls = config.tls;
+    if let Some(t) = &tls {
+        t.register(&registry)?;
+    }
     let backend = cfg.backend.build().await?;
-    let swarm = Swarm::start(cfg.swarm.clone(), listeners.peer, &registry, true, shutdown.clone())?;
+    let swarm = Swarm::start(cfg.swarm.clone(), listeners.peer, &registry, true, tls.clone(), shutdown.clone())?;
     let metrics = metrics::OriginMetrics::new(&registry)?;
     let upstreams = match &config.pull_through {
         Some(pt) => {
@@ -75,16 +79,22 @@ pub async fn start(
         config: cfg.notifications.clone(),
         id: cfg.id.clone(),
         ring: config.ring.clone(),
-        http: reqwest::Client::new(),
+        // Other origins' and agents' `/preheat`, over TLS where their URLs say so.
+        http: match &tls {
+            Some(t) => t.http_client(reqwest::Client::builder()).build()?,
+            None => reqwest::Client::new(),
+        },
         shutdown: shutdown.child_token(),
     };
     let router = api::router(state).merge(notify::router(notify_state));
     let router = shoal_runtime::request_id::with_request_id(router, "origin").merge(admin.router());
-    tracing::info!(%http_addr, id = %cfg.id, "origin api listening");
+    let auth = tls.as_ref().map(|t| t.config().http_client_auth).unwrap_or_default();
+    let listener = shoal_runtime::tls::HttpListener::new(listeners.http, tls.as_ref(), auth)?;
+    tracing::info!(%http_addr, id = %cfg.id, tls = tls.is_some(), "origin api listening");
     let grace = cfg.shutdown_grace.get();
     let (a, s) = (admin.clone(), swarm.clone());
     let serve = async move {
-        let served = a.serve(listeners.http, router, shutdown, grace).await;
+        let served = a.serve(listener, router, shutdown, grace).await;
         // The next start ranks the store's blobs by these last uses.
         s.persist_last_uses().await;
         served

@@ -13,6 +13,8 @@ use axum::routing::get;
 use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::sync::watch;
 
+use crate::tls::{ClientInfo, HttpListener};
+
 /// The two sockets of a swarm node (agent or origin), bound by the caller so tests can
 /// bind port 0.
 pub struct Listeners {
@@ -79,7 +81,7 @@ impl Admin {
     /// in-flight requests are done or `grace` has passed.
     pub async fn serve(
         &self,
-        listener: tokio::net::TcpListener,
+        listener: impl Into<HttpListener>,
         router: Router,
         shutdown: tokio_util::sync::CancellationToken,
         grace: std::time::Duration,
@@ -152,16 +154,19 @@ async fn metrics(State(admin): State<Admin>) -> impl IntoResponse {
     (StatusCode::OK, [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], buf)
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled, then lets in-flight requests
-/// finish for at most `grace`.
+/// Serves `router` on `listener` (plain or TLS) until `shutdown` is cancelled, then lets
+/// in-flight requests finish for at most `grace`. Every request carries
+/// `ConnectInfo<ClientInfo>`: the client's address and certificate identity
+/// ([`crate::tls::ClientIdentity`]).
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listener: impl Into<HttpListener>,
     router: Router,
     shutdown: tokio_util::sync::CancellationToken,
     grace: std::time::Duration,
 ) -> std::io::Result<()> {
     let stop = shutdown.clone();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await });
+    let service = router.into_make_service_with_connect_info::<ClientInfo>();
+    let server = axum::serve(listener.into(), service).with_graceful_shutdown(async move { stop.cancelled().await });
     let mut server = std::pin::pin!(server.into_future());
     tokio::select! {
         res = &mut server => res,

@@ -1,7 +1,8 @@
 //! What every Shoal service shares, so each binary stays thin: typed YAML configuration with
 //! unknown keys rejected ([`config`]), byte sizes and rates in humane units ([`units`]), the
 //! admin HTTP server with `/health`, `/ready` and `/metrics` ([`admin`]), signal handling and
-//! task spawning tied to a cancellation token ([`task`]).
+//! task spawning tied to a cancellation token ([`task`]), and TLS for every link between nodes
+//! ([`tls`]).
 //!
 //! Invariant: nothing here reads the environment or global state on behalf of a library;
 //! binaries call these helpers, libraries receive their results.
@@ -11,6 +12,7 @@ pub mod api_error;
 pub mod config;
 pub mod request_id;
 pub mod task;
+pub mod tls;
 pub mod units;
 pub mod version;
 
@@ -19,5 +21,6 @@ pub use admin::{Admin, Listeners, Phase};
 pub use api_error::{ApiError, blob_response, parse_digest};
 pub use config::{ConfigError, EX_CONFIG, PeerNames};
 pub use task::{LogFormat, config_or_exit, init_tracing, serve_until_signal, spawn, wait_for_signal};
+pub use tls::{Tls, TlsConfig};
 pub use units::{ByteSize, Duration, Percent, SizeLimit};
 pub use version::VERSION;

@@ -68,8 +68,10 @@ pub struct SwarmConfig {
     pub io_timeout: Duration,
     /// How long a blob download may take before its waiters get an error. Default 30m.
     pub download_timeout: Duration,
-    /// How long a peer that sent a corrupt piece or broke the protocol is shunned (its peer id
-    /// and address; at most 4096 of each at once, the soonest to expire making room). Default 5m.
+    /// How long a peer that sent a corrupt piece or broke the protocol is shunned (what it
+    /// proved: its certificate's identity with TLS, and its address; and the address if we
+    /// dialed it; never the peer id it claims; at most 4096 of each at once, the soonest to
+    /// expire making room). Default 5m.
     pub blacklist_duration: Duration,
     /// Threads doing disk I/O and hashing at once. Default 8.
     pub blocking_threads: usize,

@@ -4,7 +4,14 @@
 //! (sending a keep-alive when idle), and the reader loop decodes frames and dispatches them.
 //! Every read and write has a deadline. A protocol violation, a corrupt piece or a deadline
 //! closes this connection and nothing else; a corrupt piece or a bad frame also blacklists
-//! the peer for `blacklist_duration`.
+//! the remote for `blacklist_duration`.
+//!
+//! With TLS the socket is wrapped first (mutual, within `handshake_timeout`), then the wire
+//! `Handshake` runs inside it, and the peer id it claims must be bound to the identity of the
+//! certificate the remote proved (`PeerId::is_bound_to`); otherwise the connection is refused.
+//! Who the remote is for the blacklist ([`Remote`]) is that identity and its IP address, never
+//! the peer id it claims: a connection that claims another node's id and then misbehaves gets
+//! only itself shunned.
 //!
 //! Uploads: a `Request` is served by a short task holding one of the connection's upload
 //! permits, released only once the piece is written to the socket, so memory held by a
@@ -17,7 +24,7 @@
 //! so hashes that piece from its disk again and drops the blob if it fails there too.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +33,7 @@ use parking_lot::Mutex;
 use shoal_core::seeding;
 use shoal_core::wire::{self, DecodeError, ERROR_CORRUPT_PIECE, Message, PROTOCOL_VERSION, RejectReason};
 use shoal_core::{Digest, PeerId};
+use shoal_runtime::tls::{Identity, Link, Side};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -51,6 +59,8 @@ pub enum ConnError {
     CorruptPiece { blob: Digest, piece: u32 },
     #[error("connection refused: {0}")]
     Refused(#[from] Refusal),
+    #[error("tls handshake: {0}")]
+    Tls(std::io::Error),
     #[error("closed")]
     Closed,
 }
@@ -64,6 +74,25 @@ pub enum Refusal {
     Shunned,
     #[error("duplicate connection")]
     Duplicate,
+    #[error("peer id not bound to the certificate's identity")]
+    UnboundId,
+}
+
+/// Who is at the other end of a connection, as far as TLS and the socket can tell: what the
+/// blacklist is keyed by. The peer id a remote claims is not part of it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Remote {
+    /// The identity its certificate proved; `None` without TLS.
+    pub identity: Option<Identity>,
+    /// Its IP address. Part of the key with TLS too: nodes that share a certificate (a
+    /// DaemonSet's) are told apart by it, so one of them misbehaving shuns only itself.
+    pub ip: IpAddr,
+}
+
+impl Remote {
+    pub fn plain(addr: SocketAddr) -> Remote {
+        Remote { identity: None, ip: addr.ip() }
+    }
 }
 
 impl ConnError {
@@ -92,6 +121,8 @@ pub(crate) struct ConnHandle {
     pub peer_id: PeerId,
     pub outbound: bool,
     pub is_origin: bool,
+    /// Who the remote proved to be (its certificate's identity and its address).
+    pub remote: Remote,
     tx: mpsc::UnboundedSender<Out>,
     cancel: CancellationToken,
     /// Blobs open on this connection (their bitfield was exchanged).
@@ -115,6 +146,7 @@ impl ConnHandle {
         peer_id: PeerId,
         outbound: bool,
         is_origin: bool,
+        remote: Remote,
         cancel: CancellationToken,
     ) -> (Arc<ConnHandle>, mpsc::UnboundedReceiver<Out>) {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -122,6 +154,7 @@ impl ConnHandle {
             peer_id,
             outbound,
             is_origin,
+            remote,
             tx,
             cancel,
             open: Mutex::new(HashSet::new()),
@@ -209,7 +242,25 @@ pub(crate) async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
         tokio::spawn(
             async move {
                 let _ = stream.set_nodelay(true);
-                if let Err(e) = run(n, stream, remote, false, false, permit).await {
+                let res = match n.tls.clone() {
+                    None => run(n, stream, remote, Remote::plain(remote), false, false, permit).await,
+                    Some(tls) => {
+                        let acceptor = tls.acceptor(Link::Peer, shoal_runtime::tls::ClientAuth::Required);
+                        let deadline = n.cfg.handshake_timeout.get();
+                        match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => {
+                                let who = Remote {
+                                    identity: peer_identity(s.get_ref().1.peer_certificates()),
+                                    ip: remote.ip(),
+                                };
+                                run(n, s, remote, who, false, false, permit).await
+                            }
+                            Ok(Err(e)) => Err(tls_refused(&n, Side::Server, e)),
+                            Err(_) => Err(tls_timed_out(&n, Side::Server, deadline)),
+                        }
+                    }
+                };
+                if let Err(e) = res {
                     tracing::debug!("connection ended: {e:#}");
                 }
             }
@@ -245,7 +296,25 @@ async fn dial(node: &Arc<Node>, addr: SocketAddr, is_origin: bool) -> Option<Arc
     let span = tracing::debug_span!("peer", remote = %addr, dir = "out");
     tokio::spawn(
         async move {
-            if let Err(e) = run_with_ready(n, stream, addr, true, is_origin, permit, Some(ready_tx)).await {
+            let ready = Some(ready_tx);
+            let res = match n.tls.clone() {
+                None => run_with_ready(n, stream, addr, Remote::plain(addr), true, is_origin, permit, ready).await,
+                Some(tls) => {
+                    // Peers are dialed by address; the certificate is checked against the CA,
+                    // and its identity bound to the peer id below.
+                    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+                    match tokio::time::timeout(deadline, tls.connector(Link::Peer).connect(name, stream)).await {
+                        Ok(Ok(s)) => {
+                            let who =
+                                Remote { identity: peer_identity(s.get_ref().1.peer_certificates()), ip: addr.ip() };
+                            run_with_ready(n, s, addr, who, true, is_origin, permit, ready).await
+                        }
+                        Ok(Err(e)) => Err(tls_refused(&n, Side::Client, e)),
+                        Err(_) => Err(tls_timed_out(&n, Side::Client, deadline)),
+                    }
+                }
+            };
+            if let Err(e) = res {
                 tracing::debug!("connection ended: {e:#}");
             }
         }
@@ -254,10 +323,36 @@ async fn dial(node: &Arc<Node>, addr: SocketAddr, is_origin: bool) -> Option<Arc
     ready_rx.await.ok()
 }
 
+/// The identity of a verified peer's certificate chain.
+fn peer_identity(chain: Option<&[rustls::pki_types::CertificateDer<'static>]>) -> Option<Identity> {
+    chain.and_then(|c| c.first()).and_then(Identity::of_cert)
+}
+
+/// A failed TLS handshake. The server side counts it here; a client counts the refusals it
+/// makes in its certificate check (a refusal by the server reaches it as an alert).
+fn tls_refused(node: &Node, side: Side, e: std::io::Error) -> ConnError {
+    node.metrics.connections_rejected.inc();
+    if side == Side::Server
+        && let Some(tls) = &node.tls
+    {
+        tls.count_refusal(Link::Peer, side, shoal_runtime::tls::Refusal::of_io(&e));
+    }
+    ConnError::Tls(e)
+}
+
+fn tls_timed_out(node: &Node, side: Side, deadline: Duration) -> ConnError {
+    node.metrics.connections_rejected.inc();
+    if let Some(tls) = &node.tls {
+        tls.count_refusal(Link::Peer, side, shoal_runtime::tls::Refusal::Timeout);
+    }
+    ConnError::Timeout(deadline)
+}
+
 async fn run<S>(
     node: Arc<Node>,
     stream: S,
     addr: SocketAddr,
+    remote: Remote,
     outbound: bool,
     is_origin: bool,
     permit: OwnedSemaphorePermit,
@@ -265,13 +360,15 @@ async fn run<S>(
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    run_with_ready(node, stream, addr, outbound, is_origin, permit, None).await
+    run_with_ready(node, stream, addr, remote, outbound, is_origin, permit, None).await
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_with_ready<S>(
     node: Arc<Node>,
     stream: S,
     addr: SocketAddr,
+    remote: Remote,
     outbound: bool,
     is_origin: bool,
     _permit: OwnedSemaphorePermit,
@@ -292,9 +389,20 @@ where
             return Err(e);
         }
     };
+    if let Some(identity) = &remote.identity
+        && !peer_id.is_bound_to(identity.as_str())
+    {
+        tracing::warn!(%peer_id, %identity, "refusing a peer id not bound to its certificate");
+        node.metrics.connections_rejected.inc();
+        if let Some(tls) = &node.tls {
+            let side = if outbound { Side::Client } else { Side::Server };
+            tls.count_refusal(Link::Peer, side, shoal_runtime::tls::Refusal::PeerId);
+        }
+        return Err(Refusal::UnboundId.into());
+    }
     let is_origin = is_origin || node.peers.is_origin_addr(&addr);
     let cancel = node.cancel.child_token();
-    let (handle, rx) = ConnHandle::new(peer_id, outbound, is_origin, cancel.clone());
+    let (handle, rx) = ConnHandle::new(peer_id, outbound, is_origin, remote, cancel.clone());
     if let Err(refusal) = node.peers.register(addr, &handle) {
         node.metrics.connections_rejected.inc();
         return Err(refusal.into());
@@ -342,7 +450,7 @@ where
         && e.is_peer_fault()
     {
         node.metrics.protocol_errors.inc();
-        node.peers.shun(peer_id, addr);
+        node.peers.shun(&handle.remote, peer_id, outbound.then_some(addr));
     }
     res
 }
@@ -409,10 +517,15 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             Ok(None) => return Err(ConnError::Closed),
             Err(_) => Out { head: ka.clone().freeze(), data: None, _permit: None, last: false },
         };
+        let idle = rx.is_empty();
         let write = async {
             wr.write_all(&out.head).await?;
             if let Some(d) = &out.data {
                 wr.write_all(d).await?;
+            }
+            // TLS holds back what the socket did not take; plain TCP flushes for free.
+            if idle {
+                wr.flush().await?;
             }
             Ok::<_, std::io::Error>(())
         };
@@ -670,6 +783,11 @@ mod tests {
 
     const WAIT: Duration = Duration::from_secs(5);
 
+    /// The remote of a plaintext connection from 127.0.0.`ip`.
+    fn at(ip: u8) -> Remote {
+        Remote::plain(SocketAddr::from(([127, 0, 0, ip], 4000)))
+    }
+
     /// A node with its store in a temporary directory.
     fn node() -> (Arc<Node>, TempDir) {
         let dir = tempfile::tempdir().unwrap();
@@ -718,13 +836,13 @@ mod tests {
     }
 
     /// The far end of a connection, scripted by a test.
-    struct Remote {
+    struct FarEnd {
         io: DuplexStream,
         buf: BytesMut,
         peer_id: PeerId,
     }
 
-    impl Remote {
+    impl FarEnd {
         async fn send(&mut self, msg: &Message<'_>) {
             let mut out = BytesMut::new();
             wire::encode(msg, &mut out);
@@ -761,15 +879,20 @@ mod tests {
     }
 
     /// Runs the driver for an inbound connection from peer `n` at 127.0.0.`n`.
-    fn start(node: &Arc<Node>, n: u8) -> (Remote, JoinHandle<Result<(), ConnError>>) {
-        let (ours, theirs) = tokio::io::duplex(1 << 20);
-        let permit = node.peers.try_slot().unwrap();
-        let addr = SocketAddr::from(([127, 0, 0, n], 4000));
-        let task = tokio::spawn(run(node.clone(), ours, addr, false, false, permit));
-        (Remote { io: theirs, buf: BytesMut::new(), peer_id: PeerId([n; 16]) }, task)
+    fn start(node: &Arc<Node>, n: u8) -> (FarEnd, JoinHandle<Result<(), ConnError>>) {
+        start_as(node, PeerId([n; 16]), n)
     }
 
-    async fn connected(node: &Arc<Node>, n: u8) -> (Remote, JoinHandle<Result<(), ConnError>>) {
+    /// Runs the driver for an inbound connection from 127.0.0.`ip` that will claim `peer_id`.
+    fn start_as(node: &Arc<Node>, peer_id: PeerId, ip: u8) -> (FarEnd, JoinHandle<Result<(), ConnError>>) {
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        let permit = node.peers.try_slot().unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, ip], 4000));
+        let task = tokio::spawn(run(node.clone(), ours, addr, Remote::plain(addr), false, false, permit));
+        (FarEnd { io: theirs, buf: BytesMut::new(), peer_id }, task)
+    }
+
+    async fn connected(node: &Arc<Node>, n: u8) -> (FarEnd, JoinHandle<Result<(), ConnError>>) {
         let (mut remote, task) = start(node, n);
         remote.handshake(node).await;
         // The node registers the connection right after its handshake went out.
@@ -796,7 +919,7 @@ mod tests {
         drop(remote);
         assert!(matches!(ended(task).await, Err(ConnError::Closed)));
         assert!(node.peers.get(&PeerId([2; 16])).is_none(), "unregistered when it ends");
-        assert!(!node.peers.is_shunned(&PeerId([2; 16])), "a closed socket is not the peer's fault");
+        assert!(!node.peers.is_shunned(&conn.remote), "a closed socket is not the peer's fault");
     }
 
     #[tokio::test]
@@ -831,7 +954,7 @@ mod tests {
         // A whole frame of an unknown type.
         bad.send_raw(&[0, 0, 0, 2, 0xee, 0]).await;
         assert!(matches!(ended(bad_task).await, Err(ConnError::Decode(_))));
-        assert!(node.peers.is_shunned(&bad.peer_id), "a peer that breaks the protocol is shunned");
+        assert!(node.peers.is_shunned(&at(2)), "a peer that breaks the protocol is shunned");
         assert!(node.peers.get(&bad.peer_id).is_none());
         // The other connection still answers.
         let blob = shoal_core::Digest::of(b"nothing here");
@@ -840,6 +963,27 @@ mod tests {
         let (msg, _) = wire::decode(&f).unwrap().unwrap();
         assert_eq!(msg, Message::Reject { blob, piece: 0, reason: RejectReason::UnknownBlob });
         assert!(!good_task.is_finished() && node.peers.get(&good.peer_id).is_some());
+    }
+
+    /// The hole of a self-declared peer id: a connection that claimed another node's id (an
+    /// origin's, say) and then sent a bad frame got that node blacklisted. Only the claimant
+    /// is shunned now, by what it proved (here, without TLS, its address), under any id.
+    #[tokio::test]
+    async fn a_connection_claiming_a_peers_id_gets_only_itself_shunned() {
+        let (node, _dir) = node();
+        let (mut liar, task) = start_as(&node, PeerId([2; 16]), 66);
+        liar.handshake(&node).await;
+        liar.send_raw(&[0, 0, 0, 2, 0xee, 0]).await;
+        assert!(matches!(ended(task).await, Err(ConnError::Decode(_))));
+        assert!(node.peers.is_shunned(&at(66)));
+        // The node whose id was claimed connects as usual.
+        let (real, _task) = connected(&node, 2).await;
+        assert!(node.peers.get(&real.peer_id).is_some());
+        assert!(!node.peers.is_shunned(&at(2)));
+        // The claimant is refused whatever id it claims next.
+        let (mut again, task) = start_as(&node, PeerId([9; 16]), 66);
+        again.handshake(&node).await;
+        assert!(matches!(ended(task).await, Err(ConnError::Refused(Refusal::Shunned))));
     }
 
     #[tokio::test]
@@ -937,14 +1081,14 @@ mod tests {
             Message::Error { code: ERROR_CORRUPT_PIECE, message: &text }
         );
         assert!(matches!(event(&mut rx).await, Event::PeerGone { .. }));
-        assert!(node.peers.is_shunned(&remote.peer_id));
+        assert!(node.peers.is_shunned(&at(2)));
         assert_eq!(node.metrics.pieces_corrupt.get(), 1);
         // Piece 1 is on disk; piece 0 is not.
         let partial = node.store.open_partial(meta).await.unwrap();
         assert_eq!(partial.have(), vec![false, true]);
     }
 
-    async fn expect(remote: &mut Remote, want: Message<'_>) {
+    async fn expect(remote: &mut FarEnd, want: Message<'_>) {
         let f = remote.frame().await;
         assert_eq!(wire::decode(&f).unwrap().unwrap().0, want);
     }
@@ -1017,6 +1161,6 @@ mod tests {
         .expect("the damaged blob is removed");
         assert!(node.blob(&blob).is_none());
         assert_eq!(node.store.evictions().get(shoal_core::cache::Reason::Corrupt), 1);
-        assert!(!node.peers.is_shunned(&PeerId([2; 16])), "reporting is not misbehaving");
+        assert!(!node.peers.is_shunned(&at(2)), "reporting is not misbehaving");
     }
 }

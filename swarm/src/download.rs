@@ -185,7 +185,7 @@ impl Actor {
         match ev {
             Event::PeerBitfield { conn, bits } => {
                 let peer = conn.peer_id;
-                if self.node.peers.is_shunned(&peer) {
+                if self.node.peers.is_shunned(&conn.remote) {
                     return;
                 }
                 let is_origin = conn.is_origin;

@@ -18,6 +18,7 @@ use prometheus::Registry;
 use shoal_core::seeding::{SeedBudget, admits_upload, max_upload_backlog};
 use shoal_core::wire::pack_bits;
 use shoal_core::{Digest, MetaInfo, PeerId, PieceIndex};
+use shoal_runtime::Tls;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::Instant;
@@ -134,7 +135,11 @@ impl BlobEntry {
 /// themselves (the store, limiters, metrics, the connection table); the mutable maps and
 /// budgets behind them have one owner each and are reached through methods.
 pub(crate) struct Node {
+    /// Random, or with TLS bound to the certificate's identity (`PeerId::bound`), so peers
+    /// can check the id this node claims.
     pub peer_id: PeerId,
+    /// The node's TLS material: the peer port and its dials speak TLS when set.
+    pub tls: Option<Tls>,
     pub advertise: SocketAddr,
     pub is_origin: bool,
     pub cfg: SwarmConfig,
@@ -182,6 +187,7 @@ impl Node {
         cfg: SwarmConfig,
         advertise: SocketAddr,
         is_origin: bool,
+        tls: Option<Tls>,
         registry: &Registry,
         cancel: CancellationToken,
     ) -> anyhow::Result<Node> {
@@ -195,16 +201,20 @@ impl Node {
         }
         store.evictions().register(registry)?;
         crate::store_metrics::register(registry, cfg.store_dir.clone(), cfg.store.clone())?;
-        let peer_id = PeerId::random();
+        let peer_id = match &tls {
+            Some(t) => PeerId::bound(t.identity().as_str()),
+            None => PeerId::random(),
+        };
         Ok(Node {
             peer_id,
+            tracker: TrackerClient::new(cfg.trackers.clone(), cfg.io_timeout.get(), tls.as_ref()),
+            tls,
             advertise,
             is_origin,
             store,
             metrics: SwarmMetrics::new(registry)?,
             egress: Limiter::new(cfg.egress_rate.map(|b| b.0)),
             ingress: Limiter::new(cfg.ingress_rate.map(|b| b.0)),
-            tracker: TrackerClient::new(cfg.trackers.clone(), cfg.io_timeout.get()),
             peers: Peers::new(peer_id, advertise, cfg.max_connections, cfg.blacklist_duration.get()),
             blobs: DashMap::new(),
             starting: DashMap::new(),
@@ -224,7 +234,7 @@ impl Node {
     #[cfg(test)]
     pub fn for_tests(cfg: SwarmConfig, is_origin: bool) -> Arc<Node> {
         let advertise = SocketAddr::from(([127, 0, 0, 1], 1));
-        let node = Node::new(cfg, advertise, is_origin, &Registry::new(), CancellationToken::new());
+        let node = Node::new(cfg, advertise, is_origin, None, &Registry::new(), CancellationToken::new());
         Arc::new(node.expect("test node"))
     }
 
@@ -432,17 +442,20 @@ pub struct Swarm {
 
 impl Swarm {
     /// Builds the engine and starts accepting peers on `listener`. `is_origin` nodes announce
-    /// themselves as origins. Everything stops when `shutdown` is cancelled.
+    /// themselves as origins. With `tls` every peer connection and tracker call is mutual TLS,
+    /// and the node's peer id is bound to its certificate. Everything stops when `shutdown` is
+    /// cancelled.
     pub fn start(
         cfg: SwarmConfig,
         listener: TcpListener,
         registry: &Registry,
         is_origin: bool,
+        tls: Option<Tls>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Swarm> {
         let local = listener.local_addr()?;
         let advertise = cfg.advertise_addr.unwrap_or(local);
-        let node = Arc::new(Node::new(cfg, advertise, is_origin, registry, shutdown.child_token())?);
+        let node = Arc::new(Node::new(cfg, advertise, is_origin, tls, registry, shutdown.child_token())?);
         tracing::info!(peer_id = %node.peer_id, %local, %advertise, is_origin, "swarm listening");
         let n = node.clone();
         shoal_runtime::spawn("peer-accept", node.cancel.clone(), async move {
@@ -608,9 +621,14 @@ impl Swarm {
     /// download fails before the range is covered; it never yields a byte of a piece that
     /// did not verify.
     ///
-    /// Piece hashes come from the metainfo the origin built from content that matched the
-    /// blob's sha256; the whole blob's sha256 is checked again before it is committed, and a
-    /// registry client checks it too.
+    /// What a reader gets is only as good as the metainfo: every byte matched a piece hash
+    /// from `meta`, but the stream ends once the range is covered, before the whole blob's
+    /// sha256 is checked (the commit checks it, and fails the download if it does not
+    /// match; a registry client checks it too). So the bytes are the blob's exactly when
+    /// `meta` is the one the origin built from content that matched the digest, which holds
+    /// when it came from an origin over TLS. Without TLS anyone on the path to the origin can
+    /// hand this node a metainfo of other content, and the stream serves that content until
+    /// the commit notices.
     pub async fn stream(
         &self,
         meta: MetaInfo,

@@ -5,7 +5,7 @@
 //! Connections and download actors never touch the maps; they call [`Peers`]:
 //! [`Peers::connect`] dials an address once (or hands back the connection already made to
 //! it), [`Peers::register`] admits a handshaken connection and resolves duplicates,
-//! [`Peers::unregister`] removes it when it ends, and [`Peers::shun`] blacklists a peer that
+//! [`Peers::unregister`] removes it when it ends, and [`Peers::shun`] blacklists a remote that
 //! misbehaved and closes its connection.
 //!
 //! Invariants:
@@ -15,7 +15,13 @@
 //! - An address is dialed by one task at a time; the mark is cleared when that dial ends,
 //!   also when its future is dropped.
 //! - An address resolves to a peer only while that peer has a registered connection.
-//! - The blacklist holds at most [`MAX_SHUNNED`] peer ids and as many addresses; expired
+//! - The blacklist is keyed by what a remote proved ([`Remote`]: its certificate's identity
+//!   and its IP address), and by the addresses we dialed that misbehaved, never by a peer id
+//!   a remote claims: a connection claiming another node's id gets only itself shunned.
+//! - A connection replaces a registered one of the same peer id and direction only if it
+//!   comes from the same [`Remote`]; a claim of a connected peer's id from elsewhere is a
+//!   duplicate and refused.
+//! - The blacklist holds at most [`MAX_SHUNNED`] remotes and as many addresses; expired
 //!   entries are pruned at every [`Peers::shun`] and at lookup.
 //!
 //! Locks: the maps are `DashMap`s, and no method holds a guard of one map while it takes
@@ -35,7 +41,7 @@ use shoal_core::PeerId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::conn::{ConnHandle, Refusal};
+use crate::conn::{ConnHandle, Refusal, Remote};
 
 /// Most peer ids, and most addresses, shunned at once. Hard-coded: a node meets far fewer
 /// misbehaving peers within one `blacklist_duration`, and without a bound peers that churn
@@ -63,7 +69,7 @@ pub(crate) struct Peers {
     /// Addresses the tracker reported as origins: a connection from or to one is an origin
     /// connection (the picker asks origins last). As many as the tracker hands out origins.
     origin_addrs: DashMap<SocketAddr, ()>,
-    /// Shunned peer ids and addresses, bounded.
+    /// Shunned remotes and dialed addresses, bounded.
     shunned: Mutex<Shunned>,
     /// Connection slots (`max_connections`), taken before an accept or a dial and held by the
     /// connection task until it ends.
@@ -125,7 +131,7 @@ impl Peers {
         if peer == self.me {
             return Err(Refusal::OwnId);
         }
-        if self.is_shunned(&peer) {
+        if self.is_shunned(&conn.remote) {
             return Err(Refusal::Shunned);
         }
         if conn.outbound {
@@ -141,9 +147,10 @@ impl Peers {
             Entry::Occupied(mut o) => {
                 let old = o.get();
                 let dialer_of = |c: &ConnHandle| if c.outbound { self.me } else { c.peer_id };
-                // Same direction: the peer reconnected, and the old connection is dead and
-                // not yet noticed.
-                let keep_new = old.outbound == conn.outbound || dialer_of(conn) < dialer_of(old);
+                // Same direction and the same remote: the peer reconnected, and the old
+                // connection is dead and not yet noticed. From another remote it is a claim.
+                let reconnect = old.outbound == conn.outbound && old.remote == conn.remote;
+                let keep_new = reconnect || (old.outbound != conn.outbound && dialer_of(conn) < dialer_of(old));
                 if !keep_new {
                     return Err(Refusal::Duplicate);
                 }
@@ -164,20 +171,29 @@ impl Peers {
         removed
     }
 
-    /// Shuns a peer that misbehaved (a corrupt piece, a broken protocol): its id and address
-    /// are refused for `blacklist_duration`, and its connection is closed.
-    pub fn shun(&self, peer: PeerId, addr: SocketAddr) {
-        tracing::warn!(%peer, %addr, "blacklisting peer");
+    /// Shuns a remote that misbehaved (a corrupt piece, a broken protocol) on a connection
+    /// where it claimed `peer`: the remote, and the address if we dialed it, are refused for
+    /// `blacklist_duration`, and the connection registered for `peer` is closed if it is that
+    /// remote's.
+    pub fn shun(&self, remote: &Remote, peer: PeerId, dialed: Option<SocketAddr>) {
+        tracing::warn!(%peer, ip = %remote.ip, identity = ?remote.identity, "blacklisting peer");
         let now = Instant::now();
-        self.shunned.lock().insert(peer, addr, now + self.shun_for, now);
-        if let Some((_, c)) = self.conns.remove(&peer) {
+        let until = now + self.shun_for;
+        {
+            let mut shunned = self.shunned.lock();
+            shunned.remotes.insert(remote.clone(), until, now);
+            if let Some(addr) = dialed {
+                shunned.addrs.insert(addr, until, now);
+            }
+        }
+        if let Some((_, c)) = self.conns.remove_if(&peer, |_, c| c.remote == *remote) {
             c.close();
             self.forget_addrs(&peer);
         }
     }
 
-    pub fn is_shunned(&self, peer: &PeerId) -> bool {
-        self.shunned.lock().ids.contains(peer, Instant::now())
+    pub fn is_shunned(&self, remote: &Remote) -> bool {
+        self.shunned.lock().remotes.contains(remote, Instant::now())
     }
 
     pub fn is_addr_shunned(&self, addr: &SocketAddr) -> bool {
@@ -220,18 +236,11 @@ impl Drop for DialMark<'_> {
     }
 }
 
-/// Shunned peer ids and addresses, each until an instant.
+/// Shunned remotes and dialed addresses, each until an instant.
 #[derive(Default)]
 struct Shunned {
-    ids: Blacklist<PeerId>,
+    remotes: Blacklist<Remote>,
     addrs: Blacklist<SocketAddr>,
-}
-
-impl Shunned {
-    fn insert(&mut self, peer: PeerId, addr: SocketAddr, until: Instant, now: Instant) {
-        self.ids.insert(peer, until, now);
-        self.addrs.insert(addr, until, now);
-    }
 }
 
 /// Keys shunned until an instant, at most [`MAX_SHUNNED`] of them.
@@ -245,14 +254,14 @@ impl<K> Default for Blacklist<K> {
     }
 }
 
-impl<K: Hash + Eq + Copy> Blacklist<K> {
+impl<K: Hash + Eq + Clone> Blacklist<K> {
     /// Shuns `key` until `until` (or later, if it already is), after dropping expired
     /// entries; when the table is still full, the entry that expires first goes.
     fn insert(&mut self, key: K, until: Instant, now: Instant) {
         self.until.retain(|_, u| *u > now);
         if self.until.len() >= MAX_SHUNNED
             && !self.until.contains_key(&key)
-            && let Some(first) = self.until.iter().min_by_key(|(_, u)| **u).map(|(k, _)| *k)
+            && let Some(first) = self.until.iter().min_by_key(|(_, u)| **u).map(|(k, _)| k.clone())
         {
             self.until.remove(&first);
         }
@@ -300,8 +309,15 @@ mod tests {
         Peers::new(id(me), addr(1), 8, SHUN)
     }
 
+    /// A connection to peer `peer`, from 127.0.0.`peer`.
     fn conn(peer: u8, outbound: bool) -> Arc<ConnHandle> {
-        ConnHandle::new(id(peer), outbound, false, CancellationToken::new()).0
+        conn_from(peer, peer, outbound)
+    }
+
+    /// A connection claiming peer id `peer`, from 127.0.0.`ip`.
+    fn conn_from(peer: u8, ip: u8, outbound: bool) -> Arc<ConnHandle> {
+        let remote = Remote::plain(SocketAddr::from(([127, 0, 0, ip], 4000)));
+        ConnHandle::new(id(peer), outbound, false, remote, CancellationToken::new()).0
     }
 
     #[test]
@@ -343,17 +359,39 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn shun_refuses_the_peer_and_its_address_until_it_expires() {
         let p = peers(1);
-        let c = conn(2, false);
+        let c = conn(2, true);
         p.register(addr(2), &c).unwrap();
-        p.shun(id(2), addr(2));
+        p.shun(&c.remote, id(2), Some(addr(2)));
         assert!(c.is_closed(), "the shunned peer's connection is closed");
         assert!(p.get(&id(2)).is_none());
-        assert!(p.is_shunned(&id(2)) && p.is_addr_shunned(&addr(2)));
+        assert!(p.is_shunned(&c.remote) && p.is_addr_shunned(&addr(2)));
         assert_eq!(p.register(addr(2), &conn(2, false)), Err(Refusal::Shunned));
+        assert_eq!(p.register(addr(2), &conn_from(9, 2, false)), Err(Refusal::Shunned), "whatever id it claims");
         assert!(p.connect(addr(2), || async { panic!("a shunned address is not dialed") }).await.is_none());
         tokio::time::advance(SHUN).await;
-        assert!(!p.is_shunned(&id(2)) && !p.is_addr_shunned(&addr(2)));
+        assert!(!p.is_shunned(&c.remote) && !p.is_addr_shunned(&addr(2)));
         assert_eq!(p.register(addr(2), &conn(2, false)), Ok(()));
+    }
+
+    /// The hole of a self-declared id: a connection claiming a peer's id, then misbehaving,
+    /// got that peer blacklisted. Only the claimant is shunned now, and while the peer is
+    /// connected a claim of its id from elsewhere does not replace its connection.
+    #[tokio::test(start_paused = true)]
+    async fn a_claimed_id_gets_only_the_claimant_shunned() {
+        let p = peers(1);
+        let origin = conn(2, false);
+        p.register(addr(2), &origin).unwrap();
+        let claim = conn_from(2, 66, false);
+        assert_eq!(p.register(addr(66), &claim), Err(Refusal::Duplicate), "a claim does not replace the peer");
+        assert!(!origin.is_closed());
+        p.shun(&claim.remote, id(2), None);
+        assert!(!origin.is_closed(), "the peer whose id was claimed keeps its connection");
+        assert!(Arc::ptr_eq(&p.get(&id(2)).unwrap(), &origin));
+        assert!(p.is_shunned(&claim.remote) && !p.is_shunned(&origin.remote));
+        // The peer reconnects (same remote): admitted; the claimant, under any id: refused.
+        p.unregister(&origin);
+        assert_eq!(p.register(addr(2), &conn(2, false)), Ok(()));
+        assert_eq!(p.register(addr(66), &conn_from(7, 66, false)), Err(Refusal::Shunned));
     }
 
     /// Who dialed each of two connections between us and a peer, and which one both sides
@@ -366,7 +404,7 @@ mod tests {
             (1, false, true, true),  // we (1) dialed the new one: keep it
             (3, true, false, true),  // the peer (2) dialed the new one
             (3, false, true, false), // the peer (2) dialed the old one
-            (1, true, true, true),   // same direction: a reconnect replaces
+            (1, true, true, true),   // same direction and remote: a reconnect replaces
             (3, false, false, true),
         ];
         for (me, old_out, new_out, keep_new) in table {

@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use shoal_core::ring::{OriginNode, Ring, RingError};
-use shoal_runtime::{Duration, LogFormat};
+use shoal_runtime::{Duration, LogFormat, Tls, TlsConfig};
 
 use crate::store::MAX_PEERS_PER_BLOB;
 
@@ -55,6 +55,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// `text` or `json` log lines on stderr. Default `text`.
     pub log_format: LogFormat,
+    /// Serve the API over TLS; clients (agents, origins) present a certificate as
+    /// `tls.http_client_auth` says. Default none: plaintext, with a loud warning.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for Config {
@@ -68,6 +71,7 @@ impl Default for Config {
             origin_replicas: 3,
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Text,
+            tls: None,
         }
     }
 }
@@ -82,6 +86,7 @@ pub struct ValidConfig {
     ring: Option<Arc<Ring>>,
     shutdown_grace: std::time::Duration,
     log_format: LogFormat,
+    tls: Option<Tls>,
 }
 
 /// Why a configuration is rejected. Each message names the key to fix.
@@ -101,6 +106,8 @@ pub enum ConfigError {
     SharedOriginAddr { first: String, second: String, addr: SocketAddr },
     #[error("invalid origins")]
     Ring(#[from] RingError),
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 impl Config {
@@ -134,6 +141,7 @@ impl Config {
         }
         let ring =
             if self.origins.is_empty() { None } else { Some(Arc::new(Ring::new(self.origins, self.origin_replicas)?)) };
+        let tls = self.tls.as_ref().map(Tls::load).transpose().map_err(|e| ConfigError::Tls(e.to_string()))?;
         Ok(ValidConfig {
             listen: self.listen,
             peer_ttl: ttl,
@@ -142,6 +150,7 @@ impl Config {
             ring,
             shutdown_grace: self.shutdown_grace.get(),
             log_format: self.log_format,
+            tls,
         })
     }
 }
@@ -172,6 +181,11 @@ impl ValidConfig {
     /// The origin ring, or `None` when no origins are configured.
     pub fn ring(&self) -> Option<&Arc<Ring>> {
         self.ring.as_ref()
+    }
+
+    /// The loaded TLS files, when `tls` is set.
+    pub fn tls(&self) -> Option<&Tls> {
+        self.tls.as_ref()
     }
 
     pub fn shutdown_grace(&self) -> std::time::Duration {

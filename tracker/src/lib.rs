@@ -65,6 +65,8 @@ pub async fn run(
 pub struct Tracker {
     /// The bound API address, read by tests to build URLs.
     addr: SocketAddr,
+    /// `https` when the API is served over TLS, else `http`.
+    scheme: &'static str,
     /// The phase, read by tests and by `start` while it waits for `Ready`.
     admin: Admin,
     /// Cancelled by `stop` and by `Drop`.
@@ -79,6 +81,7 @@ impl Tracker {
     /// starts, so a registration error is returned here.
     pub async fn start(config: ValidConfig, listener: TcpListener, registry: Registry) -> Result<Tracker, Error> {
         let addr = listener.local_addr().map_err(Error::LocalAddr)?;
+        let scheme = if config.tls().is_some() { "https" } else { "http" };
         let admin = Admin::new(registry);
         let service = Service::new(&config, admin.clone())?;
         let shutdown = CancellationToken::new();
@@ -89,7 +92,7 @@ impl Tracker {
         // `serve` leaves `Starting` on every path. `Err` would mean the sender is gone, which
         // cannot happen while `admin` lives.
         let _ = phase.wait_for(|p| *p != Phase::Starting).await;
-        Ok(Tracker { addr, admin, shutdown, task: Some(task) })
+        Ok(Tracker { addr, scheme, admin, shutdown, task: Some(task) })
     }
 
     /// The bound address of the API.
@@ -99,7 +102,7 @@ impl Tracker {
 
     /// `http://<addr>`, the base URL nodes announce to.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     pub fn phase(&self) -> Phase {
@@ -131,6 +134,8 @@ impl Drop for Tracker {
 struct Service {
     /// The node's registry and phase. `serve` moves the phase through its lifecycle.
     admin: Admin,
+    /// The API's TLS material, when `tls` is configured.
+    tls: Option<shoal_runtime::Tls>,
     /// Shared by the HTTP handlers and the sweep task.
     state: Arc<AppState>,
     /// How often the sweep task purges expired entries. It equals the TTL, so an expired
@@ -143,17 +148,21 @@ struct Service {
 impl Service {
     fn new(config: &ValidConfig, admin: Admin) -> Result<Service, Error> {
         let metrics = Metrics::register(&admin.registry).map_err(Error::Metrics)?;
+        let tls = config.tls().cloned();
+        if let Some(t) = &tls {
+            t.register(&admin.registry).map_err(Error::Metrics)?;
+        }
         let store = PeerStore::new(StoreOptions {
             peer_ttl: config.peer_ttl(),
             max_peers: config.max_peers(),
             ring: config.ring().cloned(),
         });
         let state = Arc::new(AppState { store, metrics, interval_ms: config.interval_ms() });
-        Ok(Service { admin, state, sweep_every: config.peer_ttl(), shutdown_grace: config.shutdown_grace() })
+        Ok(Service { admin, tls, state, sweep_every: config.peer_ttl(), shutdown_grace: config.shutdown_grace() })
     }
 
     async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> Result<(), Error> {
-        let Service { admin, state, sweep_every, shutdown_grace } = self;
+        let Service { admin, tls, state, sweep_every, shutdown_grace } = self;
         let addr = match listener.local_addr() {
             Ok(addr) => addr,
             Err(e) => {
@@ -170,10 +179,18 @@ impl Service {
         // The HTTP server has its own token. On shutdown, readiness turns false before the
         // listener closes.
         let http_stop = CancellationToken::new();
+        let auth = tls.as_ref().map(|t| t.config().http_client_auth).unwrap_or_default();
+        let listener = match shoal_runtime::tls::HttpListener::new(listener, tls.as_ref(), auth) {
+            Ok(l) => l,
+            Err(e) => {
+                admin.set_phase(Phase::Stopped);
+                return Err(Error::LocalAddr(e));
+            }
+        };
         let served = shoal_runtime::serve(listener, router, http_stop.clone(), shutdown_grace);
         let mut served = std::pin::pin!(served);
         admin.set_phase(Phase::Ready);
-        tracing::info!(%addr, "tracker ready");
+        tracing::info!(%addr, tls = tls.is_some(), "tracker ready");
         let res = tokio::select! {
             res = &mut served => res,
             _ = shutdown.cancelled() => {

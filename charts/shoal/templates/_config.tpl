@@ -14,6 +14,7 @@ origin_replicas: {{ .Values.origin.ringReplicas }}
 shutdown_grace: "{{ $t.shutdownGraceSeconds }}s"
 origins:
   {{- include "shoal.origins" . | trim | nindent 2 }}
+{{- include "shoal.tlsConfig" . }}
 {{- end }}
 
 {{/*
@@ -97,6 +98,7 @@ pull_through:
   {{- end }}
 {{- end }}
 {{- end }}
+{{- include "shoal.tlsConfig" .ctx }}
 swarm:
   store_dir: /var/lib/shoal/store
   trackers: [{{ include "shoal.trackerUrl" .ctx | quote }}]
@@ -119,6 +121,7 @@ origin_replicas: {{ .Values.origin.ringReplicas }}
 origin_fetch_timeout: {{ $a.originFetchTimeout | quote }}
 tag_ttl: {{ $a.tagTtl | quote }}
 shutdown_grace: "{{ $a.shutdownGraceSeconds }}s"
+{{- include "shoal.tlsConfig" . }}
 swarm:
   store_dir: /var/lib/shoal/store
   trackers: [{{ include "shoal.trackerUrl" . | quote }}]

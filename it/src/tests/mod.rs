@@ -15,3 +15,4 @@ mod request_id;
 mod resume;
 mod s3;
 mod swarm;
+mod tls;
