@@ -14,8 +14,9 @@
 #   scrape annotations and checksums (configs and Secrets), init container resources, extra
 #   env, volumes, mounts, labels and annotations, the NetworkPolicies' peers and ports, byte
 #   sizes given as integers, TLS (cert-manager Certificates or the user's Secrets, mounted
-#   where each config names its files, HTTPS probes, https URLs; or none of it), and every
-#   rendered config through the binary's own
+#   where each config names its files, HTTPS probes, https URLs; or none of it), the stores'
+#   budgets (the volumes' sizes in bytes, unless the values give swarm.store.max_size), and
+#   every rendered config through the binary's own
 #   `--check-config`; the runtime's init container (containerd's hosts.toml or CRI-O's
 #   registries.conf) is run against a temporary directory, merging into a node's own
 #   hosts.toml, then with `--uninstall`, which must leave exactly the node's own file;
@@ -80,6 +81,8 @@ refuse "hostNetwrok is not allowed" --set agent.hostNetwrok=false
 refuse "egress is not allowed" --set agent.swarm.egress=1GiB
 refuse "store_dir is not allowed" --set agent.swarm.store_dir=/x
 refuse "bucket is required" --set origin.backend.type=s3
+refuse "cannot be a store budget" --set agent.store.size=500m
+refuse "max_sise is not allowed" --set agent.swarm.store.max_sise=1GiB
 refuse "must be one of" --set origin.backend.type=gcs
 refuse "must be one of" --set agent.store.type=tmpfs
 refuse "Must be greater than or equal to 1" --set origin.replicas=0

@@ -100,6 +100,27 @@ def merge(base, over):
     return out
 
 
+def quantity_bytes(q):
+    """A Kubernetes quantity of bytes (50Gi, 1.5Ti, 500G, an integer) as an integer."""
+    if isinstance(q, (int, float)):
+        return int(q)
+    m = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(|k|M|G|T|P|Ki|Mi|Gi|Ti|Pi)", str(q))
+    units = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
+             "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}
+    return int(float(m.group(1)) * units[m.group(2)]) if "." in m.group(1) else int(m.group(1)) * units[m.group(2)]
+
+
+def check_store(what, cfg, swarm_values, size):
+    """The rendered `swarm.store`: the volume's size as the budget unless the values give one,
+    and every other key the values give."""
+    given = (swarm_values or {}).get("store") or {}
+    store = cfg["swarm"].get("store") or {}
+    want = given.get("max_size", quantity_bytes(size) if size not in ("", None) else None)
+    check(store.get("max_size") == want, f"{what}: swarm.store.max_size {store.get('max_size')!r}, expected {want!r}")
+    for k, v in given.items():
+        check(store.get(k) == v, f"{what}: swarm.store.{k} {store.get(k)!r}, expected {v!r}")
+
+
 def one(docs, kind, name=None):
     found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
     check(len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}")
@@ -290,6 +311,8 @@ def main():
         check(f"{cfg['id']}.yaml" == k, f"{k}: id {cfg['id']}")
         check(cfg["origin_replicas"] == tracker_cfg["origin_replicas"] == o["ringReplicas"], f"{k}: origin_replicas")
         check(cfg["backend"]["type"] == o["backend"]["type"], f"{k}: backend type")
+        own_volume = o["backend"]["type"] == "s3" or o["backend"]["fs"]["volume"]
+        check_store(k, cfg, o["swarm"], o["persistence"]["size"] if own_volume else "")
     vols = {v["name"]: v for v in op["spec"]["volumes"]}
     claims = [c["metadata"]["name"] for c in sts["spec"].get("volumeClaimTemplates", [])]
     if o["persistence"]["enabled"]:
@@ -341,6 +364,7 @@ def main():
     check(env.get("SHOAL_AGENT_ADVERTISE_IP", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
           == "status.hostIP", "agent: advertises status.hostIP")
     check("advertise_addr" not in agent_cfg["swarm"], "agent: advertise_addr comes from the environment")
+    check_store("agent", agent_cfg, a["swarm"], a["store"]["size"])
     for cfg in [agent_cfg] + list(origin_cfgs.values()):
         scheme = "https" if values["tls"]["enabled"] else "http"
         check(cfg["swarm"]["trackers"] == [f"{scheme}://{deploy['metadata']['name']}.{args.namespace}.svc:{t['port']}"],

@@ -228,6 +228,7 @@ notifications:
 $(tls_node origin-0 "${ORIGIN_HTTP%:*}")
 swarm:
   store_dir: $W/origin-store
+  store: { min_free: 0 }   # no floor: the disk is shared with builds, whose fill is not the test's
   trackers: ["https://$TRACKER"]
 EOF
 write_agent_config() {
@@ -240,6 +241,7 @@ tag_ttl: 1s
 $(tls_node "agent$i" "${AGENT_IPS[$i]}")
 swarm:
   store_dir: $W/agent$i-store
+  store: { min_free: 0 }   # no floor: the disk is shared with builds, whose fill is not the test's
   trackers: ["https://$TRACKER"]
   seed_announce_interval: 1s
 EOF
@@ -606,6 +608,7 @@ pull_through:
       write_back: false
 swarm:
   store_dir: $W/origin-pt-store
+  store: { min_free: 0 }   # no floor: the disk is shared with builds, whose fill is not the test's
   trackers: ["http://$PT.1:7600"]
 EOF
 for i in 1 2; do
@@ -615,6 +618,7 @@ peer_listen: $PT.1$i:7701
 $PT_ORIGINS
 swarm:
   store_dir: $W/agent-pt$i-store
+  store: { min_free: 0 }   # no floor: the disk is shared with builds, whose fill is not the test's
   trackers: ["http://$PT.1:7600"]
 EOF
 done

@@ -59,7 +59,6 @@ pub async fn start(
     }
     let role = Role::Agent { origins: config.ring.clone() };
     let swarm = Swarm::start(cfg.swarm.clone(), listeners.peer, &registry, role, tls.clone(), shutdown.clone())?;
-    shoal_swarm::store_metrics::register(&registry, cfg.swarm.store_dir.clone())?;
     let http_addr = listeners.http.local_addr()?;
     let origins = origin_client::OriginClient::new(config.ring.clone(), cfg.origin_fetch_timeout.get(), tls.as_ref());
     let metrics = metrics::AgentMetrics::new(&registry)?;
@@ -86,8 +85,13 @@ pub async fn start(
     let listener = shoal_runtime::tls::HttpListener::new(listeners.http, api_tls, auth)?;
     tracing::info!(%http_addr, tls = api_tls.is_some(), "agent api listening");
     let grace = cfg.shutdown_grace.get();
-    let a = admin.clone();
-    let serve = async move { a.serve(listener, router, shutdown, grace).await };
+    let (a, s) = (admin.clone(), swarm.clone());
+    let serve = async move {
+        let served = a.serve(listener, router, shutdown, grace).await;
+        // The next start ranks the store's blobs by these last uses.
+        s.persist_last_uses().await;
+        served
+    };
     Ok((Agent { swarm, http_addr, admin }, serve))
 }
 

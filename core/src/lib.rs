@@ -5,6 +5,7 @@
 //! is what runs in production.
 
 pub mod api;
+pub mod cache;
 pub mod digest;
 pub mod download;
 pub mod handout;

@@ -58,12 +58,17 @@ impl Default for ClusterBuilder {
     }
 }
 
-/// Swarm settings suited to a cluster on one machine: short announce and timeouts.
+/// Swarm settings suited to a cluster on one machine: short announce and timeouts, and no
+/// free-space floor, since every node shares one filesystem whose fill is not the test's.
 pub fn test_swarm_config() -> SwarmConfig {
     SwarmConfig {
         seed_announce_interval: Duration::from_secs(2),
         handshake_timeout: Duration::from_secs(5),
         download_timeout: Duration::from_secs(600),
+        store: shoal_swarm::StoreConfig {
+            min_free: shoal_runtime::SizeLimit::Bytes(ByteSize(0)),
+            ..shoal_swarm::StoreConfig::default()
+        },
         ..SwarmConfig::default()
     }
 }
@@ -128,6 +133,9 @@ pub struct Cluster {
     pub origin_nodes: Vec<OriginNode>,
     /// `None` while an agent is stopped.
     pub agents: Vec<Option<Node<shoal_agent::Agent>>>,
+    /// Each agent's HTTP and peer addresses, which a restart binds again if they are free (as
+    /// a host's agent comes back on its ports).
+    agent_addrs: Vec<Option<(SocketAddr, SocketAddr)>>,
     root: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     http: reqwest::Client,
@@ -224,6 +232,7 @@ impl Cluster {
             origins,
             origin_nodes,
             agents: Vec::new(),
+            agent_addrs: Vec::new(),
             root,
             _tmp: tmp,
             http: reqwest::Client::new(),
@@ -236,6 +245,7 @@ impl Cluster {
         }
         for i in 0..c.builder.agents {
             let node = c.start_agent_node(i, None).await?;
+            c.agent_addrs.push(Some((node.handle.http_addr, node.handle.swarm.advertise_addr())));
             c.agents.push(Some(node));
         }
         Ok(c)
@@ -274,7 +284,18 @@ impl Cluster {
     ) -> anyhow::Result<Node<shoal_agent::Agent>> {
         let cfg = cfg.unwrap_or_else(|| self.agent_config(i)).validate()?;
         let ip = self.builder.ip.unwrap_or(host_ip(i + 1));
-        let listeners = shoal_agent::Listeners { http: bind(ip).await?, peer: bind(ip).await? };
+        // The same ports as before, unless another process took one meanwhile.
+        let again = match self.agent_addrs.get(i).copied().flatten() {
+            Some((http, peer)) => match (TcpListener::bind(http).await, TcpListener::bind(peer).await) {
+                (Ok(http), Ok(peer)) => Some(shoal_agent::Listeners { http, peer }),
+                _ => None,
+            },
+            None => None,
+        };
+        let listeners = match again {
+            Some(l) => l,
+            None => shoal_agent::Listeners { http: bind(ip).await?, peer: bind(ip).await? },
+        };
         let registry = prometheus::Registry::new();
         let shutdown = CancellationToken::new();
         let (handle, serve) = shoal_agent::start(cfg, listeners, registry.clone(), shutdown.clone()).await?;
@@ -289,7 +310,7 @@ impl Cluster {
         }
     }
 
-    /// (Re)starts agent `i` on its store, optionally with another config.
+    /// (Re)starts agent `i` on its store and its addresses, optionally with another config.
     pub async fn start_agent(&mut self, i: usize, cfg: Option<shoal_agent::Config>) -> anyhow::Result<()> {
         self.stop_agent(i).await;
         let node = self.start_agent_node(i, cfg).await?;

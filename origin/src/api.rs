@@ -131,6 +131,14 @@ impl Hints {
 }
 
 impl AppState {
+    /// Records that `digest` was asked for through the repository `hints` name, which pins it
+    /// if that repository is pinned (`swarm.store.pin.repositories`).
+    pub async fn note_repository(&self, hints: &Hints, digest: Digest) {
+        if let Some(name) = &hints.name {
+            self.swarm.note_repository(name.as_str(), digest).await;
+        }
+    }
+
     /// Where a blob named by `hints` may be pulled from when the backend lacks it.
     pub fn source(&self, hints: &Hints) -> Option<Source> {
         let name = hints.name.clone()?;
@@ -151,9 +159,16 @@ async fn metainfo(
     Query(raw): Query<RawHints>,
 ) -> Result<Response, ApiError> {
     let digest = parse_digest(&digest)?;
-    let source = st.source(&Hints::parse(raw)?);
+    let hints = Hints::parse(raw)?;
+    st.note_repository(&hints, digest).await;
+    let source = st.source(&hints);
     match settle(st.fetcher.ensure_from(digest, source).await, st.metainfo_wait).await {
-        FetchState::Done(meta) => Ok(axum::Json(meta).into_response()),
+        FetchState::Done(meta) => {
+            // An agent asking is about to download it from this origin's store: a use, so a
+            // blob just asked for is the last to be evicted.
+            st.swarm.touch(&digest);
+            Ok(axum::Json(meta).into_response())
+        }
         FetchState::Running => Ok((StatusCode::ACCEPTED, [(header::RETRY_AFTER, "1")], "fetching\n").into_response()),
         FetchState::Failed(e) => Err(e.into()),
     }
@@ -166,7 +181,9 @@ async fn get_blob(
     Query(raw): Query<RawHints>,
 ) -> Result<Response, ApiError> {
     let digest = parse_digest(&digest)?;
-    let source = st.source(&Hints::parse(raw)?);
+    let hints = Hints::parse(raw)?;
+    st.note_repository(&hints, digest).await;
+    let source = st.source(&hints);
     let internal =
         |e: shoal_swarm::SwarmError| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "UNAVAILABLE", format!("{e:#}"));
     if method == Method::HEAD {
@@ -190,7 +207,13 @@ async fn get_blob(
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "UNAVAILABLE", "blob vanished from the store")
     })?;
     let len = file.meta().length();
-    let stream = file.stream(st.swarm.store().blocking().clone(), 0, len);
+    // The stream holds the file open, so the blob is not evicted while it is sent, and
+    // records the use when it ends.
+    let used = st.swarm.use_record(digest);
+    let stream = file.stream(st.swarm.store().blocking().clone(), 0, len).map(move |chunk| {
+        let _ = &used;
+        chunk
+    });
     Ok(blob_response(digest, len, Body::from_stream(stream)))
 }
 

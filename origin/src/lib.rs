@@ -52,7 +52,6 @@ pub async fn start(
     let backend = cfg.backend.build().await?;
     let swarm =
         Swarm::start(cfg.swarm.clone(), listeners.peer, &registry, Role::Origin, tls.clone(), shutdown.clone())?;
-    shoal_swarm::store_metrics::register(&registry, cfg.swarm.store_dir.clone())?;
     let metrics = metrics::OriginMetrics::new(&registry)?;
     let upstreams = match &config.pull_through {
         Some(pt) => {
@@ -67,12 +66,9 @@ pub async fn start(
         timeout: cfg.fetch_timeout.get(),
     };
     let fetcher = fetch::Fetcher::new(swarm.clone(), backend, limits, metrics.clone());
-    // Blobs already stored are seeded again after a restart.
-    for d in swarm.store().list_complete().await? {
-        if let Err(e) = swarm.seed(d).await {
-            tracing::warn!(%d, "cannot seed stored blob: {e:#}");
-        }
-    }
+    // Blobs already stored are announced again after a restart, in the background while the
+    // listeners already take requests; none is opened until a peer or a client asks for it.
+    swarm.announce_stored();
     let http_addr = listeners.http.local_addr()?;
     let state = api::AppState {
         swarm: swarm.clone(),
@@ -103,8 +99,13 @@ pub async fn start(
     let listener = shoal_runtime::tls::HttpListener::new(listeners.http, tls.as_ref(), auth)?;
     tracing::info!(%http_addr, id = %cfg.id, tls = tls.is_some(), "origin api listening");
     let grace = cfg.shutdown_grace.get();
-    let a = admin.clone();
-    let serve = async move { a.serve(listener, router, shutdown, grace).await };
+    let (a, s) = (admin.clone(), swarm.clone());
+    let serve = async move {
+        let served = a.serve(listener, router, shutdown, grace).await;
+        // The next start ranks the store's blobs by these last uses.
+        s.persist_last_uses().await;
+        served
+    };
     Ok((Origin { swarm, http_addr, admin }, serve))
 }
 

@@ -291,8 +291,12 @@ async fn preheat_pushed(st: &NotifyState, p: &Pushed) {
         None => Vec::new(),
     };
     if st.ring.is_none() || owners.contains(&st.id) {
-        let req =
-            crate::preheat::PreheatRequest { name: p.name.to_string(), reference: p.digest.to_string(), ns: None };
+        let req = crate::preheat::PreheatRequest {
+            name: p.name.to_string(),
+            reference: p.digest.to_string(),
+            ns: None,
+            pin: None,
+        };
         match crate::preheat::start_waiting(st.app.clone(), req).await {
             Ok(_) => tracing::debug!(name = %p.name, digest = %p.digest, "preheat started"),
             Err(e) => tracing::warn!(name = %p.name, digest = %p.digest, "preheat failed: {}", e.message),

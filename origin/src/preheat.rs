@@ -1,12 +1,15 @@
 //! Preheat: warming an image in the origin's store before anyone pulls it, so the first
 //! pull of a new release is served from the swarm at once.
 //!
-//! `POST /preheat` with `{"name", "reference", "ns"?}` resolves the tag (backend, then
+//! `POST /preheat` with `{"name", "reference", "ns"?, "pin"?}` resolves the tag (backend, then
 //! upstream), fetches the manifest, every child manifest of an index or manifest list, then
 //! each image's config and layers, all through the [`Fetcher`] (so from the backend or pulled
 //! through, verified, stored and seeded). Manifests are fetched during the request, so its
 //! answer (202) lists every digest; blobs are fetched in the background, at most
-//! `preheat_concurrency` at a time. `GET /preheat/<id>` gives each digest's state.
+//! `preheat_concurrency` at a time. `GET /preheat/<id>` gives each digest's state. With
+//! `"pin": true` every digest is pinned in the origin's store (never evicted) before it is
+//! fetched; `"pin": false` unpins them. A repository listed in `swarm.store.pin.repositories`
+//! pins its preheated digests as well.
 //!
 //! At most `max_preheats` jobs run at once, from the request to the last blob; another
 //! request is answered 503 with `Retry-After` ([`PREHEAT_RETRY_AFTER`]), while a preheat for
@@ -55,6 +58,10 @@ pub struct PreheatRequest {
     /// The upstream registry host, as containerd's `ns=`; the default upstream if absent.
     #[serde(default)]
     pub ns: Option<String>,
+    /// `true` pins every digest in this origin's store, `false` unpins them; absent leaves
+    /// pins as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<bool>,
 }
 
 /// Where one blob of a preheat stands.
@@ -213,6 +220,14 @@ async fn start(st: AppState, req: PreheatRequest, running: OwnedSemaphorePermit)
     };
     let source = st.source(&Hints { name: Some(name.clone()), ns });
     let (manifests, blobs) = walk(&st, digest, source.clone()).await?;
+    for d in manifests.iter().chain(&blobs) {
+        if let Some(pin) = req.pin
+            && let Err(e) = st.swarm.pin(*d, pin).await
+        {
+            tracing::warn!(%d, "cannot record the pin: {e:#}");
+        }
+        st.swarm.note_repository(name.as_str(), *d).await;
+    }
     let id = format!("ph-{}", st.preheats.inner.next.fetch_add(1, Ordering::Relaxed));
     let mut states = BTreeMap::new();
     for d in &manifests {
@@ -363,8 +378,12 @@ mod tests {
     async fn preheats_past_max_preheats_get_503_with_retry_after() {
         let dir = tempfile::tempdir().unwrap();
         let (st, shutdown) = crate::api::tests::state(dir.path()).await;
-        let req =
-            || PreheatRequest { name: "team/app".into(), reference: Digest::of(b"no manifest").to_string(), ns: None };
+        let req = || PreheatRequest {
+            name: "team/app".into(),
+            reference: Digest::of(b"no manifest").to_string(),
+            ns: None,
+            pin: None,
+        };
         let running = st.preheats.inner.running.try_take().unwrap();
         let err = post_preheat(State(st.clone()), Json(req())).await.expect_err("refused while a job runs");
         assert_eq!((err.status, err.retry_after), (StatusCode::SERVICE_UNAVAILABLE, Some(PREHEAT_RETRY_AFTER)));

@@ -24,5 +24,5 @@ pub use cap::Cap;
 pub use config::{ConfigError, EX_CONFIG, PeerNames};
 pub use task::{LogFormat, config_or_exit, init_tracing, serve_until_signal, spawn, wait_for_signal};
 pub use tls::{Tls, TlsConfig};
-pub use units::{ByteSize, Duration};
+pub use units::{ByteSize, Duration, Percent, SizeLimit};
 pub use version::VERSION;

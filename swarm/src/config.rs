@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use shoal_runtime::{ByteSize, Duration};
+use shoal_core::Digest;
+use shoal_core::registry::RepoName;
+use shoal_runtime::{ByteSize, Duration, Percent, SizeLimit};
 
 /// Swarm engine settings.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -12,6 +14,8 @@ use shoal_runtime::{ByteSize, Duration};
 pub struct SwarmConfig {
     /// Where pieces and complete blobs live. Default `./shoal-store`.
     pub store_dir: PathBuf,
+    /// The store's size budget and eviction (see [`StoreConfig`]).
+    pub store: StoreConfig,
     /// Tracker base URLs; a blob's tracker is chosen by hashing its digest, the others are
     /// fallbacks. Without an answer from any, an agent's download still dials the blob's
     /// owners on the origin ring and the peers it is connected to. Default: none.
@@ -90,6 +94,7 @@ impl Default for SwarmConfig {
     fn default() -> Self {
         SwarmConfig {
             store_dir: PathBuf::from("shoal-store"),
+            store: StoreConfig::default(),
             trackers: Vec::new(),
             advertise_addr: None,
             egress_rate: None,
@@ -147,6 +152,96 @@ impl SwarmConfig {
         if self.io_timeout.get() < std::time::Duration::from_secs(1) {
             return Err("swarm.io_timeout must be at least 1s".into());
         }
+        self.store.validate()
+    }
+}
+
+/// The store's budget and how it is kept, under `swarm.store`. A store is a cache: agents'
+/// of what their host pulled, origins' of their backend (which is never deleted from).
+///
+/// Above `high_watermark` of `max_size` (complete blobs and partial downloads), blobs are
+/// evicted least recently used first (last served to a client or a peer) until the store is
+/// under `low_watermark`; when the filesystem's free space drops under `min_free`, whoever
+/// filled it, they are evicted until it is back above `min_free` plus the gap between the
+/// marks. Blobs being downloaded, streamed to a client or uploaded to a peer, and pinned blobs,
+/// are never evicted. The policy is `shoal_core::cache`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The budget: bytes (`"50GiB"`, `53687091200`) or a percentage of the size of the
+    /// filesystem holding `store_dir` (`"80%"`). A dedicated volume can be given whole to the
+    /// store; on a disk shared with others, `min_free` hands room back to them. Default
+    /// `"80%"`: Dragonfly's disk high-water mark, leaving a fifth of the disk to everything else.
+    pub max_size: SizeLimit,
+    /// Eviction starts above this share of `max_size`. The room above it absorbs downloads
+    /// that start between two rounds. Default `"90%"`.
+    pub high_watermark: Percent,
+    /// ...and goes on until the store is at or under this share. Default `"75%"`.
+    pub low_watermark: Percent,
+    /// The least free space the filesystem keeps: bytes or a percentage of its size; `0`
+    /// turns the floor off. Default `"10%"`.
+    pub min_free: SizeLimit,
+    /// Evict a complete blob unused for this long whatever the usage. Default: none.
+    pub ttl: Option<Duration>,
+    /// A partial download (left by a crash or a cancelled pull) nobody wrote to for this long
+    /// is removed; asked for again sooner, it resumes. Default `1h`.
+    pub partial_ttl: Duration,
+    /// A complete blob unused for this long is closed (its file and in-memory entry) and no
+    /// longer announced to the tracker; it is still served from the store when asked. Default `5m`.
+    pub idle_timeout: Duration,
+    /// How often the store is measured and, if needed, evicted. A download or commit that
+    /// takes the store over the high mark starts a round at once. Default `10s`.
+    pub check_interval: Duration,
+    /// Blobs never evicted.
+    pub pin: PinConfig,
+}
+
+/// Blobs kept whatever the budget says, under `swarm.store.pin`. A preheat with `"pin": true`
+/// pins its blobs too (and `"pin": false` unpins them).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PinConfig {
+    /// Digests. Default none.
+    pub digests: Vec<Digest>,
+    /// Repositories (`library/nginx`): a blob requested through one of them (the agent's
+    /// `/v2/<name>/...`, an origin request whose `name` hint is one of them, a preheat of
+    /// one) is pinned from then on, while the repository stays listed. Default none.
+    pub repositories: Vec<String>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            max_size: SizeLimit::Percent(Percent::new(80)),
+            high_watermark: Percent::new(90),
+            low_watermark: Percent::new(75),
+            min_free: SizeLimit::Percent(Percent::new(10)),
+            ttl: None,
+            partial_ttl: Duration::from_secs(3600),
+            idle_timeout: Duration::from_secs(300),
+            check_interval: Duration::from_secs(10),
+            pin: PinConfig::default(),
+        }
+    }
+}
+
+impl StoreConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.low_watermark >= self.high_watermark {
+            return Err(format!(
+                "swarm.store.low_watermark ({}) must be under high_watermark ({})",
+                self.low_watermark, self.high_watermark
+            ));
+        }
+        if self.max_size == SizeLimit::Bytes(ByteSize(0)) || self.max_size == SizeLimit::Percent(Percent::new(0)) {
+            return Err("swarm.store.max_size must be more than 0".into());
+        }
+        if self.check_interval.get() < std::time::Duration::from_millis(10) {
+            return Err("swarm.store.check_interval must be at least 10ms".into());
+        }
+        for r in &self.pin.repositories {
+            RepoName::parse(r).map_err(|e| format!("swarm.store.pin.repositories entry {r:?}: {e}"))?;
+        }
         Ok(())
     }
 }
@@ -154,6 +249,24 @@ impl SwarmConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn store(store: StoreConfig) -> SwarmConfig {
+        SwarmConfig { store, ..SwarmConfig::default() }
+    }
+
+    #[test]
+    fn store_section_parses_sizes_and_percentages() {
+        let yaml = "store:\n  max_size: 50GiB\n  high_watermark: 95%\n  low_watermark: 80%\n  min_free: 0\n  ttl: 7d\n  pin:\n    repositories: [library/nginx]\n";
+        let cfg: SwarmConfig = serde_yaml::from_str(yaml).unwrap();
+        assert_eq!(cfg.store.max_size, SizeLimit::Bytes(ByteSize(50 << 30)));
+        assert_eq!(cfg.store.high_watermark, Percent::new(95));
+        assert_eq!(cfg.store.min_free, SizeLimit::Bytes(ByteSize(0)));
+        assert_eq!(cfg.store.ttl, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(cfg.store.partial_ttl, Duration::from_secs(3600), "unset keys keep their defaults");
+        assert_eq!(cfg.validate(), Ok(()));
+        assert!(serde_yaml::from_str::<SwarmConfig>("store: { max_sise: 1GiB }").is_err(), "unknown key");
+        assert!(serde_yaml::from_str::<SwarmConfig>("store: { max_size: 120% }").is_err());
+    }
 
     #[test]
     fn validate_rejects_what_types_cannot() {
@@ -163,6 +276,25 @@ mod tests {
             ("swarm.pipeline_depth", SwarmConfig { pipeline_depth: 0, ..SwarmConfig::default() }),
             ("swarm.upload_memory", SwarmConfig { upload_memory: ByteSize((4 << 20) - 1), ..SwarmConfig::default() }),
             ("swarm.trackers", SwarmConfig { trackers: vec!["tracker:7600".into()], ..SwarmConfig::default() }),
+            (
+                "swarm.store.low_watermark",
+                store(StoreConfig { low_watermark: Percent::new(90), ..StoreConfig::default() }),
+            ),
+            (
+                "swarm.store.max_size",
+                store(StoreConfig { max_size: SizeLimit::Bytes(ByteSize(0)), ..StoreConfig::default() }),
+            ),
+            (
+                "swarm.store.check_interval",
+                store(StoreConfig { check_interval: Duration::from_millis(1), ..StoreConfig::default() }),
+            ),
+            (
+                "swarm.store.pin.repositories",
+                store(StoreConfig {
+                    pin: PinConfig { repositories: vec!["UPPER/case".into()], ..PinConfig::default() },
+                    ..StoreConfig::default()
+                }),
+            ),
         ];
         for (field, cfg) in cases {
             let err = cfg.validate().expect_err(field);

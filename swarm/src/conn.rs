@@ -15,7 +15,13 @@
 //!
 //! Uploads: a `Request` is served by a short task holding one of the connection's upload
 //! permits, released only once the piece is written to the socket, so memory held by a
-//! connection for uploads is bounded by `max_uploads_per_connection` pieces.
+//! connection for uploads is bounded by `max_uploads_per_connection` pieces. A request for a
+//! stored blob that is not open (closed for being idle) opens it; one for a blob the store
+//! does not hold (never had, or evicted) is answered `Reject` `UnknownBlob`.
+//!
+//! A received piece that fails its hash closes the connection, after an `Error` frame
+//! (`ERROR_CORRUPT_PIECE`) naming the piece, so the sender can check its own copy; a node told
+//! so hashes that piece from its disk again and drops the blob if it fails there too.
 //!
 //! The writer's queue of control frames (everything but piece data) is bounded in bytes. Past
 //! [`QUEUE_PAUSE`] the reader stops reading: a peer that sends requests and does not read the
@@ -39,7 +45,7 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use prometheus::IntGauge;
 use shoal_core::seeding;
-use shoal_core::wire::{self, DecodeError, Message, PROTOCOL_VERSION, RejectReason};
+use shoal_core::wire::{self, DecodeError, ERROR_CORRUPT_PIECE, Message, PROTOCOL_VERSION, RejectReason};
 use shoal_core::{Digest, PeerId};
 use shoal_runtime::tls::{Identity, Link, Side};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -133,6 +139,8 @@ pub(crate) struct Out {
     /// Upload permits (the connection's slot and the node's buffer memory) released once the
     /// data is on the socket.
     _permit: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+    /// The last frame: the writer stops once it is out.
+    last: bool,
 }
 
 /// The control bytes queued for one connection's writer.
@@ -196,6 +204,8 @@ impl Drop for SendQueue {
         self.total.sub(*self.bytes.get_mut() as i64);
     }
 }
+/// How long a closing connection waits for its last frame (an `Error`) to go out.
+const FAREWELL: Duration = Duration::from_secs(1);
 
 /// The shared face of a connection: the rest of the node sends through it.
 pub(crate) struct ConnHandle {
@@ -252,6 +262,15 @@ impl ConnHandle {
     /// Queues a control frame. One that finds [`QUEUE_MAX`] bytes queued closes the
     /// connection instead.
     pub fn send(&self, msg: &Message<'_>) {
+        self.queue(msg, false);
+    }
+
+    /// Queues `msg` as the connection's last frame.
+    fn send_last(&self, msg: &Message<'_>) {
+        self.queue(msg, true);
+    }
+
+    fn queue(&self, msg: &Message<'_>, last: bool) {
         let mut buf = BytesMut::with_capacity(64);
         wire::encode(msg, &mut buf);
         let n = buf.len();
@@ -260,7 +279,7 @@ impl ConnHandle {
             self.close();
             return;
         }
-        if self.tx.send(Out { head: buf.freeze(), data: None, counted: n, _permit: None }).is_err() {
+        if self.tx.send(Out { head: buf.freeze(), data: None, counted: n, _permit: None, last }).is_err() {
             // The writer is gone: nobody will count these bytes out.
             self.queue.pop(n);
         }
@@ -529,16 +548,17 @@ where
 
     let io_timeout = node.cfg.io_timeout.get();
     let writer = write_loop(wr, rx, &handle.queue, io_timeout);
+    tokio::pin!(writer);
     let mut reader = Reader {
         node: node.clone(),
         conn: handle.clone(),
         serving: Arc::new(Mutex::new(HashMap::new())),
         uploads: Arc::new(Semaphore::new(node.cfg.max_uploads_per_connection)),
     };
-    let res = tokio::select! {
-        r = reader.read_loop(&mut rd, buf, io_timeout) => r,
-        r = writer => r,
-        _ = cancel.cancelled() => Err(ConnError::Closed),
+    let (res, writer_ended) = tokio::select! {
+        r = reader.read_loop(&mut rd, buf, io_timeout) => (r, false),
+        r = &mut writer => (r, true),
+        _ = cancel.cancelled() => (Err(ConnError::Closed), false),
     };
     let res = if handle.queue.overflowed.load(Ordering::Acquire) {
         node.metrics.send_queue_overflows.inc();
@@ -546,8 +566,14 @@ where
     } else {
         res
     };
-    cancel.cancel();
     reader.abort_uploads();
+    if let (Err(ConnError::CorruptPiece { blob, piece }), false) = (&res, writer_ended) {
+        // Tell the sender which piece, so it can check its copy, then close.
+        let text = wire::corrupt_piece_text(*blob, *piece);
+        handle.send_last(&Message::Error { code: ERROR_CORRUPT_PIECE, message: &text });
+        let _ = tokio::time::timeout(FAREWELL, &mut writer).await;
+    }
+    cancel.cancel();
     // Unregister, and tell every blob this peer was in.
     node.peers.unregister(&handle);
     node.metrics.connections.dec();
@@ -630,7 +656,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         let out = match tokio::time::timeout(keepalive, rx.recv()).await {
             Ok(Some(out)) => out,
             Ok(None) => return Err(ConnError::Closed),
-            Err(_) => Out { head: ka.clone().freeze(), data: None, counted: 0, _permit: None },
+            Err(_) => Out { head: ka.clone().freeze(), data: None, counted: 0, _permit: None, last: false },
         };
         let idle = rx.is_empty();
         let write = async {
@@ -646,6 +672,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         };
         tokio::time::timeout(io_timeout, write).await.map_err(|_| ConnError::Timeout(io_timeout))??;
         queue.pop(out.counted);
+        if out.last {
+            return Err(ConnError::Closed);
+        }
     }
 }
 
@@ -720,6 +749,12 @@ impl Reader {
             Message::Handshake { .. } => return Err(ConnError::Protocol("second handshake".into())),
             Message::Error { code, message } => {
                 tracing::debug!(code, message, "peer sent error");
+                if code == ERROR_CORRUPT_PIECE
+                    && let Some((blob, piece)) = wire::parse_corrupt_piece(message)
+                {
+                    let n = node.clone();
+                    tokio::spawn(async move { n.reverify_piece(blob, piece).await });
+                }
                 return Err(ConnError::Closed);
             }
             Message::Bitfield { blob, num_pieces, bits } => {
@@ -752,7 +787,15 @@ impl Reader {
                     }
                 }
             }
-            Message::Request { blob, piece } => self.serve(blob, piece),
+            Message::Request { blob, piece } => {
+                // A stored blob closed for being idle is opened again; one the store lacks is
+                // not looked for on disk.
+                let entry = match node.blob(&blob) {
+                    Some(e) => Some(e),
+                    None => node.entry_or_load(blob).await,
+                };
+                self.serve(entry, blob, piece);
+            }
             Message::Cancel { blob, piece } => {
                 if let Some(h) = self.serving.lock().remove(&(blob, piece)) {
                     h.abort();
@@ -785,9 +828,9 @@ impl Reader {
         Ok(())
     }
 
-    fn serve(&self, blob: Digest, piece: u32) {
+    fn serve(&self, entry: Option<Arc<crate::node::BlobEntry>>, blob: Digest, piece: u32) {
         let reject = |reason| self.conn.send(&Message::Reject { blob, piece, reason });
-        let Some(entry) = self.node.blob(&blob) else {
+        let Some(entry) = entry else {
             return reject(RejectReason::UnknownBlob);
         };
         let Some(idx) = entry.meta.piece(piece) else { return reject(RejectReason::NotHave) };
@@ -833,8 +876,10 @@ impl Reader {
             wire::encode_piece_header(blob, piece, data.len(), &mut head);
             node.metrics.bytes_out.inc_by(data.len() as u64);
             entry.uploaded.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            node.store.touch(&blob);
             serving.lock().remove(&(blob, piece));
-            let out = Out { head: head.freeze(), data: Some(data), counted: 0, _permit: Some((permit, memory)) };
+            let out =
+                Out { head: head.freeze(), data: Some(data), counted: 0, _permit: Some((permit, memory)), last: false };
             let _ = conn.tx.send(out);
         });
         map.insert((blob, piece), task.abort_handle());
@@ -890,6 +935,8 @@ impl Reader {
 /// The driver against a scripted peer on an in-memory duplex: no TCP, no tracker.
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::FileExt;
+
     use shoal_core::MetaInfo;
     use shoal_core::metainfo::{MIN_PIECE_LEN, MetaInfoBuilder};
     use shoal_core::wire::pack_bits;
@@ -938,7 +985,7 @@ mod tests {
         for i in meta.all_pieces() {
             partial.write_piece(i, piece(&meta, data, i.get())).unwrap();
         }
-        partial.commit(node.store.root()).unwrap();
+        partial.commit().unwrap();
         node.register_complete(node.store.open_complete(meta.digest()).await.unwrap().unwrap());
         meta
     }
@@ -1200,6 +1247,20 @@ mod tests {
         let ev = event(&mut rx).await;
         assert!(matches!(ev, Event::PieceBad { peer, piece: 0 } if peer == remote.peer_id));
         assert!(matches!(ended(task).await, Err(ConnError::CorruptPiece { piece: 0, .. })));
+        // Its last frame (after its bitfield and a `Have`) named the piece, so the sender can
+        // check its own copy.
+        let text = wire::corrupt_piece_text(blob, 0);
+        let last = loop {
+            let f = remote.frame().await;
+            let (msg, _) = wire::decode(&f).unwrap().unwrap();
+            if !matches!(msg, Message::Bitfield { .. } | Message::Have { .. }) {
+                break f;
+            }
+        };
+        assert_eq!(
+            wire::decode(&last).unwrap().unwrap().0,
+            Message::Error { code: ERROR_CORRUPT_PIECE, message: &text }
+        );
         assert!(matches!(event(&mut rx).await, Event::PeerGone { .. }));
         assert!(node.peers.is_shunned(&at(2)));
         assert_eq!(node.metrics.pieces_corrupt.get(), 1);
@@ -1351,5 +1412,81 @@ mod tests {
         let f = remote.frame().await;
         let (msg, _) = wire::decode(&f).unwrap().unwrap();
         assert_eq!(msg, Message::Bitfield { blob, num_pieces: 2, bits: &pack_bits(2, |_| true) });
+    }
+
+    async fn expect(remote: &mut FarEnd, want: Message<'_>) {
+        let f = remote.frame().await;
+        assert_eq!(wire::decode(&f).unwrap().unwrap().0, want);
+    }
+
+    /// A blob evicted while a peer has it open: the peer's next request is answered `Reject`
+    /// `UnknownBlob` (it fetches the piece elsewhere), never a short or empty piece, and the
+    /// connection stays up.
+    #[tokio::test]
+    async fn a_request_for_an_evicted_blob_is_rejected() {
+        let (node, _dir) = node();
+        let bytes = data(2 * MIN_PIECE_LEN as usize);
+        let meta = complete(&node, &bytes).await;
+        let blob = meta.digest();
+        let (mut remote, task) = connected(&node, 2).await;
+        remote.send(&Message::Bitfield { blob, num_pieces: 2, bits: &pack_bits(2, |_| false) }).await;
+        expect(&mut remote, Message::Bitfield { blob, num_pieces: 2, bits: &pack_bits(2, |_| true) }).await;
+        remote.send(&Message::Request { blob, piece: 0 }).await;
+        expect(&mut remote, Message::Piece { blob, piece: 0, data: piece(&meta, &bytes, 0) }).await;
+
+        assert!(node.evict(blob, shoal_core::cache::Reason::Size, false).await);
+        assert!(!node.store.contains(&blob));
+        remote.send(&Message::Request { blob, piece: 1 }).await;
+        expect(&mut remote, Message::Reject { blob, piece: 1, reason: RejectReason::UnknownBlob }).await;
+        assert!(!task.is_finished());
+    }
+
+    /// A stored blob closed for being idle is opened again by a peer's request.
+    #[tokio::test]
+    async fn a_request_opens_a_closed_blob() {
+        let (node, _dir) = node();
+        let bytes = data(MIN_PIECE_LEN as usize + 5);
+        let meta = complete(&node, &bytes).await;
+        assert_eq!(node.close_idle(Duration::ZERO), 1);
+        let (mut remote, _task) = connected(&node, 2).await;
+        remote.send(&Message::Request { blob: meta.digest(), piece: 1 }).await;
+        expect(&mut remote, Message::Piece { blob: meta.digest(), piece: 1, data: piece(&meta, &bytes, 1) }).await;
+    }
+
+    /// A peer reports a piece it got from us as corrupt: the piece is hashed again from disk.
+    /// A good one keeps the blob; one damaged on disk (a torn write after a power loss,
+    /// simulated by flipping a byte) removes it, so it is not served again.
+    #[tokio::test]
+    async fn a_reported_corrupt_piece_is_checked_and_a_damaged_blob_dropped() {
+        let (node, _dir) = node();
+        let bytes = data(3 * MIN_PIECE_LEN as usize);
+        let meta = complete(&node, &bytes).await;
+        let blob = meta.digest();
+        let report = |n: u8, piece: u32| {
+            let node = node.clone();
+            async move {
+                let (mut remote, task) = connected(&node, n).await;
+                let text = wire::corrupt_piece_text(blob, piece);
+                remote.send(&Message::Error { code: ERROR_CORRUPT_PIECE, message: &text }).await;
+                assert!(matches!(ended(task).await, Err(ConnError::Closed)));
+            }
+        };
+        node.reverify_piece(blob, 1).await;
+        assert!(node.store.contains(&blob), "a good piece keeps the blob");
+
+        let f = std::fs::OpenOptions::new().write(true).open(node.store.complete_path(&blob)).unwrap();
+        let off = 2 * u64::from(MIN_PIECE_LEN) + 9;
+        f.write_all_at(&[bytes[usize::try_from(off).unwrap()] ^ 0xff], off).unwrap();
+        report(2, 2).await;
+        tokio::time::timeout(WAIT, async {
+            while node.store.contains(&blob) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the damaged blob is removed");
+        assert!(node.blob(&blob).is_none());
+        assert_eq!(node.store.evictions().get(shoal_core::cache::Reason::Corrupt), 1);
+        assert!(!node.peers.is_shunned(&at(2)), "reporting is not misbehaving");
     }
 }

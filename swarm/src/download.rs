@@ -185,9 +185,8 @@ pub(crate) async fn run(
     // get an error at once rather than wait on the commit): check the whole blob, commit.
     entry.shared.lock().actor = None;
     drop(rx);
-    let root = node.store.root().to_path_buf();
     let p = partial.clone();
-    node.store.blocking().run(move || p.commit(&root)).await?;
+    node.store.blocking().run(move || p.commit()).await?;
     {
         let mut s = entry.shared.lock();
         s.complete = true;
@@ -305,6 +304,7 @@ async fn announce_and_connect(node: &Arc<Node>, entry: &Arc<BlobEntry>) -> Durat
         addr: node.advertise,
         complete: false,
         origin: node.is_origin,
+        stopped: false,
     };
     // The owners are dialed whatever the tracker says (it hands them out too), so a tracker
     // that is down or slow holds nothing up.
@@ -378,14 +378,41 @@ pub(crate) async fn announce_once(node: &Arc<Node>, blob: Digest, complete: bool
     if node.tracker.is_empty() {
         return;
     }
-    let req = AnnounceRequest { blob, peer_id: node.peer_id, addr: node.advertise, complete, origin: node.is_origin };
+    let req = AnnounceRequest {
+        blob,
+        peer_id: node.peer_id,
+        addr: node.advertise,
+        complete,
+        origin: node.is_origin,
+        stopped: false,
+    };
     if let Err(e) = node.tracker.announce(&req).await {
         tracing::warn!(%blob, "announce failed: {e:#}");
     }
 }
 
-/// Re-announces every complete blob periodically, so the tracker keeps handing this node out
-/// while it seeds.
+/// Tells the blob's tracker this node no longer holds it (it was evicted), so it stops
+/// handing the node out; failures are logged (the entry then expires with its TTL).
+pub(crate) async fn announce_stopped(node: &Arc<Node>, blob: Digest) {
+    if node.tracker.is_empty() {
+        return;
+    }
+    let req = AnnounceRequest {
+        blob,
+        peer_id: node.peer_id,
+        addr: node.advertise,
+        complete: false,
+        origin: node.is_origin,
+        stopped: true,
+    };
+    if let Err(e) = node.tracker.announce(&req).await {
+        tracing::debug!(%blob, "stopped announce failed: {e:#}");
+    }
+}
+
+/// Re-announces every complete blob the node has open periodically, so the tracker keeps
+/// handing this node out while it seeds. A blob closed for being idle is no longer announced
+/// (its tracker entry expires), though it is still served when asked for.
 pub(crate) async fn seed_announcer(node: Arc<Node>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;

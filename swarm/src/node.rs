@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
+use futures::StreamExt;
 use parking_lot::Mutex;
 use prometheus::Registry;
 use shoal_core::ring::Ring;
@@ -33,6 +34,7 @@ use crate::limiter::Limiter;
 use crate::metrics::SwarmMetrics;
 use crate::peers::{Limits, Peers};
 use crate::store::{BlobFile, PartialBlob, Store};
+use crate::{gc, index};
 
 /// What a node is in the swarm.
 #[derive(Clone, Debug)]
@@ -176,6 +178,8 @@ pub(crate) struct Node {
     max_upload_backlog: Option<u64>,
     /// Room for piece buffers read for upload, in [`UPLOAD_MEMORY_UNIT`]s.
     upload_memory: Arc<Semaphore>,
+    /// Re-verifications of stored pieces a peer reported corrupt, at once.
+    pub reverify: Arc<Semaphore>,
     pub cancel: CancellationToken,
 }
 
@@ -207,6 +211,14 @@ impl Node {
     ) -> anyhow::Result<Node> {
         cfg.validate().map_err(anyhow::Error::msg)?;
         let store = Store::open(&cfg.store_dir, Blocking::new(cfg.blocking_threads))?;
+        store.configure_pins(&cfg.store.pin.digests, &cfg.store.pin.repositories)?;
+        // The high mark before the first round, so a download past it starts one at once.
+        match crate::store::space_of(&cfg.store_dir) {
+            Ok(space) => store.index().set_high(gc::limits(&cfg.store, space).high),
+            Err(e) => tracing::warn!("cannot measure the store's filesystem: {e:#}"),
+        }
+        store.evictions().register(registry)?;
+        crate::store_metrics::register(registry, cfg.store_dir.clone(), cfg.store.clone())?;
         let peer_id = match &tls {
             Some(t) => PeerId::bound(t.identity().as_str()),
             None => PeerId::random(),
@@ -236,6 +248,7 @@ impl Node {
                 usize::try_from(cfg.upload_memory.0 / UPLOAD_MEMORY_UNIT).unwrap_or(Semaphore::MAX_PERMITS),
             )),
             max_upload_backlog: cfg.egress_rate.map(|r| max_upload_backlog(r.0, cfg.upload_backlog.get())),
+            reverify: Arc::new(Semaphore::new(gc::REVERIFY_AT_ONCE)),
             cancel,
             cfg,
         })
@@ -261,9 +274,53 @@ impl Node {
         self.blobs.get(d).map(|e| e.clone())
     }
 
-    /// The blobs complete on this node (the ones it seeds).
+    /// The complete blobs this node has open (the ones it announces as a seed).
     pub fn complete_blobs(&self) -> Vec<Digest> {
         self.blobs.iter().filter(|e| e.shared.lock().complete).map(|e| *e.key()).collect()
+    }
+
+    /// Entries (and so open files) this node holds.
+    pub fn open_blobs(&self) -> usize {
+        self.blobs.len()
+    }
+
+    /// Drops the entries nobody holds of complete blobs unused for `idle`, and of failed
+    /// downloads, closing their files; returns how many went. A closed complete blob is
+    /// still in the store, opened again when asked for.
+    pub fn close_idle(&self, idle: std::time::Duration) -> usize {
+        let now = std::time::SystemTime::now();
+        let before = self.blobs.len();
+        self.blobs.retain(|d, e| {
+            if Arc::strong_count(e) > 1 {
+                return true;
+            }
+            match &*e.status.borrow() {
+                Status::Running => true,
+                Status::Failed(_) => false,
+                Status::Complete => {
+                    let last = self.store.index().last_used(d).unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+                    now.duration_since(last).unwrap_or_default() < idle
+                }
+            }
+        });
+        before.saturating_sub(self.blobs.len())
+    }
+
+    /// Whether the only holder of `file` (besides the caller's own reference) is the entry
+    /// of `d`, and nobody holds that entry: the blob is idle though open.
+    pub fn only_held_by_its_entry(&self, d: &Digest, file: &Arc<BlobFile>) -> bool {
+        self.blobs
+            .get(d)
+            .is_some_and(|e| Arc::strong_count(&*e) == 1 && Arc::ptr_eq(&e.file, file) && Arc::strong_count(file) == 2)
+    }
+
+    /// Removes the entry of complete blob `d` if nobody holds it or its file (with `force`,
+    /// whoever does). Returns whether `d` has no entry now.
+    pub fn remove_settled_entry(&self, d: &Digest, force: bool) -> bool {
+        self.blobs.remove_if(d, |_, e| {
+            e.shared.lock().complete && (force || (Arc::strong_count(e) == 1 && Arc::strong_count(&e.file) == 1))
+        });
+        !self.blobs.contains_key(d)
     }
 
     /// Waits for room to hold a piece of `bytes` read for upload; the permit gives the room
@@ -326,14 +383,36 @@ impl Node {
     }
 }
 
-/// Reads verified pieces of a blob in order, waiting for the ones still missing.
+/// Reads verified pieces of a blob in order, waiting for the ones still missing. While it
+/// lives the blob is in use (never evicted); when it is dropped (the response is sent or its
+/// client went away) the blob's last use is recorded.
 struct PieceReader {
     entry: Arc<BlobEntry>,
+    store: Store,
     progress: watch::Receiver<u64>,
     status: watch::Receiver<Status>,
     blocking: Blocking,
     cancel: CancellationToken,
     end: u64,
+}
+
+impl Drop for PieceReader {
+    fn drop(&mut self) {
+        self.store.touch(&self.entry.meta.digest());
+    }
+}
+
+/// Records a use of a stored blob when dropped: kept by a response that streams the blob, so
+/// its last use is when the response ended ([`Swarm::use_record`]).
+pub struct UseRecord {
+    store: Store,
+    digest: Digest,
+}
+
+impl Drop for UseRecord {
+    fn drop(&mut self) {
+        self.store.touch(&self.digest);
+    }
 }
 
 impl PieceReader {
@@ -418,6 +497,11 @@ impl Swarm {
             download::seed_announcer(n, every).await;
             Ok(())
         });
+        let n = node.clone();
+        shoal_runtime::spawn("store-upkeep", node.cancel.clone(), async move {
+            gc::run(n).await;
+            Ok(())
+        });
         Ok(Swarm { node })
     }
 
@@ -433,9 +517,82 @@ impl Swarm {
         &self.node.store
     }
 
-    /// Byte counts for a blob this node has touched since it started.
+    /// Byte counts for a blob this node has open (downloading, or complete and used within
+    /// `swarm.store.idle_timeout`).
     pub fn stats(&self, d: &Digest) -> Option<BlobStats> {
         self.node.blobs.get(d).map(|e| e.stats())
+    }
+
+    /// Blobs this node has open: their in-memory entry and file. A complete blob unused for
+    /// `swarm.store.idle_timeout` is closed.
+    pub fn open_blobs(&self) -> usize {
+        self.node.open_blobs()
+    }
+
+    /// Records a use of complete blob `d` (served to a client) for the store's
+    /// least-recently-used order. Peer uploads and [`Swarm::stream`] record their own.
+    pub fn touch(&self, d: &Digest) {
+        self.node.store.touch(d);
+    }
+
+    /// A record of a use of `d` made when it is dropped: a response streaming a stored blob
+    /// keeps it to the end.
+    pub fn use_record(&self, d: Digest) -> UseRecord {
+        UseRecord { store: self.node.store.clone(), digest: d }
+    }
+
+    /// Pins (or with `pin == false` unpins) `d` as a preheat asked: a pinned blob is never
+    /// evicted. The pin is kept on disk.
+    pub async fn pin(&self, d: Digest, pin: bool) -> Result<(), SwarmError> {
+        Ok(self.node.store.set_pin(d, index::PIN_PREHEAT, pin).await?)
+    }
+
+    /// Records that `d` was requested through repository `name`: if `name` is one of
+    /// `swarm.store.pin.repositories`, `d` is pinned from now on.
+    pub async fn note_repository(&self, name: &str, d: Digest) {
+        if !self.node.store.index().pins_repository(name) {
+            return;
+        }
+        if let Err(e) = self.node.store.set_pin(d, &index::repository_pin(name), true).await {
+            tracing::warn!(%d, repository = name, "cannot record the pin: {e:#}");
+        }
+    }
+
+    /// Announces every complete blob in the store as seeded, in the background and a few at
+    /// a time (an origin after its start: it does not open them).
+    pub fn announce_stored(&self) {
+        let node = self.node.clone();
+        if node.tracker.is_empty() {
+            return;
+        }
+        shoal_runtime::spawn("announce-stored", node.cancel.clone(), async move {
+            let stored = node.store.complete_digests();
+            let n = stored.len();
+            futures::stream::iter(stored)
+                .for_each_concurrent(gc::ANNOUNCE_CONCURRENCY, |d| {
+                    let node = node.clone();
+                    async move {
+                        if node.store.contains(&d) {
+                            download::announce_once(&node, d, true).await;
+                        }
+                    }
+                })
+                .await;
+            tracing::info!(blobs = n, "stored blobs announced");
+            Ok(())
+        });
+    }
+
+    /// Runs a round of the store's upkeep now (closing idle blobs, evicting to the budget;
+    /// see `swarm::gc`), as the node's own task does every `check_interval`.
+    pub async fn store_round(&self) -> gc::RoundReport {
+        gc::round(&self.node).await
+    }
+
+    /// Writes the recorded last uses of stored blobs to disk (also done every round), for a
+    /// node about to stop.
+    pub async fn persist_last_uses(&self) {
+        self.node.store.persist_last_uses().await;
     }
 
     /// Open peer connections.
@@ -443,7 +600,7 @@ impl Swarm {
         self.node.peers.len()
     }
 
-    /// The complete blob, if this node holds it.
+    /// The complete blob, if this node holds it (a lookup: it does not count as a use).
     pub async fn complete(&self, d: Digest) -> Result<Option<Arc<BlobFile>>, SwarmError> {
         if let Some(e) = self.node.blobs.get(&d) {
             if e.shared.lock().complete {
@@ -471,7 +628,10 @@ impl Swarm {
         loop {
             let st = rx.borrow_and_update().clone();
             match st {
-                Status::Complete => return Ok(entry.file.clone()),
+                Status::Complete => {
+                    self.node.store.touch(&entry.meta.digest());
+                    return Ok(entry.file.clone());
+                }
                 Status::Failed(e) => return Err(e),
                 Status::Running => {}
             }
@@ -507,6 +667,7 @@ impl Swarm {
         let end = end.min(meta.length());
         let entry = self.start_download(meta).await?;
         let mut reader = PieceReader {
+            store: self.node.store.clone(),
             progress: entry.progress.subscribe(),
             status: entry.status.subscribe(),
             entry,

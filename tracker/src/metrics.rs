@@ -32,7 +32,8 @@ impl Metrics {
             &["result"],
         )?;
         // Create every label up front so each series exists (at 0) before its first event.
-        for r in [Recorded::Yes, Recorded::SwarmFull, Recorded::TooManyBlobs, Recorded::UnusableAddr] {
+        for r in [Recorded::Yes, Recorded::SwarmFull, Recorded::TooManyBlobs, Recorded::UnusableAddr, Recorded::Stopped]
+        {
             announces.with_label_values(&[r.as_str()]);
         }
         announces.with_label_values(&[BAD_REQUEST]);

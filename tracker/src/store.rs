@@ -24,6 +24,10 @@
 //!    has `peer_id: None` and `complete: false`, since it may still have to fetch the blob.
 //!    An owner at the asker's own address is left out.
 //!
+//! A `stopped` announce (the node evicted the blob) removes at once the asker's entry and any
+//! other at its address (an earlier process of the same listener), and is answered with no
+//! peers; it records nothing, so a stop for a blob the tracker never saw costs nothing.
+//!
 //! # State and restarts
 //!
 //! State is rebuilt from announces alone. A restarted tracker hands out only origins until
@@ -104,6 +108,8 @@ pub enum Recorded {
     /// The announced address (unspecified IP or port 0) cannot be dialled by anyone. The
     /// node is answered so it can still download.
     UnusableAddr,
+    /// A `stopped` announce: the node's entry, if any, was removed.
+    Stopped,
 }
 
 impl Recorded {
@@ -114,6 +120,7 @@ impl Recorded {
             Recorded::SwarmFull => "swarm_full",
             Recorded::TooManyBlobs => "too_many_blobs",
             Recorded::UnusableAddr => "unusable_addr",
+            Recorded::Stopped => "stopped",
         }
     }
 }
@@ -154,6 +161,9 @@ impl PeerStore {
 
     /// [`PeerStore::announce`] with the randomness supplied, for reproducible runs.
     pub fn announce_with_rng<R: Rng + ?Sized>(&self, req: &AnnounceRequest, now: Instant, rng: &mut R) -> Handout {
+        if req.stopped {
+            return self.stop(req);
+        }
         let owners: Vec<SocketAddr> = match &self.opts.ring {
             Some(ring) => ring.owners(&req.blob).into_iter().map(|o| o.peer).filter(|a| *a != req.addr).collect(),
             None => Vec::new(),
@@ -213,6 +223,23 @@ impl PeerStore {
             rng,
         );
         Handout { peers, recorded, purged: pass.purged }
+    }
+
+    /// A node left `req.blob`'s swarm: its entry goes, and any other at its address (an
+    /// earlier process of the same listener, as an announce would drop it), and it is told
+    /// about nobody.
+    fn stop(&self, req: &AnnounceRequest) -> Handout {
+        let mut now_empty = false;
+        if let Some(mut swarm) = self.blobs.get_mut(&req.blob) {
+            let before = swarm.peers.len();
+            swarm.peers.retain(|id, e| *id != req.peer_id && e.addr != req.addr);
+            self.n_peers.fetch_sub(before - swarm.peers.len(), Ordering::Relaxed);
+            now_empty = swarm.peers.is_empty();
+        }
+        if now_empty {
+            self.remove_if_empty(&req.blob);
+        }
+        Handout { peers: Vec::new(), recorded: Recorded::Stopped, purged: 0 }
     }
 
     /// Removes every expired entry, and every blob left without peers.
@@ -395,7 +422,7 @@ mod tests {
     }
 
     fn req(n: u8, complete: bool) -> AnnounceRequest {
-        AnnounceRequest { blob: blob(), peer_id: id(n), addr: addr(n), complete, origin: false }
+        AnnounceRequest { blob: blob(), peer_id: id(n), addr: addr(n), complete, origin: false, stopped: false }
     }
 
     fn ids(h: &Handout) -> Vec<Option<PeerId>> {
@@ -413,6 +440,32 @@ mod tests {
         assert!(h.peers.is_empty());
         assert_eq!(h.recorded, Recorded::Yes);
         assert_eq!((s.n_peers(), s.n_blobs()), (1, 1));
+    }
+
+    #[test]
+    fn a_stopped_announce_removes_its_entries_only() {
+        let s = store(50);
+        let t = Instant::now();
+        for n in 1..=4 {
+            s.announce(&req(n, true), t);
+        }
+        assert_eq!((s.n_peers(), s.n_blobs()), (4, 1));
+        let stop = |n: u8| AnnounceRequest { stopped: true, complete: false, ..req(n, true) };
+        let h = s.announce(&stop(1), t);
+        assert_eq!((h.recorded, h.peers.len()), (Recorded::Stopped, 0));
+        assert_eq!(id_set(&s.announce(&req(9, false), t)), HashSet::from([id(2), id(3), id(4)]), "1 is not handed out");
+        // A restarted node (a new id at the same address) stops for its earlier process too;
+        // a peer's own id goes whatever address it names.
+        s.announce(&AnnounceRequest { peer_id: id(0x22), ..stop(2) }, t);
+        s.announce(&AnnounceRequest { addr: addr(0x33), ..stop(3) }, t);
+        assert_eq!(id_set(&s.announce(&req(9, false), t)), HashSet::from([id(4)]));
+        // A stop for a blob never announced records nothing.
+        s.announce(&AnnounceRequest { blob: Digest::of(b"never"), ..stop(4) }, t);
+        assert_eq!((s.n_peers(), s.n_blobs()), (2, 1), "4 and the asker 9");
+        s.announce(&stop(4), t);
+        s.announce(&stop(9), t);
+        assert_eq!((s.n_peers(), s.n_blobs()), (0, 0), "the last peers left: the blob goes too");
+        assert_eq!(s.swarm_size(&blob(), t), shoal_core::api::SwarmSize::default());
     }
 
     #[test]

@@ -24,6 +24,7 @@ fn announce_req(n: u8, addr: &str, complete: bool) -> AnnounceRequest {
         addr: addr.parse().unwrap(),
         complete,
         origin: false,
+        stopped: false,
     }
 }
 

@@ -1,10 +1,11 @@
-//! `POST /preheat` on the agent: `{"name", "reference", "ns"?, "prefetch"?}`. A tag is
+//! `POST /preheat` on the agent: `{"name", "reference", "ns"?, "prefetch"?, "pin"?}`. A tag is
 //! resolved through the origins (as a pull would), then the request goes to the origins that
 //! own the manifest, which fetch the image's manifests, configs and layers into their stores
 //! (`shoal_origin::preheat`). The origin's answer (202 with an id and every digest) is passed
 //! through. With `prefetch`, the agent also downloads every listed blob into its own store
 //! through the swarm, in the background and a bounded number at a time, so the first pull on
-//! this host is local.
+//! this host is local. `"pin": true` pins the image's blobs on the origins, and with
+//! `prefetch` in this agent's store too (never evicted); `"pin": false` unpins them there.
 
 use axum::Json;
 use axum::extract::State;
@@ -37,6 +38,10 @@ pub struct PreheatRequest {
     /// Also download every blob into this agent's store.
     #[serde(default)]
     pub prefetch: bool,
+    /// `true` pins every blob (on the origins, and with `prefetch` here), `false` unpins
+    /// them; absent leaves pins as they are.
+    #[serde(default)]
+    pub pin: Option<bool>,
 }
 
 /// `POST /preheat`.
@@ -67,14 +72,29 @@ async fn preheat(st: &RegistryState, req: PreheatRequest) -> Result<Response, Re
         Reference::Digest(d) => *d,
         Reference::Tag(tag) => st.tags.resolve(ns_str.as_deref(), &name, tag).await?,
     };
-    let body = serde_json::json!({"name": name.as_str(), "reference": digest.to_string(), "ns": ns_str});
+    let mut body = serde_json::json!({"name": name.as_str(), "reference": digest.to_string(), "ns": ns_str});
+    if let Some(pin) = req.pin {
+        // Only when asked: origins from before pinning refuse the key.
+        body["pin"] = serde_json::json!(pin);
+    }
     let (status, mut answer) =
         st.origins.preheat(digest, &body).await.map_err(|e| RegistryError::from_origin(e, MANIFEST_UNKNOWN))?;
+    let digests: Vec<Digest> = answer["digests"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str()?.parse().ok()).take(MAX_PREFETCH).collect())
+        .unwrap_or_default();
+    // Pinned before they are downloaded, so no eviction takes them in between; unpinned
+    // whether prefetched or not.
+    if status == 202
+        && let Some(pin) = req.pin.filter(|p| !p || req.prefetch)
+    {
+        for d in &digests {
+            if let Err(e) = st.swarm.pin(*d, pin).await {
+                tracing::warn!(%d, "cannot record the pin: {e:#}");
+            }
+        }
+    }
     if let (202, Some(running)) = (status, prefetching) {
-        let digests: Vec<Digest> = answer["digests"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str()?.parse().ok()).take(MAX_PREFETCH).collect())
-            .unwrap_or_default();
         let hints = Hints { name: Some(name.clone()), ns: ns_str.clone() };
         let st2 = st.clone();
         let n = digests.len();
@@ -140,7 +160,13 @@ mod tests {
     }
 
     fn request(prefetch: bool) -> PreheatRequest {
-        PreheatRequest { name: "team/app".into(), reference: Digest::of(b"m").to_string(), ns: None, prefetch }
+        PreheatRequest {
+            name: "team/app".into(),
+            reference: Digest::of(b"m").to_string(),
+            ns: None,
+            prefetch,
+            pin: None,
+        }
     }
 
     /// `max_prefetches` prefetches run at once: one more is answered 503 with `Retry-After`

@@ -107,8 +107,10 @@ pull_through:
 swarm:
   store_dir: /var/lib/shoal/store
   trackers: [{{ include "shoal.trackerUrl" .ctx | quote }}]
-  {{- with $o.swarm }}
-  {{- toYaml . | nindent 2 }}
+  {{- /* The volume's size is the store's budget unless the fs backend lives on it too. */}}
+  {{- $size := ternary $o.persistence.size "" (or (eq $o.backend.type "s3") (not (empty $o.backend.fs.volume))) }}
+  {{- with include "shoal.swarmValues" (dict "swarm" $o.swarm "size" $size) }}
+  {{- . | nindent 2 }}
   {{- end }}
 {{- end }}
 
@@ -130,9 +132,9 @@ swarm:
   store_dir: /var/lib/shoal/store
   trackers: [{{ include "shoal.trackerUrl" . | quote }}]
   # No advertise_addr: the DaemonSet sets SHOAL_AGENT_ADVERTISE_IP to the node's IP, and the
-  # port is peer_listen's.
-  {{- with $a.swarm }}
-  {{- toYaml . | nindent 2 }}
+  # port is peer_listen's. The store's budget is agent.store.size.
+  {{- with include "shoal.swarmValues" (dict "swarm" $a.swarm "size" $a.store.size) }}
+  {{- . | nindent 2 }}
   {{- end }}
 {{- end }}
 

@@ -140,6 +140,44 @@ float Helm parses it into), a string such as 64MiB is quoted.
 {{- end }}
 
 {{/*
+A Kubernetes quantity of bytes (50Gi, 500G, 1.5Ti, an integer) as a whole number of bytes: a
+volume's size turned into the store budget (`swarm.store.max_size`) of the binary using it.
+*/}}
+{{- define "shoal.quantityBytes" -}}
+{{- if or (kindIs "float64" .) (kindIs "int64" .) (kindIs "int" .) }}
+{{- int64 . }}
+{{- else }}
+{{- $q := toString . }}
+{{- $num := regexFind "^[0-9]+(\\.[0-9]+)?" $q }}
+{{- $units := dict "" 1 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "P" 1000000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "Pi" 1125899906842624 }}
+{{- $unit := trimPrefix $num $q }}
+{{- if or (not $num) (not (hasKey $units $unit)) }}
+{{- fail (printf "%q cannot be a store budget: give bytes with one of k, M, G, T, P, Ki, Mi, Gi, Ti, Pi" $q) }}
+{{- end }}
+{{- if contains "." $num }}{{ mulf (float64 $num) (get $units $unit) | int64 }}{{ else }}{{ mul (int64 $num) (get $units $unit) }}{{ end }}
+{{- end }}
+{{- end }}
+
+{{/*
+A component's `swarm:` section (call with (dict "swarm" <values' swarm map> "size" <volume size>
+"ctx" $)): the values' keys, with `store.max_size` set to the volume's size in bytes unless the
+values give one. Rendered after the keys the chart sets itself.
+*/}}
+{{- define "shoal.swarmValues" -}}
+{{- $swarm := deepCopy (.swarm | default dict) }}
+{{- if .size }}
+{{- $store := deepCopy (get $swarm "store" | default dict) }}
+{{- if not (hasKey $store "max_size") }}
+{{- $_ := set $store "max_size" (include "shoal.quantityBytes" .size | int64) }}
+{{- end }}
+{{- $_ := set $swarm "store" $store }}
+{{- end }}
+{{- with $swarm }}
+{{- toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
 The ServiceAccount name of a component: call with (dict "ctx" $ "component" "agent").
 */}}
 {{- define "shoal.serviceAccountName" -}}

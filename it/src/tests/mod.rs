@@ -1,6 +1,7 @@
 //! The tests, one module per concern.
 
 mod bad_input;
+mod cache;
 mod cli;
 mod corrupt;
 mod dashboard;

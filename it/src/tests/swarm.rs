@@ -56,6 +56,8 @@ async fn every_node_serves_health_and_its_own_metrics() {
     let data = random_blob(mib(2), 21);
     let d = c.put_backend_blob(&data).unwrap();
     assert_eq!(c.fetch(0, &d).await.unwrap(), data);
+    // The response ends with the last piece; the commit (synced to disk) follows.
+    wait_committed(&c, 0, &d).await;
     let http = reqwest::Client::new();
     let nodes = [
         (c.agent(0).http_addr, "shoal_swarm_downloads_completed_total 1"),
@@ -120,6 +122,7 @@ async fn blob_streams_before_the_download_completes() {
         got.extend_from_slice(&chunk);
     }
     assert!(got == data, "streamed body differs from the blob");
+    wait_committed(&c, 0, &d).await;
     assert!(c.agent(0).swarm.stats(&d).unwrap().complete);
     // Range reads through the registry API stream too, from the stored blob now.
     let range = reqwest::Client::new()
@@ -201,4 +204,14 @@ async fn downloads_go_on_with_every_tracker_down() {
         assert!(failures > 0, "agent {i} announced to no tracker");
     }
     c.shutdown().await;
+}
+
+/// Waits (boundedly) until agent `i` has committed `d`: a response ends with the last piece,
+/// and the commit, synced to disk, follows it.
+async fn wait_committed(c: &Cluster, i: usize, d: &shoal_core::Digest) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !c.agent(i).swarm.store().contains(d) {
+        assert!(tokio::time::Instant::now() < deadline, "{d} not committed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
