@@ -210,7 +210,8 @@ impl Node {
         cancel: CancellationToken,
     ) -> anyhow::Result<Node> {
         cfg.validate().map_err(anyhow::Error::msg)?;
-        let store = Store::open(&cfg.store_dir, Blocking::new(cfg.blocking_threads))?;
+        let mut store = Store::open(&cfg.store_dir, Blocking::new(cfg.blocking_threads))?;
+        store.verify_blob_digest(cfg.verify_blob_digest);
         store.configure_pins(&cfg.store.pin.digests, &cfg.store.pin.repositories)?;
         // The high mark before the first round, so a download past it starts one at once.
         match crate::store::space_of(&cfg.store_dir) {
