@@ -780,6 +780,7 @@ impl Reader {
             }
             Message::Bitfield { blob, num_pieces, bits } => {
                 let Some(entry) = node.entry_or_load(blob).await else {
+                    node.want(blob);
                     self.conn.send(&Message::Reject { blob, piece: 0, reason: RejectReason::UnknownBlob });
                     return Ok(());
                 };
