@@ -210,7 +210,7 @@ async fn get_blob(
     // The stream holds the file open, so the blob is not evicted while it is sent, and
     // records the use when it ends.
     let used = st.swarm.use_record(digest);
-    let stream = file.stream(st.swarm.store().blocking().clone(), 0, len).map(move |chunk| {
+    let stream = st.swarm.store().stream(&file, 0, len).map(move |chunk| {
         let _ = &used;
         chunk
     });

@@ -881,8 +881,8 @@ impl Reader {
         let task = tokio::spawn(async move {
             // Validation keeps the memory at least one piece, so this always completes.
             let Some(memory) = node.reserve_upload_memory(piece_len).await else { return };
-            let file = entry.file.clone();
-            let read = node.store.blocking().run(move || file.read_piece(idx)).await;
+            let (offset, len) = (entry.meta.piece_offset(idx), entry.meta.piece_len(idx) as usize);
+            let read = node.store.read_shared(entry.file.clone(), offset, len).await;
             let data = match read {
                 Ok(d) => d,
                 Err(e) => {

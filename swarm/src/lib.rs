@@ -22,6 +22,7 @@
 
 pub mod announce;
 pub mod blocking;
+pub mod bufpool;
 pub mod config;
 pub mod conn;
 pub mod download;

@@ -417,7 +417,6 @@ struct PieceReader {
     store: Store,
     progress: watch::Receiver<u64>,
     status: watch::Receiver<Status>,
-    blocking: Blocking,
     cancel: CancellationToken,
     end: u64,
 }
@@ -456,8 +455,7 @@ impl PieceReader {
         let meta = &self.entry.meta;
         let piece_end = meta.piece_offset(index) + u64::from(meta.piece_len(index));
         let len = usize::try_from(piece_end.min(self.end).min(off + Self::CHUNK) - off).expect("at most a chunk");
-        let file = self.entry.file.clone();
-        self.blocking.run(move || file.read_at(off, len)).await.map(bytes::Bytes::from)
+        self.store.read_shared(self.entry.file.clone(), off, len).await
     }
 
     /// Waits until the piece holding `off` is present; the download's own error if it fails
@@ -704,7 +702,6 @@ impl Swarm {
             progress: entry.progress.subscribe(),
             status: entry.status.subscribe(),
             entry,
-            blocking: self.node.store.blocking().clone(),
             cancel: self.node.cancel.clone(),
             end,
         };

@@ -46,6 +46,7 @@ use shoal_core::{Digest, DigestHasher, MetaInfo, PieceIndex};
 use shoal_core::cache::Reason;
 
 use crate::blocking::Blocking;
+use crate::bufpool::BufPool;
 use crate::index::{Index, Lookup};
 use crate::store_metrics::Evictions;
 
@@ -84,6 +85,8 @@ pub struct Store {
     evictions: Evictions,
     /// Downloads check the whole blob's sha256 before commit ([`Store::verify_blob_digest`]).
     verify_digest: bool,
+    /// Buffers for the pieces and chunks read to be sent ([`Store::read_shared`]).
+    bufs: BufPool,
 }
 
 /// The size and free space of the filesystem holding a store.
@@ -144,11 +147,49 @@ impl Store {
             blocking,
             tmp_seq: Arc::new(AtomicU64::new(0)),
             verify_digest: true,
+            bufs: BufPool::new(),
         };
         store.scan_complete()?;
         store.scan_partial()?;
         store.index.load_pins(read_pins(&store.pins_path()));
         Ok(store)
+    }
+
+    /// Reads `len` bytes at `offset` of `file` on the blocking pool into a reused buffer
+    /// ([`BufPool`]), for bytes that go to a socket: the buffer returns to the pool when the
+    /// last clone of the answer is dropped.
+    pub async fn read_shared(&self, file: Arc<BlobFile>, offset: u64, len: usize) -> io::Result<Bytes> {
+        let bufs = self.bufs.clone();
+        self.blocking
+            .run(move || {
+                let mut buf = bufs.take(len);
+                file.read_into(offset, len, &mut buf)?;
+                Ok(bufs.share(buf))
+            })
+            .await
+    }
+
+    /// Streams `[start, end)` of `file` in 1 MiB chunks read on the blocking pool into reused
+    /// buffers.
+    pub fn stream(
+        &self,
+        file: &Arc<BlobFile>,
+        start: u64,
+        end: u64,
+    ) -> impl futures::Stream<Item = io::Result<Bytes>> + Send + 'static + use<> {
+        const CHUNK: u64 = 1 << 20;
+        let (file, store) = (file.clone(), self.clone());
+        futures::stream::unfold(start, move |off| {
+            let (file, store) = (file.clone(), store.clone());
+            async move {
+                if off >= end {
+                    return None;
+                }
+                let n = usize::try_from((end - off).min(CHUNK)).expect("at most a chunk");
+                let res = store.read_shared(file, off, n).await;
+                Some((res, off + n as u64))
+            }
+        })
     }
 
     /// Whether downloads opened from now on check the whole blob's sha256 before commit
@@ -547,10 +588,23 @@ impl BlobFile {
     /// about 2% of a loaded agent's CPU.
     pub fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         let mut buf = Vec::with_capacity(len);
+        self.read_into(offset, len, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// As [`BlobFile::read_at`], into `buf` (emptied first; a buffer of exactly `len` bytes'
+    /// capacity from a [`BufPool`](crate::bufpool::BufPool) is read into without zeroing).
+    pub fn read_into(&self, offset: u64, len: usize, buf: &mut Vec<u8>) -> io::Result<()> {
+        buf.clear();
+        buf.reserve_exact(len);
+        if buf.capacity() != len {
+            // Reading into the spare capacity would read past `len`: zero and read exactly.
+            buf.resize(len, 0);
+            return self.file.read_exact_at(buf, offset);
+        }
         while buf.len() < len {
             let at = offset + buf.len() as u64;
-            let n =
-                rustix::io::pread(&self.file, rustix::buffer::spare_capacity(&mut buf), at).map_err(io::Error::from)?;
+            let n = rustix::io::pread(&self.file, rustix::buffer::spare_capacity(buf), at).map_err(io::Error::from)?;
             if n == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -558,30 +612,7 @@ impl BlobFile {
                 ));
             }
         }
-        buf.truncate(len);
-        Ok(buf)
-    }
-
-    /// Streams `[start, end)` in 1 MiB chunks read on the blocking pool.
-    pub fn stream(
-        self: &Arc<Self>,
-        blocking: Blocking,
-        start: u64,
-        end: u64,
-    ) -> impl futures::Stream<Item = io::Result<Bytes>> + Send + 'static + use<> {
-        const CHUNK: u64 = 1 << 20;
-        let file = self.clone();
-        futures::stream::unfold(start, move |off| {
-            let (file, blocking) = (file.clone(), blocking.clone());
-            async move {
-                if off >= end {
-                    return None;
-                }
-                let n = usize::try_from((end - off).min(CHUNK)).expect("at most a chunk");
-                let res = blocking.run(move || file.read_at(off, n)).await;
-                Some((res.map(Bytes::from), off + n as u64))
-            }
-        })
+        Ok(())
     }
 
     /// Reads one piece.
