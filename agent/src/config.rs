@@ -31,6 +31,8 @@ pub struct Config {
     pub tag_ttl: Duration,
     /// `text` or `json` log lines on stderr. Default `text`.
     pub log_format: LogFormat,
+    /// The HTTP server's deadlines and connection cap.
+    pub http: shoal_runtime::HttpConfig,
     pub swarm: SwarmConfig,
 }
 
@@ -46,6 +48,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(20),
             tag_ttl: Duration::from_secs(30),
             log_format: LogFormat::Text,
+            http: shoal_runtime::HttpConfig::default(),
             swarm: SwarmConfig::default(),
         }
     }
@@ -66,6 +69,7 @@ impl Config {
         let ring = Ring::new(self.origins.clone(), self.origin_replicas)
             .map_err(|e| ConfigError::Invalid(format!("origins: {e}")))?;
         self.swarm.validate().map_err(ConfigError::Invalid)?;
+        self.http.validate().map_err(ConfigError::Invalid)?;
         if let Some(m) = self.metrics_listen
             && (m == self.listen || m == self.peer_listen)
         {

@@ -31,6 +31,8 @@ pub struct Agent {
     pub swarm: Swarm,
     pub http_addr: SocketAddr,
     pub admin: Admin,
+    /// The HTTP servers' deadlines and connection cap (the config's `http:`).
+    pub http: shoal_runtime::HttpConfig,
 }
 
 /// Starts an agent; it runs until `shutdown` is cancelled. The returned future of
@@ -62,9 +64,10 @@ pub async fn start(
     let router = shoal_runtime::request_id::with_request_id(router, "agent").merge(admin.router());
     tracing::info!(%http_addr, "agent api listening");
     let grace = cfg.shutdown_grace.get();
+    let http = cfg.http.clone();
     let a = admin.clone();
-    let serve = async move { a.serve(listeners.http, router, shutdown, grace).await };
-    Ok((Agent { swarm, http_addr, admin }, serve))
+    let serve = async move { a.serve(listeners.http, router, shutdown, grace, &http).await };
+    Ok((Agent { swarm, http_addr, admin, http: cfg.http.clone() }, serve))
 }
 
 /// Serves the agent's `/health`, `/ready` and `/metrics` alone on `listener` (the config's
@@ -79,7 +82,8 @@ pub fn serve_admin(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "agent metrics listening");
     }
-    shoal_runtime::serve(listener, router, shutdown, grace)
+    let http = agent.http.clone();
+    async move { shoal_runtime::serve_with(listener, router, shutdown, grace, &http).await }
 }
 
 /// Runs an agent until `shutdown` is cancelled and its HTTP server has drained.

@@ -48,6 +48,8 @@ pub struct Config {
     /// Registry push notifications (`POST /notifications`): an optional token and agent
     /// prefetch rules. Default: accepted without a token, no prefetch.
     pub notifications: crate::notify::NotifyConfig,
+    /// The HTTP server's deadlines and connection cap.
+    pub http: shoal_runtime::HttpConfig,
     pub swarm: SwarmConfig,
 }
 
@@ -69,6 +71,7 @@ impl Default for Config {
             preheat_concurrency: 4,
             log_format: LogFormat::Text,
             notifications: crate::notify::NotifyConfig::default(),
+            http: shoal_runtime::HttpConfig::default(),
             swarm: SwarmConfig { store_dir: "shoal-origin-store".into(), ..SwarmConfig::default() },
         }
     }
@@ -114,6 +117,7 @@ impl Config {
         let pull_through = self.pull_through.validate()?;
         let pull_through = (!pull_through.upstreams.is_empty()).then_some(pull_through);
         self.swarm.validate().map_err(ConfigError::Invalid)?;
+        self.http.validate().map_err(ConfigError::Invalid)?;
         if self.swarm.advertise_addr.unwrap_or(self.peer_listen).ip().is_unspecified() {
             return Err(ConfigError::Invalid(format!(
                 "swarm.advertise_addr is required when peer_listen is {} and no `origins` entry names this origin",

@@ -86,8 +86,9 @@ pub async fn start(
     let router = shoal_runtime::request_id::with_request_id(router, "origin").merge(admin.router());
     tracing::info!(%http_addr, id = %cfg.id, "origin api listening");
     let grace = cfg.shutdown_grace.get();
+    let http = cfg.http.clone();
     let a = admin.clone();
-    let serve = async move { a.serve(listeners.http, router, shutdown, grace).await };
+    let serve = async move { a.serve(listeners.http, router, shutdown, grace, &http).await };
     Ok((Origin { swarm, http_addr, admin }, serve))
 }
 

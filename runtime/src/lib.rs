@@ -1,6 +1,7 @@
 //! What every Shoal service shares, so each binary stays thin: typed YAML configuration with
 //! unknown keys rejected ([`config`]), byte sizes and rates in humane units ([`units`]), the
-//! admin HTTP server with `/health`, `/ready` and `/metrics` ([`admin`]), signal handling and
+//! HTTP server every service runs, with its deadlines and connection cap ([`http`]), the
+//! admin endpoints `/health`, `/ready` and `/metrics` ([`admin`]), signal handling and
 //! task spawning tied to a cancellation token ([`task`]).
 //!
 //! Invariant: nothing here reads the environment or global state on behalf of a library;
@@ -8,16 +9,19 @@
 
 pub mod admin;
 pub mod api_error;
+pub mod auth;
 pub mod config;
+pub mod http;
 pub mod request_id;
 pub mod task;
 pub mod units;
 pub mod version;
 
-pub use admin::serve;
 pub use admin::{Admin, Listeners, Phase};
 pub use api_error::{ApiError, blob_response, parse_digest};
+pub use auth::{AuthConfig, AuthError, Authorizer, Grant};
 pub use config::{ConfigError, EX_CONFIG, PeerNames};
+pub use http::{Caller, HttpConfig, Identity, serve, serve_with};
 pub use task::{LogFormat, config_or_exit, init_tracing, serve_until_signal, spawn, wait_for_signal};
 pub use units::{ByteSize, Duration};
 pub use version::VERSION;
