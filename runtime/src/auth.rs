@@ -249,6 +249,61 @@ impl TokenFile {
     }
 }
 
+/// The bearer token a node presents to another (the swarm to its trackers): the first token
+/// line of a file, re-read when the file changes (checked at most every [`RELOAD_CHECK`]).
+pub struct TokenSource {
+    path: PathBuf,
+    /// A sync lock held for a copy of the token, or a re-read of the small file; never
+    /// across an `.await`.
+    state: Mutex<(String, Stamp, Instant)>,
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSource").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl TokenSource {
+    /// Reads the token; errors name the file.
+    pub fn load(path: &Path) -> Result<TokenSource, String> {
+        let (token, stamp) = read_first_token(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(TokenSource { path: path.to_path_buf(), state: Mutex::new((token, stamp, Instant::now())) })
+    }
+
+    /// The current token.
+    pub fn get(&self) -> String {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.2.elapsed() >= RELOAD_CHECK {
+            state.2 = Instant::now();
+            let changed = std::fs::metadata(&self.path).is_ok_and(|m| (m.modified().ok(), m.len()) != state.1);
+            if changed {
+                match read_first_token(&self.path) {
+                    Ok((t, stamp)) => (state.0, state.1) = (t, stamp),
+                    Err(e) => {
+                        tracing::warn!(path = %self.path.display(), "token file unreadable, keeping the token: {e}")
+                    }
+                }
+            }
+        }
+        state.0.clone()
+    }
+}
+
+fn read_first_token(path: &Path) -> std::io::Result<(String, Stamp)> {
+    let meta = std::fs::metadata(path)?;
+    if meta.len() > MAX_TOKENS_FILE {
+        return Err(std::io::Error::other(format!("larger than {MAX_TOKENS_FILE} bytes")));
+    }
+    let text = std::fs::read_to_string(path)?;
+    let token = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .ok_or_else(|| std::io::Error::other("holds no token"))?;
+    Ok((token.to_owned(), (meta.modified().ok(), meta.len())))
+}
+
 type Stamp = (Option<SystemTime>, u64);
 
 /// The hashes of the tokens in `path`, and the file's stamp.
@@ -345,6 +400,20 @@ mod tests {
         let r = AuthError::Forbidden("no".into()).into_response();
         assert_eq!(r.status(), 403);
         assert!(r.headers().get(header::WWW_AUTHENTICATE).is_none());
+    }
+
+    #[test]
+    fn a_node_presents_the_first_token_of_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = tokens(dir.path(), "# the origins' token\n\n  first \nsecond\n");
+        let t = TokenSource::load(&path).unwrap();
+        assert_eq!(t.get(), "first");
+        std::fs::write(&path, "rotated\n").unwrap();
+        t.state.lock().unwrap().2 -= RELOAD_CHECK;
+        assert_eq!(t.get(), "rotated");
+        let err = TokenSource::load(&tokens(dir.path(), "# none\n")).unwrap_err();
+        assert!(err.contains("holds no token"), "{err}");
+        assert!(TokenSource::load(&dir.path().join("missing")).is_err());
     }
 
     #[test]

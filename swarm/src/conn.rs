@@ -8,7 +8,10 @@
 //!
 //! Uploads: a `Request` is served by a short task holding one of the connection's upload
 //! permits, released only once the piece is written to the socket, so memory held by a
-//! connection for uploads is bounded by `max_uploads_per_connection` pieces.
+//! connection for uploads is bounded by `max_uploads_per_connection` pieces. A connection's
+//! requests beyond `peer_request_rate` a second are answered "busy" at once. On an origin, an
+//! upload counts in the blob's seed budget from admission until it is written, and is given
+//! back if it never is ([`SeedCharge`]).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -28,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::download::Event;
-use crate::node::Node;
+use crate::node::{BlobEntry, Node};
 
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +77,33 @@ pub(crate) struct Out {
     /// Upload permits (the connection's slot and the node's buffer memory) released once the
     /// data is on the socket.
     _permit: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+    /// An origin's count of this upload in its seed budget, kept once the piece is written.
+    charge: Option<SeedCharge>,
+}
+
+/// An origin's count of one admitted upload in the blob's `SeedBudget`. Dropped before the
+/// piece reached the socket (the requester cancelled, the read failed, the connection
+/// closed), it gives the count back, so requesting and cancelling pieces cannot make the
+/// origin refuse pieces nobody received.
+pub(crate) struct SeedCharge {
+    entry: Arc<BlobEntry>,
+    piece: u32,
+    sent: bool,
+}
+
+impl SeedCharge {
+    /// The piece is on the socket: the count stays.
+    fn sent(mut self) {
+        self.sent = true;
+    }
+}
+
+impl Drop for SeedCharge {
+    fn drop(&mut self) {
+        if !self.sent {
+            self.entry.seed_budget.lock().refund(self.piece);
+        }
+    }
 }
 
 /// The shared face of a connection: the rest of the node sends through it.
@@ -122,7 +152,7 @@ impl ConnHandle {
     pub fn send(&self, msg: &Message<'_>) {
         let mut buf = BytesMut::with_capacity(64);
         wire::encode(msg, &mut buf);
-        let _ = self.tx.send(Out { head: buf.freeze(), data: None, _permit: None });
+        let _ = self.tx.send(Out { head: buf.freeze(), data: None, _permit: None, charge: None });
     }
 
     pub fn close(&self) {
@@ -206,6 +236,10 @@ pub(crate) async fn connect(node: &Arc<Node>, addr: SocketAddr, is_origin: bool)
 }
 
 async fn dial(node: &Arc<Node>, addr: SocketAddr, is_origin: bool) -> Option<Arc<ConnHandle>> {
+    if !node.cfg.peer_networks.contains(addr.ip()) {
+        tracing::debug!(%addr, "not dialed: outside swarm.peer_networks");
+        return None;
+    }
     let permit = node.peers.try_slot()?;
     let deadline = node.cfg.handshake_timeout.get();
     let stream = match tokio::time::timeout(deadline, TcpStream::connect(addr)).await {
@@ -291,6 +325,8 @@ where
         conn: handle.clone(),
         serving: Arc::new(Mutex::new(HashMap::new())),
         uploads: Arc::new(Semaphore::new(node.cfg.max_uploads_per_connection)),
+        requests: shoal_core::ratelimit::Bucket::default(),
+        started: tokio::time::Instant::now(),
     };
     let res = tokio::select! {
         r = reader.read_loop(&mut rd, buf, io_timeout) => r,
@@ -380,7 +416,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         let out = match tokio::time::timeout(keepalive, rx.recv()).await {
             Ok(Some(out)) => out,
             Ok(None) => return Err(ConnError::Closed),
-            Err(_) => Out { head: ka.clone().freeze(), data: None, _permit: None },
+            Err(_) => Out { head: ka.clone().freeze(), data: None, _permit: None, charge: None },
         };
         let write = async {
             wr.write_all(&out.head).await?;
@@ -390,6 +426,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             Ok::<_, std::io::Error>(())
         };
         tokio::time::timeout(io_timeout, write).await.map_err(|_| ConnError::Timeout(io_timeout))??;
+        if let Some(c) = out.charge {
+            c.sent();
+        }
     }
 }
 
@@ -401,6 +440,10 @@ struct Reader {
     /// Uploads in progress, so a `Cancel` can stop them.
     serving: Serving,
     uploads: Arc<Semaphore>,
+    /// The peer's piece requests, at most `peer_request_rate` a second.
+    requests: shoal_core::ratelimit::Bucket,
+    /// The time base of `requests`.
+    started: tokio::time::Instant,
 }
 
 impl Reader {
@@ -477,7 +520,16 @@ impl Reader {
                     }
                 }
             }
-            Message::Request { blob, piece } => self.serve(blob, piece),
+            Message::Request { blob, piece } => {
+                let n = node.cfg.peer_request_rate;
+                let rate = shoal_core::ratelimit::Rate { per_second: n, burst: n };
+                if self.requests.admit(self.started.elapsed(), rate) {
+                    self.serve(blob, piece);
+                } else {
+                    node.metrics.requests_limited.inc();
+                    self.conn.send(&Message::Reject { blob, piece, reason: RejectReason::Busy });
+                }
+            }
             Message::Cancel { blob, piece } => {
                 if let Some(h) = self.serving.lock().remove(&(blob, piece)) {
                     h.abort();
@@ -524,6 +576,8 @@ impl Reader {
             Ok(reserved) => reserved,
             Err(r) => return reject(if r.is_busy() { RejectReason::Busy } else { RejectReason::NotHave }),
         };
+        // Counted by the budget above; given back unless the piece reaches the socket.
+        let charge = self.node.is_origin.then(|| SeedCharge { entry: entry.clone(), piece, sent: false });
         let node = self.node.clone();
         let conn = self.conn.clone();
         let serving = self.serving.clone();
@@ -550,7 +604,8 @@ impl Reader {
             node.metrics.bytes_out.inc_by(data.len() as u64);
             entry.uploaded.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
             serving.lock().remove(&(blob, piece));
-            let _ = conn.tx.send(Out { head: head.freeze(), data: Some(data), _permit: Some((permit, memory)) });
+            let out = Out { head: head.freeze(), data: Some(data), _permit: Some((permit, memory)), charge };
+            let _ = conn.tx.send(out);
         });
         map.insert((blob, piece), task.abort_handle());
     }
@@ -618,7 +673,6 @@ mod tests {
 
     use super::*;
     use crate::SwarmConfig;
-    use crate::node::BlobEntry;
 
     const WAIT: Duration = Duration::from_secs(5);
 
@@ -880,5 +934,76 @@ mod tests {
         // Piece 1 is on disk; piece 0 is not.
         let partial = node.store.open_partial(meta).await.unwrap();
         assert_eq!(partial.have(), vec![false, true]);
+    }
+
+    /// An origin with its upload memory taken, so an admitted upload waits before it reads.
+    async fn origin_with_a_blocked_upload() -> (Arc<Node>, TempDir, MetaInfo, OwnedSemaphorePermit) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SwarmConfig {
+            store_dir: dir.path().to_path_buf(),
+            upload_memory: shoal_runtime::ByteSize(u64::from(shoal_core::metainfo::MAX_PIECE_LEN)),
+            ..SwarmConfig::default()
+        };
+        let node = Node::for_tests(cfg, true);
+        let meta = complete(&node, &data(2 * MIN_PIECE_LEN as usize)).await;
+        let held = node.reserve_upload_memory(u64::from(shoal_core::metainfo::MAX_PIECE_LEN)).await.unwrap();
+        (node, dir, meta, held)
+    }
+
+    async fn wait_unsent(node: &Node, blob: &Digest, want: u32) {
+        let entry = node.blob(blob).unwrap();
+        tokio::time::timeout(WAIT, async {
+            while entry.seed_budget.lock().unsent() != want {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the seed budget never got back to {want} unsent pieces"));
+    }
+
+    /// Requesting and cancelling pieces costs the origin's super-seeding nothing: an upload
+    /// that never reached the socket is given back, so the piece is not "sent" to nobody and
+    /// every other requester is not answered busy for it.
+    #[tokio::test]
+    async fn cancelled_or_unsent_uploads_are_given_back_to_the_seed_budget() {
+        let (node, _dir, meta, held) = origin_with_a_blocked_upload().await;
+        let blob = meta.digest();
+        let (mut griefer, _task) = connected(&node, 2).await;
+        griefer.send(&Message::Request { blob, piece: 0 }).await;
+        wait_unsent(&node, &blob, 1).await;
+        griefer.send(&Message::Cancel { blob, piece: 0 }).await;
+        wait_unsent(&node, &blob, 2).await;
+
+        // The same when the connection closes with the upload still queued.
+        griefer.send(&Message::Request { blob, piece: 1 }).await;
+        wait_unsent(&node, &blob, 1).await;
+        drop(griefer);
+        wait_unsent(&node, &blob, 2).await;
+
+        // A real peer gets piece 0, and then it counts as sent.
+        drop(held);
+        let (mut peer, _task) = connected(&node, 3).await;
+        peer.send(&Message::Request { blob, piece: 0 }).await;
+        let f = peer.frame().await;
+        let (msg, _) = wire::decode(&f).unwrap().unwrap();
+        assert!(matches!(msg, Message::Piece { piece: 0, .. }), "{msg:?}");
+        wait_unsent(&node, &blob, 1).await;
+    }
+
+    #[tokio::test]
+    async fn requests_past_the_connection_rate_are_answered_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SwarmConfig { store_dir: dir.path().to_path_buf(), peer_request_rate: 1, ..SwarmConfig::default() };
+        let node = Node::for_tests(cfg, false);
+        let (mut remote, task) = connected(&node, 2).await;
+        let blob = shoal_core::Digest::of(b"nothing here");
+        for (piece, reason) in [(0, RejectReason::UnknownBlob), (1, RejectReason::Busy), (2, RejectReason::Busy)] {
+            remote.send(&Message::Request { blob, piece }).await;
+            let f = remote.frame().await;
+            let (msg, _) = wire::decode(&f).unwrap().unwrap();
+            assert_eq!(msg, Message::Reject { blob, piece, reason });
+        }
+        assert_eq!(node.metrics.requests_limited.get(), 2);
+        assert!(!task.is_finished(), "a fast peer is slowed, not dropped");
     }
 }

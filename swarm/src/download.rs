@@ -281,13 +281,22 @@ async fn announce_and_connect(node: &Arc<Node>, entry: &Arc<BlobEntry>) -> Durat
         complete: false,
         origin: node.is_origin,
     };
-    let resp = match node.tracker.announce(&req).await {
+    let mut resp = match node.tracker.announce(&req).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(%digest, "announce failed: {e:#}");
             return ANNOUNCE_RETRY;
         }
     };
+    // Only peers inside the configured networks: whatever a tracker says, this node never
+    // dials elsewhere (nor takes an address elsewhere for an origin).
+    let before = resp.peers.len();
+    resp.peers.retain(|p| node.cfg.peer_networks.contains(p.addr.ip()));
+    if resp.peers.len() < before {
+        let outside = before - resp.peers.len();
+        node.metrics.peers_outside_networks.inc_by(outside as u64);
+        tracing::warn!(%digest, outside, "the tracker handed out peers outside swarm.peer_networks; ignored");
+    }
     for p in resp.peers.iter().filter(|p| p.origin) {
         node.peers.note_origin(p.addr);
     }

@@ -183,6 +183,10 @@ impl Node {
     ) -> anyhow::Result<Node> {
         cfg.validate().map_err(anyhow::Error::msg)?;
         let store = Store::open(&cfg.store_dir, Blocking::new(cfg.blocking_threads))?;
+        let token = match &cfg.tracker_token_file {
+            Some(f) => Some(Arc::new(shoal_runtime::auth::TokenSource::load(f).map_err(anyhow::Error::msg)?)),
+            None => None,
+        };
         let peer_id = PeerId::random();
         Ok(Node {
             peer_id,
@@ -192,7 +196,7 @@ impl Node {
             metrics: SwarmMetrics::new(registry)?,
             egress: Limiter::new(cfg.egress_rate.map(|b| b.0)),
             ingress: Limiter::new(cfg.ingress_rate.map(|b| b.0)),
-            tracker: TrackerClient::new(cfg.trackers.clone(), cfg.io_timeout.get()),
+            tracker: TrackerClient::new(cfg.trackers.clone(), cfg.io_timeout.get()).with_token(token),
             peers: Peers::new(peer_id, advertise, cfg.max_connections, cfg.blacklist_duration.get()),
             blobs: DashMap::new(),
             starting: DashMap::new(),
