@@ -45,9 +45,13 @@ pub struct Config {
     pub preheat_concurrency: usize,
     /// `text` or `json` log lines on stderr. Default `text`.
     pub log_format: LogFormat,
-    /// Registry push notifications (`POST /notifications`): an optional token and agent
-    /// prefetch rules. Default: accepted without a token, no prefetch.
+    /// Registry push notifications (`POST /notifications`): agent prefetch rules. Default:
+    /// no prefetch.
     pub notifications: crate::notify::NotifyConfig,
+    /// Who may upload (`PUT /blobs`), preheat (`POST /preheat`) and notify
+    /// (`POST /notifications`): bearer tokens from a file, client certificate identities.
+    /// Default: anyone (a lab's setting; the origin warns at start).
+    pub auth: shoal_runtime::AuthConfig,
     /// The HTTP server's deadlines and connection cap.
     pub http: shoal_runtime::HttpConfig,
     pub swarm: SwarmConfig,
@@ -71,6 +75,7 @@ impl Default for Config {
             preheat_concurrency: 4,
             log_format: LogFormat::Text,
             notifications: crate::notify::NotifyConfig::default(),
+            auth: shoal_runtime::AuthConfig::default(),
             http: shoal_runtime::HttpConfig::default(),
             swarm: SwarmConfig { store_dir: "shoal-origin-store".into(), ..SwarmConfig::default() },
         }
@@ -85,6 +90,8 @@ pub struct ValidConfig {
     pub ring: Option<Ring>,
     /// The checked `pull_through:` section, when it lists upstreams.
     pub pull_through: Option<ValidPullThrough>,
+    /// The check of the protected endpoints, its tokens file read.
+    pub auth: shoal_runtime::Authorizer,
 }
 
 impl Config {
@@ -114,6 +121,7 @@ impl Config {
             return Err(ConfigError::Invalid("preheat_concurrency must be at least 1".into()));
         }
         self.notifications.validate().map_err(ConfigError::Invalid)?;
+        let auth = self.auth.load().map_err(ConfigError::Invalid)?;
         let pull_through = self.pull_through.validate()?;
         let pull_through = (!pull_through.upstreams.is_empty()).then_some(pull_through);
         self.swarm.validate().map_err(ConfigError::Invalid)?;
@@ -125,7 +133,7 @@ impl Config {
                 self.peer_listen
             )));
         }
-        Ok(ValidConfig { config: self, ring, pull_through })
+        Ok(ValidConfig { config: self, ring, pull_through, auth })
     }
 }
 

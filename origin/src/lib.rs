@@ -73,7 +73,14 @@ pub async fn start(
         metrics,
         upstreams,
         preheats: preheat::Preheats::new(cfg.preheat_concurrency, shutdown.child_token()),
+        auth: config.auth.clone(),
     };
+    if config.auth.is_open() {
+        tracing::warn!(
+            "auth is not configured: anyone who reaches this origin may upload, preheat and notify \
+             (set auth.tokens_file or auth.identities)"
+        );
+    }
     let notify_state = notify::NotifyState {
         app: state.clone(),
         config: cfg.notifications.clone(),

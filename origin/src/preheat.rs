@@ -1,7 +1,7 @@
 //! Preheat: warming an image in the origin's store before anyone pulls it, so the first
 //! pull of a new release is served from the swarm at once.
 //!
-//! `POST /preheat` with `{"name", "reference", "ns"?}` resolves the tag (backend, then
+//! `POST /preheat` (from a caller `auth` allows) with `{"name", "reference", "ns"?}` resolves the tag (backend, then
 //! upstream), fetches the manifest, every child manifest of an index or manifest list, then
 //! each image's config and layers, all through the [`Fetcher`] (so from the backend or pulled
 //! through, verified, stored and seeded). Manifests are fetched during the request, so its
@@ -171,8 +171,24 @@ impl From<PreheatError> for ApiError {
     }
 }
 
-/// `POST /preheat`.
-pub async fn post_preheat(State(st): State<AppState>, Json(req): Json<PreheatRequest>) -> Result<Response, ApiError> {
+/// `POST /preheat`, for a caller `auth` allows.
+pub async fn post_preheat(
+    State(st): State<AppState>,
+    caller: shoal_runtime::Caller,
+    headers: axum::http::HeaderMap,
+    body: Result<Json<PreheatRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, Response> {
+    st.auth.authorize(&caller, &headers).map_err(crate::api::refused)?;
+    let Json(req) = body.map_err(|r| {
+        let status = r.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "PAYLOAD_TOO_LARGE" } else { "BAD_REQUEST" };
+        ApiError::new(status, code, r.body_text()).into_response()
+    })?;
+    start(&st, req).await.map_err(IntoResponse::into_response)
+}
+
+/// Starts a preheat (the caller is already allowed): 202 with its status.
+pub async fn start(st: &AppState, req: PreheatRequest) -> Result<Response, ApiError> {
     let bad = |code: &'static str, e: String| ApiError::new(StatusCode::BAD_REQUEST, code, e);
     let name = RepoName::parse(&req.name).map_err(|e| bad("NAME_INVALID", e.to_string()))?;
     let reference = Reference::parse(&req.reference).map_err(|e| bad("MANIFEST_INVALID", e.to_string()))?;
@@ -183,11 +199,11 @@ pub async fn post_preheat(State(st): State<AppState>, Json(req): Json<PreheatReq
     let digest = match &reference {
         Reference::Digest(d) => *d,
         Reference::Tag(t) => {
-            crate::tags::resolve_through(&st, &name, t, ns.as_ref()).await.map_err(PreheatError::from)?
+            crate::tags::resolve_through(st, &name, t, ns.as_ref()).await.map_err(PreheatError::from)?
         }
     };
     let source = st.source(&Hints { name: Some(name.clone()), ns });
-    let (manifests, blobs) = walk(&st, digest, source.clone()).await?;
+    let (manifests, blobs) = walk(st, digest, source.clone()).await?;
     let id = format!("ph-{}", st.preheats.inner.next.fetch_add(1, Ordering::Relaxed));
     let mut states = BTreeMap::new();
     for d in &manifests {

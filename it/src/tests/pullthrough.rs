@@ -156,7 +156,8 @@ pub(super) fn upstream_config(
     creds: Option<(&str, &str)>,
     write_back: bool,
 ) -> PullThroughConfig {
-    let creds_yaml = creds.map_or(String::new(), |(u, p)| format!("  username: {u}\n  password: {p}\n"));
+    let creds_yaml = creds
+        .map_or(String::new(), |(u, p)| format!("  username: {u}\n  password: {p}\n  plain_http_credentials: true\n"));
     let yaml = format!(
         "upstreams:\n- host: {UPSTREAM}\n  url: {}\n{creds_yaml}  write_back: {write_back}\ndefault_upstream: {UPSTREAM}\ntag_ttl: 60s\n",
         reg.url
