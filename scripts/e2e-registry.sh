@@ -179,12 +179,16 @@ wait_http registry "http://$REG/v2/"
 log "tracker, origin and three agents"
 ORIGINS="origins:
   - { id: origin-0, http: \"http://$ORIGIN_HTTP\", peer: \"$ORIGIN_PEER\" }"
+# Every node here connects to the tracker from 127.0.0.1, not from the 127.x address it
+# announces: the tracker trusts loopback callers to announce any address.
 cat >"$W/tracker.yaml" <<EOF
 listen: $TRACKER
 announce_interval: 1s
 peer_ttl: 10s
+trusted_networks: ["127.0.0.0/8"]
 $ORIGINS
 EOF
+echo "$NOTIFY_TOKEN" >"$W/tokens"
 cat >"$W/origin.yaml" <<EOF
 listen: $ORIGIN_HTTP
 peer_listen: $ORIGIN_PEER
@@ -198,8 +202,8 @@ backend:
   region: us-east-1
   access_key_id: shoal
   secret_access_key: shoalsecret
-notifications:
-  token: $NOTIFY_TOKEN
+auth:
+  tokens_file: $W/tokens
 swarm:
   store_dir: $W/origin-store
   trackers: ["http://$TRACKER"]
@@ -553,6 +557,7 @@ cat >"$W/tracker-pt.yaml" <<EOF
 listen: $PT.1:7600
 announce_interval: 1s
 peer_ttl: 10s
+trusted_networks: ["127.0.0.0/8"]
 $PT_ORIGINS
 EOF
 cat >"$W/origin-pt.yaml" <<EOF

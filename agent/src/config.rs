@@ -31,6 +31,14 @@ pub struct Config {
     pub tag_ttl: Duration,
     /// `text` or `json` log lines on stderr. Default `text`.
     pub log_format: LogFormat,
+    /// Networks (CIDRs) whose callers may use the API (blobs, `/v2/`, preheat, stat, debug);
+    /// others get 403. Default `[127.0.0.0/8, ::1]`: only the node itself. Add the node's pod
+    /// network when pods reach the agent (keep loopback in the list for the node).
+    pub api_networks: shoal_core::net::Networks,
+    /// Who may start a preheat (`POST /preheat`): bearer tokens from a file, client
+    /// certificate identities. The caller's token is passed on to the origins. Default:
+    /// anyone who may use the API.
+    pub auth: shoal_runtime::AuthConfig,
     /// The HTTP server's deadlines and connection cap.
     pub http: shoal_runtime::HttpConfig,
     pub swarm: SwarmConfig,
@@ -48,6 +56,8 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(20),
             tag_ttl: Duration::from_secs(30),
             log_format: LogFormat::Text,
+            api_networks: shoal_core::net::Networks::loopback(),
+            auth: shoal_runtime::AuthConfig::default(),
             http: shoal_runtime::HttpConfig::default(),
             swarm: SwarmConfig::default(),
         }
@@ -59,6 +69,8 @@ impl Default for Config {
 pub struct ValidConfig {
     pub config: Config,
     pub ring: Ring,
+    /// The preheat check, its tokens file read.
+    pub auth: shoal_runtime::Authorizer,
 }
 
 impl Config {
@@ -83,7 +95,8 @@ impl Config {
                 self.peer_listen
             )));
         }
-        Ok(ValidConfig { config: self, ring })
+        let auth = self.auth.load().map_err(ConfigError::Invalid)?;
+        Ok(ValidConfig { config: self, ring, auth })
     }
 }
 

@@ -7,6 +7,7 @@
 //! Entry point: [`run`] takes its listeners and a shutdown token, so tests bind port 0 and
 //! many agents run in one process.
 
+pub mod access;
 pub mod api;
 pub mod config;
 pub mod metrics;
@@ -56,11 +57,13 @@ pub async fn start(
         metrics: metrics.clone(),
         tags: registry::TagResolver::new(config.ring.clone(), cfg.tag_ttl.get()),
         shutdown: shutdown.child_token(),
+        auth: config.auth.clone(),
     };
     let stat_state =
         stat::StatState::new(swarm.clone(), origins.clone(), config.ring.clone(), cfg.swarm.trackers.clone());
     let state = api::AppState { swarm: swarm.clone(), origins, metrics };
     let router = api::router(state).merge(registry::router(registry_state)).merge(stat::router(stat_state));
+    let router = access::host_only(router, cfg.api_networks.clone());
     let router = shoal_runtime::request_id::with_request_id(router, "agent").merge(admin.router());
     tracing::info!(%http_addr, "agent api listening");
     let grace = cfg.shutdown_grace.get();
@@ -107,9 +110,19 @@ mod tests {
         dir: &std::path::Path,
         registry: prometheus::Registry,
     ) -> (Agent, CancellationToken, tokio::task::JoinHandle<std::io::Result<()>>) {
+        agent_with(dir, registry, "http://127.0.0.1:9", "").await
+    }
+
+    /// An agent whose one origin's API is `origin`, with more config lines.
+    async fn agent_with(
+        dir: &std::path::Path,
+        registry: prometheus::Registry,
+        origin: &str,
+        extra: &str,
+    ) -> (Agent, CancellationToken, tokio::task::JoinHandle<std::io::Result<()>>) {
         let cfg: Config = shoal_runtime::config::parse(&format!(
-            "origins: [{{ id: o0, http: 'http://127.0.0.1:9', peer: '127.0.0.1:9' }}]\n\
-             origin_replicas: 1\nswarm: {{ store_dir: '{}' }}\n",
+            "origins: [{{ id: o0, http: '{origin}', peer: '127.0.0.1:9' }}]\n\
+             origin_replicas: 1\nswarm: {{ store_dir: '{}' }}\n{extra}",
             dir.display()
         ))
         .unwrap();
@@ -196,6 +209,85 @@ mod tests {
         assert_eq!(value(&registry, "shoal_agent_cache_total", &[("result", "miss")]), 1.0);
         assert_eq!(value(&registry, "shoal_agent_served_bytes_total", &[]), data.len() as f64, "HEAD sends no body");
 
+        shutdown.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    /// A client whose connections come from `ip`.
+    fn client_from(ip: &str) -> reqwest::Client {
+        reqwest::Client::builder().local_address(ip.parse::<std::net::IpAddr>().unwrap()).build().unwrap()
+    }
+
+    /// Reading through an agent is bound to its host: a caller outside `api_networks` gets
+    /// 403, in the Registry's form under `/v2/`; health and metrics stay open.
+    #[tokio::test]
+    async fn callers_outside_the_api_networks_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (agent, shutdown, task) =
+            agent_with(dir.path(), prometheus::Registry::new(), "http://127.0.0.1:9", "api_networks: ['127.0.0.2']\n")
+                .await;
+        let api = format!("http://{}", agent.http_addr);
+        let outside = client_from("127.0.0.1");
+        let res = outside.get(format!("{api}/v2/")).send().await.unwrap();
+        assert_eq!(res.status(), 403);
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(body["errors"][0]["code"], "DENIED", "{body}");
+        let d = shoal_core::Digest::of(b"x");
+        for path in [format!("/blobs/{d}"), format!("/stat/blobs/{d}"), format!("/debug/blobs/{d}")] {
+            let res = outside.get(format!("{api}{path}")).send().await.unwrap();
+            assert_eq!(res.status(), 403, "{path}");
+            let body: shoal_core::api::ErrorBody = res.json().await.unwrap();
+            assert_eq!(body.code, "DENIED", "{path}");
+        }
+        let res = outside.post(format!("{api}/preheat")).json(&serde_json::json!({})).send().await.unwrap();
+        assert_eq!(res.status(), 403);
+        assert_eq!(outside.get(format!("{api}/health")).send().await.unwrap().status(), 200);
+        // From inside the networks, the same API answers.
+        assert_eq!(client_from("127.0.0.2").get(format!("{api}/v2/")).send().await.unwrap().status(), 200);
+        shutdown.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    /// `POST /preheat` needs a caller `auth` allows, and its token goes on to the origin.
+    #[tokio::test]
+    async fn a_preheat_needs_an_allowed_caller_whose_token_goes_to_the_origin() {
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let s = seen.clone();
+        let origin = axum::Router::new().route(
+            "/preheat",
+            axum::routing::post(move |h: axum::http::HeaderMap| {
+                let auth = h.get("authorization").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+                s.lock().unwrap().push(auth);
+                async {
+                    (axum::http::StatusCode::ACCEPTED, axum::Json(serde_json::json!({"id": "ph-1", "digests": []})))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin_url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, origin).await });
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = dir.path().join("tokens");
+        std::fs::write(&tokens, "ops-token\n").unwrap();
+        let extra = format!("auth: {{ tokens_file: '{}' }}\n", tokens.display());
+        let (agent, shutdown, task) =
+            agent_with(&dir.path().join("store"), prometheus::Registry::new(), &origin_url, &extra).await;
+        let url = format!("http://{}/preheat", agent.http_addr);
+        let body = serde_json::json!({"name": "team/app", "reference": shoal_core::Digest::of(b"m").to_string()});
+        let http = reqwest::Client::new();
+        let res = http.post(&url).json(&body).send().await.unwrap();
+        assert_eq!(res.status(), 401);
+        assert_eq!(res.headers()["www-authenticate"], "Bearer realm=\"shoal\"");
+        let v: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(v["errors"][0]["code"], "UNAUTHORIZED", "{v}");
+        let res = http.post(&url).bearer_auth("guessed").json(&body).send().await.unwrap();
+        assert_eq!(res.status(), 403);
+        let v: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(v["errors"][0]["code"], "DENIED", "{v}");
+        assert!(seen.lock().unwrap().is_empty(), "nothing reached the origin");
+        let res = http.post(&url).bearer_auth("ops-token").json(&body).send().await.unwrap();
+        assert_eq!(res.status(), 202);
+        assert_eq!(seen.lock().unwrap().as_slice(), ["Bearer ops-token"]);
         shutdown.cancel();
         task.await.unwrap().unwrap();
     }

@@ -208,12 +208,17 @@ impl ProcCluster<'_> {
         let trackers = json!([format!("http://{}", l.tracker)]);
         let limiter = self.launch.limiter();
         let rate = |r: Option<u64>| r.filter(|_| limiter).map(|r| json!(r.to_string()));
+        // Nodes on loopback connect to the tracker from 127.0.0.1, not from the address they
+        // announce; in namespaces they connect from their own. The netns lab's 198.18.0.0/15
+        // is outside the default peer networks, and its harness drives the agents from there.
+        let lab_networks = json!(["127.0.0.0/8", "::1", "198.18.0.0/15"]);
         let tracker = json!({
             "listen": l.tracker.to_string(),
             "origins": self.origin_list(),
             "origin_replicas": replicas,
             "announce_interval": "1s",
             "peer_ttl": "10s",
+            "trusted_networks": ["127.0.0.0/8", "::1"],
         });
         let tracker_url = format!("http://{}", l.tracker);
         let backend = self.root.join("backend");
@@ -224,6 +229,7 @@ impl ProcCluster<'_> {
                 "store_dir": self.root.join(format!("origin-{i}")),
                 "trackers": trackers,
                 "seed_announce_interval": "2s",
+                "peer_networks": lab_networks,
             });
             if let Some(r) = rate(o.origin_rate) {
                 swarm["egress_rate"] = r;
@@ -249,6 +255,7 @@ impl ProcCluster<'_> {
                 "trackers": trackers,
                 "seed_announce_interval": "2s",
                 "download_timeout": format!("{}s", o.timeout.as_secs().max(1)),
+                "peer_networks": lab_networks,
             });
             if let Some(r) = rate(o.agent_rate) {
                 swarm["egress_rate"] = r.clone();
@@ -262,6 +269,7 @@ impl ProcCluster<'_> {
                 "peer_listen": p.to_string(),
                 "origins": self.origin_list(),
                 "origin_replicas": replicas,
+                "api_networks": lab_networks,
                 "swarm": swarm,
             }));
         }

@@ -51,6 +51,8 @@ pub struct RegistryState {
     pub metrics: AgentMetrics,
     /// Ends background work started by requests (preheat prefetches).
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Who may start a preheat.
+    pub auth: shoal_runtime::Authorizer,
 }
 
 /// The `/v2/` tree. Every path below `/v2/` reaches one handler, which parses it itself.

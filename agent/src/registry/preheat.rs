@@ -5,6 +5,9 @@
 //! through. With `prefetch`, the agent also downloads every listed blob into its own store
 //! through the swarm, in the background and a bounded number at a time, so the first pull on
 //! this host is local.
+//!
+//! Only a caller the agent's `auth` allows may preheat (401/403 in the Registry's error
+//! form); its bearer token goes on to the origins, which check it again.
 
 use axum::Json;
 use axum::extract::State;
@@ -38,14 +41,25 @@ pub struct PreheatRequest {
 }
 
 /// `POST /preheat`.
-pub async fn post_preheat(State(st): State<RegistryState>, Json(req): Json<PreheatRequest>) -> Response {
-    match preheat(&st, req).await {
+pub async fn post_preheat(
+    State(st): State<RegistryState>,
+    caller: shoal_runtime::Caller,
+    headers: axum::http::HeaderMap,
+    body: Result<Json<PreheatRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let res = async {
+        let grant = st.auth.authorize(&caller, &headers)?;
+        let Json(req) =
+            body.map_err(|r| RegistryError::new(r.status(), super::error::MANIFEST_INVALID, r.body_text()))?;
+        preheat(&st, req, grant.bearer.as_deref()).await
+    };
+    match res.await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn preheat(st: &RegistryState, req: PreheatRequest) -> Result<Response, RegistryError> {
+async fn preheat(st: &RegistryState, req: PreheatRequest, bearer: Option<&str>) -> Result<Response, RegistryError> {
     let bad = |code, m: String| RegistryError::new(StatusCode::BAD_REQUEST, code, m);
     let name = RepoName::parse(&req.name).map_err(|e| bad(super::error::NAME_INVALID, e.to_string()))?;
     let reference = Reference::parse(&req.reference).map_err(|e| bad(super::error::MANIFEST_INVALID, e.to_string()))?;
@@ -60,7 +74,7 @@ async fn preheat(st: &RegistryState, req: PreheatRequest) -> Result<Response, Re
     };
     let body = serde_json::json!({"name": name.as_str(), "reference": digest.to_string(), "ns": ns_str});
     let (status, mut answer) =
-        st.origins.preheat(digest, &body).await.map_err(|e| RegistryError::from_origin(e, MANIFEST_UNKNOWN))?;
+        st.origins.preheat(digest, &body, bearer).await.map_err(|e| RegistryError::from_origin(e, MANIFEST_UNKNOWN))?;
     if status == 202 && req.prefetch {
         let digests: Vec<Digest> = answer["digests"]
             .as_array()
