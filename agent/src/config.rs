@@ -81,7 +81,6 @@ impl Config {
         let ring = Ring::new(self.origins.clone(), self.origin_replicas)
             .map_err(|e| ConfigError::Invalid(format!("origins: {e}")))?;
         self.swarm.validate().map_err(ConfigError::Invalid)?;
-        self.swarm.check_origins(&self.origins).map_err(ConfigError::Invalid)?;
         self.http.validate().map_err(ConfigError::Invalid)?;
         if let Some(m) = self.metrics_listen
             && (m == self.listen || m == self.peer_listen)
@@ -120,13 +119,6 @@ mod tests {
         let ok = check("peer_listen: 0.0.0.0:7701\nswarm: { advertise_addr: 10.1.2.3:7701 }").unwrap();
         assert_eq!(ok.config.swarm.advertise_addr, Some("10.1.2.3:7701".parse().unwrap()));
         check("peer_listen: 10.1.2.3:7701").unwrap();
-    }
-
-    #[test]
-    fn origins_must_be_inside_the_peer_networks() {
-        let err = check("swarm: { peer_networks: ['192.168.0.0/16'] }").unwrap_err();
-        assert!(err.contains("o0's peer address 10.0.0.1:7801 is outside swarm.peer_networks"), "{err}");
-        check("swarm: { peer_networks: ['10.0.0.0/24'] }").unwrap();
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Agent, impl Future<Output = std::io::Result<()>> + use<>)> {
     let cfg = &config.config;
+    // After the origins' names are looked up (a `--check-config` only checks their form).
+    cfg.swarm.check_origins(&cfg.origins).map_err(anyhow::Error::msg)?;
     let admin = Admin::new(registry.clone());
     let swarm = Swarm::start(cfg.swarm.clone(), listeners.peer, &registry, false, shutdown.clone())?;
     shoal_swarm::store_metrics::register(&registry, cfg.swarm.store_dir.clone())?;
@@ -211,6 +213,23 @@ mod tests {
 
         shutdown.cancel();
         task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn origins_outside_the_peer_networks_are_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg: Config = shoal_runtime::config::parse(&format!(
+            "origins: [{{ id: o0, http: 'http://127.0.0.1:9', peer: '10.0.0.1:7801' }}]\n\
+             origin_replicas: 1\nswarm: {{ store_dir: '{}', peer_networks: ['127.0.0.0/8'] }}\n",
+            dir.path().display()
+        ))
+        .unwrap();
+        let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
+        let listeners = Listeners { http: bind().await.unwrap(), peer: bind().await.unwrap() };
+        let res =
+            start(cfg.validate().unwrap(), listeners, prometheus::Registry::new(), CancellationToken::new()).await;
+        let err = format!("{:#}", res.err().expect("refused"));
+        assert!(err.contains("o0's peer address 10.0.0.1:7801 is outside swarm.peer_networks"), "{err}");
     }
 
     /// A client whose connections come from `ip`.

@@ -125,7 +125,6 @@ impl Config {
         let pull_through = self.pull_through.validate()?;
         let pull_through = (!pull_through.upstreams.is_empty()).then_some(pull_through);
         self.swarm.validate().map_err(ConfigError::Invalid)?;
-        self.swarm.check_origins(&self.origins).map_err(ConfigError::Invalid)?;
         self.http.validate().map_err(ConfigError::Invalid)?;
         if self.swarm.advertise_addr.unwrap_or(self.peer_listen).ip().is_unspecified() {
             return Err(ConfigError::Invalid(format!(

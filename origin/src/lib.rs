@@ -44,6 +44,8 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Origin, impl Future<Output = std::io::Result<()>> + use<>)> {
     let cfg = config.config;
+    // After the origins' names are looked up (a `--check-config` only checks their form).
+    cfg.swarm.check_origins(&cfg.origins).map_err(anyhow::Error::msg)?;
     let admin = Admin::new(registry.clone());
     let backend = cfg.backend.build().await?;
     let swarm = Swarm::start(cfg.swarm.clone(), listeners.peer, &registry, true, shutdown.clone())?;

@@ -159,13 +159,6 @@ impl SwarmConfig {
         if self.peer_request_rate == 0 {
             return Err("swarm.peer_request_rate must be at least 1".into());
         }
-        if let Some(advertise) = self.advertise_addr
-            && !self.peer_networks.contains(advertise.ip())
-        {
-            return Err(format!(
-                "swarm.advertise_addr {advertise} is outside swarm.peer_networks: no peer would dial it"
-            ));
-        }
         if let Some(f) = &self.tracker_token_file {
             shoal_runtime::auth::TokenSource::load(f).map_err(|e| format!("swarm.tracker_token_file {e}"))?;
         }
@@ -203,10 +196,6 @@ mod tests {
             ("swarm.trackers", SwarmConfig { trackers: vec!["tracker:7600".into()], ..SwarmConfig::default() }),
             ("swarm.peer_networks", SwarmConfig { peer_networks: Networks::default(), ..SwarmConfig::default() }),
             ("swarm.peer_request_rate", SwarmConfig { peer_request_rate: 0, ..SwarmConfig::default() }),
-            (
-                "swarm.advertise_addr 203.0.113.7:7701 is outside swarm.peer_networks",
-                SwarmConfig { advertise_addr: Some("203.0.113.7:7701".parse().unwrap()), ..SwarmConfig::default() },
-            ),
             (
                 "swarm.tracker_token_file /nonexistent/token",
                 SwarmConfig { tracker_token_file: Some("/nonexistent/token".into()), ..SwarmConfig::default() },

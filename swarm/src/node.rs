@@ -369,6 +369,9 @@ impl Swarm {
         let advertise = cfg.advertise_addr.unwrap_or(local);
         let node = Arc::new(Node::new(cfg, advertise, is_origin, registry, shutdown.child_token())?);
         tracing::info!(peer_id = %node.peer_id, %local, %advertise, is_origin, "swarm listening");
+        if !node.cfg.peer_networks.contains(advertise.ip()) {
+            tracing::warn!(%advertise, "the advertised address is outside swarm.peer_networks: peers with these networks never dial it");
+        }
         let n = node.clone();
         shoal_runtime::spawn("peer-accept", node.cancel.clone(), async move {
             crate::conn::accept_loop(n, listener).await;
