@@ -5,6 +5,9 @@ the binaries reject unknown keys and check the rest before binding a port.
 
 {{- define "shoal.trackerConfig" -}}
 {{- $t := .Values.tracker -}}
+{{- if and (not .Values.agent.hostNetwork) (not $t.trustedNetworks) }}
+{{- fail "tracker.trustedNetworks is required with agent.hostNetwork false: agents announce the node's address from their pod's" }}
+{{- end }}
 {{- $any := include "shoal.listenAddress" . -}}
 listen: {{ include "shoal.hostPort" (dict "host" $any "port" $t.port) | quote }}
 peer_ttl: {{ $t.peerTtl | quote }}
@@ -12,6 +15,11 @@ announce_interval: {{ $t.announceInterval | quote }}
 max_peers: {{ $t.maxPeers }}
 origin_replicas: {{ .Values.origin.ringReplicas }}
 shutdown_grace: "{{ $t.shutdownGraceSeconds }}s"
+trusted_networks: {{ $t.trustedNetworks | toJson }}
+{{- if .Values.auth.enabled }}
+auth:
+  tokens_file: {{ include "shoal.authFile" . }}
+{{- end }}
 origins:
   {{- include "shoal.origins" . | trim | nindent 2 }}
 {{- end }}
@@ -62,6 +70,10 @@ failure_ttl: {{ $o.failureTtl | quote }}
 max_upload: {{ include "shoal.bytes" $o.maxUpload }}
 preheat_concurrency: {{ $o.preheatConcurrency }}
 shutdown_grace: "{{ $o.shutdownGraceSeconds }}s"
+{{- if .ctx.Values.auth.enabled }}
+auth:
+  tokens_file: {{ include "shoal.authFile" .ctx }}
+{{- end }}
 {{- with $o.pullThrough }}
 {{- if .enabled }}
 pull_through:
@@ -92,6 +104,15 @@ pull_through:
       client_cert_file: /var/run/shoal/upstream-{{ $i }}-client/tls.crt
       client_key_file: /var/run/shoal/upstream-{{ $i }}-client/tls.key
       {{- end }}
+      {{- with $u.repositories }}
+      repositories: {{ . | toJson }}
+      {{- end }}
+      {{- with $u.authHosts }}
+      auth_hosts: {{ . | toJson }}
+      {{- end }}
+      {{- if $u.plainHttpCredentials }}
+      plain_http_credentials: true
+      {{- end }}
   {{- else }}
     []
   {{- end }}
@@ -100,6 +121,10 @@ pull_through:
 swarm:
   store_dir: /var/lib/shoal/store
   trackers: [{{ include "shoal.trackerUrl" .ctx | quote }}]
+  {{- if .ctx.Values.auth.enabled }}
+  # The tracker trusts this token to announce the origin's Service address.
+  tracker_token_file: {{ include "shoal.authFile" .ctx }}
+  {{- end }}
   {{- with $o.swarm }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
@@ -117,6 +142,14 @@ origin_replicas: {{ .Values.origin.ringReplicas }}
 origin_fetch_timeout: {{ $a.originFetchTimeout | quote }}
 tag_ttl: {{ $a.tagTtl | quote }}
 shutdown_grace: "{{ $a.shutdownGraceSeconds }}s"
+{{- if and (not $a.hostNetwork) (not $a.apiNetworks) }}
+{{- fail "agent.apiNetworks is required with agent.hostNetwork false: the runtime reaches the agent's API through the hostPort from the node's address" }}
+{{- end }}
+api_networks: {{ concat (list "127.0.0.0/8" "::1") $a.apiNetworks | toJson }}
+{{- if .Values.auth.enabled }}
+auth:
+  tokens_file: {{ include "shoal.authFile" . }}
+{{- end }}
 swarm:
   store_dir: /var/lib/shoal/store
   trackers: [{{ include "shoal.trackerUrl" . | quote }}]
