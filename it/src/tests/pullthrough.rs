@@ -61,6 +61,8 @@ impl PullCluster {
             origin_replicas: 1,
             announce_interval: shoal_runtime::Duration::from_millis(1000),
             peer_ttl: shoal_runtime::Duration::from_secs(10),
+            // The nodes connect from 127.0.0.1, not from the 127.x address they announce.
+            trusted_networks: shoal_core::net::Networks::loopback(),
             ..shoal_tracker::Config::default()
         }
         .validate()
