@@ -15,7 +15,10 @@
 #   env, volumes, mounts, labels and annotations, the NetworkPolicies' peers and ports, byte
 #   sizes given as integers, the auth tokens Secret (made with a random token, or the user's)
 #   mounted in every pod and named by every config, the tracker's trusted networks and the
-#   agent's API networks, and every rendered config through the binary's own
+#   agent's API networks, TLS (cert-manager Certificates or the user's Secrets, mounted
+#   where each config names its files, HTTPS probes, https URLs; or none of it), the stores'
+#   budgets (the volumes' sizes in bytes, unless the values give swarm.store.max_size), and
+#   every rendered config through the binary's own
 #   `--check-config`; the runtime's init container (containerd's hosts.toml or CRI-O's
 #   registries.conf) is run against a temporary directory, merging into a node's own
 #   hosts.toml, then with `--uninstall`, which must leave exactly the node's own file;
@@ -81,6 +84,8 @@ refuse "hostNetwrok is not allowed" --set agent.hostNetwrok=false
 refuse "egress is not allowed" --set agent.swarm.egress=1GiB
 refuse "store_dir is not allowed" --set agent.swarm.store_dir=/x
 refuse "bucket is required" --set origin.backend.type=s3
+refuse "cannot be a store budget" --set agent.store.size=500m
+refuse "max_sise is not allowed" --set agent.swarm.store.max_sise=1GiB
 refuse "must be one of" --set origin.backend.type=gcs
 refuse "must be one of" --set agent.store.type=tmpfs
 refuse "Must be greater than or equal to 1" --set origin.replicas=0
@@ -94,5 +99,8 @@ refuse "tracker.trustedNetworks is required" --set agent.hostNetwork=false --set
 refuse "agent.apiNetworks is required" --set agent.hostNetwork=false --set 'tracker.trustedNetworks={10.244.0.0/16}'
 refuse "Does not match pattern" --set 'tracker.trustedNetworks={pods}'
 refuse "auth.key" --set auth.key=
+refuse "tls.secrets.tracker is required" --set tls.source=secret
+refuse "must be one of" --set tls.source=vault
+refuse "must be one of" --set tls.httpClientAuth=maybe
 
 echo "check-chart.sh: ok" >&2

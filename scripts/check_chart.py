@@ -5,8 +5,10 @@
 
 Run by scripts/check-chart.sh. Every check that fails is printed; the exit code is 1 if any did.
 The configs in the ConfigMaps go through the binaries' own `--check-config`, with the
-environment and files the pods give them: SHOAL_AGENT_ADVERTISE_IP for the agent, and stand-in
-files for what the pods mount from Secrets (the auth tokens, the origins' upstream passwords).
+environment and files the pods give them: SHOAL_AGENT_ADVERTISE_IP for the agent, stand-in
+files for what the pods mount from Secrets (the auth tokens, the origins' upstream passwords),
+and with TLS a CA and a node certificate made with openssl where the certificate Secret is
+mounted.
 """
 
 import argparse
@@ -35,6 +37,53 @@ def stand_in_cert(tmp):
     return open(cert).read(), open(key).read()
 
 
+def node_tls(tmp):
+    """A CA and a node certificate it signed (URI SAN, server and client auth), as the files
+    cert-manager's Secret holds: ca.crt, tls.crt, tls.key."""
+    d = os.path.join(tmp, "tls")
+    os.makedirs(d)
+    run = lambda *a: subprocess.run(list(a), check=True, capture_output=True, cwd=d)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    run("openssl", "req", "-x509", *ec, "-days", "1", "-subj", "/CN=check-chart CA", "-keyout", "ca.key", "-out", "ca.crt",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
+    run("openssl", "req", *ec, "-subj", "/CN=node", "-keyout", "tls.key", "-out", "tls.csr")
+    with open(os.path.join(d, "ext"), "w") as f:
+        f.write("subjectAltName=URI:spiffe://shoal/check/node\nextendedKeyUsage=serverAuth,clientAuth\n")
+    run("openssl", "x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-days", "1", "-extfile", "ext", "-out", "tls.crt")
+    return d
+
+
+def check_tls(values, fullname, docs, what, pod, cfg, component):
+    """The component's config, mount and volume agree with tls.*: the three files where the
+    certificate Secret is mounted, or none of it."""
+    tls = values["tls"]
+    c = pod["spec"]["containers"][0]
+    mount = [m for m in c.get("volumeMounts", []) if m["name"] == "tls"]
+    vol = [v for v in pod["spec"]["volumes"] if v["name"] == "tls"]
+    if not tls["enabled"]:
+        check("tls" not in cfg and not mount and not vol, f"{what}: TLS although tls.enabled is false")
+        return
+    want = {"ca_file": "/var/run/shoal/tls/ca.crt", "cert_file": "/var/run/shoal/tls/tls.crt",
+            "key_file": "/var/run/shoal/tls/tls.key", "http_client_auth": tls["httpClientAuth"],
+            "reload_interval": tls["reloadInterval"]}
+    check(cfg.get("tls") == want, f"{what}: tls section {cfg.get('tls')}")
+    check(len(mount) == 1 and mount[0]["mountPath"] == "/var/run/shoal/tls" and "subPath" not in mount[0],
+          f"{what}: the certificate mounted at /var/run/shoal/tls without subPath (rotations show): {mount}")
+    secret = tls["secrets"][component] if tls["source"] == "secret" else f"{fullname}-{component}-tls"
+    check(len(vol) == 1 and vol[0]["secret"]["secretName"] == secret
+          and sorted(i["key"] for i in vol[0]["secret"]["items"]) == ["ca.crt", "tls.crt", "tls.key"],
+          f"{what}: the volume of Secret {secret}: {vol}")
+    if tls["source"] == "certManager":
+        certs = [d for d in docs if d["kind"] == "Certificate" and d["spec"]["secretName"] == secret]
+        if check(len(certs) == 1, f"{what}: a Certificate for {secret}"):
+            spec = certs[0]["spec"]
+            issuer = tls["certManager"]["issuerRef"]["name"] or f"{fullname}-ca"
+            check(spec["issuerRef"]["name"] == issuer, f"{what}: issued by {spec['issuerRef']}, expected {issuer}")
+            check(spec["uris"] == [f"spiffe://shoal/{docs[0]['metadata']['namespace']}/{component}"], f"{what}: URI SAN {spec['uris']}")
+            check({"server auth", "client auth"} <= set(spec["usages"]), f"{what}: usages {spec['usages']}")
+
+
 def node_ip_for(values):
     return NODE_IP6 if values["listenAddress"].strip("[]") == "::" else NODE_IP
 
@@ -51,6 +100,27 @@ def merge(base, over):
     for k, v in over.items():
         out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+def quantity_bytes(q):
+    """A Kubernetes quantity of bytes (50Gi, 1.5Ti, 500G, an integer) as an integer."""
+    if isinstance(q, (int, float)):
+        return int(q)
+    m = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(|k|M|G|T|P|Ki|Mi|Gi|Ti|Pi)", str(q))
+    units = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
+             "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}
+    return int(float(m.group(1)) * units[m.group(2)]) if "." in m.group(1) else int(m.group(1)) * units[m.group(2)]
+
+
+def check_store(what, cfg, swarm_values, size):
+    """The rendered `swarm.store`: the volume's size as the budget unless the values give one,
+    and every other key the values give."""
+    given = (swarm_values or {}).get("store") or {}
+    store = cfg["swarm"].get("store") or {}
+    want = given.get("max_size", quantity_bytes(size) if size not in ("", None) else None)
+    check(store.get("max_size") == want, f"{what}: swarm.store.max_size {store.get('max_size')!r}, expected {want!r}")
+    for k, v in given.items():
+        check(store.get(k) == v, f"{what}: swarm.store.{k} {store.get(k)!r}, expected {v!r}")
 
 
 def one(docs, kind, name=None):
@@ -108,6 +178,15 @@ def check_pod(pod, what, port, values_metrics, comp_values, sa_name, port_name="
     return c
 
 
+def tls_kinds(tls):
+    """cert-manager's objects: a Certificate per component, and without an issuerRef the CA's
+    self-signed Issuer, CA Certificate and CA Issuer."""
+    if not tls["enabled"] or tls["source"] != "certManager":
+        return []
+    own_ca = not tls["certManager"]["issuerRef"]["name"]
+    return ["Certificate"] * (3 + own_ca) + ["Issuer"] * (2 * own_ca)
+
+
 def sa_name(values, fullname, comp):
     sa = values[comp]["serviceAccount"]
     return (sa["name"] or f"{fullname}-{comp}") if sa["create"] else sa["name"]
@@ -143,7 +222,8 @@ def main():
                   + (["PodDisruptionBudget"] if o["podDisruptionBudget"]["enabled"] else [])
                   + (["NetworkPolicy"] * (2 if a["hostNetwork"] else 3) if np["enabled"] else [])
                   + (["ServiceMonitor"] if values["metrics"]["serviceMonitor"]["enabled"] else [])
-                  + (["Secret"] if values["auth"]["enabled"] and not values["auth"]["existingSecret"] else []))
+                  + (["Secret"] if values["auth"]["enabled"] and not values["auth"]["existingSecret"] else [])
+                  + tls_kinds(values["tls"]))
     check(kinds == want, f"kinds {kinds}, expected {want}")
     for d in docs:
         check(d["metadata"].get("namespace") == args.namespace, f"{d['kind']} {d['metadata']['name']}: namespace")
@@ -193,7 +273,8 @@ def main():
     check([x["id"] for x in origins] == pod_names, f"origins ids {[x['id'] for x in origins]}")
     for i, x in enumerate(origins):
         host = f"{pod_names[i]}.{args.namespace}.svc"
-        check(x["peer"] == f"{host}:{o['peerPort']}" and x["http"] == f"http://{host}:{o['httpPort']}",
+        scheme = "https" if values["tls"]["enabled"] else "http"
+        check(x["peer"] == f"{host}:{o['peerPort']}" and x["http"] == f"{scheme}://{host}:{o['httpPort']}",
               f"origin {i}: addresses {x}")
         svc = services.get(pod_names[i])
         check(svc is not None and svc["spec"]["selector"].get("statefulset.kubernetes.io/pod-name") == pod_names[i]
@@ -233,6 +314,8 @@ def main():
         check(f"{cfg['id']}.yaml" == k, f"{k}: id {cfg['id']}")
         check(cfg["origin_replicas"] == tracker_cfg["origin_replicas"] == o["ringReplicas"], f"{k}: origin_replicas")
         check(cfg["backend"]["type"] == o["backend"]["type"], f"{k}: backend type")
+        own_volume = o["backend"]["type"] == "s3" or o["backend"]["fs"]["volume"]
+        check_store(k, cfg, o["swarm"], o["persistence"]["size"] if own_volume else "")
     vols = {v["name"]: v for v in op["spec"]["volumes"]}
     claims = [c["metadata"]["name"] for c in sts["spec"].get("volumeClaimTemplates", [])]
     if o["persistence"]["enabled"]:
@@ -284,8 +367,10 @@ def main():
     check(env.get("SHOAL_AGENT_ADVERTISE_IP", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
           == "status.hostIP", "agent: advertises status.hostIP")
     check("advertise_addr" not in agent_cfg["swarm"], "agent: advertise_addr comes from the environment")
+    check_store("agent", agent_cfg, a["swarm"], a["store"]["size"])
     for cfg in [agent_cfg] + list(origin_cfgs.values()):
-        check(cfg["swarm"]["trackers"] == [f"http://{deploy['metadata']['name']}.{args.namespace}.svc:{t['port']}"],
+        scheme = "https" if values["tls"]["enabled"] else "http"
+        check(cfg["swarm"]["trackers"] == [f"{scheme}://{deploy['metadata']['name']}.{args.namespace}.svc:{t['port']}"],
               f"trackers {cfg['swarm']['trackers']}")
     store = [v for v in spec["volumes"] if v["name"] == "store"][0]
     if a["store"]["type"] == "hostPath":
@@ -359,6 +444,21 @@ def main():
     check(tracker_cfg["trusted_networks"] == t["trustedNetworks"], f"tracker: trusted_networks {tracker_cfg['trusted_networks']}")
     check(agent_cfg["api_networks"] == ["127.0.0.0/8", "::1"] + a["apiNetworks"],
           f"agent: api_networks {agent_cfg['api_networks']}")
+    # TLS: each component's config, mount, volume and Certificate; probes over HTTPS.
+    scheme = "https" if values["tls"]["enabled"] else "http"
+    check(tracker_cfg.get("tls") is None or all(u.startswith("https://") for u in [x["http"] for x in tracker_cfg["origins"]]),
+          "tracker: origins' URLs are https with TLS")
+    check_tls(values, fullname, docs, "tracker", tracker_pod, tracker_cfg, "tracker")
+    for k, cfg in origin_cfgs.items():
+        check_tls(values, fullname, docs, f"origin {k}", op, cfg, "origin")
+        check(cfg["swarm"]["trackers"][0].startswith(f"{scheme}://"), f"origin {k}: tracker URL {cfg['swarm']['trackers']}")
+    agent_cfg = yaml.safe_load(agent_cm["data"]["agent.yaml"])
+    check_tls(values, fullname, docs, "agent", ap_, agent_cfg, "agent")
+    check(agent_cfg["swarm"]["trackers"][0].startswith(f"{scheme}://"), f"agent: tracker URL {agent_cfg['swarm']['trackers']}")
+    for what, pod in [("tracker", tracker_pod), ("origin", op)]:
+        for probe in ["startupProbe", "livenessProbe", "readinessProbe"]:
+            get = pod["spec"]["containers"][0][probe]["httpGet"]
+            check(get.get("scheme", "HTTP") == scheme.upper(), f"{what}: {probe} scheme {get}")
 
     with tempfile.TemporaryDirectory() as tmp:
         secrets = os.path.join(tmp, "secrets")
@@ -384,13 +484,17 @@ def main():
             return text
 
         # Every config through its binary's --check-config.
+        # Every config through its binary's --check-config, with a real CA and certificate
+        # where the Secret is mounted.
+        tls_dir = node_tls(tmp) + "/"
+        mounted = lambda text: text.replace("/var/run/shoal/tls/", tls_dir)
         path = os.path.join(tmp, "tracker.yaml")
         with open(path, "w") as f:
-            f.write(localize(tracker_cm["data"]["tracker.yaml"], tracker_pod))
+            f.write(localize(mounted(tracker_cm["data"]["tracker.yaml"]), tracker_pod))
         run_check_config(os.path.join(args.bin, "shoal-tracker"), path)
         path = os.path.join(tmp, "agent.yaml")
         with open(path, "w") as f:
-            f.write(localize(agent_cm["data"]["agent.yaml"], ap_))
+            f.write(localize(mounted(agent_cm["data"]["agent.yaml"]), ap_))
         run_check_config(os.path.join(args.bin, "shoal-agent"), path, {"SHOAL_AGENT_ADVERTISE_IP": node_ip_for(values)})
         # Without the address the DaemonSet gives it, the agent must refuse to start.
         res = subprocess.run([os.path.join(args.bin, "shoal-agent"), "--config", path, "--check-config"],
@@ -406,7 +510,10 @@ def main():
         stand_ins = {"password_file": "stand-in\n", "ca_file": cert, "client_cert_file": cert,
                      "client_key_file": key, "docker_config_file": '{"auths": {}}\n'}
         for k, text in origin_cm["data"].items():
+            text = mounted(text)
             for field, file in re.findall(r"(password_file|ca_file|client_cert_file|client_key_file|docker_config_file): (\S+)", text):
+                if file.startswith(tls_dir):
+                    continue
                 vol = ovols.get(mounts.get(os.path.dirname(file)), {})
                 items = (vol.get("secret") or vol.get("configMap") or {}).get("items", [])
                 check(os.path.basename(file) in [i["path"] for i in items], f"{k}: {field} {file} is not mounted: {vol}")

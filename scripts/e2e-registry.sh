@@ -8,10 +8,13 @@
 # filesystem driver (s3s-fs lacks ListMultipartUploads, so the registry's s3 driver cannot
 # push to it; the filesystem layout is the same docker/distribution tree). One tracker, one
 # origin (s3 backend, docker_registry layout, reading that bucket) and three agents on
-# 127.0.77.x run from the debug binaries. An OCI image (a 64 MiB random layer and a small one)
+# 127.0.77.x run from the debug binaries, with mutual TLS between them (a CA and a certificate
+# per node made with openssl; the registry's notifications reach the origin over HTTPS too,
+# trusting that CA). An OCI image (a 64 MiB random layer and a small one)
 # and a linux/amd64 + linux/arm64 index are built by hand and pushed with skopeo; the
 # registry's push notifications reach the origin, which must hold every pushed layer before
-# anything pulls (preheat on push). Then:
+# anything pulls (preheat on push). The origin's preheat answers only an allowed certificate
+# identity (checked with curl and the CA's certificates) or its token. Then:
 # `shoal-agent configure` writes containerd's hosts.toml and a registries.conf drop-in;
 # containerd (ctr), skopeo and podman pull through agent 1 and every digest is checked; the
 # index pulls the right platform; three agents pull a second 64 MiB image at once and the
@@ -106,7 +109,7 @@ start() {
 # wait_http NAME URL: until URL answers 2xx, or FAIL after START_TIMEOUT.
 wait_http() {
     local name=$1 url=$2 deadline=$((SECONDS + START_TIMEOUT))
-    until curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null; do
+    until curl -fsS --cacert "$W/tls/ca.crt" -o /dev/null --max-time 2 "$url" 2>/dev/null; do
         if [[ -n ${PIDS[$name]:-} ]] && ! kill -0 "${PIDS[$name]}" 2>/dev/null; then
             tail -20 "$W/$name.log" >&2
             fail "$name exited during startup (log above)"
@@ -121,10 +124,26 @@ elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 
 # metric URL NAME: the sum of a Prometheus counter's samples (0 if absent).
 metric() {
-    curl -fsS --max-time 5 "$1/metrics" | awk -v n="$2" '$1 == n || index($1, n "{") == 1 { s += $2 } END { printf "%.0f", s }'
+    curl -fsS --cacert "$W/tls/ca.crt" --max-time 5 "$1/metrics" | awk -v n="$2" '$1 == n || index($1, n "{") == 1 { s += $2 } END { printf "%.0f", s }'
 }
 
 sha() { sha256sum "$1" | cut -c1-64; }
+
+# tls_node NAME IP: a certificate for node NAME from the run's CA (URI SAN spiffe://shoal/e2e/NAME,
+# and the node's IP for clients that check names, as the registry's notifications do), and the
+# config's tls section naming it.
+tls_node() {
+    local name=$1 ip=$2 d=$W/tls
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$name" \
+        -keyout "$d/$name.key" -out "$d/$name.csr" 2>/dev/null
+    printf 'subjectAltName=URI:spiffe://shoal/e2e/%s,IP:%s\nextendedKeyUsage=serverAuth,clientAuth\n' "$name" "$ip" >"$d/$name.ext"
+    openssl x509 -req -in "$d/$name.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -days 2 \
+        -extfile "$d/$name.ext" -out "$d/$name.crt" 2>/dev/null
+    # Optional client certificates on the HTTP APIs: curl's probes and the registry's
+    # notifications come without one; every node presents its own.
+    printf 'tls:\n  ca_file: %s\n  cert_file: %s\n  key_file: %s\n  http_client_auth: optional\n  reload_interval: 1s\n' \
+        "$d/ca.crt" "$d/$name.crt" "$d/$name.key"
+}
 
 # ---------------------------------------------------------------------------------------------
 log "dependencies and binaries"
@@ -144,6 +163,12 @@ mkdir -p "$W"
 REG_PORT=$(free_port)
 S3_PORT=$(free_port)
 REG=127.0.0.1:$REG_PORT
+
+log "a CA for the nodes"
+mkdir -p "$W/tls"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=shoal e2e CA" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign \
+    -keyout "$W/tls/ca.key" -out "$W/tls/ca.crt" 2>/dev/null
 
 # ---------------------------------------------------------------------------------------------
 log "S3 server and docker-registry"
@@ -165,20 +190,20 @@ http:
 notifications:
   endpoints:
     - name: shoal
-      url: http://$ORIGIN_HTTP/notifications
+      url: https://$ORIGIN_HTTP/notifications
       headers:
         Authorization: [Bearer $NOTIFY_TOKEN]
       timeout: 5s
       threshold: 3
       backoff: 1s
 EOF
-start registry env -u AWS_CA_BUNDLE docker-registry serve "$W/registry.yml"
+start registry env -u AWS_CA_BUNDLE SSL_CERT_FILE="$W/tls/ca.crt" docker-registry serve "$W/registry.yml"
 wait_http registry "http://$REG/v2/"
 
 # ---------------------------------------------------------------------------------------------
 log "tracker, origin and three agents"
 ORIGINS="origins:
-  - { id: origin-0, http: \"http://$ORIGIN_HTTP\", peer: \"$ORIGIN_PEER\" }"
+  - { id: origin-0, http: \"https://$ORIGIN_HTTP\", peer: \"$ORIGIN_PEER\" }"
 # Every node here connects to the tracker from 127.0.0.1, not from the 127.x address it
 # announces: the tracker trusts loopback callers to announce any address.
 cat >"$W/tracker.yaml" <<EOF
@@ -187,6 +212,7 @@ announce_interval: 1s
 peer_ttl: 10s
 trusted_networks: ["127.0.0.0/8"]
 $ORIGINS
+$(tls_node tracker "${TRACKER%:*}")
 EOF
 echo "$NOTIFY_TOKEN" >"$W/tokens"
 cat >"$W/origin.yaml" <<EOF
@@ -204,9 +230,12 @@ backend:
   secret_access_key: shoalsecret
 auth:
   tokens_file: $W/tokens
+  identities: ["spiffe://shoal/e2e/ops"]   # a client with this certificate needs no token
+$(tls_node origin-0 "${ORIGIN_HTTP%:*}")
 swarm:
   store_dir: $W/origin-store
-  trackers: ["http://$TRACKER"]
+  store: { min_free: 0 }   # no floor: the disk is shared with builds, whose fill is not the test's
+  trackers: ["https://$TRACKER"]
 EOF
 write_agent_config() {
     local i=$1
@@ -215,9 +244,11 @@ listen: ${AGENT[$i]}
 peer_listen: ${AGENT_IPS[$i]}:7701
 $ORIGINS
 tag_ttl: 1s
+$(tls_node "agent$i" "${AGENT_IPS[$i]}")
 swarm:
   store_dir: $W/agent$i-store
-  trackers: ["http://$TRACKER"]
+  store: { min_free: 0 }   # no floor: the disk is shared with builds, whose fill is not the test's
+  trackers: ["https://$TRACKER"]
   seed_announce_interval: 1s
 EOF
 }
@@ -227,8 +258,11 @@ start_agent() {
 }
 start tracker "$BIN/shoal-tracker" --config "$W/tracker.yaml"
 start origin env -u AWS_CA_BUNDLE "$BIN/shoal-origin" --config "$W/origin.yaml"
-wait_http tracker "http://$TRACKER/ready"
-wait_http origin "http://$ORIGIN_HTTP/ready"
+wait_http tracker "https://$TRACKER/ready"
+wait_http origin "https://$ORIGIN_HTTP/ready"
+# TLS is on between the nodes: plain HTTP to the origin is refused at the handshake, and counted.
+curl -fsS -o /dev/null --max-time 2 "http://$ORIGIN_HTTP/ready" 2>/dev/null && fail "the origin answered plain http"
+[[ $(metric "https://$ORIGIN_HTTP" shoal_tls_handshakes_refused_total) -ge 1 ]] || fail "the origin did not count the plaintext handshake"
 for i in 0 1 2; do
     write_agent_config "$i"
     start_agent "$i"
@@ -337,7 +371,26 @@ for i in 0 1 2; do
     [[ $(metric "http://${AGENT[$i]}" shoal_swarm_downloads_completed_total) == 0 ]] || fail "agent $i pulled during the preheat"
 done
 grep -q 'push notified; preheating' "$W/origin.log" || fail_log "$W/origin.log" "the origin logged no push notification"
-echo "preheat on push: the origin stored test/img:v1 and the index's layers ($(metric "http://$ORIGIN_HTTP" shoal_origin_backend_bytes_total) backend bytes) before any pull"
+echo "preheat on push: the origin stored test/img:v1 and the index's layers ($(metric "https://$ORIGIN_HTTP" shoal_origin_backend_bytes_total) backend bytes) before any pull"
+
+# ---------------------------------------------------------------------------------------------
+log "who may write: the identity a client's certificate proves at the TLS handshake, or a token"
+tls_node ops 127.0.0.1 >/dev/null
+preheat_as() {
+    curl -sS --cacert "$W/tls/ca.crt" --max-time 30 -o "$W/preheat-as.json" -w '%{http_code}' \
+        -H 'Content-Type: application/json' -d '{"name": "test/img", "reference": "v1"}' "$@" \
+        "https://$ORIGIN_HTTP/preheat"
+}
+code=$(preheat_as)
+[[ $code == 401 ]] || fail "a preheat without a certificate or a token got $code, not 401"
+code=$(preheat_as --cert "$W/tls/agent1.crt" --key "$W/tls/agent1.key")
+[[ $code == 403 ]] && grep -q 'spiffe://shoal/e2e/agent1' "$W/preheat-as.json" \
+    || fail "a preheat with a certificate not in auth.identities got $code: $(cat "$W/preheat-as.json")"
+code=$(preheat_as --cert "$W/tls/ops.crt" --key "$W/tls/ops.key")
+[[ $code == 202 ]] || fail "a preheat with the allowed certificate got $code: $(cat "$W/preheat-as.json")"
+code=$(preheat_as -H "Authorization: Bearer $NOTIFY_TOKEN")
+[[ $code == 202 ]] || fail "a preheat with the token got $code: $(cat "$W/preheat-as.json")"
+echo "the origin's preheat: 401 without credentials, 403 for another node's certificate, 202 for the allowed identity or the token"
 
 # ---------------------------------------------------------------------------------------------
 log "runtime configs from shoal-agent configure"
@@ -414,10 +467,10 @@ log "skopeo: direct from the registry, then through agent 1 cold and warm"
 pull_dir direct "docker://$REG/test/img:v1"
 T_DIRECT=$TOOK
 check_dir "$W/pull/direct" "$V1" $V1_LAYERS
-o0=$(metric "http://$ORIGIN_HTTP" shoal_swarm_piece_bytes_sent_total)
+o0=$(metric "https://$ORIGIN_HTTP" shoal_swarm_piece_bytes_sent_total)
 pull_dir cold "docker://${AGENT[0]}/test/img:v1"
 T_COLD=$TOOK
-o1=$(metric "http://$ORIGIN_HTTP" shoal_swarm_piece_bytes_sent_total)
+o1=$(metric "https://$ORIGIN_HTTP" shoal_swarm_piece_bytes_sent_total)
 check_dir "$W/pull/cold" "$V1" $V1_LAYERS
 pull_dir warm "docker://${AGENT[0]}/test/img:v1"
 T_WARM=$TOOK
@@ -493,7 +546,7 @@ echo "podman: test/img:v1 in ${T_PODMAN}s"
 
 # ---------------------------------------------------------------------------------------------
 log "three agents pull test/img:v2 at once"
-o0=$(metric "http://$ORIGIN_HTTP" shoal_swarm_piece_bytes_sent_total)
+o0=$(metric "https://$ORIGIN_HTTP" shoal_swarm_piece_bytes_sent_total)
 t=$(now)
 cpids=()
 for i in 0 1 2; do
@@ -506,7 +559,7 @@ for i in 0 1 2; do
     wait "${cpids[$i]}" || fail_log "$W/concurrent$i.log" "concurrent pull through agent $((i + 1)) failed"
 done
 T_CONC=$(elapsed "$t")
-o1=$(metric "http://$ORIGIN_HTTP" shoal_swarm_piece_bytes_sent_total)
+o1=$(metric "https://$ORIGIN_HTTP" shoal_swarm_piece_bytes_sent_total)
 for i in 0 1 2; do
     check_dir "$W/pull/c$i" "$V2"
 done
@@ -581,6 +634,7 @@ pull_through:
       write_back: false
 swarm:
   store_dir: $W/origin-pt-store
+  store: { min_free: 0 }   # no floor: the disk is shared with builds, whose fill is not the test's
   trackers: ["http://$PT.1:7600"]
 EOF
 for i in 1 2; do
@@ -590,6 +644,7 @@ peer_listen: $PT.1$i:7701
 $PT_ORIGINS
 swarm:
   store_dir: $W/agent-pt$i-store
+  store: { min_free: 0 }   # no floor: the disk is shared with builds, whose fill is not the test's
   trackers: ["http://$PT.1:7600"]
 EOF
 done
@@ -616,7 +671,7 @@ up2=$(metric "http://$PT.2:7800" shoal_origin_upstream_requests_total)
 for name in agent-pt1 agent-pt2 origin-pt tracker-pt; do
     stop "$name"
 done
-start registry env -u AWS_CA_BUNDLE docker-registry serve "$W/registry.yml"
+start registry env -u AWS_CA_BUNDLE SSL_CERT_FILE="$W/tls/ca.crt" docker-registry serve "$W/registry.yml"
 wait_http registry "http://$REG/v2/"
 echo "pull-through: test/img:v1 from an empty bucket in ${T_PT}s ($up1 upstream requests); a fresh agent pulled it again with the registry down"
 

@@ -4,7 +4,8 @@
 #   scripts/install-deps.sh
 #
 # - Debian packages docker-registry, skopeo, umoci, containerd, runc and podman (for
-#   scripts/e2e-registry.sh), with apt-get, which needs root;
+#   scripts/e2e-registry.sh) and openssl (its certificates, and scripts/check-chart.sh's),
+#   with apt-get, which needs root;
 # - the s3s-fs S3 server (scripts/s3-server.sh install: a `cargo install` of a few minutes the
 #   first time).
 # Nothing is done for what is already there, so a second run costs a second.
@@ -21,6 +22,7 @@ PACKAGES=(
     "containerd ctr"
     "runc runc"
     "podman podman"
+    "openssl openssl"
 )
 
 missing=()

@@ -45,8 +45,15 @@ impl From<OriginError> for ApiError {
     }
 }
 
+/// `Retry-After` when the node runs `max_downloads` already: downloads end, and a running
+/// one also lets a caller join it.
+pub(crate) const DOWNLOADS_RETRY_AFTER: u32 = 1;
+
 /// Maps a swarm failure at the edge.
 pub(crate) fn swarm_error(e: SwarmError) -> ApiError {
+    if let SwarmError::TooManyDownloads { .. } = e {
+        return ApiError::busy(format!("{e:#}"), DOWNLOADS_RETRY_AFTER);
+    }
     let status = match &e {
         SwarmError::Store(s) if s.is_storage_full() => StatusCode::INSUFFICIENT_STORAGE,
         SwarmError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -83,5 +90,20 @@ async fn blob_stats(State(st): State<AppState>, Path(digest): Path<String>) -> R
     match st.swarm.stats(&digest) {
         Some(s) => Ok(axum::Json(s).into_response()),
         None => Err(ApiError::new(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", "this node has not seen the blob")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_node_answers_503_with_retry_after() {
+        let resp = swarm_error(SwarmError::TooManyDownloads { max: 128 }).into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()["retry-after"], DOWNLOADS_RETRY_AFTER.to_string().as_str());
+        let resp = swarm_error(SwarmError::ShuttingDown).into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(resp.headers().get("retry-after").is_none());
     }
 }

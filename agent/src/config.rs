@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use shoal_core::ring::{OriginNode, Ring};
-use shoal_runtime::{ConfigError, Duration, LogFormat};
+use shoal_runtime::{ConfigError, Duration, LogFormat, Tls, TlsConfig};
 use shoal_swarm::SwarmConfig;
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -29,6 +29,9 @@ pub struct Config {
     /// How long a registry tag's digest, resolved through the origins, is reused before it
     /// is asked again; `0s` asks every time. Default 30s.
     pub tag_ttl: Duration,
+    /// Prefetches (`POST /preheat` with `prefetch`) running in the background at once;
+    /// another is answered 503 with `Retry-After` until one ends. Default 4.
+    pub max_prefetches: usize,
     /// `text` or `json` log lines on stderr. Default `text`.
     pub log_format: LogFormat,
     /// Networks (CIDRs) whose callers may use the API (blobs, `/v2/`, preheat, stat, debug);
@@ -41,6 +44,13 @@ pub struct Config {
     pub auth: shoal_runtime::AuthConfig,
     /// The HTTP server's deadlines and connection cap.
     pub http: shoal_runtime::HttpConfig,
+    /// Mutual TLS on every link to other nodes: the peer port, the origins' and trackers' APIs
+    /// (their URLs then start with `https://`). Default none: plaintext, with a loud warning.
+    pub tls: Option<TlsConfig>,
+    /// Serve the API on `listen` over TLS too, with the certificate of `tls`; clients must
+    /// present one as `tls.http_client_auth` says. Default false: containerd and dockerd
+    /// expect a plain HTTP mirror on the node's loopback.
+    pub api_tls: bool,
     pub swarm: SwarmConfig,
 }
 
@@ -55,22 +65,26 @@ impl Default for Config {
             origin_fetch_timeout: Duration::from_secs(600),
             shutdown_grace: Duration::from_secs(20),
             tag_ttl: Duration::from_secs(30),
+            max_prefetches: 4,
             log_format: LogFormat::Text,
             api_networks: shoal_core::net::Networks::loopback(),
             auth: shoal_runtime::AuthConfig::default(),
             http: shoal_runtime::HttpConfig::default(),
+            tls: None,
+            api_tls: false,
             swarm: SwarmConfig::default(),
         }
     }
 }
 
-/// A checked configuration: the ring is built.
+/// A checked configuration: the ring is built, the TLS files are loaded.
 #[derive(Clone, Debug)]
 pub struct ValidConfig {
     pub config: Config,
     pub ring: Ring,
     /// The preheat check, its tokens file read.
     pub auth: shoal_runtime::Authorizer,
+    pub tls: Option<Tls>,
 }
 
 impl Config {
@@ -82,6 +96,9 @@ impl Config {
             .map_err(|e| ConfigError::Invalid(format!("origins: {e}")))?;
         self.swarm.validate().map_err(ConfigError::Invalid)?;
         self.http.validate().map_err(ConfigError::Invalid)?;
+        if self.max_prefetches == 0 {
+            return Err(ConfigError::Invalid("max_prefetches must be at least 1".into()));
+        }
         if let Some(m) = self.metrics_listen
             && (m == self.listen || m == self.peer_listen)
         {
@@ -94,8 +111,15 @@ impl Config {
                 self.peer_listen
             )));
         }
+        if self.api_tls && self.tls.is_none() {
+            return Err(ConfigError::Invalid("api_tls: needs a tls section".into()));
+        }
+        let urls = self.origins.iter().map(|o| (format!("origins[{}].http", o.id), o.http.as_str()));
+        let trackers =
+            self.swarm.trackers.iter().enumerate().map(|(i, t)| (format!("swarm.trackers[{i}]"), t.as_str()));
+        let tls = shoal_runtime::tls::validate(self.tls.as_ref(), urls.chain(trackers))?;
         let auth = self.auth.load().map_err(ConfigError::Invalid)?;
-        Ok(ValidConfig { config: self, ring, auth })
+        Ok(ValidConfig { config: self, ring, auth, tls })
     }
 }
 
@@ -128,5 +152,36 @@ mod tests {
         let err =
             check("listen: 127.0.0.1:7700\nmetrics_listen: 127.0.0.1:7700\npeer_listen: 10.1.2.3:7701").unwrap_err();
         assert!(err.contains("metrics_listen 127.0.0.1:7700: already taken"), "{err}");
+    }
+
+    #[test]
+    fn tls_is_checked_with_the_urls_of_other_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = shoal_runtime::tls::test_ca::TestCa::new("test");
+        let tls = ca.write(dir.path(), "agent", &ca.issue("spiffe://shoal/agent")).unwrap();
+        let section = format!(
+            "tls: {{ ca_file: {}, cert_file: {}, key_file: {} }}\n",
+            tls.ca_file.display(),
+            tls.cert_file.display(),
+            tls.key_file.display()
+        );
+        let https = "origins: [{ id: o0, http: 'https://o0:7800', peer: '10.0.0.1:7801' }]\n";
+        let parse = |yaml: &str| -> Result<ValidConfig, String> {
+            let cfg: Config = shoal_runtime::config::parse(yaml).map_err(|e| e.to_string())?;
+            cfg.validate().map_err(|e| e.to_string())
+        };
+        let ok = parse(&format!("{https}{section}swarm: {{ trackers: ['https://t:7600'] }}")).unwrap();
+        assert_eq!(ok.tls.unwrap().identity().as_str(), "spiffe://shoal/agent");
+        let err = parse(&format!("{ORIGINS}{section}")).unwrap_err();
+        assert!(err.contains("origins[o0].http") && err.contains("https://"), "{err}");
+        let err = parse(&format!("{https}{section}swarm: {{ trackers: ['http://t:7600'] }}")).unwrap_err();
+        assert!(err.contains("swarm.trackers[0]"), "{err}");
+        let err = parse(https).unwrap_err();
+        assert!(err.contains("tls is not configured"), "{err}");
+        let err = check("api_tls: true").unwrap_err();
+        assert!(err.contains("api_tls: needs a tls section"), "{err}");
+        std::fs::write(&tls.cert_file, "not a certificate").unwrap();
+        let err = parse(&format!("{https}{section}")).unwrap_err();
+        assert!(err.contains("tls:") && err.contains("agent.crt"), "{err}");
     }
 }

@@ -1,8 +1,18 @@
 //! The Shoal agent: runs on every host. Its HTTP API serves blobs by digest; a blob it does
 //! not hold is downloaded through the swarm (metainfo from the origin ring, pieces from peers
-//! and origins) and served only once every byte is verified. Completed blobs stay in the
-//! local store and are seeded to other agents. Under `/v2/` the same API speaks the Registry
-//! v2 / OCI distribution read protocol ([`registry`]), so container runtimes pull through it.
+//! and origins) and streamed to the client piece by piece as each piece verifies. Completed
+//! blobs stay in the local store and are seeded to other agents. Under `/v2/` the same API
+//! speaks the Registry v2 / OCI distribution read protocol ([`registry`]), so container
+//! runtimes pull through it.
+//!
+//! Invariant: every byte served matched a piece hash of the blob's metainfo, and a blob read
+//! from the store also matched its sha256. A response for a blob still downloading (whole or
+//! a `Range`) ends once its range is covered, before the whole blob's sha256 is checked, so
+//! its bytes are the blob's because the metainfo is: authentic when it came from an origin
+//! over TLS (`tls`), which built it from content that matched the digest. Without TLS anyone
+//! who can answer for an origin can make the agent stream other content under a digest until
+//! the commit's sha256 check fails the download; a client that checks the digest (registry
+//! clients do) still rejects it.
 //!
 //! Entry point: [`run`] takes its listeners and a shutdown token, so tests bind port 0 and
 //! many agents run in one process.
@@ -19,7 +29,7 @@ pub mod stat;
 use std::net::SocketAddr;
 
 use shoal_runtime::Admin;
-use shoal_swarm::Swarm;
+use shoal_swarm::{Role, Swarm};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, ValidConfig};
@@ -48,30 +58,48 @@ pub async fn start(
     // After the origins' names are looked up (a `--check-config` only checks their form).
     cfg.swarm.check_origins(&cfg.origins).map_err(anyhow::Error::msg)?;
     let admin = Admin::new(registry.clone());
-    let swarm = Swarm::start(cfg.swarm.clone(), listeners.peer, &registry, false, shutdown.clone())?;
-    shoal_swarm::store_metrics::register(&registry, cfg.swarm.store_dir.clone())?;
+    let tls = config.tls.clone();
+    if let Some(t) = &tls {
+        t.register(&registry)?;
+    }
+    let role = Role::Agent { origins: config.ring.clone() };
+    let swarm = Swarm::start(cfg.swarm.clone(), listeners.peer, &registry, role, tls.clone(), shutdown.clone())?;
     let http_addr = listeners.http.local_addr()?;
-    let origins = origin_client::OriginClient::new(config.ring.clone(), cfg.origin_fetch_timeout.get());
+    let origins = origin_client::OriginClient::new(config.ring.clone(), cfg.origin_fetch_timeout.get(), tls.as_ref());
     let metrics = metrics::AgentMetrics::new(&registry)?;
     let registry_state = registry::RegistryState {
         swarm: swarm.clone(),
         origins: origins.clone(),
         metrics: metrics.clone(),
-        tags: registry::TagResolver::new(config.ring.clone(), cfg.tag_ttl.get()),
+        tags: registry::TagResolver::new(config.ring.clone(), cfg.tag_ttl.get(), tls.as_ref()),
         shutdown: shutdown.child_token(),
         auth: config.auth.clone(),
+        prefetches: shoal_runtime::Cap::new("prefetches", "max_prefetches", cfg.max_prefetches),
     };
-    let stat_state =
-        stat::StatState::new(swarm.clone(), origins.clone(), config.ring.clone(), cfg.swarm.trackers.clone());
+    let stat_state = stat::StatState::new(
+        swarm.clone(),
+        origins.clone(),
+        config.ring.clone(),
+        cfg.swarm.trackers.clone(),
+        tls.as_ref(),
+    );
     let state = api::AppState { swarm: swarm.clone(), origins, metrics };
     let router = api::router(state).merge(registry::router(registry_state)).merge(stat::router(stat_state));
     let router = access::host_only(router, cfg.api_networks.clone());
     let router = shoal_runtime::request_id::with_request_id(router, "agent").merge(admin.router());
-    tracing::info!(%http_addr, "agent api listening");
+    let api_tls = if cfg.api_tls { tls.as_ref() } else { None };
+    let client_auth = tls.as_ref().map(|t| t.config().http_client_auth).unwrap_or_default();
+    let listener = shoal_runtime::tls::HttpListener::new(listeners.http, api_tls, client_auth)?;
+    tracing::info!(%http_addr, tls = api_tls.is_some(), "agent api listening");
     let grace = cfg.shutdown_grace.get();
     let http = cfg.http.clone();
-    let a = admin.clone();
-    let serve = async move { a.serve(listeners.http, router, shutdown, grace, &http).await };
+    let (a, s) = (admin.clone(), swarm.clone());
+    let serve = async move {
+        let served = a.serve(listener, router, shutdown, grace, &http).await;
+        // The next start ranks the store's blobs by these last uses.
+        s.persist_last_uses().await;
+        served
+    };
     Ok((Agent { swarm, http_addr, admin, http: cfg.http.clone() }, serve))
 }
 

@@ -284,6 +284,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let cfg = shoal_runtime::config_or_exit("shoal-agent", load(&args), args.check_config);
     shoal_runtime::init_tracing("info", cfg.config.log_format);
+    if cfg.tls.is_none() {
+        shoal_runtime::tls::warn_plaintext("agent");
+    }
     let listeners = shoal_agent::Listeners::bind(cfg.config.listen, cfg.config.peer_listen).await?;
     let metrics = match cfg.config.metrics_listen {
         Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),

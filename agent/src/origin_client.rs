@@ -71,12 +71,14 @@ pub struct OriginClient {
 const MAX_POLL: Duration = Duration::from_secs(2);
 
 impl OriginClient {
-    pub fn new(ring: Ring, fetch_timeout: Duration) -> OriginClient {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("http client builds");
+    /// A client of `ring`'s origins; with `tls`, over mutual TLS.
+    pub fn new(ring: Ring, fetch_timeout: Duration, tls: Option<&shoal_runtime::Tls>) -> OriginClient {
+        let mut builder =
+            reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(30));
+        if let Some(tls) = tls {
+            builder = tls.http_client(builder);
+        }
+        let http = builder.build().expect("http client builds");
         OriginClient { ring, http, fetch_timeout }
     }
 

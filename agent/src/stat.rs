@@ -38,8 +38,14 @@ pub struct StatState {
 }
 
 impl StatState {
-    pub fn new(swarm: Swarm, origins: OriginClient, ring: Ring, tracker_urls: Vec<String>) -> StatState {
-        StatState { swarm, origins, ring, trackers: TrackerClient::new(tracker_urls, TRACKER_TIMEOUT) }
+    pub fn new(
+        swarm: Swarm,
+        origins: OriginClient,
+        ring: Ring,
+        tracker_urls: Vec<String>,
+        tls: Option<&shoal_runtime::Tls>,
+    ) -> StatState {
+        StatState { swarm, origins, ring, trackers: TrackerClient::new(tracker_urls, TRACKER_TIMEOUT, tls) }
     }
 }
 

@@ -86,6 +86,13 @@ pub struct PreheatArgs {
     /// Also download every blob into this agent's store.
     #[arg(long)]
     pub prefetch: bool,
+    /// Pins every blob on the origins (and with --prefetch in this agent's store): never
+    /// evicted until a preheat with --unpin.
+    #[arg(long, conflicts_with = "unpin")]
+    pub pin: bool,
+    /// Unpins every blob of the image.
+    #[arg(long)]
+    pub unpin: bool,
     /// Waits until every blob is fetched, with a progress bar.
     #[arg(long)]
     pub wait: bool,
@@ -183,7 +190,10 @@ pub async fn run(cli: &Cli, out: &mut (dyn Write + Send)) -> Result<(), CliError
         Command::Stat { digest } => stat(cli, parse_digest(digest)?).await?,
         Command::Preheat(p) => match (&p.status, &p.image) {
             (Some(PreheatCommand::Status { id }), _) => preheat_status(cli, id).await?,
-            (None, Some(image)) => preheat(cli, image, p.prefetch, p.wait, show_progress).await?,
+            (None, Some(image)) => {
+                let pin = (p.pin || p.unpin).then_some(p.pin);
+                preheat(cli, image, p.prefetch, pin, p.wait, show_progress).await?
+            }
             (None, None) => return Err(CliError::Usage("preheat needs an IMAGE, or `status ID`".into())),
         },
     };
@@ -424,12 +434,22 @@ impl PreheatState {
     }
 }
 
-async fn preheat(cli: &Cli, image: &str, prefetch: bool, wait: bool, show_progress: bool) -> Result<Report, CliError> {
+async fn preheat(
+    cli: &Cli,
+    image: &str,
+    prefetch: bool,
+    pin: Option<bool>,
+    wait: bool,
+    show_progress: bool,
+) -> Result<Report, CliError> {
     let img = image::ImageRef::parse(image).map_err(|e| CliError::Usage(format!("{image:?}: {e}")))?;
     let url = format!("{}/preheat", base(&cli.agent));
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "name": img.name, "reference": img.reference, "ns": img.registry, "prefetch": prefetch,
     });
+    if let Some(pin) = pin {
+        body["pin"] = serde_json::json!(pin);
+    }
     let resp = send(&url, with_token(cli, client().post(&url).json(&body))?).await?;
     let mut json: serde_json::Value =
         resp.json().await.map_err(|source| CliError::Http { url: url.clone(), source })?;

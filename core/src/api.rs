@@ -14,7 +14,7 @@ pub use ops::{BlobStat, LocalCopy, SwarmSize};
 
 use crate::{Digest, PeerId};
 
-/// A node tells the tracker it is in a blob's swarm.
+/// A node tells the tracker it is in a blob's swarm, or with `stopped` that it left it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AnnounceRequest {
@@ -27,6 +27,11 @@ pub struct AnnounceRequest {
     /// The node is an origin (a seed of last resort).
     #[serde(default)]
     pub origin: bool,
+    /// The node no longer holds the blob (it evicted it): the tracker forgets it at once
+    /// instead of handing it out until its entry expires, and answers with no peers. Sent
+    /// only when true, so every other announce is what trackers before it accept.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped: bool,
 }
 
 /// One peer of a blob's swarm as the tracker hands it out.
@@ -55,4 +60,37 @@ pub struct ErrorBody {
     /// A stable machine-readable code such as `BLOB_UNKNOWN` or `DIGEST_INVALID`.
     pub code: String,
     pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(stopped: bool) -> AnnounceRequest {
+        AnnounceRequest {
+            blob: Digest::of(b"blob"),
+            peer_id: PeerId([7; 16]),
+            addr: "10.0.0.1:7701".parse().unwrap(),
+            complete: true,
+            origin: false,
+            stopped,
+        }
+    }
+
+    /// An announce that is not a stop is the JSON trackers before `stopped` accept, and their
+    /// announces (without it) still parse.
+    #[test]
+    fn stopped_is_sent_only_when_set() {
+        let plain = serde_json::to_value(req(false)).unwrap();
+        assert!(plain.get("stopped").is_none(), "{plain}");
+        let old = format!(
+            r#"{{"blob":"{}","peer_id":"{}","addr":"10.0.0.1:7701","complete":true,"origin":false}}"#,
+            Digest::of(b"blob"),
+            PeerId([7; 16])
+        );
+        assert_eq!(serde_json::from_str::<AnnounceRequest>(&old).unwrap(), req(false));
+        let stop = serde_json::to_string(&req(true)).unwrap();
+        assert!(stop.contains(r#""stopped":true"#), "{stop}");
+        assert_eq!(serde_json::from_str::<AnnounceRequest>(&stop).unwrap(), req(true));
+    }
 }

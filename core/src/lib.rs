@@ -5,6 +5,7 @@
 //! is what runs in production.
 
 pub mod api;
+pub mod cache;
 pub mod digest;
 pub mod download;
 pub mod handout;
@@ -17,6 +18,7 @@ pub mod ratelimit;
 pub mod registry;
 pub mod ring;
 pub mod seeding;
+pub mod store_files;
 pub mod wire;
 
 pub use digest::{Digest, DigestHasher, ParseDigestError};

@@ -77,6 +77,25 @@ impl RejectReason {
     }
 }
 
+/// `Error` code: a piece the sender received from us failed its hash. The text names the
+/// piece as `<digest> <index>` ([`corrupt_piece_text`], [`parse_corrupt_piece`]); the sender
+/// closes the connection after it. A receiver hashes that piece from its disk again and drops
+/// the blob if it fails there too, so it does not serve it again. Codes a receiver does not
+/// know are only logged.
+pub const ERROR_CORRUPT_PIECE: u16 = 1;
+
+/// The text of an [`ERROR_CORRUPT_PIECE`] error naming piece `piece` of `blob`.
+pub fn corrupt_piece_text(blob: Digest, piece: u32) -> String {
+    format!("{blob} {piece}")
+}
+
+/// The piece an [`ERROR_CORRUPT_PIECE`] error names, if its text is well formed.
+pub fn parse_corrupt_piece(text: &str) -> Option<(Digest, u32)> {
+    let (blob, piece) = text.split_once(' ')?;
+    let piece = if piece.bytes().all(|b| b.is_ascii_digit()) { piece.parse().ok()? } else { return None };
+    Some((blob.parse().ok()?, piece))
+}
+
 /// One protocol message. Bodies borrow from the decoded buffer: no copy of piece data.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message<'a> {

@@ -44,7 +44,7 @@ impl EvilPeer {
             }
         });
         let st = stop.clone();
-        let req = AnnounceRequest { blob: meta.digest(), peer_id, addr, complete: true, origin: false };
+        let req = AnnounceRequest { blob: meta.digest(), peer_id, addr, complete: true, origin: false, stopped: false };
         tokio::spawn(async move {
             let http = reqwest::Client::new();
             loop {

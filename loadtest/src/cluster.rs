@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use shoal_core::ring::OriginNode;
 use shoal_core::{Digest, MIB};
-use shoal_runtime::{ByteSize, Duration};
+use shoal_runtime::tls::test_ca::TestCa;
+use shoal_runtime::{ByteSize, Duration, TlsConfig};
 use shoal_swarm::SwarmConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +37,9 @@ pub struct ClusterBuilder {
     /// One address for every node (each on its own ports), such as `::1`; `None` gives each
     /// node its own 127.0.0.0/8 address ([`host_ip`]).
     pub ip: Option<IpAddr>,
+    /// Mutual TLS on every link between nodes, with certificates from a CA made for the run
+    /// ([`Cluster::ca`]). The agents' APIs stay plain HTTP, as in a deployment.
+    pub tls: bool,
 }
 
 impl Default for ClusterBuilder {
@@ -49,16 +53,22 @@ impl Default for ClusterBuilder {
             swarm: test_swarm_config(),
             backend: None,
             ip: None,
+            tls: false,
         }
     }
 }
 
-/// Swarm settings suited to a cluster on one machine: short announce and timeouts.
+/// Swarm settings suited to a cluster on one machine: short announce and timeouts, and no
+/// free-space floor, since every node shares one filesystem whose fill is not the test's.
 pub fn test_swarm_config() -> SwarmConfig {
     SwarmConfig {
         seed_announce_interval: Duration::from_secs(2),
         handshake_timeout: Duration::from_secs(5),
         download_timeout: Duration::from_secs(600),
+        store: shoal_swarm::StoreConfig {
+            min_free: shoal_runtime::SizeLimit::Bytes(ByteSize(0)),
+            ..shoal_swarm::StoreConfig::default()
+        },
         ..SwarmConfig::default()
     }
 }
@@ -93,6 +103,11 @@ impl ClusterBuilder {
         self
     }
 
+    pub fn tls(mut self, on: bool) -> Self {
+        self.tls = on;
+        self
+    }
+
     pub fn swarm(mut self, s: SwarmConfig) -> Self {
         self.swarm = s;
         self
@@ -118,9 +133,14 @@ pub struct Cluster {
     pub origin_nodes: Vec<OriginNode>,
     /// `None` while an agent is stopped.
     pub agents: Vec<Option<Node<shoal_agent::Agent>>>,
+    /// Each agent's HTTP and peer addresses, which a restart binds again if they are free (as
+    /// a host's agent comes back on its ports).
+    agent_addrs: Vec<Option<(SocketAddr, SocketAddr)>>,
     root: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     http: reqwest::Client,
+    /// The run's CA, with `tls`.
+    pub ca: Option<TestCa>,
 }
 
 /// The loopback address of host `k`: 127.0.0.(k+2) for small `k`, then on into 127.0.x.y;
@@ -148,6 +168,12 @@ impl Cluster {
             }
         };
         std::fs::create_dir_all(root.join("backend"))?;
+        let ca = b.tls.then(|| TestCa::new("shoal load test"));
+        let tls_for = |name: &str| -> anyhow::Result<Option<TlsConfig>> {
+            let Some(ca) = &ca else { return Ok(None) };
+            Ok(Some(ca.write(&root.join("tls"), name, &ca.issue(&identity(name)))?))
+        };
+        let scheme = if b.tls { "https" } else { "http" };
         // Origins: bind first so the ring can name their addresses.
         let mut origin_listeners = Vec::new();
         let mut origin_nodes = Vec::new();
@@ -156,7 +182,7 @@ impl Cluster {
             let (http, peer) = (bind(ip).await?, bind(ip).await?);
             origin_nodes.push(OriginNode {
                 id: format!("origin-{i}"),
-                http: format!("http://{}", http.local_addr()?),
+                http: format!("{scheme}://{}", http.local_addr()?),
                 peer: peer.local_addr()?,
             });
             origin_listeners.push(shoal_origin::Listeners { http, peer });
@@ -171,6 +197,7 @@ impl Cluster {
             // one host.
             trusted_networks: shoal_core::net::Networks::loopback(),
             max_peers_per_host: if b.ip.is_some() { shoal_tracker::store::MAX_PEERS_PER_BLOB } else { 8 },
+            tls: tls_for("tracker")?,
             ..shoal_tracker::Config::default()
         }
         .validate()?;
@@ -190,6 +217,7 @@ impl Cluster {
                     })
                 }),
                 metainfo_wait: Duration::from_millis(500),
+                tls: tls_for(&format!("origin-{i}"))?,
                 swarm: SwarmConfig {
                     store_dir: root.join(format!("origin-{i}")),
                     trackers: vec![tracker.url()],
@@ -209,22 +237,38 @@ impl Cluster {
             origins,
             origin_nodes,
             agents: Vec::new(),
+            agent_addrs: Vec::new(),
             root,
             _tmp: tmp,
             http: reqwest::Client::new(),
             builder: b,
+            ca,
         };
+        // The harness calls the origins as a node would.
+        if let Some(cfg) = c.tls_config("harness")? {
+            c.http = shoal_runtime::Tls::load(&cfg)?.http_client(reqwest::Client::builder()).build()?;
+        }
         for i in 0..c.builder.agents {
             let node = c.start_agent_node(i, None).await?;
+            c.agent_addrs.push(Some((node.handle.http_addr, node.handle.swarm.advertise_addr())));
             c.agents.push(Some(node));
         }
         Ok(c)
     }
 
+    /// A TLS config for a node called `name`, its certificate from the run's CA naming
+    /// [`identity`]`(name)`; `None` without `tls`. Written under `<root>/tls/`.
+    pub fn tls_config(&self, name: &str) -> anyhow::Result<Option<TlsConfig>> {
+        let Some(ca) = &self.ca else { return Ok(None) };
+        Ok(Some(ca.write(&self.root.join("tls"), name, &ca.issue(&identity(name)))?))
+    }
+
     /// The agent config for agent `i`.
     pub fn agent_config(&self, i: usize) -> shoal_agent::Config {
         let b = &self.builder;
+        let tls = self.tls_config(&format!("agent-{i}")).expect("writing the agent's certificate");
         shoal_agent::Config {
+            tls,
             origins: self.origin_nodes.clone(),
             origin_replicas: b.origins.clamp(1, 3),
             swarm: SwarmConfig {
@@ -245,7 +289,18 @@ impl Cluster {
     ) -> anyhow::Result<Node<shoal_agent::Agent>> {
         let cfg = cfg.unwrap_or_else(|| self.agent_config(i)).validate()?;
         let ip = self.builder.ip.unwrap_or(host_ip(i + 1));
-        let listeners = shoal_agent::Listeners { http: bind(ip).await?, peer: bind(ip).await? };
+        // The same ports as before, unless another process took one meanwhile.
+        let again = match self.agent_addrs.get(i).copied().flatten() {
+            Some((http, peer)) => match (TcpListener::bind(http).await, TcpListener::bind(peer).await) {
+                (Ok(http), Ok(peer)) => Some(shoal_agent::Listeners { http, peer }),
+                _ => None,
+            },
+            None => None,
+        };
+        let listeners = match again {
+            Some(l) => l,
+            None => shoal_agent::Listeners { http: bind(ip).await?, peer: bind(ip).await? },
+        };
         let registry = prometheus::Registry::new();
         let shutdown = CancellationToken::new();
         let (handle, serve) = shoal_agent::start(cfg, listeners, registry.clone(), shutdown.clone()).await?;
@@ -260,7 +315,7 @@ impl Cluster {
         }
     }
 
-    /// (Re)starts agent `i` on its store, optionally with another config.
+    /// (Re)starts agent `i` on its store and its addresses, optionally with another config.
     pub async fn start_agent(&mut self, i: usize, cfg: Option<shoal_agent::Config>) -> anyhow::Result<()> {
         self.stop_agent(i).await;
         let node = self.start_agent_node(i, cfg).await?;
@@ -270,6 +325,11 @@ impl Cluster {
 
     pub fn agent(&self, i: usize) -> &shoal_agent::Agent {
         &self.agents[i].as_ref().expect("agent is running").handle
+    }
+
+    /// The harness's HTTP client: with `tls`, it presents a certificate from the run's CA.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     pub fn root(&self) -> &Path {
@@ -309,6 +369,11 @@ impl Cluster {
         }
         let _ = self.tracker.stop().await;
     }
+}
+
+/// The certificate identity the harness gives node `name`: `spiffe://shoal/<name>`.
+pub fn identity(name: &str) -> String {
+    format!("spiffe://shoal/{name}")
 }
 
 /// Reads a counter (summing its label sets, or the one with `label` = value) from a registry.

@@ -49,6 +49,12 @@ enum Cmd {
     Bench(BenchArgs),
     /// The deterministic simulator: simulated agents in virtual time (see `sim` in the library).
     Sim(shoal_loadtest::sim::cli::SimArgs),
+    /// The fault matrix: each fault on a fresh cluster of the real binaries, checked for exact
+    /// copies, no unverified byte served and no panic (see `faults` in the library).
+    Faults(shoal_loadtest::faults::cli::FaultArgs),
+    /// A long loop of pulls with churn on small stores, sampling every process's RSS and open
+    /// file descriptors (see `soak` in the library); not for CI.
+    Soak(shoal_loadtest::soak::SoakArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -182,6 +188,11 @@ struct CommonArgs {
     /// are refused before anything starts.
     #[arg(long = "swarm", value_name = "KEY=VALUE", value_parser = shoal_loadtest::run::parse_swarm_setting)]
     swarm: Vec<(String, serde_json::Value)>,
+    /// Mutual TLS on every link between the nodes (peer protocol, origin and tracker APIs),
+    /// with certificates from a CA made for the run; in-process mode only. The report adds
+    /// CPU-seconds per GiB delivered, to compare with a run without it.
+    #[arg(long)]
+    tls: bool,
 }
 
 /// Where a bench run's stores go.
@@ -224,7 +235,7 @@ async fn main() -> anyhow::Result<()> {
     let common = match &cmd {
         Cmd::Local(a) => Some(&a.common),
         Cmd::Bench(a) => Some(&a.common),
-        Cmd::Sim(_) => None,
+        Cmd::Sim(_) | Cmd::Faults(_) | Cmd::Soak(_) => None,
     };
     if common.is_some_and(|c| c.cleanup) {
         for r in shoal_loadtest::netns::cleanup_leftovers()? {
@@ -240,6 +251,8 @@ async fn main() -> anyhow::Result<()> {
                 Cmd::Local(a) => local(a).await,
                 Cmd::Bench(a) => bench(a).await,
                 Cmd::Sim(a) => shoal_loadtest::sim::cli::main(&a),
+                Cmd::Faults(a) => shoal_loadtest::faults::cli::main(&a).await,
+                Cmd::Soak(a) => shoal_loadtest::soak::main(&a).await,
             }
         } => Some(r),
         _ = tokio::signal::ctrl_c() => None,
@@ -280,7 +293,10 @@ fn options(
     agent_rate: Option<u64>,
     origin_rate: Option<u64>,
 ) -> anyhow::Result<LocalOptions> {
+    anyhow::ensure!(!c.tls || c.mode == Mode::InProcess, "--tls: in-process mode only");
+    anyhow::ensure!(!(c.tls && c.baseline), "--tls: the baseline's clients speak plain HTTP; run it without --tls");
     Ok(LocalOptions {
+        tls: c.tls,
         mode: c.mode,
         agents,
         origins,

@@ -207,6 +207,14 @@ impl Lab {
     pub fn ip(&self, host: usize) -> IpAddr {
         IpAddr::V4(Ipv4Addr::new(198, 18, self.subnet, host as u8))
     }
+
+    /// Sets the link of the node called `name` (`t`, `o<k>`, `a<i>`) down or up, at its
+    /// root-namespace end: a partition of that node from every other, its connections kept.
+    pub fn set_link(&self, name: &str, up: bool) -> anyhow::Result<()> {
+        let ns = self.ns(name);
+        let k = self.namespaces.iter().position(|n| *n == ns).ok_or_else(|| anyhow::anyhow!("no node {name}"))?;
+        ip(&["link", "set", &self.veths[k], if up { "up" } else { "down" }])
+    }
 }
 
 /// An `htb` root qdisc on `dev` (in namespace `ns`, or the root one): everything at `rate`

@@ -64,6 +64,9 @@ pub struct RunReport {
     /// The scenario in detail (blobs, late joiners, churn) and what T* covers in it.
     #[serde(default)]
     pub scenario_info: Option<ScenarioInfo>,
+    /// Whether the links between nodes ran mutual TLS (`--tls`).
+    #[serde(default)]
+    pub tls: bool,
     /// How the link caps were applied: "agent limiter" (the nodes' own token buckets) or
     /// "tc htb" (a real qdisc on each namespace's link).
     #[serde(default = "agent_limiter")]
@@ -234,8 +237,15 @@ impl RunReport {
             resources,
             timeline,
             scenario_info: spec.scenario_info,
+            tls: false,
             link_emulation: if spec.link_emulation.is_empty() { agent_limiter() } else { spec.link_emulation },
         }
+    }
+
+    /// CPU-seconds of the run per GiB the agents received (from origins and peers).
+    pub fn cpu_secs_per_gib(&self) -> Option<f64> {
+        let delivered = (self.from_origin + self.from_peers) as f64 / f64::from(1u32 << 30);
+        self.resources.cpu_secs.filter(|_| delivered > 0.0).map(|c| c / delivered)
     }
 
     /// Writes `report.json` and `report.html` into `dir` (created if missing).
@@ -366,6 +376,10 @@ impl RunReport {
         );
         if let Some(a) = r.max_agent_rss_bytes {
             let _ = writeln!(s, "largest agent process peak rss {}", human_bytes(a));
+        }
+        if let Some(per_gib) = self.cpu_secs_per_gib() {
+            let tls = if self.tls { "on" } else { "off" };
+            let _ = writeln!(s, "cpu {per_gib:.2} s per GiB delivered to agents (tls {tls})");
         }
         let _ = writeln!(s, "every copy matches {}: {}", self.digest, yes_no(self.verified_all));
         s

@@ -68,6 +68,8 @@ pub struct LocalOptions {
     /// Swarm settings for every node (agents and origins) over the harness's own, as
     /// `--swarm key=value` gives them ([`parse_swarm_setting`]).
     pub swarm: Vec<(String, serde_json::Value)>,
+    /// Mutual TLS between the nodes, with a CA made for the run (in-process mode).
+    pub tls: bool,
 }
 
 impl Default for LocalOptions {
@@ -88,6 +90,7 @@ impl Default for LocalOptions {
             verbose: true,
             cold_origin: false,
             swarm: Vec::new(),
+            tls: false,
         }
     }
 }
@@ -146,6 +149,7 @@ pub async fn run_local(o: &LocalOptions) -> anyhow::Result<RunReport> {
         .agent_rate(o.agent_rate)
         .origin_rate(o.origin_rate)
         .root(root)
+        .tls(o.tls)
         .start()
         .await?;
     let mut cluster = cluster;
@@ -302,7 +306,9 @@ async fn measure(cluster: &mut Cluster, o: &LocalOptions, sc: &Scenario, store: 
         scenario_info: Some(sc.info()),
         link_emulation: String::new(),
     };
-    Ok(RunReport::new(spec, agents, origin_uploaded, timeline, resources, baseline))
+    let mut report = RunReport::new(spec, agents, origin_uploaded, timeline, resources, baseline);
+    report.tls = o.tls;
+    Ok(report)
 }
 
 /// The report's digest field: the one digest, or the digests joined by commas.

@@ -6,7 +6,8 @@
 //! - `PUT /blobs/<digest>`: upload. The body is staged and hashed; only bytes matching the
 //!   digest are written back to the backend, stored and seeded; anything else is removed and
 //!   answered 400 `DIGEST_INVALID`. Requires `Content-Length`, and a caller `auth` allows
-//!   (401 without credentials, 403 with others; checked before the body is read).
+//!   (401 without credentials, 403 with others; checked before the body is read). At most
+//!   `max_uploads` at once; another is answered 503 with `Retry-After`.
 //! - `GET /tags/<name>/<tag>`: the digest a registry tag points at, as text ([`crate::tags`]).
 //! - `POST /preheat` (a caller `auth` allows; a body of at most [`MAX_PREHEAT_BODY`]),
 //!   `GET /preheat/<id>`: warm an image's manifests and blobs ([`crate::preheat`]).
@@ -31,7 +32,7 @@ use futures::StreamExt;
 use shoal_core::Digest;
 use shoal_core::metainfo::MetaInfoBuilder;
 use shoal_core::registry::{RegistryHost, RepoName};
-use shoal_runtime::{ApiError, Authorizer, Caller, blob_response, parse_digest};
+use shoal_runtime::{ApiError, Authorizer, Caller, Cap, blob_response, parse_digest};
 use shoal_swarm::Swarm;
 use tokio::sync::watch;
 
@@ -45,6 +46,8 @@ pub struct AppState {
     pub fetcher: Fetcher,
     pub metainfo_wait: std::time::Duration,
     pub max_upload: u64,
+    /// Uploads staging at once (`max_uploads`).
+    pub uploads: Cap,
     pub metrics: OriginMetrics,
     /// The pull-through upstreams, if configured.
     pub upstreams: Option<Arc<Upstreams>>,
@@ -55,6 +58,8 @@ pub struct AppState {
 
 /// Largest `POST /preheat` body read. Hard-coded: a request is a name, a reference and a host.
 pub const MAX_PREHEAT_BODY: usize = 64 << 10;
+/// `Retry-After` of an upload refused because `max_uploads` are running.
+pub const UPLOAD_RETRY_AFTER: u32 = 5;
 
 pub fn router(state: AppState) -> Router {
     use axum::extract::DefaultBodyLimit;
@@ -83,6 +88,7 @@ impl From<FetchError> for ApiError {
             FetchError::Mismatch { .. } => (StatusCode::BAD_GATEWAY, "DIGEST_INVALID"),
             FetchError::Backend(_) => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
             FetchError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNAVAILABLE"),
+            FetchError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE"),
             FetchError::Upstream(u) => upstream_status(u),
         };
         ApiError::new(status, code, format!("{e:#}"))
@@ -142,6 +148,14 @@ impl Hints {
 }
 
 impl AppState {
+    /// Records that `digest` was asked for through the repository `hints` name, which pins it
+    /// if that repository is pinned (`swarm.store.pin.repositories`).
+    pub async fn note_repository(&self, hints: &Hints, digest: Digest) {
+        if let Some(name) = &hints.name {
+            self.swarm.note_repository(name.as_str(), digest).await;
+        }
+    }
+
     /// Where a blob named by `hints` may be pulled from when the backend lacks it.
     pub fn source(&self, hints: &Hints) -> Option<Source> {
         let name = hints.name.clone()?;
@@ -162,9 +176,16 @@ async fn metainfo(
     Query(raw): Query<RawHints>,
 ) -> Result<Response, ApiError> {
     let digest = parse_digest(&digest)?;
-    let source = st.source(&Hints::parse(raw)?);
+    let hints = Hints::parse(raw)?;
+    st.note_repository(&hints, digest).await;
+    let source = st.source(&hints);
     match settle(st.fetcher.ensure_from(digest, source).await, st.metainfo_wait).await {
-        FetchState::Done(meta) => Ok(axum::Json(meta).into_response()),
+        FetchState::Done(meta) => {
+            // An agent asking is about to download it from this origin's store: a use, so a
+            // blob just asked for is the last to be evicted.
+            st.swarm.touch(&digest);
+            Ok(axum::Json(meta).into_response())
+        }
         FetchState::Running => Ok((StatusCode::ACCEPTED, [(header::RETRY_AFTER, "1")], "fetching\n").into_response()),
         FetchState::Failed(e) => Err(e.into()),
     }
@@ -177,7 +198,9 @@ async fn get_blob(
     Query(raw): Query<RawHints>,
 ) -> Result<Response, ApiError> {
     let digest = parse_digest(&digest)?;
-    let source = st.source(&Hints::parse(raw)?);
+    let hints = Hints::parse(raw)?;
+    st.note_repository(&hints, digest).await;
+    let source = st.source(&hints);
     let internal =
         |e: shoal_swarm::SwarmError| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "UNAVAILABLE", format!("{e:#}"));
     if method == Method::HEAD {
@@ -201,7 +224,13 @@ async fn get_blob(
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "UNAVAILABLE", "blob vanished from the store")
     })?;
     let len = file.meta().length();
-    let stream = file.stream(st.swarm.store().blocking().clone(), 0, len);
+    // The stream holds the file open, so the blob is not evicted while it is sent, and
+    // records the use when it ends.
+    let used = st.swarm.use_record(digest);
+    let stream = file.stream(st.swarm.store().blocking().clone(), 0, len).map(move |chunk| {
+        let _ = &used;
+        chunk
+    });
     Ok(blob_response(digest, len, Body::from_stream(stream)))
 }
 
@@ -234,6 +263,10 @@ async fn upload_checked(st: AppState, digest: String, headers: HeaderMap, body: 
     if st.swarm.complete(digest).await.ok().flatten().is_some() {
         return Ok((StatusCode::CREATED, "exists\n").into_response());
     }
+    let _running = st.uploads.try_take().map_err(|full| {
+        st.metrics.busy.with_label_values(&["upload"]).inc();
+        ApiError::busy(full.to_string(), UPLOAD_RETRY_AFTER)
+    })?;
     let store = st.swarm.store().clone();
     let staged = store.tmp_path();
     let res = upload(&st, digest, len, body, &staged).await;
@@ -288,4 +321,72 @@ async fn upload(st: &AppState, digest: Digest, len: u64, body: Body, staged: &st
     store.commit_verified(meta, staged.to_path_buf()).await.map_err(|e| internal(format!("{e:#}")))?;
     st.swarm.seed(digest).await.map_err(|e| internal(format!("{e:#}")))?;
     Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::backend::{FsBackend, FsConfig};
+    use crate::fetch::FetchLimits;
+
+    /// An origin's HTTP state on a temporary directory (store and fs backend), its swarm on
+    /// loopback, every cap at 1; the token stops the swarm.
+    pub(crate) async fn state(dir: &std::path::Path) -> (AppState, tokio_util::sync::CancellationToken) {
+        let registry = prometheus::Registry::new();
+        let cfg = shoal_swarm::SwarmConfig { store_dir: dir.join("store"), ..Default::default() };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let swarm = Swarm::start(cfg, listener, &registry, shoal_swarm::Role::Origin, None, shutdown.clone()).unwrap();
+        let backend = FsBackend::new(FsConfig { root: dir.join("backend"), ..FsConfig::default() }).await.unwrap();
+        let metrics = OriginMetrics::new(&registry).unwrap();
+        let limits = FetchLimits {
+            max_concurrent: 1,
+            failure_ttl: std::time::Duration::from_secs(15),
+            timeout: std::time::Duration::from_secs(60),
+        };
+        let fetcher = Fetcher::new(swarm.clone(), Arc::new(backend), limits, metrics.clone());
+        let st = AppState {
+            swarm,
+            fetcher,
+            metainfo_wait: std::time::Duration::from_secs(1),
+            max_upload: 1 << 20,
+            uploads: Cap::new("uploads", "max_uploads", 1),
+            metrics,
+            upstreams: None,
+            preheats: crate::preheat::Preheats::new(1, 1, shutdown.child_token()),
+            auth: Authorizer::open(),
+        };
+        (st, shutdown)
+    }
+
+    async fn put(st: &AppState, data: &[u8]) -> Result<Response, ApiError> {
+        let digest = Digest::of(data);
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, data.len().into());
+        // Past the auth check (open here): the upload itself.
+        upload_checked(st.clone(), digest.to_string(), headers, Body::from(data.to_vec())).await
+    }
+
+    /// `max_uploads` uploads stage at once; one more is answered 503 with `Retry-After` and
+    /// counted, and goes through once a slot is free.
+    #[tokio::test]
+    async fn uploads_past_max_uploads_get_503_with_retry_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let (st, shutdown) = state(dir.path()).await;
+        let running = st.uploads.try_take().unwrap();
+        let err = put(&st, b"an upload").await.expect_err("refused while the only slot is taken");
+        assert_eq!(
+            (err.status, err.code, err.retry_after),
+            (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", Some(UPLOAD_RETRY_AFTER))
+        );
+        assert!(err.message.contains("max_uploads"), "{}", err.message);
+        let resp = err.into_response();
+        assert_eq!(resp.headers()[header::RETRY_AFTER], UPLOAD_RETRY_AFTER.to_string().as_str());
+        assert_eq!(st.metrics.busy.with_label_values(&["upload"]).get(), 1);
+        drop(running);
+        let resp = put(&st, b"an upload").await.unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        assert!(st.swarm.complete(Digest::of(b"an upload")).await.unwrap().is_some());
+        shutdown.cancel();
+    }
 }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use shoal_core::ring::{OriginNode, Ring};
-use shoal_runtime::{ByteSize, ConfigError, Duration, LogFormat};
+use shoal_runtime::{ByteSize, ConfigError, Duration, LogFormat, Tls, TlsConfig};
 use shoal_swarm::SwarmConfig;
 
 use crate::backend::BackendConfig;
@@ -29,6 +29,11 @@ pub struct Config {
     pub backend: BackendConfig,
     /// Backend fetches at once. Default 16.
     pub max_concurrent_fetches: usize,
+    /// Longest a fetch may spend reading its object from the backend or an upstream; past it
+    /// the fetch fails (504, remembered for `failure_ttl`) and frees its slot, so a stalled
+    /// object does not hold one for good. Size it for the largest blob at the slowest read
+    /// rate you accept. Default 30m.
+    pub fetch_timeout: Duration,
     /// How long a metainfo request waits for a fetch before answering 202. Default 2s.
     pub metainfo_wait: Duration,
     /// How long a failed fetch is remembered, so a missing blob does not hammer the backend.
@@ -36,6 +41,9 @@ pub struct Config {
     pub failure_ttl: Duration,
     /// Largest upload accepted. Default 64GiB.
     pub max_upload: ByteSize,
+    /// Uploads (`PUT /blobs/<digest>`) staged at once; another is answered 503 with
+    /// `Retry-After` until one ends. Default 16.
+    pub max_uploads: usize,
     /// How long in-flight responses may run after SIGTERM. Default 20s.
     pub shutdown_grace: Duration,
     /// Upstream registries blobs and tags are pulled from when the backend lacks them.
@@ -43,6 +51,10 @@ pub struct Config {
     pub pull_through: PullThroughConfig,
     /// How many blobs one preheat fetches at once. Default 4.
     pub preheat_concurrency: usize,
+    /// Preheat jobs running at once; another `POST /preheat` is answered 503 with
+    /// `Retry-After` until one ends (a push notification's preheat waits for one instead).
+    /// Default 8.
+    pub max_preheats: usize,
     /// `text` or `json` log lines on stderr. Default `text`.
     pub log_format: LogFormat,
     /// Registry push notifications (`POST /notifications`): agent prefetch rules. Default:
@@ -54,6 +66,11 @@ pub struct Config {
     pub auth: shoal_runtime::AuthConfig,
     /// The HTTP server's deadlines and connection cap.
     pub http: shoal_runtime::HttpConfig,
+    /// Mutual TLS on every link to other nodes: the peer port, this API (clients present a
+    /// certificate as `tls.http_client_auth` says), and the calls to other origins and the
+    /// trackers (their URLs then start with `https://`). Default none: plaintext, with a loud
+    /// warning.
+    pub tls: Option<TlsConfig>,
     pub swarm: SwarmConfig,
 }
 
@@ -67,16 +84,20 @@ impl Default for Config {
             origin_replicas: 3,
             backend: BackendConfig::default(),
             max_concurrent_fetches: 16,
+            fetch_timeout: Duration::from_secs(30 * 60),
             metainfo_wait: Duration::from_secs(2),
             failure_ttl: Duration::from_secs(15),
             max_upload: ByteSize(64 << 30),
+            max_uploads: 16,
             shutdown_grace: Duration::from_secs(20),
             pull_through: PullThroughConfig::default(),
             preheat_concurrency: 4,
+            max_preheats: 8,
             log_format: LogFormat::Text,
             notifications: crate::notify::NotifyConfig::default(),
             auth: shoal_runtime::AuthConfig::default(),
             http: shoal_runtime::HttpConfig::default(),
+            tls: None,
             swarm: SwarmConfig { store_dir: "shoal-origin-store".into(), ..SwarmConfig::default() },
         }
     }
@@ -92,6 +113,8 @@ pub struct ValidConfig {
     pub pull_through: Option<ValidPullThrough>,
     /// The check of the protected endpoints, its tokens file read.
     pub auth: shoal_runtime::Authorizer,
+    /// The loaded TLS files, when `tls` is set.
+    pub tls: Option<Tls>,
 }
 
 impl Config {
@@ -99,8 +122,17 @@ impl Config {
         if self.id.is_empty() {
             return Err(ConfigError::Invalid("id must not be empty".into()));
         }
-        if self.max_concurrent_fetches == 0 {
-            return Err(ConfigError::Invalid("max_concurrent_fetches must be at least 1".into()));
+        for (key, n) in [
+            ("max_concurrent_fetches", self.max_concurrent_fetches),
+            ("max_uploads", self.max_uploads),
+            ("max_preheats", self.max_preheats),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::Invalid(format!("{key} must be at least 1")));
+            }
+        }
+        if self.fetch_timeout.get().is_zero() {
+            return Err(ConfigError::Invalid("fetch_timeout must be more than 0s".into()));
         }
         let ring = if self.origins.is_empty() {
             None
@@ -132,7 +164,11 @@ impl Config {
                 self.peer_listen
             )));
         }
-        Ok(ValidConfig { config: self, ring, pull_through, auth })
+        let urls = self.origins.iter().map(|o| (format!("origins[{}].http", o.id), o.http.as_str()));
+        let trackers =
+            self.swarm.trackers.iter().enumerate().map(|(i, t)| (format!("swarm.trackers[{i}]"), t.as_str()));
+        let tls = shoal_runtime::tls::validate(self.tls.as_ref(), urls.chain(trackers))?;
+        Ok(ValidConfig { config: self, ring, pull_through, auth, tls })
     }
 }
 

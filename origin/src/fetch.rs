@@ -10,9 +10,14 @@
 //! staging file, hashed, checked, and optionally written back to the backend before it is
 //! committed. A failure remembered from a fetch without a source does not stop one with a
 //! source from trying the upstream.
+//!
+//! Bounds: at most `max_concurrent_fetches` fetches hold a slot at once; reading the object
+//! (from the backend or the upstream, staging included) has `fetch_timeout` in all, so a
+//! stalled object frees its slot; at most [`MAX_FAILURES`] failures are remembered.
 
+use std::collections::HashMap;
 use std::io::Write;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 use futures::StreamExt;
@@ -56,6 +61,8 @@ pub enum FetchError {
     Store(Arc<str>),
     #[error("{0}")]
     Upstream(UpstreamError),
+    #[error("reading {digest} took over {secs}s (fetch_timeout)")]
+    Timeout { digest: Digest, secs: u64 },
 }
 
 impl FetchError {
@@ -67,6 +74,22 @@ impl FetchError {
     }
 }
 
+/// Failures remembered at most. Hard-coded: each is remembered only `failure_ttl`, and
+/// requests for random digests must not grow the map for good. When it is full, expired
+/// failures go first, then the oldest.
+pub const MAX_FAILURES: usize = 10_000;
+
+/// The fetcher's limits, from the origin's config.
+#[derive(Clone, Copy, Debug)]
+pub struct FetchLimits {
+    /// Fetches holding a slot at once (`max_concurrent_fetches`).
+    pub max_concurrent: usize,
+    /// How long a failure is remembered (`failure_ttl`).
+    pub failure_ttl: std::time::Duration,
+    /// Longest a fetch may read its object (`fetch_timeout`).
+    pub timeout: std::time::Duration,
+}
+
 #[derive(Clone)]
 pub struct Fetcher {
     inner: Arc<Inner>,
@@ -76,19 +99,74 @@ struct Inner {
     swarm: Swarm,
     backend: Arc<dyn Backend>,
     running: DashMap<Digest, watch::Receiver<FetchState>>,
-    /// Failures by digest: when, why, and whether an upstream was tried.
-    failed: DashMap<Digest, (Instant, FetchError, bool)>,
+    failed: Failures,
     slots: Semaphore,
-    failure_ttl: std::time::Duration,
+    timeout: std::time::Duration,
     metrics: crate::metrics::OriginMetrics,
+}
+
+/// One remembered failure: when, why, and whether an upstream was tried.
+struct Failure {
+    at: Instant,
+    error: FetchError,
+    tried_upstream: bool,
+}
+
+/// Failures by digest, each for `ttl`, at most [`MAX_FAILURES`]. The lock is held only for
+/// map operations.
+struct Failures {
+    ttl: std::time::Duration,
+    map: Mutex<HashMap<Digest, Failure>>,
+}
+
+impl Failures {
+    fn new(ttl: std::time::Duration) -> Failures {
+        Failures { ttl, map: Mutex::new(HashMap::new()) }
+    }
+
+    /// The failure of `digest` remembered at `now`, and whether an upstream was tried; an
+    /// expired one is dropped.
+    fn get(&self, digest: &Digest, now: Instant) -> Option<(FetchError, bool)> {
+        let mut map = self.map.lock().expect("failure map lock");
+        match map.get(digest) {
+            Some(f) if now.duration_since(f.at) < self.ttl => Some((f.error.clone(), f.tried_upstream)),
+            Some(_) => {
+                map.remove(digest);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn insert(&self, digest: Digest, failure: Failure) {
+        let mut map = self.map.lock().expect("failure map lock");
+        if map.len() >= MAX_FAILURES && !map.contains_key(&digest) {
+            let ttl = self.ttl;
+            map.retain(|_, f| failure.at.duration_since(f.at) < ttl);
+            if map.len() >= MAX_FAILURES
+                && let Some(oldest) = map.iter().min_by_key(|(_, f)| f.at).map(|(d, _)| *d)
+            {
+                map.remove(&oldest);
+            }
+        }
+        map.insert(digest, failure);
+    }
+
+    fn remove(&self, digest: &Digest) {
+        self.map.lock().expect("failure map lock").remove(digest);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.lock().expect("failure map lock").len()
+    }
 }
 
 impl Fetcher {
     pub fn new(
         swarm: Swarm,
         backend: Arc<dyn Backend>,
-        max_concurrent: usize,
-        failure_ttl: std::time::Duration,
+        limits: FetchLimits,
         metrics: crate::metrics::OriginMetrics,
     ) -> Fetcher {
         Fetcher {
@@ -96,9 +174,9 @@ impl Fetcher {
                 swarm,
                 backend,
                 running: DashMap::new(),
-                failed: DashMap::new(),
-                slots: Semaphore::new(max_concurrent),
-                failure_ttl,
+                failed: Failures::new(limits.failure_ttl),
+                slots: Semaphore::new(limits.max_concurrent),
+                timeout: limits.timeout,
                 metrics,
             }),
         }
@@ -119,11 +197,10 @@ impl Fetcher {
         if let Ok(Some(f)) = inner.swarm.complete(digest).await {
             return watch::channel(FetchState::Done(f.meta().clone())).1;
         }
-        if let Some(e) = inner.failed.get(&digest)
-            && e.0.elapsed() < inner.failure_ttl
-            && (e.2 || source.is_none())
+        if let Some((error, tried_upstream)) = inner.failed.get(&digest, Instant::now())
+            && (tried_upstream || source.is_none())
         {
-            return watch::channel(FetchState::Failed(e.1.clone())).1;
+            return watch::channel(FetchState::Failed(error)).1;
         }
         use dashmap::mapref::entry::Entry;
         let tx = match inner.running.entry(digest) {
@@ -145,9 +222,14 @@ impl Fetcher {
                 }
                 Err(e) => {
                     tracing::warn!(%digest, "fetch failed: {e:#}");
-                    let label = if matches!(e, FetchError::NotFound(_)) { "not_found" } else { "error" };
+                    let label = match e {
+                        FetchError::NotFound(_) => "not_found",
+                        FetchError::Timeout { .. } => "timeout",
+                        _ => "error",
+                    };
                     this.inner.metrics.fetches.with_label_values(&[label]).inc();
-                    this.inner.failed.insert(digest, (Instant::now(), e.clone(), tried_upstream));
+                    let failure = Failure { at: Instant::now(), error: e.clone(), tried_upstream };
+                    this.inner.failed.insert(digest, failure);
                     FetchState::Failed(e)
                 }
             };
@@ -161,19 +243,28 @@ impl Fetcher {
         let inner = &self.inner;
         let _slot = inner.slots.acquire().await.expect("never closed");
         let started = Instant::now();
-        let (blob, upstream) = match inner.backend.get(&digest).await {
-            Ok(b) => (b, None),
-            Err(BackendError::NotFound) => match &source {
-                Some(src) => (pull_through(src, digest).await?, Some(&src.upstream)),
-                None => return Err(FetchError::NotFound(digest)),
-            },
-            Err(other) => return Err(FetchError::Backend(format!("{other:#}").into())),
-        };
         let store = inner.swarm.store().clone();
         let staged = store.tmp_path();
-        let res = stage(&store, &staged, digest, blob, &inner.metrics).await;
-        let meta = match res {
-            Ok(m) => m,
+        // Reading the object is what a stalled backend or upstream can hold up: it has
+        // `fetch_timeout` in all.
+        let read = async {
+            let (blob, upstream) = match inner.backend.get(&digest).await {
+                Ok(b) => (b, None),
+                Err(BackendError::NotFound) => match &source {
+                    Some(src) => (pull_through(src, digest).await?, Some(&src.upstream)),
+                    None => return Err(FetchError::NotFound(digest)),
+                },
+                Err(other) => return Err(FetchError::Backend(format!("{other:#}").into())),
+            };
+            let meta = stage(&store, &staged, digest, blob, &inner.metrics).await?;
+            Ok((meta, upstream))
+        };
+        let res = match tokio::time::timeout(inner.timeout, read).await {
+            Ok(r) => r,
+            Err(_) => Err(FetchError::Timeout { digest, secs: inner.timeout.as_secs() }),
+        };
+        let (meta, upstream) = match res {
+            Ok(r) => r,
             Err(e) => {
                 let _ = std::fs::remove_file(&staged);
                 return Err(e);
@@ -292,4 +383,110 @@ async fn stage(
         .map_err(store_err)?;
     builder = b;
     builder.finish_expecting(digest).map_err(|e| mismatch(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::backend::{BlobStream, FsBackend, FsConfig};
+
+    #[test]
+    fn failures_are_bounded_and_expire() {
+        let ttl = Duration::from_secs(15);
+        let f = Failures::new(ttl);
+        let digest = |i: usize| Digest::of(&i.to_be_bytes());
+        let t0 = Instant::now();
+        let at = |i: usize| t0 + Duration::from_micros(i as u64);
+        let failure = |at| Failure { at, error: FetchError::NotFound(digest(0)), tried_upstream: false };
+        for i in 0..MAX_FAILURES + 10 {
+            f.insert(digest(i), failure(at(i)));
+        }
+        assert_eq!(f.len(), MAX_FAILURES, "random digests do not grow the map past its bound");
+        let now = at(MAX_FAILURES + 10);
+        assert!(f.get(&digest(0), now).is_none(), "the oldest made room");
+        assert!(f.get(&digest(MAX_FAILURES + 9), now).is_some());
+        // Once expired, a lookup drops the failure, and a full map drops every expired one.
+        let later = now + ttl;
+        assert!(f.get(&digest(MAX_FAILURES + 9), later).is_none());
+        assert_eq!(f.len(), MAX_FAILURES - 1);
+        f.insert(digest(1), failure(later));
+        f.insert(digest(usize::MAX), failure(later));
+        assert_eq!(f.len(), 2, "a full map of expired failures is emptied at the next insert");
+    }
+
+    /// A directory backend whose object `stall` sends a few bytes, then nothing, for good.
+    struct Stalling {
+        fs: FsBackend,
+        stall: Digest,
+    }
+
+    #[async_trait::async_trait]
+    impl Backend for Stalling {
+        async fn stat(&self, d: &Digest) -> Result<Option<u64>, BackendError> {
+            self.fs.stat(d).await
+        }
+        async fn get(&self, d: &Digest) -> Result<BlobStream, BackendError> {
+            if *d != self.stall {
+                return self.fs.get(d).await;
+            }
+            let first = futures::stream::iter([Ok(Bytes::from_static(b"the first bytes"))]);
+            Ok(BlobStream { length: 1 << 20, stream: first.chain(futures::stream::pending()).boxed() })
+        }
+        async fn put(&self, d: &Digest, path: &Path, length: u64) -> Result<(), BackendError> {
+            self.fs.put(d, path, length).await
+        }
+        async fn get_small(&self, key: &str, max: usize) -> Result<Option<Bytes>, BackendError> {
+            self.fs.get_small(key, max).await
+        }
+        async fn put_small(&self, key: &str, data: Bytes) -> Result<(), BackendError> {
+            self.fs.put_small(key, data).await
+        }
+        fn name(&self) -> &str {
+            "stalling"
+        }
+    }
+
+    /// With one fetch slot, a stalled object holds it only for `fetch_timeout`: its fetch
+    /// fails (and leaves no staging file), and the fetch queued behind it then runs.
+    #[tokio::test]
+    async fn a_stalled_object_frees_its_slot_after_fetch_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = b"a blob the backend serves".to_vec();
+        let good_digest = Digest::of(&good);
+        let flat = dir.path().join("backend").join("sha256");
+        std::fs::create_dir_all(&flat).unwrap();
+        std::fs::write(flat.join(good_digest.hex()), &good).unwrap();
+        let fs = FsBackend::new(FsConfig { root: dir.path().join("backend"), ..FsConfig::default() }).await.unwrap();
+        let stall = Digest::of(b"an object that stalls");
+        let registry = prometheus::Registry::new();
+        let cfg = shoal_swarm::SwarmConfig { store_dir: dir.path().join("store"), ..Default::default() };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let swarm = Swarm::start(cfg, listener, &registry, shoal_swarm::Role::Origin, None, shutdown.clone()).unwrap();
+        let metrics = crate::metrics::OriginMetrics::new(&registry).unwrap();
+        let limits = FetchLimits {
+            max_concurrent: 1,
+            failure_ttl: Duration::from_secs(15),
+            timeout: Duration::from_millis(300),
+        };
+        let fetcher = Fetcher::new(swarm, Arc::new(Stalling { fs, stall }), limits, metrics.clone());
+
+        let mut stalled = fetcher.ensure(stall).await;
+        let mut queued = fetcher.ensure(good_digest).await;
+        let wait = Duration::from_secs(20);
+        let done = tokio::time::timeout(wait, queued.wait_for(|s| !matches!(s, FetchState::Running))).await;
+        assert!(matches!(*done.expect("the queued fetch ran").unwrap(), FetchState::Done(_)));
+        let failed = tokio::time::timeout(wait, stalled.wait_for(|s| !matches!(s, FetchState::Running))).await;
+        let state = failed.expect("the stalled fetch ended").unwrap().clone();
+        assert!(matches!(state, FetchState::Failed(FetchError::Timeout { .. })), "{state:?}");
+        assert_eq!(metrics.fetches.with_label_values(&["timeout"]).get(), 1);
+        let staged: Vec<_> = std::fs::read_dir(dir.path().join("store").join("tmp")).unwrap().collect();
+        assert!(staged.is_empty(), "the stalled fetch's staging file is removed: {staged:?}");
+        shutdown.cancel();
+    }
 }

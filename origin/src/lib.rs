@@ -21,7 +21,7 @@ pub mod upstream;
 use std::net::SocketAddr;
 
 use shoal_runtime::Admin;
-use shoal_swarm::Swarm;
+use shoal_swarm::{Role, Swarm};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, ValidConfig};
@@ -47,9 +47,13 @@ pub async fn start(
     // After the origins' names are looked up (a `--check-config` only checks their form).
     cfg.swarm.check_origins(&cfg.origins).map_err(anyhow::Error::msg)?;
     let admin = Admin::new(registry.clone());
+    let tls = config.tls;
+    if let Some(t) = &tls {
+        t.register(&registry)?;
+    }
     let backend = cfg.backend.build().await?;
-    let swarm = Swarm::start(cfg.swarm.clone(), listeners.peer, &registry, true, shutdown.clone())?;
-    shoal_swarm::store_metrics::register(&registry, cfg.swarm.store_dir.clone())?;
+    let swarm =
+        Swarm::start(cfg.swarm.clone(), listeners.peer, &registry, Role::Origin, tls.clone(), shutdown.clone())?;
     let metrics = metrics::OriginMetrics::new(&registry)?;
     let upstreams = match &config.pull_through {
         Some(pt) => {
@@ -58,23 +62,25 @@ pub async fn start(
         }
         None => None,
     };
-    let fetcher =
-        fetch::Fetcher::new(swarm.clone(), backend, cfg.max_concurrent_fetches, cfg.failure_ttl.get(), metrics.clone());
-    // Blobs already stored are seeded again after a restart.
-    for d in swarm.store().list_complete().await? {
-        if let Err(e) = swarm.seed(d).await {
-            tracing::warn!(%d, "cannot seed stored blob: {e:#}");
-        }
-    }
+    let limits = fetch::FetchLimits {
+        max_concurrent: cfg.max_concurrent_fetches,
+        failure_ttl: cfg.failure_ttl.get(),
+        timeout: cfg.fetch_timeout.get(),
+    };
+    let fetcher = fetch::Fetcher::new(swarm.clone(), backend, limits, metrics.clone());
+    // Blobs already stored are announced again after a restart, in the background while the
+    // listeners already take requests; none is opened until a peer or a client asks for it.
+    swarm.announce_stored();
     let http_addr = listeners.http.local_addr()?;
     let state = api::AppState {
         swarm: swarm.clone(),
         fetcher,
         metainfo_wait: cfg.metainfo_wait.get(),
         max_upload: cfg.max_upload.0,
+        uploads: shoal_runtime::Cap::new("uploads", "max_uploads", cfg.max_uploads),
         metrics,
         upstreams,
-        preheats: preheat::Preheats::new(cfg.preheat_concurrency, shutdown.child_token()),
+        preheats: preheat::Preheats::new(cfg.preheat_concurrency, cfg.max_preheats, shutdown.child_token()),
         auth: config.auth.clone(),
     };
     if config.auth.is_open() {
@@ -88,16 +94,28 @@ pub async fn start(
         config: cfg.notifications.clone(),
         id: cfg.id.clone(),
         ring: config.ring.clone(),
-        http: reqwest::Client::new(),
+        // Other origins' and agents' `/preheat`, over TLS where their URLs say so.
+        http: match &tls {
+            Some(t) => t.http_client(reqwest::Client::builder()).build()?,
+            None => reqwest::Client::new(),
+        },
+        tasks: shoal_runtime::Cap::new("notified images", "MAX_PUSH_TASKS", notify::MAX_PUSH_TASKS),
         shutdown: shutdown.child_token(),
     };
     let router = api::router(state).merge(notify::router(notify_state));
     let router = shoal_runtime::request_id::with_request_id(router, "origin").merge(admin.router());
-    tracing::info!(%http_addr, id = %cfg.id, "origin api listening");
+    let client_auth = tls.as_ref().map(|t| t.config().http_client_auth).unwrap_or_default();
+    let listener = shoal_runtime::tls::HttpListener::new(listeners.http, tls.as_ref(), client_auth)?;
+    tracing::info!(%http_addr, id = %cfg.id, tls = tls.is_some(), "origin api listening");
     let grace = cfg.shutdown_grace.get();
     let http = cfg.http.clone();
-    let a = admin.clone();
-    let serve = async move { a.serve(listeners.http, router, shutdown, grace, &http).await };
+    let (a, s) = (admin.clone(), swarm.clone());
+    let serve = async move {
+        let served = a.serve(listener, router, shutdown, grace, &http).await;
+        // The next start ranks the store's blobs by these last uses.
+        s.persist_last_uses().await;
+        served
+    };
     Ok((Origin { swarm, http_addr, admin }, serve))
 }
 

@@ -52,6 +52,9 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let cfg = shoal_runtime::config_or_exit("shoal-origin", load(&args), args.check_config);
     shoal_runtime::init_tracing("info", cfg.config.log_format);
+    if cfg.tls.is_none() {
+        shoal_runtime::tls::warn_plaintext("origin");
+    }
     let listeners = shoal_origin::Listeners::bind(cfg.config.listen, cfg.config.peer_listen).await?;
     let shutdown = CancellationToken::new();
     let registry = prometheus::Registry::new();

@@ -10,6 +10,9 @@ pub struct OriginMetrics {
     pub backend_bytes: IntCounter,
     /// Uploads by result (`ok`, `digest_mismatch`, `error`).
     pub uploads: IntCounterVec,
+    /// Requests refused because a cap was full, by what (`upload`, `preheat`,
+    /// `notification`).
+    pub busy: IntCounterVec,
 }
 
 impl OriginMetrics {
@@ -21,10 +24,15 @@ impl OriginMetrics {
             )?,
             backend_bytes: IntCounter::new("shoal_origin_backend_bytes_total", "Bytes read from the backend")?,
             uploads: IntCounterVec::new(Opts::new("shoal_origin_uploads_total", "Uploads by result"), &["result"])?,
+            busy: IntCounterVec::new(
+                Opts::new("shoal_origin_busy_total", "Requests refused with 503 because a cap was full, by what"),
+                &["what"],
+            )?,
         };
         registry.register(Box::new(m.fetches.clone()))?;
         registry.register(Box::new(m.backend_bytes.clone()))?;
         registry.register(Box::new(m.uploads.clone()))?;
+        registry.register(Box::new(m.busy.clone()))?;
         Ok(m)
     }
 }

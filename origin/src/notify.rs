@@ -14,6 +14,9 @@
 //! `notifications.prefetch`, the agents listed for a matching repository are asked to prefetch
 //! it (their `POST /preheat` with `prefetch`). All of it runs in the background: the answer
 //! (202, with the number of images taken) goes back at once, as registries wait on it.
+//! At most [`MAX_PUSH_TASKS`] images are in hand at once (a local preheat waits for one of
+//! the `max_preheats` turns); a notification with more than the room left is answered 503
+//! with `Retry-After`, and the registry sends it again.
 //!
 //! Only callers the origin's `auth` allows are heard (a registry sends its token with
 //! `endpoints[].headers`, Harbor with its webhook's `auth_header`), and the forwarded preheats
@@ -33,7 +36,7 @@ use axum::routing::post;
 use shoal_core::Digest;
 use shoal_core::registry::RepoName;
 use shoal_core::ring::Ring;
-use shoal_runtime::ApiError;
+use shoal_runtime::{ApiError, Cap};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::AppState;
@@ -43,6 +46,11 @@ use crate::api::AppState;
 pub const MAX_NOTIFICATION_BODY: usize = 1 << 20;
 /// Most images one notification preheats. Hard-coded.
 pub const MAX_IMAGES: usize = 100;
+/// Most notified images in hand at once (waiting for a preheat turn, preheating, or
+/// forwarding to their owners and agents). Hard-coded: several full notifications' worth.
+pub const MAX_PUSH_TASKS: usize = 256;
+/// `Retry-After` of a notification refused because [`MAX_PUSH_TASKS`] are in hand.
+pub const NOTIFY_RETRY_AFTER: u32 = 10;
 /// The media types of manifests, which alone are preheated.
 const MANIFEST_TYPES: [&str; 4] = [
     shoal_core::manifest::DOCKER_MANIFEST,
@@ -233,6 +241,8 @@ pub struct NotifyState {
     pub id: String,
     pub ring: Option<Ring>,
     pub http: reqwest::Client,
+    /// Notified images in hand ([`MAX_PUSH_TASKS`]).
+    pub tasks: Cap,
     pub shutdown: CancellationToken,
 }
 
@@ -256,7 +266,12 @@ async fn notifications(
     let pushed = parse(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", e.to_string()).into_response())?;
     let n = pushed.len();
-    for p in pushed {
+    let permits = st.tasks.try_take_many(n).map_err(|_| {
+        st.app.metrics.busy.with_label_values(&["notification"]).inc();
+        let message = format!("{MAX_PUSH_TASKS} notified images are already in hand; {n} more do not fit");
+        ApiError::busy(message, NOTIFY_RETRY_AFTER).into_response()
+    })?;
+    for (p, permit) in pushed.into_iter().zip(permits) {
         tracing::info!(name = %p.name, digest = %p.digest, tag = p.tag.as_deref(), "push notified; preheating");
         let st2 = st.clone();
         let bearer = grant.bearer.clone();
@@ -265,6 +280,7 @@ async fn notifications(
             st.shutdown.clone(),
             shoal_runtime::request_id::inherit(async move {
                 preheat_pushed(&st2, &p, bearer.as_deref()).await;
+                drop(permit);
                 Ok(())
             }),
         );
@@ -280,9 +296,13 @@ async fn preheat_pushed(st: &NotifyState, p: &Pushed, bearer: Option<&str>) {
         None => Vec::new(),
     };
     if st.ring.is_none() || owners.contains(&st.id) {
-        let req =
-            crate::preheat::PreheatRequest { name: p.name.to_string(), reference: p.digest.to_string(), ns: None };
-        match crate::preheat::start(&st.app, req).await {
+        let req = crate::preheat::PreheatRequest {
+            name: p.name.to_string(),
+            reference: p.digest.to_string(),
+            ns: None,
+            pin: None,
+        };
+        match crate::preheat::start_waiting(st.app.clone(), req).await {
             Ok(_) => tracing::debug!(name = %p.name, digest = %p.digest, "preheat started"),
             Err(e) => tracing::warn!(name = %p.name, digest = %p.digest, "preheat failed: {}", e.message),
         }
@@ -413,6 +433,45 @@ mod tests {
     fn other_bodies_are_refused() {
         assert!(matches!(parse(b"{\"hello\": 1}"), Err(NotifyError::UnknownFormat)));
         assert!(matches!(parse(b"not json"), Err(NotifyError::Json(_))));
+    }
+
+    /// Notified images in hand are bounded: a notification that does not fit is answered 503
+    /// with `Retry-After` (the registry sends it again), one that fits is taken.
+    #[tokio::test]
+    async fn notifications_past_the_bound_get_503_with_retry_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, shutdown) = crate::api::tests::state(dir.path()).await;
+        let st = NotifyState {
+            app,
+            config: NotifyConfig::default(),
+            id: "origin-0".into(),
+            ring: None,
+            http: reqwest::Client::new(),
+            tasks: Cap::new("notified images", "MAX_PUSH_TASKS", 2),
+            shutdown: shutdown.clone(),
+        };
+        let push = |n: u8| {
+            let events: Vec<_> = (0..n)
+                .map(|i| {
+                    serde_json::json!({"action": "push", "target": {"mediaType": shoal_core::manifest::OCI_MANIFEST,
+                    "digest": d(char::from(b'a' + i)), "repository": "team/app", "url": ""}})
+                })
+                .collect();
+            Bytes::from(serde_json::json!({ "events": events }).to_string())
+        };
+        let caller = || shoal_runtime::Caller { addr: "127.0.0.1:5000".parse().unwrap(), identity: None };
+        let err = notifications(State(st.clone()), caller(), HeaderMap::new(), Ok(push(3)))
+            .await
+            .expect_err("three do not fit in two");
+        assert_eq!(
+            (err.status(), err.headers().get(axum::http::header::RETRY_AFTER).map(|v| v.to_str().unwrap().to_owned())),
+            (StatusCode::SERVICE_UNAVAILABLE, Some(NOTIFY_RETRY_AFTER.to_string()))
+        );
+        assert_eq!(st.app.metrics.busy.with_label_values(&["notification"]).get(), 1);
+        assert_eq!(st.tasks.available(), 2, "a refused notification holds nothing");
+        let resp = notifications(State(st.clone()), caller(), HeaderMap::new(), Ok(push(2))).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+        shutdown.cancel();
     }
 
     #[test]

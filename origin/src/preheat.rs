@@ -1,12 +1,19 @@
 //! Preheat: warming an image in the origin's store before anyone pulls it, so the first
 //! pull of a new release is served from the swarm at once.
 //!
-//! `POST /preheat` (from a caller `auth` allows) with `{"name", "reference", "ns"?}` resolves the tag (backend, then
-//! upstream), fetches the manifest, every child manifest of an index or manifest list, then
-//! each image's config and layers, all through the [`Fetcher`] (so from the backend or pulled
-//! through, verified, stored and seeded). Manifests are fetched during the request, so its
+//! `POST /preheat` (from a caller `auth` allows) with `{"name", "reference", "ns"?, "pin"?}`
+//! resolves the tag (backend, then upstream), fetches the manifest, every child manifest of
+//! an index or manifest list, then each image's config and layers, all through the
+//! [`Fetcher`] (so from the backend or pulled through, verified, stored and seeded). Manifests are fetched during the request, so its
 //! answer (202) lists every digest; blobs are fetched in the background, at most
-//! `preheat_concurrency` at a time. `GET /preheat/<id>` gives each digest's state.
+//! `preheat_concurrency` at a time. `GET /preheat/<id>` gives each digest's state. With
+//! `"pin": true` every digest is pinned in the origin's store (never evicted) before it is
+//! fetched; `"pin": false` unpins them. A repository listed in `swarm.store.pin.repositories`
+//! pins its preheated digests as well.
+//!
+//! At most `max_preheats` jobs run at once, from the request to the last blob; another
+//! request is answered 503 with `Retry-After` ([`PREHEAT_RETRY_AFTER`]), while a preheat for
+//! a push notification waits for its turn ([`start_waiting`]).
 //!
 //! Jobs are kept in memory, the newest [`MAX_JOBS`]; their lock is a sync `Mutex` held only
 //! for map operations, never across an `.await`.
@@ -23,7 +30,8 @@ use futures::StreamExt;
 use shoal_core::Digest;
 use shoal_core::manifest::{MAX_MANIFEST_LEN, Manifest};
 use shoal_core::registry::{Reference, RegistryHost, RepoName};
-use shoal_runtime::ApiError;
+use shoal_runtime::{ApiError, Cap};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{AppState, Hints, settle};
@@ -36,6 +44,8 @@ pub const MAX_JOBS: usize = 1000;
 pub const MAX_MANIFESTS: usize = 128;
 /// Longest wait for one manifest during the request. Hard-coded.
 const MANIFEST_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+/// `Retry-After` of a preheat refused because `max_preheats` are running.
+pub const PREHEAT_RETRY_AFTER: u32 = 10;
 
 /// The body of `POST /preheat`.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -48,6 +58,10 @@ pub struct PreheatRequest {
     /// The upstream registry host, as containerd's `ns=`; the default upstream if absent.
     #[serde(default)]
     pub ns: Option<String>,
+    /// `true` pins every digest in this origin's store, `false` unpins them; absent leaves
+    /// pins as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<bool>,
 }
 
 /// Where one blob of a preheat stands.
@@ -90,6 +104,8 @@ pub struct Preheats {
 
 struct PreheatsInner {
     concurrency: usize,
+    /// Jobs running (`max_preheats`).
+    running: Cap,
     shutdown: CancellationToken,
     next: AtomicU64,
     /// Jobs by id, and ids oldest first for eviction.
@@ -97,10 +113,11 @@ struct PreheatsInner {
 }
 
 impl Preheats {
-    pub fn new(concurrency: usize, shutdown: CancellationToken) -> Preheats {
+    pub fn new(concurrency: usize, max_running: usize, shutdown: CancellationToken) -> Preheats {
         Preheats {
             inner: Arc::new(PreheatsInner {
                 concurrency: concurrency.max(1),
+                running: Cap::new("preheats", "max_preheats", max_running),
                 shutdown,
                 next: AtomicU64::new(1),
                 jobs: Mutex::new((BTreeMap::new(), VecDeque::new())),
@@ -171,7 +188,8 @@ impl From<PreheatError> for ApiError {
     }
 }
 
-/// `POST /preheat`, for a caller `auth` allows.
+/// `POST /preheat`, for a caller `auth` allows; refused with 503 while `max_preheats` jobs
+/// run.
 pub async fn post_preheat(
     State(st): State<AppState>,
     caller: shoal_runtime::Caller,
@@ -184,11 +202,27 @@ pub async fn post_preheat(
         let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "PAYLOAD_TOO_LARGE" } else { "BAD_REQUEST" };
         ApiError::new(status, code, r.body_text()).into_response()
     })?;
-    start(&st, req).await.map_err(IntoResponse::into_response)
+    start(st, req).await.map_err(IntoResponse::into_response)
 }
 
-/// Starts a preheat (the caller is already allowed): 202 with its status.
-pub async fn start(st: &AppState, req: PreheatRequest) -> Result<Response, ApiError> {
+/// Starts a preheat (the caller is already allowed): 202 with its status, or 503 while
+/// `max_preheats` jobs run.
+pub async fn start(st: AppState, req: PreheatRequest) -> Result<Response, ApiError> {
+    let running = st.preheats.inner.running.try_take().map_err(|full| {
+        st.metrics.busy.with_label_values(&["preheat"]).inc();
+        ApiError::busy(full.to_string(), PREHEAT_RETRY_AFTER)
+    })?;
+    run(st, req, running).await
+}
+
+/// A preheat that waits for one of the `max_preheats` turns instead of being refused.
+pub async fn start_waiting(st: AppState, req: PreheatRequest) -> Result<Response, ApiError> {
+    let running = st.preheats.inner.running.take().await;
+    run(st, req, running).await
+}
+
+/// Runs a preheat holding `running` until its last blob is fetched.
+async fn run(st: AppState, req: PreheatRequest, running: OwnedSemaphorePermit) -> Result<Response, ApiError> {
     let bad = |code: &'static str, e: String| ApiError::new(StatusCode::BAD_REQUEST, code, e);
     let name = RepoName::parse(&req.name).map_err(|e| bad("NAME_INVALID", e.to_string()))?;
     let reference = Reference::parse(&req.reference).map_err(|e| bad("MANIFEST_INVALID", e.to_string()))?;
@@ -199,11 +233,19 @@ pub async fn start(st: &AppState, req: PreheatRequest) -> Result<Response, ApiEr
     let digest = match &reference {
         Reference::Digest(d) => *d,
         Reference::Tag(t) => {
-            crate::tags::resolve_through(st, &name, t, ns.as_ref()).await.map_err(PreheatError::from)?
+            crate::tags::resolve_through(&st, &name, t, ns.as_ref()).await.map_err(PreheatError::from)?
         }
     };
     let source = st.source(&Hints { name: Some(name.clone()), ns });
-    let (manifests, blobs) = walk(st, digest, source.clone()).await?;
+    let (manifests, blobs) = walk(&st, digest, source.clone()).await?;
+    for d in manifests.iter().chain(&blobs) {
+        if let Some(pin) = req.pin
+            && let Err(e) = st.swarm.pin(*d, pin).await
+        {
+            tracing::warn!(%d, "cannot record the pin: {e:#}");
+        }
+        st.swarm.note_repository(name.as_str(), *d).await;
+    }
     let id = format!("ph-{}", st.preheats.inner.next.fetch_add(1, Ordering::Relaxed));
     let mut states = BTreeMap::new();
     for d in &manifests {
@@ -227,6 +269,7 @@ pub async fn start(st: &AppState, req: PreheatRequest) -> Result<Response, ApiEr
     let fetcher = st.fetcher.clone();
     shoal_runtime::spawn("preheat", preheats.inner.shutdown.clone(), async move {
         fetch_all(&preheats, &fetcher, &id, blobs, source).await;
+        drop(running);
         Ok(())
     });
     Ok((StatusCode::ACCEPTED, Json(status)).into_response())
@@ -333,7 +376,7 @@ mod tests {
 
     #[test]
     fn jobs_are_bounded_and_updated() {
-        let p = Preheats::new(2, CancellationToken::new());
+        let p = Preheats::new(2, 1, CancellationToken::new());
         for i in 0..MAX_JOBS + 5 {
             p.insert(status(&format!("ph-{i}")));
         }
@@ -345,6 +388,35 @@ mod tests {
         let s = p.get(&id).unwrap();
         assert!(s.finished());
         assert_eq!(s.errors.get(&Digest::of(b"l")).map(String::as_str), Some("boom"));
+    }
+
+    /// `max_preheats` jobs run at once; one more request is answered 503 with `Retry-After`
+    /// before any work, and goes on once a job ended.
+    #[tokio::test]
+    async fn preheats_past_max_preheats_get_503_with_retry_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let (st, shutdown) = crate::api::tests::state(dir.path()).await;
+        let req = || PreheatRequest {
+            name: "team/app".into(),
+            reference: Digest::of(b"no manifest").to_string(),
+            ns: None,
+            pin: None,
+        };
+        let running = st.preheats.inner.running.try_take().unwrap();
+        let err = start(st.clone(), req()).await.expect_err("refused while a job runs");
+        assert_eq!((err.status, err.retry_after), (StatusCode::SERVICE_UNAVAILABLE, Some(PREHEAT_RETRY_AFTER)));
+        assert!(err.message.contains("max_preheats"), "{}", err.message);
+        assert_eq!(st.metrics.busy.with_label_values(&["preheat"]).get(), 1);
+        drop(running);
+        let err = start(st.clone(), req()).await.expect_err("the manifest is missing");
+        assert_eq!(
+            (err.status, err.code),
+            (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
+            "past the cap: {}",
+            err.message
+        );
+        assert_eq!(st.preheats.inner.running.available(), 1, "a failed walk gives its turn back");
+        shutdown.cancel();
     }
 
     #[test]

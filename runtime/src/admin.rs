@@ -13,6 +13,8 @@ use axum::routing::get;
 use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::sync::watch;
 
+use crate::tls::HttpListener;
+
 /// The two sockets of a swarm node (agent or origin), bound by the caller so tests can
 /// bind port 0.
 pub struct Listeners {
@@ -80,7 +82,7 @@ impl Admin {
     /// connection cap of `http` ([`crate::http`]).
     pub async fn serve(
         &self,
-        listener: tokio::net::TcpListener,
+        listener: impl Into<HttpListener>,
         router: Router,
         shutdown: tokio_util::sync::CancellationToken,
         grace: std::time::Duration,

@@ -12,17 +12,29 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds sent as `Retry-After`: the request may succeed if sent again then (a limit
+    /// was full).
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into() }
+        ApiError { status, code, message: message.into(), retry_after: None }
+    }
+
+    /// 503 `UNAVAILABLE` with `Retry-After: <secs>`: a limit of this service is full.
+    pub fn busy(message: impl Into<String>, secs: u32) -> ApiError {
+        ApiError { retry_after: Some(secs), ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message) }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(ErrorBody { code: self.code.into(), message: self.message })).into_response()
+        let body = axum::Json(ErrorBody { code: self.code.into(), message: self.message });
+        match self.retry_after {
+            Some(secs) => (self.status, [(axum::http::header::RETRY_AFTER, secs.to_string())], body).into_response(),
+            None => (self.status, body).into_response(),
+        }
     }
 }
 

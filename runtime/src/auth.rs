@@ -4,7 +4,10 @@
 //!
 //! A caller is allowed when it presents `Authorization: Bearer <token>` with a token from
 //! `tokens_file`, or when TLS authenticated its client certificate as one of `identities`
-//! (the [`Caller`]'s identity, filled in by the TLS layer). A request without credentials is
+//! (the [`Caller`]'s identity: the first URI SAN, else the first DNS SAN, of the certificate
+//! the client proved at the handshake, see [`crate::tls`]; only on a TLS listener, and only
+//! from a client that presented one where `http_client_auth` is `optional`). A request
+//! without credentials is
 //! answered 401 (`UNAUTHORIZED`, with a `WWW-Authenticate: Bearer` challenge), one with
 //! credentials that are not allowed 403 (`DENIED`); the check runs before anything else of
 //! the request is read, so a refused request leaves nothing behind.
@@ -29,7 +32,8 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest as _, Sha256};
 use shoal_core::api::ErrorBody;
 
-use crate::http::{Caller, Identity};
+use crate::http::Caller;
+use crate::tls::Identity;
 
 /// How often, at most, the tokens file is checked for a change. Hard-coded.
 pub const RELOAD_CHECK: Duration = Duration::from_secs(5);
@@ -57,7 +61,7 @@ impl AuthConfig {
         if !self.is_configured() {
             return Ok(Authorizer::open());
         }
-        if let Some(i) = self.identities.iter().find(|i| i.0.is_empty()) {
+        if let Some(i) = self.identities.iter().find(|i| i.as_str().is_empty()) {
             return Err(format!("auth.identities: an empty identity ({i:?})"));
         }
         let tokens = match &self.tokens_file {
@@ -327,7 +331,7 @@ mod tests {
     use super::*;
 
     fn caller(identity: Option<&str>) -> Caller {
-        Caller { addr: "10.0.0.9:5000".parse().unwrap(), identity: identity.map(|i| Identity(i.into())) }
+        Caller { addr: "10.0.0.9:5000".parse().unwrap(), identity: identity.map(Identity::named) }
     }
 
     fn headers(auth: Option<&str>) -> HeaderMap {
@@ -349,7 +353,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cfg = AuthConfig {
             tokens_file: Some(tokens(dir.path(), "# writers\nalpha\n\n  beta  \n")),
-            identities: vec![Identity("spiffe://cluster/origin".into())],
+            identities: vec![Identity::named("spiffe://cluster/origin")],
         };
         let a = cfg.load().unwrap();
         let check = |id: Option<&str>, auth: Option<&str>| a.authorize(&caller(id), &headers(auth)).map(|g| g.bearer);
@@ -388,7 +392,7 @@ mod tests {
         let empty = tokens(dir.path(), "# nothing yet\n\n");
         let err = AuthConfig { tokens_file: Some(empty), ..AuthConfig::default() }.load().unwrap_err();
         assert!(err.contains("holds no token"), "{err}");
-        let err = AuthConfig { identities: vec![Identity(String::new())], ..AuthConfig::default() }.load().unwrap_err();
+        let err = AuthConfig { identities: vec![Identity::named("")], ..AuthConfig::default() }.load().unwrap_err();
         assert!(err.contains("auth.identities"), "{err}");
     }
 

@@ -12,11 +12,16 @@
 //! - `max_connections`: connections open at once; a slot is taken before `accept`, so the
 //!   connections beyond it wait in the listen backlog until one closes.
 //!
+//! One serve path for plain and TLS listeners ([`HttpListener`]): on a TLS listener the
+//! handshake happens before a connection is handed to the accept loop (bounded and timed on
+//! its own, see [`crate::tls`]), and the deadlines above then apply to the decrypted stream
+//! the same way. The connection cap counts handshaken connections; handshakes in progress are
+//! bounded by [`crate::tls::MAX_PENDING_HANDSHAKES`].
+//!
 //! Every request carries a [`Caller`] in its extensions: the connection's remote address and,
-//! when TLS authenticated the client, its certificate identity ([`Identity`]). Handlers take
-//! it with the [`Caller`] extractor for authorization ([`crate::auth`]) and address checks.
-//! The accept loop is the one place a TLS handshake would go: it names the [`Caller`] of each
-//! connection before the first request is read.
+//! when TLS authenticated the client, the identity its certificate proved at the handshake
+//! ([`Identity`]). Handlers take it with the [`Caller`] extractor for authorization
+//! ([`crate::auth`]) and address checks.
 
 use std::io;
 use std::net::SocketAddr;
@@ -33,11 +38,12 @@ use axum::http::{Request, StatusCode};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+
+use crate::tls::{HttpListener, Identity};
 
 /// The `http:` section of every service's config: the server's deadlines and its
 /// connection cap.
@@ -85,18 +91,6 @@ impl HttpConfig {
     }
 }
 
-/// A client certificate's identity, as the TLS layer reads it from the verified certificate
-/// (a SAN: a DNS name or a URI such as a SPIFFE id).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(transparent)]
-pub struct Identity(pub String);
-
-impl std::fmt::Display for Identity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 /// Who sent a request: the connection's remote address, and the client certificate's
 /// identity when TLS authenticated one (`None` on a plain connection).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,10 +115,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
-/// Serves `router` on `listener` with the default [`HttpConfig`] until `shutdown` is
-/// cancelled, then lets in-flight requests finish for at most `grace`.
+/// Serves `router` on `listener` (plain or TLS) with the default [`HttpConfig`] until
+/// `shutdown` is cancelled, then lets in-flight requests finish for at most `grace`.
 pub async fn serve(
-    listener: TcpListener,
+    listener: impl Into<HttpListener>,
     router: Router,
     shutdown: CancellationToken,
     grace: Duration,
@@ -134,12 +128,13 @@ pub async fn serve(
 
 /// [`serve`] with the deadlines and connection cap of `http`.
 pub async fn serve_with(
-    listener: TcpListener,
+    listener: impl Into<HttpListener>,
     router: Router,
     shutdown: CancellationToken,
     grace: Duration,
     http: &HttpConfig,
 ) -> io::Result<()> {
+    let mut listener = listener.into();
     let slots = Arc::new(Semaphore::new(http.max_connections.max(1)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -154,7 +149,7 @@ pub async fn serve_with(
             p = slots.clone().acquire_owned() => p.map_err(io::Error::other)?,
             _ = shutdown.cancelled() => break,
         };
-        let (stream, remote) = tokio::select! {
+        let (stream, remote, identity) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => s,
                 Err(e) => {
@@ -166,8 +161,7 @@ pub async fn serve_with(
             },
             _ = shutdown.cancelled() => break,
         };
-        let _ = stream.set_nodelay(true);
-        let caller = Caller { addr: remote, identity: None };
+        let caller = Caller { addr: remote, identity };
         let router = router.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let mut req = req.map(|b| Body::new(IdleBody::new(b, body_idle)));
@@ -308,11 +302,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
 mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
+    use axum::response::IntoResponse;
     use axum::routing::{get, put};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpStream;
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
+    use crate::auth::{AuthConfig, Authorizer};
+    use crate::tls::test_ca::{self, TestCa};
+    use crate::tls::{ClientAuth, Tls};
 
     /// Longest any step of these tests may take before it counts as hung.
     const BOUND: Duration = Duration::from_secs(20);
@@ -328,6 +326,14 @@ mod tests {
 
     async fn start(router: Router, http: HttpConfig) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        start_on(listener.into(), router, http).await
+    }
+
+    async fn start_on(
+        listener: HttpListener,
+        router: Router,
+        http: HttpConfig,
+    ) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
         let s = stop.clone();
@@ -342,7 +348,7 @@ mod tests {
     }
 
     /// Reads until the server closes the connection; the bytes read.
-    async fn until_closed(s: &mut TcpStream) -> Vec<u8> {
+    async fn until_closed(s: &mut (impl AsyncRead + Unpin)) -> Vec<u8> {
         let mut out = Vec::new();
         let mut buf = [0u8; 4096];
         loop {
@@ -459,6 +465,136 @@ mod tests {
         .await
         .expect("the stalled response is dropped");
         drop(s);
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    /// A TLS server's config (client certificates optional, as kubelet probes and the CLI
+    /// need), and a CA that issues its clients' certificates, all under `dir`.
+    fn tls_server(dir: &std::path::Path) -> (TestCa, Tls) {
+        let ca = TestCa::new("shoal test");
+        let mut cfg = ca.write(dir, "server", &ca.issue("shoal-origin")).unwrap();
+        cfg.http_client_auth = ClientAuth::Optional;
+        (ca, Tls::load(&cfg).unwrap())
+    }
+
+    /// A TLS connection to `addr` presenting `cert` (none: no certificate).
+    async fn tls_connect(
+        cert: Option<&test_ca::NodeCert>,
+        trust: &Tls,
+        addr: SocketAddr,
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(test_ca::client_config(cert, trust)));
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        tokio::time::timeout(BOUND, connector.connect(name, tcp)).await.unwrap().unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_deadlines_hold_on_a_tls_listener() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, server) = tls_server(dir.path());
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = HttpListener::new(tcp, Some(&server), ClientAuth::Optional).unwrap();
+        let (addr, stop, task) = start_on(listener, hello(), quick(16)).await;
+        let client = ca.issue("spiffe://shoal/agent-1");
+        // Handshaken, then half a header and silence: disconnected like a plain client.
+        let mut s = tls_connect(Some(&client), &server, addr).await;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+        let answer = until_closed(&mut s).await;
+        assert!(answer.is_empty() || answer.starts_with(b"HTTP/1.1 408"), "{}", String::from_utf8_lossy(&answer));
+        // An idle keep-alive TLS connection is closed too, after its answer.
+        let mut s = tls_connect(Some(&client), &server, addr).await;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let answer = String::from_utf8(until_closed(&mut s).await).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("hello 127.0.0.1"), "{answer}");
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_cap_wait_on_a_tls_listener_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, server) = tls_server(dir.path());
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = HttpListener::new(tcp, Some(&server), ClientAuth::Optional).unwrap();
+        let (addr, stop, task) =
+            start_on(listener, hello(), HttpConfig { max_connections: 1, ..HttpConfig::default() }).await;
+        let client = ca.issue("spiffe://shoal/agent-1");
+        let mut first = tls_connect(Some(&client), &server, addr).await;
+        first.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(BOUND, first.read(&mut buf)).await.unwrap().unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        // The second handshakes (the listener's own task) but is not served while the first
+        // holds the only slot.
+        let mut second = tls_connect(Some(&client), &server, addr).await;
+        second.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(500), second.read(&mut buf)).await;
+        assert!(waited.is_err(), "served past the cap: {waited:?}");
+        drop(first);
+        let answer = String::from_utf8(until_closed(&mut second).await).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "served once the slot is free: {answer}");
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_allowed_certificate_identity_is_authorized_from_the_tls_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, server) = tls_server(dir.path());
+        let tokens = dir.path().join("tokens");
+        std::fs::write(&tokens, "sesame\n").unwrap();
+        let auth =
+            AuthConfig { tokens_file: Some(tokens), identities: vec![Identity::named("spiffe://shoal/origin-0")] }
+                .load()
+                .unwrap();
+        let router = Router::new().route(
+            "/write",
+            put(
+                |axum::extract::State(auth): axum::extract::State<Authorizer>,
+                 caller: Caller,
+                 headers: axum::http::HeaderMap| async move {
+                    let who = caller.identity.as_ref().map_or("nobody".to_string(), |i| i.to_string());
+                    match auth.authorize(&caller, &headers) {
+                        Ok(_) => format!("allowed {who}").into_response(),
+                        Err(e) => e.into_response(),
+                    }
+                },
+            )
+            .with_state(auth),
+        );
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = HttpListener::new(tcp, Some(&server), ClientAuth::Optional).unwrap();
+        let (addr, stop, task) = start_on(listener, router, HttpConfig::default()).await;
+        let url = format!("https://{addr}/write");
+        let client = |cert: Option<&test_ca::NodeCert>| {
+            reqwest::Client::builder().use_preconfigured_tls(test_ca::client_config(cert, &server)).build().unwrap()
+        };
+        let put = |c: reqwest::Client, token: Option<&str>| {
+            let mut r = c.put(&url);
+            if let Some(t) = token {
+                r = r.bearer_auth(t);
+            }
+            async move {
+                let r = r.send().await.unwrap();
+                (r.status().as_u16(), r.text().await.unwrap())
+            }
+        };
+        // The identity the handshake proved is on the request, and an allowed one needs no token.
+        let allowed = ca.issue("spiffe://shoal/origin-0");
+        assert_eq!(put(client(Some(&allowed)), None).await, (200, "allowed spiffe://shoal/origin-0".into()));
+        // A DNS SAN names a node when it has no URI SAN.
+        let dns = ca.issue("agent-3.shoal.svc");
+        let (status, body) = put(client(Some(&dns)), None).await;
+        assert_eq!(status, 403, "{body}");
+        assert!(body.contains("agent-3.shoal.svc") && body.contains("DENIED"), "{body}");
+        // Another CA's certificate with the allowed name never reaches the handler.
+        let impostor = TestCa::new("another").issue("spiffe://shoal/origin-0");
+        assert!(client(Some(&impostor)).put(&url).send().await.is_err());
+        // No certificate: 401, or a token.
+        assert_eq!(put(client(None), None).await.0, 401);
+        assert_eq!(put(client(None), Some("sesame")).await, (200, "allowed nobody".into()));
         stop.cancel();
         task.await.unwrap();
     }

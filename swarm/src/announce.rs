@@ -31,8 +31,13 @@ pub struct TrackerClient {
 }
 
 impl TrackerClient {
-    pub fn new(urls: Vec<String>, timeout: Duration) -> TrackerClient {
-        let http = reqwest::Client::builder().timeout(timeout).build().expect("http client builds");
+    /// A client of the trackers at `urls`; with `tls`, over mutual TLS (`https://` URLs).
+    pub fn new(urls: Vec<String>, timeout: Duration, tls: Option<&shoal_runtime::Tls>) -> TrackerClient {
+        let mut builder = reqwest::Client::builder().timeout(timeout);
+        if let Some(tls) = tls {
+            builder = tls.http_client(builder);
+        }
+        let http = builder.build().expect("http client builds");
         TrackerClient {
             urls: urls.into_iter().map(|u| u.trim_end_matches('/').to_string()).collect(),
             http,

@@ -4,8 +4,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use shoal_core::Digest;
 use shoal_core::net::Networks;
-use shoal_runtime::{ByteSize, Duration};
+use shoal_core::registry::RepoName;
+use shoal_runtime::{ByteSize, Duration, Percent, SizeLimit};
 
 /// Swarm engine settings.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -13,8 +15,11 @@ use shoal_runtime::{ByteSize, Duration};
 pub struct SwarmConfig {
     /// Where pieces and complete blobs live. Default `./shoal-store`.
     pub store_dir: PathBuf,
+    /// The store's size budget and eviction (see [`StoreConfig`]).
+    pub store: StoreConfig,
     /// Tracker base URLs; a blob's tracker is chosen by hashing its digest, the others are
-    /// fallbacks. Default: none (the node then only talks to peers it is told about).
+    /// fallbacks. Without an answer from any, an agent's download still dials the blob's
+    /// owners on the origin ring and the peers it is connected to. Default: none.
     pub trackers: Vec<String>,
     /// A file holding the bearer token sent with every announce (its first line; re-read when
     /// it changes), for a tracker that trusts it to announce an address other than the one it
@@ -36,8 +41,15 @@ pub struct SwarmConfig {
     pub egress_rate: Option<ByteSize>,
     /// Download cap in bytes/s for the whole node. Default: unlimited.
     pub ingress_rate: Option<ByteSize>,
-    /// Peer connections at most, in and out together. Default 1024.
+    /// Peer connections at most, in and out together; inbound ones take at most three
+    /// quarters of them on an agent, so its dials always find a slot (an origin, which dials
+    /// nobody, lets inbound take all). At most 128 accepted sockets wait for their handshake
+    /// at once, and they hold no slot until it is done. Default 1024.
     pub max_connections: usize,
+    /// Blob downloads running at once on this node. Another is refused until one ends (the
+    /// agent answers 503 with `Retry-After`); a request for a blob already downloading joins
+    /// that download and does not count. Default 128.
+    pub max_downloads: usize,
     /// Peers one blob download talks to at most. Default 16.
     pub max_peers_per_blob: usize,
     /// Requests in flight to one peer for one blob. Default 4.
@@ -79,8 +91,10 @@ pub struct SwarmConfig {
     pub io_timeout: Duration,
     /// How long a blob download may take before its waiters get an error. Default 30m.
     pub download_timeout: Duration,
-    /// How long a peer that sent a corrupt piece or broke the protocol is shunned (its peer id
-    /// and address; at most 4096 of each at once, the soonest to expire making room). Default 5m.
+    /// How long a peer that sent a corrupt piece or broke the protocol is shunned (what it
+    /// proved: its certificate's identity with TLS, and its address; and the address if we
+    /// dialed it; never the peer id it claims; at most 4096 of each at once, the soonest to
+    /// expire making room). Default 5m.
     pub blacklist_duration: Duration,
     /// Threads doing disk I/O and hashing at once. Default 8.
     pub blocking_threads: usize,
@@ -95,6 +109,7 @@ impl Default for SwarmConfig {
     fn default() -> Self {
         SwarmConfig {
             store_dir: PathBuf::from("shoal-store"),
+            store: StoreConfig::default(),
             trackers: Vec::new(),
             tracker_token_file: None,
             advertise_addr: None,
@@ -103,6 +118,7 @@ impl Default for SwarmConfig {
             egress_rate: None,
             ingress_rate: None,
             max_connections: 1024,
+            max_downloads: 128,
             max_peers_per_blob: 16,
             pipeline_depth: 4,
             origin_pipeline_depth: 4,
@@ -128,6 +144,7 @@ impl SwarmConfig {
     pub fn validate(&self) -> Result<(), String> {
         let positive = [
             ("max_connections", self.max_connections),
+            ("max_downloads", self.max_downloads),
             ("max_peers_per_blob", self.max_peers_per_blob),
             ("pipeline_depth", self.pipeline_depth),
             ("origin_pipeline_depth", self.origin_pipeline_depth),
@@ -162,7 +179,7 @@ impl SwarmConfig {
         if let Some(f) = &self.tracker_token_file {
             shoal_runtime::auth::TokenSource::load(f).map_err(|e| format!("swarm.tracker_token_file {e}"))?;
         }
-        Ok(())
+        self.store.validate()
     }
 
     /// Checks that every origin's peer address is one this node may dial.
@@ -182,9 +199,117 @@ impl SwarmConfig {
     }
 }
 
+/// The store's budget and how it is kept, under `swarm.store`. A store is a cache: agents'
+/// of what their host pulled, origins' of their backend (which is never deleted from).
+///
+/// Above `high_watermark` of `max_size` (complete blobs and partial downloads), blobs are
+/// evicted least recently used first (last served to a client or a peer) until the store is
+/// under `low_watermark`; when the filesystem's free space drops under `min_free`, whoever
+/// filled it, they are evicted until it is back above `min_free` plus the gap between the
+/// marks. Blobs being downloaded, streamed to a client or uploaded to a peer, and pinned blobs,
+/// are never evicted. The policy is `shoal_core::cache`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The budget: bytes (`"50GiB"`, `53687091200`) or a percentage of the size of the
+    /// filesystem holding `store_dir` (`"80%"`). A dedicated volume can be given whole to the
+    /// store; on a disk shared with others, `min_free` hands room back to them. Default
+    /// `"80%"`: Dragonfly's disk high-water mark, leaving a fifth of the disk to everything else.
+    pub max_size: SizeLimit,
+    /// Eviction starts above this share of `max_size`. The room above it absorbs downloads
+    /// that start between two rounds. Default `"90%"`.
+    pub high_watermark: Percent,
+    /// ...and goes on until the store is at or under this share. Default `"75%"`.
+    pub low_watermark: Percent,
+    /// The least free space the filesystem keeps: bytes or a percentage of its size; `0`
+    /// turns the floor off. Default `"10%"`.
+    pub min_free: SizeLimit,
+    /// Evict a complete blob unused for this long whatever the usage. Default: none.
+    pub ttl: Option<Duration>,
+    /// A partial download (left by a crash or a cancelled pull) nobody wrote to for this long
+    /// is removed; asked for again sooner, it resumes. Default `1h`.
+    pub partial_ttl: Duration,
+    /// A complete blob unused for this long is closed (its file and in-memory entry) and no
+    /// longer announced to the tracker; it is still served from the store when asked. Default `5m`.
+    pub idle_timeout: Duration,
+    /// How often the store is measured and, if needed, evicted. A download or commit that
+    /// takes the store over the high mark starts a round at once. Default `10s`.
+    pub check_interval: Duration,
+    /// Blobs never evicted.
+    pub pin: PinConfig,
+}
+
+/// Blobs kept whatever the budget says, under `swarm.store.pin`. A preheat with `"pin": true`
+/// pins its blobs too (and `"pin": false` unpins them).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PinConfig {
+    /// Digests. Default none.
+    pub digests: Vec<Digest>,
+    /// Repositories (`library/nginx`): a blob requested through one of them (the agent's
+    /// `/v2/<name>/...`, an origin request whose `name` hint is one of them, a preheat of
+    /// one) is pinned from then on, while the repository stays listed. Default none.
+    pub repositories: Vec<String>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            max_size: SizeLimit::Percent(Percent::new(80)),
+            high_watermark: Percent::new(90),
+            low_watermark: Percent::new(75),
+            min_free: SizeLimit::Percent(Percent::new(10)),
+            ttl: None,
+            partial_ttl: Duration::from_secs(3600),
+            idle_timeout: Duration::from_secs(300),
+            check_interval: Duration::from_secs(10),
+            pin: PinConfig::default(),
+        }
+    }
+}
+
+impl StoreConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.low_watermark >= self.high_watermark {
+            return Err(format!(
+                "swarm.store.low_watermark ({}) must be under high_watermark ({})",
+                self.low_watermark, self.high_watermark
+            ));
+        }
+        if self.max_size == SizeLimit::Bytes(ByteSize(0)) || self.max_size == SizeLimit::Percent(Percent::new(0)) {
+            return Err("swarm.store.max_size must be more than 0".into());
+        }
+        if self.check_interval.get() < std::time::Duration::from_millis(10) {
+            return Err("swarm.store.check_interval must be at least 10ms".into());
+        }
+        for r in &self.pin.repositories {
+            RepoName::parse(r).map_err(|e| format!("swarm.store.pin.repositories entry {r:?}: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn store(store: StoreConfig) -> SwarmConfig {
+        SwarmConfig { store, ..SwarmConfig::default() }
+    }
+
+    #[test]
+    fn store_section_parses_sizes_and_percentages() {
+        let yaml = "store:\n  max_size: 50GiB\n  high_watermark: 95%\n  low_watermark: 80%\n  min_free: 0\n  ttl: 7d\n  pin:\n    repositories: [library/nginx]\n";
+        let cfg: SwarmConfig = serde_yaml::from_str(yaml).unwrap();
+        assert_eq!(cfg.store.max_size, SizeLimit::Bytes(ByteSize(50 << 30)));
+        assert_eq!(cfg.store.high_watermark, Percent::new(95));
+        assert_eq!(cfg.store.min_free, SizeLimit::Bytes(ByteSize(0)));
+        assert_eq!(cfg.store.ttl, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(cfg.store.partial_ttl, Duration::from_secs(3600), "unset keys keep their defaults");
+        assert_eq!(cfg.validate(), Ok(()));
+        assert!(serde_yaml::from_str::<SwarmConfig>("store: { max_sise: 1GiB }").is_err(), "unknown key");
+        assert!(serde_yaml::from_str::<SwarmConfig>("store: { max_size: 120% }").is_err());
+    }
 
     #[test]
     fn validate_rejects_what_types_cannot() {
@@ -199,6 +324,25 @@ mod tests {
             (
                 "swarm.tracker_token_file /nonexistent/token",
                 SwarmConfig { tracker_token_file: Some("/nonexistent/token".into()), ..SwarmConfig::default() },
+            ),
+            (
+                "swarm.store.low_watermark",
+                store(StoreConfig { low_watermark: Percent::new(90), ..StoreConfig::default() }),
+            ),
+            (
+                "swarm.store.max_size",
+                store(StoreConfig { max_size: SizeLimit::Bytes(ByteSize(0)), ..StoreConfig::default() }),
+            ),
+            (
+                "swarm.store.check_interval",
+                store(StoreConfig { check_interval: Duration::from_millis(1), ..StoreConfig::default() }),
+            ),
+            (
+                "swarm.store.pin.repositories",
+                store(StoreConfig {
+                    pin: PinConfig { repositories: vec!["UPPER/case".into()], ..PinConfig::default() },
+                    ..StoreConfig::default()
+                }),
             ),
         ];
         for (field, cfg) in cases {

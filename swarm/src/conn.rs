@@ -4,34 +4,71 @@
 //! (sending a keep-alive when idle), and the reader loop decodes frames and dispatches them.
 //! Every read and write has a deadline. A protocol violation, a corrupt piece or a deadline
 //! closes this connection and nothing else; a corrupt piece or a bad frame also blacklists
-//! the peer for `blacklist_duration`.
+//! the remote for `blacklist_duration`.
+//!
+//! With TLS the socket is wrapped first (mutual, within `handshake_timeout`), then the wire
+//! `Handshake` runs inside it, and the peer id it claims must be bound to the identity of the
+//! certificate the remote proved (`PeerId::is_bound_to`); otherwise the connection is refused.
+//! Who the remote is for the blacklist ([`Remote`]) is that identity and its IP address, never
+//! the peer id it claims: a connection that claims another node's id and then misbehaves gets
+//! only itself shunned.
 //!
 //! Uploads: a `Request` is served by a short task holding one of the connection's upload
 //! permits, released only once the piece is written to the socket, so memory held by a
 //! connection for uploads is bounded by `max_uploads_per_connection` pieces. A connection's
 //! requests beyond `peer_request_rate` a second are answered "busy" at once. On an origin, an
 //! upload counts in the blob's seed budget from admission until it is written, and is given
-//! back if it never is ([`SeedCharge`]).
+//! back if it never is ([`SeedCharge`]). A request for a
+//! stored blob that is not open (closed for being idle) opens it; one for a blob the store
+//! does not hold (never had, or evicted) is answered `Reject` `UnknownBlob`.
+//!
+//! A received piece that fails its hash closes the connection, after an `Error` frame
+//! (`ERROR_CORRUPT_PIECE`) naming the piece, so the sender can check its own copy; a node told
+//! so hashes that piece from its disk again and drops the blob if it fails there too.
+//!
+//! The writer's queue of control frames (everything but piece data) is bounded in bytes. Past
+//! [`QUEUE_PAUSE`] the reader stops reading: a peer that sends requests and does not read the
+//! answers fills its own socket, not our memory, and is dropped by the write deadline like any
+//! peer that stops reading. Senders that cannot wait (download actors, `Have` broadcasts) may
+//! go on to [`QUEUE_MAX`]; a frame past it closes the connection (not a peer fault: a congested
+//! peer looks the same).
+//!
+//! Inbound connections: an accepted socket waits for its handshake holding one of the node's
+//! pending-handshake permits, not a connection slot, and takes an inbound slot only once the
+//! handshake is done (see [`Peers`](crate::peers::Peers)), so idle sockets never keep the
+//! node from dialing.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
+use prometheus::IntGauge;
 use shoal_core::seeding;
-use shoal_core::wire::{self, DecodeError, Message, PROTOCOL_VERSION, RejectReason};
+use shoal_core::wire::{self, DecodeError, ERROR_CORRUPT_PIECE, Message, PROTOCOL_VERSION, RejectReason};
 use shoal_core::{Digest, PeerId};
+use shoal_runtime::tls::{Identity, Link, Side};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::download::Event;
 use crate::node::{BlobEntry, Node};
+use crate::peers::Slot;
+
+/// Control bytes queued for the writer past which the reader stops reading until the writer
+/// has drained them. Hard-coded: honest traffic queues a few KiB (requests and answers are
+/// bounded by the pipelines, `Have`s by the rate pieces arrive).
+pub(crate) const QUEUE_PAUSE: usize = 256 << 10;
+/// Control bytes queued at most: a frame that would go past it closes the connection.
+/// Hard-coded; only senders that cannot wait reach it (the reader pauses at [`QUEUE_PAUSE`]).
+pub(crate) const QUEUE_MAX: usize = 4 << 20;
 
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +85,10 @@ pub enum ConnError {
     CorruptPiece { blob: Digest, piece: u32 },
     #[error("connection refused: {0}")]
     Refused(#[from] Refusal),
+    #[error("tls handshake: {0}")]
+    Tls(std::io::Error),
+    #[error("peer does not read: {QUEUE_MAX} bytes of frames queued for it")]
+    QueueFull,
     #[error("closed")]
     Closed,
 }
@@ -61,6 +102,27 @@ pub enum Refusal {
     Shunned,
     #[error("duplicate connection")]
     Duplicate,
+    #[error("peer id not bound to the certificate's identity")]
+    UnboundId,
+    #[error("no inbound connection slot free")]
+    Full,
+}
+
+/// Who is at the other end of a connection, as far as TLS and the socket can tell: what the
+/// blacklist is keyed by. The peer id a remote claims is not part of it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Remote {
+    /// The identity its certificate proved; `None` without TLS.
+    pub identity: Option<Identity>,
+    /// Its IP address. Part of the key with TLS too: nodes that share a certificate (a
+    /// DaemonSet's) are told apart by it, so one of them misbehaving shuns only itself.
+    pub ip: IpAddr,
+}
+
+impl Remote {
+    pub fn plain(addr: SocketAddr) -> Remote {
+        Remote { identity: None, ip: addr.ip() }
+    }
 }
 
 impl ConnError {
@@ -74,11 +136,16 @@ impl ConnError {
 pub(crate) struct Out {
     head: Bytes,
     data: Option<Bytes>,
+    /// Bytes of this frame counted in the connection's [`SendQueue`] (control frames; piece
+    /// uploads are bounded by their permits instead).
+    counted: usize,
     /// Upload permits (the connection's slot and the node's buffer memory) released once the
     /// data is on the socket.
     _permit: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
     /// An origin's count of this upload in its seed budget, kept once the piece is written.
     charge: Option<SeedCharge>,
+    /// The last frame: the writer stops once it is out.
+    last: bool,
 }
 
 /// An origin's count of one admitted upload in the blob's `SeedBudget`. Dropped before the
@@ -106,12 +173,80 @@ impl Drop for SeedCharge {
     }
 }
 
+/// The control bytes queued for one connection's writer.
+pub(crate) struct SendQueue {
+    bytes: AtomicUsize,
+    /// Woken when the queue drains below [`QUEUE_PAUSE`].
+    room: Notify,
+    /// Set when a frame found the queue full: the connection is closing.
+    overflowed: AtomicBool,
+    /// The node's total over all connections (`shoal_swarm_send_queue_bytes`).
+    total: IntGauge,
+}
+
+impl SendQueue {
+    pub fn new(total: IntGauge) -> SendQueue {
+        SendQueue { bytes: AtomicUsize::new(0), room: Notify::new(), overflowed: AtomicBool::new(false), total }
+    }
+
+    /// Counts `n` bytes in, unless that would pass [`QUEUE_MAX`].
+    fn push(&self, n: usize) -> bool {
+        let before = self.bytes.fetch_add(n, Ordering::AcqRel);
+        if before + n > QUEUE_MAX {
+            self.bytes.fetch_sub(n, Ordering::AcqRel);
+            self.overflowed.store(true, Ordering::Release);
+            return false;
+        }
+        self.total.add(n as i64);
+        true
+    }
+
+    /// Counts `n` bytes out, once the writer wrote them.
+    fn pop(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let before = self.bytes.fetch_sub(n, Ordering::AcqRel);
+        self.total.sub(n as i64);
+        if before > QUEUE_PAUSE && before - n <= QUEUE_PAUSE {
+            self.room.notify_one();
+        }
+    }
+
+    /// Waits until at most [`QUEUE_PAUSE`] bytes are queued.
+    async fn room(&self) {
+        while self.bytes.load(Ordering::Acquire) > QUEUE_PAUSE {
+            // A wake-up that raced the check is kept as a permit, so none is lost.
+            self.room.notified().await;
+        }
+    }
+
+    /// Bytes queued now.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.bytes.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for SendQueue {
+    fn drop(&mut self) {
+        // Frames still queued when the connection went are gone with it.
+        self.total.sub(*self.bytes.get_mut() as i64);
+    }
+}
+/// How long a closing connection waits for its last frame (an `Error`) to go out.
+const FAREWELL: Duration = Duration::from_secs(1);
+
 /// The shared face of a connection: the rest of the node sends through it.
 pub(crate) struct ConnHandle {
     pub peer_id: PeerId,
     pub outbound: bool,
     pub is_origin: bool,
+    /// Who the remote proved to be (its certificate's identity and its address).
+    pub remote: Remote,
     tx: mpsc::UnboundedSender<Out>,
+    /// What `tx` holds, bounded (see the module doc).
+    queue: SendQueue,
     cancel: CancellationToken,
     /// Blobs open on this connection (their bitfield was exchanged).
     pub open: Mutex<HashSet<Digest>>,
@@ -129,19 +264,24 @@ struct RemoteBits {
 }
 
 impl ConnHandle {
-    /// A handle and the receiver its writer drains; `cancel` closes the connection.
+    /// A handle and the receiver its writer drains; `cancel` closes the connection, and the
+    /// queue's bytes are also counted in `queued` (the node's total).
     pub fn new(
         peer_id: PeerId,
         outbound: bool,
         is_origin: bool,
+        remote: Remote,
         cancel: CancellationToken,
+        queued: IntGauge,
     ) -> (Arc<ConnHandle>, mpsc::UnboundedReceiver<Out>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = ConnHandle {
             peer_id,
             outbound,
             is_origin,
+            remote,
             tx,
+            queue: SendQueue::new(queued),
             cancel,
             open: Mutex::new(HashSet::new()),
             remote_bits: Mutex::new(HashMap::new()),
@@ -149,10 +289,37 @@ impl ConnHandle {
         (Arc::new(handle), rx)
     }
 
+    /// Queues a control frame. One that finds [`QUEUE_MAX`] bytes queued closes the
+    /// connection instead.
     pub fn send(&self, msg: &Message<'_>) {
+        self.queue(msg, false);
+    }
+
+    /// Queues `msg` as the connection's last frame.
+    fn send_last(&self, msg: &Message<'_>) {
+        self.queue(msg, true);
+    }
+
+    fn queue(&self, msg: &Message<'_>, last: bool) {
         let mut buf = BytesMut::with_capacity(64);
         wire::encode(msg, &mut buf);
-        let _ = self.tx.send(Out { head: buf.freeze(), data: None, _permit: None, charge: None });
+        let n = buf.len();
+        if !self.queue.push(n) {
+            tracing::debug!(peer = %self.peer_id, "send queue full; closing the connection");
+            self.close();
+            return;
+        }
+        if self.tx.send(Out { head: buf.freeze(), data: None, counted: n, _permit: None, charge: None, last }).is_err()
+        {
+            // The writer is gone: nobody will count these bytes out.
+            self.queue.pop(n);
+        }
+    }
+
+    /// Control bytes queued for the writer.
+    #[cfg(test)]
+    pub fn queued(&self) -> usize {
+        self.queue.len()
     }
 
     pub fn close(&self) {
@@ -198,9 +365,10 @@ impl ConnHandle {
 /// Accepts peers until the node's token is cancelled.
 pub(crate) async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
     loop {
-        // Take a connection slot before accepting, so the limit holds at the socket.
+        // Take a pending-handshake permit before accepting, so that bound holds at the
+        // socket; the connection slot is taken after the handshake.
         let permit = tokio::select! {
-            p = node.peers.slot() => match p { Some(p) => p, None => return },
+            p = node.peers.handshake_permit() => match p { Some(p) => p, None => return },
             _ = node.cancel.cancelled() => return,
         };
         let (stream, remote) = tokio::select! {
@@ -219,7 +387,25 @@ pub(crate) async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
         tokio::spawn(
             async move {
                 let _ = stream.set_nodelay(true);
-                if let Err(e) = run(n, stream, remote, false, false, permit).await {
+                let res = match n.tls.clone() {
+                    None => run(n, stream, remote, Remote::plain(remote), Admission::Inbound(permit)).await,
+                    Some(tls) => {
+                        let acceptor = tls.acceptor(Link::Peer, shoal_runtime::tls::ClientAuth::Required);
+                        let deadline = n.cfg.handshake_timeout.get();
+                        match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => {
+                                let who = Remote {
+                                    identity: peer_identity(s.get_ref().1.peer_certificates()),
+                                    ip: remote.ip(),
+                                };
+                                run(n, s, remote, who, Admission::Inbound(permit)).await
+                            }
+                            Ok(Err(e)) => Err(tls_refused(&n, Side::Server, e)),
+                            Err(_) => Err(tls_timed_out(&n, Side::Server, deadline)),
+                        }
+                    }
+                };
+                if let Err(e) = res {
                     tracing::debug!("connection ended: {e:#}");
                 }
             }
@@ -259,7 +445,26 @@ async fn dial(node: &Arc<Node>, addr: SocketAddr, is_origin: bool) -> Option<Arc
     let span = tracing::debug_span!("peer", remote = %addr, dir = "out");
     tokio::spawn(
         async move {
-            if let Err(e) = run_with_ready(n, stream, addr, true, is_origin, permit, Some(ready_tx)).await {
+            let ready = Some(ready_tx);
+            let admission = Admission::Outbound { slot: permit, is_origin };
+            let res = match n.tls.clone() {
+                None => run_with_ready(n, stream, addr, Remote::plain(addr), admission, ready).await,
+                Some(tls) => {
+                    // Peers are dialed by address; the certificate is checked against the CA,
+                    // and its identity bound to the peer id below.
+                    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+                    match tokio::time::timeout(deadline, tls.connector(Link::Peer).connect(name, stream)).await {
+                        Ok(Ok(s)) => {
+                            let who =
+                                Remote { identity: peer_identity(s.get_ref().1.peer_certificates()), ip: addr.ip() };
+                            run_with_ready(n, s, addr, who, admission, ready).await
+                        }
+                        Ok(Err(e)) => Err(tls_refused(&n, Side::Client, e)),
+                        Err(_) => Err(tls_timed_out(&n, Side::Client, deadline)),
+                    }
+                }
+            };
+            if let Err(e) = res {
                 tracing::debug!("connection ended: {e:#}");
             }
         }
@@ -268,27 +473,58 @@ async fn dial(node: &Arc<Node>, addr: SocketAddr, is_origin: bool) -> Option<Arc
     ready_rx.await.ok()
 }
 
+/// The identity of a verified peer's certificate chain.
+fn peer_identity(chain: Option<&[rustls::pki_types::CertificateDer<'static>]>) -> Option<Identity> {
+    chain.and_then(|c| c.first()).and_then(Identity::of_cert)
+}
+
+/// A failed TLS handshake. The server side counts it here; a client counts the refusals it
+/// makes in its certificate check (a refusal by the server reaches it as an alert).
+fn tls_refused(node: &Node, side: Side, e: std::io::Error) -> ConnError {
+    node.metrics.connections_rejected.inc();
+    if side == Side::Server
+        && let Some(tls) = &node.tls
+    {
+        tls.count_refusal(Link::Peer, side, shoal_runtime::tls::Refusal::of_io(&e));
+    }
+    ConnError::Tls(e)
+}
+
+fn tls_timed_out(node: &Node, side: Side, deadline: Duration) -> ConnError {
+    node.metrics.connections_rejected.inc();
+    if let Some(tls) = &node.tls {
+        tls.count_refusal(Link::Peer, side, shoal_runtime::tls::Refusal::Timeout);
+    }
+    ConnError::Timeout(deadline)
+}
+
+/// What lets a connection in: an accepted socket holds a pending-handshake permit until its
+/// handshake is done, a dial holds its connection slot from the start.
+enum Admission {
+    Inbound(OwnedSemaphorePermit),
+    Outbound { slot: Slot, is_origin: bool },
+}
+
 async fn run<S>(
     node: Arc<Node>,
     stream: S,
     addr: SocketAddr,
-    outbound: bool,
-    is_origin: bool,
-    permit: OwnedSemaphorePermit,
+    remote: Remote,
+    admission: Admission,
 ) -> Result<(), ConnError>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    run_with_ready(node, stream, addr, outbound, is_origin, permit, None).await
+    run_with_ready(node, stream, addr, remote, admission, None).await
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_with_ready<S>(
     node: Arc<Node>,
     stream: S,
     addr: SocketAddr,
-    outbound: bool,
-    is_origin: bool,
-    _permit: OwnedSemaphorePermit,
+    remote: Remote,
+    admission: Admission,
     ready: Option<tokio::sync::oneshot::Sender<Arc<ConnHandle>>>,
 ) -> Result<(), ConnError>
 where
@@ -296,6 +532,8 @@ where
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    let pending =
+        matches!(admission, Admission::Inbound(_)).then(|| PendingGauge::new(&node.metrics.handshakes_pending));
     let peer_id = match handshake(&node, &mut rd, &mut wr, &mut buf).await {
         Ok(p) => p,
         Err(e) => {
@@ -306,9 +544,34 @@ where
             return Err(e);
         }
     };
+    drop(pending);
+    let outbound = matches!(admission, Admission::Outbound { .. });
+    if let Some(identity) = &remote.identity
+        && !peer_id.is_bound_to(identity.as_str())
+    {
+        tracing::warn!(%peer_id, %identity, "refusing a peer id not bound to its certificate");
+        node.metrics.connections_rejected.inc();
+        if let Some(tls) = &node.tls {
+            let side = if outbound { Side::Client } else { Side::Server };
+            tls.count_refusal(Link::Peer, side, shoal_runtime::tls::Refusal::PeerId);
+        }
+        return Err(Refusal::UnboundId.into());
+    }
+    let (is_origin, _slot) = match admission {
+        Admission::Outbound { slot, is_origin } => (is_origin, slot),
+        // The handshake is done: trade the pending-handshake permit for an inbound slot.
+        Admission::Inbound(_handshake) => match node.peers.try_inbound_slot() {
+            Some(slot) => (false, slot),
+            None => {
+                node.metrics.connections_rejected.inc();
+                return Err(Refusal::Full.into());
+            }
+        },
+    };
     let is_origin = is_origin || node.peers.is_origin_addr(&addr);
     let cancel = node.cancel.child_token();
-    let (handle, rx) = ConnHandle::new(peer_id, outbound, is_origin, cancel.clone());
+    let (handle, rx) =
+        ConnHandle::new(peer_id, outbound, is_origin, remote, cancel.clone(), node.metrics.send_queue_bytes.clone());
     if let Err(refusal) = node.peers.register(addr, &handle) {
         node.metrics.connections_rejected.inc();
         return Err(refusal.into());
@@ -319,7 +582,8 @@ where
     }
 
     let io_timeout = node.cfg.io_timeout.get();
-    let writer = write_loop(wr, rx, io_timeout);
+    let writer = write_loop(wr, rx, &handle.queue, io_timeout);
+    tokio::pin!(writer);
     let mut reader = Reader {
         node: node.clone(),
         conn: handle.clone(),
@@ -328,13 +592,25 @@ where
         requests: shoal_core::ratelimit::Bucket::default(),
         started: tokio::time::Instant::now(),
     };
-    let res = tokio::select! {
-        r = reader.read_loop(&mut rd, buf, io_timeout) => r,
-        r = writer => r,
-        _ = cancel.cancelled() => Err(ConnError::Closed),
+    let (res, writer_ended) = tokio::select! {
+        r = reader.read_loop(&mut rd, buf, io_timeout) => (r, false),
+        r = &mut writer => (r, true),
+        _ = cancel.cancelled() => (Err(ConnError::Closed), false),
     };
-    cancel.cancel();
+    let res = if handle.queue.overflowed.load(Ordering::Acquire) {
+        node.metrics.send_queue_overflows.inc();
+        Err(ConnError::QueueFull)
+    } else {
+        res
+    };
     reader.abort_uploads();
+    if let (Err(ConnError::CorruptPiece { blob, piece }), false) = (&res, writer_ended) {
+        // Tell the sender which piece, so it can check its copy, then close.
+        let text = wire::corrupt_piece_text(*blob, *piece);
+        handle.send_last(&Message::Error { code: ERROR_CORRUPT_PIECE, message: &text });
+        let _ = tokio::time::timeout(FAREWELL, &mut writer).await;
+    }
+    cancel.cancel();
     // Unregister, and tell every blob this peer was in.
     node.peers.unregister(&handle);
     node.metrics.connections.dec();
@@ -343,7 +619,7 @@ where
         if let Some(e) = node.blob(&d) {
             e.shared.lock().peers.remove(&peer_id);
             if let Some(a) = e.actor() {
-                let _ = a.send(Event::PeerGone { peer: peer_id });
+                let _ = a.send(Event::PeerGone { peer: peer_id }).await;
             }
         }
     }
@@ -351,7 +627,7 @@ where
         && e.is_peer_fault()
     {
         node.metrics.protocol_errors.inc();
-        node.peers.shun(peer_id, addr);
+        node.peers.shun(&handle.remote, peer_id, outbound.then_some(addr));
     }
     res
 }
@@ -407,6 +683,7 @@ fn kind(m: &Message<'_>) -> &'static str {
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut wr: W,
     mut rx: mpsc::UnboundedReceiver<Out>,
+    queue: &SendQueue,
     io_timeout: Duration,
 ) -> Result<(), ConnError> {
     let keepalive = io_timeout / 3;
@@ -416,12 +693,19 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         let out = match tokio::time::timeout(keepalive, rx.recv()).await {
             Ok(Some(out)) => out,
             Ok(None) => return Err(ConnError::Closed),
-            Err(_) => Out { head: ka.clone().freeze(), data: None, _permit: None, charge: None },
+            Err(_) => {
+                Out { head: ka.clone().freeze(), data: None, counted: 0, _permit: None, charge: None, last: false }
+            }
         };
+        let idle = rx.is_empty();
         let write = async {
             wr.write_all(&out.head).await?;
             if let Some(d) = &out.data {
                 wr.write_all(d).await?;
+            }
+            // TLS holds back what the socket did not take; plain TCP flushes for free.
+            if idle {
+                wr.flush().await?;
             }
             Ok::<_, std::io::Error>(())
         };
@@ -429,6 +713,26 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         if let Some(c) = out.charge {
             c.sent();
         }
+        queue.pop(out.counted);
+        if out.last {
+            return Err(ConnError::Closed);
+        }
+    }
+}
+
+/// Counts an accepted socket in `shoal_swarm_handshakes_pending` until dropped.
+struct PendingGauge(IntGauge);
+
+impl PendingGauge {
+    fn new(g: &IntGauge) -> PendingGauge {
+        g.inc();
+        PendingGauge(g.clone())
+    }
+}
+
+impl Drop for PendingGauge {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -463,6 +767,9 @@ impl Reader {
                 }
                 let frame = buf.split_to(total).freeze();
                 let (msg, _) = wire::decode(&frame)?.ok_or(ConnError::Protocol("incomplete frame".into()))?;
+                // Answers wait for room in the writer's queue: a peer that does not read
+                // them is not read either.
+                self.conn.queue.room().await;
                 self.handle(&frame, msg).await?;
             }
             let n = tokio::time::timeout(io_timeout, rd.read_buf(&mut buf))
@@ -488,6 +795,12 @@ impl Reader {
             Message::Handshake { .. } => return Err(ConnError::Protocol("second handshake".into())),
             Message::Error { code, message } => {
                 tracing::debug!(code, message, "peer sent error");
+                if code == ERROR_CORRUPT_PIECE
+                    && let Some((blob, piece)) = wire::parse_corrupt_piece(message)
+                {
+                    let n = node.clone();
+                    tokio::spawn(async move { n.reverify_piece(blob, piece).await });
+                }
                 return Err(ConnError::Closed);
             }
             Message::Bitfield { blob, num_pieces, bits } => {
@@ -506,7 +819,7 @@ impl Reader {
                 let ours = entry.bitfield();
                 self.conn.open_blob(blob, num_pieces, &ours);
                 if let Some(a) = entry.actor() {
-                    let _ = a.send(Event::PeerBitfield { conn: self.conn.clone(), bits: bits.to_vec() });
+                    let _ = a.send(Event::PeerBitfield { conn: self.conn.clone(), bits: bits.to_vec() }).await;
                 }
             }
             Message::Have { blob, piece } => {
@@ -516,19 +829,25 @@ impl Reader {
                     }
                     self.conn.remote_have(&blob, e.meta.num_pieces(), piece);
                     if let Some(a) = e.actor() {
-                        let _ = a.send(Event::Have { peer, piece });
+                        let _ = a.send(Event::Have { peer, piece }).await;
                     }
                 }
             }
             Message::Request { blob, piece } => {
                 let n = node.cfg.peer_request_rate;
                 let rate = shoal_core::ratelimit::Rate { per_second: n, burst: n };
-                if self.requests.admit(self.started.elapsed(), rate) {
-                    self.serve(blob, piece);
-                } else {
+                if !self.requests.admit(self.started.elapsed(), rate) {
                     node.metrics.requests_limited.inc();
                     self.conn.send(&Message::Reject { blob, piece, reason: RejectReason::Busy });
+                    return Ok(());
                 }
+                // A stored blob closed for being idle is opened again; one the store lacks is
+                // not looked for on disk.
+                let entry = match node.blob(&blob) {
+                    Some(e) => Some(e),
+                    None => node.entry_or_load(blob).await,
+                };
+                self.serve(entry, blob, piece);
             }
             Message::Cancel { blob, piece } => {
                 if let Some(h) = self.serving.lock().remove(&(blob, piece)) {
@@ -536,13 +855,22 @@ impl Reader {
                 }
             }
             Message::Reject { blob, piece, reason } => {
+                if reason == RejectReason::UnknownBlob {
+                    // The remote did not open the blob: it is not open on this connection, and
+                    // the next exchange (the remote's bitfield, or ours) must happen in full.
+                    self.conn.open.lock().remove(&blob);
+                    self.conn.remote_bits.lock().remove(&blob);
+                    if let Some(e) = node.blob(&blob) {
+                        e.shared.lock().peers.remove(&peer);
+                    }
+                }
                 if let Some(a) = node.blob(&blob).and_then(|e| e.actor()) {
                     let ev = match reason {
                         RejectReason::UnknownBlob => Event::PeerGone { peer },
                         RejectReason::Busy => Event::Rejected { peer, piece, busy: true },
                         RejectReason::NotHave => Event::Rejected { peer, piece, busy: false },
                     };
-                    let _ = a.send(ev);
+                    let _ = a.send(ev).await;
                 }
             }
             Message::Piece { blob, piece, data } => {
@@ -553,9 +881,9 @@ impl Reader {
         Ok(())
     }
 
-    fn serve(&self, blob: Digest, piece: u32) {
+    fn serve(&self, entry: Option<Arc<crate::node::BlobEntry>>, blob: Digest, piece: u32) {
         let reject = |reason| self.conn.send(&Message::Reject { blob, piece, reason });
-        let Some(entry) = self.node.blob(&blob) else {
+        let Some(entry) = entry else {
             return reject(RejectReason::UnknownBlob);
         };
         let Some(idx) = entry.meta.piece(piece) else { return reject(RejectReason::NotHave) };
@@ -603,8 +931,16 @@ impl Reader {
             wire::encode_piece_header(blob, piece, data.len(), &mut head);
             node.metrics.bytes_out.inc_by(data.len() as u64);
             entry.uploaded.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            node.store.touch(&blob);
             serving.lock().remove(&(blob, piece));
-            let out = Out { head: head.freeze(), data: Some(data), _permit: Some((permit, memory)), charge };
+            let out = Out {
+                head: head.freeze(),
+                data: Some(data),
+                counted: 0,
+                _permit: Some((permit, memory)),
+                charge,
+                last: false,
+            };
             let _ = conn.tx.send(out);
         });
         map.insert((blob, piece), task.abort_handle());
@@ -640,21 +976,17 @@ impl Reader {
             Ok(true) => {
                 // The actor counts the bytes: two endgame copies can both get here, and only
                 // the first it sees is new.
-                let _ = actor.send(Event::PieceOk {
-                    peer: self.conn.peer_id,
-                    piece,
-                    len,
-                    from_origin: self.conn.is_origin,
-                });
+                let ok = Event::PieceOk { peer: self.conn.peer_id, piece, len, from_origin: self.conn.is_origin };
+                let _ = actor.send(ok).await;
                 Ok(())
             }
             Ok(false) => {
                 node.metrics.pieces_corrupt.inc();
-                let _ = actor.send(Event::PieceBad { peer: self.conn.peer_id, piece });
+                let _ = actor.send(Event::PieceBad { peer: self.conn.peer_id, piece }).await;
                 Err(ConnError::CorruptPiece { blob, piece })
             }
             Err(e) => {
-                let _ = actor.send(Event::StoreFailed { error: Arc::new(e) });
+                let _ = actor.send(Event::StoreFailed { error: Arc::new(e) }).await;
                 Ok(())
             }
         }
@@ -664,6 +996,8 @@ impl Reader {
 /// The driver against a scripted peer on an in-memory duplex: no TCP, no tracker.
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::FileExt;
+
     use shoal_core::MetaInfo;
     use shoal_core::metainfo::{MIN_PIECE_LEN, MetaInfoBuilder};
     use shoal_core::wire::pack_bits;
@@ -675,6 +1009,11 @@ mod tests {
     use crate::SwarmConfig;
 
     const WAIT: Duration = Duration::from_secs(5);
+
+    /// The remote of a plaintext connection from 127.0.0.`ip`.
+    fn at(ip: u8) -> Remote {
+        Remote::plain(SocketAddr::from(([127, 0, 0, ip], 4000)))
+    }
 
     /// A node with its store in a temporary directory.
     fn node() -> (Arc<Node>, TempDir) {
@@ -706,31 +1045,31 @@ mod tests {
         for i in meta.all_pieces() {
             partial.write_piece(i, piece(&meta, data, i.get())).unwrap();
         }
-        partial.commit(node.store.root()).unwrap();
+        partial.commit().unwrap();
         node.register_complete(node.store.open_complete(meta.digest()).await.unwrap().unwrap());
         meta
     }
 
     /// Makes `node` download `meta`, with the test as its actor.
-    async fn downloading(node: &Arc<Node>, meta: MetaInfo) -> mpsc::UnboundedReceiver<Event> {
+    async fn downloading(node: &Arc<Node>, meta: MetaInfo) -> mpsc::Receiver<Event> {
         let partial = node.store.open_partial(meta).await.unwrap();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = crate::download::events();
         node.insert_blob(Arc::new(BlobEntry::downloading(partial, tx)));
         rx
     }
 
-    async fn event(rx: &mut mpsc::UnboundedReceiver<Event>) -> Event {
+    async fn event(rx: &mut mpsc::Receiver<Event>) -> Event {
         tokio::time::timeout(WAIT, rx.recv()).await.expect("an event").expect("the node holds the sender")
     }
 
     /// The far end of a connection, scripted by a test.
-    struct Remote {
-        io: DuplexStream,
+    struct FarEnd<S = DuplexStream> {
+        io: S,
         buf: BytesMut,
         peer_id: PeerId,
     }
 
-    impl Remote {
+    impl<S: AsyncRead + AsyncWrite + Unpin> FarEnd<S> {
         async fn send(&mut self, msg: &Message<'_>) {
             let mut out = BytesMut::new();
             wire::encode(msg, &mut out);
@@ -766,17 +1105,36 @@ mod tests {
         }
     }
 
-    /// Runs the driver for an inbound connection from peer `n` at 127.0.0.`n`.
-    fn start(node: &Arc<Node>, n: u8) -> (Remote, JoinHandle<Result<(), ConnError>>) {
-        let (ours, theirs) = tokio::io::duplex(1 << 20);
-        let permit = node.peers.try_slot().unwrap();
-        let addr = SocketAddr::from(([127, 0, 0, n], 4000));
-        let task = tokio::spawn(run(node.clone(), ours, addr, false, false, permit));
-        (Remote { io: theirs, buf: BytesMut::new(), peer_id: PeerId([n; 16]) }, task)
+    /// Runs the driver for an inbound connection from peer `n` at 127.0.0.`n`, over a duplex
+    /// of `buffer` bytes each way.
+    async fn start_with(node: &Arc<Node>, n: u8, buffer: usize) -> (FarEnd, JoinHandle<Result<(), ConnError>>) {
+        start_as(node, PeerId([n; 16]), n, buffer).await
     }
 
-    async fn connected(node: &Arc<Node>, n: u8) -> (Remote, JoinHandle<Result<(), ConnError>>) {
-        let (mut remote, task) = start(node, n);
+    /// Runs the driver for an inbound connection from 127.0.0.`ip` that will claim `peer_id`.
+    async fn start_as(
+        node: &Arc<Node>,
+        peer_id: PeerId,
+        ip: u8,
+        buffer: usize,
+    ) -> (FarEnd, JoinHandle<Result<(), ConnError>>) {
+        let (ours, theirs) = tokio::io::duplex(buffer);
+        let permit = node.peers.handshake_permit().await.unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, ip], 4000));
+        let task = tokio::spawn(run(node.clone(), ours, addr, Remote::plain(addr), Admission::Inbound(permit)));
+        (FarEnd { io: theirs, buf: BytesMut::new(), peer_id }, task)
+    }
+
+    async fn start(node: &Arc<Node>, n: u8) -> (FarEnd, JoinHandle<Result<(), ConnError>>) {
+        start_with(node, n, 1 << 20).await
+    }
+
+    async fn connected(node: &Arc<Node>, n: u8) -> (FarEnd, JoinHandle<Result<(), ConnError>>) {
+        connected_with(node, n, 1 << 20).await
+    }
+
+    async fn connected_with(node: &Arc<Node>, n: u8, buffer: usize) -> (FarEnd, JoinHandle<Result<(), ConnError>>) {
+        let (mut remote, task) = start_with(node, n, buffer).await;
         remote.handshake(node).await;
         // The node registers the connection right after its handshake went out.
         tokio::time::timeout(WAIT, async {
@@ -802,7 +1160,7 @@ mod tests {
         drop(remote);
         assert!(matches!(ended(task).await, Err(ConnError::Closed)));
         assert!(node.peers.get(&PeerId([2; 16])).is_none(), "unregistered when it ends");
-        assert!(!node.peers.is_shunned(&PeerId([2; 16])), "a closed socket is not the peer's fault");
+        assert!(!node.peers.is_shunned(&conn.remote), "a closed socket is not the peer's fault");
     }
 
     #[tokio::test]
@@ -812,15 +1170,15 @@ mod tests {
         wire::encode(&Message::Handshake { version: PROTOCOL_VERSION, peer_id: PeerId([2; 16]) }, &mut hs);
         // The magic follows the length prefix and the type byte.
         hs[wire::LEN_PREFIX + 1] ^= 0xff;
-        let (mut remote, task) = start(&node, 2);
+        let (mut remote, task) = start(&node, 2).await;
         remote.send_raw(&hs).await;
         assert!(matches!(ended(task).await, Err(ConnError::Decode(_))));
 
-        let (mut remote, task) = start(&node, 3);
+        let (mut remote, task) = start(&node, 3).await;
         remote.send(&Message::Handshake { version: PROTOCOL_VERSION + 1, peer_id: remote.peer_id }).await;
         assert!(matches!(ended(task).await, Err(ConnError::Protocol(_))));
 
-        let (mut remote, task) = start(&node, 4);
+        let (mut remote, task) = start(&node, 4).await;
         remote.send(&Message::KeepAlive).await;
         assert!(matches!(ended(task).await, Err(ConnError::Protocol(_))), "the first frame must be a handshake");
 
@@ -837,7 +1195,7 @@ mod tests {
         // A whole frame of an unknown type.
         bad.send_raw(&[0, 0, 0, 2, 0xee, 0]).await;
         assert!(matches!(ended(bad_task).await, Err(ConnError::Decode(_))));
-        assert!(node.peers.is_shunned(&bad.peer_id), "a peer that breaks the protocol is shunned");
+        assert!(node.peers.is_shunned(&at(2)), "a peer that breaks the protocol is shunned");
         assert!(node.peers.get(&bad.peer_id).is_none());
         // The other connection still answers.
         let blob = shoal_core::Digest::of(b"nothing here");
@@ -846,6 +1204,27 @@ mod tests {
         let (msg, _) = wire::decode(&f).unwrap().unwrap();
         assert_eq!(msg, Message::Reject { blob, piece: 0, reason: RejectReason::UnknownBlob });
         assert!(!good_task.is_finished() && node.peers.get(&good.peer_id).is_some());
+    }
+
+    /// The hole of a self-declared peer id: a connection that claimed another node's id (an
+    /// origin's, say) and then sent a bad frame got that node blacklisted. Only the claimant
+    /// is shunned now, by what it proved (here, without TLS, its address), under any id.
+    #[tokio::test]
+    async fn a_connection_claiming_a_peers_id_gets_only_itself_shunned() {
+        let (node, _dir) = node();
+        let (mut liar, task) = start_as(&node, PeerId([2; 16]), 66, 1 << 20).await;
+        liar.handshake(&node).await;
+        liar.send_raw(&[0, 0, 0, 2, 0xee, 0]).await;
+        assert!(matches!(ended(task).await, Err(ConnError::Decode(_))));
+        assert!(node.peers.is_shunned(&at(66)));
+        // The node whose id was claimed connects as usual.
+        let (real, _task) = connected(&node, 2).await;
+        assert!(node.peers.get(&real.peer_id).is_some());
+        assert!(!node.peers.is_shunned(&at(2)));
+        // The claimant is refused whatever id it claims next.
+        let (mut again, task) = start_as(&node, PeerId([9; 16]), 66, 1 << 20).await;
+        again.handshake(&node).await;
+        assert!(matches!(ended(task).await, Err(ConnError::Refused(Refusal::Shunned))));
     }
 
     #[tokio::test]
@@ -928,8 +1307,22 @@ mod tests {
         let ev = event(&mut rx).await;
         assert!(matches!(ev, Event::PieceBad { peer, piece: 0 } if peer == remote.peer_id));
         assert!(matches!(ended(task).await, Err(ConnError::CorruptPiece { piece: 0, .. })));
+        // Its last frame (after its bitfield and a `Have`) named the piece, so the sender can
+        // check its own copy.
+        let text = wire::corrupt_piece_text(blob, 0);
+        let last = loop {
+            let f = remote.frame().await;
+            let (msg, _) = wire::decode(&f).unwrap().unwrap();
+            if !matches!(msg, Message::Bitfield { .. } | Message::Have { .. }) {
+                break f;
+            }
+        };
+        assert_eq!(
+            wire::decode(&last).unwrap().unwrap().0,
+            Message::Error { code: ERROR_CORRUPT_PIECE, message: &text }
+        );
         assert!(matches!(event(&mut rx).await, Event::PeerGone { .. }));
-        assert!(node.peers.is_shunned(&remote.peer_id));
+        assert!(node.peers.is_shunned(&at(2)));
         assert_eq!(node.metrics.pieces_corrupt.get(), 1);
         // Piece 1 is on disk; piece 0 is not.
         let partial = node.store.open_partial(meta).await.unwrap();
@@ -1005,5 +1398,250 @@ mod tests {
         }
         assert_eq!(node.metrics.requests_limited.get(), 2);
         assert!(!task.is_finished(), "a fast peer is slowed, not dropped");
+    }
+
+    /// A peer that sends requests and never reads the answers: the node stops reading it
+    /// once a bounded amount of answers is queued, instead of queueing one per request.
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_does_not_read_is_not_read_either() {
+        let (node, _dir) = node();
+        let (mut remote, task) = connected_with(&node, 2, 4096).await;
+        let conn = node.peers.get(&remote.peer_id).unwrap();
+        let blob = Digest::of(b"no such blob");
+        const REQUESTS: usize = 20_000;
+        let flood = tokio::spawn(async move {
+            let mut out = BytesMut::new();
+            for _ in 0..REQUESTS {
+                wire::encode(&Message::Request { blob, piece: 0 }, &mut out);
+            }
+            remote.send_raw(&out).await;
+            remote
+        });
+        // Virtual time passes only once every task waits: the node has read all it will.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let reject = 42;
+        assert!(REQUESTS * reject > 2 * QUEUE_PAUSE, "the flood is larger than the bound");
+        assert!(conn.queued() <= QUEUE_PAUSE + reject, "{} bytes queued", conn.queued());
+        assert!(conn.queued() > QUEUE_PAUSE / 2, "the answers that fit are queued: {}", conn.queued());
+        assert_eq!(node.metrics.send_queue_bytes.get(), conn.queued() as i64);
+        assert!(!flood.is_finished(), "the rest of the flood waits in the peer's own socket");
+        assert!(!task.is_finished() && !node.peers.is_shunned(&conn.remote));
+    }
+
+    /// Frames the node has for a peer that stopped reading (here `Have`s) fill its queue up
+    /// to `QUEUE_MAX`; the next one closes the connection, which is not blacklisted.
+    #[tokio::test]
+    async fn a_queue_past_its_bound_closes_the_connection() {
+        let (node, _dir) = node();
+        let (remote, task) = connected_with(&node, 2, 4096).await;
+        let conn = node.peers.get(&remote.peer_id).unwrap();
+        let blob = Digest::of(b"a blob");
+        let have = 41;
+        for _ in 0..QUEUE_MAX / have + 1 {
+            conn.send(&Message::Have { blob, piece: 0 });
+        }
+        assert!(conn.queued() <= QUEUE_MAX);
+        assert!(matches!(ended(task).await, Err(ConnError::QueueFull)));
+        assert_eq!(node.metrics.send_queue_overflows.get(), 1);
+        assert!(!node.peers.is_shunned(&conn.remote), "a slow reader is not blacklisted");
+        assert!(node.peers.get(&remote.peer_id).is_none());
+        drop(conn);
+        assert_eq!(node.metrics.send_queue_bytes.get(), 0, "the node's total forgets a closed connection's queue");
+    }
+
+    /// A peer flooding `Have`s for a blob being downloaded fills the actor's event queue and
+    /// is then read only as fast as the actor takes events; nothing is lost.
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_events_waits_for_the_actor() {
+        let (node, _dir) = node();
+        let bytes = data(2 * MIN_PIECE_LEN as usize);
+        let meta = meta(&bytes, MIN_PIECE_LEN);
+        let blob = meta.digest();
+        let mut rx = downloading(&node, meta).await;
+        let (mut remote, _task) = connected_with(&node, 2, 4096).await;
+        const HAVES: usize = 5 * crate::download::EVENT_QUEUE;
+        let flood = tokio::spawn(async move {
+            let mut out = BytesMut::new();
+            for _ in 0..HAVES {
+                wire::encode(&Message::Have { blob, piece: 1 }, &mut out);
+            }
+            remote.send_raw(&out).await;
+            remote
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(rx.len(), crate::download::EVENT_QUEUE, "the queue is full and no longer");
+        assert!(!flood.is_finished(), "the rest waits in the peer's socket");
+        for _ in 0..HAVES {
+            assert!(matches!(event(&mut rx).await, Event::Have { piece: 1, .. }));
+        }
+        assert!(flood.await.is_ok());
+    }
+
+    /// Accepted sockets that never handshake hold pending-handshake permits, not connection
+    /// slots: with more of them than `max_connections`, the node still dials.
+    #[tokio::test]
+    async fn idle_inbound_sockets_do_not_block_dials() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SwarmConfig {
+            store_dir: dir.path().to_path_buf(),
+            max_connections: 4,
+            handshake_timeout: shoal_runtime::Duration::from_secs(60),
+            ..SwarmConfig::default()
+        };
+        let node = Node::for_tests(cfg, false);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(accept_loop(node.clone(), listener));
+        let mut idle = Vec::new();
+        for _ in 0..10 {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let pending = |n: i64| {
+            let node = node.clone();
+            tokio::time::timeout(WAIT, async move {
+                while node.metrics.handshakes_pending.get() < n {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        };
+        pending(4).await.expect("as many idle sockets as there are slots are accepted");
+
+        // A peer (say an origin) the node dials.
+        let far = TcpListener::bind("127.0.0.2:0").await.unwrap();
+        let far_addr = far.local_addr().unwrap();
+        let n = node.clone();
+        let peer = tokio::spawn(async move {
+            let (io, _) = far.accept().await.unwrap();
+            let mut remote = FarEnd { io, buf: BytesMut::new(), peer_id: PeerId([9; 16]) };
+            remote.handshake(&n).await;
+            remote
+        });
+        let conn = tokio::time::timeout(WAIT, connect(&node, far_addr, true)).await.expect("the dial ends");
+        assert!(conn.is_some_and(|c| c.peer_id == PeerId([9; 16]) && c.is_origin), "the dial found a slot");
+        let _remote = peer.await.unwrap();
+        pending(10).await.expect("every idle socket is accepted and waits for its handshake");
+        assert_eq!(node.peers.len(), 1, "idle sockets are not connections");
+    }
+
+    /// With no tracker answering, a download asks the peers already connected, but only those
+    /// inside `peer_networks`, like a dial: one that connected from elsewhere is left alone.
+    #[tokio::test]
+    async fn the_fallback_to_connected_peers_keeps_to_the_peer_networks() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SwarmConfig {
+            store_dir: dir.path().to_path_buf(),
+            peer_networks: shoal_core::net::Networks(vec!["127.0.0.2/32".parse().unwrap()]),
+            ..SwarmConfig::default()
+        };
+        let node = Node::for_tests(cfg, false);
+        let (inside, _t2) = connected(&node, 2).await;
+        let (outside, _t3) = connected(&node, 3).await;
+        let meta = meta(&data(2 * MIN_PIECE_LEN as usize), MIN_PIECE_LEN);
+        let blob = meta.digest();
+        let _rx = downloading(&node, meta).await;
+        let entry = node.blob(&blob).unwrap();
+        crate::download::open_on_known(&node, &entry).await;
+        let opened = |p: &PeerId| node.peers.get(p).unwrap().open.lock().contains(&blob);
+        assert!(opened(&inside.peer_id), "the peer inside the networks is asked");
+        assert!(!opened(&outside.peer_id), "the peer outside them is not");
+        assert!(!entry.shared.lock().peers.contains(&outside.peer_id));
+    }
+
+    /// The node opened a blob on a connection and the remote answered `UnknownBlob`; later the
+    /// remote opens the blob itself (it is downloading it now): the node answers with its
+    /// bitfield, as to any first exchange.
+    #[tokio::test]
+    async fn a_blob_the_remote_did_not_know_is_opened_again() {
+        let (node, _dir) = node();
+        let bytes = data(2 * MIN_PIECE_LEN as usize);
+        let full = complete(&node, &bytes).await;
+        let blob = full.digest();
+        let (mut remote, _task) = connected(&node, 2).await;
+        let conn = node.peers.get(&remote.peer_id).unwrap();
+        assert!(conn.open_blob(blob, 2, &pack_bits(2, |_| true)));
+        let f = remote.frame().await;
+        assert!(matches!(wire::decode(&f).unwrap().unwrap().0, Message::Bitfield { .. }));
+        remote.send(&Message::Reject { blob, piece: 0, reason: RejectReason::UnknownBlob }).await;
+        let none = pack_bits(2, |_| false);
+        remote.send(&Message::Bitfield { blob, num_pieces: 2, bits: &none }).await;
+        let f = remote.frame().await;
+        let (msg, _) = wire::decode(&f).unwrap().unwrap();
+        assert_eq!(msg, Message::Bitfield { blob, num_pieces: 2, bits: &pack_bits(2, |_| true) });
+    }
+
+    async fn expect(remote: &mut FarEnd, want: Message<'_>) {
+        let f = remote.frame().await;
+        assert_eq!(wire::decode(&f).unwrap().unwrap().0, want);
+    }
+
+    /// A blob evicted while a peer has it open: the peer's next request is answered `Reject`
+    /// `UnknownBlob` (it fetches the piece elsewhere), never a short or empty piece, and the
+    /// connection stays up.
+    #[tokio::test]
+    async fn a_request_for_an_evicted_blob_is_rejected() {
+        let (node, _dir) = node();
+        let bytes = data(2 * MIN_PIECE_LEN as usize);
+        let meta = complete(&node, &bytes).await;
+        let blob = meta.digest();
+        let (mut remote, task) = connected(&node, 2).await;
+        remote.send(&Message::Bitfield { blob, num_pieces: 2, bits: &pack_bits(2, |_| false) }).await;
+        expect(&mut remote, Message::Bitfield { blob, num_pieces: 2, bits: &pack_bits(2, |_| true) }).await;
+        remote.send(&Message::Request { blob, piece: 0 }).await;
+        expect(&mut remote, Message::Piece { blob, piece: 0, data: piece(&meta, &bytes, 0) }).await;
+
+        assert!(node.evict(blob, shoal_core::cache::Reason::Size, false).await);
+        assert!(!node.store.contains(&blob));
+        remote.send(&Message::Request { blob, piece: 1 }).await;
+        expect(&mut remote, Message::Reject { blob, piece: 1, reason: RejectReason::UnknownBlob }).await;
+        assert!(!task.is_finished());
+    }
+
+    /// A stored blob closed for being idle is opened again by a peer's request.
+    #[tokio::test]
+    async fn a_request_opens_a_closed_blob() {
+        let (node, _dir) = node();
+        let bytes = data(MIN_PIECE_LEN as usize + 5);
+        let meta = complete(&node, &bytes).await;
+        assert_eq!(node.close_idle(Duration::ZERO), 1);
+        let (mut remote, _task) = connected(&node, 2).await;
+        remote.send(&Message::Request { blob: meta.digest(), piece: 1 }).await;
+        expect(&mut remote, Message::Piece { blob: meta.digest(), piece: 1, data: piece(&meta, &bytes, 1) }).await;
+    }
+
+    /// A peer reports a piece it got from us as corrupt: the piece is hashed again from disk.
+    /// A good one keeps the blob; one damaged on disk (a torn write after a power loss,
+    /// simulated by flipping a byte) removes it, so it is not served again.
+    #[tokio::test]
+    async fn a_reported_corrupt_piece_is_checked_and_a_damaged_blob_dropped() {
+        let (node, _dir) = node();
+        let bytes = data(3 * MIN_PIECE_LEN as usize);
+        let meta = complete(&node, &bytes).await;
+        let blob = meta.digest();
+        let report = |n: u8, piece: u32| {
+            let node = node.clone();
+            async move {
+                let (mut remote, task) = connected(&node, n).await;
+                let text = wire::corrupt_piece_text(blob, piece);
+                remote.send(&Message::Error { code: ERROR_CORRUPT_PIECE, message: &text }).await;
+                assert!(matches!(ended(task).await, Err(ConnError::Closed)));
+            }
+        };
+        node.reverify_piece(blob, 1).await;
+        assert!(node.store.contains(&blob), "a good piece keeps the blob");
+
+        let f = std::fs::OpenOptions::new().write(true).open(node.store.complete_path(&blob)).unwrap();
+        let off = 2 * u64::from(MIN_PIECE_LEN) + 9;
+        f.write_all_at(&[bytes[usize::try_from(off).unwrap()] ^ 0xff], off).unwrap();
+        report(2, 2).await;
+        tokio::time::timeout(WAIT, async {
+            while node.store.contains(&blob) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the damaged blob is removed");
+        assert!(node.blob(&blob).is_none());
+        assert_eq!(node.store.evictions().get(shoal_core::cache::Reason::Corrupt), 1);
+        assert!(!node.peers.is_shunned(&at(2)), "reporting is not misbehaving");
     }
 }

@@ -13,12 +13,20 @@
 //! State machine (see `STATE.md` beside this file): Running → Committing → Complete, or
 //! Failed on timeout, store error or shutdown. Pieces and partial files survive a failure,
 //! so the next attempt resumes.
+//!
+//! The actor's event channel holds at most [`EVENT_QUEUE`] events; a connection waits for
+//! room (so a peer flooding `Have`s is read no faster than the actor keeps up). The actor
+//! closes it before it commits, so nothing waits on a commit.
+//!
+//! Peers: every announce also dials the blob's owners on the agent's origin ring, and when no
+//! tracker answers, the blob is opened on peers already connected too: a download goes on with
+//! every tracker down.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal_core::api::AnnounceRequest;
+use shoal_core::api::{AnnounceRequest, PeerInfo};
 use shoal_core::download::{
     ANNOUNCE_RETRY, Action, DownloadOptions, DownloadState, TICK, Verified, peers_to_dial, request_timeout,
 };
@@ -34,6 +42,18 @@ use crate::conn::{self, ConnHandle};
 use crate::error::SwarmError;
 use crate::node::{BlobEntry, Node};
 use crate::store::{PartialBlob, StoreError};
+
+/// Events queued for one download actor at most. Hard-coded: the actor handles an event in
+/// microseconds, and a full queue only makes the senders wait.
+pub(crate) const EVENT_QUEUE: usize = 1024;
+
+/// The sending side of a download actor's events.
+pub(crate) type EventTx = mpsc::Sender<Event>;
+
+/// A download actor's event channel, of [`EVENT_QUEUE`] events.
+pub(crate) fn events() -> (EventTx, mpsc::Receiver<Event>) {
+    mpsc::channel(EVENT_QUEUE)
+}
 
 /// What connections and helper tasks tell a download actor.
 pub(crate) enum Event {
@@ -122,7 +142,7 @@ pub(crate) async fn run(
     node: Arc<Node>,
     entry: Arc<BlobEntry>,
     partial: Arc<PartialBlob>,
-    mut rx: mpsc::UnboundedReceiver<Event>,
+    mut rx: mpsc::Receiver<Event>,
 ) -> Result<(), SwarmError> {
     let meta = entry.meta.clone();
     let digest = meta.digest();
@@ -161,10 +181,12 @@ pub(crate) async fn run(
         }
     }
 
-    // Every piece is present and the leftovers are cancelled: check the whole blob, commit.
-    let root = node.store.root().to_path_buf();
+    // Every piece is present and the leftovers are cancelled. Nothing more is heard (senders
+    // get an error at once rather than wait on the commit): check the whole blob, commit.
+    entry.shared.lock().actor = None;
+    drop(rx);
     let p = partial.clone();
-    node.store.blocking().run(move || p.commit(&root)).await?;
+    node.store.blocking().run(move || p.commit()).await?;
     {
         let mut s = entry.shared.lock();
         s.complete = true;
@@ -186,7 +208,7 @@ impl Actor {
         match ev {
             Event::PeerBitfield { conn, bits } => {
                 let peer = conn.peer_id;
-                if self.node.peers.is_shunned(&peer) {
+                if self.node.peers.is_shunned(&conn.remote) {
                     return;
                 }
                 let is_origin = conn.is_origin;
@@ -240,7 +262,7 @@ impl Actor {
                     tokio::spawn(shoal_runtime::request_id::inherit(async move {
                         let interval = announce_and_connect(&n, &e).await;
                         if let Some(a) = e.actor() {
-                            let _ = a.send(Event::Announced { interval });
+                            let _ = a.send(Event::Announced { interval }).await;
                         }
                     }));
                 }
@@ -270,8 +292,10 @@ impl Actor {
     }
 }
 
-/// Announces a downloading blob and dials the peers handed out, opening the blob on each
-/// connection. Returns when to announce again.
+/// Announces a downloading blob and dials the peers handed out, and the blob's owners on the
+/// ring meanwhile; opens the blob on each connection. When no tracker answers, the blob is
+/// also opened on peers already connected (up to `max_peers_per_blob`). Returns when to
+/// announce again.
 async fn announce_and_connect(node: &Arc<Node>, entry: &Arc<BlobEntry>) -> Duration {
     let digest = entry.meta.digest();
     let req = AnnounceRequest {
@@ -280,11 +304,18 @@ async fn announce_and_connect(node: &Arc<Node>, entry: &Arc<BlobEntry>) -> Durat
         addr: node.advertise,
         complete: false,
         origin: node.is_origin,
+        stopped: false,
     };
-    let mut resp = match node.tracker.announce(&req).await {
+    // The owners are dialed whatever the tracker says (it hands them out too), so a tracker
+    // that is down or slow holds nothing up. Like every dial, only inside `peer_networks`.
+    let owners: Vec<PeerInfo> = node.ring.iter().flat_map(|r| r.owners(&digest)).map(owner).collect();
+    let (announced, ()) = tokio::join!(node.tracker.announce(&req), dial_all(node, entry, owners.clone()));
+    let mut resp = match announced {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!(%digest, "announce failed: {e:#}");
+            node.metrics.announce_failures.inc();
+            tracing::warn!(%digest, "announce failed: {e:#}; using the ring's owners and the peers already connected");
+            open_on_known(node, entry).await;
             return ANNOUNCE_RETRY;
         }
     };
@@ -302,30 +333,54 @@ async fn announce_and_connect(node: &Arc<Node>, entry: &Arc<BlobEntry>) -> Durat
     }
     let open = entry.shared.lock().peers.len();
     let handout = peers_to_dial(
-        resp.peers,
+        resp.peers.into_iter().filter(|p| !owners.iter().any(|o| o.addr == p.addr)),
         open,
         node.cfg.max_peers_per_blob,
         |p| p.origin,
         |p| p.addr == node.advertise || Some(node.peer_id) == p.peer_id,
     );
-    let dials = handout.into_iter().map(|p| {
-        let (n, e) = (node.clone(), entry.clone());
-        async move {
-            if let Some(c) = conn::connect(&n, p.addr, p.origin).await {
-                e.shared.lock().peers.insert(c.peer_id);
-                let bits = e.bitfield();
-                if !c.open_blob(digest, e.meta.num_pieces(), &bits) {
-                    // Opened before this download started (an earlier attempt): replay what
-                    // the remote told us then.
-                    if let (Some(remote), Some(a)) = (c.remote_bits(&digest, e.meta.num_pieces()), e.actor()) {
-                        let _ = a.send(Event::PeerBitfield { conn: c.clone(), bits: remote });
-                    }
-                }
-            }
+    dial_all(node, entry, handout).await;
+    Duration::from_millis(resp.interval_ms.clamp(100, 60_000))
+}
+
+/// A ring owner as a tracker would hand it out.
+fn owner(o: &shoal_core::ring::OriginNode) -> PeerInfo {
+    PeerInfo { peer_id: None, addr: o.peer, complete: true, origin: true }
+}
+
+/// Dials `peers` (each once at a time, see `Peers::connect`) and opens the blob on each.
+async fn dial_all(node: &Arc<Node>, entry: &Arc<BlobEntry>, peers: Vec<PeerInfo>) {
+    let dials = peers.into_iter().map(|p| async move {
+        if let Some(c) = conn::connect(node, p.addr, p.origin).await {
+            open_blob(entry, &c).await;
         }
     });
     futures::future::join_all(dials).await;
-    Duration::from_millis(resp.interval_ms.clamp(100, 60_000))
+}
+
+/// Opens the blob on peers already connected (other than origins, which the ring gives),
+/// while fewer than `max_peers_per_blob` have it open: a peer that holds the blob answers
+/// with its bitfield, one that does not with `UnknownBlob`. Like a dial, only peers inside
+/// `peer_networks`: one that connected from elsewhere is not asked.
+pub(crate) async fn open_on_known(node: &Arc<Node>, entry: &Arc<BlobEntry>) {
+    let open = entry.shared.lock().peers.clone();
+    let room = node.cfg.max_peers_per_blob.saturating_sub(open.len());
+    for c in node.peers.sample(room, &open, |c| node.cfg.peer_networks.contains(c.remote.ip)) {
+        open_blob(entry, &c).await;
+    }
+}
+
+/// Opens the blob on connection `c` with our bitfield, or, if it was opened before this
+/// download started (an earlier attempt), replays what the remote told us then.
+async fn open_blob(entry: &Arc<BlobEntry>, c: &Arc<ConnHandle>) {
+    let digest = entry.meta.digest();
+    entry.shared.lock().peers.insert(c.peer_id);
+    let bits = entry.bitfield();
+    if !c.open_blob(digest, entry.meta.num_pieces(), &bits)
+        && let (Some(remote), Some(a)) = (c.remote_bits(&digest, entry.meta.num_pieces()), entry.actor())
+    {
+        let _ = a.send(Event::PeerBitfield { conn: c.clone(), bits: remote }).await;
+    }
 }
 
 /// Announces one blob once (seeding or complete); failures are logged.
@@ -333,14 +388,41 @@ pub(crate) async fn announce_once(node: &Arc<Node>, blob: Digest, complete: bool
     if node.tracker.is_empty() {
         return;
     }
-    let req = AnnounceRequest { blob, peer_id: node.peer_id, addr: node.advertise, complete, origin: node.is_origin };
+    let req = AnnounceRequest {
+        blob,
+        peer_id: node.peer_id,
+        addr: node.advertise,
+        complete,
+        origin: node.is_origin,
+        stopped: false,
+    };
     if let Err(e) = node.tracker.announce(&req).await {
         tracing::warn!(%blob, "announce failed: {e:#}");
     }
 }
 
-/// Re-announces every complete blob periodically, so the tracker keeps handing this node out
-/// while it seeds.
+/// Tells the blob's tracker this node no longer holds it (it was evicted), so it stops
+/// handing the node out; failures are logged (the entry then expires with its TTL).
+pub(crate) async fn announce_stopped(node: &Arc<Node>, blob: Digest) {
+    if node.tracker.is_empty() {
+        return;
+    }
+    let req = AnnounceRequest {
+        blob,
+        peer_id: node.peer_id,
+        addr: node.advertise,
+        complete: false,
+        origin: node.is_origin,
+        stopped: true,
+    };
+    if let Err(e) = node.tracker.announce(&req).await {
+        tracing::debug!(%blob, "stopped announce failed: {e:#}");
+    }
+}
+
+/// Re-announces every complete blob the node has open periodically, so the tracker keeps
+/// handing this node out while it seeds. A blob closed for being idle is no longer announced
+/// (its tracker entry expires), though it is still served when asked for.
 pub(crate) async fn seed_announcer(node: Arc<Node>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;

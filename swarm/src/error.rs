@@ -20,6 +20,9 @@ pub enum SwarmError {
     ShuttingDown,
     #[error("blob {0} is not in the store")]
     NotStored(Digest),
+    /// `max_downloads` downloads are running: try again once one ended.
+    #[error("{max} downloads are already running (swarm.max_downloads)")]
+    TooManyDownloads { max: usize },
     #[error("download failed: {0}")]
     Failed(Arc<str>),
 }

@@ -14,7 +14,11 @@
 //! Invariant: a piece is written to the store, marked present, announced or served only after
 //! it matched its piece hash; a blob is complete only after its sha256 matched.
 //! [`Swarm::stream`] hands a reader each piece once it is present, in order, before the blob
-//! is complete.
+//! is complete: sound only when the metainfo is authentic (it came from an origin over TLS).
+//!
+//! With TLS (`Swarm::start`'s `tls`) every peer connection is mutual TLS, the node's peer id
+//! is bound to its certificate's identity, and a remote's claimed id must be bound to the
+//! certificate it proved; the blacklist is keyed by that identity and address, never a claim.
 
 pub mod announce;
 pub mod blocking;
@@ -22,6 +26,8 @@ pub mod config;
 pub mod conn;
 pub mod download;
 mod error;
+pub mod gc;
+mod index;
 pub mod limiter;
 pub mod metrics;
 mod node;
@@ -29,7 +35,9 @@ mod peers;
 pub mod store;
 pub mod store_metrics;
 
-pub use config::SwarmConfig;
+pub use config::{PinConfig, StoreConfig, SwarmConfig};
 pub use error::SwarmError;
-pub use node::{BlobStats, Swarm};
-pub use store::{BlobFile, Store, StoreError};
+pub use gc::RoundReport;
+pub use index::{PIN_PREHEAT, repository_pin};
+pub use node::{BlobStats, Role, Swarm, UseRecord};
+pub use store::{BlobFile, FsSpace, Store, StoreError};

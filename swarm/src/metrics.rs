@@ -15,6 +15,12 @@ pub struct SwarmMetrics {
     pub requests_timed_out: IntCounter,
     pub connections: IntGauge,
     pub connections_rejected: IntCounter,
+    /// Accepted sockets still in their handshake.
+    pub handshakes_pending: IntGauge,
+    /// Control frames queued for peers, in bytes, over all connections.
+    pub send_queue_bytes: IntGauge,
+    /// Connections closed because their send queue was full.
+    pub send_queue_overflows: IntCounter,
     pub protocol_errors: IntCounter,
     /// Piece requests answered "busy" because their connection was over its request rate.
     pub requests_limited: IntCounter,
@@ -23,6 +29,10 @@ pub struct SwarmMetrics {
     pub downloads_active: IntGauge,
     pub downloads_completed: IntCounter,
     pub downloads_failed: IntCounter,
+    /// Downloads refused because `max_downloads` were running.
+    pub downloads_refused: IntCounter,
+    /// Announces no tracker answered: the download fell back on the ring and known peers.
+    pub announce_failures: IntCounter,
     pub download_seconds: Histogram,
 }
 
@@ -51,6 +61,18 @@ impl SwarmMetrics {
                 "shoal_swarm_connections_rejected_total",
                 "Peer connections refused (limit, blacklist, duplicate, bad handshake)",
             )?,
+            handshakes_pending: IntGauge::new(
+                "shoal_swarm_handshakes_pending",
+                "Accepted peer sockets still in their handshake",
+            )?,
+            send_queue_bytes: IntGauge::new(
+                "shoal_swarm_send_queue_bytes",
+                "Control frames queued for peers, in bytes, over all connections",
+            )?,
+            send_queue_overflows: IntCounter::new(
+                "shoal_swarm_send_queue_overflows_total",
+                "Peer connections closed because the peer did not read its queued frames",
+            )?,
             protocol_errors: IntCounter::new(
                 "shoal_swarm_protocol_errors_total",
                 "Connections closed for a protocol violation",
@@ -66,6 +88,14 @@ impl SwarmMetrics {
             downloads_active: IntGauge::new("shoal_swarm_downloads_active", "Blob downloads in progress")?,
             downloads_completed: IntCounter::new("shoal_swarm_downloads_completed_total", "Blob downloads completed")?,
             downloads_failed: IntCounter::new("shoal_swarm_downloads_failed_total", "Blob downloads failed")?,
+            downloads_refused: IntCounter::new(
+                "shoal_swarm_downloads_refused_total",
+                "Blob downloads refused because max_downloads were running",
+            )?,
+            announce_failures: IntCounter::new(
+                "shoal_swarm_announce_failures_total",
+                "Download announces no tracker answered (the ring owners and known peers were used)",
+            )?,
             download_seconds: Histogram::with_opts(
                 HistogramOpts::new("shoal_swarm_download_seconds", "Time to download a blob through the swarm")
                     .buckets(prometheus::exponential_buckets(0.05, 2.0, 16)?),
@@ -78,12 +108,17 @@ impl SwarmMetrics {
         registry.register(Box::new(m.requests_timed_out.clone()))?;
         registry.register(Box::new(m.connections.clone()))?;
         registry.register(Box::new(m.connections_rejected.clone()))?;
+        registry.register(Box::new(m.handshakes_pending.clone()))?;
+        registry.register(Box::new(m.send_queue_bytes.clone()))?;
+        registry.register(Box::new(m.send_queue_overflows.clone()))?;
         registry.register(Box::new(m.protocol_errors.clone()))?;
         registry.register(Box::new(m.requests_limited.clone()))?;
         registry.register(Box::new(m.peers_outside_networks.clone()))?;
         registry.register(Box::new(m.downloads_active.clone()))?;
         registry.register(Box::new(m.downloads_completed.clone()))?;
         registry.register(Box::new(m.downloads_failed.clone()))?;
+        registry.register(Box::new(m.downloads_refused.clone()))?;
+        registry.register(Box::new(m.announce_failures.clone()))?;
         registry.register(Box::new(m.download_seconds.clone()))?;
         Ok(m)
     }

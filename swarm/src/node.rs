@@ -12,25 +12,40 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
+use futures::StreamExt;
 use parking_lot::Mutex;
 use prometheus::Registry;
+use shoal_core::ring::Ring;
 use shoal_core::seeding::{SeedBudget, admits_upload, max_upload_backlog};
 use shoal_core::wire::pack_bits;
 use shoal_core::{Digest, MetaInfo, PeerId, PieceIndex};
+use shoal_runtime::Tls;
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::announce::TrackerClient;
 use crate::blocking::Blocking;
 use crate::config::SwarmConfig;
-use crate::download::{self, Event};
+use crate::download::{self, EventTx};
 use crate::error::SwarmError;
 use crate::limiter::Limiter;
 use crate::metrics::SwarmMetrics;
-use crate::peers::Peers;
+use crate::peers::{Limits, Peers};
 use crate::store::{BlobFile, PartialBlob, Store};
+use crate::{gc, index};
+
+/// What a node is in the swarm.
+#[derive(Clone, Debug)]
+pub enum Role {
+    /// An agent: downloads blobs. `origins` is the origin ring (the agent's `origins` and
+    /// `origin_replicas`): a download dials its blob's owners on it beside what the tracker
+    /// hands out, so it goes on with every tracker down.
+    Agent { origins: Ring },
+    /// An origin: seeds the blobs it fetched and announces itself as an origin; dials nobody.
+    Origin,
+}
 
 /// Where a blob's download stands, as waiters see it.
 #[derive(Clone, Debug)]
@@ -71,14 +86,14 @@ pub(crate) struct BlobShared {
     /// Connections that opened this blob (sent or received its bitfield).
     pub peers: HashSet<PeerId>,
     /// The download actor, while downloading.
-    pub actor: Option<mpsc::UnboundedSender<Event>>,
+    pub actor: Option<EventTx>,
     /// The partial file, while downloading.
     pub partial: Option<Arc<PartialBlob>>,
 }
 
 impl BlobEntry {
     /// The entry of a download into `partial`, reporting to the actor behind `actor`.
-    pub fn downloading(partial: Arc<PartialBlob>, actor: mpsc::UnboundedSender<Event>) -> BlobEntry {
+    pub fn downloading(partial: Arc<PartialBlob>, actor: EventTx) -> BlobEntry {
         let meta = partial.meta().clone();
         let pieces = meta.num_pieces();
         BlobEntry {
@@ -114,7 +129,7 @@ impl BlobEntry {
         s.complete || s.have.get(i as usize).copied().unwrap_or(false)
     }
 
-    pub fn actor(&self) -> Option<mpsc::UnboundedSender<Event>> {
+    pub fn actor(&self) -> Option<EventTx> {
         self.shared.lock().actor.clone()
     }
 
@@ -132,9 +147,15 @@ impl BlobEntry {
 /// themselves (the store, limiters, metrics, the connection table); the mutable maps and
 /// budgets behind them have one owner each and are reached through methods.
 pub(crate) struct Node {
+    /// Random, or with TLS bound to the certificate's identity (`PeerId::bound`), so peers
+    /// can check the id this node claims.
     pub peer_id: PeerId,
+    /// The node's TLS material: the peer port and its dials speak TLS when set.
+    pub tls: Option<Tls>,
     pub advertise: SocketAddr,
     pub is_origin: bool,
+    /// The origin ring, on agents: every download dials its blob's owners.
+    pub ring: Option<Ring>,
     pub cfg: SwarmConfig,
     pub store: Store,
     pub metrics: SwarmMetrics,
@@ -146,14 +167,19 @@ pub(crate) struct Node {
     /// Blobs downloading or seeding. Inserted and removed only here (`start_download`,
     /// `register_complete`); connections and actors look entries up with [`Node::blob`].
     blobs: DashMap<Digest, Arc<BlobEntry>>,
-    /// Serializes the start of a download per digest.
+    /// Serializes the start of a download per digest; an entry lives while a start of its
+    /// digest is in progress or waiting.
     starting: DashMap<Digest, Arc<tokio::sync::Mutex<()>>>,
+    /// Running downloads (`max_downloads`): each actor holds a permit.
+    downloads: Arc<Semaphore>,
     /// Upload bytes admitted and still waiting for egress tokens.
     upload_backlog: Arc<AtomicU64>,
     /// Most upload bytes that may wait at the egress cap; `None` when uncapped.
     max_upload_backlog: Option<u64>,
     /// Room for piece buffers read for upload, in [`UPLOAD_MEMORY_UNIT`]s.
     upload_memory: Arc<Semaphore>,
+    /// Re-verifications of stored pieces a peer reported corrupt, at once.
+    pub reverify: Arc<Semaphore>,
     pub cancel: CancellationToken,
 }
 
@@ -178,6 +204,8 @@ impl Node {
         cfg: SwarmConfig,
         advertise: SocketAddr,
         is_origin: bool,
+        tls: Option<Tls>,
+        ring: Option<Ring>,
         registry: &Registry,
         cancel: CancellationToken,
     ) -> anyhow::Result<Node> {
@@ -187,35 +215,55 @@ impl Node {
             Some(f) => Some(Arc::new(shoal_runtime::auth::TokenSource::load(f).map_err(anyhow::Error::msg)?)),
             None => None,
         };
-        let peer_id = PeerId::random();
+        store.configure_pins(&cfg.store.pin.digests, &cfg.store.pin.repositories)?;
+        // The high mark before the first round, so a download past it starts one at once.
+        match crate::store::space_of(&cfg.store_dir) {
+            Ok(space) => store.index().set_high(gc::limits(&cfg.store, space).high),
+            Err(e) => tracing::warn!("cannot measure the store's filesystem: {e:#}"),
+        }
+        store.evictions().register(registry)?;
+        crate::store_metrics::register(registry, cfg.store_dir.clone(), cfg.store.clone())?;
+        let peer_id = match &tls {
+            Some(t) => PeerId::bound(t.identity().as_str()),
+            None => PeerId::random(),
+        };
+        let ring_origins: HashSet<SocketAddr> = ring.iter().flat_map(|r| r.nodes().iter().map(|o| o.peer)).collect();
+        // An origin dials nobody: every slot may be inbound.
+        let dial_reserve = if is_origin { 0 } else { cfg.max_connections / 4 };
+        let limits =
+            Limits { max_connections: cfg.max_connections, dial_reserve, shun_for: cfg.blacklist_duration.get() };
         Ok(Node {
             peer_id,
+            tracker: TrackerClient::new(cfg.trackers.clone(), cfg.io_timeout.get(), tls.as_ref()).with_token(token),
+            tls,
             advertise,
             is_origin,
+            ring,
             store,
             metrics: SwarmMetrics::new(registry)?,
             egress: Limiter::new(cfg.egress_rate.map(|b| b.0)),
             ingress: Limiter::new(cfg.ingress_rate.map(|b| b.0)),
-            tracker: TrackerClient::new(cfg.trackers.clone(), cfg.io_timeout.get()).with_token(token),
-            peers: Peers::new(peer_id, advertise, cfg.max_connections, cfg.blacklist_duration.get()),
+            peers: Peers::new(peer_id, advertise, limits, ring_origins),
             blobs: DashMap::new(),
             starting: DashMap::new(),
+            downloads: Arc::new(Semaphore::new(cfg.max_downloads)),
             upload_backlog: Arc::new(AtomicU64::new(0)),
             upload_memory: Arc::new(Semaphore::new(
                 usize::try_from(cfg.upload_memory.0 / UPLOAD_MEMORY_UNIT).unwrap_or(Semaphore::MAX_PERMITS),
             )),
             max_upload_backlog: cfg.egress_rate.map(|r| max_upload_backlog(r.0, cfg.upload_backlog.get())),
+            reverify: Arc::new(Semaphore::new(gc::REVERIFY_AT_ONCE)),
             cancel,
             cfg,
         })
     }
 
     /// A node for tests of one component: its store in `cfg.store_dir`, no tracker unless
-    /// `cfg` names one, no listener, its own metrics registry.
+    /// `cfg` names one, no listener, its own metrics registry. An agent has no ring.
     #[cfg(test)]
     pub fn for_tests(cfg: SwarmConfig, is_origin: bool) -> Arc<Node> {
         let advertise = SocketAddr::from(([127, 0, 0, 1], 1));
-        let node = Node::new(cfg, advertise, is_origin, &Registry::new(), CancellationToken::new());
+        let node = Node::new(cfg, advertise, is_origin, None, None, &Registry::new(), CancellationToken::new());
         Arc::new(node.expect("test node"))
     }
 
@@ -230,9 +278,53 @@ impl Node {
         self.blobs.get(d).map(|e| e.clone())
     }
 
-    /// The blobs complete on this node (the ones it seeds).
+    /// The complete blobs this node has open (the ones it announces as a seed).
     pub fn complete_blobs(&self) -> Vec<Digest> {
         self.blobs.iter().filter(|e| e.shared.lock().complete).map(|e| *e.key()).collect()
+    }
+
+    /// Entries (and so open files) this node holds.
+    pub fn open_blobs(&self) -> usize {
+        self.blobs.len()
+    }
+
+    /// Drops the entries nobody holds of complete blobs unused for `idle`, and of failed
+    /// downloads, closing their files; returns how many went. A closed complete blob is
+    /// still in the store, opened again when asked for.
+    pub fn close_idle(&self, idle: std::time::Duration) -> usize {
+        let now = std::time::SystemTime::now();
+        let before = self.blobs.len();
+        self.blobs.retain(|d, e| {
+            if Arc::strong_count(e) > 1 {
+                return true;
+            }
+            match &*e.status.borrow() {
+                Status::Running => true,
+                Status::Failed(_) => false,
+                Status::Complete => {
+                    let last = self.store.index().last_used(d).unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+                    now.duration_since(last).unwrap_or_default() < idle
+                }
+            }
+        });
+        before.saturating_sub(self.blobs.len())
+    }
+
+    /// Whether the only holder of `file` (besides the caller's own reference) is the entry
+    /// of `d`, and nobody holds that entry: the blob is idle though open.
+    pub fn only_held_by_its_entry(&self, d: &Digest, file: &Arc<BlobFile>) -> bool {
+        self.blobs
+            .get(d)
+            .is_some_and(|e| Arc::strong_count(&*e) == 1 && Arc::ptr_eq(&e.file, file) && Arc::strong_count(file) == 2)
+    }
+
+    /// Removes the entry of complete blob `d` if nobody holds it or its file (with `force`,
+    /// whoever does). Returns whether `d` has no entry now.
+    pub fn remove_settled_entry(&self, d: &Digest, force: bool) -> bool {
+        self.blobs.remove_if(d, |_, e| {
+            e.shared.lock().complete && (force || (Arc::strong_count(e) == 1 && Arc::strong_count(&e.file) == 1))
+        });
+        !self.blobs.contains_key(d)
     }
 
     /// Waits for room to hold a piece of `bytes` read for upload; the permit gives the room
@@ -295,14 +387,36 @@ impl Node {
     }
 }
 
-/// Reads verified pieces of a blob in order, waiting for the ones still missing.
+/// Reads verified pieces of a blob in order, waiting for the ones still missing. While it
+/// lives the blob is in use (never evicted); when it is dropped (the response is sent or its
+/// client went away) the blob's last use is recorded.
 struct PieceReader {
     entry: Arc<BlobEntry>,
+    store: Store,
     progress: watch::Receiver<u64>,
     status: watch::Receiver<Status>,
     blocking: Blocking,
     cancel: CancellationToken,
     end: u64,
+}
+
+impl Drop for PieceReader {
+    fn drop(&mut self) {
+        self.store.touch(&self.entry.meta.digest());
+    }
+}
+
+/// Records a use of a stored blob when dropped: kept by a response that streams the blob, so
+/// its last use is when the response ended ([`Swarm::use_record`]).
+pub struct UseRecord {
+    store: Store,
+    digest: Digest,
+}
+
+impl Drop for UseRecord {
+    fn drop(&mut self) {
+        self.store.touch(&self.digest);
+    }
 }
 
 impl PieceReader {
@@ -356,18 +470,25 @@ pub struct Swarm {
 }
 
 impl Swarm {
-    /// Builds the engine and starts accepting peers on `listener`. `is_origin` nodes announce
-    /// themselves as origins. Everything stops when `shutdown` is cancelled.
+    /// Builds the engine and starts accepting peers on `listener`. An origin announces itself
+    /// as one; an agent's downloads also dial their blobs' owners on its ring. With `tls` every
+    /// peer connection and tracker call is mutual TLS, and the node's peer id is bound to its
+    /// certificate. Everything stops when `shutdown` is cancelled.
     pub fn start(
         cfg: SwarmConfig,
         listener: TcpListener,
         registry: &Registry,
-        is_origin: bool,
+        role: Role,
+        tls: Option<Tls>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Swarm> {
         let local = listener.local_addr()?;
         let advertise = cfg.advertise_addr.unwrap_or(local);
-        let node = Arc::new(Node::new(cfg, advertise, is_origin, registry, shutdown.child_token())?);
+        let (is_origin, ring) = match role {
+            Role::Agent { origins } => (false, Some(origins)),
+            Role::Origin => (true, None),
+        };
+        let node = Arc::new(Node::new(cfg, advertise, is_origin, tls, ring, registry, shutdown.child_token())?);
         tracing::info!(peer_id = %node.peer_id, %local, %advertise, is_origin, "swarm listening");
         if !node.cfg.peer_networks.contains(advertise.ip()) {
             tracing::warn!(%advertise, "the advertised address is outside swarm.peer_networks: peers with these networks never dial it");
@@ -381,6 +502,11 @@ impl Swarm {
         let every = n.cfg.seed_announce_interval.get();
         shoal_runtime::spawn("seed-announcer", node.cancel.clone(), async move {
             download::seed_announcer(n, every).await;
+            Ok(())
+        });
+        let n = node.clone();
+        shoal_runtime::spawn("store-upkeep", node.cancel.clone(), async move {
+            gc::run(n).await;
             Ok(())
         });
         Ok(Swarm { node })
@@ -398,9 +524,82 @@ impl Swarm {
         &self.node.store
     }
 
-    /// Byte counts for a blob this node has touched since it started.
+    /// Byte counts for a blob this node has open (downloading, or complete and used within
+    /// `swarm.store.idle_timeout`).
     pub fn stats(&self, d: &Digest) -> Option<BlobStats> {
         self.node.blobs.get(d).map(|e| e.stats())
+    }
+
+    /// Blobs this node has open: their in-memory entry and file. A complete blob unused for
+    /// `swarm.store.idle_timeout` is closed.
+    pub fn open_blobs(&self) -> usize {
+        self.node.open_blobs()
+    }
+
+    /// Records a use of complete blob `d` (served to a client) for the store's
+    /// least-recently-used order. Peer uploads and [`Swarm::stream`] record their own.
+    pub fn touch(&self, d: &Digest) {
+        self.node.store.touch(d);
+    }
+
+    /// A record of a use of `d` made when it is dropped: a response streaming a stored blob
+    /// keeps it to the end.
+    pub fn use_record(&self, d: Digest) -> UseRecord {
+        UseRecord { store: self.node.store.clone(), digest: d }
+    }
+
+    /// Pins (or with `pin == false` unpins) `d` as a preheat asked: a pinned blob is never
+    /// evicted. The pin is kept on disk.
+    pub async fn pin(&self, d: Digest, pin: bool) -> Result<(), SwarmError> {
+        Ok(self.node.store.set_pin(d, index::PIN_PREHEAT, pin).await?)
+    }
+
+    /// Records that `d` was requested through repository `name`: if `name` is one of
+    /// `swarm.store.pin.repositories`, `d` is pinned from now on.
+    pub async fn note_repository(&self, name: &str, d: Digest) {
+        if !self.node.store.index().pins_repository(name) {
+            return;
+        }
+        if let Err(e) = self.node.store.set_pin(d, &index::repository_pin(name), true).await {
+            tracing::warn!(%d, repository = name, "cannot record the pin: {e:#}");
+        }
+    }
+
+    /// Announces every complete blob in the store as seeded, in the background and a few at
+    /// a time (an origin after its start: it does not open them).
+    pub fn announce_stored(&self) {
+        let node = self.node.clone();
+        if node.tracker.is_empty() {
+            return;
+        }
+        shoal_runtime::spawn("announce-stored", node.cancel.clone(), async move {
+            let stored = node.store.complete_digests();
+            let n = stored.len();
+            futures::stream::iter(stored)
+                .for_each_concurrent(gc::ANNOUNCE_CONCURRENCY, |d| {
+                    let node = node.clone();
+                    async move {
+                        if node.store.contains(&d) {
+                            download::announce_once(&node, d, true).await;
+                        }
+                    }
+                })
+                .await;
+            tracing::info!(blobs = n, "stored blobs announced");
+            Ok(())
+        });
+    }
+
+    /// Runs a round of the store's upkeep now (closing idle blobs, evicting to the budget;
+    /// see `swarm::gc`), as the node's own task does every `check_interval`.
+    pub async fn store_round(&self) -> gc::RoundReport {
+        gc::round(&self.node).await
+    }
+
+    /// Writes the recorded last uses of stored blobs to disk (also done every round), for a
+    /// node about to stop.
+    pub async fn persist_last_uses(&self) {
+        self.node.store.persist_last_uses().await;
     }
 
     /// Open peer connections.
@@ -408,7 +607,7 @@ impl Swarm {
         self.node.peers.len()
     }
 
-    /// The complete blob, if this node holds it.
+    /// The complete blob, if this node holds it (a lookup: it does not count as a use).
     pub async fn complete(&self, d: Digest) -> Result<Option<Arc<BlobFile>>, SwarmError> {
         if let Some(e) = self.node.blobs.get(&d) {
             if e.shared.lock().complete {
@@ -436,7 +635,10 @@ impl Swarm {
         loop {
             let st = rx.borrow_and_update().clone();
             match st {
-                Status::Complete => return Ok(entry.file.clone()),
+                Status::Complete => {
+                    self.node.store.touch(&entry.meta.digest());
+                    return Ok(entry.file.clone());
+                }
                 Status::Failed(e) => return Err(e),
                 Status::Running => {}
             }
@@ -455,9 +657,14 @@ impl Swarm {
     /// download fails before the range is covered; it never yields a byte of a piece that
     /// did not verify.
     ///
-    /// Piece hashes come from the metainfo the origin built from content that matched the
-    /// blob's sha256; the whole blob's sha256 is checked again before it is committed, and a
-    /// registry client checks it too.
+    /// What a reader gets is only as good as the metainfo: every byte matched a piece hash
+    /// from `meta`, but the stream ends once the range is covered, before the whole blob's
+    /// sha256 is checked (the commit checks it, and fails the download if it does not
+    /// match; a registry client checks it too). So the bytes are the blob's exactly when
+    /// `meta` is the one the origin built from content that matched the digest, which holds
+    /// when it came from an origin over TLS. Without TLS anyone on the path to the origin can
+    /// hand this node a metainfo of other content, and the stream serves that content until
+    /// the commit notices.
     pub async fn stream(
         &self,
         meta: MetaInfo,
@@ -467,6 +674,7 @@ impl Swarm {
         let end = end.min(meta.length());
         let entry = self.start_download(meta).await?;
         let mut reader = PieceReader {
+            store: self.node.store.clone(),
             progress: entry.progress.subscribe(),
             status: entry.status.subscribe(),
             entry,
@@ -498,7 +706,20 @@ impl Swarm {
         let node = &self.node;
         let d = meta.digest();
         let lock = node.starting.entry(d).or_default().clone();
-        let _guard = lock.lock().await;
+        let res = {
+            let _guard = lock.lock().await;
+            self.start_download_locked(meta).await
+        };
+        // The last one out removes the lock: the map holds only starts in progress. Checked
+        // under the map's shard lock, which `entry` above takes too, so no start can be
+        // holding a clone of a lock removed here.
+        node.starting.remove_if(&d, |_, l| Arc::strong_count(l) == 2);
+        res
+    }
+
+    async fn start_download_locked(&self, meta: MetaInfo) -> Result<Arc<BlobEntry>, SwarmError> {
+        let node = &self.node;
+        let d = meta.digest();
         if let Some(e) = node.blobs.get(&d).map(|e| e.clone()) {
             // A failed download is retried by a new call; a running or complete one is shared.
             if !matches!(*e.status.borrow(), Status::Failed(_)) {
@@ -509,8 +730,12 @@ impl Swarm {
         if let Some(file) = node.store.open_complete(d).await? {
             return Ok(node.register_complete(file));
         }
+        let Ok(running) = node.downloads.clone().try_acquire_owned() else {
+            node.metrics.downloads_refused.inc();
+            return Err(SwarmError::TooManyDownloads { max: node.cfg.max_downloads });
+        };
         let partial = node.store.open_partial(meta).await?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = download::events();
         let entry = Arc::new(BlobEntry::downloading(partial.clone(), tx));
         node.blobs.insert(d, entry.clone());
         let n = node.clone();
@@ -525,6 +750,7 @@ impl Swarm {
                 _ = cancel.cancelled() => Err(SwarmError::ShuttingDown),
             };
             n.metrics.downloads_active.dec();
+            drop(running);
             e.shared.lock().actor = None;
             match res {
                 Ok(()) => {
@@ -540,5 +766,59 @@ impl Swarm {
             }
         }));
         Ok(entry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_core::metainfo::MetaInfoBuilder;
+
+    use super::*;
+
+    fn meta(seed: u8) -> MetaInfo {
+        let data = vec![seed; 1000];
+        let mut b = MetaInfoBuilder::new(data.len() as u64).unwrap();
+        b.update(&data);
+        b.finish().unwrap()
+    }
+
+    /// Downloads that can get no piece (no tracker, no ring) until their timeout: the node
+    /// runs at most `max_downloads` of them; joining one does not count, and a slot frees
+    /// when one ends.
+    #[tokio::test(start_paused = true)]
+    async fn downloads_past_max_downloads_are_refused_until_one_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SwarmConfig {
+            store_dir: dir.path().to_path_buf(),
+            max_downloads: 2,
+            download_timeout: shoal_runtime::Duration::from_secs(2),
+            ..SwarmConfig::default()
+        };
+        let swarm = Swarm { node: Node::for_tests(cfg, false) };
+        let (a, b, c) = (meta(1), meta(2), meta(3));
+        swarm.start_download(a.clone()).await.unwrap();
+        swarm.start_download(b.clone()).await.unwrap();
+        let err = swarm.start_download(c.clone()).await.err().expect("a third download is refused");
+        assert!(matches!(err, SwarmError::TooManyDownloads { max: 2 }), "{err}");
+        assert!(err.to_string().contains("swarm.max_downloads"), "{err}");
+        assert_eq!(swarm.node.metrics.downloads_refused.get(), 1);
+        swarm.start_download(a.clone()).await.expect("a running download is joined, not refused");
+        assert!(matches!(swarm.download(a).await, Err(SwarmError::Timeout { .. })));
+        assert!(matches!(swarm.download(b).await, Err(SwarmError::Timeout { .. })));
+        swarm.start_download(c).await.expect("the slots came back when the downloads ended");
+    }
+
+    /// The per-digest start locks last only while a start is in progress.
+    #[tokio::test]
+    async fn start_locks_are_dropped_once_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SwarmConfig { store_dir: dir.path().to_path_buf(), ..SwarmConfig::default() };
+        let swarm = Swarm { node: Node::for_tests(cfg, false) };
+        let starts = (0..20).map(|i| swarm.start_download(meta(i % 4)));
+        for r in futures::future::join_all(starts).await {
+            r.unwrap();
+        }
+        assert!(swarm.node.starting.is_empty(), "{} start locks left", swarm.node.starting.len());
+        assert_eq!(swarm.node.blobs.len(), 4);
     }
 }

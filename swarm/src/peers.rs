@@ -5,7 +5,7 @@
 //! Connections and download actors never touch the maps; they call [`Peers`]:
 //! [`Peers::connect`] dials an address once (or hands back the connection already made to
 //! it), [`Peers::register`] admits a handshaken connection and resolves duplicates,
-//! [`Peers::unregister`] removes it when it ends, and [`Peers::shun`] blacklists a peer that
+//! [`Peers::unregister`] removes it when it ends, and [`Peers::shun`] blacklists a remote that
 //! misbehaved and closes its connection.
 //!
 //! Invariants:
@@ -15,13 +15,28 @@
 //! - An address is dialed by one task at a time; the mark is cleared when that dial ends,
 //!   also when its future is dropped.
 //! - An address resolves to a peer only while that peer has a registered connection.
-//! - The blacklist holds at most [`MAX_SHUNNED`] peer ids and as many addresses; expired
+//! - The blacklist is keyed by what a remote proved ([`Remote`]: its certificate's identity
+//!   and its IP address), and by the addresses we dialed that misbehaved, never by a peer id
+//!   a remote claims: a connection claiming another node's id gets only itself shunned.
+//! - A connection replaces a registered one of the same peer id and direction only if it
+//!   comes from the same [`Remote`]; a claim of a connected peer's id from elsewhere is a
+//!   duplicate and refused.
+//! - The blacklist holds at most [`MAX_SHUNNED`] remotes and as many addresses; expired
 //!   entries are pruned at every [`Peers::shun`] and at lookup.
+//! - Origin addresses are the ring's (fixed at start) and at most [`MAX_NOTED_ORIGINS`] more
+//!   that trackers reported; the one reported longest ago makes room.
+//! - Slots: every connection holds one of `max_connections` slots from its dial or its
+//!   handshake until it ends. Inbound connections hold at most `max_connections` minus the
+//!   dial reserve, so dials (to origins above all) always find one; an accepted socket waits
+//!   for its handshake holding one of [`MAX_PENDING_HANDSHAKES`] permits and no slot.
 //!
-//! Locks: the maps are `DashMap`s, and no method holds a guard of one map while it takes
-//! another, or across an await. The blacklist is a sync mutex held only around its own maps.
+//! Locks: the maps are `DashMap`s. `register` inserts into `addr_peer` while it holds the
+//! entry of its peer in `conns` (so an address never outlives its peer's last connection);
+//! no other method holds a guard of one map while it takes another, and none holds a guard
+//! across an await. The blacklist and the noted origins are sync mutexes held only around
+//! their own maps.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::hash::Hash;
 use std::net::SocketAddr;
@@ -35,7 +50,7 @@ use shoal_core::PeerId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::conn::{ConnHandle, Refusal};
+use crate::conn::{ConnHandle, Refusal, Remote};
 
 /// Most peer ids, and most addresses, shunned at once. Hard-coded: a node meets far fewer
 /// misbehaving peers within one `blacklist_duration`, and without a bound peers that churn
@@ -43,6 +58,21 @@ use crate::conn::{ConnHandle, Refusal};
 /// is full of live entries, the entry that would expire first makes room. The doc of
 /// `SwarmConfig::blacklist_duration` names the number.
 pub(crate) const MAX_SHUNNED: usize = 4096;
+
+/// Most origin addresses remembered from trackers' handouts beyond the ring's own. Hard-coded:
+/// a fleet has a few origins, and their addresses change only when they move.
+pub(crate) const MAX_NOTED_ORIGINS: usize = 256;
+
+/// Most accepted sockets waiting for their handshake at once (each for at most
+/// `handshake_timeout`). Hard-coded: a handshake is one round trip, so a herd of peers
+/// connecting at once waits only briefly in the listen backlog.
+pub(crate) const MAX_PENDING_HANDSHAKES: usize = 128;
+
+/// A connection's slot: the node's, and for an inbound connection an inbound one too.
+pub(crate) struct Slot {
+    _total: OwnedSemaphorePermit,
+    _inbound: Option<OwnedSemaphorePermit>,
+}
 
 /// The connection table of one node.
 pub(crate) struct Peers {
@@ -60,39 +90,69 @@ pub(crate) struct Peers {
     addr_peer: DashMap<SocketAddr, PeerId>,
     /// Addresses being dialed, so each is dialed once at a time.
     dialing: DashMap<SocketAddr, ()>,
-    /// Addresses the tracker reported as origins: a connection from or to one is an origin
-    /// connection (the picker asks origins last). As many as the tracker hands out origins.
-    origin_addrs: DashMap<SocketAddr, ()>,
-    /// Shunned peer ids and addresses, bounded.
+    /// The peer addresses of the ring's origins: a connection from or to one is an origin
+    /// connection (the picker asks origins last).
+    ring_origins: HashSet<SocketAddr>,
+    /// Other addresses trackers reported as origins, with when they were last reported; at
+    /// most [`MAX_NOTED_ORIGINS`].
+    noted_origins: Mutex<HashMap<SocketAddr, Instant>>,
+    /// Shunned remotes and dialed addresses, bounded.
     shunned: Mutex<Shunned>,
-    /// Connection slots (`max_connections`), taken before an accept or a dial and held by the
-    /// connection task until it ends.
+    /// Connection slots (`max_connections`), taken by a dial before it connects and by an
+    /// accepted connection after its handshake, and held until the connection ends.
     slots: Arc<Semaphore>,
+    /// The share of `slots` inbound connections may hold: all but the dial reserve.
+    inbound: Arc<Semaphore>,
+    /// Accepted sockets still in their handshake ([`MAX_PENDING_HANDSHAKES`]).
+    handshakes: Arc<Semaphore>,
+}
+
+/// The limits of a connection table.
+pub(crate) struct Limits {
+    pub max_connections: usize,
+    /// Slots inbound connections may not take (at most `max_connections`).
+    pub dial_reserve: usize,
+    /// How long a shunned peer stays shunned (`blacklist_duration`).
+    pub shun_for: Duration,
 }
 
 impl Peers {
-    pub fn new(me: PeerId, advertise: SocketAddr, max_connections: usize, shun_for: Duration) -> Peers {
+    /// The table of node `me`, advertised at `advertise`, whose origins' peer addresses are
+    /// `ring_origins`.
+    pub fn new(me: PeerId, advertise: SocketAddr, limits: Limits, ring_origins: HashSet<SocketAddr>) -> Peers {
+        let reserve = limits.dial_reserve.min(limits.max_connections);
         Peers {
             me,
             advertise,
-            shun_for,
+            shun_for: limits.shun_for,
             conns: DashMap::new(),
             addr_peer: DashMap::new(),
             dialing: DashMap::new(),
-            origin_addrs: DashMap::new(),
+            ring_origins,
+            noted_origins: Mutex::new(HashMap::new()),
             shunned: Mutex::new(Shunned::default()),
-            slots: Arc::new(Semaphore::new(max_connections)),
+            slots: Arc::new(Semaphore::new(limits.max_connections)),
+            inbound: Arc::new(Semaphore::new(limits.max_connections - reserve)),
+            handshakes: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
         }
     }
 
-    /// Waits for a connection slot (for an accept).
-    pub async fn slot(&self) -> Option<OwnedSemaphorePermit> {
-        self.slots.clone().acquire_owned().await.ok()
+    /// Waits for room for one more accepted socket in its handshake.
+    pub async fn handshake_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.handshakes.clone().acquire_owned().await.ok()
     }
 
-    /// A connection slot if one is free (for a dial: a full node dials nobody).
-    pub fn try_slot(&self) -> Option<OwnedSemaphorePermit> {
-        self.slots.clone().try_acquire_owned().ok()
+    /// A slot for a handshaken inbound connection, if one is free outside the dial reserve.
+    pub fn try_inbound_slot(&self) -> Option<Slot> {
+        let inbound = self.inbound.clone().try_acquire_owned().ok()?;
+        let total = self.slots.clone().try_acquire_owned().ok()?;
+        Some(Slot { _total: total, _inbound: Some(inbound) })
+    }
+
+    /// A connection slot for a dial, if one is free (a full node dials nobody).
+    pub fn try_slot(&self) -> Option<Slot> {
+        let total = self.slots.clone().try_acquire_owned().ok()?;
+        Some(Slot { _total: total, _inbound: None })
     }
 
     /// The connection to `addr`: the registered one if the address resolves to a connected
@@ -125,15 +185,18 @@ impl Peers {
         if peer == self.me {
             return Err(Refusal::OwnId);
         }
-        if self.is_shunned(&peer) {
+        if self.is_shunned(&conn.remote) {
             return Err(Refusal::Shunned);
         }
+        let entry = self.conns.entry(peer);
         if conn.outbound {
             // Recorded even if this connection loses: the address then resolves to the
-            // connection that won.
+            // connection that won. Inserted under the peer's entry, so an `unregister` of its
+            // last connection either came before (and the entry is vacant: this one is kept)
+            // or comes after (and forgets the address).
             self.addr_peer.insert(addr, peer);
         }
-        match self.conns.entry(peer) {
+        match entry {
             Entry::Vacant(v) => {
                 v.insert(conn.clone());
                 Ok(())
@@ -141,9 +204,10 @@ impl Peers {
             Entry::Occupied(mut o) => {
                 let old = o.get();
                 let dialer_of = |c: &ConnHandle| if c.outbound { self.me } else { c.peer_id };
-                // Same direction: the peer reconnected, and the old connection is dead and
-                // not yet noticed.
-                let keep_new = old.outbound == conn.outbound || dialer_of(conn) < dialer_of(old);
+                // Same direction and the same remote: the peer reconnected, and the old
+                // connection is dead and not yet noticed. From another remote it is a claim.
+                let reconnect = old.outbound == conn.outbound && old.remote == conn.remote;
+                let keep_new = reconnect || (old.outbound != conn.outbound && dialer_of(conn) < dialer_of(old));
                 if !keep_new {
                     return Err(Refusal::Duplicate);
                 }
@@ -164,20 +228,29 @@ impl Peers {
         removed
     }
 
-    /// Shuns a peer that misbehaved (a corrupt piece, a broken protocol): its id and address
-    /// are refused for `blacklist_duration`, and its connection is closed.
-    pub fn shun(&self, peer: PeerId, addr: SocketAddr) {
-        tracing::warn!(%peer, %addr, "blacklisting peer");
+    /// Shuns a remote that misbehaved (a corrupt piece, a broken protocol) on a connection
+    /// where it claimed `peer`: the remote, and the address if we dialed it, are refused for
+    /// `blacklist_duration`, and the connection registered for `peer` is closed if it is that
+    /// remote's.
+    pub fn shun(&self, remote: &Remote, peer: PeerId, dialed: Option<SocketAddr>) {
+        tracing::warn!(%peer, ip = %remote.ip, identity = ?remote.identity, "blacklisting peer");
         let now = Instant::now();
-        self.shunned.lock().insert(peer, addr, now + self.shun_for, now);
-        if let Some((_, c)) = self.conns.remove(&peer) {
+        let until = now + self.shun_for;
+        {
+            let mut shunned = self.shunned.lock();
+            shunned.remotes.insert(remote.clone(), until, now);
+            if let Some(addr) = dialed {
+                shunned.addrs.insert(addr, until, now);
+            }
+        }
+        if let Some((_, c)) = self.conns.remove_if(&peer, |_, c| c.remote == *remote) {
             c.close();
             self.forget_addrs(&peer);
         }
     }
 
-    pub fn is_shunned(&self, peer: &PeerId) -> bool {
-        self.shunned.lock().ids.contains(peer, Instant::now())
+    pub fn is_shunned(&self, remote: &Remote) -> bool {
+        self.shunned.lock().remotes.contains(remote, Instant::now())
     }
 
     pub fn is_addr_shunned(&self, addr: &SocketAddr) -> bool {
@@ -194,13 +267,36 @@ impl Peers {
         self.conns.len()
     }
 
-    /// Records that the tracker reported `addr` as an origin.
+    /// Records that a tracker reported `addr` as an origin.
     pub fn note_origin(&self, addr: SocketAddr) {
-        self.origin_addrs.insert(addr, ());
+        if self.ring_origins.contains(&addr) {
+            return;
+        }
+        let mut noted = self.noted_origins.lock();
+        if noted.len() >= MAX_NOTED_ORIGINS
+            && !noted.contains_key(&addr)
+            && let Some(oldest) = noted.iter().min_by_key(|(_, at)| **at).map(|(a, _)| *a)
+        {
+            noted.remove(&oldest);
+        }
+        noted.insert(addr, Instant::now());
     }
 
     pub fn is_origin_addr(&self, addr: &SocketAddr) -> bool {
-        self.origin_addrs.contains_key(addr)
+        self.ring_origins.contains(addr) || self.noted_origins.lock().contains_key(addr)
+    }
+
+    /// Up to `n` connected peers other than origins, those in `skip` and those `keep` refuses,
+    /// chosen at random (so that repeated calls reach different peers).
+    pub fn sample(&self, n: usize, skip: &HashSet<PeerId>, keep: impl Fn(&ConnHandle) -> bool) -> Vec<Arc<ConnHandle>> {
+        use rand::seq::IndexedRandom;
+        let candidates: Vec<Arc<ConnHandle>> = self
+            .conns
+            .iter()
+            .filter(|c| !c.is_origin && !skip.contains(c.key()) && keep(c.value()))
+            .map(|c| c.value().clone())
+            .collect();
+        candidates.choose_multiple(&mut rand::rng(), n).cloned().collect()
     }
 
     fn forget_addrs(&self, peer: &PeerId) {
@@ -220,18 +316,11 @@ impl Drop for DialMark<'_> {
     }
 }
 
-/// Shunned peer ids and addresses, each until an instant.
+/// Shunned remotes and dialed addresses, each until an instant.
 #[derive(Default)]
 struct Shunned {
-    ids: Blacklist<PeerId>,
+    remotes: Blacklist<Remote>,
     addrs: Blacklist<SocketAddr>,
-}
-
-impl Shunned {
-    fn insert(&mut self, peer: PeerId, addr: SocketAddr, until: Instant, now: Instant) {
-        self.ids.insert(peer, until, now);
-        self.addrs.insert(addr, until, now);
-    }
 }
 
 /// Keys shunned until an instant, at most [`MAX_SHUNNED`] of them.
@@ -245,14 +334,14 @@ impl<K> Default for Blacklist<K> {
     }
 }
 
-impl<K: Hash + Eq + Copy> Blacklist<K> {
+impl<K: Hash + Eq + Clone> Blacklist<K> {
     /// Shuns `key` until `until` (or later, if it already is), after dropping expired
     /// entries; when the table is still full, the entry that expires first goes.
     fn insert(&mut self, key: K, until: Instant, now: Instant) {
         self.until.retain(|_, u| *u > now);
         if self.until.len() >= MAX_SHUNNED
             && !self.until.contains_key(&key)
-            && let Some(first) = self.until.iter().min_by_key(|(_, u)| **u).map(|(k, _)| *k)
+            && let Some(first) = self.until.iter().min_by_key(|(_, u)| **u).map(|(k, _)| k.clone())
         {
             self.until.remove(&first);
         }
@@ -296,12 +385,24 @@ mod tests {
         PeerId([n; 16])
     }
 
-    fn peers(me: u8) -> Peers {
-        Peers::new(id(me), addr(1), 8, SHUN)
+    fn limits(max_connections: usize, dial_reserve: usize) -> Limits {
+        Limits { max_connections, dial_reserve, shun_for: SHUN }
     }
 
+    fn peers(me: u8) -> Peers {
+        Peers::new(id(me), addr(1), limits(8, 2), HashSet::new())
+    }
+
+    /// A connection to peer `peer`, from 127.0.0.`peer`.
     fn conn(peer: u8, outbound: bool) -> Arc<ConnHandle> {
-        ConnHandle::new(id(peer), outbound, false, CancellationToken::new()).0
+        conn_from(peer, peer, outbound)
+    }
+
+    /// A connection claiming peer id `peer`, from 127.0.0.`ip`.
+    fn conn_from(peer: u8, ip: u8, outbound: bool) -> Arc<ConnHandle> {
+        let remote = Remote::plain(SocketAddr::from(([127, 0, 0, ip], 4000)));
+        let queued = prometheus::IntGauge::new("queued", "test").unwrap();
+        ConnHandle::new(id(peer), outbound, false, remote, CancellationToken::new(), queued).0
     }
 
     #[test]
@@ -343,17 +444,39 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn shun_refuses_the_peer_and_its_address_until_it_expires() {
         let p = peers(1);
-        let c = conn(2, false);
+        let c = conn(2, true);
         p.register(addr(2), &c).unwrap();
-        p.shun(id(2), addr(2));
+        p.shun(&c.remote, id(2), Some(addr(2)));
         assert!(c.is_closed(), "the shunned peer's connection is closed");
         assert!(p.get(&id(2)).is_none());
-        assert!(p.is_shunned(&id(2)) && p.is_addr_shunned(&addr(2)));
+        assert!(p.is_shunned(&c.remote) && p.is_addr_shunned(&addr(2)));
         assert_eq!(p.register(addr(2), &conn(2, false)), Err(Refusal::Shunned));
+        assert_eq!(p.register(addr(2), &conn_from(9, 2, false)), Err(Refusal::Shunned), "whatever id it claims");
         assert!(p.connect(addr(2), || async { panic!("a shunned address is not dialed") }).await.is_none());
         tokio::time::advance(SHUN).await;
-        assert!(!p.is_shunned(&id(2)) && !p.is_addr_shunned(&addr(2)));
+        assert!(!p.is_shunned(&c.remote) && !p.is_addr_shunned(&addr(2)));
         assert_eq!(p.register(addr(2), &conn(2, false)), Ok(()));
+    }
+
+    /// The hole of a self-declared id: a connection claiming a peer's id, then misbehaving,
+    /// got that peer blacklisted. Only the claimant is shunned now, and while the peer is
+    /// connected a claim of its id from elsewhere does not replace its connection.
+    #[tokio::test(start_paused = true)]
+    async fn a_claimed_id_gets_only_the_claimant_shunned() {
+        let p = peers(1);
+        let origin = conn(2, false);
+        p.register(addr(2), &origin).unwrap();
+        let claim = conn_from(2, 66, false);
+        assert_eq!(p.register(addr(66), &claim), Err(Refusal::Duplicate), "a claim does not replace the peer");
+        assert!(!origin.is_closed());
+        p.shun(&claim.remote, id(2), None);
+        assert!(!origin.is_closed(), "the peer whose id was claimed keeps its connection");
+        assert!(Arc::ptr_eq(&p.get(&id(2)).unwrap(), &origin));
+        assert!(p.is_shunned(&claim.remote) && !p.is_shunned(&origin.remote));
+        // The peer reconnects (same remote): admitted; the claimant, under any id: refused.
+        p.unregister(&origin);
+        assert_eq!(p.register(addr(2), &conn(2, false)), Ok(()));
+        assert_eq!(p.register(addr(66), &conn_from(7, 66, false)), Err(Refusal::Shunned));
     }
 
     /// Who dialed each of two connections between us and a peer, and which one both sides
@@ -366,7 +489,7 @@ mod tests {
             (1, false, true, true),  // we (1) dialed the new one: keep it
             (3, true, false, true),  // the peer (2) dialed the new one
             (3, false, true, false), // the peer (2) dialed the old one
-            (1, true, true, true),   // same direction: a reconnect replaces
+            (1, true, true, true),   // same direction and remote: a reconnect replaces
             (3, false, false, true),
         ];
         for (me, old_out, new_out, keep_new) in table {
@@ -445,11 +568,77 @@ mod tests {
         assert!(res.is_some(), "the address is dialed again");
     }
 
+    /// The sample leaves out origins and the peers skipped, and reaches every other peer over
+    /// repeated calls.
+    #[test]
+    fn samples_of_connected_peers() {
+        let p = Peers::new(id(1), addr(1), limits(64, 0), HashSet::new());
+        for n in 2..22 {
+            p.register(addr(u16::from(n)), &conn(n, false)).unwrap();
+        }
+        let queued = prometheus::IntGauge::new("queued", "test").unwrap();
+        let origin = ConnHandle::new(id(30), false, true, Remote::plain(addr(30)), CancellationToken::new(), queued).0;
+        p.register(addr(30), &origin).unwrap();
+        let skip = HashSet::from([id(2), id(3)]);
+        let mut seen = HashSet::new();
+        for _ in 0..200 {
+            let s = p.sample(4, &skip, |_| true);
+            assert_eq!(s.len(), 4);
+            assert!(s.iter().all(|c| !c.is_origin && !skip.contains(&c.peer_id)));
+            seen.extend(s.iter().map(|c| c.peer_id));
+        }
+        assert_eq!(seen.len(), 18, "every peer but the skipped ones and the origin is reached");
+        assert_eq!(p.sample(100, &skip, |_| true).len(), 18);
+        let far = |c: &ConnHandle| c.peer_id != id(4);
+        assert!(p.sample(100, &skip, far).iter().all(|c| c.peer_id != id(4)), "the filter is applied");
+        assert_eq!(p.sample(100, &skip, far).len(), 17);
+    }
+
     #[test]
     fn origin_addresses_are_remembered() {
         let p = peers(1);
         assert!(!p.is_origin_addr(&addr(7)));
         p.note_origin(addr(7));
         assert!(p.is_origin_addr(&addr(7)));
+    }
+
+    /// Trackers may report any number of origin addresses over a node's life (origins move);
+    /// the node keeps the ring's and the most recently reported others.
+    #[tokio::test(start_paused = true)]
+    async fn noted_origin_addresses_are_bounded() {
+        let ring = SocketAddr::from(([10, 0, 0, 1], 7801));
+        let p = Peers::new(id(1), addr(1), limits(8, 2), HashSet::from([ring]));
+        assert!(p.is_origin_addr(&ring));
+        let noted = |i: usize| {
+            let [.., hi, lo] = u32::try_from(i).expect("a few hundred").to_be_bytes();
+            SocketAddr::from(([10, 1, hi, lo], 7801))
+        };
+        for i in 0..MAX_NOTED_ORIGINS + 100 {
+            p.note_origin(noted(i));
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        assert_eq!(p.noted_origins.lock().len(), MAX_NOTED_ORIGINS);
+        assert!(!p.is_origin_addr(&noted(0)), "the one reported longest ago made room");
+        assert!(p.is_origin_addr(&noted(MAX_NOTED_ORIGINS + 99)));
+        p.note_origin(ring);
+        assert!(p.is_origin_addr(&ring), "the ring's own are always origins");
+        assert_eq!(p.noted_origins.lock().len(), MAX_NOTED_ORIGINS);
+    }
+
+    /// Inbound connections take at most `max_connections` minus the dial reserve; dials take
+    /// what is left, and a freed inbound slot serves the next inbound connection.
+    #[test]
+    fn inbound_connections_leave_the_dial_reserve() {
+        let p = Peers::new(id(1), addr(1), limits(4, 1), HashSet::new());
+        let inbound: Vec<Slot> = (0..3).map(|_| p.try_inbound_slot().expect("an inbound slot")).collect();
+        assert!(p.try_inbound_slot().is_none(), "the last slot is the dials'");
+        let dial = p.try_slot().expect("a dial finds the reserved slot");
+        assert!(p.try_slot().is_none() && p.try_inbound_slot().is_none(), "all four are taken");
+        drop(inbound);
+        assert!(p.try_inbound_slot().is_some());
+        drop(dial);
+        // An origin reserves nothing.
+        let p = Peers::new(id(1), addr(1), limits(2, 0), HashSet::new());
+        let _all: Vec<Slot> = (0..2).map(|_| p.try_inbound_slot().expect("an inbound slot")).collect();
     }
 }

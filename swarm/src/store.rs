@@ -7,29 +7,47 @@
 //!   `partial/<hex>.meta` its metainfo; `partial/<hex>.bits` the packed bitfield of pieces
 //!   written and verified, rewritten after each piece so a restarted node resumes.
 //! - `tmp/`: uploads and backend fetches in progress; emptied at open.
+//! - `pins.json`: the pins recorded by preheats and pinned repositories.
 //!
 //! Invariants: a file under `blobs/` always matches its digest (commit is a rename after the
-//! check); a bit is set in `.bits` only after its piece's bytes were verified and written; on
-//! resume every piece marked present is hashed again, so a torn write or a disk error costs
-//! that piece, never a wrong byte. All calls that touch the disk run on the [`Blocking`] pool.
+//! check, and the data, its metainfo and the directory are synced to disk before the commit
+//! returns, so a power loss leaves the old state or the new one); a bit is set in `.bits` only
+//! after its piece's bytes were verified and written; on resume every piece marked present is
+//! hashed again, so a torn write or a disk error costs that piece, never a wrong byte. A
+//! complete blob is checked each time it is opened: its metainfo must parse and name it, and
+//! the file must be exactly the metainfo's length; one that fails is removed (that blob is
+//! downloaded again, nothing else is lost). All calls that touch the disk run on the
+//! [`Blocking`] pool.
+//!
+//! The store keeps an [`Index`](crate::index) of what it holds, rebuilt at open from a listing
+//! (a `stat` per blob, no open): asking for a blob it lacks touches no disk, a complete blob's
+//! file is open only while someone uses it, and eviction ranks blobs by their last use, which
+//! is written to disk as the data file's mtime (`persist_last_uses`), so it survives a restart.
 //!
 //! The whole blob's sha256 is computed while it downloads, over the contiguous prefix of
 //! present pieces (a piece that extends the prefix is hashed from memory as it is written,
 //! later ones from the file once the gap before them fills), so the commit only finishes it.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use shoal_core::wire::{bit, pack_bits};
+use shoal_core::store_files;
+use shoal_core::wire::pack_bits;
 use shoal_core::{Digest, DigestHasher, MetaInfo, PieceIndex};
 
+use shoal_core::cache::Reason;
+
 use crate::blocking::Blocking;
+use crate::index::{Index, Lookup};
+use crate::store_metrics::Evictions;
 
 /// What went wrong in the store. `Io` carries the path; a full disk shows up as `Io` with
 /// `ErrorKind::StorageFull`.
@@ -62,6 +80,16 @@ pub struct Store {
     root: Arc<PathBuf>,
     blocking: Blocking,
     tmp_seq: Arc<AtomicU64>,
+    index: Arc<Index>,
+    evictions: Evictions,
+}
+
+/// The size and free space of the filesystem holding a store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FsSpace {
+    pub total: u64,
+    /// Free to an unprivileged process.
+    pub free: u64,
 }
 
 /// An open blob file, complete or partial, from which verified pieces are read.
@@ -73,7 +101,9 @@ pub struct BlobFile {
 /// A blob being downloaded.
 pub struct PartialBlob {
     blob: Arc<BlobFile>,
+    root: PathBuf,
     dir: PathBuf,
+    index: Arc<Index>,
     /// Which pieces are written and verified; guarded by a sync mutex held only to flip a bit
     /// and write the bitfield file.
     have: Mutex<Vec<bool>>,
@@ -90,7 +120,8 @@ struct PrefixHash {
 }
 
 impl Store {
-    /// Opens (creating) a store at `root`, emptying its `tmp/`.
+    /// Opens (creating) a store at `root`: empties its `tmp/`, lists what it holds into the
+    /// index (removing a blob's metainfo without its data and the like), and reads its pins.
     pub fn open(root: impl Into<PathBuf>, blocking: Blocking) -> Result<Store, StoreError> {
         let root = root.into();
         for sub in ["blobs", "partial", "tmp"] {
@@ -103,7 +134,71 @@ impl Store {
                 let _ = fs::remove_file(e.path());
             }
         }
-        Ok(Store { root: Arc::new(root), blocking, tmp_seq: Arc::new(AtomicU64::new(0)) })
+        let store = Store {
+            index: Arc::new(Index::new()),
+            evictions: Evictions::new(),
+            root: Arc::new(root),
+            blocking,
+            tmp_seq: Arc::new(AtomicU64::new(0)),
+        };
+        store.scan_complete()?;
+        store.scan_partial()?;
+        store.index.load_pins(read_pins(&store.pins_path()));
+        Ok(store)
+    }
+
+    /// Lists `blobs/` into the index. A data file without its metainfo, or the reverse, is
+    /// the leftover of an interrupted commit or removal: it goes.
+    fn scan_complete(&self) -> Result<(), StoreError> {
+        let dir = self.root.join("blobs");
+        let rd = fs::read_dir(&dir).map_err(StoreError::io("list", &dir))?;
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.ends_with(".tmp") {
+                let _ = fs::remove_file(e.path());
+            } else if let Some(hex) = name.strip_suffix(".meta") {
+                if Digest::from_hex(hex).is_ok() && !dir.join(hex).exists() {
+                    let _ = fs::remove_file(e.path());
+                }
+            } else if let Ok(d) = Digest::from_hex(name) {
+                let Ok(m) = e.metadata() else { continue };
+                if !self.complete_meta_path(&d).exists() {
+                    tracing::warn!(%d, "stored blob has no metainfo; removed");
+                    let _ = fs::remove_file(e.path());
+                    self.evictions.record(Reason::Corrupt, m.len());
+                    continue;
+                }
+                self.index.found_complete(d, m.len(), m.modified().unwrap_or_else(|_| SystemTime::now()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Lists `partial/` into the index; a `.meta` or `.bits` without its `.data` goes.
+    fn scan_partial(&self) -> Result<(), StoreError> {
+        let dir = self.root.join("partial");
+        let rd = fs::read_dir(&dir).map_err(StoreError::io("list", &dir))?;
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some((hex, ext)) = name.split_once('.') else { continue };
+            let Ok(d) = Digest::from_hex(hex) else { continue };
+            match ext {
+                "data" => {
+                    let Ok(m) = e.metadata() else { continue };
+                    self.index.found_partial(d, m.len(), m.modified().unwrap_or_else(|_| SystemTime::now()));
+                }
+                "meta" | "bits" if !dir.join(format!("{hex}.data")).exists() => {
+                    let _ = fs::remove_file(e.path());
+                }
+                "meta.tmp" => {
+                    let _ = fs::remove_file(e.path());
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -112,6 +207,14 @@ impl Store {
 
     pub fn blocking(&self) -> &Blocking {
         &self.blocking
+    }
+
+    pub(crate) fn index(&self) -> &Arc<Index> {
+        &self.index
+    }
+
+    pub(crate) fn evictions(&self) -> &Evictions {
+        &self.evictions
     }
 
     /// Path of the complete blob (it may not exist).
@@ -123,90 +226,303 @@ impl Store {
         self.root.join("blobs").join(format!("{}.meta", d.hex()))
     }
 
+    fn pins_path(&self) -> PathBuf {
+        self.root.join("pins.json")
+    }
+
     /// A fresh path under `tmp/` on the store's file system, for staging.
     pub fn tmp_path(&self) -> PathBuf {
         let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
         self.root.join("tmp").join(format!("{}-{n}", std::process::id()))
     }
 
-    /// Opens a complete blob, if the store has it.
+    /// Whether the store holds `d` complete (from the index: no disk access).
+    pub fn contains(&self, d: &Digest) -> bool {
+        self.index.contains(d)
+    }
+
+    /// Opens a complete blob, if the store has it: the file already open if anyone uses it,
+    /// else opened and checked (see the module docs). A blob that fails the check is removed
+    /// and reported absent, so it is downloaded again.
     pub async fn open_complete(&self, d: Digest) -> Result<Option<Arc<BlobFile>>, StoreError> {
-        let data = self.complete_path(&d);
-        let meta = self.complete_meta_path(&d);
-        self.blocking
-            .run(move || {
-                let file = match File::open(&data) {
-                    Ok(f) => f,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-                    Err(e) => return Err(StoreError::io("open", &data)(e)),
-                };
-                let meta = read_meta(&meta)?;
-                Ok(Some(Arc::new(BlobFile { meta, file })))
-            })
-            .await
+        match self.index.lookup(&d) {
+            Lookup::Unknown => return Ok(None),
+            Lookup::Open(f) => return Ok(Some(f)),
+            Lookup::Closed => {}
+        }
+        let (data, meta) = (self.complete_path(&d), self.complete_meta_path(&d));
+        let opened = self.blocking.run(move || open_checked(d, &data, &meta)).await;
+        match opened {
+            Ok(Some(file)) => Ok(self.index.adopt(d, Arc::new(file))),
+            Ok(None) => {
+                // Gone from the disk behind the store's back.
+                self.index.remove_complete(&d, true);
+                Ok(None)
+            }
+            Err(Opened::Corrupt(why)) => {
+                tracing::warn!(%d, "stored blob is corrupt ({why}); removed, it will be downloaded again");
+                self.evict(d, true, Reason::Corrupt).await?;
+                Ok(None)
+            }
+            Err(Opened::Io(e)) => Err(e),
+        }
     }
 
     /// Digests of every complete blob in the store.
-    pub async fn list_complete(&self) -> Result<Vec<Digest>, StoreError> {
-        let dir = self.root.join("blobs");
-        self.blocking
-            .run(move || {
-                let rd = fs::read_dir(&dir).map_err(StoreError::io("list", &dir))?;
-                Ok(rd.flatten().filter_map(|e| e.file_name().to_str().and_then(|n| Digest::from_hex(n).ok())).collect())
-            })
-            .await
+    pub fn complete_digests(&self) -> Vec<Digest> {
+        self.index.complete_digests()
     }
 
-    /// Moves a staged file whose content already matched `meta` into `blobs/`.
-    pub async fn commit_verified(&self, meta: MetaInfo, staged: PathBuf) -> Result<Arc<BlobFile>, StoreError> {
-        let data = self.complete_path(&meta.digest());
-        let meta_path = self.complete_meta_path(&meta.digest());
+    /// Bytes of complete blobs and partial downloads in the store.
+    pub fn used(&self) -> u64 {
+        self.index.used()
+    }
+
+    /// Records a use of complete blob `d` (served to a client or a peer) for eviction's
+    /// least-recently-used order; in memory until [`Store::persist_last_uses`].
+    pub fn touch(&self, d: &Digest) {
+        self.index.touch(d);
+    }
+
+    /// Writes the last uses recorded since the previous call to disk, as each data file's
+    /// mtime, where the next start finds them.
+    pub async fn persist_last_uses(&self) {
+        let todo = self.index.unpersisted();
+        if todo.is_empty() {
+            return;
+        }
+        let store = self.clone();
         self.blocking
             .run(move || {
+                for (d, at) in todo {
+                    let path = store.complete_path(&d);
+                    match File::open(&path).and_then(|f| f.set_modified(at)) {
+                        Ok(()) => store.index.persisted(&d, at),
+                        Err(e) => tracing::debug!(%d, "cannot record the last use: {e}"),
+                    }
+                }
+            })
+            .await;
+    }
+
+    /// The size and free space of the store's filesystem.
+    pub async fn space(&self) -> Result<FsSpace, StoreError> {
+        let root = self.root.clone();
+        self.blocking.run(move || space_of(&root)).await
+    }
+
+    /// Moves a staged file whose content already matched `meta` into `blobs/`, synced to disk
+    /// first.
+    pub async fn commit_verified(&self, meta: MetaInfo, staged: PathBuf) -> Result<Arc<BlobFile>, StoreError> {
+        let d = meta.digest();
+        let data = self.complete_path(&d);
+        let meta_path = self.complete_meta_path(&d);
+        let index = self.index.clone();
+        self.blocking
+            .run(move || {
+                File::open(&staged).and_then(|f| f.sync_all()).map_err(StoreError::io("sync", &staged))?;
                 write_meta(&meta_path, &meta)?;
-                fs::rename(&staged, &data).map_err(StoreError::io("commit", &data))?;
-                let file = File::open(&data).map_err(StoreError::io("open", &data))?;
-                Ok(Arc::new(BlobFile { meta, file }))
+                let len = meta.length();
+                let file = {
+                    let _gate = index.gate.lock();
+                    fs::rename(&staged, &data).map_err(StoreError::io("commit", &data))?;
+                    let file = File::open(&data).map_err(StoreError::io("open", &data))?;
+                    let file = Arc::new(BlobFile { meta, file });
+                    index.committed(d, len, &file);
+                    file
+                };
+                sync_dir(data.parent().expect("blobs/ holds it"))?;
+                Ok(file)
             })
             .await
     }
 
     /// Opens or resumes a download of `meta`. Pieces the bitfield marks present are hashed
-    /// again; any that fail are cleared.
+    /// again; any that fail are cleared. A `.meta` or `.bits` that cannot be read costs this
+    /// blob's progress only: it starts over.
     pub async fn open_partial(&self, meta: MetaInfo) -> Result<Arc<PartialBlob>, StoreError> {
-        let dir = self.root.clone();
-        self.blocking.run(move || PartialBlob::open(&dir, meta)).await.map(Arc::new)
-    }
-
-    /// Removes a complete blob (used when a caller finds it unwanted or corrupt).
-    pub async fn remove(&self, d: Digest) -> Result<(), StoreError> {
-        let data = self.complete_path(&d);
-        let meta = self.complete_meta_path(&d);
+        let root = self.root.to_path_buf();
+        let index = self.index.clone();
         self.blocking
             .run(move || {
-                for p in [&data, &meta] {
-                    match fs::remove_file(p) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(StoreError::io("remove", p)(e)),
-                    }
+                let d = meta.digest();
+                {
+                    // Open before its files are touched, so no eviction removes them under us.
+                    let _gate = index.gate.lock();
+                    index.partial_opened(d, meta.length());
                 }
-                Ok(())
+                PartialBlob::open(&root, meta, index.clone()).inspect_err(|_| index.partial_closed(&d))
             })
             .await
+            .map(Arc::new)
     }
+
+    /// Evicts complete blob `d` unless someone has it open (or, with `force`, whatever has):
+    /// it leaves the index, then its files go. Returns its size if it was evicted, and counts
+    /// it under `reason`.
+    pub(crate) async fn evict(&self, d: Digest, force: bool, reason: Reason) -> Result<Option<u64>, StoreError> {
+        let store = self.clone();
+        let size = self
+            .blocking
+            .run(move || {
+                let _gate = store.index.gate.lock();
+                let Some(size) = store.index.remove_complete(&d, force) else { return Ok(None) };
+                for p in [store.complete_path(&d), store.complete_meta_path(&d)] {
+                    remove_if_present(&p)?;
+                }
+                Ok(Some(size))
+            })
+            .await?;
+        if let Some(size) = size {
+            self.evictions.record(reason, size);
+        }
+        Ok(size)
+    }
+
+    /// Removes partial download `d` unless a download has it open; returns its size if it
+    /// was removed, counted under `reason`.
+    pub(crate) async fn remove_partial(&self, d: Digest, reason: Reason) -> Result<Option<u64>, StoreError> {
+        let store = self.clone();
+        let size = self
+            .blocking
+            .run(move || {
+                let _gate = store.index.gate.lock();
+                let Some(size) = store.index.remove_partial(&d, false) else { return Ok(None) };
+                let dir = store.root.join("partial");
+                for ext in ["data", "meta", "bits"] {
+                    remove_if_present(&dir.join(format!("{}.{ext}", d.hex())))?;
+                }
+                Ok(Some(size))
+            })
+            .await?;
+        if let Some(size) = size {
+            self.evictions.record(reason, size);
+        }
+        Ok(size)
+    }
+
+    /// Records (or with `pin == false` removes) pin `why` of `d`, and writes the pins to disk
+    /// if they changed.
+    pub async fn set_pin(&self, d: Digest, why: &str, pin: bool) -> Result<(), StoreError> {
+        if self.index.set_pin(d, why, pin) {
+            self.write_pins().await?;
+        }
+        Ok(())
+    }
+
+    /// Whether `d` is pinned (configured, preheated with a pin, or in a pinned repository).
+    pub fn is_pinned(&self, d: &Digest) -> bool {
+        self.index.is_pinned(d)
+    }
+
+    /// Sets the configured pins (see `swarm.store.pin`); a recorded repository pin whose
+    /// repository is no longer configured goes.
+    pub(crate) fn configure_pins(&self, digests: &[Digest], repositories: &[String]) -> Result<(), StoreError> {
+        if self.index.configure_pins(digests, repositories) {
+            write_pins(&self.pins_path(), &self.index.recorded_pins())?;
+        }
+        Ok(())
+    }
+
+    async fn write_pins(&self) -> Result<(), StoreError> {
+        let store = self.clone();
+        self.blocking.run(move || write_pins(&store.pins_path(), &store.index.recorded_pins())).await
+    }
+}
+
+/// Why a complete blob could not be opened.
+enum Opened {
+    /// It failed its checks: it must go.
+    Corrupt(String),
+    Io(StoreError),
+}
+
+/// Opens complete blob `d`, checking that its metainfo parses and names it and that the data
+/// file is exactly as long as the metainfo says. `Ok(None)` if the data file is gone.
+fn open_checked(d: Digest, data: &Path, meta: &Path) -> Result<Option<BlobFile>, Opened> {
+    let file = match File::open(data) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Opened::Io(StoreError::io("open", data)(e))),
+    };
+    let meta = match read_meta(meta) {
+        Ok(m) => m,
+        Err(StoreError::Io { source, .. }) if source.kind() != io::ErrorKind::NotFound => {
+            return Err(Opened::Io(StoreError::io("read", meta)(source)));
+        }
+        Err(e) => return Err(Opened::Corrupt(format!("{e}"))),
+    };
+    if meta.digest() != d {
+        return Err(Opened::Corrupt(format!("its metainfo is for {}", meta.digest())));
+    }
+    let len = file.metadata().map_err(|e| Opened::Io(StoreError::io("stat", data)(e)))?.len();
+    if len != meta.length() {
+        return Err(Opened::Corrupt(format!("the file is {len} bytes, its metainfo says {}", meta.length())));
+    }
+    Ok(Some(BlobFile { meta, file }))
+}
+
+fn remove_if_present(p: &Path) -> Result<(), StoreError> {
+    match fs::remove_file(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::io("remove", p)(e)),
+    }
+}
+
+/// Makes the entries of `dir` (a rename into it) durable.
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|f| f.sync_all()).map_err(StoreError::io("sync", dir))
+}
+
+pub(crate) fn space_of(root: &Path) -> Result<FsSpace, StoreError> {
+    let st = rustix::fs::statvfs(root).map_err(|e| StoreError::io("statvfs", root)(e.into()))?;
+    Ok(FsSpace { total: st.f_blocks.saturating_mul(st.f_frsize), free: st.f_bavail.saturating_mul(st.f_frsize) })
+}
+
+/// The pins in `path`; a missing file is none, an unreadable one is logged and counts as none
+/// (the pins it held are lost, nothing else).
+fn read_pins(path: &Path) -> BTreeMap<Digest, BTreeSet<String>> {
+    match fs::read(path) {
+        Ok(text) => serde_json::from_slice(&text).unwrap_or_else(|e| {
+            tracing::warn!(path = %path.display(), "pins file is invalid, pins start empty: {e}");
+            BTreeMap::new()
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), "cannot read the pins file, pins start empty: {e}");
+            BTreeMap::new()
+        }
+    }
+}
+
+fn write_pins(path: &Path, pins: &BTreeMap<Digest, BTreeSet<String>>) -> Result<(), StoreError> {
+    let json = serde_json::to_vec_pretty(pins).expect("pins serialize");
+    write_durably(path, &json)
+}
+
+/// Writes `bytes` to `path` through a synced temporary file and a rename: a crash leaves the
+/// old content or the new.
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let mut tmp_name = path.file_name().expect("a file path").to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let mut f = File::create(&tmp).map_err(StoreError::io("create", &tmp))?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(StoreError::io("write", &tmp))?;
+    fs::rename(&tmp, path).map_err(StoreError::io("rename", path))
 }
 
 fn read_meta(path: &Path) -> Result<MetaInfo, StoreError> {
-    let text = fs::read(path).map_err(StoreError::io("read", path))?;
-    serde_json::from_slice(&text).map_err(|e| StoreError::BadMeta { path: path.to_path_buf(), reason: e.to_string() })
+    // Bounded: a file longer than any metainfo is refused without reading it all.
+    let mut text = Vec::new();
+    File::open(path)
+        .and_then(|f| f.take(store_files::MAX_META_LEN as u64 + 1).read_to_end(&mut text))
+        .map_err(StoreError::io("read", path))?;
+    store_files::parse_meta(&text).map_err(|e| StoreError::BadMeta { path: path.to_path_buf(), reason: e.to_string() })
 }
 
 fn write_meta(path: &Path, meta: &MetaInfo) -> Result<(), StoreError> {
-    let tmp = path.with_extension("meta.tmp");
-    let json = serde_json::to_vec(meta).expect("metainfo serializes");
-    fs::write(&tmp, json).map_err(StoreError::io("write", &tmp))?;
-    fs::rename(&tmp, path).map_err(StoreError::io("rename", path))
+    write_durably(path, &serde_json::to_vec(meta).expect("metainfo serializes"))
 }
 
 impl BlobFile {
@@ -263,7 +579,7 @@ impl BlobFile {
 }
 
 impl PartialBlob {
-    fn open(root: &Path, meta: MetaInfo) -> Result<PartialBlob, StoreError> {
+    fn open(root: &Path, meta: MetaInfo, index: Arc<Index>) -> Result<PartialBlob, StoreError> {
         let dir = root.join("partial");
         let hex = meta.digest().hex();
         let data_path = dir.join(format!("{hex}.data"));
@@ -282,12 +598,14 @@ impl PartialBlob {
             .open(&data_path)
             .map_err(StoreError::io("open", &data_path))?;
         file.set_len(meta.length()).map_err(StoreError::io("allocate", &data_path))?;
-        let mut bits = vec![0u8; nbytes];
+        let mut claimed = vec![false; n as usize];
         if resumable {
-            if let Ok(mut f) = File::open(&bits_path) {
+            if let Ok(f) = File::open(&bits_path) {
                 let mut got = Vec::new();
-                if f.read_to_end(&mut got).is_ok() && got.len() == nbytes {
-                    bits = got;
+                if f.take(nbytes as u64 + 1).read_to_end(&mut got).is_ok()
+                    && let Some(bits) = store_files::parse_bits(&got, n)
+                {
+                    claimed = bits;
                 }
             }
         } else {
@@ -298,7 +616,7 @@ impl PartialBlob {
         let have: Vec<bool> = blob
             .meta
             .all_pieces()
-            .map(|p| bit(&bits, p.get()) && blob.read_piece(p).is_ok_and(|d| blob.meta.verify_piece(p, &d)))
+            .map(|p| claimed[p.as_usize()] && blob.read_piece(p).is_ok_and(|d| blob.meta.verify_piece(p, &d)))
             .collect();
         let bits_file = OpenOptions::new()
             .write(true)
@@ -310,7 +628,15 @@ impl PartialBlob {
         bits_file.set_len(nbytes as u64).map_err(StoreError::io("allocate", &bits_path))?;
         bits_file.write_all_at(&packed, 0).map_err(StoreError::io("write", &bits_path))?;
         let prefix = Mutex::new(PrefixHash { hasher: DigestHasher::new(), next: 0 });
-        Ok(PartialBlob { blob: Arc::new(blob), dir, have: Mutex::new(have), bits_file, prefix })
+        Ok(PartialBlob {
+            blob: Arc::new(blob),
+            root: root.to_path_buf(),
+            dir,
+            index,
+            have: Mutex::new(have),
+            bits_file,
+            prefix,
+        })
     }
 
     /// The file to read verified pieces from (valid after commit too).
@@ -373,12 +699,14 @@ impl PartialBlob {
         Ok(())
     }
 
-    /// Checks the whole blob's sha256 and moves it into `blobs/`. Blocking. On a mismatch the
+    /// Checks the whole blob's sha256 and moves it into `blobs/`, synced to disk: the data,
+    /// then its metainfo, then the rename and the directory. Blocking. On a mismatch the
     /// partial files are removed: its pieces all verified yet the whole is wrong, so the
     /// metainfo itself was bad.
-    pub fn commit(&self, store_root: &Path) -> Result<(), StoreError> {
+    pub fn commit(&self) -> Result<(), StoreError> {
         let meta = &self.blob.meta;
-        let hex = meta.digest().hex();
+        let digest = meta.digest();
+        let hex = digest.hex();
         let data_path = self.dir.join(format!("{hex}.data"));
         let got = {
             let mut prefix = self.prefix.lock();
@@ -395,19 +723,33 @@ impl PartialBlob {
         let remove = |ext: &str| {
             let _ = fs::remove_file(self.dir.join(format!("{hex}.{ext}")));
         };
-        if got != meta.digest() {
+        if got != digest {
+            let _gate = self.index.gate.lock();
             for ext in ["data", "meta", "bits"] {
                 remove(ext);
             }
-            return Err(StoreError::Corrupt { digest: meta.digest(), got });
+            self.index.remove_partial(&digest, true);
+            return Err(StoreError::Corrupt { digest, got });
         }
-        let blobs = store_root.join("blobs");
+        self.blob.file.sync_all().map_err(StoreError::io("sync", &data_path))?;
+        let blobs = self.root.join("blobs");
         write_meta(&blobs.join(format!("{hex}.meta")), meta)?;
         let dest = blobs.join(&hex);
-        fs::rename(&data_path, &dest).map_err(StoreError::io("commit", &dest))?;
+        {
+            let _gate = self.index.gate.lock();
+            fs::rename(&data_path, &dest).map_err(StoreError::io("commit", &dest))?;
+            self.index.committed(digest, meta.length(), &self.blob);
+        }
+        sync_dir(&blobs)?;
         remove("meta");
         remove("bits");
         Ok(())
+    }
+}
+
+impl Drop for PartialBlob {
+    fn drop(&mut self) {
+        self.index.partial_closed(&self.blob.meta.digest());
     }
 }
 
@@ -455,10 +797,10 @@ mod tests {
         for k in [1, 3] {
             write(&p, k);
         }
-        p.commit(store.root()).unwrap();
+        p.commit().unwrap();
         let f = store.open_complete(meta.digest()).await.unwrap().unwrap();
         assert_eq!(f.read_at(0, data.len()).unwrap(), data);
-        assert_eq!(store.list_complete().await.unwrap(), vec![meta.digest()]);
+        assert_eq!(store.complete_digests(), vec![meta.digest()]);
         assert!(fs::read_dir(dir.path().join("partial")).unwrap().next().is_none());
     }
 
@@ -483,7 +825,7 @@ mod tests {
                 });
             }
         });
-        p.commit(store.root()).unwrap();
+        p.commit().unwrap();
         let f = store.open_complete(meta.digest()).await.unwrap().unwrap();
         assert!(f.read_at(0, data.len()).unwrap() == *data);
     }
@@ -518,7 +860,7 @@ mod tests {
         let meta = meta_of(&data);
         let p = store.open_partial(meta.clone()).await.unwrap();
         p.write_piece(meta.piece(1).unwrap(), &data[MIN_PIECE_LEN as usize..]).unwrap();
-        assert!(matches!(p.commit(store.root()), Err(StoreError::Io { op: "commit", .. })));
+        assert!(matches!(p.commit(), Err(StoreError::Io { op: "commit", .. })));
         assert!(store.open_complete(meta.digest()).await.unwrap().is_none());
     }
 
@@ -557,7 +899,7 @@ mod tests {
         .unwrap();
         let p = store.open_partial(bad.clone()).await.unwrap();
         p.write_piece(bad.piece(0).unwrap(), &data).unwrap();
-        assert!(matches!(p.commit(store.root()), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(p.commit(), Err(StoreError::Corrupt { .. })));
         assert!(store.open_complete(bad.digest()).await.unwrap().is_none());
     }
 
@@ -569,5 +911,196 @@ mod tests {
         let store = Store::open(dir.path(), Blocking::new(1)).unwrap();
         assert!(store.open_complete(Digest::of(b"nope")).await.unwrap().is_none());
         assert!(!dir.path().join("tmp/leftover").exists());
+    }
+
+    /// Commits `data` through a staged file, as an origin's fetch does.
+    async fn put(store: &Store, data: &[u8]) -> MetaInfo {
+        let meta = MetaInfo::build(data);
+        let staged = store.tmp_path();
+        fs::write(&staged, data).unwrap();
+        store.commit_verified(meta.clone(), staged).await.unwrap();
+        meta
+    }
+
+    /// The index's last uses, oldest first.
+    fn by_last_use(store: &Store) -> Vec<Digest> {
+        let mut all: Vec<_> = store.index().snapshot().into_iter().map(|s| (s.last_used, s.digest)).collect();
+        all.sort();
+        all.into_iter().map(|(_, d)| d).collect()
+    }
+
+    /// Last uses are written to disk (the data files' mtimes) and read back at the next open,
+    /// so the least-recently-used order survives a restart.
+    #[tokio::test]
+    async fn restart_keeps_the_order_of_last_uses() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Blocking::new(2)).unwrap();
+        let [a, b, c] = [b"a" as &[u8], b"b", b"c"];
+        let (a, b, c) = (put(&store, a).await.digest(), put(&store, b).await.digest(), put(&store, c).await.digest());
+        for d in [&b, &c, &a] {
+            // Distinct clock readings, whatever the clock's resolution.
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            store.touch(d);
+        }
+        assert_eq!(by_last_use(&store), [b, c, a]);
+        store.persist_last_uses().await;
+        drop(store);
+        let store = Store::open(dir.path(), Blocking::new(2)).unwrap();
+        assert_eq!(by_last_use(&store), [b, c, a], "the order is read back from disk");
+        assert_eq!(store.index().unpersisted(), vec![], "nothing left to write after a restart");
+    }
+
+    /// A complete blob whose file is short (a power loss before its data reached the disk;
+    /// here truncated by hand) or whose metainfo is unreadable or names another blob is not
+    /// served: it is removed at its next open, counted as corrupt, and the others are served.
+    #[tokio::test]
+    async fn a_damaged_complete_blob_costs_that_blob_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Blocking::new(2)).unwrap();
+        let good = put(&store, &blob(3000)).await;
+        let short = put(&store, &blob(2000)).await;
+        let garbled = put(&store, b"garbled metainfo").await;
+        let other = put(&store, b"metainfo of another blob").await;
+        drop(store);
+        File::options()
+            .write(true)
+            .open(dir.path().join("blobs").join(short.digest().hex()))
+            .unwrap()
+            .set_len(1500)
+            .unwrap();
+        let meta_path = |m: &MetaInfo| dir.path().join("blobs").join(format!("{}.meta", m.digest().hex()));
+        fs::write(meta_path(&garbled), b"{not json").unwrap();
+        fs::copy(meta_path(&good), meta_path(&other)).unwrap();
+
+        let store = Store::open(dir.path(), Blocking::new(2)).unwrap();
+        for bad in [&short, &garbled, &other] {
+            assert!(store.open_complete(bad.digest()).await.unwrap().is_none(), "{} served", bad.digest());
+            assert!(!store.contains(&bad.digest()));
+            assert!(!store.complete_path(&bad.digest()).exists() && !meta_path(bad).exists(), "files removed");
+        }
+        let f = store.open_complete(good.digest()).await.unwrap().expect("the good blob is served");
+        assert_eq!(f.read_at(0, 3000).unwrap(), blob(3000));
+        assert_eq!(store.evictions().get(Reason::Corrupt), 3);
+        assert_eq!(store.used(), 3000);
+    }
+
+    /// A download's `.bits` or `.meta` that cannot be read costs that download's progress:
+    /// it starts over, and another download's pieces are kept.
+    #[tokio::test]
+    async fn corrupt_partial_files_restart_that_download_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Blocking::new(2)).unwrap();
+        let datas: Vec<Vec<u8>> = (1..=3).map(|k| blob(2 * MIN_PIECE_LEN as usize + k)).collect();
+        let metas: Vec<MetaInfo> = datas.iter().map(|d| meta_of(d)).collect();
+        for (m, d) in metas.iter().zip(&datas) {
+            let p = store.open_partial(m.clone()).await.unwrap();
+            let i = m.piece(0).unwrap();
+            p.write_piece(i, piece_bytes(m, d, i)).unwrap();
+        }
+        let path = |m: &MetaInfo, ext: &str| dir.path().join("partial").join(format!("{}.{ext}", m.digest().hex()));
+        fs::write(path(&metas[0], "bits"), b"a bitfield far longer than three pieces need").unwrap();
+        fs::write(path(&metas[1], "meta"), b"\x00\x01 not a metainfo").unwrap();
+        drop(store);
+        let store = Store::open(dir.path(), Blocking::new(2)).unwrap();
+        let have = |k: usize| {
+            let store = store.clone();
+            let m = metas[k].clone();
+            async move { store.open_partial(m).await.unwrap().have() }
+        };
+        assert_eq!(have(0).await, vec![false, false, false], "bad .bits: starts over");
+        assert_eq!(have(1).await, vec![false, false, false], "bad .meta: starts over");
+        assert_eq!(have(2).await, vec![true, false, false], "the other download resumes");
+    }
+
+    /// The index counts partial downloads and complete blobs; a blob whose file someone holds
+    /// is not evicted until they let go, and a partial a download has open is not removed.
+    #[tokio::test]
+    async fn eviction_spares_open_files_and_open_downloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Blocking::new(2)).unwrap();
+        let data = blob(2 * MIN_PIECE_LEN as usize);
+        let meta = meta_of(&data);
+        let p = store.open_partial(meta.clone()).await.unwrap();
+        assert_eq!(store.used(), meta.length());
+        assert_eq!(store.remove_partial(meta.digest(), Reason::PartialTtl).await.unwrap(), None, "in use");
+        for i in meta.all_pieces() {
+            p.write_piece(i, piece_bytes(&meta, &data, i)).unwrap();
+        }
+        p.commit().unwrap();
+        drop(p);
+        assert_eq!(store.used(), meta.length(), "counted once, as complete");
+        let held = store.open_complete(meta.digest()).await.unwrap().unwrap();
+        assert_eq!(store.evict(meta.digest(), false, Reason::Size).await.unwrap(), None, "in use");
+        drop(held);
+        assert_eq!(store.evict(meta.digest(), false, Reason::Size).await.unwrap(), Some(meta.length()));
+        assert_eq!(store.used(), 0);
+        assert!(store.open_complete(meta.digest()).await.unwrap().is_none());
+        assert!(!store.complete_path(&meta.digest()).exists());
+        assert_eq!(store.evictions().get(Reason::Size), 1);
+
+        // An abandoned download goes once nothing has it open.
+        let other = meta_of(&blob(100));
+        drop(store.open_partial(other.clone()).await.unwrap());
+        assert_eq!(store.remove_partial(other.digest(), Reason::PartialTtl).await.unwrap(), Some(100));
+        assert!(fs::read_dir(dir.path().join("partial")).unwrap().next().is_none());
+    }
+
+    /// Leftovers of an interrupted commit or removal go at open: a metainfo without its data,
+    /// data without its metainfo, a partial's `.bits` without its `.data`, temporary files.
+    #[tokio::test]
+    async fn open_clears_leftovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Blocking::new(2)).unwrap();
+        let kept = put(&store, b"kept").await;
+        drop(store);
+        let hex = |b: &[u8]| Digest::of(b).hex();
+        let blobs = dir.path().join("blobs");
+        let partial = dir.path().join("partial");
+        let leftovers = [
+            blobs.join(format!("{}.meta", hex(b"x"))),
+            blobs.join(hex(b"y")),
+            blobs.join(format!("{}.meta.tmp", hex(b"z"))),
+            partial.join(format!("{}.bits", hex(b"w"))),
+            partial.join(format!("{}.meta.tmp", hex(b"v"))),
+        ];
+        for p in &leftovers {
+            fs::write(p, b"left over").unwrap();
+        }
+        let store = Store::open(dir.path(), Blocking::new(2)).unwrap();
+        for p in &leftovers {
+            assert!(!p.exists(), "{} is still there", p.display());
+        }
+        assert_eq!(store.complete_digests(), vec![kept.digest()]);
+        assert_eq!(store.evictions().get(Reason::Corrupt), 1, "the data without its metainfo");
+    }
+
+    /// Pins are kept on disk; a repository's pins go when it leaves the configured list,
+    /// a preheat's stay until unpinned, and an unreadable pins file costs the pins only.
+    #[tokio::test]
+    async fn pins_survive_a_restart_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (Digest::of(b"a"), Digest::of(b"b"), Digest::of(b"c"));
+        let repos = vec!["library/nginx".to_string()];
+        let store = Store::open(dir.path(), Blocking::new(2)).unwrap();
+        store.configure_pins(&[c], &repos).unwrap();
+        store.set_pin(a, crate::index::PIN_PREHEAT, true).await.unwrap();
+        store.set_pin(b, &crate::index::repository_pin("library/nginx"), true).await.unwrap();
+        assert!(store.is_pinned(&a) && store.is_pinned(&b) && store.is_pinned(&c));
+        drop(store);
+
+        let store = Store::open(dir.path(), Blocking::new(2)).unwrap();
+        store.configure_pins(&[], &repos).unwrap();
+        assert!(store.is_pinned(&a) && store.is_pinned(&b) && !store.is_pinned(&c));
+        store.set_pin(a, crate::index::PIN_PREHEAT, false).await.unwrap();
+        drop(store);
+
+        let store = Store::open(dir.path(), Blocking::new(2)).unwrap();
+        store.configure_pins(&[], &[]).unwrap();
+        assert!(!store.is_pinned(&a) && !store.is_pinned(&b), "unpinned; repository no longer listed");
+        store.set_pin(a, crate::index::PIN_PREHEAT, true).await.unwrap();
+        drop(store);
+        fs::write(dir.path().join("pins.json"), b"[garbage").unwrap();
+        let store = Store::open(dir.path(), Blocking::new(2)).expect("an unreadable pins file does not stop the store");
+        assert!(!store.is_pinned(&a));
     }
 }

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use shoal_core::net::Networks;
 use shoal_core::ratelimit::Rate;
 use shoal_core::ring::{OriginNode, Ring, RingError};
-use shoal_runtime::{AuthConfig, Authorizer, Duration, HttpConfig, LogFormat};
+use shoal_runtime::{AuthConfig, Authorizer, Duration, HttpConfig, LogFormat, Tls, TlsConfig};
 
 use crate::store::MAX_PEERS_PER_BLOB;
 
@@ -84,6 +84,9 @@ pub struct Config {
     pub max_blobs_per_host: usize,
     /// The HTTP server's deadlines and connection cap.
     pub http: HttpConfig,
+    /// Serve the API over TLS; clients (agents, origins) present a certificate as
+    /// `tls.http_client_auth` says. Default none: plaintext, with a loud warning.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for Config {
@@ -104,6 +107,7 @@ impl Default for Config {
             max_peers_per_host: 8,
             max_blobs_per_host: 100_000,
             http: HttpConfig::default(),
+            tls: None,
         }
     }
 }
@@ -124,6 +128,7 @@ pub struct ValidConfig {
     max_peers_per_host: usize,
     max_blobs_per_host: usize,
     http: HttpConfig,
+    tls: Option<Tls>,
 }
 
 /// Why a configuration is rejected. Each message names the key to fix.
@@ -145,6 +150,8 @@ pub enum ConfigError {
     Ring(#[from] RingError),
     #[error("{0}")]
     Invalid(String),
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 impl Config {
@@ -186,6 +193,7 @@ impl Config {
         let auth = self.auth.load().map_err(ConfigError::Invalid)?;
         let ring =
             if self.origins.is_empty() { None } else { Some(Arc::new(Ring::new(self.origins, self.origin_replicas)?)) };
+        let tls = self.tls.as_ref().map(Tls::load).transpose().map_err(|e| ConfigError::Tls(e.to_string()))?;
         Ok(ValidConfig {
             listen: self.listen,
             peer_ttl: ttl,
@@ -200,6 +208,7 @@ impl Config {
             max_peers_per_host: self.max_peers_per_host,
             max_blobs_per_host: self.max_blobs_per_host,
             http: self.http,
+            tls,
         })
     }
 }
@@ -230,6 +239,11 @@ impl ValidConfig {
     /// The origin ring, or `None` when no origins are configured.
     pub fn ring(&self) -> Option<&Arc<Ring>> {
         self.ring.as_ref()
+    }
+
+    /// The loaded TLS files, when `tls` is set.
+    pub fn tls(&self) -> Option<&Tls> {
+        self.tls.as_ref()
     }
 
     pub fn shutdown_grace(&self) -> std::time::Duration {

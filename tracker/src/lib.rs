@@ -70,6 +70,8 @@ pub async fn run(
 pub struct Tracker {
     /// The bound API address, read by tests to build URLs.
     addr: SocketAddr,
+    /// `https` when the API is served over TLS, else `http`.
+    scheme: &'static str,
     /// The phase, read by tests and by `start` while it waits for `Ready`.
     admin: Admin,
     /// Cancelled by `stop` and by `Drop`.
@@ -84,6 +86,7 @@ impl Tracker {
     /// starts, so a registration error is returned here.
     pub async fn start(config: ValidConfig, listener: TcpListener, registry: Registry) -> Result<Tracker, Error> {
         let addr = listener.local_addr().map_err(Error::LocalAddr)?;
+        let scheme = if config.tls().is_some() { "https" } else { "http" };
         let admin = Admin::new(registry);
         let service = Service::new(&config, admin.clone())?;
         let shutdown = CancellationToken::new();
@@ -94,7 +97,7 @@ impl Tracker {
         // `serve` leaves `Starting` on every path. `Err` would mean the sender is gone, which
         // cannot happen while `admin` lives.
         let _ = phase.wait_for(|p| *p != Phase::Starting).await;
-        Ok(Tracker { addr, admin, shutdown, task: Some(task) })
+        Ok(Tracker { addr, scheme, admin, shutdown, task: Some(task) })
     }
 
     /// The bound address of the API.
@@ -104,7 +107,7 @@ impl Tracker {
 
     /// `http://<addr>`, the base URL nodes announce to.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     pub fn phase(&self) -> Phase {
@@ -118,6 +121,12 @@ impl Tracker {
 
     /// Cancels the tracker and waits until it has drained.
     pub async fn stop(mut self) -> Result<(), Error> {
+        self.halt().await
+    }
+
+    /// Cancels the tracker and waits until it has drained and closed its listener, keeping
+    /// the handle (a tracker that goes down while its nodes run on). Later calls do nothing.
+    pub async fn halt(&mut self) -> Result<(), Error> {
         self.shutdown.cancel();
         match self.task.take() {
             Some(task) => task.await.map_err(Error::Join)?,
@@ -136,6 +145,8 @@ impl Drop for Tracker {
 struct Service {
     /// The node's registry and phase. `serve` moves the phase through its lifecycle.
     admin: Admin,
+    /// The API's TLS material, when `tls` is configured.
+    tls: Option<shoal_runtime::Tls>,
     /// Shared by the HTTP handlers and the sweep task.
     state: Arc<AppState>,
     /// How often the sweep task purges expired entries. It equals the TTL, so an expired
@@ -150,6 +161,10 @@ struct Service {
 impl Service {
     fn new(config: &ValidConfig, admin: Admin) -> Result<Service, Error> {
         let metrics = Metrics::register(&admin.registry).map_err(Error::Metrics)?;
+        let tls = config.tls().cloned();
+        if let Some(t) = &tls {
+            t.register(&admin.registry).map_err(Error::Metrics)?;
+        }
         let store = PeerStore::new(StoreOptions {
             peer_ttl: config.peer_ttl(),
             max_peers: config.max_peers(),
@@ -166,6 +181,7 @@ impl Service {
         });
         Ok(Service {
             admin,
+            tls,
             state,
             sweep_every: config.peer_ttl(),
             shutdown_grace: config.shutdown_grace(),
@@ -174,7 +190,7 @@ impl Service {
     }
 
     async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> Result<(), Error> {
-        let Service { admin, state, sweep_every, shutdown_grace, http } = self;
+        let Service { admin, tls, state, sweep_every, shutdown_grace, http } = self;
         let addr = match listener.local_addr() {
             Ok(addr) => addr,
             Err(e) => {
@@ -191,10 +207,18 @@ impl Service {
         // The HTTP server has its own token. On shutdown, readiness turns false before the
         // listener closes.
         let http_stop = CancellationToken::new();
+        let auth = tls.as_ref().map(|t| t.config().http_client_auth).unwrap_or_default();
+        let listener = match shoal_runtime::tls::HttpListener::new(listener, tls.as_ref(), auth) {
+            Ok(l) => l,
+            Err(e) => {
+                admin.set_phase(Phase::Stopped);
+                return Err(Error::LocalAddr(e));
+            }
+        };
         let served = shoal_runtime::serve_with(listener, router, http_stop.clone(), shutdown_grace, &http);
         let mut served = std::pin::pin!(served);
         admin.set_phase(Phase::Ready);
-        tracing::info!(%addr, "tracker ready");
+        tracing::info!(%addr, tls = tls.is_some(), "tracker ready");
         let res = tokio::select! {
             res = &mut served => res,
             _ = shutdown.cancelled() => {

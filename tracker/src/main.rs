@@ -55,6 +55,9 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     shoal_runtime::init_tracing("info", config.log_format());
+    if config.tls().is_none() {
+        shoal_runtime::tls::warn_plaintext("tracker");
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

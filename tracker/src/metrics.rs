@@ -44,6 +44,7 @@ impl Metrics {
             Recorded::UnusableAddr,
             Recorded::HostFull,
             Recorded::HostBlobs,
+            Recorded::Stopped,
         ] {
             announces.with_label_values(&[r.as_str()]);
         }

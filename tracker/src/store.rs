@@ -27,6 +27,10 @@
 //!    has `peer_id: None` and `complete: false`, since it may still have to fetch the blob.
 //!    An owner at the asker's own address is left out.
 //!
+//! A `stopped` announce (the node evicted the blob) removes at once the asker's entry and any
+//! other at its address (an earlier process of the same listener), and is answered with no
+//! peers; it records nothing, so a stop for a blob the tracker never saw costs nothing.
+//!
 //! # State and restarts
 //!
 //! State is rebuilt from announces alone. A restarted tracker hands out only origins until
@@ -130,6 +134,8 @@ pub enum Recorded {
     HostFull,
     /// This IP address already has entries in `max_blobs_per_host` blobs.
     HostBlobs,
+    /// A `stopped` announce: the node's entry, if any, was removed.
+    Stopped,
 }
 
 impl Recorded {
@@ -142,6 +148,7 @@ impl Recorded {
             Recorded::UnusableAddr => "unusable_addr",
             Recorded::HostFull => "host_full",
             Recorded::HostBlobs => "host_blobs",
+            Recorded::Stopped => "stopped",
         }
     }
 }
@@ -195,6 +202,9 @@ impl PeerStore {
 
     /// [`PeerStore::announce`] with the randomness supplied, for reproducible runs.
     pub fn announce_with_rng<R: Rng + ?Sized>(&self, req: &AnnounceRequest, now: Instant, rng: &mut R) -> Handout {
+        if req.stopped {
+            return self.stop(req);
+        }
         let owners: Vec<SocketAddr> = match &self.opts.ring {
             Some(ring) => ring.owners(&req.blob).into_iter().map(|o| o.peer).filter(|a| *a != req.addr).collect(),
             None => Vec::new(),
@@ -260,6 +270,33 @@ impl PeerStore {
             rng,
         );
         Handout { peers, recorded, purged: pass.purged }
+    }
+
+    /// A node left `req.blob`'s swarm: its entry goes, and any other at its address (an
+    /// earlier process of the same listener, as an announce would drop it), and it is told
+    /// about nobody. The hosts of the entries removed get their room back
+    /// (`max_blobs_per_host`).
+    fn stop(&self, req: &AnnounceRequest) -> Handout {
+        let mut now_empty = false;
+        let mut gone = Vec::new();
+        if let Some(mut swarm) = self.blobs.get_mut(&req.blob) {
+            swarm.peers.retain(|id, e| {
+                let keep = *id != req.peer_id && e.addr != req.addr;
+                if !keep {
+                    gone.push(e.addr.ip().to_canonical());
+                }
+                keep
+            });
+            self.n_peers.fetch_sub(gone.len(), Ordering::Relaxed);
+            now_empty = swarm.peers.is_empty();
+        }
+        for ip in gone {
+            self.forget_host(ip);
+        }
+        if now_empty {
+            self.remove_if_empty(&req.blob);
+        }
+        Handout { peers: Vec::new(), recorded: Recorded::Stopped, purged: 0 }
     }
 
     /// Removes every expired entry, and every blob left without peers.
@@ -490,7 +527,7 @@ mod tests {
     }
 
     fn req(n: u8, complete: bool) -> AnnounceRequest {
-        AnnounceRequest { blob: blob(), peer_id: id(n), addr: addr(n), complete, origin: false }
+        AnnounceRequest { blob: blob(), peer_id: id(n), addr: addr(n), complete, origin: false, stopped: false }
     }
 
     fn ids(h: &Handout) -> Vec<Option<PeerId>> {
@@ -508,6 +545,32 @@ mod tests {
         assert!(h.peers.is_empty());
         assert_eq!(h.recorded, Recorded::Yes);
         assert_eq!((s.n_peers(), s.n_blobs()), (1, 1));
+    }
+
+    #[test]
+    fn a_stopped_announce_removes_its_entries_only() {
+        let s = store(50);
+        let t = Instant::now();
+        for n in 1..=4 {
+            s.announce(&req(n, true), t);
+        }
+        assert_eq!((s.n_peers(), s.n_blobs()), (4, 1));
+        let stop = |n: u8| AnnounceRequest { stopped: true, complete: false, ..req(n, true) };
+        let h = s.announce(&stop(1), t);
+        assert_eq!((h.recorded, h.peers.len()), (Recorded::Stopped, 0));
+        assert_eq!(id_set(&s.announce(&req(9, false), t)), HashSet::from([id(2), id(3), id(4)]), "1 is not handed out");
+        // A restarted node (a new id at the same address) stops for its earlier process too;
+        // a peer's own id goes whatever address it names.
+        s.announce(&AnnounceRequest { peer_id: id(0x22), ..stop(2) }, t);
+        s.announce(&AnnounceRequest { addr: addr(0x33), ..stop(3) }, t);
+        assert_eq!(id_set(&s.announce(&req(9, false), t)), HashSet::from([id(4)]));
+        // A stop for a blob never announced records nothing.
+        s.announce(&AnnounceRequest { blob: Digest::of(b"never"), ..stop(4) }, t);
+        assert_eq!((s.n_peers(), s.n_blobs()), (2, 1), "4 and the asker 9");
+        s.announce(&stop(4), t);
+        s.announce(&stop(9), t);
+        assert_eq!((s.n_peers(), s.n_blobs()), (0, 0), "the last peers left: the blob goes too");
+        assert_eq!(s.swarm_size(&blob(), t), shoal_core::api::SwarmSize::default());
     }
 
     #[test]
@@ -749,6 +812,26 @@ mod tests {
         assert_eq!(s.announce(&on(4), t + TTL + Duration::from_secs(2)).recorded, Recorded::Yes);
         // Another host is not bounded by this one.
         assert_eq!(s.announce(&AnnounceRequest { blob: Digest::of(&[0]), ..req(2, true) }, t).recorded, Recorded::Yes);
+    }
+
+    /// A host that evicts a blob and says so (a `stopped` announce) gets its room back at
+    /// once, not a TTL later.
+    #[test]
+    fn a_stopped_announce_gives_the_host_its_room_back() {
+        let opts = StoreOptions { max_blobs_per_host: 2, ..StoreOptions::new(TTL, 50, None) };
+        let s = PeerStore::new(opts);
+        let t = Instant::now();
+        let on = |b: u8| AnnounceRequest { blob: Digest::of(&[b]), ..req(1, true) };
+        assert_eq!(s.announce(&on(0), t).recorded, Recorded::Yes);
+        assert_eq!(s.announce(&on(1), t).recorded, Recorded::Yes);
+        assert_eq!(s.announce(&on(2), t).recorded, Recorded::HostBlobs);
+        let stopped = AnnounceRequest { stopped: true, complete: false, ..on(0) };
+        assert_eq!(s.announce(&stopped, t).recorded, Recorded::Stopped);
+        assert_eq!(s.host_entries(addr(1).ip()), 1);
+        assert_eq!(s.announce(&on(2), t).recorded, Recorded::Yes);
+        // A stop for a blob the host is not in changes nothing.
+        s.announce(&AnnounceRequest { stopped: true, ..on(7) }, t);
+        assert_eq!(s.host_entries(addr(1).ip()), 2);
     }
 
     #[test]

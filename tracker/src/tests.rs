@@ -39,6 +39,7 @@ fn announce_req(n: u8, addr: &str, complete: bool) -> AnnounceRequest {
         addr: addr.parse().unwrap(),
         complete,
         origin: false,
+        stopped: false,
     }
 }
 
@@ -239,6 +240,34 @@ async fn an_announce_for_someone_elses_address_is_refused() {
     assert!(answer.peers.is_empty(), "{answer:?}");
     let text = reqwest::get(format!("{}/metrics", t.url())).await.unwrap().text().await.unwrap();
     assert!(text.lines().any(|l| l == "shoal_tracker_announces_total{result=\"denied\"} 1"), "{text}");
+    t.stop().await.unwrap();
+}
+
+/// A node that evicted a blob says so with a `stopped` announce of its own address, which an
+/// untrusted caller may send like any announce; a stop for another node's address is refused
+/// like an announce for it, so nobody can take a node out of a swarm.
+#[tokio::test]
+async fn a_stopped_announce_is_accepted_from_the_announcing_node_only() {
+    let t = start_as_is(Config::default()).await;
+    let own = announce_req(1, "127.0.0.1:7603", true);
+    assert_eq!(post(&t, &own, None).await.0, 200);
+    let other = announce_req(3, "127.0.0.1:7604", false);
+    let answer: AnnounceResponse = serde_json::from_str(&post(&t, &other, None).await.2).unwrap();
+    assert_eq!(answer.peers.iter().map(|p| p.peer_id).collect::<Vec<_>>(), vec![Some(own.peer_id)]);
+    // Someone else's stop for the node (another address) is refused and changes nothing.
+    let forged = AnnounceRequest { stopped: true, complete: false, addr: "127.0.0.9:7603".parse().unwrap(), ..own };
+    let (status, _, body) = post(&t, &forged, None).await;
+    assert_eq!(status, 403, "{body}");
+    let answer: AnnounceResponse = serde_json::from_str(&post(&t, &other, None).await.2).unwrap();
+    assert_eq!(answer.peers.len(), 1, "{answer:?}");
+    // The node's own stop is accepted, and it is no longer handed out.
+    let stopped = AnnounceRequest { stopped: true, complete: false, ..own };
+    let (status, _, body) = post(&t, &stopped, None).await;
+    assert_eq!(status, 200, "{body}");
+    let answer: AnnounceResponse = serde_json::from_str(&post(&t, &other, None).await.2).unwrap();
+    assert!(answer.peers.is_empty(), "{answer:?}");
+    let text = reqwest::get(format!("{}/metrics", t.url())).await.unwrap().text().await.unwrap();
+    assert!(text.lines().any(|l| l == "shoal_tracker_announces_total{result=\"stopped\"} 1"), "{text}");
     t.stop().await.unwrap();
 }
 

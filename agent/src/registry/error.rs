@@ -66,6 +66,13 @@ impl RegistryError {
         e
     }
 
+    /// 503 `UNAVAILABLE` with `Retry-After: <secs>`: a limit of the agent is full.
+    pub fn busy(message: impl Into<String>, secs: u32) -> RegistryError {
+        let mut e = RegistryError::new(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE, message);
+        e.headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        e
+    }
+
     /// A failure of the origins to produce a blob's metainfo; `unknown` is the code for a
     /// blob they do not have (`BLOB_UNKNOWN` or `MANIFEST_UNKNOWN`).
     pub fn from_origin(e: OriginError, unknown: &'static str) -> RegistryError {
@@ -117,6 +124,9 @@ impl From<TagError> for RegistryError {
 
 impl From<SwarmError> for RegistryError {
     fn from(e: SwarmError) -> RegistryError {
+        if let SwarmError::TooManyDownloads { .. } = e {
+            return RegistryError::busy(format!("{e:#}"), crate::api::DOWNLOADS_RETRY_AFTER);
+        }
         let status = match &e {
             SwarmError::Store(s) if s.is_storage_full() => StatusCode::INSUFFICIENT_STORAGE,
             SwarmError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -175,6 +185,14 @@ mod tests {
         check(RouteError::NameInvalid("x".into()), 400, NAME_INVALID);
         check(RouteError::TagInvalid("x".into()), 404, MANIFEST_UNKNOWN);
         check(RouteError::DigestInvalid(shoal_core::ParseDigestError::Hex), 400, DIGEST_INVALID);
+    }
+
+    #[test]
+    fn a_full_node_answers_503_with_retry_after() {
+        let e = RegistryError::from(SwarmError::TooManyDownloads { max: 2 });
+        assert_eq!((e.status.as_u16(), e.code), (503, UNAVAILABLE));
+        assert_eq!(e.headers[header::RETRY_AFTER], "1");
+        assert!(e.message.contains("max_downloads"), "{}", e.message);
     }
 
     #[test]

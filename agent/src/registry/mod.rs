@@ -14,7 +14,9 @@
 //! parameter that containerd sends is passed on to the origins with the repository name
 //! (`origin_client::Hints`), so an origin can pull a missing blob or tag through from that
 //! upstream registry. Errors use the spec's body ([`error`]). The repository name does not restrict
-//! which blobs can be read: a digest is the same blob in every repository.
+//! which blobs can be read: a digest is the same blob in every repository. A blob or manifest
+//! asked for through a repository listed in `swarm.store.pin.repositories` is pinned in the
+//! agent's store.
 
 pub mod error;
 pub mod manifest;
@@ -53,6 +55,8 @@ pub struct RegistryState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Who may start a preheat.
     pub auth: shoal_runtime::Authorizer,
+    /// Prefetches running at once (`max_prefetches`).
+    pub prefetches: shoal_runtime::Cap,
 }
 
 /// The `/v2/` tree. Every path below `/v2/` reaches one handler, which parses it itself.
@@ -112,6 +116,7 @@ async fn serve(st: &RegistryState, method: &Method, uri: &Uri, headers: &HeaderM
         Route::Manifest { name, reference } => get_manifest(st, head, &name, reference, ns.as_deref()).await,
         Route::Blob { name, digest } => {
             tracing::debug!(%name, %digest, ns = ns.as_deref(), "registry blob");
+            st.swarm.note_repository(name.as_str(), digest).await;
             let hints = Hints { name: Some(name), ns };
             get_blob(st, head, digest, headers, &hints).await
         }
@@ -202,6 +207,7 @@ async fn get_manifest(
         Reference::Tag(tag) => st.tags.resolve(ns, name, tag).await?,
     };
     tracing::debug!(%name, %reference, %digest, ns, "registry manifest");
+    st.swarm.note_repository(name.as_str(), digest).await;
     let hints = Hints { name: Some(name.clone()), ns: ns.map(str::to_owned) };
     let file = fetch(st, digest, MANIFEST_UNKNOWN, &hints).await?;
     let len = file.meta().length();

@@ -1,10 +1,11 @@
-//! `POST /preheat` on the agent: `{"name", "reference", "ns"?, "prefetch"?}`. A tag is
+//! `POST /preheat` on the agent: `{"name", "reference", "ns"?, "prefetch"?, "pin"?}`. A tag is
 //! resolved through the origins (as a pull would), then the request goes to the origins that
 //! own the manifest, which fetch the image's manifests, configs and layers into their stores
 //! (`shoal_origin::preheat`). The origin's answer (202 with an id and every digest) is passed
 //! through. With `prefetch`, the agent also downloads every listed blob into its own store
 //! through the swarm, in the background and a bounded number at a time, so the first pull on
-//! this host is local.
+//! this host is local. `"pin": true` pins the image's blobs on the origins, and with
+//! `prefetch` in this agent's store too (never evicted); `"pin": false` unpins them there.
 //!
 //! Only a caller the agent's `auth` allows may preheat (401/403 in the Registry's error
 //! form); its bearer token goes on to the origins, which check it again.
@@ -26,6 +27,8 @@ use crate::origin_client::Hints;
 const PREFETCH_CONCURRENCY: usize = 4;
 /// Most digests prefetched for one request. Hard-coded, as the origin's own bounds.
 const MAX_PREFETCH: usize = 4096;
+/// `Retry-After` of a prefetch refused because `max_prefetches` are running.
+pub const PREFETCH_RETRY_AFTER: u32 = 10;
 
 /// The body of the agent's `POST /preheat`.
 #[derive(Clone, Debug, serde::Deserialize)]
@@ -38,6 +41,10 @@ pub struct PreheatRequest {
     /// Also download every blob into this agent's store.
     #[serde(default)]
     pub prefetch: bool,
+    /// `true` pins every blob (on the origins, and with `prefetch` here), `false` unpins
+    /// them; absent leaves pins as they are.
+    #[serde(default)]
+    pub pin: Option<bool>,
 }
 
 /// `POST /preheat`.
@@ -61,6 +68,13 @@ pub async fn post_preheat(
 
 async fn preheat(st: &RegistryState, req: PreheatRequest, bearer: Option<&str>) -> Result<Response, RegistryError> {
     let bad = |code, m: String| RegistryError::new(StatusCode::BAD_REQUEST, code, m);
+    // Held by the prefetch until its last blob; taken first, so a refusal starts nothing.
+    let prefetching = match req.prefetch {
+        true => {
+            Some(st.prefetches.try_take().map_err(|full| RegistryError::busy(full.to_string(), PREFETCH_RETRY_AFTER))?)
+        }
+        false => None,
+    };
     let name = RepoName::parse(&req.name).map_err(|e| bad(super::error::NAME_INVALID, e.to_string()))?;
     let reference = Reference::parse(&req.reference).map_err(|e| bad(super::error::MANIFEST_INVALID, e.to_string()))?;
     let ns = match req.ns.as_deref().filter(|s| !s.is_empty()) {
@@ -72,19 +86,35 @@ async fn preheat(st: &RegistryState, req: PreheatRequest, bearer: Option<&str>) 
         Reference::Digest(d) => *d,
         Reference::Tag(tag) => st.tags.resolve(ns_str.as_deref(), &name, tag).await?,
     };
-    let body = serde_json::json!({"name": name.as_str(), "reference": digest.to_string(), "ns": ns_str});
+    let mut body = serde_json::json!({"name": name.as_str(), "reference": digest.to_string(), "ns": ns_str});
+    if let Some(pin) = req.pin {
+        // Only when asked: origins from before pinning refuse the key.
+        body["pin"] = serde_json::json!(pin);
+    }
     let (status, mut answer) =
         st.origins.preheat(digest, &body, bearer).await.map_err(|e| RegistryError::from_origin(e, MANIFEST_UNKNOWN))?;
-    if status == 202 && req.prefetch {
-        let digests: Vec<Digest> = answer["digests"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str()?.parse().ok()).take(MAX_PREFETCH).collect())
-            .unwrap_or_default();
+    let digests: Vec<Digest> = answer["digests"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str()?.parse().ok()).take(MAX_PREFETCH).collect())
+        .unwrap_or_default();
+    // Pinned before they are downloaded, so no eviction takes them in between; unpinned
+    // whether prefetched or not.
+    if status == 202
+        && let Some(pin) = req.pin.filter(|p| !p || req.prefetch)
+    {
+        for d in &digests {
+            if let Err(e) = st.swarm.pin(*d, pin).await {
+                tracing::warn!(%d, "cannot record the pin: {e:#}");
+            }
+        }
+    }
+    if let (202, Some(running)) = (status, prefetching) {
         let hints = Hints { name: Some(name.clone()), ns: ns_str.clone() };
         let st2 = st.clone();
         let n = digests.len();
         shoal_runtime::spawn("prefetch", st.shutdown.clone(), async move {
             prefetch(&st2, digests, &hints).await;
+            drop(running);
             Ok(())
         });
         if let Some(obj) = answer.as_object_mut() {
@@ -112,4 +142,66 @@ async fn prefetch(st: &RegistryState, digests: Vec<Digest>, hints: &Hints) {
         .fold(0, |acc, f| async move { acc + f })
         .await;
     tracing::info!(failed, "prefetch finished");
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_core::ring::{OriginNode, Ring};
+
+    use super::*;
+
+    /// The registry state of an agent whose one origin does not answer, with one prefetch
+    /// slot; the token stops its swarm.
+    async fn state(dir: &std::path::Path) -> (RegistryState, tokio_util::sync::CancellationToken) {
+        let origin =
+            OriginNode { id: "o0".into(), http: "http://127.0.0.1:9".into(), peer: "127.0.0.1:9".parse().unwrap() };
+        let ring = Ring::new(vec![origin], 1).unwrap();
+        let registry = prometheus::Registry::new();
+        let cfg = shoal_swarm::SwarmConfig { store_dir: dir.to_path_buf(), ..Default::default() };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let role = shoal_swarm::Role::Agent { origins: ring.clone() };
+        let swarm = shoal_swarm::Swarm::start(cfg, listener, &registry, role, None, shutdown.clone()).unwrap();
+        let st = RegistryState {
+            swarm,
+            origins: crate::origin_client::OriginClient::new(ring.clone(), std::time::Duration::from_secs(5), None),
+            tags: super::super::TagResolver::new(ring, std::time::Duration::from_secs(30), None),
+            metrics: crate::metrics::AgentMetrics::new(&registry).unwrap(),
+            shutdown: shutdown.clone(),
+            auth: shoal_runtime::Authorizer::open(),
+            prefetches: shoal_runtime::Cap::new("prefetches", "max_prefetches", 1),
+        };
+        (st, shutdown)
+    }
+
+    fn request(prefetch: bool) -> PreheatRequest {
+        PreheatRequest {
+            name: "team/app".into(),
+            reference: Digest::of(b"m").to_string(),
+            ns: None,
+            prefetch,
+            pin: None,
+        }
+    }
+
+    /// `max_prefetches` prefetches run at once: one more is answered 503 with `Retry-After`
+    /// before anything is asked of the origins; a preheat without prefetch is not held back.
+    #[tokio::test]
+    async fn prefetches_past_max_prefetches_get_503_with_retry_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let (st, shutdown) = state(dir.path()).await;
+        let running = st.prefetches.try_take().unwrap();
+        let err = preheat(&st, request(true), None).await.expect_err("refused while the only prefetch runs");
+        assert_eq!(err.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(err.headers[axum::http::header::RETRY_AFTER], PREFETCH_RETRY_AFTER.to_string().as_str());
+        assert!(err.message.contains("max_prefetches"), "{}", err.message);
+        // Past the cap, the request reaches the origins, which do not answer here.
+        let err = preheat(&st, request(false), None).await.expect_err("no origin answers");
+        assert_ne!(err.status, StatusCode::SERVICE_UNAVAILABLE, "{}", err.message);
+        drop(running);
+        let err = preheat(&st, request(true), None).await.expect_err("no origin answers");
+        assert_ne!(err.status, StatusCode::SERVICE_UNAVAILABLE, "{}", err.message);
+        assert_eq!(st.prefetches.available(), 1, "a prefetch that did not start gives its slot back");
+        shutdown.cancel();
+    }
 }

@@ -49,12 +49,14 @@ struct Inner {
 
 impl TagResolver {
     /// Resolves through the origins of `ring`; answers are reused for `ttl` (zero: never).
-    pub fn new(ring: Ring, ttl: Duration) -> TagResolver {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("http client builds");
+    /// With `tls`, the origins are asked over mutual TLS.
+    pub fn new(ring: Ring, ttl: Duration, tls: Option<&shoal_runtime::Tls>) -> TagResolver {
+        let mut builder =
+            reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(30));
+        if let Some(tls) = tls {
+            builder = tls.http_client(builder);
+        }
+        let http = builder.build().expect("http client builds");
         TagResolver { inner: Arc::new(Inner { ring, http, ttl, cache: Mutex::new(HashMap::new()) }) }
     }
 

@@ -22,6 +22,7 @@ auth:
 {{- end }}
 origins:
   {{- include "shoal.origins" . | trim | nindent 2 }}
+{{- include "shoal.tlsConfig" . }}
 {{- end }}
 
 {{/*
@@ -56,6 +57,7 @@ backend:
   {{- end }}
   multipart_threshold: {{ include "shoal.bytes" $s3.multipartThreshold }}
   part_size: {{ include "shoal.bytes" $s3.partSize }}
+  read_timeout: {{ $s3.readTimeout | quote }}
 {{- else if eq $o.backend.type "fs" }}
   type: fs
   root: /var/lib/shoal/backend
@@ -65,10 +67,13 @@ backend:
 {{- fail (printf "origin.backend.type must be s3 or fs, not %q" $o.backend.type) }}
 {{- end }}
 max_concurrent_fetches: {{ $o.maxConcurrentFetches }}
+fetch_timeout: {{ $o.fetchTimeout | quote }}
 metainfo_wait: {{ $o.metainfoWait | quote }}
 failure_ttl: {{ $o.failureTtl | quote }}
 max_upload: {{ include "shoal.bytes" $o.maxUpload }}
+max_uploads: {{ $o.maxUploads }}
 preheat_concurrency: {{ $o.preheatConcurrency }}
+max_preheats: {{ $o.maxPreheats }}
 shutdown_grace: "{{ $o.shutdownGraceSeconds }}s"
 {{- if .ctx.Values.auth.enabled }}
 auth:
@@ -83,6 +88,7 @@ pull_through:
   tag_ttl: {{ .tagTtl | quote }}
   connect_timeout: {{ .connectTimeout | quote }}
   read_timeout: {{ .readTimeout | quote }}
+  request_timeout: {{ .requestTimeout | quote }}
   {{- if .dockerConfigSecret }}
   docker_config_file: /var/run/shoal/dockerconfig/config.json
   {{- end }}
@@ -118,6 +124,7 @@ pull_through:
   {{- end }}
 {{- end }}
 {{- end }}
+{{- include "shoal.tlsConfig" .ctx }}
 swarm:
   store_dir: /var/lib/shoal/store
   trackers: [{{ include "shoal.trackerUrl" .ctx | quote }}]
@@ -125,8 +132,10 @@ swarm:
   # The tracker trusts this token to announce the origin's Service address.
   tracker_token_file: {{ include "shoal.authFile" .ctx }}
   {{- end }}
-  {{- with $o.swarm }}
-  {{- toYaml . | nindent 2 }}
+  {{- /* The volume's size is the store's budget unless the fs backend lives on it too. */}}
+  {{- $size := ternary $o.persistence.size "" (or (eq $o.backend.type "s3") (not (empty $o.backend.fs.volume))) }}
+  {{- with include "shoal.swarmValues" (dict "swarm" $o.swarm "size" $size) }}
+  {{- . | nindent 2 }}
   {{- end }}
 {{- end }}
 
@@ -141,6 +150,7 @@ origins:
 origin_replicas: {{ .Values.origin.ringReplicas }}
 origin_fetch_timeout: {{ $a.originFetchTimeout | quote }}
 tag_ttl: {{ $a.tagTtl | quote }}
+max_prefetches: {{ $a.maxPrefetches }}
 shutdown_grace: "{{ $a.shutdownGraceSeconds }}s"
 {{- if and (not $a.hostNetwork) (not $a.apiNetworks) }}
 {{- fail "agent.apiNetworks is required with agent.hostNetwork false: the runtime reaches the agent's API through the hostPort from the node's address" }}
@@ -150,13 +160,14 @@ api_networks: {{ concat (list "127.0.0.0/8" "::1") $a.apiNetworks | toJson }}
 auth:
   tokens_file: {{ include "shoal.authFile" . }}
 {{- end }}
+{{- include "shoal.tlsConfig" . }}
 swarm:
   store_dir: /var/lib/shoal/store
   trackers: [{{ include "shoal.trackerUrl" . | quote }}]
   # No advertise_addr: the DaemonSet sets SHOAL_AGENT_ADVERTISE_IP to the node's IP, and the
-  # port is peer_listen's.
-  {{- with $a.swarm }}
-  {{- toYaml . | nindent 2 }}
+  # port is peer_listen's. The store's budget is agent.store.size.
+  {{- with include "shoal.swarmValues" (dict "swarm" $a.swarm "size" $a.store.size) }}
+  {{- . | nindent 2 }}
   {{- end }}
 {{- end }}
 

@@ -62,7 +62,7 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* The tracker's URL, as agents and origins announce to it. */}}
 {{- define "shoal.trackerUrl" -}}
-{{- printf "http://%s.%s.svc:%d" (include "shoal.trackerName" .) .Release.Namespace (int .Values.tracker.port) }}
+{{- printf "%s://%s.%s.svc:%d" (include "shoal.scheme" .) (include "shoal.trackerName" .) .Release.Namespace (int .Values.tracker.port) }}
 {{- end }}
 
 {{/*
@@ -75,33 +75,40 @@ when the pod is rescheduled; the binaries resolve the peer names once at startup
 {{- range $i := until (int .Values.origin.replicas) }}
 {{- $host := printf "%s-%d.%s.svc" $name $i $.Release.Namespace }}
 - id: {{ printf "%s-%d" $name $i }}
-  http: {{ printf "http://%s:%d" $host (int $.Values.origin.httpPort) | quote }}
+  http: {{ printf "%s://%s:%d" (include "shoal.scheme" $) $host (int $.Values.origin.httpPort) | quote }}
   peer: {{ printf "%s:%d" $host (int $.Values.origin.peerPort) | quote }}
 {{- end }}
 {{- end }}
 
-{{/* Prometheus scrape annotations for a pod serving /metrics on `port`. */}}
+{{/* Prometheus scrape annotations for a pod serving /metrics on `port` (over TLS with `https`). */}}
 {{- define "shoal.scrapeAnnotations" -}}
 {{- if .ctx.Values.metrics.podAnnotations }}
 prometheus.io/scrape: "true"
 prometheus.io/port: {{ .port | quote }}
 prometheus.io/path: /metrics
+{{- if .https }}
+prometheus.io/scheme: https
+{{- end }}
 {{- end }}
 {{- end }}
 
-{{/* Liveness and readiness probes on the named port: call with the port's name. */}}
+{{/*
+Liveness and readiness probes on a named port: call with (dict "port" "http" "https" true).
+Over TLS the kubelet presents no certificate: tls.httpClientAuth "optional" lets it in.
+*/}}
 {{- define "shoal.probes" -}}
+{{- $get := printf "{ path: %%s, port: %s%s }" .port (ternary ", scheme: HTTPS" "" (eq .https true)) }}
 startupProbe:
-  httpGet: { path: /health, port: {{ . }} }
+  httpGet: {{ printf $get "/health" }}
   periodSeconds: 2
   failureThreshold: 30
 livenessProbe:
-  httpGet: { path: /health, port: {{ . }} }
+  httpGet: {{ printf $get "/health" }}
   periodSeconds: 10
   timeoutSeconds: 3
   failureThreshold: 3
 readinessProbe:
-  httpGet: { path: /ready, port: {{ . }} }
+  httpGet: {{ printf $get "/ready" }}
   periodSeconds: 5
   timeoutSeconds: 3
   failureThreshold: 2
@@ -130,6 +137,44 @@ float Helm parses it into), a string such as 64MiB is quoted.
 */}}
 {{- define "shoal.bytes" -}}
 {{- if or (kindIs "float64" .) (kindIs "int64" .) (kindIs "int" .) }}{{ int64 . }}{{ else }}{{ . | quote }}{{ end }}
+{{- end }}
+
+{{/*
+A Kubernetes quantity of bytes (50Gi, 500G, 1.5Ti, an integer) as a whole number of bytes: a
+volume's size turned into the store budget (`swarm.store.max_size`) of the binary using it.
+*/}}
+{{- define "shoal.quantityBytes" -}}
+{{- if or (kindIs "float64" .) (kindIs "int64" .) (kindIs "int" .) }}
+{{- int64 . }}
+{{- else }}
+{{- $q := toString . }}
+{{- $num := regexFind "^[0-9]+(\\.[0-9]+)?" $q }}
+{{- $units := dict "" 1 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "P" 1000000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "Pi" 1125899906842624 }}
+{{- $unit := trimPrefix $num $q }}
+{{- if or (not $num) (not (hasKey $units $unit)) }}
+{{- fail (printf "%q cannot be a store budget: give bytes with one of k, M, G, T, P, Ki, Mi, Gi, Ti, Pi" $q) }}
+{{- end }}
+{{- if contains "." $num }}{{ mulf (float64 $num) (get $units $unit) | int64 }}{{ else }}{{ mul (int64 $num) (get $units $unit) }}{{ end }}
+{{- end }}
+{{- end }}
+
+{{/*
+A component's `swarm:` section (call with (dict "swarm" <values' swarm map> "size" <volume size>
+"ctx" $)): the values' keys, with `store.max_size` set to the volume's size in bytes unless the
+values give one. Rendered after the keys the chart sets itself.
+*/}}
+{{- define "shoal.swarmValues" -}}
+{{- $swarm := deepCopy (.swarm | default dict) }}
+{{- if .size }}
+{{- $store := deepCopy (get $swarm "store" | default dict) }}
+{{- if not (hasKey $store "max_size") }}
+{{- $_ := set $store "max_size" (include "shoal.quantityBytes" .size | int64) }}
+{{- end }}
+{{- $_ := set $swarm "store" $store }}
+{{- end }}
+{{- with $swarm }}
+{{- toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -213,5 +258,53 @@ The auth Secret's name (auth.existingSecret, else the one the chart makes).
 - name: auth
   mountPath: /var/run/shoal/auth
   readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* "https" with tls.enabled, else "http": the scheme of the origins' and tracker's URLs. */}}
+{{- define "shoal.scheme" -}}
+{{- if .Values.tls.enabled }}https{{ else }}http{{ end }}
+{{- end }}
+
+{{/* The Secret holding a component's certificate: call with (dict "ctx" $ "component" "origin"). */}}
+{{- define "shoal.tlsSecret" -}}
+{{- if eq .ctx.Values.tls.source "secret" }}
+{{- required (printf "tls.secrets.%s is required with tls.source secret" .component) (index .ctx.Values.tls.secrets .component) }}
+{{- else }}
+{{- printf "%s-%s-tls" (include "shoal.fullname" .ctx) .component }}
+{{- end }}
+{{- end }}
+
+{{/* A config's `tls:` section, with the files where shoal.tlsVolume mounts them. */}}
+{{- define "shoal.tlsConfig" -}}
+{{- if .Values.tls.enabled }}
+tls:
+  ca_file: /var/run/shoal/tls/ca.crt
+  cert_file: /var/run/shoal/tls/tls.crt
+  key_file: /var/run/shoal/tls/tls.key
+  http_client_auth: {{ .Values.tls.httpClientAuth }}
+  reload_interval: {{ .Values.tls.reloadInterval | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The certificate's mount (no subPath, so the kubelet's updates of a rotated Secret show). */}}
+{{- define "shoal.tlsMount" -}}
+{{- if .Values.tls.enabled }}
+- name: tls
+  mountPath: /var/run/shoal/tls
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* The certificate's volume: call with (dict "ctx" $ "component" "origin"). */}}
+{{- define "shoal.tlsVolume" -}}
+{{- if .ctx.Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ include "shoal.tlsSecret" . }}
+    items:
+      - { key: ca.crt, path: ca.crt }
+      - { key: tls.crt, path: tls.crt }
+      - { key: tls.key, path: tls.key }
 {{- end }}
 {{- end }}

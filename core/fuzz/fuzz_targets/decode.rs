@@ -15,11 +15,7 @@ fuzz_target!(|data: &[u8]| {
     loop {
         match decode(rest) {
             Ok(Some((msg, used))) => {
-                assert!(
-                    (LEN_PREFIX..=rest.len()).contains(&used),
-                    "used {used} of {}",
-                    rest.len()
-                );
+                assert!((LEN_PREFIX..=rest.len()).contains(&used), "used {used} of {}", rest.len());
                 let mut buf = BytesMut::new();
                 encode(&msg, &mut buf);
                 assert_eq!(&buf[..], &rest[..used], "re-encoding of {msg:?}");

@@ -15,41 +15,14 @@ use shoal_core::{Digest, PeerId};
 #[derive(Arbitrary, Debug)]
 enum Input {
     KeepAlive,
-    Handshake {
-        version: u16,
-        peer_id: [u8; 16],
-    },
-    Bitfield {
-        blob: [u8; 32],
-        num_pieces: u32,
-        bits: Vec<u8>,
-    },
-    Have {
-        blob: [u8; 32],
-        piece: u32,
-    },
-    Request {
-        blob: [u8; 32],
-        piece: u32,
-    },
-    Piece {
-        blob: [u8; 32],
-        piece: u32,
-        data: Vec<u8>,
-    },
-    Cancel {
-        blob: [u8; 32],
-        piece: u32,
-    },
-    Reject {
-        blob: [u8; 32],
-        piece: u32,
-        reason: Reason,
-    },
-    Error {
-        code: u16,
-        message: String,
-    },
+    Handshake { version: u16, peer_id: [u8; 16] },
+    Bitfield { blob: [u8; 32], num_pieces: u32, bits: Vec<u8> },
+    Have { blob: [u8; 32], piece: u32 },
+    Request { blob: [u8; 32], piece: u32 },
+    Piece { blob: [u8; 32], piece: u32, data: Vec<u8> },
+    Cancel { blob: [u8; 32], piece: u32 },
+    Reject { blob: [u8; 32], piece: u32, reason: Reason },
+    Error { code: u16, message: String },
 }
 
 #[derive(Arbitrary, Debug, Clone, Copy)]
@@ -70,10 +43,7 @@ fuzz_target!(|input: Input| {
     let mut buf = BytesMut::new();
     encode(&msg, &mut buf);
     let expected = match msg {
-        Message::Error { code, message } => Message::Error {
-            code,
-            message: truncate(message),
-        },
+        Message::Error { code, message } => Message::Error { code, message: truncate(message) },
         other => other,
     };
     assert_eq!(decode(&buf), Ok(Some((expected, buf.len()))));
@@ -83,9 +53,7 @@ impl Valid {
     /// Fixes what `encode` would refuse: bitfield shape and spare bits, oversized pieces.
     fn new(mut input: Input) -> Valid {
         match &mut input {
-            Input::Bitfield {
-                num_pieces, bits, ..
-            } => {
+            Input::Bitfield { num_pieces, bits, .. } => {
                 *num_pieces = 1 + *num_pieces % MAX_PIECES;
                 let n_bytes = (*num_pieces as usize).div_ceil(8);
                 bits.resize(n_bytes, 0);
@@ -101,55 +69,21 @@ impl Valid {
     fn message(&self) -> Message<'_> {
         match self.input {
             Input::KeepAlive => Message::KeepAlive,
-            Input::Handshake { version, peer_id } => Message::Handshake {
-                version,
-                peer_id: PeerId(peer_id),
-            },
-            Input::Bitfield {
-                blob,
-                num_pieces,
-                ref bits,
-            } => Message::Bitfield {
-                blob: digest(blob),
-                num_pieces,
-                bits,
-            },
-            Input::Have { blob, piece } => Message::Have {
-                blob: digest(blob),
-                piece,
-            },
-            Input::Request { blob, piece } => Message::Request {
-                blob: digest(blob),
-                piece,
-            },
-            Input::Piece {
-                blob,
-                piece,
-                ref data,
-            } => Message::Piece {
-                blob: digest(blob),
-                piece,
-                data,
-            },
-            Input::Cancel { blob, piece } => Message::Cancel {
-                blob: digest(blob),
-                piece,
-            },
-            Input::Reject {
-                blob,
-                piece,
-                reason,
-            } => {
+            Input::Handshake { version, peer_id } => Message::Handshake { version, peer_id: PeerId(peer_id) },
+            Input::Bitfield { blob, num_pieces, ref bits } => {
+                Message::Bitfield { blob: digest(blob), num_pieces, bits }
+            }
+            Input::Have { blob, piece } => Message::Have { blob: digest(blob), piece },
+            Input::Request { blob, piece } => Message::Request { blob: digest(blob), piece },
+            Input::Piece { blob, piece, ref data } => Message::Piece { blob: digest(blob), piece, data },
+            Input::Cancel { blob, piece } => Message::Cancel { blob: digest(blob), piece },
+            Input::Reject { blob, piece, reason } => {
                 let reason = match reason {
                     Reason::NotHave => RejectReason::NotHave,
                     Reason::UnknownBlob => RejectReason::UnknownBlob,
                     Reason::Busy => RejectReason::Busy,
                 };
-                Message::Reject {
-                    blob: digest(blob),
-                    piece,
-                    reason,
-                }
+                Message::Reject { blob: digest(blob), piece, reason }
             }
             Input::Error { code, ref message } => Message::Error { code, message },
         }

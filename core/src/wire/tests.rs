@@ -477,6 +477,30 @@ fn wire_bytes() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![noise, framed_noise, mutated]
 }
 
+#[test]
+fn corrupt_piece_errors_name_their_piece() {
+    let d = blob();
+    assert_eq!(parse_corrupt_piece(&corrupt_piece_text(d, 7)), Some((d, 7)));
+    assert_eq!(parse_corrupt_piece(&corrupt_piece_text(d, u32::MAX)), Some((d, u32::MAX)));
+    let bad = [
+        String::new(),
+        format!("{d}"),
+        format!("{d} "),
+        format!("{d} -1"),
+        format!("{d} +1"),
+        format!("{d} 4294967296"),
+        format!("{d} 1 2"),
+        format!("{d}  1"),
+        format!("sha256:zz {}", 1),
+        "sha256:abc 1".to_string(),
+    ];
+    for text in bad {
+        assert_eq!(parse_corrupt_piece(&text), None, "{text:?}");
+    }
+    // It fits an error frame's text.
+    assert!(corrupt_piece_text(d, u32::MAX).len() <= MAX_ERROR_TEXT);
+}
+
 proptest! {
     #[test]
     fn prop_round_trip(owned in any::<OwnedMessage>()) {

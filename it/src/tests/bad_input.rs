@@ -121,6 +121,8 @@ async fn full_disk_fails_the_download_clearly_and_the_agent_keeps_working() {
     let disk = TinyFs::mount("3m");
     let mut cfg = c.agent_config(0);
     cfg.swarm.store_dir = disk.dir.join("store");
+    // A budget beyond the disk: this is about the disk filling, not about eviction making room.
+    cfg.swarm.store.max_size = shoal_runtime::SizeLimit::Bytes(shoal_runtime::ByteSize(1 << 30));
     c.start_agent(0, Some(cfg)).await.unwrap();
     // A small blob first: it must stay servable after the disk fills.
     let small = random_blob(200_000, 32);

@@ -1,6 +1,7 @@
 //! The tests, one module per concern.
 
 mod bad_input;
+mod cache;
 mod cli;
 mod corrupt;
 mod dashboard;
@@ -14,3 +15,4 @@ mod request_id;
 mod resume;
 mod s3;
 mod swarm;
+mod tls;

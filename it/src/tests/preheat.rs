@@ -1,7 +1,8 @@
 //! Preheat against a real upstream `docker-registry` with an empty origin backend: after
 //! `POST /preheat` of a tag naming a multi-platform index, the origin's store holds the index,
 //! both child manifests, their configs and layers before any agent pulls; an agent's preheat
-//! with `prefetch` puts them in the agent's own store.
+//! with `prefetch` puts them in the agent's own store, and with `pin` pins them there and on
+//! the origin.
 
 use std::time::Duration;
 
@@ -112,7 +113,7 @@ async fn agent_preheat_with_prefetch_fills_the_agent_store() {
     let a = c.add_agent().await;
     let (status, body) = post(
         &format!("{}/preheat", c.agent_url(a)),
-        serde_json::json!({"name": "team/pre", "reference": "multi", "ns": UPSTREAM, "prefetch": true}),
+        serde_json::json!({"name": "team/pre", "reference": "multi", "ns": UPSTREAM, "prefetch": true, "pin": true}),
     )
     .await;
     assert_eq!(status, 202, "{body}");
@@ -125,6 +126,18 @@ async fn agent_preheat_with_prefetch_fills_the_agent_store() {
             assert!(tokio::time::Instant::now() < deadline, "{d} not prefetched within {WAIT:?}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // `"pin": true` pins every blob here and on the origin that fetched it.
+        assert!(swarm.store().is_pinned(d) && c.origin.swarm.store().is_pinned(d), "{d} pinned");
+    }
+    // `"pin": false` releases them, prefetch or not.
+    let (status, body) = post(
+        &format!("{}/preheat", c.agent_url(a)),
+        serde_json::json!({"name": "team/pre", "reference": "multi", "ns": UPSTREAM, "pin": false}),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    for d in &want {
+        assert!(!swarm.store().is_pinned(d) && !c.origin.swarm.store().is_pinned(d), "{d} unpinned");
     }
     // A pull now needs nothing from the upstream.
     drop(reg);

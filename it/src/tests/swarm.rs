@@ -56,6 +56,8 @@ async fn every_node_serves_health_and_its_own_metrics() {
     let data = random_blob(mib(2), 21);
     let d = c.put_backend_blob(&data).unwrap();
     assert_eq!(c.fetch(0, &d).await.unwrap(), data);
+    // The response ends with the last piece; the commit (synced to disk) follows.
+    wait_committed(&c, 0, &d).await;
     let http = reqwest::Client::new();
     let nodes = [
         (c.agent(0).http_addr, "shoal_swarm_downloads_completed_total 1"),
@@ -120,6 +122,7 @@ async fn blob_streams_before_the_download_completes() {
         got.extend_from_slice(&chunk);
     }
     assert!(got == data, "streamed body differs from the blob");
+    wait_committed(&c, 0, &d).await;
     assert!(c.agent(0).swarm.stats(&d).unwrap().complete);
     // Range reads through the registry API stream too, from the stored blob now.
     let range = reqwest::Client::new()
@@ -170,4 +173,45 @@ async fn stream_of_a_failing_download_ends_in_an_error() {
     assert!(resp.text().await.unwrap().contains("timed out"));
     slow.shutdown().await;
     c.shutdown().await;
+}
+
+/// With every tracker down, downloads go on: from the blob's owners on the origin ring, which
+/// every agent computes itself, and from the peers an agent is already connected to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_go_on_with_every_tracker_down() {
+    use shoal_loadtest::cluster::counter;
+    let mut swarm = shoal_loadtest::cluster::test_swarm_config();
+    swarm.download_timeout = shoal_runtime::Duration::from_secs(20);
+    // A capped origin, as in a fleet: a peer that has the blob is the faster source.
+    let mut c = Cluster::builder().agents(2).origin_rate(Some(mib(16))).swarm(swarm).start().await.unwrap();
+    // With the tracker up, agent 1 meets agent 0 through a first blob.
+    let first = random_blob(mib(4), 41);
+    let d = c.put_backend_blob(&first).unwrap();
+    assert_eq!(c.fetch(0, &d).await.unwrap(), first);
+    assert_eq!(c.fetch(1, &d).await.unwrap(), first);
+    assert!(c.agent(1).swarm.stats(&d).unwrap().from_peers > 0, "agent 1 is connected to agent 0");
+
+    c.tracker.halt().await.unwrap();
+    let data = random_blob(mib(16), 42);
+    let d = c.put_backend_blob(&data).unwrap();
+    // Agent 0 gets it from the blob's owner, agent 1 from agent 0 above all.
+    assert!(c.fetch(0, &d).await.unwrap() == data, "agent 0's copy differs");
+    assert!(c.fetch(1, &d).await.unwrap() == data, "agent 1's copy differs");
+    let stats = c.agent(1).swarm.stats(&d).unwrap();
+    assert!(stats.from_peers > 0, "agent 1 used the peer it knew: {stats:?}");
+    for (i, agent) in c.agents.iter().flatten().enumerate() {
+        let failures = counter(&agent.registry, "shoal_swarm_announce_failures_total", None);
+        assert!(failures > 0, "agent {i} announced to no tracker");
+    }
+    c.shutdown().await;
+}
+
+/// Waits (boundedly) until agent `i` has committed `d`: a response ends with the last piece,
+/// and the commit, synced to disk, follows it.
+async fn wait_committed(c: &Cluster, i: usize, d: &shoal_core::Digest) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !c.agent(i).swarm.store().contains(d) {
+        assert!(tokio::time::Instant::now() < deadline, "{d} not committed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

@@ -2,7 +2,8 @@
 //! (MinIO, Ceph, s3s-fs in tests), through `aws-sdk-s3`.
 //!
 //! Invariants: `get` streams the `GetObject` body and yields exactly `Content-Length` bytes
-//! or an error; `put` uploads from the local file, never from memory, with one `PutObject` up
+//! or an error; a read (the answer's start, or the body's next bytes) that waits longer than
+//! `read_timeout` fails as transient, so a stalled object never holds its reader for good; `put` uploads from the local file, never from memory, with one `PutObject` up
 //! to `multipart_threshold` and a multipart upload above it (aborted on failure, so no
 //! orphaned parts are left to bill); every SDK error is classified once, in [`classify`],
 //! into not found, transient or permanent.
@@ -26,7 +27,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
 use shoal_core::Digest;
-use shoal_runtime::ByteSize;
+use shoal_runtime::{ByteSize, Duration};
 
 use super::{Backend, BackendError, BlobStream, Layout};
 
@@ -79,6 +80,10 @@ pub struct S3Config {
     /// file that would otherwise need more than 10,000 parts.
     #[serde(default = "default_part_size")]
     pub part_size: ByteSize,
+    /// Longest wait for a read: the answer to a `GetObject` or `HeadObject`, or the next
+    /// bytes of an object's body. Past it the read fails as transient. Default 30s.
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout: Duration,
 }
 
 fn default_region() -> String {
@@ -91,6 +96,10 @@ fn default_multipart_threshold() -> ByteSize {
 
 fn default_part_size() -> ByteSize {
     ByteSize(16 << 20)
+}
+
+fn default_read_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 impl S3Config {
@@ -108,6 +117,7 @@ impl S3Config {
             secret_access_key: None,
             multipart_threshold: default_multipart_threshold(),
             part_size: default_part_size(),
+            read_timeout: default_read_timeout(),
         }
     }
 
@@ -132,6 +142,9 @@ impl S3Config {
                 "multipart_threshold {} is above the 5GiB single upload limit",
                 self.multipart_threshold
             ));
+        }
+        if self.read_timeout.get().is_zero() {
+            return invalid("read_timeout must be more than 0s".into());
         }
         Ok(())
     }
@@ -166,6 +179,7 @@ impl fmt::Debug for S3Config {
             .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
             .field("multipart_threshold", &self.multipart_threshold)
             .field("part_size", &self.part_size)
+            .field("read_timeout", &self.read_timeout)
             .finish()
     }
 }
@@ -215,6 +229,12 @@ impl S3Backend {
     /// The object key of `digest`.
     pub fn blob_key(&self, digest: &Digest) -> String {
         super::blob_key(self.cfg.layout, &self.cfg.prefix, digest)
+    }
+
+    /// `call`'s result, or a transient error if it has not answered within `read_timeout`.
+    async fn within<T>(&self, op: &str, key: &str, call: impl Future<Output = T>) -> Result<T, BackendError> {
+        let idle = self.cfg.read_timeout.get();
+        tokio::time::timeout(idle, call).await.map_err(|_| stalled(op, key, idle))
     }
 
     async fn put_single(&self, key: &str, path: &Path, length: u64) -> Result<(), BackendError> {
@@ -301,7 +321,8 @@ impl S3Backend {
 impl Backend for S3Backend {
     async fn stat(&self, digest: &Digest) -> Result<Option<u64>, BackendError> {
         let key = self.blob_key(digest);
-        match self.client.head_object().bucket(&self.cfg.bucket).key(&key).send().await {
+        let head = self.client.head_object().bucket(&self.cfg.bucket).key(&key).send();
+        match self.within("head_object", &key, head).await? {
             Ok(out) => Ok(Some(content_length("head_object", &key, out.content_length())?)),
             Err(e) => match classify("head_object", &key, e) {
                 BackendError::NotFound => Ok(None),
@@ -312,21 +333,22 @@ impl Backend for S3Backend {
 
     async fn get(&self, digest: &Digest) -> Result<BlobStream, BackendError> {
         let key = self.blob_key(digest);
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.cfg.bucket)
-            .key(&key)
-            .send()
-            .await
-            .map_err(|e| classify("get_object", &key, e))?;
+        let get = self.client.get_object().bucket(&self.cfg.bucket).key(&key).send();
+        let out = self.within("get_object", &key, get).await?.map_err(|e| classify("get_object", &key, e))?;
         let length = content_length("get_object", &key, out.content_length())?;
+        let idle = self.cfg.read_timeout.get();
         let chunks = futures::stream::unfold(out.body, move |mut body| {
             let key = key.clone();
             async move {
-                let item = body.next().await?.map_err(|e| {
-                    BackendError::transient(format!("s3 get_object {key}: reading body: {}", DisplayErrorContext(&e)))
-                });
+                let item = match tokio::time::timeout(idle, body.next()).await {
+                    Err(_) => Err(stalled("get_object", &key, idle)),
+                    Ok(next) => next?.map_err(|e| {
+                        BackendError::transient(format!(
+                            "s3 get_object {key}: reading body: {}",
+                            DisplayErrorContext(&e)
+                        ))
+                    }),
+                };
                 Some((item, body))
             }
         });
@@ -351,7 +373,8 @@ impl Backend for S3Backend {
 
     async fn get_small(&self, key: &str, max: usize) -> Result<Option<Bytes>, BackendError> {
         let full_key = super::object_key(&self.cfg.prefix, key)?;
-        let out = match self.client.get_object().bucket(&self.cfg.bucket).key(&full_key).send().await {
+        let get = self.client.get_object().bucket(&self.cfg.bucket).key(&full_key).send();
+        let out = match self.within("get_object", &full_key, get).await? {
             Ok(out) => out,
             Err(e) => {
                 return match classify("get_object", &full_key, e) {
@@ -366,7 +389,10 @@ impl Backend for S3Backend {
         }
         let mut body = out.body;
         let mut buf = BytesMut::with_capacity(usize::try_from(length).unwrap_or(max).min(max));
-        while let Some(chunk) = body.next().await {
+        let idle = self.cfg.read_timeout.get();
+        while let Some(chunk) =
+            tokio::time::timeout(idle, body.next()).await.map_err(|_| stalled("get_object", &full_key, idle))?
+        {
             let chunk = chunk.map_err(|e| {
                 BackendError::transient(format!("s3 get_object {full_key}: reading body: {}", DisplayErrorContext(&e)))
             })?;
@@ -470,6 +496,11 @@ where
     }
 }
 
+/// A read that waited longer than `read_timeout`.
+fn stalled(op: &str, key: &str, idle: std::time::Duration) -> BackendError {
+    BackendError::transient(format!("s3 {op} {key}: no answer for {}s (read_timeout)", idle.as_secs_f64()))
+}
+
 fn content_length(op: &str, key: &str, len: Option<i64>) -> Result<u64, BackendError> {
     len.and_then(|l| u64::try_from(l).ok())
         .ok_or_else(|| BackendError::transient(format!("s3 {op} {key}: response has no valid content-length")))
@@ -518,6 +549,68 @@ mod tests {
         let junk = write_pem(dir.path(), "junk.pem", "not a certificate\n".into());
         let err = S3Backend::new(cfg(Some(&junk))).await.unwrap_err().to_string();
         assert!(err.contains("ca_file") && err.contains("no PEM certificate"), "{err}");
+    }
+
+    /// A plain HTTP server on loopback that reads each request's head, answers `answer`, and
+    /// then holds the connection open without a byte more.
+    async fn stalling_server(answer: &'static [u8]) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = socket.write_all(answer).await;
+                    std::future::pending::<()>().await;
+                });
+            }
+        });
+        addr
+    }
+
+    async fn stalling_backend(answer: &'static [u8]) -> S3Backend {
+        let addr = stalling_server(answer).await;
+        S3Backend::new(S3Config {
+            endpoint_url: Some(format!("http://{addr}")),
+            access_key_id: Some("test".into()),
+            secret_access_key: Some("test".into()),
+            read_timeout: Duration::from_millis(300),
+            ..S3Config::new("bucket", Layout::Flat)
+        })
+        .await
+        .unwrap()
+    }
+
+    /// An object that stops sending part way, and a server that never answers: each read
+    /// fails as transient after `read_timeout` instead of waiting for good.
+    #[tokio::test]
+    async fn a_stalled_read_fails_after_read_timeout() {
+        let wait = std::time::Duration::from_secs(20);
+        let digest = Digest::of(b"x");
+        let s3 = stalling_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789").await;
+        let blob = tokio::time::timeout(wait, s3.get(&digest)).await.expect("the answer starts").unwrap();
+        assert_eq!(blob.length, 1000);
+        let read: Vec<_> = tokio::time::timeout(wait, blob.stream.collect::<Vec<_>>()).await.expect("the body ends");
+        assert_eq!(read.len(), 2, "ten bytes, then the error");
+        assert_eq!(read[0].as_ref().unwrap().len(), 10);
+        let err = read[1].as_ref().unwrap_err();
+        assert!(err.is_transient() && err.to_string().contains("read_timeout"), "{err}");
+
+        let silent = stalling_backend(b"").await;
+        let err = tokio::time::timeout(wait, silent.get(&digest)).await.expect("the get ends").unwrap_err();
+        assert!(err.is_transient() && err.to_string().contains("read_timeout"), "{err}");
+        let err = tokio::time::timeout(wait, silent.stat(&digest)).await.expect("the head ends").unwrap_err();
+        assert!(err.is_transient(), "{err}");
+        let err = tokio::time::timeout(wait, silent.get_small("a/link", 100)).await.expect("the get ends").unwrap_err();
+        assert!(err.is_transient(), "{err}");
     }
 
     #[test]
@@ -592,6 +685,7 @@ mod tests {
         check_err("bucket: b\nlayout: flat\npart_size: 1MiB\n", "part_size");
         check_err("bucket: b\nlayout: flat\nmultipart_threshold: 6GiB\n", "multipart_threshold");
         check_err("bucket: b\nlayout: flat\nprefix: a/../b\n", "invalid prefix");
+        check_err("bucket: b\nlayout: flat\nread_timeout: 0s\n", "read_timeout");
     }
 
     #[test]

@@ -26,6 +26,12 @@
 //!   `ca_file`; a client certificate (`client_cert_file`, `client_key_file`) for an upstream
 //!   that asks for one. Every file is read and parsed when the config is validated.
 //!
+//! Deadlines: `connect_timeout` to connect, `read_timeout` between two reads, and
+//! `request_timeout` for a whole exchange: a token, a manifest (its body included) or the
+//! answer to a blob request up to its body, so an upstream that trickles never holds a
+//! request for good. A blob's body is bounded by `read_timeout` and the fetcher's
+//! `fetch_timeout`.
+//!
 //! Errors are classified for the failure cache and the HTTP edge ([`UpstreamError`]): 404 is
 //! "not found" as from the backend, 401/403 after authenticating is a permanent denial, 5xx,
 //! 429 and network failures are transient. The repository name is a hint: a digest names the
@@ -74,6 +80,10 @@ pub struct PullThroughConfig {
     pub connect_timeout: Duration,
     /// Longest wait for the next bytes of an upstream response. Default 60s.
     pub read_timeout: Duration,
+    /// Longest one upstream exchange may take in all: a token, a manifest with its body, or
+    /// the answer to a blob request up to its body (which `read_timeout` and the origin's
+    /// `fetch_timeout` bound). Default 60s.
+    pub request_timeout: Duration,
     /// A Docker config JSON (the `.dockerconfigjson` of a `kubernetes.io/dockerconfigjson`
     /// Secret): Basic credentials for every upstream without a `username` of its own, found by
     /// its `host` or its URL's host. Default none.
@@ -88,6 +98,7 @@ impl Default for PullThroughConfig {
             tag_ttl: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(60),
             docker_config_file: None,
         }
     }
@@ -243,6 +254,7 @@ pub struct ValidPullThrough {
     pub tag_ttl: std::time::Duration,
     pub connect_timeout: std::time::Duration,
     pub read_timeout: std::time::Duration,
+    pub request_timeout: std::time::Duration,
 }
 
 impl PullThroughConfig {
@@ -333,12 +345,16 @@ impl PullThroughConfig {
         {
             return Err(invalid(format!("default_upstream {d} is not one of the upstreams")));
         }
+        if self.request_timeout.get().is_zero() {
+            return Err(invalid("request_timeout must be more than 0s".into()));
+        }
         Ok(ValidPullThrough {
             upstreams,
             default_upstream: self.default_upstream.clone(),
             tag_ttl: self.tag_ttl.get(),
             connect_timeout: self.connect_timeout.get(),
             read_timeout: self.read_timeout.get(),
+            request_timeout: self.request_timeout.get(),
         })
     }
 }
@@ -410,6 +426,8 @@ type TagKey = (RegistryHost, RepoName, Tag);
 pub struct Upstream {
     pub cfg: ValidUpstream,
     http: reqwest::Client,
+    /// The `request_timeout` of every exchange.
+    request_timeout: std::time::Duration,
     tokens: TokenCache,
     metrics: UpstreamMetrics,
 }
@@ -443,7 +461,13 @@ impl Upstreams {
                 host: u.host.as_str().into(),
                 message: format!("building http client: {e}").into(),
             })?;
-            let up = Upstream { cfg: u.clone(), http, tokens: TokenCache::default(), metrics: metrics.clone() };
+            let up = Upstream {
+                cfg: u.clone(),
+                http,
+                request_timeout: cfg.request_timeout,
+                tokens: TokenCache::default(),
+                metrics: metrics.clone(),
+            };
             by_host.insert(u.host.clone(), Arc::new(up));
         }
         let default = cfg.default_upstream.as_ref().and_then(|h| by_host.get(h).cloned());
@@ -482,6 +506,11 @@ impl Upstreams {
         }
         tags.insert((up.cfg.host.clone(), name.clone(), tag.clone()), (digest, Instant::now()));
     }
+}
+
+/// The message of an exchange past `request_timeout`.
+fn overdue(rt: std::time::Duration) -> String {
+    format!("not done within {}s (request_timeout)", rt.as_secs_f64())
 }
 
 /// What an upstream request is for: the metrics label.
@@ -527,8 +556,16 @@ impl Upstream {
     }
 
     /// Reads manifest `name:reference` (a tag or a digest), verified against its digest: the
-    /// digest asked for, else `Docker-Content-Digest` when the upstream sends one.
+    /// digest asked for, else `Docker-Content-Digest` when the upstream sends one. The whole
+    /// exchange has `request_timeout`.
     pub async fn manifest(&self, name: &RepoName, reference: &Reference) -> Result<UpstreamManifest, UpstreamError> {
+        let rt = self.request_timeout;
+        tokio::time::timeout(rt, self.read_manifest(name, reference))
+            .await
+            .map_err(|_| self.transient(format!("manifest {name}:{reference}: {}", overdue(rt))))?
+    }
+
+    async fn read_manifest(&self, name: &RepoName, reference: &Reference) -> Result<UpstreamManifest, UpstreamError> {
         let url = self.url(&format!("v2/{name}/manifests/{reference}"))?;
         let resp = self.get(Kind::Manifest, name, url, Some(ACCEPT_MANIFESTS)).await?;
         let announced = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -596,11 +633,15 @@ impl Upstream {
                 }
                 (None, _) => req,
             };
-            let resp = match req.send().await {
-                Ok(r) => r,
-                Err(e) => {
+            let resp = match tokio::time::timeout(self.request_timeout, req.send()).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
                     self.count(kind, "transient");
                     return Err(self.transient(format!("GET {url}: {e}")));
+                }
+                Err(_) => {
+                    self.count(kind, "transient");
+                    return Err(self.transient(format!("GET {url}: {}", overdue(self.request_timeout))));
                 }
             };
             let status = resp.status();
@@ -659,8 +700,22 @@ impl Upstream {
         }
     }
 
-    /// Asks the token endpoint of a Bearer challenge for a token of `scope`.
+    /// Asks the token endpoint of a Bearer challenge for a token of `scope`, within
+    /// `request_timeout`.
     async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<(String, std::time::Duration), UpstreamError> {
+        let rt = self.request_timeout;
+        tokio::time::timeout(rt, self.read_token(realm, service, scope)).await.map_err(|_| {
+            self.metrics.requests.with_label_values(&[self.cfg.host.as_str(), "token", "transient"]).inc();
+            self.transient(format!("token endpoint {realm}: {}", overdue(rt)))
+        })?
+    }
+
+    async fn read_token(
         &self,
         realm: &str,
         service: Option<&str>,
@@ -1022,5 +1077,83 @@ mod tests {
         }
         let err = validate("upstreams:\n- host: a.io\n  url: https://a.io\n  repositories: []\n").unwrap_err();
         assert!(err.contains("repositories"), "{err}");
+    }
+
+    /// A server on loopback that answers every request with `head` and then `body`, the
+    /// bytes of `head[trickle_from..]` and of `body` one at a time, `every` apart: never
+    /// idle for `read_timeout`, never done either.
+    async fn trickle_server(head: String, trickle_from: usize, body: Vec<u8>, every: std::time::Duration) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let (head, body) = (head.clone(), body.clone());
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let mut got = Vec::new();
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let (now, later) = head.as_bytes().split_at(trickle_from);
+                    if socket.write_all(now).await.is_err() {
+                        return;
+                    }
+                    for b in later.iter().chain(body.iter()) {
+                        tokio::time::sleep(every).await;
+                        if socket.write_all(&[*b]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn trickled(url: &str) -> Upstreams {
+        let v = validate(&format!(
+            "upstreams:\n- host: a.io\n  url: {url}\ndefault_upstream: a.io\nread_timeout: 5s\nrequest_timeout: 500ms\n"
+        ))
+        .unwrap();
+        Upstreams::new(&v, UpstreamMetrics::new(&Registry::new()).unwrap()).unwrap()
+    }
+
+    /// An upstream that sends a byte every 50 ms never trips `read_timeout`; `request_timeout`
+    /// ends the exchange: a manifest whose body trickles, and a blob whose answer does.
+    #[tokio::test]
+    async fn a_trickling_upstream_is_cut_at_request_timeout() {
+        let wait = std::time::Duration::from_secs(8);
+        let every = std::time::Duration::from_millis(50);
+        let name = RepoName::parse("x").unwrap();
+        let body = format!(
+            "{{\"schemaVersion\": 2, \"mediaType\": \"{}\", \"pad\": \"{}\"}}",
+            shoal_core::manifest::OCI_MANIFEST,
+            "p".repeat(400)
+        )
+        .into_bytes();
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n",
+            shoal_core::manifest::OCI_MANIFEST,
+            body.len()
+        );
+        let ups = trickled(&trickle_server(head.clone(), head.len(), body, every).await);
+        let up = ups.select(None, &name).unwrap();
+        let tag = Reference::Tag(Tag::parse("v1").unwrap());
+        let err =
+            tokio::time::timeout(wait, up.manifest(&name, &tag)).await.expect("the manifest read ends").unwrap_err();
+        assert!(err.is_transient() && err.to_string().contains("request_timeout"), "{err}");
+
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: 10\r\nX-Pad: {}\r\n\r\n", "p".repeat(400));
+        let ups = trickled(&trickle_server(head, 9, b"0123456789".to_vec(), every).await);
+        let up = ups.select(None, &name).unwrap();
+        let err =
+            tokio::time::timeout(wait, up.blob(&name, &Digest::of(b"x"))).await.expect("the blob request ends").err();
+        let err = err.expect("no answer within request_timeout");
+        assert!(err.is_transient() && err.to_string().contains("request_timeout"), "{err}");
+        assert_eq!(up.metrics.requests.with_label_values(&["a.io", "blob", "transient"]).get(), 1);
     }
 }
