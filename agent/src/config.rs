@@ -111,6 +111,7 @@ impl Config {
                 self.peer_listen
             )));
         }
+        self.swarm.validate_with_tls(self.tls.is_some()).map_err(ConfigError::Invalid)?;
         if self.api_tls && self.tls.is_none() {
             return Err(ConfigError::Invalid("api_tls: needs a tls section".into()));
         }
@@ -180,6 +181,10 @@ mod tests {
         assert!(err.contains("tls is not configured"), "{err}");
         let err = check("api_tls: true").unwrap_err();
         assert!(err.contains("api_tls: needs a tls section"), "{err}");
+        let err = check("swarm: { verify_blob_digest: false }").unwrap_err();
+        assert!(err.contains("verify_blob_digest: false needs a tls section"), "{err}");
+        parse(&format!("{https}{section}swarm: {{ trackers: ['https://t:7600'], verify_blob_digest: false }}"))
+            .unwrap();
         std::fs::write(&tls.cert_file, "not a certificate").unwrap();
         let err = parse(&format!("{https}{section}")).unwrap_err();
         assert!(err.contains("tls:") && err.contains("agent.crt"), "{err}");

@@ -40,7 +40,7 @@ impl std::str::FromStr for AtTime {
     }
 }
 
-/// "1.5s", "500ms", "2m" or a bare number of seconds.
+/// "1.5s", "500ms", "2m", "1h" or a bare number of seconds.
 pub fn parse_secs(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, scale) = if let Some(v) = s.strip_suffix("ms") {
@@ -49,6 +49,8 @@ pub fn parse_secs(s: &str) -> Result<Duration, String> {
         (v, 1.0)
     } else if let Some(v) = s.strip_suffix('m') {
         (v, 60.0)
+    } else if let Some(v) = s.strip_suffix('h') {
+        (v, 3600.0)
     } else {
         (s, 1.0)
     };
@@ -465,6 +467,15 @@ async fn sleep_until_opt(t: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_take_every_unit_the_help_names() {
+        let cases = [("500ms", 0.5), ("1.5s", 1.5), ("2m", 120.0), ("1h", 3600.0), ("7", 7.0)];
+        for (text, secs) in cases {
+            assert_eq!(parse_secs(text).unwrap(), Duration::from_secs_f64(secs), "{text}");
+        }
+        assert!(parse_secs("-1s").is_err() && parse_secs("1d").is_err());
+    }
 
     #[test]
     fn parses_k_at_t() {

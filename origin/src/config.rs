@@ -164,6 +164,7 @@ impl Config {
                 self.peer_listen
             )));
         }
+        self.swarm.validate_with_tls(self.tls.is_some()).map_err(ConfigError::Invalid)?;
         let urls = self.origins.iter().map(|o| (format!("origins[{}].http", o.id), o.http.as_str()));
         let trackers =
             self.swarm.trackers.iter().enumerate().map(|(i, t)| (format!("swarm.trackers[{i}]"), t.as_str()));

@@ -24,7 +24,7 @@ use futures::StreamExt;
 use shoal_core::metainfo::MetaInfoBuilder;
 use shoal_core::{Digest, MetaInfo};
 use shoal_swarm::Swarm;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
 use shoal_core::registry::RepoName;
@@ -88,6 +88,36 @@ pub struct FetchLimits {
     pub failure_ttl: std::time::Duration,
     /// Longest a fetch may read its object (`fetch_timeout`).
     pub timeout: std::time::Duration,
+}
+
+/// Fetches of blobs peers opened on the wire ([`fetch_wanted`]) at once.
+const WANTED_AT_ONCE: usize = 4;
+
+/// Fetches from the backend the blobs that peers opened with this origin and that it lacks
+/// (`Swarm::wanted`), when this origin owns them on the ring (or there is no ring): an owner
+/// that lost its copy, or never had one, seeds it again as soon as the swarm asks, instead of
+/// only when an HTTP client asks for its metainfo. At most [`WANTED_AT_ONCE`] at once; the
+/// fetcher's failure map keeps a digest the backend lacks from being asked again and again.
+pub async fn fetch_wanted(
+    fetcher: Fetcher,
+    mut wanted: mpsc::Receiver<Digest>,
+    ring: Option<shoal_core::ring::Ring>,
+    id: String,
+) -> anyhow::Result<()> {
+    futures::stream::poll_fn(|cx| wanted.poll_recv(cx))
+        .filter(|d| {
+            let owns = ring.as_ref().is_none_or(|r| r.owners(d).iter().any(|o| o.id == id));
+            std::future::ready(owns)
+        })
+        .for_each_concurrent(WANTED_AT_ONCE, |d| {
+            let fetcher = fetcher.clone();
+            async move {
+                let mut state = fetcher.ensure(d).await;
+                let _ = state.wait_for(|s| !matches!(s, FetchState::Running)).await;
+            }
+        })
+        .await;
+    Ok(())
 }
 
 #[derive(Clone)]
@@ -487,6 +517,77 @@ mod tests {
         assert_eq!(metrics.fetches.with_label_values(&["timeout"]).get(), 1);
         let staged: Vec<_> = std::fs::read_dir(dir.path().join("store").join("tmp")).unwrap().collect();
         assert!(staged.is_empty(), "the stalled fetch's staging file is removed: {staged:?}");
+        shutdown.cancel();
+    }
+
+    /// A peer opens (sends the bitfield of) two blobs this origin lacks: the one it owns on
+    /// the ring is fetched from the backend and seeded; the one another origin owns is not.
+    #[tokio::test]
+    async fn a_blob_a_peer_opens_is_fetched_by_its_owner_only() {
+        use shoal_core::PeerId;
+        use shoal_core::ring::{OriginNode, Ring};
+        use shoal_core::wire::{self, Message, PROTOCOL_VERSION};
+        use tokio::io::AsyncWriteExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let flat = dir.path().join("backend").join("sha256");
+        std::fs::create_dir_all(&flat).unwrap();
+        let node = |id: &str, port: u16| OriginNode {
+            id: id.into(),
+            http: format!("http://127.0.0.1:{port}"),
+            peer: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        let ring = Ring::new(vec![node("o0", 1), node("o1", 2)], 1).unwrap();
+        // Blobs until one is owned by each origin.
+        let (mut mine, mut theirs) = (None, None);
+        for i in 0u32.. {
+            let data = format!("blob {i}").into_bytes();
+            let d = Digest::of(&data);
+            let slot = if ring.owners(&d)[0].id == "o0" { &mut mine } else { &mut theirs };
+            if slot.is_none() {
+                std::fs::write(flat.join(d.hex()), &data).unwrap();
+                *slot = Some((d, data));
+            }
+            if mine.is_some() && theirs.is_some() {
+                break;
+            }
+        }
+        let ((mine, mine_data), (theirs, _)) = (mine.unwrap(), theirs.unwrap());
+        let fs = FsBackend::new(FsConfig { root: dir.path().join("backend"), ..FsConfig::default() }).await.unwrap();
+        let registry = prometheus::Registry::new();
+        let cfg = shoal_swarm::SwarmConfig { store_dir: dir.path().join("store"), ..Default::default() };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let swarm = Swarm::start(cfg, listener, &registry, shoal_swarm::Role::Origin, None, shutdown.clone()).unwrap();
+        let metrics = crate::metrics::OriginMetrics::new(&registry).unwrap();
+        let limits =
+            FetchLimits { max_concurrent: 2, failure_ttl: Duration::from_secs(15), timeout: Duration::from_secs(30) };
+        let fetcher = Fetcher::new(swarm.clone(), Arc::new(fs), limits, metrics.clone());
+        let wanted = swarm.wanted().expect("an origin has a wanted queue");
+        assert!(swarm.wanted().is_none(), "taken once");
+        tokio::spawn(fetch_wanted(fetcher, wanted, Some(ring), "o0".into()));
+
+        let mut peer = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut out = bytes::BytesMut::new();
+        wire::encode(&Message::Handshake { version: PROTOCOL_VERSION, peer_id: PeerId([7; 16]) }, &mut out);
+        for blob in [theirs, mine] {
+            wire::encode(&Message::Bitfield { blob, num_pieces: 1, bits: &[0] }, &mut out);
+        }
+        peer.write_all(&out).await.unwrap();
+        let held = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                if let Some(f) = swarm.complete(mine).await.unwrap() {
+                    return f;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the owner fetched the blob a peer opened");
+        assert_eq!(held.read_at(0, mine_data.len()).unwrap(), mine_data);
+        assert!(swarm.complete(theirs).await.unwrap().is_none(), "another origin's blob is left to it");
+        assert_eq!(metrics.fetches.with_label_values(&["ok"]).get(), 1);
         shutdown.cancel();
     }
 }

@@ -68,6 +68,10 @@ pub async fn start(
         timeout: cfg.fetch_timeout.get(),
     };
     let fetcher = fetch::Fetcher::new(swarm.clone(), backend, limits, metrics.clone());
+    if let Some(wanted) = swarm.wanted() {
+        let wanted = fetch::fetch_wanted(fetcher.clone(), wanted, config.ring.clone(), cfg.id.clone());
+        shoal_runtime::task::spawn("wanted blobs", shutdown.child_token(), wanted);
+    }
     // Blobs already stored are announced again after a restart, in the background while the
     // listeners already take requests; none is opened until a peer or a client asks for it.
     swarm.announce_stored();

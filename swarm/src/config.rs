@@ -103,6 +103,14 @@ pub struct SwarmConfig {
     pub seed_announce_interval: Duration,
     /// Seed of the piece picker's random tie-break (0: random per blob).
     pub picker_seed: u64,
+    /// Check each downloaded blob's sha256 against its digest before it is committed. Every
+    /// piece is verified against the metainfo's BLAKE3 hash either way; the sha256 guards
+    /// against a metainfo that does not describe the digest's content, which only an origin
+    /// or someone on the path to it can hand out. `false` saves that hash (about 0.6 ns of
+    /// CPU per byte, a third of an agent's CPU in the main job; see BENCHMARKS.md) and is
+    /// accepted only with a `tls` section: the metainfo then comes from an origin that
+    /// proved its certificate. A registry client checks the digest again. Default true.
+    pub verify_blob_digest: bool,
 }
 
 impl Default for SwarmConfig {
@@ -135,12 +143,24 @@ impl Default for SwarmConfig {
             blocking_threads: 8,
             seed_announce_interval: Duration::from_secs(10),
             picker_seed: 0,
+            verify_blob_digest: true,
         }
     }
 }
 
 impl SwarmConfig {
     /// Checks the values that cannot be expressed in types.
+    /// The checks that need the node's TLS setting: `verify_blob_digest: false` only with
+    /// a `tls` section, since the metainfo must then come from an origin that proved who it is.
+    pub fn validate_with_tls(&self, tls: bool) -> Result<(), String> {
+        if !self.verify_blob_digest && !tls {
+            return Err("swarm.verify_blob_digest: false needs a tls section (the metainfo must come from an \
+                        authenticated origin)"
+                .into());
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         let positive = [
             ("max_connections", self.max_connections),

@@ -89,6 +89,8 @@ pub enum ConnError {
     Tls(std::io::Error),
     #[error("peer does not read: {QUEUE_MAX} bytes of frames queued for it")]
     QueueFull,
+    #[error("peer stalled mid-frame: the rest of a frame did not arrive within {0:?}")]
+    Stalled(Duration),
     #[error("closed")]
     Closed,
 }
@@ -128,7 +130,10 @@ impl Remote {
 impl ConnError {
     /// Whether the peer misbehaved (as opposed to the network failing).
     fn is_peer_fault(&self) -> bool {
-        matches!(self, ConnError::Decode(_) | ConnError::Protocol(_) | ConnError::CorruptPiece { .. })
+        matches!(
+            self,
+            ConnError::Decode(_) | ConnError::Protocol(_) | ConnError::CorruptPiece { .. } | ConnError::Stalled(_)
+        )
     }
 }
 
@@ -593,7 +598,7 @@ where
         started: tokio::time::Instant::now(),
     };
     let (res, writer_ended) = tokio::select! {
-        r = reader.read_loop(&mut rd, buf, io_timeout) => (r, false),
+        r = reader.read_loop(&mut rd, buf, io_timeout, node.cfg.request_timeout.get()) => (r, false),
         r = &mut writer => (r, true),
         _ = cancel.cancelled() => (Err(ConnError::Closed), false),
     };
@@ -751,12 +756,19 @@ struct Reader {
 }
 
 impl Reader {
+    /// Reads and handles frames until the connection ends. Between frames the peer may be
+    /// silent for `io_timeout` (it sends keep-alives at a third of it); once a frame has begun,
+    /// the rest of it must arrive within `frame_timeout` (`request_timeout`): an honest peer
+    /// writes a frame whole, so a peer that sends half a piece and stops is lying, and is
+    /// dropped and shunned like one that sends a corrupt piece.
     async fn read_loop<R: AsyncRead + Unpin>(
         &mut self,
         rd: &mut R,
         mut buf: BytesMut,
         io_timeout: Duration,
+        frame_timeout: Duration,
     ) -> Result<(), ConnError> {
+        let mut frame_started: Option<tokio::time::Instant> = None;
         loop {
             // Drain every complete frame in the buffer.
             while let Some(len) = wire::frame_len(&buf)? {
@@ -765,6 +777,7 @@ impl Reader {
                     buf.reserve(total - buf.len());
                     break;
                 }
+                frame_started = None;
                 let frame = buf.split_to(total).freeze();
                 let (msg, _) = wire::decode(&frame)?.ok_or(ConnError::Protocol("incomplete frame".into()))?;
                 // Answers wait for room in the writer's queue: a peer that does not read
@@ -772,9 +785,17 @@ impl Reader {
                 self.conn.queue.room().await;
                 self.handle(&frame, msg).await?;
             }
-            let n = tokio::time::timeout(io_timeout, rd.read_buf(&mut buf))
-                .await
-                .map_err(|_| ConnError::Timeout(io_timeout))??;
+            let deadline = if buf.is_empty() {
+                io_timeout
+            } else {
+                let since = *frame_started.get_or_insert_with(tokio::time::Instant::now);
+                frame_timeout.saturating_sub(since.elapsed()).min(io_timeout)
+            };
+            let n = match tokio::time::timeout(deadline, rd.read_buf(&mut buf)).await {
+                Ok(n) => n?,
+                Err(_) if buf.is_empty() => return Err(ConnError::Timeout(io_timeout)),
+                Err(_) => return Err(ConnError::Stalled(frame_timeout)),
+            };
             if n == 0 {
                 return Err(ConnError::Closed);
             }
@@ -805,6 +826,7 @@ impl Reader {
             }
             Message::Bitfield { blob, num_pieces, bits } => {
                 let Some(entry) = node.entry_or_load(blob).await else {
+                    node.want(blob);
                     self.conn.send(&Message::Reject { blob, piece: 0, reason: RejectReason::UnknownBlob });
                     return Ok(());
                 };
@@ -1398,6 +1420,34 @@ mod tests {
         }
         assert_eq!(node.metrics.requests_limited.get(), 2);
         assert!(!task.is_finished(), "a fast peer is slowed, not dropped");
+    }
+
+    /// A peer that sends half a piece and stops: once `request_timeout` has passed since the
+    /// frame began, the connection is dropped as the peer's fault and the peer shunned. Silence
+    /// between frames for as long is not a fault (keep-alives come at a third of io_timeout).
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stalls_mid_piece_is_dropped_and_shunned() {
+        let (node, _dir) = node();
+        let request_timeout = node.cfg.request_timeout.get();
+        let bytes = data(2 * MIN_PIECE_LEN as usize);
+        let meta = meta(&bytes, MIN_PIECE_LEN);
+        let blob = meta.digest();
+        let mut rx = downloading(&node, meta.clone()).await;
+        let (mut remote, task) = connected(&node, 2).await;
+        remote.send(&Message::Bitfield { blob, num_pieces: 2, bits: &pack_bits(2, |_| true) }).await;
+        assert!(matches!(event(&mut rx).await, Event::PeerBitfield { .. }));
+        // Silent between frames for longer than request_timeout: still connected.
+        tokio::time::sleep(request_timeout + Duration::from_secs(1)).await;
+        assert!(!task.is_finished());
+        assert!(node.peers.get(&remote.peer_id).is_some());
+        // Half of piece 1, then nothing.
+        let mut frame = BytesMut::new();
+        wire::encode(&Message::Piece { blob, piece: 1, data: piece(&meta, &bytes, 1) }, &mut frame);
+        remote.send_raw(&frame[..frame.len() / 2]).await;
+        let res = tokio::time::timeout(2 * request_timeout, task).await.expect("the connection ends").unwrap();
+        assert!(matches!(res, Err(ConnError::Stalled(t)) if t == request_timeout), "{res:?}");
+        assert!(node.peers.is_shunned(&at(2)));
+        assert_eq!(node.store.open_partial(meta).await.unwrap().have(), vec![false, false]);
     }
 
     /// A peer that sends requests and never reads the answers: the node stops reading it

@@ -21,7 +21,7 @@ use shoal_core::wire::pack_bits;
 use shoal_core::{Digest, MetaInfo, PeerId, PieceIndex};
 use shoal_runtime::Tls;
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -180,8 +180,22 @@ pub(crate) struct Node {
     upload_memory: Arc<Semaphore>,
     /// Re-verifications of stored pieces a peer reported corrupt, at once.
     pub reverify: Arc<Semaphore>,
+    /// On an origin, blobs peers opened that it lacks ([`Swarm::wanted`]).
+    wanted: Option<Wanted>,
     pub cancel: CancellationToken,
 }
+
+/// Blobs that peers opened with this origin and that it does not hold, for its fetcher
+/// ([`Swarm::wanted`]): an owner that lost its copy, or never had one, gets it from its
+/// backend once the swarm asks for it. Bounded; a want that finds the queue full is dropped
+/// (the peer opens the blob again after its next announce).
+struct Wanted {
+    tx: mpsc::Sender<Digest>,
+    rx: Mutex<Option<mpsc::Receiver<Digest>>>,
+}
+
+/// Wants queued for an origin's fetcher at most.
+const WANTED_QUEUE: usize = 64;
 
 /// The unit of [`Node::upload_memory`].
 const UPLOAD_MEMORY_UNIT: u64 = 64 << 10;
@@ -210,7 +224,8 @@ impl Node {
         cancel: CancellationToken,
     ) -> anyhow::Result<Node> {
         cfg.validate().map_err(anyhow::Error::msg)?;
-        let store = Store::open(&cfg.store_dir, Blocking::new(cfg.blocking_threads))?;
+        let mut store = Store::open(&cfg.store_dir, Blocking::new(cfg.blocking_threads))?;
+        store.verify_blob_digest(cfg.verify_blob_digest);
         let token = match &cfg.tracker_token_file {
             Some(f) => Some(Arc::new(shoal_runtime::auth::TokenSource::load(f).map_err(anyhow::Error::msg)?)),
             None => None,
@@ -253,6 +268,10 @@ impl Node {
             )),
             max_upload_backlog: cfg.egress_rate.map(|r| max_upload_backlog(r.0, cfg.upload_backlog.get())),
             reverify: Arc::new(Semaphore::new(gc::REVERIFY_AT_ONCE)),
+            wanted: is_origin.then(|| {
+                let (tx, rx) = mpsc::channel(WANTED_QUEUE);
+                Wanted { tx, rx: Mutex::new(Some(rx)) }
+            }),
             cancel,
             cfg,
         })
@@ -265,6 +284,13 @@ impl Node {
         let advertise = SocketAddr::from(([127, 0, 0, 1], 1));
         let node = Node::new(cfg, advertise, is_origin, None, None, &Registry::new(), CancellationToken::new());
         Arc::new(node.expect("test node"))
+    }
+
+    /// A peer opened blob `d`, which this node lacks: an origin queues it for its fetcher.
+    pub fn want(&self, d: Digest) {
+        if let Some(w) = &self.wanted {
+            let _ = w.tx.try_send(d);
+        }
     }
 
     /// Puts `entry` in the blob map, replacing any entry of its digest.
@@ -598,6 +624,13 @@ impl Swarm {
 
     /// Writes the recorded last uses of stored blobs to disk (also done every round), for a
     /// node about to stop.
+    /// On an origin, the blobs that peers opened and it lacks, for its fetcher to get from
+    /// its backend, so a ring owner that lost its copy or never had one seeds it again once
+    /// the swarm asks. `Some` once, on an origin; `None` after, or on an agent.
+    pub fn wanted(&self) -> Option<mpsc::Receiver<Digest>> {
+        self.node.wanted.as_ref().and_then(|w| w.rx.lock().take())
+    }
+
     pub async fn persist_last_uses(&self) {
         self.node.store.persist_last_uses().await;
     }

@@ -82,6 +82,8 @@ pub struct Store {
     tmp_seq: Arc<AtomicU64>,
     index: Arc<Index>,
     evictions: Evictions,
+    /// Downloads check the whole blob's sha256 before commit ([`Store::verify_blob_digest`]).
+    verify_digest: bool,
 }
 
 /// The size and free space of the filesystem holding a store.
@@ -109,8 +111,9 @@ pub struct PartialBlob {
     have: Mutex<Vec<bool>>,
     bits_file: File,
     /// The whole blob's sha256 over the contiguous prefix of present pieces, advanced as
-    /// pieces arrive so the commit does not read the whole blob again.
-    prefix: Mutex<PrefixHash>,
+    /// pieces arrive so the commit does not read the whole blob again; `None` when the store
+    /// does not check it ([`Store::verify_blob_digest`]).
+    prefix: Option<Mutex<PrefixHash>>,
 }
 
 /// A sha256 over pieces `0..next`.
@@ -140,11 +143,19 @@ impl Store {
             root: Arc::new(root),
             blocking,
             tmp_seq: Arc::new(AtomicU64::new(0)),
+            verify_digest: true,
         };
         store.scan_complete()?;
         store.scan_partial()?;
         store.index.load_pins(read_pins(&store.pins_path()));
         Ok(store)
+    }
+
+    /// Whether downloads opened from now on check the whole blob's sha256 before commit
+    /// (`swarm.verify_blob_digest`; on by default). Pieces are verified against the metainfo
+    /// either way.
+    pub fn verify_blob_digest(&mut self, on: bool) {
+        self.verify_digest = on;
     }
 
     /// Lists `blobs/` into the index. A data file without its metainfo, or the reverse, is
@@ -343,6 +354,7 @@ impl Store {
     pub async fn open_partial(&self, meta: MetaInfo) -> Result<Arc<PartialBlob>, StoreError> {
         let root = self.root.to_path_buf();
         let index = self.index.clone();
+        let verify = self.verify_digest;
         self.blocking
             .run(move || {
                 let d = meta.digest();
@@ -351,7 +363,7 @@ impl Store {
                     let _gate = index.gate.lock();
                     index.partial_opened(d, meta.length());
                 }
-                PartialBlob::open(&root, meta, index.clone()).inspect_err(|_| index.partial_closed(&d))
+                PartialBlob::open(&root, meta, index.clone(), verify).inspect_err(|_| index.partial_closed(&d))
             })
             .await
             .map(Arc::new)
@@ -579,7 +591,7 @@ impl BlobFile {
 }
 
 impl PartialBlob {
-    fn open(root: &Path, meta: MetaInfo, index: Arc<Index>) -> Result<PartialBlob, StoreError> {
+    fn open(root: &Path, meta: MetaInfo, index: Arc<Index>, verify_digest: bool) -> Result<PartialBlob, StoreError> {
         let dir = root.join("partial");
         let hex = meta.digest().hex();
         let data_path = dir.join(format!("{hex}.data"));
@@ -627,7 +639,7 @@ impl PartialBlob {
         let packed = pack_bits(n, |i| have[i as usize]);
         bits_file.set_len(nbytes as u64).map_err(StoreError::io("allocate", &bits_path))?;
         bits_file.write_all_at(&packed, 0).map_err(StoreError::io("write", &bits_path))?;
-        let prefix = Mutex::new(PrefixHash { hasher: DigestHasher::new(), next: 0 });
+        let prefix = verify_digest.then(|| Mutex::new(PrefixHash { hasher: DigestHasher::new(), next: 0 }));
         Ok(PartialBlob {
             blob: Arc::new(blob),
             root: root.to_path_buf(),
@@ -676,7 +688,7 @@ impl PartialBlob {
         }
         // Another thread extending the prefix picks this piece up when it gets there; a piece
         // both miss is hashed at commit.
-        if let Some(mut prefix) = self.prefix.try_lock() {
+        if let Some(mut prefix) = self.prefix.as_ref().and_then(|p| p.try_lock()) {
             self.advance_prefix(&mut prefix, Some((i, data))).map_err(|e| StoreError::io("read", &path())(e))?;
         }
         Ok(())
@@ -699,26 +711,35 @@ impl PartialBlob {
         Ok(())
     }
 
-    /// Checks the whole blob's sha256 and moves it into `blobs/`, synced to disk: the data,
-    /// then its metainfo, then the rename and the directory. Blocking. On a mismatch the
-    /// partial files are removed: its pieces all verified yet the whole is wrong, so the
-    /// metainfo itself was bad.
+    /// Checks the whole blob's sha256 (unless the store skips it) and moves it into `blobs/`,
+    /// synced to disk: the data, then its metainfo, then the rename and the directory.
+    /// Blocking. On a mismatch the partial files are removed: its pieces all verified yet the
+    /// whole is wrong, so the metainfo itself was bad.
     pub fn commit(&self) -> Result<(), StoreError> {
         let meta = &self.blob.meta;
         let digest = meta.digest();
         let hex = digest.hex();
         let data_path = self.dir.join(format!("{hex}.data"));
-        let got = {
-            let mut prefix = self.prefix.lock();
-            self.advance_prefix(&mut prefix, None).map_err(StoreError::io("read", &data_path))?;
-            if prefix.next != meta.num_pieces() {
-                return Err(StoreError::Io {
-                    op: "commit",
-                    path: data_path,
-                    source: io::Error::other(format!("piece {} is missing", prefix.next)),
-                });
+        let missing = |piece: u32| StoreError::Io {
+            op: "commit",
+            path: data_path.clone(),
+            source: io::Error::other(format!("piece {piece} is missing")),
+        };
+        let got = match &self.prefix {
+            Some(prefix) => {
+                let mut prefix = prefix.lock();
+                self.advance_prefix(&mut prefix, None).map_err(StoreError::io("read", &data_path))?;
+                if prefix.next != meta.num_pieces() {
+                    return Err(missing(prefix.next));
+                }
+                std::mem::take(&mut prefix.hasher).finish()
             }
-            std::mem::take(&mut prefix.hasher).finish()
+            None => {
+                if let Some(first) = self.have.lock().iter().position(|h| !h) {
+                    return Err(missing(u32::try_from(first).expect("piece indexes fit u32")));
+                }
+                digest
+            }
         };
         let remove = |ext: &str| {
             let _ = fs::remove_file(self.dir.join(format!("{hex}.{ext}")));
@@ -901,6 +922,32 @@ mod tests {
         p.write_piece(bad.piece(0).unwrap(), &data).unwrap();
         assert!(matches!(p.commit(), Err(StoreError::Corrupt { .. })));
         assert!(store.open_complete(bad.digest()).await.unwrap().is_none());
+    }
+
+    /// `swarm.verify_blob_digest: false`: the pieces' BLAKE3 hashes are all that is checked,
+    /// so the commit takes what the metainfo describes (the trade the option documents), and
+    /// still refuses a blob with a piece missing.
+    #[tokio::test]
+    async fn without_the_digest_check_the_metainfo_alone_decides() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), Blocking::new(2)).unwrap();
+        store.verify_blob_digest(false);
+        let data = blob(2 * MIN_PIECE_LEN as usize);
+        let good = meta_of(&data);
+        let other = MetaInfo::from_parts(
+            Digest::of(b"other"),
+            good.length(),
+            good.piece_length(),
+            good.piece_hashes().to_vec(),
+        )
+        .unwrap();
+        let p = store.open_partial(other.clone()).await.unwrap();
+        p.write_piece(other.piece(1).unwrap(), piece_bytes(&other, &data, other.piece(1).unwrap())).unwrap();
+        assert!(matches!(p.commit(), Err(StoreError::Io { op: "commit", .. })), "piece 0 is missing");
+        p.write_piece(other.piece(0).unwrap(), piece_bytes(&other, &data, other.piece(0).unwrap())).unwrap();
+        p.commit().unwrap();
+        let f = store.open_complete(other.digest()).await.unwrap().unwrap();
+        assert_eq!(f.read_at(0, data.len()).unwrap(), data);
     }
 
     #[tokio::test]
