@@ -13,7 +13,9 @@
 #   everywhere, the origins' PodDisruptionBudget, zone and node spread and store size, probes,
 #   scrape annotations and checksums (configs and Secrets), init container resources, extra
 #   env, volumes, mounts, labels and annotations, the NetworkPolicies' peers and ports, byte
-#   sizes given as integers, TLS (cert-manager Certificates or the user's Secrets, mounted
+#   sizes given as integers, the auth tokens Secret (made with a random token, or the user's)
+#   mounted in every pod and named by every config, the tracker's trusted networks and the
+#   agent's API networks, TLS (cert-manager Certificates or the user's Secrets, mounted
 #   where each config names its files, HTTPS probes, https URLs; or none of it), the stores'
 #   budgets (the volumes' sizes in bytes, unless the values give swarm.store.max_size), and
 #   every rendered config through the binary's own
@@ -21,7 +23,8 @@
 #   registries.conf) is run against a temporary directory, merging into a node's own
 #   hosts.toml, then with `--uninstall`, which must leave exactly the node's own file;
 # - checks that bad values (an unknown key, S3 without a bucket, a NetworkPolicy for host-network
-#   agents without the nodes' CIDRs, ...) fail to render.
+#   agents without the nodes' CIDRs, hostPort agents without trusted and API networks, ...)
+#   fail to render.
 # Exits non-zero on the first failure.
 set -euo pipefail
 
@@ -92,6 +95,10 @@ refuse "must be one of" --set listenAddress=10.0.0.1
 refuse "serviceAccount.name is required" --set origin.serviceAccount.create=false
 refuse "Does not match pattern" --set origin.maxUpload=lots
 refuse "Invalid type" --set-json 'agent.swarm.egress_rate=true'
+refuse "tracker.trustedNetworks is required" --set agent.hostNetwork=false --set 'agent.apiNetworks={10.0.0.0/16}'
+refuse "agent.apiNetworks is required" --set agent.hostNetwork=false --set 'tracker.trustedNetworks={10.244.0.0/16}'
+refuse "Does not match pattern" --set 'tracker.trustedNetworks={pods}'
+refuse "auth.key" --set auth.key=
 refuse "tls.secrets.tracker is required" --set tls.source=secret
 refuse "must be one of" --set tls.source=vault
 refuse "must be one of" --set tls.httpClientAuth=maybe

@@ -6,11 +6,13 @@
 Run by scripts/check-chart.sh. Every check that fails is printed; the exit code is 1 if any did.
 The configs in the ConfigMaps go through the binaries' own `--check-config`, with the
 environment and files the pods give them: SHOAL_AGENT_ADVERTISE_IP for the agent, stand-in
-files for the origins' upstream passwords (mounted from Secrets in the pod), and with TLS a CA
-and a node certificate made with openssl where the certificate Secret is mounted.
+files for what the pods mount from Secrets (the auth tokens, the origins' upstream passwords),
+and with TLS a CA and a node certificate made with openssl where the certificate Secret is
+mounted.
 """
 
 import argparse
+import base64
 import os
 import re
 import subprocess
@@ -220,6 +222,7 @@ def main():
                   + (["PodDisruptionBudget"] if o["podDisruptionBudget"]["enabled"] else [])
                   + (["NetworkPolicy"] * (2 if a["hostNetwork"] else 3) if np["enabled"] else [])
                   + (["ServiceMonitor"] if values["metrics"]["serviceMonitor"]["enabled"] else [])
+                  + (["Secret"] if values["auth"]["enabled"] and not values["auth"]["existingSecret"] else [])
                   + tls_kinds(values["tls"]))
     check(kinds == want, f"kinds {kinds}, expected {want}")
     for d in docs:
@@ -409,6 +412,38 @@ def main():
             check(allowed(agent_pol, a["peerPort"]) == [release] + nodes, "networkPolicy: agent peer port")
             check(allowed(agent_pol, a["metricsPort"]) == np["metricsFrom"], "networkPolicy: agent metrics")
 
+    # Who may write: the tokens Secret mounted in every pod and named by every config; the
+    # tracker's trusted networks and the agent's API networks as the values give them.
+    auth = values["auth"]
+    secret_name = auth["existingSecret"] or f"{fullname}-auth"
+    token_file = "/var/run/shoal/auth/tokens"
+    for what, pod, cfgs in [("tracker", tracker_pod, [tracker_cfg]), ("agent", ap_, [agent_cfg]),
+                            ("origin", op, list(origin_cfgs.values()))]:
+        vol = {v["name"]: v for v in pod["spec"]["volumes"]}.get("auth")
+        mount = [m_ for m_ in pod["spec"]["containers"][0].get("volumeMounts", []) if m_["name"] == "auth"]
+        if auth["enabled"]:
+            check(vol is not None and vol["secret"]["secretName"] == secret_name
+                  and vol["secret"]["items"] == [{"key": auth["key"], "path": "tokens"}],
+                  f"{what}: the tokens Secret {secret_name} as a volume: {vol}")
+            check([m_["mountPath"] for m_ in mount] == ["/var/run/shoal/auth"], f"{what}: tokens mounted {mount}")
+            for cfg in cfgs:
+                check(cfg.get("auth") == {"tokens_file": token_file}, f"{what}: auth {cfg.get('auth')}")
+        else:
+            check(vol is None and not mount, f"{what}: no tokens volume without auth")
+            for cfg in cfgs:
+                check("auth" not in cfg, f"{what}: no auth section without auth")
+    for k, cfg in origin_cfgs.items():
+        want = token_file if auth["enabled"] else None
+        check(cfg["swarm"].get("tracker_token_file") == want, f"{k}: tracker_token_file {cfg['swarm'].get('tracker_token_file')}")
+    secrets_made = [d for d in docs if d["kind"] == "Secret"]
+    if auth["enabled"] and not auth["existingSecret"]:
+        sec = secrets_made[0] if secrets_made else {}
+        token = base64.b64decode(sec.get("data", {}).get(auth["key"], "")).decode().strip()
+        check(sec.get("metadata", {}).get("name") == secret_name and len(token) >= 32,
+              f"auth: a Secret {secret_name} with a random token under {auth['key']}")
+    check(tracker_cfg["trusted_networks"] == t["trustedNetworks"], f"tracker: trusted_networks {tracker_cfg['trusted_networks']}")
+    check(agent_cfg["api_networks"] == ["127.0.0.0/8", "::1"] + a["apiNetworks"],
+          f"agent: api_networks {agent_cfg['api_networks']}")
     # TLS: each component's config, mount, volume and Certificate; probes over HTTPS.
     scheme = "https" if values["tls"]["enabled"] else "http"
     check(tracker_cfg.get("tls") is None or all(u.startswith("https://") for u in [x["http"] for x in tracker_cfg["origins"]]),
@@ -426,17 +461,40 @@ def main():
             check(get.get("scheme", "HTTP") == scheme.upper(), f"{what}: {probe} scheme {get}")
 
     with tempfile.TemporaryDirectory() as tmp:
+        secrets = os.path.join(tmp, "secrets")
+        stand_in_token = "stand-in-token\n"
+
+        def localize(text, pod):
+            """The config with every file it names (mounted from the pod's volumes) replaced by a
+            local stand-in; each file must be in one of the container's mounts."""
+            c_ = pod["spec"]["containers"][0]
+            mounts_ = {m_["mountPath"]: m_["name"] for m_ in c_.get("volumeMounts", [])}
+            vols_ = {v["name"]: v for v in pod["spec"]["volumes"]}
+            # Each file once: two keys may name the same one.
+            found = {file: field for field, file in re.findall(r"(tokens_file|tracker_token_file): (\S+)", text)}
+            for file, field in found.items():
+                vol_ = vols_.get(mounts_.get(os.path.dirname(file)), {})
+                items_ = (vol_.get("secret") or {}).get("items", [])
+                check(os.path.basename(file) in [i["path"] for i in items_], f"{field} {file} is not mounted: {vol_}")
+                local_ = os.path.join(secrets, file.lstrip("/"))
+                os.makedirs(os.path.dirname(local_), exist_ok=True)
+                with open(local_, "w") as f_:
+                    f_.write(stand_in_token)
+                text = text.replace(file, local_)
+            return text
+
+        # Every config through its binary's --check-config.
         # Every config through its binary's --check-config, with a real CA and certificate
         # where the Secret is mounted.
         tls_dir = node_tls(tmp) + "/"
         mounted = lambda text: text.replace("/var/run/shoal/tls/", tls_dir)
         path = os.path.join(tmp, "tracker.yaml")
         with open(path, "w") as f:
-            f.write(mounted(tracker_cm["data"]["tracker.yaml"]))
+            f.write(localize(mounted(tracker_cm["data"]["tracker.yaml"]), tracker_pod))
         run_check_config(os.path.join(args.bin, "shoal-tracker"), path)
         path = os.path.join(tmp, "agent.yaml")
         with open(path, "w") as f:
-            f.write(mounted(agent_cm["data"]["agent.yaml"]))
+            f.write(localize(mounted(agent_cm["data"]["agent.yaml"]), ap_))
         run_check_config(os.path.join(args.bin, "shoal-agent"), path, {"SHOAL_AGENT_ADVERTISE_IP": node_ip_for(values)})
         # Without the address the DaemonSet gives it, the agent must refuse to start.
         res = subprocess.run([os.path.join(args.bin, "shoal-agent"), "--config", path, "--check-config"],
@@ -446,7 +504,6 @@ def main():
         # The files an origin's config names are mounted from Secrets and ConfigMaps: each one
         # must be in a mount of the origin container, and the check gets a stand-in of the right
         # kind (a password, a PEM certificate and key, a Docker config JSON).
-        secrets = os.path.join(tmp, "secrets")
         mounts = {m_["mountPath"]: m_["name"] for m_ in oc["volumeMounts"]}
         ovols = {v["name"]: v for v in op["spec"]["volumes"]}
         cert, key = stand_in_cert(tmp)
@@ -467,7 +524,7 @@ def main():
                 text = text.replace(file, local)
             path = os.path.join(tmp, k)
             with open(path, "w") as f:
-                f.write(text)
+                f.write(localize(text, op))
             run_check_config(os.path.join(args.bin, "shoal-origin"), path)
 
         # The runtime's init container, run as the pod runs it, against temporary directories:

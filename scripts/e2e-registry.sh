@@ -13,7 +13,8 @@
 # trusting that CA). An OCI image (a 64 MiB random layer and a small one)
 # and a linux/amd64 + linux/arm64 index are built by hand and pushed with skopeo; the
 # registry's push notifications reach the origin, which must hold every pushed layer before
-# anything pulls (preheat on push). Then:
+# anything pulls (preheat on push). The origin's preheat answers only an allowed certificate
+# identity (checked with curl and the CA's certificates) or its token. Then:
 # `shoal-agent configure` writes containerd's hosts.toml and a registries.conf drop-in;
 # containerd (ctr), skopeo and podman pull through agent 1 and every digest is checked; the
 # index pulls the right platform; three agents pull a second 64 MiB image at once and the
@@ -203,13 +204,17 @@ wait_http registry "http://$REG/v2/"
 log "tracker, origin and three agents"
 ORIGINS="origins:
   - { id: origin-0, http: \"https://$ORIGIN_HTTP\", peer: \"$ORIGIN_PEER\" }"
+# Every node here connects to the tracker from 127.0.0.1, not from the 127.x address it
+# announces: the tracker trusts loopback callers to announce any address.
 cat >"$W/tracker.yaml" <<EOF
 listen: $TRACKER
 announce_interval: 1s
 peer_ttl: 10s
+trusted_networks: ["127.0.0.0/8"]
 $ORIGINS
 $(tls_node tracker "${TRACKER%:*}")
 EOF
+echo "$NOTIFY_TOKEN" >"$W/tokens"
 cat >"$W/origin.yaml" <<EOF
 listen: $ORIGIN_HTTP
 peer_listen: $ORIGIN_PEER
@@ -223,8 +228,9 @@ backend:
   region: us-east-1
   access_key_id: shoal
   secret_access_key: shoalsecret
-notifications:
-  token: $NOTIFY_TOKEN
+auth:
+  tokens_file: $W/tokens
+  identities: ["spiffe://shoal/e2e/ops"]   # a client with this certificate needs no token
 $(tls_node origin-0 "${ORIGIN_HTTP%:*}")
 swarm:
   store_dir: $W/origin-store
@@ -366,6 +372,25 @@ for i in 0 1 2; do
 done
 grep -q 'push notified; preheating' "$W/origin.log" || fail_log "$W/origin.log" "the origin logged no push notification"
 echo "preheat on push: the origin stored test/img:v1 and the index's layers ($(metric "https://$ORIGIN_HTTP" shoal_origin_backend_bytes_total) backend bytes) before any pull"
+
+# ---------------------------------------------------------------------------------------------
+log "who may write: the identity a client's certificate proves at the TLS handshake, or a token"
+tls_node ops 127.0.0.1 >/dev/null
+preheat_as() {
+    curl -sS --cacert "$W/tls/ca.crt" --max-time 30 -o "$W/preheat-as.json" -w '%{http_code}' \
+        -H 'Content-Type: application/json' -d '{"name": "test/img", "reference": "v1"}' "$@" \
+        "https://$ORIGIN_HTTP/preheat"
+}
+code=$(preheat_as)
+[[ $code == 401 ]] || fail "a preheat without a certificate or a token got $code, not 401"
+code=$(preheat_as --cert "$W/tls/agent1.crt" --key "$W/tls/agent1.key")
+[[ $code == 403 ]] && grep -q 'spiffe://shoal/e2e/agent1' "$W/preheat-as.json" \
+    || fail "a preheat with a certificate not in auth.identities got $code: $(cat "$W/preheat-as.json")"
+code=$(preheat_as --cert "$W/tls/ops.crt" --key "$W/tls/ops.key")
+[[ $code == 202 ]] || fail "a preheat with the allowed certificate got $code: $(cat "$W/preheat-as.json")"
+code=$(preheat_as -H "Authorization: Bearer $NOTIFY_TOKEN")
+[[ $code == 202 ]] || fail "a preheat with the token got $code: $(cat "$W/preheat-as.json")"
+echo "the origin's preheat: 401 without credentials, 403 for another node's certificate, 202 for the allowed identity or the token"
 
 # ---------------------------------------------------------------------------------------------
 log "runtime configs from shoal-agent configure"
@@ -585,6 +610,7 @@ cat >"$W/tracker-pt.yaml" <<EOF
 listen: $PT.1:7600
 announce_interval: 1s
 peer_ttl: 10s
+trusted_networks: ["127.0.0.0/8"]
 $PT_ORIGINS
 EOF
 cat >"$W/origin-pt.yaml" <<EOF

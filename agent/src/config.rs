@@ -34,6 +34,16 @@ pub struct Config {
     pub max_prefetches: usize,
     /// `text` or `json` log lines on stderr. Default `text`.
     pub log_format: LogFormat,
+    /// Networks (CIDRs) whose callers may use the API (blobs, `/v2/`, preheat, stat, debug);
+    /// others get 403. Default `[127.0.0.0/8, ::1]`: only the node itself. Add the node's pod
+    /// network when pods reach the agent (keep loopback in the list for the node).
+    pub api_networks: shoal_core::net::Networks,
+    /// Who may start a preheat (`POST /preheat`): bearer tokens from a file, client
+    /// certificate identities. The caller's token is passed on to the origins. Default:
+    /// anyone who may use the API.
+    pub auth: shoal_runtime::AuthConfig,
+    /// The HTTP server's deadlines and connection cap.
+    pub http: shoal_runtime::HttpConfig,
     /// Mutual TLS on every link to other nodes: the peer port, the origins' and trackers' APIs
     /// (their URLs then start with `https://`). Default none: plaintext, with a loud warning.
     pub tls: Option<TlsConfig>,
@@ -57,6 +67,9 @@ impl Default for Config {
             tag_ttl: Duration::from_secs(30),
             max_prefetches: 4,
             log_format: LogFormat::Text,
+            api_networks: shoal_core::net::Networks::loopback(),
+            auth: shoal_runtime::AuthConfig::default(),
+            http: shoal_runtime::HttpConfig::default(),
             tls: None,
             api_tls: false,
             swarm: SwarmConfig::default(),
@@ -69,6 +82,8 @@ impl Default for Config {
 pub struct ValidConfig {
     pub config: Config,
     pub ring: Ring,
+    /// The preheat check, its tokens file read.
+    pub auth: shoal_runtime::Authorizer,
     pub tls: Option<Tls>,
 }
 
@@ -80,6 +95,7 @@ impl Config {
         let ring = Ring::new(self.origins.clone(), self.origin_replicas)
             .map_err(|e| ConfigError::Invalid(format!("origins: {e}")))?;
         self.swarm.validate().map_err(ConfigError::Invalid)?;
+        self.http.validate().map_err(ConfigError::Invalid)?;
         if self.max_prefetches == 0 {
             return Err(ConfigError::Invalid("max_prefetches must be at least 1".into()));
         }
@@ -103,7 +119,8 @@ impl Config {
         let trackers =
             self.swarm.trackers.iter().enumerate().map(|(i, t)| (format!("swarm.trackers[{i}]"), t.as_str()));
         let tls = shoal_runtime::tls::validate(self.tls.as_ref(), urls.chain(trackers))?;
-        Ok(ValidConfig { config: self, ring, tls })
+        let auth = self.auth.load().map_err(ConfigError::Invalid)?;
+        Ok(ValidConfig { config: self, ring, auth, tls })
     }
 }
 

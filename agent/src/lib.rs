@@ -17,6 +17,7 @@
 //! Entry point: [`run`] takes its listeners and a shutdown token, so tests bind port 0 and
 //! many agents run in one process.
 
+pub mod access;
 pub mod api;
 pub mod config;
 pub mod metrics;
@@ -41,6 +42,8 @@ pub struct Agent {
     pub swarm: Swarm,
     pub http_addr: SocketAddr,
     pub admin: Admin,
+    /// The HTTP servers' deadlines and connection cap (the config's `http:`).
+    pub http: shoal_runtime::HttpConfig,
 }
 
 /// Starts an agent; it runs until `shutdown` is cancelled. The returned future of
@@ -52,6 +55,8 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Agent, impl Future<Output = std::io::Result<()>> + use<>)> {
     let cfg = &config.config;
+    // After the origins' names are looked up (a `--check-config` only checks their form).
+    cfg.swarm.check_origins(&cfg.origins).map_err(anyhow::Error::msg)?;
     let admin = Admin::new(registry.clone());
     let tls = config.tls.clone();
     if let Some(t) = &tls {
@@ -68,6 +73,7 @@ pub async fn start(
         metrics: metrics.clone(),
         tags: registry::TagResolver::new(config.ring.clone(), cfg.tag_ttl.get(), tls.as_ref()),
         shutdown: shutdown.child_token(),
+        auth: config.auth.clone(),
         prefetches: shoal_runtime::Cap::new("prefetches", "max_prefetches", cfg.max_prefetches),
     };
     let stat_state = stat::StatState::new(
@@ -79,20 +85,22 @@ pub async fn start(
     );
     let state = api::AppState { swarm: swarm.clone(), origins, metrics };
     let router = api::router(state).merge(registry::router(registry_state)).merge(stat::router(stat_state));
+    let router = access::host_only(router, cfg.api_networks.clone());
     let router = shoal_runtime::request_id::with_request_id(router, "agent").merge(admin.router());
     let api_tls = if cfg.api_tls { tls.as_ref() } else { None };
-    let auth = tls.as_ref().map(|t| t.config().http_client_auth).unwrap_or_default();
-    let listener = shoal_runtime::tls::HttpListener::new(listeners.http, api_tls, auth)?;
+    let client_auth = tls.as_ref().map(|t| t.config().http_client_auth).unwrap_or_default();
+    let listener = shoal_runtime::tls::HttpListener::new(listeners.http, api_tls, client_auth)?;
     tracing::info!(%http_addr, tls = api_tls.is_some(), "agent api listening");
     let grace = cfg.shutdown_grace.get();
+    let http = cfg.http.clone();
     let (a, s) = (admin.clone(), swarm.clone());
     let serve = async move {
-        let served = a.serve(listener, router, shutdown, grace).await;
+        let served = a.serve(listener, router, shutdown, grace, &http).await;
         // The next start ranks the store's blobs by these last uses.
         s.persist_last_uses().await;
         served
     };
-    Ok((Agent { swarm, http_addr, admin }, serve))
+    Ok((Agent { swarm, http_addr, admin, http: cfg.http.clone() }, serve))
 }
 
 /// Serves the agent's `/health`, `/ready` and `/metrics` alone on `listener` (the config's
@@ -107,7 +115,8 @@ pub fn serve_admin(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "agent metrics listening");
     }
-    shoal_runtime::serve(listener, router, shutdown, grace)
+    let http = agent.http.clone();
+    async move { shoal_runtime::serve_with(listener, router, shutdown, grace, &http).await }
 }
 
 /// Runs an agent until `shutdown` is cancelled and its HTTP server has drained.
@@ -131,9 +140,19 @@ mod tests {
         dir: &std::path::Path,
         registry: prometheus::Registry,
     ) -> (Agent, CancellationToken, tokio::task::JoinHandle<std::io::Result<()>>) {
+        agent_with(dir, registry, "http://127.0.0.1:9", "").await
+    }
+
+    /// An agent whose one origin's API is `origin`, with more config lines.
+    async fn agent_with(
+        dir: &std::path::Path,
+        registry: prometheus::Registry,
+        origin: &str,
+        extra: &str,
+    ) -> (Agent, CancellationToken, tokio::task::JoinHandle<std::io::Result<()>>) {
         let cfg: Config = shoal_runtime::config::parse(&format!(
-            "origins: [{{ id: o0, http: 'http://127.0.0.1:9', peer: '127.0.0.1:9' }}]\n\
-             origin_replicas: 1\nswarm: {{ store_dir: '{}' }}\n",
+            "origins: [{{ id: o0, http: '{origin}', peer: '127.0.0.1:9' }}]\n\
+             origin_replicas: 1\nswarm: {{ store_dir: '{}' }}\n{extra}",
             dir.display()
         ))
         .unwrap();
@@ -220,6 +239,102 @@ mod tests {
         assert_eq!(value(&registry, "shoal_agent_cache_total", &[("result", "miss")]), 1.0);
         assert_eq!(value(&registry, "shoal_agent_served_bytes_total", &[]), data.len() as f64, "HEAD sends no body");
 
+        shutdown.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn origins_outside_the_peer_networks_are_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg: Config = shoal_runtime::config::parse(&format!(
+            "origins: [{{ id: o0, http: 'http://127.0.0.1:9', peer: '10.0.0.1:7801' }}]\n\
+             origin_replicas: 1\nswarm: {{ store_dir: '{}', peer_networks: ['127.0.0.0/8'] }}\n",
+            dir.path().display()
+        ))
+        .unwrap();
+        let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
+        let listeners = Listeners { http: bind().await.unwrap(), peer: bind().await.unwrap() };
+        let res =
+            start(cfg.validate().unwrap(), listeners, prometheus::Registry::new(), CancellationToken::new()).await;
+        let err = format!("{:#}", res.err().expect("refused"));
+        assert!(err.contains("o0's peer address 10.0.0.1:7801 is outside swarm.peer_networks"), "{err}");
+    }
+
+    /// A client whose connections come from `ip`.
+    fn client_from(ip: &str) -> reqwest::Client {
+        reqwest::Client::builder().local_address(ip.parse::<std::net::IpAddr>().unwrap()).build().unwrap()
+    }
+
+    /// Reading through an agent is bound to its host: a caller outside `api_networks` gets
+    /// 403, in the Registry's form under `/v2/`; health and metrics stay open.
+    #[tokio::test]
+    async fn callers_outside_the_api_networks_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (agent, shutdown, task) =
+            agent_with(dir.path(), prometheus::Registry::new(), "http://127.0.0.1:9", "api_networks: ['127.0.0.2']\n")
+                .await;
+        let api = format!("http://{}", agent.http_addr);
+        let outside = client_from("127.0.0.1");
+        let res = outside.get(format!("{api}/v2/")).send().await.unwrap();
+        assert_eq!(res.status(), 403);
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(body["errors"][0]["code"], "DENIED", "{body}");
+        let d = shoal_core::Digest::of(b"x");
+        for path in [format!("/blobs/{d}"), format!("/stat/blobs/{d}"), format!("/debug/blobs/{d}")] {
+            let res = outside.get(format!("{api}{path}")).send().await.unwrap();
+            assert_eq!(res.status(), 403, "{path}");
+            let body: shoal_core::api::ErrorBody = res.json().await.unwrap();
+            assert_eq!(body.code, "DENIED", "{path}");
+        }
+        let res = outside.post(format!("{api}/preheat")).json(&serde_json::json!({})).send().await.unwrap();
+        assert_eq!(res.status(), 403);
+        assert_eq!(outside.get(format!("{api}/health")).send().await.unwrap().status(), 200);
+        // From inside the networks, the same API answers.
+        assert_eq!(client_from("127.0.0.2").get(format!("{api}/v2/")).send().await.unwrap().status(), 200);
+        shutdown.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    /// `POST /preheat` needs a caller `auth` allows, and its token goes on to the origin.
+    #[tokio::test]
+    async fn a_preheat_needs_an_allowed_caller_whose_token_goes_to_the_origin() {
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let s = seen.clone();
+        let origin = axum::Router::new().route(
+            "/preheat",
+            axum::routing::post(move |h: axum::http::HeaderMap| {
+                let auth = h.get("authorization").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+                s.lock().unwrap().push(auth);
+                async {
+                    (axum::http::StatusCode::ACCEPTED, axum::Json(serde_json::json!({"id": "ph-1", "digests": []})))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin_url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, origin).await });
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = dir.path().join("tokens");
+        std::fs::write(&tokens, "ops-token\n").unwrap();
+        let extra = format!("auth: {{ tokens_file: '{}' }}\n", tokens.display());
+        let (agent, shutdown, task) =
+            agent_with(&dir.path().join("store"), prometheus::Registry::new(), &origin_url, &extra).await;
+        let url = format!("http://{}/preheat", agent.http_addr);
+        let body = serde_json::json!({"name": "team/app", "reference": shoal_core::Digest::of(b"m").to_string()});
+        let http = reqwest::Client::new();
+        let res = http.post(&url).json(&body).send().await.unwrap();
+        assert_eq!(res.status(), 401);
+        assert_eq!(res.headers()["www-authenticate"], "Bearer realm=\"shoal\"");
+        let v: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(v["errors"][0]["code"], "UNAUTHORIZED", "{v}");
+        let res = http.post(&url).bearer_auth("guessed").json(&body).send().await.unwrap();
+        assert_eq!(res.status(), 403);
+        let v: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(v["errors"][0]["code"], "DENIED", "{v}");
+        assert!(seen.lock().unwrap().is_empty(), "nothing reached the origin");
+        let res = http.post(&url).bearer_auth("ops-token").json(&body).send().await.unwrap();
+        assert_eq!(res.status(), 202);
+        assert_eq!(seen.lock().unwrap().as_slice(), ["Bearer ops-token"]);
         shutdown.cancel();
         task.await.unwrap().unwrap();
     }

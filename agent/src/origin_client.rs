@@ -155,11 +155,16 @@ impl OriginClient {
         &self,
         manifest: Digest,
         body: &serde_json::Value,
+        bearer: Option<&str>,
     ) -> Result<(u16, serde_json::Value), OriginError> {
         let mut last = String::from("no origin answered");
         for node in self.ring.owners(&manifest) {
             let url = format!("{}/preheat", node.http.trim_end_matches('/'));
-            let resp = match self.http.post(&url).json(body).send().await {
+            let mut req = self.http.post(&url).json(body);
+            if let Some(t) = bearer {
+                req = req.bearer_auth(t);
+            }
+            let resp = match req.send().await {
                 Ok(r) => r,
                 Err(e) => {
                     last = format!("{url}: {e}");

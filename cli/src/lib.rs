@@ -44,6 +44,10 @@ pub struct Cli {
     /// An origin's HTTP API, for `push`.
     #[arg(long, global = true, env = "SHOAL_ORIGIN_URL", default_value = DEFAULT_ORIGIN)]
     pub origin: String,
+    /// A file holding the bearer token sent with `push` and `preheat` (its first line), for
+    /// origins and agents whose `auth:` asks for one.
+    #[arg(long, global = true, env = "SHOAL_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// One JSON object on stdout instead of text, and no progress bars.
     #[arg(long, global = true)]
     pub json: bool,
@@ -304,6 +308,17 @@ async fn pull(cli: &Cli, digest: Digest, output: Option<&Path>, show_progress: b
     Ok(Report::ok(text, json))
 }
 
+/// `req` with the bearer token of `--token-file`, if given.
+fn with_token(cli: &Cli, req: reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder, CliError> {
+    match &cli.token_file {
+        Some(f) => {
+            let token = shoal_runtime::auth::TokenSource::load(f).map_err(CliError::Usage)?;
+            Ok(req.bearer_auth(token.get()))
+        }
+        None => Ok(req),
+    }
+}
+
 async fn push(cli: &Cli, file: &Path, show_progress: bool) -> Result<Report, CliError> {
     let len = tokio::fs::metadata(file).await.map_err(io_err(file))?.len();
     // The digest names the upload, so the file is read twice: hashed, then sent.
@@ -338,8 +353,18 @@ async fn push(cli: &Cli, file: &Path, show_progress: bool) -> Result<Report, Cli
         }
     });
     let req = client().put(&url).header(reqwest::header::CONTENT_LENGTH, len).body(reqwest::Body::wrap_stream(stream));
+    let req = with_token(cli, req)?;
     let res = send(&url, req).await;
     progress.finish();
+    if let Err(CliError::Http { .. }) = &res {
+        // An origin refuses an upload before reading its body and closes the connection, which
+        // a client still sending sees only as a broken connection: an empty upload, which
+        // stores nothing, gets the same answer in full.
+        let probe = with_token(cli, client().put(&url).header(reqwest::header::CONTENT_LENGTH, 0))?;
+        if let Err(e @ CliError::Server { status: 401 | 403, .. }) = send(&url, probe).await {
+            return Err(e);
+        }
+    }
     res?;
     let secs = started.elapsed().as_secs_f64();
     let text = format!("{digest}\n");
@@ -425,7 +450,7 @@ async fn preheat(
     if let Some(pin) = pin {
         body["pin"] = serde_json::json!(pin);
     }
-    let resp = send(&url, client().post(&url).json(&body)).await?;
+    let resp = send(&url, with_token(cli, client().post(&url).json(&body))?).await?;
     let mut json: serde_json::Value =
         resp.json().await.map_err(|source| CliError::Http { url: url.clone(), source })?;
     let st: PreheatState = serde_json::from_value(json.clone()).map_err(|e| CliError::Server {

@@ -10,6 +10,12 @@
 //! A downloader that is answered "busy" leaves that peer alone for [`BUSY_BACKOFF`] and asks
 //! the others meanwhile; the peer is not excluded, since it will have upload room again soon.
 //!
+//! A piece counts as sent from the moment it is admitted, so two requests for it at once do
+//! not both go out; an upload that never reaches the socket (the requester cancelled it, the
+//! read failed, the connection closed first) is given back with [`SeedBudget::refund`].
+//! Otherwise a peer requesting and cancelling every piece would leave the origin answering
+//! "busy" to everyone for pieces nobody received.
+//!
 //! Invariant: `unsent` is the number of pieces whose count is zero.
 
 use std::time::Duration;
@@ -102,6 +108,19 @@ impl SeedBudget {
         true
     }
 
+    /// Gives back one admitted upload of `piece` that was not sent after all. A piece with no
+    /// upload counted, or out of range, is left alone.
+    pub fn refund(&mut self, piece: u32) {
+        let Some(count) = self.sent.get_mut(piece as usize) else { return };
+        if *count == 0 {
+            return;
+        }
+        *count -= 1;
+        if *count == 0 {
+            self.unsent += 1;
+        }
+    }
+
     /// Pieces not yet sent once.
     pub fn unsent(&self) -> u32 {
         self.unsent
@@ -187,6 +206,24 @@ mod tests {
         // Without a budget (not an origin), only the first three rules apply.
         assert_eq!(admit_upload(true, || Some(1), || Some(2), None), Ok((1, 2)));
         assert!(Refusal::Seeding.is_busy() && Refusal::Backlog.is_busy() && !Refusal::NotHave.is_busy());
+    }
+
+    #[test]
+    fn a_refunded_piece_is_unsent_again() {
+        let mut b = SeedBudget::new(2);
+        assert!(b.admit(0));
+        assert!(!b.admit(0), "sent once while piece 1 never was");
+        b.refund(0);
+        assert_eq!(b.unsent(), 2);
+        assert!(b.admit(0), "given back: it may go out again");
+        // Refunds past the count, or of pieces out of range, change nothing.
+        b.refund(1);
+        b.refund(7);
+        assert_eq!(b.unsent(), 1);
+        assert!(b.admit(1));
+        assert!(b.admit(0) && b.admit(0));
+        b.refund(0);
+        assert_eq!(b.unsent(), 0, "one of three uploads of piece 0 given back: it was still sent");
     }
 
     #[test]

@@ -192,6 +192,11 @@ impl Cluster {
             origin_replicas: b.origins.clamp(1, 3),
             announce_interval: Duration::from_millis(1000),
             peer_ttl: Duration::from_secs(10),
+            // Every node is on loopback and connects to the tracker from 127.0.0.1 (or ::1),
+            // not from the address it announces; on one shared address, all of them are
+            // one host.
+            trusted_networks: shoal_core::net::Networks::loopback(),
+            max_peers_per_host: if b.ip.is_some() { shoal_tracker::store::MAX_PEERS_PER_BLOB } else { 8 },
             tls: tls_for("tracker")?,
             ..shoal_tracker::Config::default()
         }

@@ -191,6 +191,20 @@ pub(crate) struct ProcCluster<'a> {
     http: reqwest::Client,
 }
 
+/// The peer and API networks of a lab's nodes: loopback, where nodes connect to each other
+/// (and the harness to the agents) on 127.x, and the netns lab's 198.18.0.0/15, which is
+/// outside the default peer networks and whose harness drives the agents from there.
+pub(crate) fn lab_networks() -> serde_json::Value {
+    json!(["127.0.0.0/8", "::1", "198.18.0.0/15"])
+}
+
+/// The networks a lab's tracker trusts to announce any address: nodes on loopback connect to
+/// it from 127.0.0.1, not from the 127.x address they announce (in namespaces they connect
+/// from their own, and need no trust).
+pub(crate) fn trusted_networks() -> serde_json::Value {
+    json!(["127.0.0.0/8", "::1"])
+}
+
 impl ProcCluster<'_> {
     fn origin_list(&self) -> serde_json::Value {
         self.layout.origin_list()
@@ -208,12 +222,14 @@ impl ProcCluster<'_> {
         let trackers = json!([format!("http://{}", l.tracker)]);
         let limiter = self.launch.limiter();
         let rate = |r: Option<u64>| r.filter(|_| limiter).map(|r| json!(r.to_string()));
+        let lab_networks = lab_networks();
         let tracker = json!({
             "listen": l.tracker.to_string(),
             "origins": self.origin_list(),
             "origin_replicas": replicas,
             "announce_interval": "1s",
             "peer_ttl": "10s",
+            "trusted_networks": trusted_networks(),
         });
         let tracker_url = format!("http://{}", l.tracker);
         let backend = self.root.join("backend");
@@ -224,6 +240,7 @@ impl ProcCluster<'_> {
                 "store_dir": self.root.join(format!("origin-{i}")),
                 "trackers": trackers,
                 "seed_announce_interval": "2s",
+                "peer_networks": lab_networks,
             });
             if let Some(r) = rate(o.origin_rate) {
                 swarm["egress_rate"] = r;
@@ -249,6 +266,7 @@ impl ProcCluster<'_> {
                 "trackers": trackers,
                 "seed_announce_interval": "2s",
                 "download_timeout": format!("{}s", o.timeout.as_secs().max(1)),
+                "peer_networks": lab_networks,
             });
             if let Some(r) = rate(o.agent_rate) {
                 swarm["egress_rate"] = r.clone();
@@ -262,6 +280,7 @@ impl ProcCluster<'_> {
                 "peer_listen": p.to_string(),
                 "origins": self.origin_list(),
                 "origin_replicas": replicas,
+                "api_networks": lab_networks,
                 "swarm": swarm,
             }));
         }

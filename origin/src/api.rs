@@ -5,11 +5,15 @@
 //! - `GET`/`HEAD /blobs/<digest>`: the blob itself (fetched first if needed).
 //! - `PUT /blobs/<digest>`: upload. The body is staged and hashed; only bytes matching the
 //!   digest are written back to the backend, stored and seeded; anything else is removed and
-//!   answered 400 `DIGEST_INVALID`. Requires `Content-Length`. At most `max_uploads` at
-//!   once; another is answered 503 with `Retry-After`.
+//!   answered 400 `DIGEST_INVALID`. Requires `Content-Length`, and a caller `auth` allows
+//!   (401 without credentials, 403 with others; checked before the body is read). At most
+//!   `max_uploads` at once; another is answered 503 with `Retry-After`.
 //! - `GET /tags/<name>/<tag>`: the digest a registry tag points at, as text ([`crate::tags`]).
-//! - `POST /preheat`, `GET /preheat/<id>`: warm an image's manifests and blobs
-//!   ([`crate::preheat`]).
+//! - `POST /preheat` (a caller `auth` allows; a body of at most [`MAX_PREHEAT_BODY`]),
+//!   `GET /preheat/<id>`: warm an image's manifests and blobs ([`crate::preheat`]).
+//!
+//! Only the upload route reads a body of any size (streamed to a staging file, bounded by
+//! `max_upload`); every other body is bounded where its route is declared.
 //!
 //! Metainfo, blob and tag requests take two optional query hints for pull-through
 //! ([`Hints`]): `name=<repository>` and `ns=<registry host>`. They choose where a missing
@@ -28,7 +32,7 @@ use futures::StreamExt;
 use shoal_core::Digest;
 use shoal_core::metainfo::MetaInfoBuilder;
 use shoal_core::registry::{RegistryHost, RepoName};
-use shoal_runtime::{ApiError, Cap, blob_response, parse_digest};
+use shoal_runtime::{ApiError, Authorizer, Caller, Cap, blob_response, parse_digest};
 use shoal_swarm::Swarm;
 use tokio::sync::watch;
 
@@ -48,20 +52,33 @@ pub struct AppState {
     /// The pull-through upstreams, if configured.
     pub upstreams: Option<Arc<Upstreams>>,
     pub preheats: crate::preheat::Preheats,
+    /// Who may upload and preheat.
+    pub auth: Authorizer,
 }
 
+/// Largest `POST /preheat` body read. Hard-coded: a request is a name, a reference and a host.
+pub const MAX_PREHEAT_BODY: usize = 64 << 10;
 /// `Retry-After` of an upload refused because `max_uploads` are running.
 pub const UPLOAD_RETRY_AFTER: u32 = 5;
 
 pub fn router(state: AppState) -> Router {
+    use axum::extract::DefaultBodyLimit;
     Router::new()
         .route("/blobs/{digest}/metainfo", get(metainfo))
-        .route("/blobs/{digest}", get(get_blob).head(get_blob).put(put_blob))
+        // Uploads stream their body and bound it by `max_upload` themselves.
+        .route("/blobs/{digest}", get(get_blob).head(get_blob).put(put_blob).layer(DefaultBodyLimit::disable()))
         .route("/tags/{*rest}", get(crate::tags::get_tag))
-        .route("/preheat", axum::routing::post(crate::preheat::post_preheat))
+        .route(
+            "/preheat",
+            axum::routing::post(crate::preheat::post_preheat).layer(DefaultBodyLimit::max(MAX_PREHEAT_BODY)),
+        )
         .route("/preheat/{id}", get(crate::preheat::get_preheat))
-        .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+/// A refused request: the error body, with the `WWW-Authenticate` challenge of a 401.
+pub(crate) fn refused(e: shoal_runtime::AuthError) -> Response {
+    e.into_response()
 }
 
 impl From<FetchError> for ApiError {
@@ -142,7 +159,7 @@ impl AppState {
     /// Where a blob named by `hints` may be pulled from when the backend lacks it.
     pub fn source(&self, hints: &Hints) -> Option<Source> {
         let name = hints.name.clone()?;
-        let upstream = self.upstreams.as_ref()?.select(hints.ns.as_ref())?;
+        let upstream = self.upstreams.as_ref()?.select(hints.ns.as_ref(), &name)?;
         Some(Source { upstream, name })
     }
 }
@@ -219,10 +236,17 @@ async fn get_blob(
 
 async fn put_blob(
     State(st): State<AppState>,
+    caller: Caller,
     Path(digest): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Response> {
+    // Before anything else of the request is looked at: a refused upload leaves nothing.
+    st.auth.authorize(&caller, &headers).map_err(refused)?;
+    upload_checked(st, digest, headers, body).await.map_err(IntoResponse::into_response)
+}
+
+async fn upload_checked(st: AppState, digest: String, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let digest = parse_digest(&digest)?;
     let len: u64 = headers
         .get(header::CONTENT_LENGTH)
@@ -330,6 +354,7 @@ pub(crate) mod tests {
             metrics,
             upstreams: None,
             preheats: crate::preheat::Preheats::new(1, 1, shutdown.child_token()),
+            auth: Authorizer::open(),
         };
         (st, shutdown)
     }
@@ -338,7 +363,8 @@ pub(crate) mod tests {
         let digest = Digest::of(data);
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_LENGTH, data.len().into());
-        put_blob(State(st.clone()), Path(digest.to_string()), headers, Body::from(data.to_vec())).await
+        // Past the auth check (open here): the upload itself.
+        upload_checked(st.clone(), digest.to_string(), headers, Body::from(data.to_vec())).await
     }
 
     /// `max_uploads` uploads stage at once; one more is answered 503 with `Retry-After` and

@@ -57,9 +57,15 @@ pub struct Config {
     pub max_preheats: usize,
     /// `text` or `json` log lines on stderr. Default `text`.
     pub log_format: LogFormat,
-    /// Registry push notifications (`POST /notifications`): an optional token and agent
-    /// prefetch rules. Default: accepted without a token, no prefetch.
+    /// Registry push notifications (`POST /notifications`): agent prefetch rules. Default:
+    /// no prefetch.
     pub notifications: crate::notify::NotifyConfig,
+    /// Who may upload (`PUT /blobs`), preheat (`POST /preheat`) and notify
+    /// (`POST /notifications`): bearer tokens from a file, client certificate identities.
+    /// Default: anyone (a lab's setting; the origin warns at start).
+    pub auth: shoal_runtime::AuthConfig,
+    /// The HTTP server's deadlines and connection cap.
+    pub http: shoal_runtime::HttpConfig,
     /// Mutual TLS on every link to other nodes: the peer port, this API (clients present a
     /// certificate as `tls.http_client_auth` says), and the calls to other origins and the
     /// trackers (their URLs then start with `https://`). Default none: plaintext, with a loud
@@ -89,6 +95,8 @@ impl Default for Config {
             max_preheats: 8,
             log_format: LogFormat::Text,
             notifications: crate::notify::NotifyConfig::default(),
+            auth: shoal_runtime::AuthConfig::default(),
+            http: shoal_runtime::HttpConfig::default(),
             tls: None,
             swarm: SwarmConfig { store_dir: "shoal-origin-store".into(), ..SwarmConfig::default() },
         }
@@ -103,6 +111,8 @@ pub struct ValidConfig {
     pub ring: Option<Ring>,
     /// The checked `pull_through:` section, when it lists upstreams.
     pub pull_through: Option<ValidPullThrough>,
+    /// The check of the protected endpoints, its tokens file read.
+    pub auth: shoal_runtime::Authorizer,
     /// The loaded TLS files, when `tls` is set.
     pub tls: Option<Tls>,
 }
@@ -143,9 +153,11 @@ impl Config {
             return Err(ConfigError::Invalid("preheat_concurrency must be at least 1".into()));
         }
         self.notifications.validate().map_err(ConfigError::Invalid)?;
+        let auth = self.auth.load().map_err(ConfigError::Invalid)?;
         let pull_through = self.pull_through.validate()?;
         let pull_through = (!pull_through.upstreams.is_empty()).then_some(pull_through);
         self.swarm.validate().map_err(ConfigError::Invalid)?;
+        self.http.validate().map_err(ConfigError::Invalid)?;
         if self.swarm.advertise_addr.unwrap_or(self.peer_listen).ip().is_unspecified() {
             return Err(ConfigError::Invalid(format!(
                 "swarm.advertise_addr is required when peer_listen is {} and no `origins` entry names this origin",
@@ -157,7 +169,7 @@ impl Config {
         let trackers =
             self.swarm.trackers.iter().enumerate().map(|(i, t)| (format!("swarm.trackers[{i}]"), t.as_str()));
         let tls = shoal_runtime::tls::validate(self.tls.as_ref(), urls.chain(trackers))?;
-        Ok(ValidConfig { config: self, ring, pull_through, tls })
+        Ok(ValidConfig { config: self, ring, pull_through, auth, tls })
     }
 }
 

@@ -44,6 +44,8 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Origin, impl Future<Output = std::io::Result<()>> + use<>)> {
     let cfg = config.config;
+    // After the origins' names are looked up (a `--check-config` only checks their form).
+    cfg.swarm.check_origins(&cfg.origins).map_err(anyhow::Error::msg)?;
     let admin = Admin::new(registry.clone());
     let tls = config.tls;
     if let Some(t) = &tls {
@@ -83,7 +85,14 @@ pub async fn start(
         metrics,
         upstreams,
         preheats: preheat::Preheats::new(cfg.preheat_concurrency, cfg.max_preheats, shutdown.child_token()),
+        auth: config.auth.clone(),
     };
+    if config.auth.is_open() {
+        tracing::warn!(
+            "auth is not configured: anyone who reaches this origin may upload, preheat and notify \
+             (set auth.tokens_file or auth.identities)"
+        );
+    }
     let notify_state = notify::NotifyState {
         app: state.clone(),
         config: cfg.notifications.clone(),
@@ -99,13 +108,14 @@ pub async fn start(
     };
     let router = api::router(state).merge(notify::router(notify_state));
     let router = shoal_runtime::request_id::with_request_id(router, "origin").merge(admin.router());
-    let auth = tls.as_ref().map(|t| t.config().http_client_auth).unwrap_or_default();
-    let listener = shoal_runtime::tls::HttpListener::new(listeners.http, tls.as_ref(), auth)?;
+    let client_auth = tls.as_ref().map(|t| t.config().http_client_auth).unwrap_or_default();
+    let listener = shoal_runtime::tls::HttpListener::new(listeners.http, tls.as_ref(), client_auth)?;
     tracing::info!(%http_addr, id = %cfg.id, tls = tls.is_some(), "origin api listening");
     let grace = cfg.shutdown_grace.get();
+    let http = cfg.http.clone();
     let (a, s) = (admin.clone(), swarm.clone());
     let serve = async move {
-        let served = a.serve(listener, router, shutdown, grace).await;
+        let served = a.serve(listener, router, shutdown, grace, &http).await;
         // The next start ranks the store's blobs by these last uses.
         s.persist_last_uses().await;
         served

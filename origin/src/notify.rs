@@ -18,6 +18,10 @@
 //! the `max_preheats` turns); a notification with more than the room left is answered 503
 //! with `Retry-After`, and the registry sends it again.
 //!
+//! Only callers the origin's `auth` allows are heard (a registry sends its token with
+//! `endpoints[].headers`, Harbor with its webhook's `auth_header`), and the forwarded preheats
+//! carry the caller's bearer token on to the owners and agents.
+//!
 //! Invariant: a notification never decides which bytes are accepted. It only names digests;
 //! every blob is fetched and verified as in any preheat.
 
@@ -26,7 +30,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use shoal_core::Digest;
@@ -57,13 +61,11 @@ const MANIFEST_TYPES: [&str; 4] = [
 /// Timeout of one forwarded preheat or prefetch request. Hard-coded.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The `notifications:` section of the origin's config.
+/// The `notifications:` section of the origin's config. Who may notify is the origin's
+/// `auth:`.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NotifyConfig {
-    /// When set, a notification must carry `Authorization: Bearer <token>` (the registry's
-    /// `endpoints[].headers`; Harbor's webhook `auth_header`). Default: none required.
-    pub token: Option<String>,
     /// Agents that prefetch what is pushed to matching repositories.
     pub prefetch: Vec<PrefetchRule>,
 }
@@ -80,9 +82,6 @@ pub struct PrefetchRule {
 
 impl NotifyConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if self.token.as_deref() == Some("") {
-            return Err("notifications.token must not be empty when set".into());
-        }
         for rule in &self.prefetch {
             if rule.repositories.iter().any(|p| p.is_empty()) || rule.repositories.is_empty() {
                 return Err("notifications.prefetch: every rule needs non-empty repository patterns".into());
@@ -248,34 +247,39 @@ pub struct NotifyState {
 }
 
 pub fn router(state: NotifyState) -> Router {
-    Router::new().route("/notifications", post(notifications)).with_state(state)
+    let limit = axum::extract::DefaultBodyLimit::max(MAX_NOTIFICATION_BODY);
+    Router::new().route("/notifications", post(notifications).layer(limit)).with_state(state)
 }
 
-async fn notifications(State(st): State<NotifyState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    if let Some(token) = &st.config.token {
-        let sent = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        if sent.and_then(|s| s.strip_prefix("Bearer ")) != Some(token.as_str()) {
-            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "a bearer token is required"));
-        }
-    }
-    if body.len() > MAX_NOTIFICATION_BODY {
-        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", "notification too large"));
-    }
-    let pushed = parse(&body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", e.to_string()))?;
+async fn notifications(
+    State(st): State<NotifyState>,
+    caller: shoal_runtime::Caller,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, Response> {
+    let grant = st.app.auth.authorize(&caller, &headers).map_err(crate::api::refused)?;
+    let body = body.map_err(|r| {
+        let status = r.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "PAYLOAD_TOO_LARGE" } else { "BAD_REQUEST" };
+        ApiError::new(status, code, r.body_text()).into_response()
+    })?;
+    let pushed = parse(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", e.to_string()).into_response())?;
     let n = pushed.len();
     let permits = st.tasks.try_take_many(n).map_err(|_| {
         st.app.metrics.busy.with_label_values(&["notification"]).inc();
         let message = format!("{MAX_PUSH_TASKS} notified images are already in hand; {n} more do not fit");
-        ApiError::busy(message, NOTIFY_RETRY_AFTER)
+        ApiError::busy(message, NOTIFY_RETRY_AFTER).into_response()
     })?;
     for (p, permit) in pushed.into_iter().zip(permits) {
         tracing::info!(name = %p.name, digest = %p.digest, tag = p.tag.as_deref(), "push notified; preheating");
         let st2 = st.clone();
+        let bearer = grant.bearer.clone();
         shoal_runtime::spawn(
             "push-preheat",
             st.shutdown.clone(),
             shoal_runtime::request_id::inherit(async move {
-                preheat_pushed(&st2, &p).await;
+                preheat_pushed(&st2, &p, bearer.as_deref()).await;
                 drop(permit);
                 Ok(())
             }),
@@ -284,8 +288,9 @@ async fn notifications(State(st): State<NotifyState>, headers: HeaderMap, body: 
     Ok((StatusCode::ACCEPTED, axum::Json(serde_json::json!({ "images": n }))).into_response())
 }
 
-/// Preheats one pushed image (here or at its owners) and asks the matching agents to prefetch it.
-async fn preheat_pushed(st: &NotifyState, p: &Pushed) {
+/// Preheats one pushed image (here or at its owners) and asks the matching agents to prefetch
+/// it, passing the notifier's bearer token (if any) on.
+async fn preheat_pushed(st: &NotifyState, p: &Pushed, bearer: Option<&str>) {
     let owners: Vec<String> = match &st.ring {
         Some(ring) => ring.owners(&p.digest).into_iter().map(|o| o.id.clone()).collect(),
         None => Vec::new(),
@@ -304,7 +309,7 @@ async fn preheat_pushed(st: &NotifyState, p: &Pushed) {
     } else if let Some(ring) = &st.ring {
         let body = serde_json::json!({ "name": p.name.as_str(), "reference": p.digest.to_string() });
         let urls = ring.owners(&p.digest).into_iter().map(|o| format!("{}/preheat", o.http.trim_end_matches('/')));
-        let sent = post_first(&st.http, urls, &body).await;
+        let sent = post_first(&st.http, urls, &body, bearer).await;
         if let Err(e) = sent {
             tracing::warn!(name = %p.name, digest = %p.digest, "no owner took the preheat: {e}");
         }
@@ -312,7 +317,7 @@ async fn preheat_pushed(st: &NotifyState, p: &Pushed) {
     let body = serde_json::json!({ "name": p.name.as_str(), "reference": p.digest.to_string(), "prefetch": true });
     for agent in st.config.agents_for(p.name.as_str()) {
         let url = format!("{}/preheat", agent.trim_end_matches('/'));
-        if let Err(e) = post_first(&st.http, std::iter::once(url), &body).await {
+        if let Err(e) = post_first(&st.http, std::iter::once(url), &body, bearer).await {
             tracing::warn!(name = %p.name, digest = %p.digest, "agent prefetch not started: {e}");
         }
     }
@@ -323,10 +328,14 @@ async fn post_first(
     http: &reqwest::Client,
     urls: impl Iterator<Item = String>,
     body: &serde_json::Value,
+    bearer: Option<&str>,
 ) -> Result<(), String> {
     let mut last = String::from("no URL");
     for url in urls {
         let mut req = http.post(&url).timeout(FORWARD_TIMEOUT).json(body);
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
+        }
         if let Some(id) = shoal_runtime::request_id::current() {
             req = req.header(shoal_runtime::request_id::HEADER, id.as_str());
         }
@@ -450,12 +459,17 @@ mod tests {
                 .collect();
             Bytes::from(serde_json::json!({ "events": events }).to_string())
         };
-        let err =
-            notifications(State(st.clone()), HeaderMap::new(), push(3)).await.expect_err("three do not fit in two");
-        assert_eq!((err.status, err.retry_after), (StatusCode::SERVICE_UNAVAILABLE, Some(NOTIFY_RETRY_AFTER)));
+        let caller = || shoal_runtime::Caller { addr: "127.0.0.1:5000".parse().unwrap(), identity: None };
+        let err = notifications(State(st.clone()), caller(), HeaderMap::new(), Ok(push(3)))
+            .await
+            .expect_err("three do not fit in two");
+        assert_eq!(
+            (err.status(), err.headers().get(axum::http::header::RETRY_AFTER).map(|v| v.to_str().unwrap().to_owned())),
+            (StatusCode::SERVICE_UNAVAILABLE, Some(NOTIFY_RETRY_AFTER.to_string()))
+        );
         assert_eq!(st.app.metrics.busy.with_label_values(&["notification"]).get(), 1);
         assert_eq!(st.tasks.available(), 2, "a refused notification holds nothing");
-        let resp = notifications(State(st.clone()), HeaderMap::new(), push(2)).await.unwrap();
+        let resp = notifications(State(st.clone()), caller(), HeaderMap::new(), Ok(push(2))).await.unwrap();
         assert_eq!(resp.status(), StatusCode::ACCEPTED);
         shutdown.cancel();
     }
@@ -463,7 +477,6 @@ mod tests {
     #[test]
     fn prefetch_rules_pick_agents_once() {
         let cfg = NotifyConfig {
-            token: None,
             prefetch: vec![
                 PrefetchRule { repositories: vec!["team/*".into()], agents: vec!["http://a:7700".into()] },
                 PrefetchRule {
@@ -476,7 +489,6 @@ mod tests {
         assert!(cfg.validate().is_ok());
         let bad = NotifyConfig {
             prefetch: vec![PrefetchRule { repositories: vec!["x".into()], agents: vec!["a:7700".into()] }],
-            ..cfg
         };
         assert!(bad.validate().is_err());
     }

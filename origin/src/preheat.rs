@@ -1,10 +1,10 @@
 //! Preheat: warming an image in the origin's store before anyone pulls it, so the first
 //! pull of a new release is served from the swarm at once.
 //!
-//! `POST /preheat` with `{"name", "reference", "ns"?, "pin"?}` resolves the tag (backend, then
-//! upstream), fetches the manifest, every child manifest of an index or manifest list, then
-//! each image's config and layers, all through the [`Fetcher`] (so from the backend or pulled
-//! through, verified, stored and seeded). Manifests are fetched during the request, so its
+//! `POST /preheat` (from a caller `auth` allows) with `{"name", "reference", "ns"?, "pin"?}`
+//! resolves the tag (backend, then upstream), fetches the manifest, every child manifest of
+//! an index or manifest list, then each image's config and layers, all through the
+//! [`Fetcher`] (so from the backend or pulled through, verified, stored and seeded). Manifests are fetched during the request, so its
 //! answer (202) lists every digest; blobs are fetched in the background, at most
 //! `preheat_concurrency` at a time. `GET /preheat/<id>` gives each digest's state. With
 //! `"pin": true` every digest is pinned in the origin's store (never evicted) before it is
@@ -188,23 +188,41 @@ impl From<PreheatError> for ApiError {
     }
 }
 
-/// `POST /preheat`: refused with 503 while `max_preheats` jobs run.
-pub async fn post_preheat(State(st): State<AppState>, Json(req): Json<PreheatRequest>) -> Result<Response, ApiError> {
+/// `POST /preheat`, for a caller `auth` allows; refused with 503 while `max_preheats` jobs
+/// run.
+pub async fn post_preheat(
+    State(st): State<AppState>,
+    caller: shoal_runtime::Caller,
+    headers: axum::http::HeaderMap,
+    body: Result<Json<PreheatRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, Response> {
+    st.auth.authorize(&caller, &headers).map_err(crate::api::refused)?;
+    let Json(req) = body.map_err(|r| {
+        let status = r.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "PAYLOAD_TOO_LARGE" } else { "BAD_REQUEST" };
+        ApiError::new(status, code, r.body_text()).into_response()
+    })?;
+    start(st, req).await.map_err(IntoResponse::into_response)
+}
+
+/// Starts a preheat (the caller is already allowed): 202 with its status, or 503 while
+/// `max_preheats` jobs run.
+pub async fn start(st: AppState, req: PreheatRequest) -> Result<Response, ApiError> {
     let running = st.preheats.inner.running.try_take().map_err(|full| {
         st.metrics.busy.with_label_values(&["preheat"]).inc();
         ApiError::busy(full.to_string(), PREHEAT_RETRY_AFTER)
     })?;
-    start(st, req, running).await
+    run(st, req, running).await
 }
 
 /// A preheat that waits for one of the `max_preheats` turns instead of being refused.
 pub async fn start_waiting(st: AppState, req: PreheatRequest) -> Result<Response, ApiError> {
     let running = st.preheats.inner.running.take().await;
-    start(st, req, running).await
+    run(st, req, running).await
 }
 
 /// Runs a preheat holding `running` until its last blob is fetched.
-async fn start(st: AppState, req: PreheatRequest, running: OwnedSemaphorePermit) -> Result<Response, ApiError> {
+async fn run(st: AppState, req: PreheatRequest, running: OwnedSemaphorePermit) -> Result<Response, ApiError> {
     let bad = |code: &'static str, e: String| ApiError::new(StatusCode::BAD_REQUEST, code, e);
     let name = RepoName::parse(&req.name).map_err(|e| bad("NAME_INVALID", e.to_string()))?;
     let reference = Reference::parse(&req.reference).map_err(|e| bad("MANIFEST_INVALID", e.to_string()))?;
@@ -385,12 +403,12 @@ mod tests {
             pin: None,
         };
         let running = st.preheats.inner.running.try_take().unwrap();
-        let err = post_preheat(State(st.clone()), Json(req())).await.expect_err("refused while a job runs");
+        let err = start(st.clone(), req()).await.expect_err("refused while a job runs");
         assert_eq!((err.status, err.retry_after), (StatusCode::SERVICE_UNAVAILABLE, Some(PREHEAT_RETRY_AFTER)));
         assert!(err.message.contains("max_preheats"), "{}", err.message);
         assert_eq!(st.metrics.busy.with_label_values(&["preheat"]).get(), 1);
         drop(running);
-        let err = post_preheat(State(st.clone()), Json(req())).await.expect_err("the manifest is missing");
+        let err = start(st.clone(), req()).await.expect_err("the manifest is missing");
         assert_eq!(
             (err.status, err.code),
             (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),

@@ -73,7 +73,7 @@ pub async fn resolve_through(
         Err(e @ TagError::Unknown { .. }) => e,
         other => return other,
     };
-    let Some((ups, up)) = st.upstreams.as_ref().and_then(|u| Some((u, u.select(ns)?))) else {
+    let Some((ups, up)) = st.upstreams.as_ref().and_then(|u| Some((u, u.select(ns, name)?))) else {
         return Err(unknown);
     };
     if let Some(d) = ups.cached_tag(&up, name, tag) {

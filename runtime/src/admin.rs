@@ -13,7 +13,7 @@ use axum::routing::get;
 use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::sync::watch;
 
-use crate::tls::{ClientInfo, HttpListener};
+use crate::tls::HttpListener;
 
 /// The two sockets of a swarm node (agent or origin), bound by the caller so tests can
 /// bind port 0.
@@ -78,13 +78,15 @@ impl Admin {
 
     /// Serves `router` on `listener` through the whole lifecycle: `Ready` while serving,
     /// `Draining` from the moment `shutdown` fires (so readiness fails at once), `Stopped` once
-    /// in-flight requests are done or `grace` has passed.
+    /// in-flight requests are done or `grace` has passed. The server keeps the deadlines and
+    /// connection cap of `http` ([`crate::http`]).
     pub async fn serve(
         &self,
         listener: impl Into<HttpListener>,
         router: Router,
         shutdown: tokio_util::sync::CancellationToken,
         grace: std::time::Duration,
+        http: &crate::http::HttpConfig,
     ) -> std::io::Result<()> {
         self.set_phase(Phase::Ready);
         let stop = shutdown.clone();
@@ -97,7 +99,7 @@ impl Admin {
             // Draining first, so it is set before a server with nothing in flight returns.
             biased;
             _ = draining => unreachable!("pending never resolves"),
-            r = serve(listener, router, shutdown, grace) => r,
+            r = serve_with(listener, router, shutdown, grace, http) => r,
         };
         self.set_phase(Phase::Stopped);
         res
@@ -154,28 +156,7 @@ async fn metrics(State(admin): State<Admin>) -> impl IntoResponse {
     (StatusCode::OK, [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], buf)
 }
 
-/// Serves `router` on `listener` (plain or TLS) until `shutdown` is cancelled, then lets
-/// in-flight requests finish for at most `grace`. Every request carries
-/// `ConnectInfo<ClientInfo>`: the client's address and certificate identity
-/// ([`crate::tls::ClientIdentity`]).
-pub async fn serve(
-    listener: impl Into<HttpListener>,
-    router: Router,
-    shutdown: tokio_util::sync::CancellationToken,
-    grace: std::time::Duration,
-) -> std::io::Result<()> {
-    let stop = shutdown.clone();
-    let service = router.into_make_service_with_connect_info::<ClientInfo>();
-    let server = axum::serve(listener.into(), service).with_graceful_shutdown(async move { stop.cancelled().await });
-    let mut server = std::pin::pin!(server.into_future());
-    tokio::select! {
-        res = &mut server => res,
-        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!(?grace, "http drain deadline passed; dropping in-flight requests");
-            Ok(())
-        }
-    }
-}
+pub use crate::http::{serve, serve_with};
 
 #[cfg(test)]
 mod tests {

@@ -3,7 +3,10 @@
 //! A blob's tracker is chosen by hashing its digest over the configured trackers (client-side
 //! sharding, so trackers share no state); on failure the next one is tried.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use shoal_runtime::auth::TokenSource;
 
 use shoal_core::Digest;
 use shoal_core::api::{AnnounceRequest, AnnounceResponse, SwarmSize};
@@ -23,6 +26,8 @@ pub enum AnnounceError {
 pub struct TrackerClient {
     urls: Vec<String>,
     http: reqwest::Client,
+    /// The bearer token sent with every announce, if the node has one.
+    token: Option<Arc<TokenSource>>,
 }
 
 impl TrackerClient {
@@ -33,7 +38,16 @@ impl TrackerClient {
             builder = tls.http_client(builder);
         }
         let http = builder.build().expect("http client builds");
-        TrackerClient { urls: urls.into_iter().map(|u| u.trim_end_matches('/').to_string()).collect(), http }
+        TrackerClient {
+            urls: urls.into_iter().map(|u| u.trim_end_matches('/').to_string()).collect(),
+            http,
+            token: None,
+        }
+    }
+
+    /// Sends `token` (when there is one) as the bearer token of every announce.
+    pub fn with_token(self, token: Option<Arc<TokenSource>>) -> TrackerClient {
+        TrackerClient { token, ..self }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -98,6 +112,9 @@ impl TrackerClient {
     async fn try_one(&self, url: &str, req: &AnnounceRequest) -> Result<AnnounceResponse, AnnounceError> {
         let http = |source| AnnounceError::Http { url: url.to_string(), source };
         let mut post = self.http.post(url).json(req);
+        if let Some(t) = &self.token {
+            post = post.bearer_auth(t.get());
+        }
         // The request a download works for (see `shoal_runtime::request_id`), for the
         // tracker's logs.
         if let Some(id) = shoal_runtime::request_id::current() {

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use shoal_core::Digest;
+use shoal_core::net::Networks;
 use shoal_core::registry::RepoName;
 use shoal_runtime::{ByteSize, Duration, Percent, SizeLimit};
 
@@ -20,8 +21,22 @@ pub struct SwarmConfig {
     /// fallbacks. Without an answer from any, an agent's download still dials the blob's
     /// owners on the origin ring and the peers it is connected to. Default: none.
     pub trackers: Vec<String>,
+    /// A file holding the bearer token sent with every announce (its first line; re-read when
+    /// it changes), for a tracker that trusts it to announce an address other than the one it
+    /// connects from (an origin behind a Service address). Default none.
+    pub tracker_token_file: Option<PathBuf>,
     /// Peer address announced to the tracker. Default: the peer listener's local address.
     pub advertise_addr: Option<SocketAddr>,
+    /// The networks (CIDRs) this node dials peers in. An address outside them, from a
+    /// tracker's answer or anywhere else, is never dialed, so a poisoned answer cannot turn
+    /// the fleet against another host. Default: loopback, the private ranges, shared address
+    /// space and link-local (`127.0.0.0/8`, `10.0.0.0/8`, `172.16.0.0/12`, `192.168.0.0/16`,
+    /// `100.64.0.0/10`, `169.254.0.0/16`, `::1`, `fc00::/7`, `fe80::/10`); narrow it to the
+    /// nodes' and pods' networks.
+    pub peer_networks: Networks,
+    /// Piece requests one connection may make per second (and at once); more are answered
+    /// "busy". Default 1000.
+    pub peer_request_rate: u32,
     /// Upload cap in bytes/s for the whole node. Default: unlimited.
     pub egress_rate: Option<ByteSize>,
     /// Download cap in bytes/s for the whole node. Default: unlimited.
@@ -104,7 +119,10 @@ impl Default for SwarmConfig {
             store_dir: PathBuf::from("shoal-store"),
             store: StoreConfig::default(),
             trackers: Vec::new(),
+            tracker_token_file: None,
             advertise_addr: None,
+            peer_networks: Networks::private(),
+            peer_request_rate: 1000,
             egress_rate: None,
             ingress_rate: None,
             max_connections: 1024,
@@ -172,7 +190,32 @@ impl SwarmConfig {
         if self.io_timeout.get() < std::time::Duration::from_secs(1) {
             return Err("swarm.io_timeout must be at least 1s".into());
         }
+        if self.peer_networks.is_empty() {
+            return Err("swarm.peer_networks must name at least one network".into());
+        }
+        if self.peer_request_rate == 0 {
+            return Err("swarm.peer_request_rate must be at least 1".into());
+        }
+        if let Some(f) = &self.tracker_token_file {
+            shoal_runtime::auth::TokenSource::load(f).map_err(|e| format!("swarm.tracker_token_file {e}"))?;
+        }
         self.store.validate()
+    }
+
+    /// Checks that every origin's peer address is one this node may dial.
+    pub fn check_origins<'a>(
+        &self,
+        origins: impl IntoIterator<Item = &'a shoal_core::ring::OriginNode>,
+    ) -> Result<(), String> {
+        for o in origins {
+            if !self.peer_networks.contains(o.peer.ip()) {
+                return Err(format!(
+                    "origins: {}'s peer address {} is outside swarm.peer_networks, so it would never be dialed",
+                    o.id, o.peer
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -296,6 +339,12 @@ mod tests {
             ("swarm.pipeline_depth", SwarmConfig { pipeline_depth: 0, ..SwarmConfig::default() }),
             ("swarm.upload_memory", SwarmConfig { upload_memory: ByteSize((4 << 20) - 1), ..SwarmConfig::default() }),
             ("swarm.trackers", SwarmConfig { trackers: vec!["tracker:7600".into()], ..SwarmConfig::default() }),
+            ("swarm.peer_networks", SwarmConfig { peer_networks: Networks::default(), ..SwarmConfig::default() }),
+            ("swarm.peer_request_rate", SwarmConfig { peer_request_rate: 0, ..SwarmConfig::default() }),
+            (
+                "swarm.tracker_token_file /nonexistent/token",
+                SwarmConfig { tracker_token_file: Some("/nonexistent/token".into()), ..SwarmConfig::default() },
+            ),
             (
                 "swarm.store.low_watermark",
                 store(StoreConfig { low_watermark: Percent::new(90), ..StoreConfig::default() }),

@@ -15,7 +15,10 @@
 //!
 //! Uploads: a `Request` is served by a short task holding one of the connection's upload
 //! permits, released only once the piece is written to the socket, so memory held by a
-//! connection for uploads is bounded by `max_uploads_per_connection` pieces. A request for a
+//! connection for uploads is bounded by `max_uploads_per_connection` pieces. A connection's
+//! requests beyond `peer_request_rate` a second are answered "busy" at once. On an origin, an
+//! upload counts in the blob's seed budget from admission until it is written, and is given
+//! back if it never is ([`SeedCharge`]). A request for a
 //! stored blob that is not open (closed for being idle) opens it; one for a blob the store
 //! does not hold (never had, or evicted) is answered `Reject` `UnknownBlob`.
 //!
@@ -56,7 +59,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::download::Event;
-use crate::node::Node;
+use crate::node::{BlobEntry, Node};
 use crate::peers::Slot;
 
 /// Control bytes queued for the writer past which the reader stops reading until the writer
@@ -144,8 +147,35 @@ pub(crate) struct Out {
     /// Upload permits (the connection's slot and the node's buffer memory) released once the
     /// data is on the socket.
     _permit: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+    /// An origin's count of this upload in its seed budget, kept once the piece is written.
+    charge: Option<SeedCharge>,
     /// The last frame: the writer stops once it is out.
     last: bool,
+}
+
+/// An origin's count of one admitted upload in the blob's `SeedBudget`. Dropped before the
+/// piece reached the socket (the requester cancelled, the read failed, the connection
+/// closed), it gives the count back, so requesting and cancelling pieces cannot make the
+/// origin refuse pieces nobody received.
+pub(crate) struct SeedCharge {
+    entry: Arc<BlobEntry>,
+    piece: u32,
+    sent: bool,
+}
+
+impl SeedCharge {
+    /// The piece is on the socket: the count stays.
+    fn sent(mut self) {
+        self.sent = true;
+    }
+}
+
+impl Drop for SeedCharge {
+    fn drop(&mut self) {
+        if !self.sent {
+            self.entry.seed_budget.lock().refund(self.piece);
+        }
+    }
 }
 
 /// The control bytes queued for one connection's writer.
@@ -284,7 +314,8 @@ impl ConnHandle {
             self.close();
             return;
         }
-        if self.tx.send(Out { head: buf.freeze(), data: None, counted: n, _permit: None, last }).is_err() {
+        if self.tx.send(Out { head: buf.freeze(), data: None, counted: n, _permit: None, charge: None, last }).is_err()
+        {
             // The writer is gone: nobody will count these bytes out.
             self.queue.pop(n);
         }
@@ -396,6 +427,10 @@ pub(crate) async fn connect(node: &Arc<Node>, addr: SocketAddr, is_origin: bool)
 }
 
 async fn dial(node: &Arc<Node>, addr: SocketAddr, is_origin: bool) -> Option<Arc<ConnHandle>> {
+    if !node.cfg.peer_networks.contains(addr.ip()) {
+        tracing::debug!(%addr, "not dialed: outside swarm.peer_networks");
+        return None;
+    }
     let permit = node.peers.try_slot()?;
     let deadline = node.cfg.handshake_timeout.get();
     let stream = match tokio::time::timeout(deadline, TcpStream::connect(addr)).await {
@@ -559,6 +594,8 @@ where
         conn: handle.clone(),
         serving: Arc::new(Mutex::new(HashMap::new())),
         uploads: Arc::new(Semaphore::new(node.cfg.max_uploads_per_connection)),
+        requests: shoal_core::ratelimit::Bucket::default(),
+        started: tokio::time::Instant::now(),
     };
     let (res, writer_ended) = tokio::select! {
         r = reader.read_loop(&mut rd, buf, io_timeout, node.cfg.request_timeout.get()) => (r, false),
@@ -661,7 +698,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         let out = match tokio::time::timeout(keepalive, rx.recv()).await {
             Ok(Some(out)) => out,
             Ok(None) => return Err(ConnError::Closed),
-            Err(_) => Out { head: ka.clone().freeze(), data: None, counted: 0, _permit: None, last: false },
+            Err(_) => {
+                Out { head: ka.clone().freeze(), data: None, counted: 0, _permit: None, charge: None, last: false }
+            }
         };
         let idle = rx.is_empty();
         let write = async {
@@ -676,6 +715,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             Ok::<_, std::io::Error>(())
         };
         tokio::time::timeout(io_timeout, write).await.map_err(|_| ConnError::Timeout(io_timeout))??;
+        if let Some(c) = out.charge {
+            c.sent();
+        }
         queue.pop(out.counted);
         if out.last {
             return Err(ConnError::Closed);
@@ -707,6 +749,10 @@ struct Reader {
     /// Uploads in progress, so a `Cancel` can stop them.
     serving: Serving,
     uploads: Arc<Semaphore>,
+    /// The peer's piece requests, at most `peer_request_rate` a second.
+    requests: shoal_core::ratelimit::Bucket,
+    /// The time base of `requests`.
+    started: tokio::time::Instant,
 }
 
 impl Reader {
@@ -810,6 +856,13 @@ impl Reader {
                 }
             }
             Message::Request { blob, piece } => {
+                let n = node.cfg.peer_request_rate;
+                let rate = shoal_core::ratelimit::Rate { per_second: n, burst: n };
+                if !self.requests.admit(self.started.elapsed(), rate) {
+                    node.metrics.requests_limited.inc();
+                    self.conn.send(&Message::Reject { blob, piece, reason: RejectReason::Busy });
+                    return Ok(());
+                }
                 // A stored blob closed for being idle is opened again; one the store lacks is
                 // not looked for on disk.
                 let entry = match node.blob(&blob) {
@@ -873,6 +926,8 @@ impl Reader {
             Ok(reserved) => reserved,
             Err(r) => return reject(if r.is_busy() { RejectReason::Busy } else { RejectReason::NotHave }),
         };
+        // Counted by the budget above; given back unless the piece reaches the socket.
+        let charge = self.node.is_origin.then(|| SeedCharge { entry: entry.clone(), piece, sent: false });
         let node = self.node.clone();
         let conn = self.conn.clone();
         let serving = self.serving.clone();
@@ -900,8 +955,14 @@ impl Reader {
             entry.uploaded.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
             node.store.touch(&blob);
             serving.lock().remove(&(blob, piece));
-            let out =
-                Out { head: head.freeze(), data: Some(data), counted: 0, _permit: Some((permit, memory)), last: false };
+            let out = Out {
+                head: head.freeze(),
+                data: Some(data),
+                counted: 0,
+                _permit: Some((permit, memory)),
+                charge,
+                last: false,
+            };
             let _ = conn.tx.send(out);
         });
         map.insert((blob, piece), task.abort_handle());
@@ -968,7 +1029,6 @@ mod tests {
 
     use super::*;
     use crate::SwarmConfig;
-    use crate::node::BlobEntry;
 
     const WAIT: Duration = Duration::from_secs(5);
 
@@ -1291,6 +1351,77 @@ mod tests {
         assert_eq!(partial.have(), vec![false, true]);
     }
 
+    /// An origin with its upload memory taken, so an admitted upload waits before it reads.
+    async fn origin_with_a_blocked_upload() -> (Arc<Node>, TempDir, MetaInfo, OwnedSemaphorePermit) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SwarmConfig {
+            store_dir: dir.path().to_path_buf(),
+            upload_memory: shoal_runtime::ByteSize(u64::from(shoal_core::metainfo::MAX_PIECE_LEN)),
+            ..SwarmConfig::default()
+        };
+        let node = Node::for_tests(cfg, true);
+        let meta = complete(&node, &data(2 * MIN_PIECE_LEN as usize)).await;
+        let held = node.reserve_upload_memory(u64::from(shoal_core::metainfo::MAX_PIECE_LEN)).await.unwrap();
+        (node, dir, meta, held)
+    }
+
+    async fn wait_unsent(node: &Node, blob: &Digest, want: u32) {
+        let entry = node.blob(blob).unwrap();
+        tokio::time::timeout(WAIT, async {
+            while entry.seed_budget.lock().unsent() != want {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the seed budget never got back to {want} unsent pieces"));
+    }
+
+    /// Requesting and cancelling pieces costs the origin's super-seeding nothing: an upload
+    /// that never reached the socket is given back, so the piece is not "sent" to nobody and
+    /// every other requester is not answered busy for it.
+    #[tokio::test]
+    async fn cancelled_or_unsent_uploads_are_given_back_to_the_seed_budget() {
+        let (node, _dir, meta, held) = origin_with_a_blocked_upload().await;
+        let blob = meta.digest();
+        let (mut griefer, _task) = connected(&node, 2).await;
+        griefer.send(&Message::Request { blob, piece: 0 }).await;
+        wait_unsent(&node, &blob, 1).await;
+        griefer.send(&Message::Cancel { blob, piece: 0 }).await;
+        wait_unsent(&node, &blob, 2).await;
+
+        // The same when the connection closes with the upload still queued.
+        griefer.send(&Message::Request { blob, piece: 1 }).await;
+        wait_unsent(&node, &blob, 1).await;
+        drop(griefer);
+        wait_unsent(&node, &blob, 2).await;
+
+        // A real peer gets piece 0, and then it counts as sent.
+        drop(held);
+        let (mut peer, _task) = connected(&node, 3).await;
+        peer.send(&Message::Request { blob, piece: 0 }).await;
+        let f = peer.frame().await;
+        let (msg, _) = wire::decode(&f).unwrap().unwrap();
+        assert!(matches!(msg, Message::Piece { piece: 0, .. }), "{msg:?}");
+        wait_unsent(&node, &blob, 1).await;
+    }
+
+    #[tokio::test]
+    async fn requests_past_the_connection_rate_are_answered_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SwarmConfig { store_dir: dir.path().to_path_buf(), peer_request_rate: 1, ..SwarmConfig::default() };
+        let node = Node::for_tests(cfg, false);
+        let (mut remote, task) = connected(&node, 2).await;
+        let blob = shoal_core::Digest::of(b"nothing here");
+        for (piece, reason) in [(0, RejectReason::UnknownBlob), (1, RejectReason::Busy), (2, RejectReason::Busy)] {
+            remote.send(&Message::Request { blob, piece }).await;
+            let f = remote.frame().await;
+            let (msg, _) = wire::decode(&f).unwrap().unwrap();
+            assert_eq!(msg, Message::Reject { blob, piece, reason });
+        }
+        assert_eq!(node.metrics.requests_limited.get(), 2);
+        assert!(!task.is_finished(), "a fast peer is slowed, not dropped");
+    }
+
     /// A peer that sends half a piece and stops: once `request_timeout` has passed since the
     /// frame began, the connection is dropped as the peer's fault and the peer shunned. Silence
     /// between frames for as long is not a fault (keep-alives come at a third of io_timeout).
@@ -1440,6 +1571,30 @@ mod tests {
         let _remote = peer.await.unwrap();
         pending(10).await.expect("every idle socket is accepted and waits for its handshake");
         assert_eq!(node.peers.len(), 1, "idle sockets are not connections");
+    }
+
+    /// With no tracker answering, a download asks the peers already connected, but only those
+    /// inside `peer_networks`, like a dial: one that connected from elsewhere is left alone.
+    #[tokio::test]
+    async fn the_fallback_to_connected_peers_keeps_to_the_peer_networks() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SwarmConfig {
+            store_dir: dir.path().to_path_buf(),
+            peer_networks: shoal_core::net::Networks(vec!["127.0.0.2/32".parse().unwrap()]),
+            ..SwarmConfig::default()
+        };
+        let node = Node::for_tests(cfg, false);
+        let (inside, _t2) = connected(&node, 2).await;
+        let (outside, _t3) = connected(&node, 3).await;
+        let meta = meta(&data(2 * MIN_PIECE_LEN as usize), MIN_PIECE_LEN);
+        let blob = meta.digest();
+        let _rx = downloading(&node, meta).await;
+        let entry = node.blob(&blob).unwrap();
+        crate::download::open_on_known(&node, &entry).await;
+        let opened = |p: &PeerId| node.peers.get(p).unwrap().open.lock().contains(&blob);
+        assert!(opened(&inside.peer_id), "the peer inside the networks is asked");
+        assert!(!opened(&outside.peer_id), "the peer outside them is not");
+        assert!(!entry.shared.lock().peers.contains(&outside.peer_id));
     }
 
     /// The node opened a blob on a connection and the remote answered `UnknownBlob`; later the

@@ -307,10 +307,10 @@ async fn announce_and_connect(node: &Arc<Node>, entry: &Arc<BlobEntry>) -> Durat
         stopped: false,
     };
     // The owners are dialed whatever the tracker says (it hands them out too), so a tracker
-    // that is down or slow holds nothing up.
+    // that is down or slow holds nothing up. Like every dial, only inside `peer_networks`.
     let owners: Vec<PeerInfo> = node.ring.iter().flat_map(|r| r.owners(&digest)).map(owner).collect();
     let (announced, ()) = tokio::join!(node.tracker.announce(&req), dial_all(node, entry, owners.clone()));
-    let resp = match announced {
+    let mut resp = match announced {
         Ok(r) => r,
         Err(e) => {
             node.metrics.announce_failures.inc();
@@ -319,6 +319,15 @@ async fn announce_and_connect(node: &Arc<Node>, entry: &Arc<BlobEntry>) -> Durat
             return ANNOUNCE_RETRY;
         }
     };
+    // Only peers inside the configured networks: whatever a tracker says, this node never
+    // dials elsewhere (nor takes an address elsewhere for an origin).
+    let before = resp.peers.len();
+    resp.peers.retain(|p| node.cfg.peer_networks.contains(p.addr.ip()));
+    if resp.peers.len() < before {
+        let outside = before - resp.peers.len();
+        node.metrics.peers_outside_networks.inc_by(outside as u64);
+        tracing::warn!(%digest, outside, "the tracker handed out peers outside swarm.peer_networks; ignored");
+    }
     for p in resp.peers.iter().filter(|p| p.origin) {
         node.peers.note_origin(p.addr);
     }
@@ -351,11 +360,12 @@ async fn dial_all(node: &Arc<Node>, entry: &Arc<BlobEntry>, peers: Vec<PeerInfo>
 
 /// Opens the blob on peers already connected (other than origins, which the ring gives),
 /// while fewer than `max_peers_per_blob` have it open: a peer that holds the blob answers
-/// with its bitfield, one that does not with `UnknownBlob`.
-async fn open_on_known(node: &Arc<Node>, entry: &Arc<BlobEntry>) {
+/// with its bitfield, one that does not with `UnknownBlob`. Like a dial, only peers inside
+/// `peer_networks`: one that connected from elsewhere is not asked.
+pub(crate) async fn open_on_known(node: &Arc<Node>, entry: &Arc<BlobEntry>) {
     let open = entry.shared.lock().peers.clone();
     let room = node.cfg.max_peers_per_blob.saturating_sub(open.len());
-    for c in node.peers.sample(room, &open) {
+    for c in node.peers.sample(room, &open, |c| node.cfg.peer_networks.contains(c.remote.ip)) {
         open_blob(entry, &c).await;
     }
 }

@@ -22,6 +22,10 @@ pub struct SwarmMetrics {
     /// Connections closed because their send queue was full.
     pub send_queue_overflows: IntCounter,
     pub protocol_errors: IntCounter,
+    /// Piece requests answered "busy" because their connection was over its request rate.
+    pub requests_limited: IntCounter,
+    /// Peers a tracker handed out at addresses outside `peer_networks`, never dialed.
+    pub peers_outside_networks: IntCounter,
     pub downloads_active: IntGauge,
     pub downloads_completed: IntCounter,
     pub downloads_failed: IntCounter,
@@ -73,6 +77,14 @@ impl SwarmMetrics {
                 "shoal_swarm_protocol_errors_total",
                 "Connections closed for a protocol violation",
             )?,
+            requests_limited: IntCounter::new(
+                "shoal_swarm_requests_limited_total",
+                "Piece requests answered busy because their connection was over its request rate",
+            )?,
+            peers_outside_networks: IntCounter::new(
+                "shoal_swarm_peers_outside_networks_total",
+                "Peers handed out at addresses outside peer_networks, never dialed",
+            )?,
             downloads_active: IntGauge::new("shoal_swarm_downloads_active", "Blob downloads in progress")?,
             downloads_completed: IntCounter::new("shoal_swarm_downloads_completed_total", "Blob downloads completed")?,
             downloads_failed: IntCounter::new("shoal_swarm_downloads_failed_total", "Blob downloads failed")?,
@@ -100,6 +112,8 @@ impl SwarmMetrics {
         registry.register(Box::new(m.send_queue_bytes.clone()))?;
         registry.register(Box::new(m.send_queue_overflows.clone()))?;
         registry.register(Box::new(m.protocol_errors.clone()))?;
+        registry.register(Box::new(m.requests_limited.clone()))?;
+        registry.register(Box::new(m.peers_outside_networks.clone()))?;
         registry.register(Box::new(m.downloads_active.clone()))?;
         registry.register(Box::new(m.downloads_completed.clone()))?;
         registry.register(Box::new(m.downloads_failed.clone()))?;

@@ -226,6 +226,10 @@ impl Node {
         cfg.validate().map_err(anyhow::Error::msg)?;
         let mut store = Store::open(&cfg.store_dir, Blocking::new(cfg.blocking_threads))?;
         store.verify_blob_digest(cfg.verify_blob_digest);
+        let token = match &cfg.tracker_token_file {
+            Some(f) => Some(Arc::new(shoal_runtime::auth::TokenSource::load(f).map_err(anyhow::Error::msg)?)),
+            None => None,
+        };
         store.configure_pins(&cfg.store.pin.digests, &cfg.store.pin.repositories)?;
         // The high mark before the first round, so a download past it starts one at once.
         match crate::store::space_of(&cfg.store_dir) {
@@ -245,7 +249,7 @@ impl Node {
             Limits { max_connections: cfg.max_connections, dial_reserve, shun_for: cfg.blacklist_duration.get() };
         Ok(Node {
             peer_id,
-            tracker: TrackerClient::new(cfg.trackers.clone(), cfg.io_timeout.get(), tls.as_ref()),
+            tracker: TrackerClient::new(cfg.trackers.clone(), cfg.io_timeout.get(), tls.as_ref()).with_token(token),
             tls,
             advertise,
             is_origin,
@@ -510,6 +514,9 @@ impl Swarm {
         };
         let node = Arc::new(Node::new(cfg, advertise, is_origin, tls, ring, registry, shutdown.child_token())?);
         tracing::info!(peer_id = %node.peer_id, %local, %advertise, is_origin, "swarm listening");
+        if !node.cfg.peer_networks.contains(advertise.ip()) {
+            tracing::warn!(%advertise, "the advertised address is outside swarm.peer_networks: peers with these networks never dial it");
+        }
         let n = node.clone();
         shoal_runtime::spawn("peer-accept", node.cancel.clone(), async move {
             crate::conn::accept_loop(n, listener).await;

@@ -286,12 +286,16 @@ impl Peers {
         self.ring_origins.contains(addr) || self.noted_origins.lock().contains_key(addr)
     }
 
-    /// Up to `n` connected peers other than origins and those in `skip`, chosen at random (so
-    /// that repeated calls reach different peers).
-    pub fn sample(&self, n: usize, skip: &HashSet<PeerId>) -> Vec<Arc<ConnHandle>> {
+    /// Up to `n` connected peers other than origins, those in `skip` and those `keep` refuses,
+    /// chosen at random (so that repeated calls reach different peers).
+    pub fn sample(&self, n: usize, skip: &HashSet<PeerId>, keep: impl Fn(&ConnHandle) -> bool) -> Vec<Arc<ConnHandle>> {
         use rand::seq::IndexedRandom;
-        let candidates: Vec<Arc<ConnHandle>> =
-            self.conns.iter().filter(|c| !c.is_origin && !skip.contains(c.key())).map(|c| c.value().clone()).collect();
+        let candidates: Vec<Arc<ConnHandle>> = self
+            .conns
+            .iter()
+            .filter(|c| !c.is_origin && !skip.contains(c.key()) && keep(c.value()))
+            .map(|c| c.value().clone())
+            .collect();
         candidates.choose_multiple(&mut rand::rng(), n).cloned().collect()
     }
 
@@ -578,13 +582,16 @@ mod tests {
         let skip = HashSet::from([id(2), id(3)]);
         let mut seen = HashSet::new();
         for _ in 0..200 {
-            let s = p.sample(4, &skip);
+            let s = p.sample(4, &skip, |_| true);
             assert_eq!(s.len(), 4);
             assert!(s.iter().all(|c| !c.is_origin && !skip.contains(&c.peer_id)));
             seen.extend(s.iter().map(|c| c.peer_id));
         }
         assert_eq!(seen.len(), 18, "every peer but the skipped ones and the origin is reached");
-        assert_eq!(p.sample(100, &skip).len(), 18);
+        assert_eq!(p.sample(100, &skip, |_| true).len(), 18);
+        let far = |c: &ConnHandle| c.peer_id != id(4);
+        assert!(p.sample(100, &skip, far).iter().all(|c| c.peer_id != id(4)), "the filter is applied");
+        assert_eq!(p.sample(100, &skip, far).len(), 17);
     }
 
     #[test]

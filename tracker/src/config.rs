@@ -15,6 +15,13 @@
 //! origin_replicas: 3
 //! shutdown_grace: 10s
 //! log_format: text
+//! trusted_networks: []
+//! auth: { tokens_file: null, identities: [] }
+//! announce_rate: 200
+//! announce_burst: 2000
+//! max_peers_per_host: 8
+//! max_blobs_per_host: 100000
+//! http: { header_read_timeout: 15s, body_idle_timeout: 30s, write_timeout: 30s, max_connections: 4096 }
 //! origins:
 //!   - { id: origin-0, http: "http://origin-0:7602", peer: "10.0.0.10:7603" }
 //! ```
@@ -22,8 +29,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use shoal_core::net::Networks;
+use shoal_core::ratelimit::Rate;
 use shoal_core::ring::{OriginNode, Ring, RingError};
-use shoal_runtime::{Duration, LogFormat, Tls, TlsConfig};
+use shoal_runtime::{AuthConfig, Authorizer, Duration, HttpConfig, LogFormat, Tls, TlsConfig};
 
 use crate::store::MAX_PEERS_PER_BLOB;
 
@@ -55,6 +64,26 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// `text` or `json` log lines on stderr. Default `text`.
     pub log_format: LogFormat,
+    /// Callers in these networks (CIDRs) may announce any address; everyone else announces
+    /// only its own (the connection's remote IP; any port). Default none.
+    pub trusted_networks: Networks,
+    /// Callers presenting an allowed bearer token or client certificate may announce any
+    /// address too (origins behind a Service address do). Default: nobody by credentials.
+    pub auth: AuthConfig,
+    /// Announces per second one untrusted source (an IPv4 address, an IPv6 /64) may send;
+    /// more are answered 429. Default 200.
+    pub announce_rate: u32,
+    /// Announces one untrusted source may send at once, beyond the rate. Default 2000 (a
+    /// seeder re-announces every stored blob at once).
+    pub announce_burst: u32,
+    /// Peers recorded at one IP address per blob at most, so fake seeders from one host
+    /// cannot crowd out the real ones. Default 8.
+    pub max_peers_per_host: usize,
+    /// Blobs one IP address may be recorded in at most (configured origins excepted), so
+    /// one host cannot fill the store. Default 100000.
+    pub max_blobs_per_host: usize,
+    /// The HTTP server's deadlines and connection cap.
+    pub http: HttpConfig,
     /// Serve the API over TLS; clients (agents, origins) present a certificate as
     /// `tls.http_client_auth` says. Default none: plaintext, with a loud warning.
     pub tls: Option<TlsConfig>,
@@ -71,6 +100,13 @@ impl Default for Config {
             origin_replicas: 3,
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Text,
+            trusted_networks: Networks::default(),
+            auth: AuthConfig::default(),
+            announce_rate: 200,
+            announce_burst: 2000,
+            max_peers_per_host: 8,
+            max_blobs_per_host: 100_000,
+            http: HttpConfig::default(),
             tls: None,
         }
     }
@@ -86,6 +122,12 @@ pub struct ValidConfig {
     ring: Option<Arc<Ring>>,
     shutdown_grace: std::time::Duration,
     log_format: LogFormat,
+    trusted_networks: Networks,
+    auth: Authorizer,
+    announce_rate: Rate,
+    max_peers_per_host: usize,
+    max_blobs_per_host: usize,
+    http: HttpConfig,
     tls: Option<Tls>,
 }
 
@@ -106,6 +148,8 @@ pub enum ConfigError {
     SharedOriginAddr { first: String, second: String, addr: SocketAddr },
     #[error("invalid origins")]
     Ring(#[from] RingError),
+    #[error("{0}")]
+    Invalid(String),
     #[error("tls: {0}")]
     Tls(String),
 }
@@ -139,6 +183,14 @@ impl Config {
                 return Err(ConfigError::SharedOriginAddr { first: b.id.clone(), second: a.id.clone(), addr: a.peer });
             }
         }
+        if self.announce_rate == 0 {
+            return Err(ConfigError::Invalid("announce_rate must be at least 1".into()));
+        }
+        if self.max_peers_per_host == 0 || self.max_blobs_per_host == 0 {
+            return Err(ConfigError::Invalid("max_peers_per_host and max_blobs_per_host must be at least 1".into()));
+        }
+        self.http.validate().map_err(ConfigError::Invalid)?;
+        let auth = self.auth.load().map_err(ConfigError::Invalid)?;
         let ring =
             if self.origins.is_empty() { None } else { Some(Arc::new(Ring::new(self.origins, self.origin_replicas)?)) };
         let tls = self.tls.as_ref().map(Tls::load).transpose().map_err(|e| ConfigError::Tls(e.to_string()))?;
@@ -150,6 +202,12 @@ impl Config {
             ring,
             shutdown_grace: self.shutdown_grace.get(),
             log_format: self.log_format,
+            trusted_networks: self.trusted_networks,
+            auth,
+            announce_rate: Rate { per_second: self.announce_rate, burst: self.announce_burst },
+            max_peers_per_host: self.max_peers_per_host,
+            max_blobs_per_host: self.max_blobs_per_host,
+            http: self.http,
             tls,
         })
     }
@@ -190,6 +248,33 @@ impl ValidConfig {
 
     pub fn shutdown_grace(&self) -> std::time::Duration {
         self.shutdown_grace
+    }
+
+    /// Callers that may announce any address by their network.
+    pub fn trusted_networks(&self) -> &Networks {
+        &self.trusted_networks
+    }
+
+    /// Callers that may announce any address by their credentials (never the open check).
+    pub fn auth(&self) -> &Authorizer {
+        &self.auth
+    }
+
+    /// The per-source announce rate of untrusted callers.
+    pub fn announce_rate(&self) -> Rate {
+        self.announce_rate
+    }
+
+    pub fn max_peers_per_host(&self) -> usize {
+        self.max_peers_per_host
+    }
+
+    pub fn max_blobs_per_host(&self) -> usize {
+        self.max_blobs_per_host
+    }
+
+    pub fn http(&self) -> &HttpConfig {
+        &self.http
     }
 
     /// The `log_format` key: read by the binary before it installs its log subscriber.
@@ -259,6 +344,23 @@ mod tests {
         check_err("origin_replicas: 0", "origin_replicas must be at least 1");
         check_err("peer_ttl: soon", "peer_ttl");
         check_err("listen: localhost", "listen");
+        check_err("announce_rate: 0", "announce_rate must be at least 1");
+        check_err("max_peers_per_host: 0", "max_peers_per_host");
+        check_err("trusted_networks: ['10.0.0.1/8']", "host bits");
+        check_err("auth: { tokens_file: /nonexistent/tokens }", "/nonexistent/tokens");
+        check_err("http: { max_connections: 0 }", "http.max_connections");
+    }
+
+    #[test]
+    fn trust_and_announce_limits() {
+        let c = parse("trusted_networks: ['10.0.0.0/8', 'fd00::/8']\nannounce_rate: 5\nannounce_burst: 9\n").unwrap();
+        assert!(c.trusted_networks().contains("10.1.1.1".parse().unwrap()));
+        assert!(!c.trusted_networks().contains("192.168.1.1".parse().unwrap()));
+        assert_eq!(c.announce_rate(), Rate { per_second: 5, burst: 9 });
+        assert!(c.auth().is_open(), "no credentials configured: nobody is trusted by them");
+        let d = parse("").unwrap();
+        assert!(d.trusted_networks().is_empty());
+        assert_eq!((d.max_peers_per_host(), d.max_blobs_per_host()), (8, 100_000));
     }
 
     #[test]

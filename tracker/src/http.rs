@@ -2,22 +2,34 @@
 //! nodes are in a blob's swarm, for operators' tools). Handlers are thin adapters over
 //! [`crate::store::PeerStore`].
 //!
+//! An announce from an untrusted caller (see [`Trust`]) must name the caller's own IP
+//! address (any port), else 403 `DENIED`; each untrusted source (an IPv4 address, an IPv6
+//! /64) gets `announce_rate` announces per second after a burst of `announce_burst`, else 429
+//! `RATE_LIMITED` with `Retry-After`. A caller sending a bearer token that is not allowed gets
+//! 403 as well, so a mistyped token is not silently treated as no token.
+//!
 //! Invariant: every error answer is an [`ErrorBody`] with a stable `code`, and nothing here
-//! holds a lock across an `.await` (the store's locks live only inside its synchronous calls).
+//! holds a lock across an `.await` (the store's and the limiter's locks live only inside
+//! synchronous calls).
 
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use shoal_core::api::{AnnounceRequest, AnnounceResponse, ErrorBody, SwarmSize};
+use shoal_core::net::{Networks, source_key};
+use shoal_core::ratelimit::{Admit, Limiter, Rate};
+use shoal_runtime::{AuthError, Authorizer, Caller};
 
-use crate::metrics::{BAD_REQUEST, Metrics};
+use crate::metrics::{BAD_REQUEST, DENIED, Metrics, RATE_LIMITED};
 use crate::store::{PeerStore, Recorded};
 
 /// Largest announce body accepted. This is a hard-coded limit: a real announce is about 250
@@ -32,6 +44,67 @@ pub(crate) struct AppState {
     pub(crate) metrics: Metrics,
     /// Sent in every answer as `interval_ms`.
     pub(crate) interval_ms: u64,
+    /// Who may announce for other addresses.
+    pub(crate) trust: Trust,
+    /// Announce rates of untrusted sources.
+    pub(crate) limiter: SourceLimiter,
+}
+
+/// Sources whose announce rates are kept at most. Hard-coded; past it, idle sources are
+/// forgotten and new ones share one rate (`shoal_core::ratelimit::Limiter`).
+pub(crate) const MAX_SOURCES: usize = 65_536;
+
+/// Who may announce an address other than its own: callers in `networks`, and callers the
+/// `auth` check allows by their credentials (never because `auth` is open).
+pub(crate) struct Trust {
+    networks: Networks,
+    auth: Authorizer,
+}
+
+impl Trust {
+    pub(crate) fn new(networks: Networks, auth: Authorizer) -> Trust {
+        Trust { networks, auth }
+    }
+
+    /// Whether `caller` is trusted; `Err` for a bearer token that is not allowed.
+    fn trusted(&self, caller: &Caller, headers: &HeaderMap) -> Result<bool, AuthError> {
+        if self.networks.contains(caller.ip()) {
+            return Ok(true);
+        }
+        if self.auth.is_open() {
+            // Without credentials configured, a token proves nothing; one that is sent is
+            // refused rather than ignored.
+            return match shoal_runtime::auth::bearer(headers)? {
+                Some(_) => Err(AuthError::Forbidden("this tracker trusts no bearer token".into())),
+                None => Ok(false),
+            };
+        }
+        match self.auth.authorize(caller, headers) {
+            Ok(_) => Ok(true),
+            Err(AuthError::Unauthenticated) => Ok(false),
+            // A client certificate that is not on the list is an ordinary node.
+            Err(AuthError::Forbidden(_)) if shoal_runtime::auth::bearer(headers)?.is_none() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Per-source announce rates, on the tracker's own clock.
+pub(crate) struct SourceLimiter {
+    start: tokio::time::Instant,
+    /// A sync lock held only for one bucket update.
+    limiter: Mutex<Limiter<IpAddr>>,
+}
+
+impl SourceLimiter {
+    pub(crate) fn new(rate: Rate) -> SourceLimiter {
+        SourceLimiter { start: tokio::time::Instant::now(), limiter: Mutex::new(Limiter::new(rate, MAX_SOURCES)) }
+    }
+
+    fn admit(&self, ip: IpAddr) -> Admit {
+        let now = self.start.elapsed();
+        self.limiter.lock().unwrap_or_else(PoisonError::into_inner).admit(&source_key(ip), now)
+    }
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
@@ -45,8 +118,26 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
 
 async fn announce(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<AnnounceResponse>, ApiError> {
+    let trusted = match state.trust.trusted(&caller, &headers) {
+        Ok(t) => t,
+        Err(e) => {
+            state.metrics.announce(DENIED);
+            return Err(ApiError { status: e.status(), code: e.code(), message: e.to_string(), retry_after: None });
+        }
+    };
+    if !trusted && let Admit::No { retry_after } = state.limiter.admit(caller.ip()) {
+        state.metrics.announce(RATE_LIMITED);
+        return Err(ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: "RATE_LIMITED",
+            message: format!("too many announces from {}", caller.ip()),
+            retry_after: Some(retry_after),
+        });
+    }
     let parsed = body
         .map_err(ApiError::from)
         .and_then(|b| serde_json::from_slice::<AnnounceRequest>(&b).map_err(ApiError::invalid_json));
@@ -57,6 +148,20 @@ async fn announce(
             return Err(e);
         }
     };
+    if !trusted && req.addr.ip().to_canonical() != caller.ip() {
+        state.metrics.announce(DENIED);
+        tracing::debug!(caller = %caller.addr, addr = %req.addr, "announce for another address refused");
+        return Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            code: "DENIED",
+            message: format!(
+                "announce for {} from {}: a node announces its own address unless it is trusted",
+                req.addr,
+                caller.ip()
+            ),
+            retry_after: None,
+        });
+    }
     Ok(Json(state.announce(&req)))
 }
 
@@ -68,6 +173,7 @@ async fn swarm_size(
         status: StatusCode::BAD_REQUEST,
         code: "DIGEST_INVALID",
         message: format!("invalid digest: {e}"),
+        retry_after: None,
     })?;
     Ok(Json(state.store.swarm_size(&digest, tokio::time::Instant::now())))
 }
@@ -94,11 +200,18 @@ pub(crate) struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Sent as `Retry-After` (whole seconds, at least 1).
+    retry_after: Option<Duration>,
 }
 
 impl ApiError {
     fn invalid_json(e: serde_json::Error) -> ApiError {
-        ApiError { status: StatusCode::BAD_REQUEST, code: "BAD_REQUEST", message: format!("invalid announce: {e}") }
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "BAD_REQUEST",
+            message: format!("invalid announce: {e}"),
+            retry_after: None,
+        }
     }
 }
 
@@ -106,12 +219,21 @@ impl From<BytesRejection> for ApiError {
     fn from(r: BytesRejection) -> ApiError {
         let status = r.status();
         let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "PAYLOAD_TOO_LARGE" } else { "BAD_REQUEST" };
-        ApiError { status, code, message: r.body_text() }
+        ApiError { status, code, message: r.body_text(), retry_after: None }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(ErrorBody { code: self.code.to_string(), message: self.message })).into_response()
+        let mut r =
+            (self.status, Json(ErrorBody { code: self.code.to_string(), message: self.message })).into_response();
+        if let Some(after) = self.retry_after {
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"shoal\""));
+        }
+        r
     }
 }

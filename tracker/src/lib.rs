@@ -4,6 +4,11 @@
 //! the blob, seeders first, plus the blob's owners on the origin ring (see [`store`] for the
 //! handout policy). The same port serves `/health`, `/ready` and `/metrics`.
 //!
+//! An announce is believed only as far as the tracker can check it: a node announces its own
+//! address (the connection's remote IP) unless it is trusted (`trusted_networks`, or the
+//! credentials `auth` allows), each untrusted source has an announce rate, and the store
+//! bounds what one host can hold ([`store`]).
+//!
 //! Invariant: the tracker holds no state that announces cannot rebuild. It is an in-memory
 //! [`store::PeerStore`] with a TTL per entry. Trackers share nothing with one another. Clients
 //! shard blobs over them by digest. The service entry point is [`run`]: it receives its
@@ -149,6 +154,8 @@ struct Service {
     sweep_every: std::time::Duration,
     /// How long in-flight requests may run after shutdown starts.
     shutdown_grace: std::time::Duration,
+    /// The HTTP server's deadlines and connection cap.
+    http: shoal_runtime::HttpConfig,
 }
 
 impl Service {
@@ -162,13 +169,28 @@ impl Service {
             peer_ttl: config.peer_ttl(),
             max_peers: config.max_peers(),
             ring: config.ring().cloned(),
+            max_peers_per_host: config.max_peers_per_host(),
+            max_blobs_per_host: config.max_blobs_per_host(),
         });
-        let state = Arc::new(AppState { store, metrics, interval_ms: config.interval_ms() });
-        Ok(Service { admin, tls, state, sweep_every: config.peer_ttl(), shutdown_grace: config.shutdown_grace() })
+        let state = Arc::new(AppState {
+            store,
+            metrics,
+            interval_ms: config.interval_ms(),
+            trust: http::Trust::new(config.trusted_networks().clone(), config.auth().clone()),
+            limiter: http::SourceLimiter::new(config.announce_rate()),
+        });
+        Ok(Service {
+            admin,
+            tls,
+            state,
+            sweep_every: config.peer_ttl(),
+            shutdown_grace: config.shutdown_grace(),
+            http: config.http().clone(),
+        })
     }
 
     async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> Result<(), Error> {
-        let Service { admin, tls, state, sweep_every, shutdown_grace } = self;
+        let Service { admin, tls, state, sweep_every, shutdown_grace, http } = self;
         let addr = match listener.local_addr() {
             Ok(addr) => addr,
             Err(e) => {
@@ -193,7 +215,7 @@ impl Service {
                 return Err(Error::LocalAddr(e));
             }
         };
-        let served = shoal_runtime::serve(listener, router, http_stop.clone(), shutdown_grace);
+        let served = shoal_runtime::serve_with(listener, router, http_stop.clone(), shutdown_grace, &http);
         let mut served = std::pin::pin!(served);
         admin.set_phase(Phase::Ready);
         tracing::info!(%addr, tls = tls.is_some(), "tracker ready");

@@ -24,6 +24,11 @@ pub(crate) struct Metrics {
 
 /// The `result` label of an announce that was not even parsed.
 pub(crate) const BAD_REQUEST: &str = "bad_request";
+/// The `result` label of an announce for another address from an untrusted caller, or with
+/// a bearer token that is not allowed.
+pub(crate) const DENIED: &str = "denied";
+/// The `result` label of an announce over its source's rate.
+pub(crate) const RATE_LIMITED: &str = "rate_limited";
 
 impl Metrics {
     pub(crate) fn register(registry: &Registry) -> Result<Metrics, prometheus::Error> {
@@ -32,11 +37,20 @@ impl Metrics {
             &["result"],
         )?;
         // Create every label up front so each series exists (at 0) before its first event.
-        for r in [Recorded::Yes, Recorded::SwarmFull, Recorded::TooManyBlobs, Recorded::UnusableAddr, Recorded::Stopped]
-        {
+        for r in [
+            Recorded::Yes,
+            Recorded::SwarmFull,
+            Recorded::TooManyBlobs,
+            Recorded::UnusableAddr,
+            Recorded::HostFull,
+            Recorded::HostBlobs,
+            Recorded::Stopped,
+        ] {
             announces.with_label_values(&[r.as_str()]);
         }
-        announces.with_label_values(&[BAD_REQUEST]);
+        for r in [BAD_REQUEST, DENIED, RATE_LIMITED] {
+            announces.with_label_values(&[r]);
+        }
         let peers = IntGauge::new("shoal_tracker_peers_tracked", "Peer entries in the store, over all blobs")?;
         let blobs = IntGauge::new("shoal_tracker_blobs_tracked", "Blobs with at least one peer entry")?;
         let handout_size = Histogram::with_opts(

@@ -10,7 +10,10 @@
 //! An announce for blob `B` from peer `P` at address `A` first records `P` (or refreshes it:
 //! address, `complete` and `origin` are overwritten, `last_seen` becomes now). Any other
 //! peer id at the same address `A` is dropped, because a node that restarted with a new id
-//! is the same listener. Then the answer is composed by `shoal_core::handout::compose`,
+//! is the same listener. (The HTTP edge lets a caller announce only its own address unless it
+//! is trusted, so only a node itself or a trusted caller can do that.) `origin` is kept only
+//! for the address of a configured origin; `complete` is the node's word, which is why one
+//! host's entries per blob are bounded (below). Then the answer is composed by `shoal_core::handout::compose`,
 //! which the simulator calls too, in this order:
 //!
 //! 1. Complete peers (seeders) of `B`, in random order.
@@ -37,12 +40,15 @@
 //! # Bounds and cost
 //!
 //! The store has at most [`MAX_BLOBS`] blobs and at most [`MAX_PEERS_PER_BLOB`] peers per
-//! blob. An announce that would go past a limit is still answered but not recorded.
+//! blob. One IP address has at most `max_peers_per_host` entries in a blob (default 8), and
+//! entries in at most `max_blobs_per_host` blobs (default 100,000; a configured origin's
+//! address is not bounded by it). An announce that would go past a limit is still answered
+//! but not recorded.
 //! An announce costs O(peers of its blob): one pass purges, deduplicates and reservoir-samples
 //! the handout. It holds only that blob's shard of the map, and no lock outlives the call.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -72,6 +78,17 @@ pub struct StoreOptions {
     pub max_peers: usize,
     /// The origins whose owners are added to every handout.
     pub ring: Option<Arc<Ring>>,
+    /// Entries at one IP address per blob at most.
+    pub max_peers_per_host: usize,
+    /// Blobs one IP address (not a configured origin's) has entries in at most.
+    pub max_blobs_per_host: usize,
+}
+
+impl StoreOptions {
+    /// The defaults of the config, for `ttl`, `max_peers` and `ring`.
+    pub fn new(peer_ttl: std::time::Duration, max_peers: usize, ring: Option<Arc<Ring>>) -> StoreOptions {
+        StoreOptions { peer_ttl, max_peers, ring, max_peers_per_host: 8, max_blobs_per_host: 100_000 }
+    }
 }
 
 /// All swarms the tracker knows.
@@ -84,6 +101,11 @@ pub struct PeerStore {
     n_blobs: AtomicUsize,
     /// Entries over all blobs, for the peers gauge.
     n_peers: AtomicUsize,
+    /// Entries by IP address over all blobs. Taken only while a `blobs` shard is held or
+    /// with none (never the other way round).
+    hosts: DashMap<IpAddr, usize>,
+    /// The configured origins' peer addresses: the only ones recorded with `origin`.
+    origins: HashSet<SocketAddr>,
 }
 
 /// The answer to one announce.
@@ -108,6 +130,10 @@ pub enum Recorded {
     /// The announced address (unspecified IP or port 0) cannot be dialled by anyone. The
     /// node is answered so it can still download.
     UnusableAddr,
+    /// The blob already has `max_peers_per_host` entries at this IP address.
+    HostFull,
+    /// This IP address already has entries in `max_blobs_per_host` blobs.
+    HostBlobs,
     /// A `stopped` announce: the node's entry, if any, was removed.
     Stopped,
 }
@@ -120,6 +146,8 @@ impl Recorded {
             Recorded::SwarmFull => "swarm_full",
             Recorded::TooManyBlobs => "too_many_blobs",
             Recorded::UnusableAddr => "unusable_addr",
+            Recorded::HostFull => "host_full",
+            Recorded::HostBlobs => "host_blobs",
             Recorded::Stopped => "stopped",
         }
     }
@@ -151,7 +179,20 @@ struct Entry {
 
 impl PeerStore {
     pub fn new(opts: StoreOptions) -> PeerStore {
-        PeerStore { blobs: DashMap::new(), opts, n_blobs: AtomicUsize::new(0), n_peers: AtomicUsize::new(0) }
+        let origins = opts.ring.iter().flat_map(|r| r.nodes().iter().map(|o| o.peer)).collect();
+        PeerStore {
+            blobs: DashMap::new(),
+            opts,
+            n_blobs: AtomicUsize::new(0),
+            n_peers: AtomicUsize::new(0),
+            hosts: DashMap::new(),
+            origins,
+        }
+    }
+
+    /// Whether `addr` is a configured origin's peer address.
+    pub fn is_origin_addr(&self, addr: &SocketAddr) -> bool {
+        self.origins.contains(addr)
     }
 
     /// Records `req` as seen at `now` and returns the handout (see the module docs).
@@ -171,6 +212,9 @@ impl PeerStore {
         let mut pass = Pass {
             asker: req.peer_id,
             asker_addr: req.addr,
+            asker_host: req.addr.ip().to_canonical(),
+            same_host: 0,
+            gone: Vec::new(),
             ttl: self.opts.peer_ttl,
             now,
             seeders: Reservoir::new(self.opts.max_peers),
@@ -198,7 +242,7 @@ impl PeerStore {
         if let Some(mut swarm) = swarm {
             pass.visit(&mut swarm, rng);
             if usable {
-                recorded = self.upsert(&mut swarm, req, now);
+                recorded = self.upsert(&mut swarm, req, now, pass.same_host);
             }
             now_empty = swarm.peers.is_empty();
         }
@@ -206,6 +250,9 @@ impl PeerStore {
             recorded = Recorded::UnusableAddr;
         }
         self.n_peers.fetch_sub(pass.removed, Ordering::Relaxed);
+        for ip in pass.gone.drain(..) {
+            self.forget_host(ip);
+        }
         if now_empty {
             self.remove_if_empty(&req.blob);
         }
@@ -227,14 +274,24 @@ impl PeerStore {
 
     /// A node left `req.blob`'s swarm: its entry goes, and any other at its address (an
     /// earlier process of the same listener, as an announce would drop it), and it is told
-    /// about nobody.
+    /// about nobody. The hosts of the entries removed get their room back
+    /// (`max_blobs_per_host`).
     fn stop(&self, req: &AnnounceRequest) -> Handout {
         let mut now_empty = false;
+        let mut gone = Vec::new();
         if let Some(mut swarm) = self.blobs.get_mut(&req.blob) {
-            let before = swarm.peers.len();
-            swarm.peers.retain(|id, e| *id != req.peer_id && e.addr != req.addr);
-            self.n_peers.fetch_sub(before - swarm.peers.len(), Ordering::Relaxed);
+            swarm.peers.retain(|id, e| {
+                let keep = *id != req.peer_id && e.addr != req.addr;
+                if !keep {
+                    gone.push(e.addr.ip().to_canonical());
+                }
+                keep
+            });
+            self.n_peers.fetch_sub(gone.len(), Ordering::Relaxed);
             now_empty = swarm.peers.is_empty();
+        }
+        for ip in gone {
+            self.forget_host(ip);
         }
         if now_empty {
             self.remove_if_empty(&req.blob);
@@ -248,7 +305,13 @@ impl PeerStore {
         let mut swept = Swept::default();
         self.blobs.retain(|_, swarm| {
             let before = swarm.peers.len();
-            swarm.peers.retain(|_, e| !e.expired(now, ttl));
+            swarm.peers.retain(|_, e| {
+                let keep = !e.expired(now, ttl);
+                if !keep {
+                    self.forget_host(e.addr.ip().to_canonical());
+                }
+                keep
+            });
             swept.peers += before - swarm.peers.len();
             if swarm.peers.is_empty() {
                 swept.blobs += 1;
@@ -288,19 +351,51 @@ impl PeerStore {
         size
     }
 
-    /// Inserts or refreshes the asker. The caller has already purged expired entries.
-    fn upsert(&self, swarm: &mut Swarm, req: &AnnounceRequest, now: Instant) -> Recorded {
-        let entry = Entry { addr: req.addr, complete: req.complete, origin: req.origin, last_seen: now };
+    /// Inserts or refreshes the asker. The caller has already purged expired entries, and
+    /// counted the other entries at the asker's IP address (`same_host`).
+    fn upsert(&self, swarm: &mut Swarm, req: &AnnounceRequest, now: Instant, same_host: usize) -> Recorded {
+        let origin = req.origin && self.is_origin_addr(&req.addr);
+        let entry = Entry { addr: req.addr, complete: req.complete, origin, last_seen: now };
+        let host = req.addr.ip().to_canonical();
         if let Some(old) = swarm.peers.get_mut(&req.peer_id) {
+            let old_host = old.addr.ip().to_canonical();
+            if old_host != host {
+                if same_host >= self.opts.max_peers_per_host {
+                    return Recorded::HostFull;
+                }
+                self.forget_host(old_host);
+                *self.hosts.entry(host).or_insert(0) += 1;
+            }
             *old = entry;
             return Recorded::Yes;
         }
         if swarm.peers.len() >= MAX_PEERS_PER_BLOB {
             return Recorded::SwarmFull;
         }
+        if same_host >= self.opts.max_peers_per_host {
+            return Recorded::HostFull;
+        }
+        // Checked, then counted: soft by at most the announces from one host at once.
+        if self.host_entries(host) >= self.opts.max_blobs_per_host && !self.is_origin_addr(&req.addr) {
+            return Recorded::HostBlobs;
+        }
+        *self.hosts.entry(host).or_insert(0) += 1;
         swarm.peers.insert(req.peer_id, entry);
         self.n_peers.fetch_add(1, Ordering::Relaxed);
         Recorded::Yes
+    }
+
+    /// One entry at `ip` is gone.
+    fn forget_host(&self, ip: IpAddr) {
+        if let Some(mut n) = self.hosts.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+        }
+        self.hosts.remove_if(&ip, |_, n| *n == 0);
+    }
+
+    /// Blobs with an entry at `ip` (tests and the docs' bound).
+    pub fn host_entries(&self, ip: IpAddr) -> usize {
+        self.hosts.get(&ip.to_canonical()).map_or(0, |n| *n)
     }
 
     fn remove_if_empty(&self, blob: &Digest) {
@@ -324,6 +419,11 @@ impl Entry {
 struct Pass {
     asker: PeerId,
     asker_addr: SocketAddr,
+    /// The asker's IP address, and how many other live entries the blob has at it.
+    asker_host: IpAddr,
+    same_host: usize,
+    /// The IP addresses of the entries removed, for the per-host counts.
+    gone: Vec<IpAddr>,
     ttl: std::time::Duration,
     now: Instant,
     seeders: Reservoir,
@@ -342,6 +442,7 @@ impl Pass {
             if e.expired(self.now, self.ttl) {
                 self.removed += 1;
                 self.purged += 1;
+                self.gone.push(e.addr.ip().to_canonical());
                 return false;
             }
             if *id == self.asker {
@@ -350,7 +451,11 @@ impl Pass {
             if e.addr == self.asker_addr {
                 // The same listener under an older id: that process is gone.
                 self.removed += 1;
+                self.gone.push(e.addr.ip().to_canonical());
                 return false;
+            }
+            if e.addr.ip().to_canonical() == self.asker_host {
+                self.same_host += 1;
             }
             let info = e.info(*id);
             if let Some((_, known)) = self.owners.iter_mut().find(|(a, _)| *a == e.addr) {
@@ -406,7 +511,7 @@ mod tests {
     const TTL: Duration = Duration::from_secs(30);
 
     fn store(max_peers: usize) -> PeerStore {
-        PeerStore::new(StoreOptions { peer_ttl: TTL, max_peers, ring: None })
+        PeerStore::new(StoreOptions::new(TTL, max_peers, None))
     }
 
     fn blob() -> Digest {
@@ -657,6 +762,96 @@ mod tests {
         assert_eq!(s.n_peers(), 1);
     }
 
+    /// Ten thousand fake seeders from one host: at most `max_peers_per_host` are recorded,
+    /// and a real seeder elsewhere is still handed out.
+    #[test]
+    fn one_host_cannot_crowd_out_the_real_seeders() {
+        let s = store(50);
+        let t = Instant::now();
+        let real = AnnounceRequest { addr: "10.0.9.1:7603".parse().unwrap(), ..req(1, true) };
+        s.announce(&real, t);
+        let mut recorded = 0;
+        for i in 0..10_000u32 {
+            let mut pid = [0xf0u8; 16];
+            pid[..4].copy_from_slice(&i.to_le_bytes());
+            let port = u16::try_from(1000 + i).unwrap();
+            let fake =
+                AnnounceRequest { peer_id: PeerId(pid), addr: SocketAddr::from(([10, 6, 6, 6], port)), ..req(0, true) };
+            recorded += usize::from(s.announce(&fake, t).recorded == Recorded::Yes);
+        }
+        assert_eq!(recorded, 8);
+        assert_eq!(s.host_entries("10.6.6.6".parse().unwrap()), 8);
+        let mut rng = StdRng::seed_from_u64(3);
+        for _ in 0..20 {
+            let h = s.announce_with_rng(&req(100, false), t, &mut rng);
+            assert!(h.peers.iter().any(|p| p.peer_id == Some(id(1))), "the real seeder is always listed: {h:?}");
+            assert_eq!(h.peers.len(), 9);
+        }
+        // The first fake re-announcing keeps its entry; a new one at that host finds no room.
+        let mut pid = [0xf0u8; 16];
+        pid[..4].copy_from_slice(&0u32.to_le_bytes());
+        let first =
+            AnnounceRequest { peer_id: PeerId(pid), addr: SocketAddr::from(([10, 6, 6, 6], 1000)), ..req(0, true) };
+        assert_eq!(s.announce(&first, t).recorded, Recorded::Yes);
+        let new = AnnounceRequest { peer_id: id(0xee), addr: SocketAddr::from(([10, 6, 6, 6], 999)), ..req(0, true) };
+        assert_eq!(s.announce(&new, t).recorded, Recorded::HostFull);
+    }
+
+    #[test]
+    fn one_host_is_in_a_bounded_number_of_blobs() {
+        let opts = StoreOptions { max_blobs_per_host: 3, ..StoreOptions::new(TTL, 50, None) };
+        let s = PeerStore::new(opts);
+        let t = Instant::now();
+        let on = |b: u8| AnnounceRequest { blob: Digest::of(&[b]), ..req(1, true) };
+        let got: Vec<Recorded> = (0..5).map(|b| s.announce(&on(b), t).recorded).collect();
+        assert_eq!(got, [Recorded::Yes, Recorded::Yes, Recorded::Yes, Recorded::HostBlobs, Recorded::HostBlobs]);
+        assert_eq!((s.host_entries(addr(1).ip()), s.n_blobs()), (3, 3));
+        // Expiry gives the room back.
+        s.sweep(t + TTL + Duration::from_secs(1));
+        assert_eq!(s.host_entries(addr(1).ip()), 0);
+        assert_eq!(s.announce(&on(4), t + TTL + Duration::from_secs(2)).recorded, Recorded::Yes);
+        // Another host is not bounded by this one.
+        assert_eq!(s.announce(&AnnounceRequest { blob: Digest::of(&[0]), ..req(2, true) }, t).recorded, Recorded::Yes);
+    }
+
+    /// A host that evicts a blob and says so (a `stopped` announce) gets its room back at
+    /// once, not a TTL later.
+    #[test]
+    fn a_stopped_announce_gives_the_host_its_room_back() {
+        let opts = StoreOptions { max_blobs_per_host: 2, ..StoreOptions::new(TTL, 50, None) };
+        let s = PeerStore::new(opts);
+        let t = Instant::now();
+        let on = |b: u8| AnnounceRequest { blob: Digest::of(&[b]), ..req(1, true) };
+        assert_eq!(s.announce(&on(0), t).recorded, Recorded::Yes);
+        assert_eq!(s.announce(&on(1), t).recorded, Recorded::Yes);
+        assert_eq!(s.announce(&on(2), t).recorded, Recorded::HostBlobs);
+        let stopped = AnnounceRequest { stopped: true, complete: false, ..on(0) };
+        assert_eq!(s.announce(&stopped, t).recorded, Recorded::Stopped);
+        assert_eq!(s.host_entries(addr(1).ip()), 1);
+        assert_eq!(s.announce(&on(2), t).recorded, Recorded::Yes);
+        // A stop for a blob the host is not in changes nothing.
+        s.announce(&AnnounceRequest { stopped: true, ..on(7) }, t);
+        assert_eq!(s.host_entries(addr(1).ip()), 2);
+    }
+
+    #[test]
+    fn the_origin_flag_is_kept_only_at_a_configured_origins_address() {
+        let (s, ring) = store_with_origins(50, 3, 1);
+        let t = Instant::now();
+        let owner = ring.owners(&blob())[0].peer;
+        let other = ring.nodes().iter().map(|o| o.peer).find(|a| *a != owner).unwrap();
+        // A node claiming to be an origin at its own, unconfigured address.
+        s.announce(&AnnounceRequest { origin: true, ..req(1, true) }, t);
+        // A configured origin that is not this blob's owner.
+        s.announce(&AnnounceRequest { peer_id: id(60), addr: other, origin: true, ..req(0, true) }, t);
+        let h = s.announce(&req(100, false), t);
+        let flag = |a: SocketAddr| h.peers.iter().find(|p| p.addr == a).map(|p| p.origin);
+        assert_eq!(flag(addr(1)), Some(false), "an unconfigured address is no origin: {h:?}");
+        assert_eq!(flag(other), Some(true));
+        assert_eq!(flag(owner), Some(true));
+        assert_eq!(s.swarm_size(&blob(), t).origins, 1);
+    }
+
     #[test]
     fn blob_cap_answers_without_recording() {
         let s = store(50);
@@ -672,7 +867,7 @@ mod tests {
 
     fn store_with_origins(max_peers: usize, n_origins: u8, replicas: usize) -> (PeerStore, Arc<Ring>) {
         let ring = Arc::new(Ring::new((0..n_origins).map(origin).collect(), replicas).unwrap());
-        let s = PeerStore::new(StoreOptions { peer_ttl: TTL, max_peers, ring: Some(ring.clone()) });
+        let s = PeerStore::new(StoreOptions::new(TTL, max_peers, Some(ring.clone())));
         (s, ring)
     }
 

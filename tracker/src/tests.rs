@@ -12,9 +12,24 @@ use shoal_runtime::Phase;
 
 use crate::{Config, Tracker};
 
+/// A tracker that trusts its loopback callers, so a test announces any address.
 async fn start(config: Config) -> Tracker {
+    start_as_is(Config { trusted_networks: shoal_core::net::Networks::loopback(), ..config }).await
+}
+
+/// A tracker with exactly `config`.
+async fn start_as_is(config: Config) -> Tracker {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     Tracker::start(config.validate().unwrap(), listener, prometheus::Registry::new()).await.unwrap()
+}
+
+async fn post(t: &Tracker, req: &AnnounceRequest, token: Option<&str>) -> (u16, reqwest::header::HeaderMap, String) {
+    let mut post = reqwest::Client::new().post(format!("{}/announce", t.url())).json(req);
+    if let Some(tok) = token {
+        post = post.bearer_auth(tok);
+    }
+    let res = post.send().await.unwrap();
+    (res.status().as_u16(), res.headers().clone(), res.text().await.unwrap())
 }
 
 fn announce_req(n: u8, addr: &str, complete: bool) -> AnnounceRequest {
@@ -184,7 +199,11 @@ async fn two_trackers_in_one_process_keep_separate_metrics() {
 
 #[tokio::test]
 async fn peers_endpoint_counts_the_live_swarm() {
-    let t = start(Config::default()).await;
+    let config = shoal_runtime::config::parse(
+        "origins: [{ id: o0, http: 'http://127.0.0.1:1', peer: '127.0.0.4:7603' }]\norigin_replicas: 1\n",
+    )
+    .unwrap();
+    let t = start(config).await;
     let http = reqwest::Client::new();
     let url = format!("{}/blobs/{}/peers", t.url(), Digest::of(b"layer"));
     let size = |v: serde_json::Value| (v["seeders"].as_u64(), v["downloaders"].as_u64(), v["origins"].as_u64());
@@ -200,4 +219,101 @@ async fn peers_endpoint_counts_the_live_swarm() {
     let bad = http.get(format!("{}/blobs/sha256:nothex/peers", t.url())).send().await.unwrap();
     assert_eq!(bad.status(), 400);
     t.stop().await.unwrap();
+}
+
+/// An untrusted node announces its own address only: another one is refused with 403, and
+/// nothing is recorded for it.
+#[tokio::test]
+async fn an_announce_for_someone_elses_address_is_refused() {
+    let t = start_as_is(Config::default()).await;
+    let victim = announce_req(1, "127.0.0.9:7603", true);
+    let (status, _, body) = post(&t, &victim, None).await;
+    assert_eq!(status, 403, "{body}");
+    let body: ErrorBody = serde_json::from_str(&body).unwrap();
+    assert_eq!(body.code, "DENIED");
+    assert!(body.message.contains("127.0.0.9:7603") && body.message.contains("127.0.0.1"), "{body:?}");
+    // Its own address, on any port, is fine; the refused one was never recorded.
+    let own = announce_req(2, "127.0.0.1:7603", false);
+    let (status, _, body) = post(&t, &own, None).await;
+    assert_eq!(status, 200, "{body}");
+    let answer: AnnounceResponse = serde_json::from_str(&body).unwrap();
+    assert!(answer.peers.is_empty(), "{answer:?}");
+    let text = reqwest::get(format!("{}/metrics", t.url())).await.unwrap().text().await.unwrap();
+    assert!(text.lines().any(|l| l == "shoal_tracker_announces_total{result=\"denied\"} 1"), "{text}");
+    t.stop().await.unwrap();
+}
+
+/// A node that evicted a blob says so with a `stopped` announce of its own address, which an
+/// untrusted caller may send like any announce; a stop for another node's address is refused
+/// like an announce for it, so nobody can take a node out of a swarm.
+#[tokio::test]
+async fn a_stopped_announce_is_accepted_from_the_announcing_node_only() {
+    let t = start_as_is(Config::default()).await;
+    let own = announce_req(1, "127.0.0.1:7603", true);
+    assert_eq!(post(&t, &own, None).await.0, 200);
+    let other = announce_req(3, "127.0.0.1:7604", false);
+    let answer: AnnounceResponse = serde_json::from_str(&post(&t, &other, None).await.2).unwrap();
+    assert_eq!(answer.peers.iter().map(|p| p.peer_id).collect::<Vec<_>>(), vec![Some(own.peer_id)]);
+    // Someone else's stop for the node (another address) is refused and changes nothing.
+    let forged = AnnounceRequest { stopped: true, complete: false, addr: "127.0.0.9:7603".parse().unwrap(), ..own };
+    let (status, _, body) = post(&t, &forged, None).await;
+    assert_eq!(status, 403, "{body}");
+    let answer: AnnounceResponse = serde_json::from_str(&post(&t, &other, None).await.2).unwrap();
+    assert_eq!(answer.peers.len(), 1, "{answer:?}");
+    // The node's own stop is accepted, and it is no longer handed out.
+    let stopped = AnnounceRequest { stopped: true, complete: false, ..own };
+    let (status, _, body) = post(&t, &stopped, None).await;
+    assert_eq!(status, 200, "{body}");
+    let answer: AnnounceResponse = serde_json::from_str(&post(&t, &other, None).await.2).unwrap();
+    assert!(answer.peers.is_empty(), "{answer:?}");
+    let text = reqwest::get(format!("{}/metrics", t.url())).await.unwrap().text().await.unwrap();
+    assert!(text.lines().any(|l| l == "shoal_tracker_announces_total{result=\"stopped\"} 1"), "{text}");
+    t.stop().await.unwrap();
+}
+
+/// A caller with an allowed bearer token is trusted to announce for others (an origin behind
+/// a Service address); a token that is not allowed is refused outright.
+#[tokio::test]
+async fn a_token_makes_a_caller_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    std::fs::write(&file, "origin-token\n").unwrap();
+    let config = Config {
+        auth: shoal_runtime::AuthConfig { tokens_file: Some(file), identities: Vec::new() },
+        ..Config::default()
+    };
+    let t = start_as_is(config).await;
+    let elsewhere = announce_req(1, "10.1.2.3:7801", true);
+    assert_eq!(post(&t, &elsewhere, Some("origin-token")).await.0, 200);
+    let (status, _, body) = post(&t, &elsewhere, Some("guessed")).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(post(&t, &elsewhere, None).await.0, 403);
+    let (status, _, body) = post(&t, &announce_req(2, "127.0.0.1:7701", false), None).await;
+    assert_eq!(status, 200);
+    let answer: AnnounceResponse = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer.peers.iter().map(|p| p.addr).collect::<Vec<_>>(), vec![elsewhere.addr]);
+    t.stop().await.unwrap();
+}
+
+/// One source past its burst is answered 429 with `Retry-After`; trusted callers are not
+/// limited.
+#[tokio::test]
+async fn announces_are_rate_limited_per_source() {
+    let config = Config { announce_rate: 1, announce_burst: 3, ..Config::default() };
+    let t = start_as_is(config.clone()).await;
+    let own = announce_req(1, "127.0.0.1:7701", false);
+    for _ in 0..3 {
+        assert_eq!(post(&t, &own, None).await.0, 200);
+    }
+    let (status, headers, body) = post(&t, &own, None).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(headers[reqwest::header::RETRY_AFTER], "1");
+    assert!(body.contains("RATE_LIMITED"), "{body}");
+    t.stop().await.unwrap();
+
+    let trusted = start(config).await;
+    for _ in 0..10 {
+        assert_eq!(post(&trusted, &own, None).await.0, 200);
+    }
+    trusted.stop().await.unwrap();
 }

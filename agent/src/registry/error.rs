@@ -29,6 +29,10 @@ pub const NAME_UNKNOWN: &str = "NAME_UNKNOWN";
 /// `UNSUPPORTED`: an operation this read-only mirror does not offer (405), or no such
 /// endpoint (404).
 pub const UNSUPPORTED: &str = "UNSUPPORTED";
+/// `UNAUTHORIZED`: credentials are required (401).
+pub const UNAUTHORIZED: &str = "UNAUTHORIZED";
+/// `DENIED`: the caller may not do this (403).
+pub const DENIED: &str = "DENIED";
 /// Not a spec code: a `Range` that misses the blob (416).
 pub const RANGE_INVALID: &str = "RANGE_INVALID";
 /// Not a spec code: the origins or the swarm could not deliver (502/503/504).
@@ -80,6 +84,18 @@ impl RegistryError {
             }
         };
         RegistryError::new(status, code, format!("{e:#}"))
+    }
+}
+
+impl From<shoal_runtime::AuthError> for RegistryError {
+    fn from(e: shoal_runtime::AuthError) -> RegistryError {
+        let code = match e {
+            shoal_runtime::AuthError::Unauthenticated => UNAUTHORIZED,
+            shoal_runtime::AuthError::Forbidden(_) => DENIED,
+        };
+        let mut r = RegistryError::new(e.status(), code, e.to_string());
+        r.headers = e.headers();
+        r
     }
 }
 

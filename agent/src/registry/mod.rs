@@ -53,6 +53,8 @@ pub struct RegistryState {
     pub metrics: AgentMetrics,
     /// Ends background work started by requests (preheat prefetches).
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Who may start a preheat.
+    pub auth: shoal_runtime::Authorizer,
     /// Prefetches running at once (`max_prefetches`).
     pub prefetches: shoal_runtime::Cap,
 }

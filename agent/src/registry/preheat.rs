@@ -6,6 +6,9 @@
 //! through the swarm, in the background and a bounded number at a time, so the first pull on
 //! this host is local. `"pin": true` pins the image's blobs on the origins, and with
 //! `prefetch` in this agent's store too (never evicted); `"pin": false` unpins them there.
+//!
+//! Only a caller the agent's `auth` allows may preheat (401/403 in the Registry's error
+//! form); its bearer token goes on to the origins, which check it again.
 
 use axum::Json;
 use axum::extract::State;
@@ -45,14 +48,25 @@ pub struct PreheatRequest {
 }
 
 /// `POST /preheat`.
-pub async fn post_preheat(State(st): State<RegistryState>, Json(req): Json<PreheatRequest>) -> Response {
-    match preheat(&st, req).await {
+pub async fn post_preheat(
+    State(st): State<RegistryState>,
+    caller: shoal_runtime::Caller,
+    headers: axum::http::HeaderMap,
+    body: Result<Json<PreheatRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let res = async {
+        let grant = st.auth.authorize(&caller, &headers)?;
+        let Json(req) =
+            body.map_err(|r| RegistryError::new(r.status(), super::error::MANIFEST_INVALID, r.body_text()))?;
+        preheat(&st, req, grant.bearer.as_deref()).await
+    };
+    match res.await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn preheat(st: &RegistryState, req: PreheatRequest) -> Result<Response, RegistryError> {
+async fn preheat(st: &RegistryState, req: PreheatRequest, bearer: Option<&str>) -> Result<Response, RegistryError> {
     let bad = |code, m: String| RegistryError::new(StatusCode::BAD_REQUEST, code, m);
     // Held by the prefetch until its last blob; taken first, so a refusal starts nothing.
     let prefetching = match req.prefetch {
@@ -78,7 +92,7 @@ async fn preheat(st: &RegistryState, req: PreheatRequest) -> Result<Response, Re
         body["pin"] = serde_json::json!(pin);
     }
     let (status, mut answer) =
-        st.origins.preheat(digest, &body).await.map_err(|e| RegistryError::from_origin(e, MANIFEST_UNKNOWN))?;
+        st.origins.preheat(digest, &body, bearer).await.map_err(|e| RegistryError::from_origin(e, MANIFEST_UNKNOWN))?;
     let digests: Vec<Digest> = answer["digests"]
         .as_array()
         .map(|a| a.iter().filter_map(|v| v.as_str()?.parse().ok()).take(MAX_PREFETCH).collect())
@@ -154,6 +168,7 @@ mod tests {
             tags: super::super::TagResolver::new(ring, std::time::Duration::from_secs(30), None),
             metrics: crate::metrics::AgentMetrics::new(&registry).unwrap(),
             shutdown: shutdown.clone(),
+            auth: shoal_runtime::Authorizer::open(),
             prefetches: shoal_runtime::Cap::new("prefetches", "max_prefetches", 1),
         };
         (st, shutdown)
@@ -176,15 +191,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (st, shutdown) = state(dir.path()).await;
         let running = st.prefetches.try_take().unwrap();
-        let err = preheat(&st, request(true)).await.expect_err("refused while the only prefetch runs");
+        let err = preheat(&st, request(true), None).await.expect_err("refused while the only prefetch runs");
         assert_eq!(err.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(err.headers[axum::http::header::RETRY_AFTER], PREFETCH_RETRY_AFTER.to_string().as_str());
         assert!(err.message.contains("max_prefetches"), "{}", err.message);
         // Past the cap, the request reaches the origins, which do not answer here.
-        let err = preheat(&st, request(false)).await.expect_err("no origin answers");
+        let err = preheat(&st, request(false), None).await.expect_err("no origin answers");
         assert_ne!(err.status, StatusCode::SERVICE_UNAVAILABLE, "{}", err.message);
         drop(running);
-        let err = preheat(&st, request(true)).await.expect_err("no origin answers");
+        let err = preheat(&st, request(true), None).await.expect_err("no origin answers");
         assert_ne!(err.status, StatusCode::SERVICE_UNAVAILABLE, "{}", err.message);
         assert_eq!(st.prefetches.available(), 1, "a prefetch that did not start gives its slot back");
         shutdown.cancel();

@@ -5,6 +5,9 @@ the binaries reject unknown keys and check the rest before binding a port.
 
 {{- define "shoal.trackerConfig" -}}
 {{- $t := .Values.tracker -}}
+{{- if and (not .Values.agent.hostNetwork) (not $t.trustedNetworks) }}
+{{- fail "tracker.trustedNetworks is required with agent.hostNetwork false: agents announce the node's address from their pod's" }}
+{{- end }}
 {{- $any := include "shoal.listenAddress" . -}}
 listen: {{ include "shoal.hostPort" (dict "host" $any "port" $t.port) | quote }}
 peer_ttl: {{ $t.peerTtl | quote }}
@@ -12,6 +15,11 @@ announce_interval: {{ $t.announceInterval | quote }}
 max_peers: {{ $t.maxPeers }}
 origin_replicas: {{ .Values.origin.ringReplicas }}
 shutdown_grace: "{{ $t.shutdownGraceSeconds }}s"
+trusted_networks: {{ $t.trustedNetworks | toJson }}
+{{- if .Values.auth.enabled }}
+auth:
+  tokens_file: {{ include "shoal.authFile" . }}
+{{- end }}
 origins:
   {{- include "shoal.origins" . | trim | nindent 2 }}
 {{- include "shoal.tlsConfig" . }}
@@ -67,6 +75,10 @@ max_uploads: {{ $o.maxUploads }}
 preheat_concurrency: {{ $o.preheatConcurrency }}
 max_preheats: {{ $o.maxPreheats }}
 shutdown_grace: "{{ $o.shutdownGraceSeconds }}s"
+{{- if .ctx.Values.auth.enabled }}
+auth:
+  tokens_file: {{ include "shoal.authFile" .ctx }}
+{{- end }}
 {{- with $o.pullThrough }}
 {{- if .enabled }}
 pull_through:
@@ -98,6 +110,15 @@ pull_through:
       client_cert_file: /var/run/shoal/upstream-{{ $i }}-client/tls.crt
       client_key_file: /var/run/shoal/upstream-{{ $i }}-client/tls.key
       {{- end }}
+      {{- with $u.repositories }}
+      repositories: {{ . | toJson }}
+      {{- end }}
+      {{- with $u.authHosts }}
+      auth_hosts: {{ . | toJson }}
+      {{- end }}
+      {{- if $u.plainHttpCredentials }}
+      plain_http_credentials: true
+      {{- end }}
   {{- else }}
     []
   {{- end }}
@@ -107,6 +128,10 @@ pull_through:
 swarm:
   store_dir: /var/lib/shoal/store
   trackers: [{{ include "shoal.trackerUrl" .ctx | quote }}]
+  {{- if .ctx.Values.auth.enabled }}
+  # The tracker trusts this token to announce the origin's Service address.
+  tracker_token_file: {{ include "shoal.authFile" .ctx }}
+  {{- end }}
   {{- /* The volume's size is the store's budget unless the fs backend lives on it too. */}}
   {{- $size := ternary $o.persistence.size "" (or (eq $o.backend.type "s3") (not (empty $o.backend.fs.volume))) }}
   {{- with include "shoal.swarmValues" (dict "swarm" $o.swarm "size" $size) }}
@@ -127,6 +152,14 @@ origin_fetch_timeout: {{ $a.originFetchTimeout | quote }}
 tag_ttl: {{ $a.tagTtl | quote }}
 max_prefetches: {{ $a.maxPrefetches }}
 shutdown_grace: "{{ $a.shutdownGraceSeconds }}s"
+{{- if and (not $a.hostNetwork) (not $a.apiNetworks) }}
+{{- fail "agent.apiNetworks is required with agent.hostNetwork false: the runtime reaches the agent's API through the hostPort from the node's address" }}
+{{- end }}
+api_networks: {{ concat (list "127.0.0.0/8" "::1") $a.apiNetworks | toJson }}
+{{- if .Values.auth.enabled }}
+auth:
+  tokens_file: {{ include "shoal.authFile" . }}
+{{- end }}
 {{- include "shoal.tlsConfig" . }}
 swarm:
   store_dir: /var/lib/shoal/store

@@ -226,6 +226,41 @@ Secret rolls the pods on the next `helm upgrade`, as a changed config does.
 {{- join "\n" $data | sha256sum | trunc 16 }}
 {{- end }}
 
+{{/*
+The auth Secret's name (auth.existingSecret, else the one the chart makes).
+*/}}
+{{- define "shoal.authSecret" -}}
+{{- .Values.auth.existingSecret | default (printf "%s-auth" (include "shoal.fullname" .)) }}
+{{- end }}
+
+{{/* Where every pod mounts the auth tokens. */}}
+{{- define "shoal.authFile" -}}
+/var/run/shoal/auth/tokens
+{{- end }}
+
+{{/* The auth volume of a pod, when auth is on. */}}
+{{- define "shoal.authVolume" -}}
+{{- if .Values.auth.enabled }}
+- name: auth
+  secret:
+    secretName: {{ include "shoal.authSecret" . }}
+    # Readable by the unprivileged user whatever the pod's fsGroup.
+    defaultMode: 0444
+    items:
+      - key: {{ .Values.auth.key }}
+        path: tokens
+{{- end }}
+{{- end }}
+
+{{/* The auth mount of a container, when auth is on. */}}
+{{- define "shoal.authMount" -}}
+{{- if .Values.auth.enabled }}
+- name: auth
+  mountPath: /var/run/shoal/auth
+  readOnly: true
+{{- end }}
+{{- end }}
+
 {{/* "https" with tls.enabled, else "http": the scheme of the origins' and tracker's URLs. */}}
 {{- define "shoal.scheme" -}}
 {{- if .Values.tls.enabled }}https{{ else }}http{{ end }}

@@ -129,6 +129,9 @@ async fn an_eviction_is_announced_to_the_tracker() {
         origins: c.origin_nodes.clone(),
         origin_replicas: 1,
         peer_ttl: shoal_runtime::Duration::from_secs(60),
+        // The agent connects from 127.0.0.1, not from the 127.x address it announces (and
+        // stops): as the cluster's own tracker, this one trusts loopback callers.
+        trusted_networks: shoal_core::net::Networks::loopback(),
         ..shoal_tracker::Config::default()
     }
     .validate()

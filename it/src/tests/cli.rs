@@ -137,3 +137,98 @@ async fn preheat_and_its_status_through_the_cli() {
     assert_eq!(shoal(&["--agent", &a0, "preheat", "status", "ph-1"]).await.unwrap_err().exit_code(), 2);
     c.shutdown().await;
 }
+
+/// `push` to an origin whose `auth:` asks for a token: refused without one (exit 1, the 401
+/// named), accepted with `--token-file`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_sends_the_token_of_token_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "ci-pusher\n").unwrap();
+    let cfg = shoal_origin::Config {
+        backend: shoal_origin::backend::BackendConfig::Fs(shoal_origin::backend::fs::FsConfig {
+            root: dir.path().join("backend"),
+            ..Default::default()
+        }),
+        auth: shoal_runtime::AuthConfig { tokens_file: Some(tokens.clone()), identities: Vec::new() },
+        swarm: shoal_swarm::SwarmConfig {
+            store_dir: dir.path().join("store"),
+            ..shoal_loadtest::cluster::test_swarm_config()
+        },
+        ..shoal_origin::Config::default()
+    };
+    let listeners = shoal_origin::Listeners {
+        http: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        peer: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (origin, serve) =
+        shoal_origin::start(cfg.validate().unwrap(), listeners, prometheus::Registry::new(), shutdown.clone())
+            .await
+            .unwrap();
+    let served = tokio::spawn(serve);
+    let data = random_blob(1 << 20, 31);
+    let file = dir.path().join("blob.bin");
+    std::fs::write(&file, &data).unwrap();
+    let o = url(origin.http_addr);
+    let f = file.to_str().unwrap();
+
+    let e = shoal(&["--origin", &o, "push", f]).await.unwrap_err();
+    assert_eq!(e.exit_code(), 1, "{e}");
+    assert!(e.to_string().contains("401") && e.to_string().contains("UNAUTHORIZED"), "{e}");
+    let out = shoal(&["--origin", &o, "--token-file", tokens.to_str().unwrap(), "push", f]).await.unwrap();
+    assert_eq!(out.trim(), Digest::of(&data).to_string());
+    shutdown.cancel();
+    served.await.unwrap().unwrap();
+}
+
+/// `preheat --pin` / `--unpin` to an agent whose `auth:` asks for a token: refused without
+/// one (exit 1, the 401 named, nothing pinned), and with `--token-file` the pin reaches the
+/// agent and the origin, as does the unpin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preheat_pin_and_unpin_send_the_token_of_token_file() {
+    let mut c = Cluster::builder().agents(1).origins(1).start().await.unwrap();
+    let (manifest, blobs) = put_image(&c, "team/app", "v1", &[random_blob(2 << 20, 5)]);
+    let tokens = c.root().join("agent-tokens");
+    std::fs::write(&tokens, "preheater\n").unwrap();
+    let mut cfg = c.agent_config(0);
+    cfg.auth = shoal_runtime::AuthConfig { tokens_file: Some(tokens.clone()), identities: Vec::new() };
+    c.start_agent(0, Some(cfg)).await.unwrap();
+    let a0 = url(c.agent(0).http_addr);
+    let t = tokens.to_str().unwrap();
+    let every: Vec<Digest> = std::iter::once(manifest).chain(blobs.iter().copied()).collect();
+    let pinned = |c: &Cluster, d: &Digest| {
+        (c.agent(0).swarm.store().is_pinned(d), c.origins[0].handle.swarm.store().is_pinned(d))
+    };
+
+    let e = shoal(&["--agent", &a0, "preheat", "team/app:v1", "--prefetch", "--pin"]).await.unwrap_err();
+    assert_eq!(e.exit_code(), 1, "{e}");
+    assert!(e.to_string().contains("401") && e.to_string().contains("UNAUTHORIZED"), "{e}");
+    assert!(every.iter().all(|d| pinned(&c, d) == (false, false)), "a refused preheat pins nothing");
+
+    let out = shoal(&[
+        "--agent",
+        &a0,
+        "--token-file",
+        t,
+        "--json",
+        "preheat",
+        "team/app:v1",
+        "--prefetch",
+        "--pin",
+        "--wait",
+    ])
+    .await
+    .unwrap();
+    assert_eq!(json(&out)["finished"]["failed"].as_u64(), Some(0), "{out}");
+    for d in &every {
+        assert_eq!(pinned(&c, d), (true, true), "{d} pinned on the agent and the origin");
+    }
+    let e = shoal(&["--agent", &a0, "preheat", "team/app:v1", "--unpin"]).await.unwrap_err();
+    assert!(e.to_string().contains("401"), "{e}");
+    shoal(&["--agent", &a0, "--token-file", t, "preheat", "team/app:v1", "--unpin"]).await.unwrap();
+    for d in &every {
+        assert_eq!(pinned(&c, d), (false, false), "{d} unpinned");
+    }
+    c.shutdown().await;
+}

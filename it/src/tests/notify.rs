@@ -71,14 +71,16 @@ async fn a_harbor_webhook_with_a_prefetch_rule_fills_the_agent_too() {
     let (manifest, blobs) = put_image(&c, "library/web", "1.0", &[random_blob(3 << 20, 5)]);
     // A second origin, outside the agents' ring, that takes the webhooks: it preheats into its
     // own store and asks agent 0 to prefetch, which goes through the ring's origin.
+    let tokens = c.root().join("hook-tokens");
+    std::fs::write(&tokens, "s3cret\n").unwrap();
     let cfg = shoal_origin::Config {
         id: "hook".into(),
+        auth: shoal_runtime::AuthConfig { tokens_file: Some(tokens), identities: Vec::new() },
         backend: shoal_origin::backend::BackendConfig::Fs(shoal_origin::backend::fs::FsConfig {
             root: c.root().join("backend"),
             ..Default::default()
         }),
         notifications: shoal_origin::notify::NotifyConfig {
-            token: Some("s3cret".into()),
             prefetch: vec![shoal_origin::notify::PrefetchRule {
                 repositories: vec!["library/*".into()],
                 agents: vec![format!("http://{}", c.agent(0).http_addr)],
@@ -110,7 +112,7 @@ async fn a_harbor_webhook_with_a_prefetch_rule_fills_the_agent_too() {
         },
     });
     assert_eq!(notify(&url, &webhook, None).await, 401, "the token is required");
-    assert_eq!(notify(&url, &webhook, Some("wrong")).await, 401);
+    assert_eq!(notify(&url, &webhook, Some("wrong")).await, 403);
     assert_eq!(notify(&url, &webhook, Some("s3cret")).await, 202);
     wait_stored(&hook.swarm, &blobs).await;
     wait_stored(&c.agent(0).swarm, &blobs).await;

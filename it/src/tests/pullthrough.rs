@@ -61,6 +61,8 @@ impl PullCluster {
             origin_replicas: 1,
             announce_interval: shoal_runtime::Duration::from_millis(1000),
             peer_ttl: shoal_runtime::Duration::from_secs(10),
+            // The nodes connect from 127.0.0.1, not from the 127.x address they announce.
+            trusted_networks: shoal_core::net::Networks::loopback(),
             ..shoal_tracker::Config::default()
         }
         .validate()
@@ -156,7 +158,8 @@ pub(super) fn upstream_config(
     creds: Option<(&str, &str)>,
     write_back: bool,
 ) -> PullThroughConfig {
-    let creds_yaml = creds.map_or(String::new(), |(u, p)| format!("  username: {u}\n  password: {p}\n"));
+    let creds_yaml = creds
+        .map_or(String::new(), |(u, p)| format!("  username: {u}\n  password: {p}\n  plain_http_credentials: true\n"));
     let yaml = format!(
         "upstreams:\n- host: {UPSTREAM}\n  url: {}\n{creds_yaml}  write_back: {write_back}\ndefault_upstream: {UPSTREAM}\ntag_ttl: 60s\n",
         reg.url

@@ -136,6 +136,7 @@ impl FaultCluster {
                 "store_dir": store,
                 "trackers": tracker_urls,
                 "seed_announce_interval": "2s",
+                "peer_networks": crate::processes::lab_networks(),
             });
             if lab.is_none() {
                 if let Some(r) = rate_out {
@@ -158,6 +159,7 @@ impl FaultCluster {
                 "origin_replicas": spec.replicas,
                 "announce_interval": "1s",
                 "peer_ttl": "10s",
+                "trusted_networks": crate::processes::trusted_networks(),
             });
             nodes.push(NodeProc { name: format!("tracker-{k}"), bin: "shoal-tracker", cfg, child: None });
         }
@@ -204,6 +206,7 @@ impl FaultCluster {
                 "peer_listen": p.to_string(),
                 "origins": origin_list,
                 "origin_replicas": spec.replicas,
+                "api_networks": crate::processes::lab_networks(),
                 "swarm": s,
             });
             for (path, v) in agent_set {

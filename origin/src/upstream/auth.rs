@@ -9,11 +9,12 @@
 //!
 //! [`parse_challenges`] is pure and never panics: quoted values may hold commas and escaped
 //! quotes, and several challenges may share one header. Tokens are cached per scope until
-//! shortly before they expire ([`TokenCache`]); its lock is a sync `Mutex` held only for map
-//! operations, never across an `.await`.
+//! shortly before they expire ([`TokenCache`]), and never longer than [`MAX_TOKEN_LIFETIME`]
+//! whatever `expires_in` says; its lock is a sync `Mutex` held only for map operations, never
+//! across an `.await`, and nothing that can panic runs under it.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -25,6 +26,9 @@ pub const EXPIRY_MARGIN: Duration = Duration::from_secs(10);
 pub const DEFAULT_EXPIRES_IN: u64 = 60;
 /// Most tokens cached per upstream. Hard-coded: past it, the cache is cleared.
 const MAX_TOKENS: usize = 1024;
+/// Longest a token is kept, whatever its `expires_in` says (a token endpoint may send any
+/// number). Hard-coded.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// One authentication challenge.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -166,7 +170,7 @@ impl TokenResponse {
     pub fn into_token(self) -> Option<(String, Duration)> {
         let t = self.token.filter(|t| !t.is_empty()).or(self.access_token.filter(|t| !t.is_empty()))?;
         let secs = self.expires_in.filter(|s| *s > 0).unwrap_or(DEFAULT_EXPIRES_IN);
-        Some((t, Duration::from_secs(secs).saturating_sub(EXPIRY_MARGIN)))
+        Some((t, Duration::from_secs(secs).min(MAX_TOKEN_LIFETIME).saturating_sub(EXPIRY_MARGIN)))
     }
 }
 
@@ -177,27 +181,36 @@ pub struct TokenCache {
 }
 
 impl TokenCache {
-    /// A token for `scope` that has not expired.
-    pub fn get(&self, scope: &str) -> Option<String> {
-        let tokens = self.tokens.lock().expect("token cache lock");
-        tokens.get(scope).filter(|(_, until)| Instant::now() < *until).map(|(t, _)| t.clone())
+    /// The map; a panic elsewhere while it was held leaves it usable (every entry is whole).
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, (String, Instant)>> {
+        self.tokens.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Keeps `token` for `scope` during `valid`; a zero `valid` is not kept.
+    /// A token for `scope` that has not expired.
+    pub fn get(&self, scope: &str) -> Option<String> {
+        let now = Instant::now();
+        self.lock().get(scope).filter(|(_, until)| now < *until).map(|(t, _)| t.clone())
+    }
+
+    /// Keeps `token` for `scope` during `valid` (at most [`MAX_TOKEN_LIFETIME`]); a zero
+    /// `valid` is not kept.
     pub fn put(&self, scope: &str, token: String, valid: Duration) {
+        let valid = valid.min(MAX_TOKEN_LIFETIME);
         if valid.is_zero() {
             return;
         }
-        let mut tokens = self.tokens.lock().expect("token cache lock");
+        // Computed before the lock is taken, and unable to overflow.
+        let Some(until) = Instant::now().checked_add(valid) else { return };
+        let mut tokens = self.lock();
         if tokens.len() >= MAX_TOKENS {
             tokens.clear();
         }
-        tokens.insert(scope.to_owned(), (token, Instant::now() + valid));
+        tokens.insert(scope.to_owned(), (token, until));
     }
 
     /// Forgets the token for `scope` (the upstream refused it).
     pub fn remove(&self, scope: &str) {
-        self.tokens.lock().expect("token cache lock").remove(scope);
+        self.lock().remove(scope);
     }
 }
 
@@ -276,6 +289,20 @@ mod tests {
         assert_eq!(parse(r#"{"token":"t","expires_in":5}"#), Some(("t".into(), Duration::ZERO)));
         assert_eq!(parse(r#"{"token":"t","expires_in":0}"#), Some(("t".into(), Duration::from_secs(50))));
         assert_eq!(parse(r#"{"expires_in":60}"#), None);
+        // Any number a token endpoint sends is kept within a day.
+        let huge = format!(r#"{{"token":"t","expires_in":{}}}"#, u64::MAX);
+        assert_eq!(parse(&huge), Some(("t".into(), MAX_TOKEN_LIFETIME - EXPIRY_MARGIN)));
+    }
+
+    /// A lifetime past what `Instant` can hold panicked under the lock, poisoning it for
+    /// every later request.
+    #[tokio::test]
+    async fn a_lifetime_past_the_clock_neither_panics_nor_poisons() {
+        let cache = TokenCache::default();
+        cache.put("repository:a:pull", "t".into(), Duration::MAX);
+        assert_eq!(cache.get("repository:a:pull").as_deref(), Some("t"));
+        cache.put("repository:b:pull", "u".into(), Duration::from_secs(u64::MAX));
+        assert_eq!(cache.get("repository:b:pull").as_deref(), Some("u"));
     }
 
     #[tokio::test]

@@ -13,8 +13,15 @@
 //!   a blob, so a digest the blob endpoint does not know is tried here too (by the fetcher).
 //! - Auth ([`auth`]): anonymous, Basic, or the Docker bearer-token flow on a 401 challenge,
 //!   with tokens cached per scope. Basic credentials come from the upstream's own
-//!   `username`/`password`, else from a Docker config JSON ([`docker_config`]), the file a
-//!   `kubernetes.io/dockerconfigjson` Secret mounts.
+//!   `username`/`password`, else from a Docker config JSON ([`docker_config`]) entry for the
+//!   host of the upstream's URL (where they are sent), the file a
+//!   `kubernetes.io/dockerconfigjson` Secret mounts. They go only to the upstream's own host
+//!   and to the token endpoints listed in its `auth_hosts` (Docker Hub's `auth.docker.io`
+//!   for Docker Hub), and only over https unless `plain_http_credentials` is set; a realm
+//!   elsewhere gets an anonymous token request.
+//! - Scope: a request's hints select an upstream only among the configured ones, and only for
+//!   a repository its `repositories` patterns allow, so the origin's credentials fetch only
+//!   what the operator meant them for.
 //! - TLS: the system's native roots and the bundled web roots, plus an upstream's own
 //!   `ca_file`; a client certificate (`client_cert_file`, `client_key_file`) for an upstream
 //!   that asks for one. Every file is read and parsed when the config is validated.
@@ -116,6 +123,20 @@ pub struct UpstreamConfig {
     /// Writes verified blobs and tag links back to the origin's backend (registry layout).
     #[serde(default)]
     pub write_back: bool,
+    /// The repositories pulled through from this upstream: patterns where `*` matches any
+    /// run of characters (`library/*`, `team/app`). A request for another repository is not
+    /// pulled through. Default `["*"]`.
+    #[serde(default = "all_repositories")]
+    pub repositories: Vec<String>,
+    /// Hosts besides the URL's own that may receive the credentials: the token endpoints
+    /// (`realm`) the upstream names. Docker Hub's `auth.docker.io` is implied for Docker Hub.
+    /// Default none.
+    #[serde(default)]
+    pub auth_hosts: Vec<String>,
+    /// Sends the credentials over plain http (to the URL and to token endpoints). Default
+    /// false: credentials go over https only.
+    #[serde(default)]
+    pub plain_http_credentials: bool,
     /// PEM CA certificates trusted for this upstream beside the system's roots (a private
     /// registry's own CA).
     #[serde(default)]
@@ -126,6 +147,10 @@ pub struct UpstreamConfig {
     /// The PEM private key of `client_cert_file`.
     #[serde(default)]
     pub client_key_file: Option<PathBuf>,
+}
+
+fn all_repositories() -> Vec<String> {
+    vec!["*".to_owned()]
 }
 
 /// A password: never printed.
@@ -147,7 +172,30 @@ pub struct ValidUpstream {
     pub credentials: Option<(String, Secret)>,
     pub write_back: bool,
     pub tls: UpstreamTls,
+    /// The repository patterns pulled through.
+    pub repositories: Vec<String>,
+    /// The hosts (lowercase) the credentials may go to: the URL's, then `auth_hosts`.
+    pub credential_hosts: Vec<String>,
+    pub plain_http_credentials: bool,
 }
+
+impl ValidUpstream {
+    /// Whether `name` may be pulled through from this upstream.
+    pub fn allows(&self, name: &RepoName) -> bool {
+        self.repositories.iter().any(|p| crate::notify::glob(p, name.as_str()))
+    }
+
+    /// Whether the credentials may be sent to `url`: one of their hosts, over https unless
+    /// plain http is allowed.
+    pub fn may_send_credentials(&self, url: &reqwest::Url) -> bool {
+        let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+        let scheme_ok = url.scheme() == "https" || (url.scheme() == "http" && self.plain_http_credentials);
+        scheme_ok && self.credential_hosts.contains(&host)
+    }
+}
+
+/// Docker Hub's registry hosts, whose token endpoint is `auth.docker.io`.
+const DOCKER_HUB_HOSTS: [&str; 3] = ["registry-1.docker.io", "index.docker.io", "registry.hub.docker.com"];
 
 /// The TLS material of one upstream, parsed.
 #[derive(Clone, Default)]
@@ -249,17 +297,48 @@ impl PullThroughConfig {
             let credentials = match (&u.username, password) {
                 (Some(user), Some(p)) if !user.is_empty() => Some((user.clone(), p)),
                 (None, None) => {
+                    // By the host they are sent to, never by the name clients use: a Docker
+                    // config's `ghcr.io` password must not go to a mirror named `ghcr.io`.
                     let url_host = match (url.host_str(), url.port()) {
                         (Some(h), Some(p)) => format!("{h}:{p}"),
                         (h, None) => h.unwrap_or_default().to_owned(),
                         (None, Some(_)) => String::new(),
                     };
-                    docker.lookup([u.host.as_str(), url_host.as_str()])
+                    docker.lookup([url_host.as_str()])
                 }
                 _ => return Err(invalid(format!("{}: username and a password go together", u.host))),
             };
+            if credentials.is_some() && url.scheme() == "http" && !u.plain_http_credentials {
+                return Err(invalid(format!(
+                    "{}: credentials over plain http ({}) need plain_http_credentials: true",
+                    u.host, u.url
+                )));
+            }
+            if u.repositories.is_empty() || u.repositories.iter().any(|p| p.is_empty()) {
+                return Err(invalid(format!("{}: repositories needs non-empty patterns", u.host)));
+            }
+            let url_host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+            let mut credential_hosts = vec![url_host.clone()];
+            if DOCKER_HUB_HOSTS.contains(&url_host.as_str()) {
+                credential_hosts.push("auth.docker.io".to_owned());
+            }
+            for h in &u.auth_hosts {
+                if h.is_empty() || h.contains(['/', ':', '@', ' ']) {
+                    return Err(invalid(format!("{}: auth_hosts entry {h:?} is not a host name", u.host)));
+                }
+                credential_hosts.push(h.to_ascii_lowercase());
+            }
             let tls = UpstreamTls::load(u).map_err(|e| invalid(format!("{}: {e}", u.host)))?;
-            upstreams.push(ValidUpstream { host: u.host.clone(), url, credentials, write_back: u.write_back, tls });
+            upstreams.push(ValidUpstream {
+                host: u.host.clone(),
+                url,
+                credentials,
+                write_back: u.write_back,
+                tls,
+                repositories: u.repositories.clone(),
+                credential_hosts,
+                plain_http_credentials: u.plain_http_credentials,
+            });
         }
         if let Some(d) = &self.default_upstream
             && !upstreams.iter().any(|u| &u.host == d)
@@ -395,13 +474,19 @@ impl Upstreams {
         Ok(Upstreams { by_host, default, tag_ttl: cfg.tag_ttl, tags: Mutex::new(HashMap::new()) })
     }
 
-    /// The upstream a request names with `ns`, or the default when it names none. A request
-    /// naming a host that is not configured gets none: its names mean nothing elsewhere.
-    pub fn select(&self, ns: Option<&RegistryHost>) -> Option<Arc<Upstream>> {
-        match ns {
+    /// The upstream a request for repository `name` names with `ns`, or the default when it
+    /// names none. A request naming a host that is not configured gets none (its names mean
+    /// nothing elsewhere), and so does a repository the upstream's `repositories` exclude.
+    pub fn select(&self, ns: Option<&RegistryHost>, name: &RepoName) -> Option<Arc<Upstream>> {
+        let up = match ns {
             Some(h) => self.by_host.get(h).cloned(),
             None => self.default.clone(),
+        }?;
+        if !up.cfg.allows(name) {
+            tracing::debug!(upstream = %up.cfg.host, %name, "repository not pulled through from this upstream");
+            return None;
         }
+        Some(up)
     }
 
     /// A tag resolved through `up` less than `tag_ttl` ago.
@@ -543,8 +628,10 @@ impl Upstream {
             }
             req = match (&token, &self.cfg.credentials) {
                 (Some(t), _) => req.bearer_auth(t),
-                (None, Some((user, pass))) => req.basic_auth(user, Some(&pass.0)),
-                (None, None) => req,
+                (None, Some((user, pass))) if self.cfg.may_send_credentials(&url) => {
+                    req.basic_auth(user, Some(&pass.0))
+                }
+                (None, _) => req,
             };
             let resp = match tokio::time::timeout(self.request_timeout, req.send()).await {
                 Ok(Ok(r)) => r,
@@ -654,7 +741,16 @@ impl Upstream {
         }
         let mut req = self.http.get(url.clone());
         if let Some((user, pass)) = &self.cfg.credentials {
-            req = req.basic_auth(user, Some(&pass.0));
+            if self.cfg.may_send_credentials(&url) {
+                req = req.basic_auth(user, Some(&pass.0));
+            } else {
+                tracing::warn!(
+                    upstream = %self.cfg.host,
+                    realm,
+                    "the token endpoint is not one of the upstream's credential hosts (or not https): \
+                     asking for an anonymous token (list its host in auth_hosts to send the credentials)"
+                );
+            }
         }
         let resp = req.send().await.map_err(|e| {
             count("transient");
@@ -784,14 +880,15 @@ mod tests {
         let f = dir.path().join("pw");
         std::fs::write(&f, "s3cret\n").unwrap();
         let v = validate(&format!(
-            "upstreams:\n- host: a.io\n  url: http://a.io\n  username: u\n  password_file: {}\n",
+            "upstreams:\n- host: a.io\n  url: https://a.io\n  username: u\n  password_file: {}\n",
             f.display()
         ))
         .unwrap();
         assert_eq!(v.upstreams[0].credentials.as_ref().unwrap().1.0, "s3cret");
-        let err =
-            validate("upstreams:\n- host: a.io\n  url: http://a.io\n  username: u\n  password_file: /nonexistent/pw\n")
-                .unwrap_err();
+        let err = validate(
+            "upstreams:\n- host: a.io\n  url: https://a.io\n  username: u\n  password_file: /nonexistent/pw\n",
+        )
+        .unwrap_err();
         assert!(err.contains("/nonexistent/pw"), "{err}");
     }
 
@@ -822,7 +919,7 @@ mod tests {
         let v = validate("upstreams:\n- host: a.io\n  url: http://127.0.0.1:1\ndefault_upstream: a.io\n").unwrap();
         let registry = Registry::new();
         let ups = Upstreams::new(&v, UpstreamMetrics::new(&registry).unwrap()).unwrap();
-        let up = ups.select(None).unwrap();
+        let up = ups.select(None, &RepoName::parse("x").unwrap()).unwrap();
         let url = reqwest::Url::parse("http://127.0.0.1:1/v2/x/blobs/y").unwrap();
         let class = |code: u16| match up.status_error(Kind::Blob, StatusCode::from_u16(code).unwrap(), &url) {
             UpstreamError::NotFound => "not_found",
@@ -848,12 +945,56 @@ mod tests {
         // Port 1 on loopback: nothing listens, the connection is refused at once.
         let v = validate("upstreams:\n- host: a.io\n  url: http://127.0.0.1:1\ndefault_upstream: a.io\n").unwrap();
         let ups = Upstreams::new(&v, UpstreamMetrics::new(&Registry::new()).unwrap()).unwrap();
-        let up = ups.select(None).unwrap();
+        let up = ups.select(None, &RepoName::parse("x").unwrap()).unwrap();
         let name = RepoName::parse("x").unwrap();
         let err = up.blob(&name, &Digest::of(b"x")).await.unwrap_err();
         assert!(err.is_transient(), "{err}");
         let err = up.manifest(&name, &Reference::Tag(Tag::parse("v1").unwrap())).await.unwrap_err();
         assert!(err.is_transient(), "{err}");
+    }
+
+    #[test]
+    fn docker_config_credentials_go_only_to_the_host_they_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("config.json");
+        std::fs::write(&f, r#"{"auths":{"ghcr.io":{"username":"u","password":"p"}}}"#).unwrap();
+        let v = validate(&format!(
+            "docker_config_file: {}\nupstreams:\n- host: ghcr.io\n  url: https://mirror.example\n\
+             - host: other\n  url: https://ghcr.io\n",
+            f.display()
+        ))
+        .unwrap();
+        assert!(v.upstreams[0].credentials.is_none(), "a mirror called ghcr.io does not get ghcr.io's password");
+        assert!(v.upstreams[1].credentials.is_some(), "the URL's host does");
+    }
+
+    #[test]
+    fn credentials_go_over_https_to_their_hosts_only() {
+        let err = validate("upstreams:\n- host: a.io\n  url: http://a.io\n  username: u\n  password: p\n").unwrap_err();
+        assert!(err.contains("plain_http_credentials"), "{err}");
+        let v = validate(
+            "upstreams:\n- host: a.io\n  url: https://a.io\n  username: u\n  password: p\n  auth_hosts: [Auth.A.io]\n\
+             - host: docker.io\n  url: https://registry-1.docker.io\n\
+             - host: lab\n  url: http://127.0.0.1:5000\n  username: u\n  password: p\n  plain_http_credentials: true\n",
+        )
+        .unwrap();
+        let url = |s: &str| reqwest::Url::parse(s).unwrap();
+        // (upstream, URL, credentials sent)
+        for (i, u, want) in [
+            (0, "https://a.io/v2/x", true),
+            (0, "https://auth.a.io/token", true),
+            (0, "http://auth.a.io/token", false),
+            (0, "https://evil.example/token", false),
+            (0, "https://a.io.evil.example/token", false),
+            (1, "https://auth.docker.io/token", true),
+            (1, "https://registry-1.docker.io/v2/", true),
+            (2, "http://127.0.0.1:5000/token", true),
+            (2, "http://127.0.0.2:5000/token", false),
+        ] {
+            assert_eq!(v.upstreams[i].may_send_credentials(&url(u)), want, "{i} {u}");
+        }
+        let err = validate("upstreams:\n- host: a.io\n  url: https://a.io\n  auth_hosts: ['https://x']\n").unwrap_err();
+        assert!(err.contains("auth_hosts"), "{err}");
     }
 
     #[tokio::test]
@@ -865,10 +1006,77 @@ mod tests {
         .unwrap();
         let ups = Upstreams::new(&v, UpstreamMetrics::new(&Registry::new()).unwrap()).unwrap();
         let host = |s: &str| RegistryHost::parse(s).unwrap();
-        let sel = |ns: Option<&str>| ups.select(ns.map(host).as_ref()).map(|u| u.host().to_string());
+        let x = RepoName::parse("x").unwrap();
+        let sel = |ns: Option<&str>| ups.select(ns.map(host).as_ref(), &x).map(|u| u.host().to_string());
         assert_eq!(sel(None).as_deref(), Some("docker.io"));
         assert_eq!(sel(Some("ghcr.io")).as_deref(), Some("ghcr.io"));
         assert_eq!(sel(Some("quay.io")), None, "an unconfigured host is not served by another");
+    }
+
+    /// A registry on 127.0.0.1 whose challenge names a token endpoint on 127.0.0.2: the
+    /// credentials go there only when `auth_hosts` lists it.
+    #[tokio::test]
+    async fn a_realm_on_another_host_gets_no_credentials_unless_listed() {
+        use std::sync::Mutex as StdMutex;
+        let seen: Arc<StdMutex<Vec<Option<String>>>> = Arc::default();
+        let s = seen.clone();
+        let token_listener = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+        let realm = format!("http://{}/token", token_listener.local_addr().unwrap());
+        let token = axum::Router::new().route(
+            "/token",
+            axum::routing::get(move |h: axum::http::HeaderMap| {
+                s.lock().unwrap().push(h.get("authorization").map(|v| v.to_str().unwrap().to_owned()));
+                async { axum::Json(serde_json::json!({"token": "t"})) }
+            }),
+        );
+        let challenge = format!("Bearer realm=\"{realm}\",service=\"reg\"");
+        let registry = axum::Router::new().fallback(move |h: axum::http::HeaderMap| {
+            let challenge = challenge.clone();
+            async move {
+                if h.get("authorization").is_some_and(|v| v.to_str().unwrap().starts_with("Bearer ")) {
+                    return (StatusCode::NOT_FOUND, [("www-authenticate", String::new())]).into_response();
+                }
+                (StatusCode::UNAUTHORIZED, [("www-authenticate", challenge)]).into_response()
+            }
+        });
+        let reg_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", reg_listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(token_listener, token).await });
+        tokio::spawn(async move { axum::serve(reg_listener, registry).await });
+        use axum::response::IntoResponse;
+
+        let name = RepoName::parse("team/app").unwrap();
+        let reference = Reference::Tag(Tag::parse("v1").unwrap());
+        for (extra, want) in [("", None), ("  auth_hosts: ['127.0.0.2']\n", Some("Basic dTpw"))] {
+            let v = validate(&format!(
+                "upstreams:\n- host: a.io\n  url: {url}\n  username: u\n  password: p\n  plain_http_credentials: true\n{extra}\
+                 default_upstream: a.io\n"
+            ))
+            .unwrap();
+            let ups = Upstreams::new(&v, UpstreamMetrics::new(&Registry::new()).unwrap()).unwrap();
+            let err = ups.select(None, &name).unwrap().manifest(&name, &reference).await.unwrap_err();
+            assert!(matches!(err, UpstreamError::NotFound), "{err}");
+            assert_eq!(seen.lock().unwrap().pop(), Some(want.map(str::to_owned)), "{extra}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_upstream_pulls_through_only_the_repositories_it_allows() {
+        let v = validate(
+            "upstreams:\n- host: corp.io\n  url: https://corp.io\n  repositories: ['public/*', 'tools/ci']\n\
+             default_upstream: corp.io\n",
+        )
+        .unwrap();
+        let ups = Upstreams::new(&v, UpstreamMetrics::new(&Registry::new()).unwrap()).unwrap();
+        let corp = RegistryHost::parse("corp.io").unwrap();
+        for (name, want) in [("public/app", true), ("tools/ci", true), ("private/secrets", false), ("tools/cid", false)]
+        {
+            let n = RepoName::parse(name).unwrap();
+            assert_eq!(ups.select(Some(&corp), &n).is_some(), want, "{name} by ns");
+            assert_eq!(ups.select(None, &n).is_some(), want, "{name} by default");
+        }
+        let err = validate("upstreams:\n- host: a.io\n  url: https://a.io\n  repositories: []\n").unwrap_err();
+        assert!(err.contains("repositories"), "{err}");
     }
 
     /// A server on loopback that answers every request with `head` and then `body`, the
@@ -933,7 +1141,7 @@ mod tests {
             body.len()
         );
         let ups = trickled(&trickle_server(head.clone(), head.len(), body, every).await);
-        let up = ups.select(None).unwrap();
+        let up = ups.select(None, &name).unwrap();
         let tag = Reference::Tag(Tag::parse("v1").unwrap());
         let err =
             tokio::time::timeout(wait, up.manifest(&name, &tag)).await.expect("the manifest read ends").unwrap_err();
@@ -941,7 +1149,7 @@ mod tests {
 
         let head = format!("HTTP/1.1 200 OK\r\nContent-Length: 10\r\nX-Pad: {}\r\n\r\n", "p".repeat(400));
         let ups = trickled(&trickle_server(head, 9, b"0123456789".to_vec(), every).await);
-        let up = ups.select(None).unwrap();
+        let up = ups.select(None, &name).unwrap();
         let err =
             tokio::time::timeout(wait, up.blob(&name, &Digest::of(b"x"))).await.expect("the blob request ends").err();
         let err = err.expect("no answer within request_timeout");

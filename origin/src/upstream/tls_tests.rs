@@ -109,7 +109,7 @@ async fn fetch(addr: std::net::SocketAddr, tls_yaml: &str) -> Result<Digest, Ups
     let cfg: PullThroughConfig = shoal_runtime::config::parse(&yaml).unwrap();
     let valid = cfg.validate().unwrap();
     let ups = Upstreams::new(&valid, UpstreamMetrics::new(&prometheus::Registry::new()).unwrap()).unwrap();
-    let up = ups.select(Some(&RegistryHost::parse("secure.test").unwrap())).unwrap();
+    let up = ups.select(Some(&RegistryHost::parse("secure.test").unwrap()), &RepoName::parse("x").unwrap()).unwrap();
     let name = RepoName::parse("team/app").unwrap();
     up.manifest(&name, &Reference::Digest(Digest::of(MANIFEST))).await.map(|m| m.digest)
 }

@@ -1,12 +1,13 @@
 //! HTTP over TLS: the listener every service's API is served on ([`HttpListener`], plain or
-//! TLS), and the client's identity on each request ([`ClientInfo`], [`ClientIdentity`]).
+//! TLS), and the client's identity on each request ([`ClientIdentity`]).
 //!
 //! Handshakes run in their own tasks (at most [`MAX_PENDING_HANDSHAKES`] at once, each within
 //! [`HANDSHAKE_TIMEOUT`]), so a client that connects and never says hello holds one slot for a
 //! while, never the accept loop.
 //!
-//! For authorization: [`serve`](crate::serve) makes every request carry
-//! `axum::extract::ConnectInfo<ClientInfo>`; a handler or a middleware reads the identity with
+//! For authorization: [`serve`](crate::serve) makes every request carry a
+//! [`Caller`](crate::Caller), the client's address and the identity its certificate proved at
+//! the handshake; a handler reads it with the `Caller` extractor, or the identity alone with
 //! the [`ClientIdentity`] extractor (never rejects: `None` on a plain listener, a client
 //! without a certificate, or a router run without `serve`), or [`client_identity`] on a
 //! request's extensions.
@@ -16,17 +17,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::connect_info::Connected;
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::FromRequestParts;
 use axum::http::Extensions;
 use axum::http::request::Parts;
-use axum::serve::{IncomingStream, Listener};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::server::TlsStream;
 use tokio_util::either::Either;
 
 use super::{ClientAuth, Identity, Link, Refusal, Side, Tls};
+use crate::http::Caller;
 
 /// Most TLS handshakes in progress on one listener. Hard-coded: a handshake is a few
 /// milliseconds of CPU, and a client that stalls one waits out [`HANDSHAKE_TIMEOUT`].
@@ -62,26 +62,33 @@ impl From<TlsListener> for HttpListener {
     }
 }
 
-impl Listener for HttpListener {
-    type Io = Either<TcpStream, TlsStream<TcpStream>>;
-    type Addr = SocketAddr;
+/// A connection of an [`HttpListener`]: plain TCP, or TLS over it.
+pub type HttpStream = Either<TcpStream, TlsStream<TcpStream>>;
 
-    async fn accept(&mut self) -> (Self::Io, SocketAddr) {
+impl HttpListener {
+    /// The next connection (handshaken on a TLS listener), its remote address, and the
+    /// identity its client's certificate proved (`None` on a plain listener or for a client
+    /// that presented none where that is allowed). An error is the plain listener's `accept`
+    /// failing (out of file descriptors and the like); a TLS listener handles those itself.
+    pub async fn accept(&mut self) -> std::io::Result<(HttpStream, SocketAddr, Option<Identity>)> {
         match self {
             HttpListener::Plain(l) => {
-                let (io, addr) = Listener::accept(l).await;
-                (Either::Left(io), addr)
+                let (io, addr) = l.accept().await?;
+                let _ = io.set_nodelay(true);
+                Ok((Either::Left(io), addr, None))
             }
             HttpListener::Tls(l) => {
                 let (io, addr) = l.accept().await;
-                (Either::Right(io), addr)
+                let _ = io.get_ref().0.set_nodelay(true);
+                let identity = io.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(Identity::of_cert);
+                Ok((Either::Right(io), addr, identity))
             }
         }
     }
 
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         match self {
-            HttpListener::Plain(l) => TcpListener::local_addr(l),
+            HttpListener::Plain(l) => l.local_addr(),
             HttpListener::Tls(l) => Ok(l.local),
         }
     }
@@ -154,30 +161,9 @@ impl TlsListener {
     }
 }
 
-/// Who is at the other end of a request's connection.
-#[derive(Clone, Debug)]
-pub struct ClientInfo {
-    pub addr: SocketAddr,
-    /// The identity of the client's certificate, checked at the handshake; `None` on a plain
-    /// listener or for a client that presented none where that is allowed.
-    pub identity: Option<Identity>,
-}
-
-impl Connected<IncomingStream<'_, HttpListener>> for ClientInfo {
-    fn connect_info(stream: IncomingStream<'_, HttpListener>) -> ClientInfo {
-        let identity = match stream.io() {
-            Either::Left(_) => None,
-            Either::Right(tls) => {
-                tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(Identity::of_cert)
-            }
-        };
-        ClientInfo { addr: *stream.remote_addr(), identity }
-    }
-}
-
 /// The identity a request's client proved with its certificate, if any.
 pub fn client_identity(extensions: &Extensions) -> Option<&Identity> {
-    extensions.get::<ConnectInfo<ClientInfo>>().and_then(|c| c.0.identity.as_ref())
+    extensions.get::<Caller>().and_then(|c| c.identity.as_ref())
 }
 
 /// Extractor of [`client_identity`]; never rejects.

@@ -41,7 +41,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use serde::{Deserialize, Serialize};
 
-pub use http::{ClientIdentity, ClientInfo, HttpListener, TlsListener, client_identity};
+pub use http::{ClientIdentity, HttpListener, HttpStream, TlsListener, client_identity};
 
 use crate::units::Duration;
 
@@ -184,7 +184,8 @@ impl Side {
 }
 
 /// What a certificate proves about the node holding it: its first URI SAN, else its first
-/// DNS SAN. Cheap to clone; compared as a string.
+/// DNS SAN. Cheap to clone; compared as a string. In a config (`auth.identities`) it is
+/// written as that string, and matches the certificates that name it.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Identity(Arc<str>);
 
@@ -196,8 +197,25 @@ impl Identity {
         Some(Identity(name.into()))
     }
 
+    /// The identity a certificate naming `name` proves (for a config's allow-list).
+    pub fn named(name: &str) -> Identity {
+        Identity(name.into())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl Serialize for Identity {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Identity {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Identity, D::Error> {
+        String::deserialize(d).map(|s| Identity(s.into()))
     }
 }
 
