@@ -1683,13 +1683,15 @@ mod tests {
         let off = 2 * u64::from(MIN_PIECE_LEN) + 9;
         f.write_all_at(&[bytes[usize::try_from(off).unwrap()] ^ 0xff], off).unwrap();
         report(2, 2).await;
+        // The removal and its count are two steps: wait for both.
+        let corrupt = || node.store.evictions().get(shoal_core::cache::Reason::Corrupt);
         tokio::time::timeout(WAIT, async {
-            while node.store.contains(&blob) {
+            while node.store.contains(&blob) || corrupt() == 0 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
         .await
-        .expect("the damaged blob is removed");
+        .expect("the damaged blob is removed and counted");
         assert!(node.blob(&blob).is_none());
         assert_eq!(node.store.evictions().get(shoal_core::cache::Reason::Corrupt), 1);
         assert!(!node.peers.is_shunned(&at(2)), "reporting is not misbehaving");
