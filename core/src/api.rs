@@ -32,6 +32,22 @@ pub struct AnnounceRequest {
     /// only when true, so every other announce is what trackers before it accept.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stopped: bool,
+    /// The node's topology zone, if configured: the tracker hands out peers of the same zone
+    /// first. Sent only when set, so announces without it are what older trackers accept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+}
+
+/// Longest zone name accepted: a Kubernetes label value's limit.
+pub const MAX_ZONE_LEN: usize = 63;
+
+/// Whether `zone` is a usable topology zone name: 1 to [`MAX_ZONE_LEN`] bytes of ASCII
+/// letters, digits, `-`, `_` and `.` (what a `topology.kubernetes.io/zone` label holds).
+/// Configs are validated with it, and the tracker refuses announces whose zone fails it.
+pub fn is_valid_zone(zone: &str) -> bool {
+    !zone.is_empty()
+        && zone.len() <= MAX_ZONE_LEN
+        && zone.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// One peer of a blob's swarm as the tracker hands it out.
@@ -43,6 +59,9 @@ pub struct PeerInfo {
     pub addr: SocketAddr,
     pub complete: bool,
     pub origin: bool,
+    /// The zone the peer announced, if any; sent only when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
 }
 
 /// The tracker's answer: some peers, and when to announce again.
@@ -74,6 +93,7 @@ mod tests {
             complete: true,
             origin: false,
             stopped,
+            zone: None,
         }
     }
 
@@ -92,5 +112,34 @@ mod tests {
         let stop = serde_json::to_string(&req(true)).unwrap();
         assert!(stop.contains(r#""stopped":true"#), "{stop}");
         assert_eq!(serde_json::from_str::<AnnounceRequest>(&stop).unwrap(), req(true));
+    }
+
+    #[test]
+    fn zone_names() {
+        for ok in ["a", "eu-west-1a", "zone_2.rack-7", &"z".repeat(MAX_ZONE_LEN)] {
+            assert!(is_valid_zone(ok), "{ok}");
+        }
+        for bad in ["", "a b", "a/b", "zone\n", "é", &"z".repeat(MAX_ZONE_LEN + 1)] {
+            assert!(!is_valid_zone(bad), "{bad:?}");
+        }
+    }
+
+    /// A zone is sent only when set, and messages without one (older nodes and trackers)
+    /// still parse, as `None`.
+    #[test]
+    fn zone_is_optional_on_the_wire() {
+        let plain = serde_json::to_value(req(false)).unwrap();
+        assert!(plain.get("zone").is_none(), "{plain}");
+        let zoned = AnnounceRequest { zone: Some("eu-west-1a".into()), ..req(false) };
+        let text = serde_json::to_string(&zoned).unwrap();
+        assert!(text.contains(r#""zone":"eu-west-1a""#), "{text}");
+        assert_eq!(serde_json::from_str::<AnnounceRequest>(&text).unwrap(), zoned);
+        let old_peer = r#"{"peer_id":null,"addr":"10.0.0.2:7701","complete":false,"origin":true}"#;
+        let peer: PeerInfo = serde_json::from_str(old_peer).unwrap();
+        assert_eq!(peer.zone, None);
+        assert_eq!(serde_json::to_string(&peer).unwrap(), old_peer);
+        let with = PeerInfo { zone: Some("b".into()), ..peer };
+        let text = serde_json::to_string(&with).unwrap();
+        assert_eq!(serde_json::from_str::<PeerInfo>(&text).unwrap(), with);
     }
 }

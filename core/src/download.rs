@@ -40,7 +40,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
 use std::time::Duration;
 
-use crate::picker::{Picker, PickerOptions};
+use crate::picker::{PeerKind, Picker, PickerOptions};
 
 /// How often the driver calls [`DownloadState::tick`].
 pub const TICK: Duration = Duration::from_millis(100);
@@ -239,10 +239,16 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> DownloadState<P> {
     /// `peer` opened the blob with its packed bitfield (again: the new bitfield replaces the
     /// old one). A peer the picker blacklisted is ignored.
     pub fn peer_joined(&mut self, peer: P, bits: &[u8], is_origin: bool, now: Duration) {
+        self.peer_joined_as(peer, bits, PeerKind::from_origin(is_origin), now);
+    }
+
+    /// [`DownloadState::peer_joined`] with the peer's [`PeerKind`] (its zone against ours):
+    /// a `Far` peer is only asked for pieces no `Near` peer can give (see `crate::picker`).
+    pub fn peer_joined_as(&mut self, peer: P, bits: &[u8], kind: PeerKind, now: Duration) {
         if self.over || self.picker.is_blacklisted(&peer) {
             return;
         }
-        self.picker.peer_joined(peer, bits, is_origin);
+        self.picker.peer_joined_as(peer, bits, kind);
         if self.joined.insert(peer) {
             self.peers.push(peer);
         }

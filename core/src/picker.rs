@@ -29,6 +29,12 @@
 //!   connected, not blacklisted, and without a don't-ask mark on that piece. Excluding
 //!   don't-ask marks is a choice: without it, a piece whose only peer holders rejected it
 //!   would be asked from nobody, and the download would stall although an origin has it.
+//! - **Zone preference.** A peer joins as a [`PeerKind`]: `Near` (same zone as us, or either
+//!   zone unknown), `Far` (another zone) or `Origin`. The origin rule is the last of a ladder:
+//!   a `Far` peer is only asked for pieces that no askable `Near` peer has, and an origin only
+//!   for pieces that no askable `Near` or `Far` peer has. So a piece crosses a zone boundary
+//!   only while nobody in our zone can give it. With every peer `Near` (no zones configured)
+//!   this is the origin preference alone.
 //! - **Don't ask.** After a peer rejected a piece or timed out on it, that peer is not asked
 //!   for it again until it announces it again (a `have`, or a fresh bitfield on re-join).
 //! - **Endgame.** When a request is in flight and no missing piece that a connected peer has
@@ -72,6 +78,35 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::wire::bit;
+
+/// How a peer ranks as a source of pieces (see the module docs' zone preference): a peer is
+/// only asked for pieces that no askable peer of a better kind has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PeerKind {
+    /// A peer in our zone, or one whose zone (or ours) is unknown.
+    Near,
+    /// A peer in another zone: its upload crosses a zone boundary.
+    Far,
+    /// An origin: a seed of last resort, whatever its zone.
+    Origin,
+}
+
+impl PeerKind {
+    /// `Origin` for an origin, else `Near`: the kind of every peer when zones are not set.
+    pub fn from_origin(is_origin: bool) -> PeerKind {
+        if is_origin { PeerKind::Origin } else { PeerKind::Near }
+    }
+
+    /// The kind of a non-origin peer in `theirs` for a node in `ours`: `Far` only when both
+    /// are known and differ.
+    pub fn of_zones(is_origin: bool, ours: Option<&str>, theirs: Option<&str>) -> PeerKind {
+        match (is_origin, ours, theirs) {
+            (true, _, _) => PeerKind::Origin,
+            (false, Some(a), Some(b)) if a != b => PeerKind::Far,
+            _ => PeerKind::Near,
+        }
+    }
+}
 
 /// Tunables of the picker.
 #[derive(Clone, Debug)]
@@ -144,6 +179,9 @@ pub struct Picker<P> {
     /// Per piece: connected, non-blacklisted, non-origin peers that have it and may be asked
     /// for it (no don't-ask mark). An origin is only asked for pieces where this is zero.
     askable_peers: Vec<u32>,
+    /// Per piece: the `Near` ones among `askable_peers`. A `Far` peer is only asked for
+    /// pieces where this is zero.
+    askable_near: Vec<u32>,
     /// Per piece: outstanding requests, i.e. the size of the piece's range in `inflight`.
     /// Zero for pieces we have.
     n_requests: Vec<u32>,
@@ -188,6 +226,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
             missing,
             avail: vec![0; n],
             askable_peers: vec![0; n],
+            askable_near: vec![0; n],
             n_requests: vec![0; n],
             n_requested: 0,
             n_free: 0,
@@ -203,6 +242,11 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
     /// flag replace the old ones and its don't-ask marks are cleared; its outstanding requests
     /// stay. A blacklisted peer is ignored.
     pub fn peer_joined(&mut self, peer: P, bits: &[u8], is_origin: bool) {
+        self.peer_joined_as(peer, bits, PeerKind::from_origin(is_origin));
+    }
+
+    /// [`Picker::peer_joined`] with the peer's [`PeerKind`]; a re-join may change it.
+    pub fn peer_joined_as(&mut self, peer: P, bits: &[u8], kind: PeerKind) {
         if self.blacklist.contains(&peer) {
             return;
         }
@@ -211,16 +255,16 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
                 self.forget_bits(&old);
                 old
             }
-            None => PeerState { is_origin: false, bits: Vec::new(), dont_ask: Vec::new(), outstanding: Vec::new() },
+            None => PeerState { kind, bits: Vec::new(), dont_ask: Vec::new(), outstanding: Vec::new() },
         };
-        state.is_origin = is_origin;
+        state.kind = kind;
         state.dont_ask.clear();
         state.bits.clear();
         state.bits.resize(self.have.len(), 0);
         let n = state.bits.len().min(bits.len());
         state.bits[..n].copy_from_slice(&bits[..n]);
         clear_tail(&mut state.bits, self.num_pieces);
-        for_each_set(&state.bits, |piece| self.add_avail(piece, !is_origin));
+        for_each_set(&state.bits, |piece| self.add_avail(piece, Some(kind)));
         self.peers.insert(peer, state);
     }
 
@@ -234,14 +278,14 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
         };
         let had = bit(&state.bits, piece);
         let was_askable = had && !bit(&state.dont_ask, piece);
-        let counts_as_peer = !state.is_origin;
+        let kind = state.kind;
         set_bit(&mut state.bits, piece, true);
         set_bit(&mut state.dont_ask, piece, false);
         if !had {
-            self.add_avail(piece, false);
+            self.add_avail(piece, None);
         }
-        if !was_askable && counts_as_peer {
-            self.askable_peers[piece as usize] += 1;
+        if !was_askable {
+            self.count_askable(piece, kind, true);
         }
     }
 
@@ -258,8 +302,11 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
         let Some(state) = self.peers.get(&peer) else {
             return Vec::new();
         };
-        let cap =
-            if state.is_origin { self.opts.max_outstanding_per_origin } else { self.opts.max_outstanding_per_peer };
+        let cap = if state.kind == PeerKind::Origin {
+            self.opts.max_outstanding_per_origin
+        } else {
+            self.opts.max_outstanding_per_peer
+        };
         let want = cap.saturating_sub(state.outstanding.len()).min(self.room());
         if want == 0 || self.missing == 0 {
             return Vec::new();
@@ -392,6 +439,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
         assert_eq!((self.avail.len(), self.askable_peers.len(), self.n_requests.len()), (n, n, n));
         let mut avail = vec![0u32; n];
         let mut askable = vec![0u32; n];
+        let mut near = vec![0u32; n];
         let mut requests = vec![0u32; n];
         for (peer, state) in &self.peers {
             assert!(!self.blacklist.contains(peer), "{peer:?} is connected and blacklisted");
@@ -401,8 +449,9 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
             for piece in 0..self.num_pieces {
                 if bit(&state.bits, piece) {
                     avail[piece as usize] += 1;
-                    if !state.is_origin && !bit(&state.dont_ask, piece) {
+                    if state.kind != PeerKind::Origin && !bit(&state.dont_ask, piece) {
                         askable[piece as usize] += 1;
+                        near[piece as usize] += u32::from(state.kind == PeerKind::Near);
                     }
                 }
             }
@@ -422,6 +471,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
         }
         assert_eq!(avail, self.avail, "availability");
         assert_eq!(askable, self.askable_peers, "askable peer availability");
+        assert_eq!(near, self.askable_near, "askable near peer availability");
         assert_eq!(requests, self.n_requests, "request counts");
         let (mut missing, mut requested, mut free) = (0, 0, 0);
         for piece in 0..self.num_pieces {
@@ -447,8 +497,9 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
 
 /// What the picker knows about one connected, non-blacklisted peer.
 struct PeerState {
-    /// Counted in `askable_peers` when false; selects the pipeline cap.
-    is_origin: bool,
+    /// Which of `askable_peers` and `askable_near` it counts in; an origin's selects the
+    /// pipeline cap.
+    kind: PeerKind,
     /// Its pieces, packed MSB-first, exactly as long as ours; trailing bits are zero.
     bits: Vec<u8>,
     /// Pieces not to ask it for (rejected or timed out), packed; empty until the first mark.
@@ -477,7 +528,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
                 mask &= !(0x80 >> j);
                 let piece = byte_idx * 8 + j;
                 let i = piece as usize;
-                if self.n_requests[i] != 0 || (state.is_origin && self.askable_peers[i] != 0) {
+                if self.n_requests[i] != 0 || shadowed(state.kind, &self.askable_near, &self.askable_peers, i) {
                     continue;
                 }
                 let stripe = (piece / self.stripe_len).saturating_sub(base);
@@ -515,7 +566,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
             if n >= max_requests
                 || !bit(&state.bits, piece)
                 || bit(&state.dont_ask, piece)
-                || (state.is_origin && self.askable_peers[i] != 0)
+                || shadowed(state.kind, &self.askable_near, &self.askable_peers, i)
                 || state.outstanding.contains(&piece)
             {
                 continue;
@@ -559,8 +610,9 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
         }
         let was_askable = bit(&state.bits, piece) && !bit(&state.dont_ask, piece);
         set_bit(&mut state.dont_ask, piece, true);
-        if was_askable && !state.is_origin {
-            self.askable_peers[piece as usize] -= 1;
+        let kind = state.kind;
+        if was_askable {
+            self.count_askable(piece, kind, false);
         }
     }
 
@@ -579,26 +631,45 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
     /// Uncounts the bitfield of a peer that was just taken out of `peers`.
     fn forget_bits(&mut self, state: &PeerState) {
         for_each_set(&state.bits, |piece| {
-            let askable = !state.is_origin && !bit(&state.dont_ask, piece);
+            let askable = (!bit(&state.dont_ask, piece)).then_some(state.kind);
             self.sub_avail(piece, askable);
         });
     }
 
-    fn add_avail(&mut self, piece: u32, askable: bool) {
+    /// One more holder of `piece`; `askable` is its kind unless it is marked don't-ask.
+    fn add_avail(&mut self, piece: u32, askable: Option<PeerKind>) {
         let i = piece as usize;
         self.avail[i] += 1;
-        self.askable_peers[i] += u32::from(askable);
+        if let Some(kind) = askable {
+            self.count_askable(piece, kind, true);
+        }
         if self.avail[i] == 1 && self.n_requests[i] == 0 && !self.have(piece) {
             self.n_free += 1;
         }
     }
 
-    fn sub_avail(&mut self, piece: u32, askable: bool) {
+    fn sub_avail(&mut self, piece: u32, askable: Option<PeerKind>) {
         let i = piece as usize;
         self.avail[i] -= 1;
-        self.askable_peers[i] -= u32::from(askable);
+        if let Some(kind) = askable {
+            self.count_askable(piece, kind, false);
+        }
         if self.avail[i] == 0 && self.n_requests[i] == 0 && !self.have(piece) {
             self.n_free -= 1;
+        }
+    }
+
+    /// Counts (`up`) or uncounts an askable holder of `piece` of `kind`.
+    fn count_askable(&mut self, piece: u32, kind: PeerKind, up: bool) {
+        let i = piece as usize;
+        let step = |n: &mut u32| if up { *n += 1 } else { *n -= 1 };
+        match kind {
+            PeerKind::Near => {
+                step(&mut self.askable_peers[i]);
+                step(&mut self.askable_near[i]);
+            }
+            PeerKind::Far => step(&mut self.askable_peers[i]),
+            PeerKind::Origin => {}
         }
     }
 
@@ -647,6 +718,16 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
         if self.avail[piece as usize] > 0 {
             self.n_free -= 1;
         }
+    }
+}
+
+/// Whether a peer of `kind` is not to be asked for piece `i` because an askable peer of a
+/// better kind has it (the zone preference and the origin preference).
+fn shadowed(kind: PeerKind, askable_near: &[u32], askable_peers: &[u32], i: usize) -> bool {
+    match kind {
+        PeerKind::Near => false,
+        PeerKind::Far => askable_near[i] != 0,
+        PeerKind::Origin => askable_peers[i] != 0,
     }
 }
 
@@ -719,7 +800,7 @@ mod tests {
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
-    use super::{Picker, PickerOptions, window_pieces};
+    use super::{PeerKind, Picker, PickerOptions, window_pieces};
     use crate::wire::pack_bits;
 
     const A: u8 = 1;
@@ -1005,6 +1086,70 @@ mod tests {
         }
     }
 
+    /// A `Far` peer is asked only for what no askable `Near` peer has; an origin only for what
+    /// neither has; `Near` peers are asked as if zones did not exist.
+    #[test]
+    fn zone_preference() {
+        use PeerKind::{Far, Near, Origin};
+        const F: u8 = 5;
+        // (peers as (id, pieces, kind), who is asked, expected pieces)
+        type ZPeer<'a> = (u8, &'a [u32], PeerKind);
+        let cases: &[(&[ZPeer<'_>], u8, &[u32])] = &[
+            // The far peer gets only what no near peer has.
+            (&[(A, &[0, 1, 2], Near), (F, ALL8, Far)], F, &[3, 4, 5, 6, 7]),
+            // The near peer gets everything it has, far holders or not.
+            (&[(F, ALL8, Far), (A, &[0, 1, 2], Near)], A, &[0, 1, 2]),
+            // The origin gets only what neither a near nor a far peer has.
+            (&[(A, &[0, 1], Near), (F, &[2, 3], Far), (O, ALL8, Origin)], O, &[4, 5, 6, 7]),
+            // Alone, a far peer is asked for everything it has.
+            (&[(F, &[1, 2], Far)], F, &[1, 2]),
+            // Another far peer does not shadow a far peer.
+            (&[(F, &[0, 1], Far), (C, &[0], Far)], F, &[0, 1]),
+        ];
+        for &(peers, who, expect) in cases {
+            let mut p = Picker::new(8, &[], opts(8));
+            for &(id, pieces, kind) in peers {
+                p.peer_joined_as(id, &bits(8, pieces), kind);
+            }
+            p.check_invariants();
+            check(&mut p, who, expect);
+        }
+        // A near holder that rejected a piece, or left, no longer shadows it.
+        let mut p = Picker::new(4, &[], opts(4));
+        p.peer_joined_as(A, &bits(4, &[0, 1]), Near);
+        p.peer_joined_as(F, &bits(4, &[0, 1, 2, 3]), Far);
+        check(&mut p, F, &[2, 3]);
+        check(&mut p, A, &[0, 1]);
+        p.request_rejected(A, 0);
+        check(&mut p, F, &[0]);
+        p.peer_left(A);
+        check(&mut p, F, &[1]);
+        // A near peer's `have` shadows the piece again for the far one.
+        p.piece_verified(F, 0);
+        p.request_deferred(F, 1);
+        p.peer_joined_as(B, &bits(4, &[]), Near);
+        p.peer_have(B, 1);
+        check(&mut p, F, &[]);
+        check(&mut p, B, &[1]);
+    }
+
+    #[test]
+    fn peer_kind_of_zones() {
+        use PeerKind::{Far, Near, Origin};
+        let cases = [
+            (false, None, None, Near),
+            (false, Some("a"), None, Near),
+            (false, None, Some("a"), Near),
+            (false, Some("a"), Some("a"), Near),
+            (false, Some("a"), Some("b"), Far),
+            (true, Some("a"), Some("b"), Origin),
+            (true, None, None, Origin),
+        ];
+        for (origin, ours, theirs, kind) in cases {
+            assert_eq!(PeerKind::of_zones(origin, ours, theirs), kind, "{origin} {ours:?} {theirs:?}");
+        }
+    }
+
     #[test]
     fn origin_takes_over_what_peers_cannot_give() {
         let mut p = setup(4, &[(O, &[0, 1, 2, 3], true), (A, &[0, 1], false), (B, &[2], false)], opts(4));
@@ -1236,7 +1381,7 @@ mod tests {
 
     #[derive(Clone, Debug)]
     enum Event {
-        Join(u8, Vec<u8>, bool),
+        Join(u8, Vec<u8>, u8),
         Have(u8, u32),
         Left(u8),
         Next(u8),
@@ -1251,7 +1396,7 @@ mod tests {
         let peer = || 0u8..5;
         let piece = || prop_oneof![8 => 0u32..20, 1 => Just(u32::MAX), 1 => any::<u32>()];
         prop_oneof![
-            1 => (peer(), vec(any::<u8>(), 0..5), any::<bool>()).prop_map(|(q, b, o)| Event::Join(q, b, o)),
+            1 => (peer(), vec(any::<u8>(), 0..5), 0u8..3).prop_map(|(q, b, k)| Event::Join(q, b, k)),
             1 => (peer(), piece()).prop_map(|(q, i)| Event::Have(q, i)),
             1 => peer().prop_map(Event::Left),
             4 => peer().prop_map(Event::Next),
@@ -1279,7 +1424,10 @@ mod tests {
             p.check_invariants();
             for e in events {
                 match e {
-                    Event::Join(q, b, o) => p.peer_joined(q, &b, o),
+                    Event::Join(q, b, k) => {
+                        let kind = [PeerKind::Near, PeerKind::Far, PeerKind::Origin][usize::from(k)];
+                        p.peer_joined_as(q, &b, kind);
+                    }
                     Event::Have(q, i) => p.peer_have(q, i),
                     Event::Left(q) => p.peer_left(q),
                     Event::Next(q) => {

@@ -148,6 +148,15 @@ async fn announce(
             return Err(e);
         }
     };
+    if let Some(zone) = req.zone.as_deref().filter(|z| !shoal_core::api::is_valid_zone(z)) {
+        state.metrics.announce(BAD_REQUEST);
+        return Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "BAD_REQUEST",
+            message: format!("invalid zone {zone:?}: 1 to 63 letters, digits, '-', '_' or '.'"),
+            retry_after: None,
+        });
+    }
     if !trusted && req.addr.ip().to_canonical() != caller.ip() {
         state.metrics.announce(DENIED);
         tracing::debug!(caller = %caller.addr, addr = %req.addr, "announce for another address refused");

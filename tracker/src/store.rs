@@ -16,11 +16,15 @@
 //! host's entries per blob are bounded (below). Then the answer is composed by `shoal_core::handout::compose`,
 //! which the simulator calls too, in this order:
 //!
-//! 1. Complete peers (seeders) of `B`, in random order.
-//! 2. Then incomplete peers of `B`, in random order.
-//! 3. Steps 1 and 2 hold at most `max_peers` entries together. Seeders fill it first.
-//!    The asker (same peer id or same address) and expired entries are never listed.
-//! 4. Then the ring owners of `B` (the configured origins) that are not already listed,
+//! 1. Complete peers (seeders) of `B` in the asker's zone, in random order.
+//! 2. Then incomplete peers of `B` in the asker's zone, in random order.
+//! 3. Then peers of other zones, seeders first: `max(2, max_peers / 8)` of them when there
+//!    are that many, more only when too few peers of the asker's zone fill the list.
+//! 4. Steps 1 to 3 hold at most `max_peers` entries together. Same-zone seeders fill it
+//!    first. The asker (same peer id or same address) and expired entries are never listed.
+//!    A peer or an asker without a zone counts as in every zone, so without zones steps 1
+//!    and 2 are all the blob's seeders and leechers and step 3 never applies.
+//! 5. Then the ring owners of `B` (the configured origins) that are not already listed,
 //!    matched by peer address, best owner first. These are added even when the list
 //!    already has `max_peers` entries, so every node can always reach a seed of last resort.
 //!    An owner that has announced `B` is listed with what it announced. One that has not
@@ -168,11 +172,13 @@ struct Swarm {
 }
 
 /// What the tracker remembers of one peer in one swarm.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Entry {
     addr: SocketAddr,
     complete: bool,
     origin: bool,
+    /// The zone it announced; shared, since a node announces the same zone for every blob.
+    zone: Option<Arc<str>>,
     /// The time of its last announce. Expired when `now - last_seen > peer_ttl`.
     last_seen: Instant,
 }
@@ -217,8 +223,11 @@ impl PeerStore {
             gone: Vec::new(),
             ttl: self.opts.peer_ttl,
             now,
+            zone: req.zone.as_deref(),
             seeders: Reservoir::new(self.opts.max_peers),
             leechers: Reservoir::new(self.opts.max_peers),
+            far_seeders: Reservoir::new(self.opts.max_peers),
+            far_leechers: Reservoir::new(self.opts.max_peers),
             owners: owners.iter().map(|a| (*a, None)).collect(),
             removed: 0,
             purged: 0,
@@ -257,16 +266,21 @@ impl PeerStore {
             self.remove_if_empty(&req.blob);
         }
 
-        let owners = pass
-            .owners
-            .into_iter()
-            .map(|(addr, known)| known.unwrap_or(PeerInfo { peer_id: None, addr, complete: false, origin: true }));
+        let owners = pass.owners.into_iter().map(|(addr, known)| {
+            known.unwrap_or(PeerInfo { peer_id: None, addr, complete: false, origin: true, zone: None })
+        });
+        let mut seeders = pass.seeders.items;
+        seeders.append(&mut pass.far_seeders.items);
+        let mut leechers = pass.leechers.items;
+        leechers.append(&mut pass.far_leechers.items);
+        let zone = req.zone.as_deref();
         let peers = handout::compose(
-            pass.seeders.items,
-            pass.leechers.items,
+            seeders,
+            leechers,
             self.opts.max_peers,
             owners,
             |a, b| a.addr == b.addr,
+            |p| handout::same_zone(zone, p.zone.as_deref()),
             rng,
         );
         Handout { peers, recorded, purged: pass.purged }
@@ -355,7 +369,8 @@ impl PeerStore {
     /// counted the other entries at the asker's IP address (`same_host`).
     fn upsert(&self, swarm: &mut Swarm, req: &AnnounceRequest, now: Instant, same_host: usize) -> Recorded {
         let origin = req.origin && self.is_origin_addr(&req.addr);
-        let entry = Entry { addr: req.addr, complete: req.complete, origin, last_seen: now };
+        let zone = req.zone.as_deref().map(Arc::from);
+        let entry = Entry { addr: req.addr, complete: req.complete, origin, zone, last_seen: now };
         let host = req.addr.ip().to_canonical();
         if let Some(old) = swarm.peers.get_mut(&req.peer_id) {
             let old_host = old.addr.ip().to_canonical();
@@ -411,12 +426,20 @@ impl Entry {
     }
 
     fn info(&self, peer_id: PeerId) -> PeerInfo {
-        PeerInfo { peer_id: Some(peer_id), addr: self.addr, complete: self.complete, origin: self.origin }
+        PeerInfo {
+            peer_id: Some(peer_id),
+            addr: self.addr,
+            complete: self.complete,
+            origin: self.origin,
+            zone: self.zone.as_deref().map(str::to_owned),
+        }
     }
 }
 
-/// One pass over a swarm during an announce. It purges, deduplicates and samples at once.
-struct Pass {
+/// One pass over a swarm during an announce. It purges, deduplicates and samples at once,
+/// the peers of the asker's zone apart from the others, so a zone's own peers can fill the
+/// handout however few of the blob's peers they are.
+struct Pass<'a> {
     asker: PeerId,
     asker_addr: SocketAddr,
     /// The asker's IP address, and how many other live entries the blob has at it.
@@ -426,8 +449,14 @@ struct Pass {
     gone: Vec<IpAddr>,
     ttl: std::time::Duration,
     now: Instant,
+    /// The asker's zone.
+    zone: Option<&'a str>,
+    /// Near peers (the asker's zone, or no zone on either side).
     seeders: Reservoir,
     leechers: Reservoir,
+    /// Peers of other zones.
+    far_seeders: Reservoir,
+    far_leechers: Reservoir,
     /// Ring owners of the blob by address, with what they announced if they did.
     owners: Vec<(SocketAddr, Option<PeerInfo>)>,
     /// Entries removed, for the peer count.
@@ -436,7 +465,7 @@ struct Pass {
     purged: usize,
 }
 
-impl Pass {
+impl Pass<'_> {
     fn visit<R: Rng + ?Sized>(&mut self, swarm: &mut Swarm, rng: &mut R) {
         swarm.peers.retain(|id, e| {
             if e.expired(self.now, self.ttl) {
@@ -461,10 +490,12 @@ impl Pass {
             if let Some((_, known)) = self.owners.iter_mut().find(|(a, _)| *a == e.addr) {
                 *known = Some(info.clone());
             }
-            if e.complete {
-                self.seeders.offer(info, rng)
-            } else {
-                self.leechers.offer(info, rng)
+            let near = handout::same_zone(self.zone, e.zone.as_deref());
+            match (e.complete, near) {
+                (true, true) => self.seeders.offer(info, rng),
+                (false, true) => self.leechers.offer(info, rng),
+                (true, false) => self.far_seeders.offer(info, rng),
+                (false, false) => self.far_leechers.offer(info, rng),
             }
             true
         });
@@ -527,7 +558,15 @@ mod tests {
     }
 
     fn req(n: u8, complete: bool) -> AnnounceRequest {
-        AnnounceRequest { blob: blob(), peer_id: id(n), addr: addr(n), complete, origin: false, stopped: false }
+        AnnounceRequest {
+            blob: blob(),
+            peer_id: id(n),
+            addr: addr(n),
+            complete,
+            origin: false,
+            stopped: false,
+            zone: None,
+        }
     }
 
     fn ids(h: &Handout) -> Vec<Option<PeerId>> {
@@ -745,7 +784,9 @@ mod tests {
                 let addr = SocketAddr::from((std::net::Ipv4Addr::from(0x0a00_0000 + n), 7603));
                 let mut pid = [0u8; 16];
                 pid[..4].copy_from_slice(&n.to_le_bytes());
-                swarm.peers.insert(PeerId(pid), Entry { addr, complete: true, origin: false, last_seen: t });
+                swarm
+                    .peers
+                    .insert(PeerId(pid), Entry { addr, complete: true, origin: false, zone: None, last_seen: t });
             }
         }
         s.n_blobs.store(1, Ordering::Relaxed);
@@ -919,7 +960,10 @@ mod tests {
             let h = s.announce_with_rng(&req(100, false), t, &mut rng);
             assert_eq!(h.peers.len(), 2, "{h:?}");
             assert!(h.peers[0].complete);
-            assert_eq!(h.peers[1], PeerInfo { peer_id: Some(id(50)), addr: owner, complete: false, origin: true });
+            assert_eq!(
+                h.peers[1],
+                PeerInfo { peer_id: Some(id(50)), addr: owner, complete: false, origin: true, zone: None }
+            );
         }
     }
 
@@ -931,5 +975,35 @@ mod tests {
             s.announce(&AnnounceRequest { peer_id: id(50), addr: me, origin: true, ..req(0, true) }, Instant::now());
         assert_eq!(h.peers.len(), 2);
         assert!(h.peers.iter().all(|p| p.addr != me && p.origin));
+    }
+
+    /// An asker with a zone gets its zone's peers first and `max(2, max_peers / 8)` of the
+    /// others, each with the zone it announced; an asker without one gets everybody alike.
+    #[test]
+    fn zoned_askers_get_their_zone_first() {
+        let s = store(16);
+        let t = Instant::now();
+        let zone = |n: u8| if n % 3 == 0 { "a" } else { "b" };
+        for n in 1..=60 {
+            s.announce(&AnnounceRequest { zone: Some(zone(n).into()), ..req(n, n % 2 == 0) }, t);
+        }
+        let asker = AnnounceRequest { zone: Some("a".into()), ..req(200, false) };
+        for _ in 0..20 {
+            let h = s.announce(&asker, t);
+            assert_eq!(h.peers.len(), 16);
+            let zones: Vec<&str> = h.peers.iter().map(|p| p.zone.as_deref().unwrap()).collect();
+            // 20 peers are in zone a: 14 of them, then 2 of zone b.
+            assert_eq!(zones.iter().filter(|z| **z == "a").count(), 14, "{zones:?}");
+            assert!(zones[..14].iter().all(|z| *z == "a") && zones[14..].iter().all(|z| *z == "b"), "{zones:?}");
+            for p in &h.peers {
+                let n = p.addr.ip().to_string().rsplit('.').next().unwrap().parse::<u8>().unwrap();
+                assert_eq!(p.zone.as_deref(), Some(zone(n)));
+            }
+        }
+        // No zone: the plain policy over every peer.
+        let plain = s.announce(&req(201, false), t);
+        assert_eq!(plain.peers.len(), 16);
+        let in_a = plain.peers.iter().filter(|p| p.zone.as_deref() == Some("a")).count();
+        assert!(in_a < 16, "{in_a}");
     }
 }

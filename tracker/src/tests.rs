@@ -40,6 +40,7 @@ fn announce_req(n: u8, addr: &str, complete: bool) -> AnnounceRequest {
         complete,
         origin: false,
         stopped: false,
+        zone: None,
     }
 }
 
@@ -77,13 +78,18 @@ async fn three_peers_get_each_other_seeders_first_then_the_origin() {
 
     let first = announce(&http, &t, &a).await;
     assert_eq!(first.interval_ms, 2000);
-    let origin_only = PeerInfo { peer_id: None, addr: owner, complete: false, origin: true };
+    let origin_only = PeerInfo { peer_id: None, addr: owner, complete: false, origin: true, zone: None };
     assert_eq!(first.peers, vec![origin_only.clone()]);
 
     announce(&http, &t, &b).await;
     let got = announce(&http, &t, &c).await;
-    let peer =
-        |r: &AnnounceRequest| PeerInfo { peer_id: Some(r.peer_id), addr: r.addr, complete: r.complete, origin: false };
+    let peer = |r: &AnnounceRequest| PeerInfo {
+        peer_id: Some(r.peer_id),
+        addr: r.addr,
+        complete: r.complete,
+        origin: false,
+        zone: None,
+    };
     assert_eq!(got.peers, vec![peer(&b), peer(&a), origin_only.clone()]);
 
     // A re-announce never lists the asker itself.
@@ -255,7 +261,8 @@ async fn a_stopped_announce_is_accepted_from_the_announcing_node_only() {
     let answer: AnnounceResponse = serde_json::from_str(&post(&t, &other, None).await.2).unwrap();
     assert_eq!(answer.peers.iter().map(|p| p.peer_id).collect::<Vec<_>>(), vec![Some(own.peer_id)]);
     // Someone else's stop for the node (another address) is refused and changes nothing.
-    let forged = AnnounceRequest { stopped: true, complete: false, addr: "127.0.0.9:7603".parse().unwrap(), ..own };
+    let forged =
+        AnnounceRequest { stopped: true, complete: false, addr: "127.0.0.9:7603".parse().unwrap(), ..own.clone() };
     let (status, _, body) = post(&t, &forged, None).await;
     assert_eq!(status, 403, "{body}");
     let answer: AnnounceResponse = serde_json::from_str(&post(&t, &other, None).await.2).unwrap();

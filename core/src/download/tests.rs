@@ -331,6 +331,24 @@ fn reply() -> impl Strategy<Value = Reply> {
     ]
 }
 
+/// A peer of another zone is asked only for what no peer of ours has; when our peer leaves,
+/// its pieces go to the far one.
+#[test]
+fn a_far_peer_is_asked_only_for_what_near_peers_lack() {
+    let mut s = DownloadState::<u32>::new(8, &[], opts(8, usize::MAX));
+    s.peer_joined_as(1, &only(8, &[0, 1, 2, 3, 4]), PeerKind::Near, Duration::ZERO);
+    s.peer_joined_as(2, &all(8), PeerKind::Far, MS);
+    let mut asked = requests(&drain(&mut s));
+    asked.sort_unstable();
+    assert_eq!(asked, vec![(1, 0), (1, 1), (1, 2), (1, 3), (1, 4), (2, 5), (2, 6), (2, 7)]);
+    check(&s, &[1, 2]);
+    s.peer_left(1, 2 * MS);
+    let mut asked = requests(&drain(&mut s));
+    asked.sort_unstable();
+    assert_eq!(asked, vec![(2, 0), (2, 1), (2, 2), (2, 3), (2, 4)]);
+    check(&s, &[2]);
+}
+
 proptest! {
     /// Whatever the peers answer, the state and its picker agree on what is in flight, no
     /// action follows the commit, and a download with an honest seed among its peers ends
@@ -367,9 +385,14 @@ fn run_case(num_pieces: u32, total: usize, replies: &[(Reply, usize)]) -> Result
         Ok(())
     };
     for (k, &p) in (0u32..).zip(peers.iter()) {
-        // Peer 3 has the first half only; 9 is an origin.
+        // Peer 3 has the first half only; 2 is in another zone; 9 is an origin.
         let bits = if p == 3 { pack_bits(num_pieces, |i| i < num_pieces / 2) } else { all(num_pieces) };
-        s.peer_joined(p, &bits, p == 9, now + k * MS);
+        let kind = match p {
+            9 => PeerKind::Origin,
+            2 => PeerKind::Far,
+            _ => PeerKind::Near,
+        };
+        s.peer_joined_as(p, &bits, kind, now + k * MS);
         take(&mut s, &mut inflight, &mut committed)?;
     }
     for &(r, pick) in replies {
