@@ -27,6 +27,13 @@ pub struct SwarmConfig {
     pub tracker_token_file: Option<PathBuf>,
     /// Peer address announced to the tracker. Default: the peer listener's local address.
     pub advertise_addr: Option<SocketAddr>,
+    /// This node's topology zone (a cloud zone, a rack): 1 to 63 letters, digits, `-`, `_`
+    /// or `.`. Announced to the tracker, which hands out peers of the same zone first; a
+    /// download then asks peers of other zones only for pieces no peer of its zone has, so
+    /// a blob crosses a zone boundary about once per zone rather than once per host. The
+    /// chart fills it from the node's `topology.kubernetes.io/zone` label. Default none
+    /// (every peer counts as near).
+    pub zone: Option<String>,
     /// The networks (CIDRs) this node dials peers in. An address outside them, from a
     /// tracker's answer or anywhere else, is never dialed, so a poisoned answer cannot turn
     /// the fleet against another host. Default: loopback, the private ranges, shared address
@@ -121,6 +128,7 @@ impl Default for SwarmConfig {
             trackers: Vec::new(),
             tracker_token_file: None,
             advertise_addr: None,
+            zone: None,
             peer_networks: Networks::private(),
             peer_request_rate: 1000,
             egress_rate: None,
@@ -195,6 +203,9 @@ impl SwarmConfig {
         }
         if self.peer_request_rate == 0 {
             return Err("swarm.peer_request_rate must be at least 1".into());
+        }
+        if let Some(zone) = self.zone.as_deref().filter(|z| !shoal_core::api::is_valid_zone(z)) {
+            return Err(format!("swarm.zone {zone:?} must be 1 to 63 letters, digits, '-', '_' or '.'"));
         }
         if let Some(f) = &self.tracker_token_file {
             shoal_runtime::auth::TokenSource::load(f).map_err(|e| format!("swarm.tracker_token_file {e}"))?;
@@ -341,6 +352,9 @@ mod tests {
             ("swarm.trackers", SwarmConfig { trackers: vec!["tracker:7600".into()], ..SwarmConfig::default() }),
             ("swarm.peer_networks", SwarmConfig { peer_networks: Networks::default(), ..SwarmConfig::default() }),
             ("swarm.peer_request_rate", SwarmConfig { peer_request_rate: 0, ..SwarmConfig::default() }),
+            ("swarm.zone", SwarmConfig { zone: Some(String::new()), ..SwarmConfig::default() }),
+            ("swarm.zone", SwarmConfig { zone: Some("eu west".into()), ..SwarmConfig::default() }),
+            ("swarm.zone", SwarmConfig { zone: Some("z".repeat(64)), ..SwarmConfig::default() }),
             (
                 "swarm.tracker_token_file /nonexistent/token",
                 SwarmConfig { tracker_token_file: Some("/nonexistent/token".into()), ..SwarmConfig::default() },
@@ -371,5 +385,7 @@ mod tests {
         }
         let exact = SwarmConfig { upload_memory: ByteSize(4 << 20), ..SwarmConfig::default() };
         assert_eq!(exact.validate(), Ok(()));
+        let zoned = SwarmConfig { zone: Some("europe-west4-a".into()), ..SwarmConfig::default() };
+        assert_eq!(zoned.validate(), Ok(()));
     }
 }

@@ -211,9 +211,9 @@ impl Actor {
                 if self.node.peers.is_shunned(&conn.remote) {
                     return;
                 }
-                let is_origin = conn.is_origin;
+                let kind = self.node.zones.kind(&peer, conn.is_origin);
                 self.conns.insert(peer, conn);
-                self.state.peer_joined(peer, &bits, is_origin, now);
+                self.state.peer_joined_as(peer, &bits, kind, now);
             }
             Event::Have { peer, piece } => self.state.peer_have(peer, piece, now),
             Event::PieceOk { peer, piece, len, from_origin } => {
@@ -223,6 +223,9 @@ impl Actor {
                 let metrics = &self.node.metrics;
                 metrics.pieces_verified.inc();
                 metrics.bytes_in.with_label_values(&[if from_origin { "origin" } else { "peer" }]).inc_by(len);
+                if self.node.zones.is_far(&peer) {
+                    metrics.cross_zone_bytes.inc_by(len);
+                }
                 let counter = if from_origin { &self.entry.from_origin } else { &self.entry.from_peers };
                 counter.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
             }
@@ -305,6 +308,7 @@ async fn announce_and_connect(node: &Arc<Node>, entry: &Arc<BlobEntry>) -> Durat
         complete: false,
         origin: node.is_origin,
         stopped: false,
+        zone: node.cfg.zone.clone(),
     };
     // The owners are dialed whatever the tracker says (it hands them out too), so a tracker
     // that is down or slow holds nothing up. Like every dial, only inside `peer_networks`.
@@ -331,6 +335,11 @@ async fn announce_and_connect(node: &Arc<Node>, entry: &Arc<BlobEntry>) -> Durat
     for p in resp.peers.iter().filter(|p| p.origin) {
         node.peers.note_origin(p.addr);
     }
+    for p in &resp.peers {
+        if let Some(id) = p.peer_id {
+            node.zones.note(id, p.zone.as_deref());
+        }
+    }
     let open = entry.shared.lock().peers.len();
     let handout = peers_to_dial(
         resp.peers.into_iter().filter(|p| !owners.iter().any(|o| o.addr == p.addr)),
@@ -345,7 +354,7 @@ async fn announce_and_connect(node: &Arc<Node>, entry: &Arc<BlobEntry>) -> Durat
 
 /// A ring owner as a tracker would hand it out.
 fn owner(o: &shoal_core::ring::OriginNode) -> PeerInfo {
-    PeerInfo { peer_id: None, addr: o.peer, complete: true, origin: true }
+    PeerInfo { peer_id: None, addr: o.peer, complete: true, origin: true, zone: None }
 }
 
 /// Dials `peers` (each once at a time, see `Peers::connect`) and opens the blob on each.
@@ -395,6 +404,7 @@ pub(crate) async fn announce_once(node: &Arc<Node>, blob: Digest, complete: bool
         complete,
         origin: node.is_origin,
         stopped: false,
+        zone: node.cfg.zone.clone(),
     };
     if let Err(e) = node.tracker.announce(&req).await {
         tracing::warn!(%blob, "announce failed: {e:#}");
@@ -414,6 +424,7 @@ pub(crate) async fn announce_stopped(node: &Arc<Node>, blob: Digest) {
         complete: false,
         origin: node.is_origin,
         stopped: true,
+        zone: node.cfg.zone.clone(),
     };
     if let Err(e) = node.tracker.announce(&req).await {
         tracing::debug!(%blob, "stopped announce failed: {e:#}");

@@ -8,6 +8,8 @@
 //!   timeouts, announces to the tracker and dials peers, and commits the blob when done.
 //! - `peers`: the connection table (connections, dials, origin addresses, the blacklist),
 //!   the one owner of who is connected.
+//! - `zones`: this node's zone and its peers', learned from handouts: how each peer ranks
+//!   as a source (near, far, origin) and which bytes crossed a zone boundary.
 //! - [`store`]: pieces on disk; [`limiter`]: token buckets; [`announce`]: the tracker client;
 //!   [`blocking`]: the bounded pool for disk I/O and hashing.
 //!
@@ -35,6 +37,7 @@ mod node;
 mod peers;
 pub mod store;
 pub mod store_metrics;
+mod zones;
 
 pub use config::{PinConfig, StoreConfig, SwarmConfig};
 pub use error::SwarmError;

@@ -9,6 +9,9 @@ pub struct SwarmMetrics {
     pub bytes_in: IntCounterVec,
     /// Piece bytes sent.
     pub bytes_out: IntCounter,
+    /// Piece bytes received (and verified) from a peer whose zone differs from ours: the
+    /// traffic clouds bill for. Zero on a node without a zone.
+    pub cross_zone_bytes: IntCounter,
     pub pieces_verified: IntCounter,
     /// Pieces that failed their hash: each one blacklists its sender.
     pub pieces_corrupt: IntCounter,
@@ -44,6 +47,10 @@ impl SwarmMetrics {
                 &["source"],
             )?,
             bytes_out: IntCounter::new("shoal_swarm_piece_bytes_sent_total", "Piece bytes uploaded to peers")?,
+            cross_zone_bytes: IntCounter::new(
+                "shoal_swarm_cross_zone_bytes_total",
+                "Piece bytes received from peers (origins included) in another zone than this node's",
+            )?,
             pieces_verified: IntCounter::new(
                 "shoal_swarm_pieces_verified_total",
                 "Pieces received that passed their hash",
@@ -103,6 +110,7 @@ impl SwarmMetrics {
         };
         registry.register(Box::new(m.bytes_in.clone()))?;
         registry.register(Box::new(m.bytes_out.clone()))?;
+        registry.register(Box::new(m.cross_zone_bytes.clone()))?;
         registry.register(Box::new(m.pieces_verified.clone()))?;
         registry.register(Box::new(m.pieces_corrupt.clone()))?;
         registry.register(Box::new(m.requests_timed_out.clone()))?;

@@ -34,6 +34,7 @@ use crate::limiter::Limiter;
 use crate::metrics::SwarmMetrics;
 use crate::peers::{Limits, Peers};
 use crate::store::{BlobFile, PartialBlob, Store};
+use crate::zones::Zones;
 use crate::{gc, index};
 
 /// What a node is in the swarm.
@@ -164,6 +165,8 @@ pub(crate) struct Node {
     pub tracker: TrackerClient,
     /// Connections, dials, origin addresses and the blacklist.
     pub peers: Peers,
+    /// Our zone and the zones handouts gave for our peers.
+    pub zones: Zones,
     /// Blobs downloading or seeding. Inserted and removed only here (`start_download`,
     /// `register_complete`); connections and actors look entries up with [`Node::blob`].
     blobs: DashMap<Digest, Arc<BlobEntry>>,
@@ -242,6 +245,7 @@ impl Node {
             Some(t) => PeerId::bound(t.identity().as_str()),
             None => PeerId::random(),
         };
+        let zones = Zones::new(cfg.zone.as_deref());
         let ring_origins: HashSet<SocketAddr> = ring.iter().flat_map(|r| r.nodes().iter().map(|o| o.peer)).collect();
         // An origin dials nobody: every slot may be inbound.
         let dial_reserve = if is_origin { 0 } else { cfg.max_connections / 4 };
@@ -259,6 +263,7 @@ impl Node {
             egress: Limiter::new(cfg.egress_rate.map(|b| b.0)),
             ingress: Limiter::new(cfg.ingress_rate.map(|b| b.0)),
             peers: Peers::new(peer_id, advertise, limits, ring_origins),
+            zones,
             blobs: DashMap::new(),
             starting: DashMap::new(),
             downloads: Arc::new(Semaphore::new(cfg.max_downloads)),

@@ -85,7 +85,7 @@ async fn with_every_tracker_down_owners_outside_the_peer_networks_are_not_dialed
 async fn a_poisoned_handout_outside_the_peer_networks_is_never_dialed() {
     let outside = TcpListener::bind("127.0.0.2:0").await.unwrap();
     let inside = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let peer = |addr, origin| PeerInfo { peer_id: Some(PeerId([7; 16])), addr, complete: true, origin };
+    let peer = |addr, origin| PeerInfo { peer_id: Some(PeerId([7; 16])), addr, complete: true, origin, zone: None };
     let answer = AnnounceResponse {
         peers: vec![peer(outside.local_addr().unwrap(), true), peer(inside.local_addr().unwrap(), false)],
         interval_ms: 100,
