@@ -22,7 +22,7 @@
 #   `--check-config`; the runtime's init container (containerd's hosts.toml or CRI-O's
 #   registries.conf) is run against a temporary directory, merging into a node's own
 #   hosts.toml, then with `--uninstall`, which must leave exactly the node's own file;
-# - checks that bad values (an unknown key, S3 without a bucket, a NetworkPolicy for host-network
+# - checks that bad values (an unknown key, a zone label that is not a label key, S3 without a bucket, a NetworkPolicy for host-network
 #   agents without the nodes' CIDRs, hostPort agents without trusted and API networks, ...)
 #   fail to render.
 # Exits non-zero on the first failure.
@@ -102,5 +102,7 @@ refuse "auth.key" --set auth.key=
 refuse "tls.secrets.tracker is required" --set tls.source=secret
 refuse "must be one of" --set tls.source=vault
 refuse "must be one of" --set tls.httpClientAuth=maybe
+refuse "Does not match pattern" --set 'topology.zoneLabel=node zone'
+refuse "zonelabel is not allowed" --set topology.zonelabel=x
 
 echo "check-chart.sh: ok" >&2

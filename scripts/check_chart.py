@@ -367,6 +367,11 @@ def main():
     check(env.get("SHOAL_AGENT_ADVERTISE_IP", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
           == "status.hostIP", "agent: advertises status.hostIP")
     check("advertise_addr" not in agent_cfg["swarm"], "agent: advertise_addr comes from the environment")
+    zone_label = values["topology"]["zoneLabel"]
+    zone_ref = env.get("SHOAL_AGENT_ZONE", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+    check(zone_ref == (f"metadata.labels['{zone_label}']" if zone_label else None),
+          f"agent: zone from the pod label {zone_label!r}: {zone_ref!r}")
+    check("zone" not in agent_cfg["swarm"], "agent: the zone comes from the environment")
     check_store("agent", agent_cfg, a["swarm"], a["store"]["size"])
     for cfg in [agent_cfg] + list(origin_cfgs.values()):
         scheme = "https" if values["tls"]["enabled"] else "http"
@@ -496,6 +501,10 @@ def main():
         with open(path, "w") as f:
             f.write(localize(mounted(agent_cm["data"]["agent.yaml"]), ap_))
         run_check_config(os.path.join(args.bin, "shoal-agent"), path, {"SHOAL_AGENT_ADVERTISE_IP": node_ip_for(values)})
+        # As the downward API gives it: the node's zone, or empty on a pod without the label.
+        for zone in ["europe-west4-a", ""]:
+            run_check_config(os.path.join(args.bin, "shoal-agent"), path,
+                             {"SHOAL_AGENT_ADVERTISE_IP": node_ip_for(values), "SHOAL_AGENT_ZONE": zone})
         # Without the address the DaemonSet gives it, the agent must refuse to start.
         res = subprocess.run([os.path.join(args.bin, "shoal-agent"), "--config", path, "--check-config"],
                              capture_output=True, text=True,

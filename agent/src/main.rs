@@ -38,6 +38,11 @@ struct Args {
     /// (Kubernetes: `status.hostIP`).
     #[arg(long, env = "SHOAL_AGENT_ADVERTISE_IP")]
     advertise_ip: Option<IpAddr>,
+    /// Overrides `swarm.zone`, the node's topology zone; empty leaves the config's. For a
+    /// zone from the environment (Kubernetes: the pod's `topology.kubernetes.io/zone` label,
+    /// which Kubernetes 1.35 copies from the node).
+    #[arg(long, env = "SHOAL_AGENT_ZONE")]
+    zone: Option<String>,
     /// Validates the config and exits: 0 if good, 64 if not.
     #[arg(long)]
     check_config: bool,
@@ -272,6 +277,9 @@ fn load(args: &Args) -> Result<shoal_agent::ValidConfig, config::ConfigError> {
     if let Some(ip) = args.advertise_ip {
         let port = cfg.swarm.advertise_addr.unwrap_or(cfg.peer_listen).port();
         cfg.swarm.advertise_addr = Some(SocketAddr::new(ip, port));
+    }
+    if let Some(zone) = args.zone.as_deref().filter(|z| !z.is_empty()) {
+        cfg.swarm.zone = Some(zone.to_owned());
     }
     cfg.validate()
 }

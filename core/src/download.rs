@@ -85,23 +85,45 @@ pub fn request_timeout(
 
 /// Which entries of a tracker's handout to dial, in handout order: every origin (the seeds of
 /// last resort), and other peers while fewer than `max_peers` are open, counting the `open`
-/// ones and every entry dialed here; never this node itself.
+/// ones and every entry dialed here; never this node itself. Entries of other zones (`is_far`)
+/// get a share of that room of their own, [`far_dials`], so a node with plenty of peers in its
+/// zone still links its zone to the others; the rest of the room goes to its own zone first.
+/// Without zones (`is_far` never true) the share is unused.
 pub fn peers_to_dial<T>(
     handout: impl IntoIterator<Item = T>,
     open: usize,
     max_peers: usize,
     is_origin: impl Fn(&T) -> bool,
     is_self: impl Fn(&T) -> bool,
+    is_far: impl Fn(&T) -> bool,
 ) -> Vec<T> {
     let room = max_peers.saturating_sub(open);
+    let entries: Vec<T> = handout.into_iter().filter(|p| !is_self(p)).collect();
+    let n_far = entries.iter().filter(|p| !is_origin(p) && is_far(p)).count();
+    let n_near = entries.iter().filter(|p| !is_origin(p) && !is_far(p)).count();
+    let far_room = n_far.min(far_dials(max_peers)).min(room);
+    let near_room = n_near.min(room - far_room);
+    let far_room = n_far.min(room - near_room);
+    let (mut near, mut far) = (0, 0);
     let mut dials = Vec::new();
-    for p in handout {
-        if is_self(&p) || (dials.len() >= room && !is_origin(&p)) {
-            continue;
+    for p in entries {
+        if !is_origin(&p) {
+            let (taken, cap) = if is_far(&p) { (&mut far, far_room) } else { (&mut near, near_room) };
+            if *taken >= cap {
+                continue;
+            }
+            *taken += 1;
         }
         dials.push(p);
     }
     dials
+}
+
+/// Peers of other zones a download dials when it has room for `max_peers`: `max(1,
+/// max_peers / 16)`. Every node links its zone to others, so pieces spread between zones as
+/// fast as within them; more links would only import the same pieces more times.
+pub fn far_dials(max_peers: usize) -> usize {
+    (max_peers / 16).max(1).min(max_peers)
 }
 
 /// What the driver is to do.

@@ -33,8 +33,12 @@
 //!   zone unknown), `Far` (another zone) or `Origin`. The origin rule is the last of a ladder:
 //!   a `Far` peer is only asked for pieces that no askable `Near` peer has, and an origin only
 //!   for pieces that no askable `Near` or `Far` peer has. So a piece crosses a zone boundary
-//!   only while nobody in our zone can give it. With every peer `Near` (no zones configured)
-//!   this is the origin preference alone.
+//!   only while nobody in our zone can give it. Far peers are also asked only when the near
+//!   ones have nothing left to give (no missing piece an askable near peer has is free), and
+//!   at most [`PickerOptions::max_outstanding_far`] requests are in flight to far peers
+//!   together: a zone whose hosts start at once would otherwise pull the same pieces across
+//!   the boundary many times before any of them lands. With every peer `Near` (no zones
+//!   configured) this is the origin preference alone.
 //! - **Don't ask.** After a peer rejected a piece or timed out on it, that peer is not asked
 //!   for it again until it announces it again (a `have`, or a fresh bitfield on re-join).
 //! - **Endgame.** When a request is in flight and no missing piece that a connected peer has
@@ -131,6 +135,10 @@ pub struct PickerOptions {
     /// Requests in flight over all peers at most: what the download's own link can take in
     /// a short while, so requests do not pile up in the uploaders' queues.
     pub max_outstanding_total: usize,
+    /// Requests in flight to `Far` peers (other zones) together at most. One: a zone's hosts
+    /// each import a piece at a time, and the pieces spread inside the zone meanwhile (see
+    /// BENCHMARKS.md, "Zones").
+    pub max_outstanding_far: usize,
 }
 
 /// [`PickerOptions::max_outstanding_total`] for a download whose link takes `rate` bytes/s:
@@ -159,6 +167,7 @@ impl Default for PickerOptions {
             stripes: 8,
             stripe_lookahead: 0,
             max_outstanding_total: usize::MAX,
+            max_outstanding_far: 1,
         }
     }
 }
@@ -307,7 +316,13 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
         } else {
             self.opts.max_outstanding_per_peer
         };
-        let want = cap.saturating_sub(state.outstanding.len()).min(self.room());
+        let mut want = cap.saturating_sub(state.outstanding.len()).min(self.room());
+        if state.kind == PeerKind::Far && want > 0 && self.missing > 0 {
+            if self.near_can_fill() {
+                return Vec::new();
+            }
+            want = want.min(self.opts.max_outstanding_far.saturating_sub(self.far_in_flight()));
+        }
         if want == 0 || self.missing == 0 {
             return Vec::new();
         }
@@ -587,6 +602,20 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
             self.add_request(piece, peer);
         }
         picked
+    }
+
+    /// Whether some missing piece that an askable `Near` peer has is free: the near peers
+    /// still have something to give. O(pieces): only asked for far peers.
+    fn near_can_fill(&self) -> bool {
+        (0..self.num_pieces).any(|piece| {
+            let i = piece as usize;
+            self.askable_near[i] != 0 && self.n_requests[i] == 0 && !self.have(piece)
+        })
+    }
+
+    /// Requests in flight to `Far` peers. O(peers).
+    fn far_in_flight(&self) -> usize {
+        self.peers.values().filter(|s| s.kind == PeerKind::Far).map(|s| s.outstanding.len()).sum()
     }
 
     /// Whether a connected peer other than `peer` has `piece` and may be asked for it.
@@ -1092,11 +1121,11 @@ mod tests {
     fn zone_preference() {
         use PeerKind::{Far, Near, Origin};
         const F: u8 = 5;
+        // Far requests unbounded here; the cap and the gate have their own test.
+        let o = PickerOptions { max_outstanding_far: 8, ..opts(8) };
         // (peers as (id, pieces, kind), who is asked, expected pieces)
         type ZPeer<'a> = (u8, &'a [u32], PeerKind);
         let cases: &[(&[ZPeer<'_>], u8, &[u32])] = &[
-            // The far peer gets only what no near peer has.
-            (&[(A, &[0, 1, 2], Near), (F, ALL8, Far)], F, &[3, 4, 5, 6, 7]),
             // The near peer gets everything it has, far holders or not.
             (&[(F, ALL8, Far), (A, &[0, 1, 2], Near)], A, &[0, 1, 2]),
             // The origin gets only what neither a near nor a far peer has.
@@ -1107,19 +1136,25 @@ mod tests {
             (&[(F, &[0, 1], Far), (C, &[0], Far)], F, &[0, 1]),
         ];
         for &(peers, who, expect) in cases {
-            let mut p = Picker::new(8, &[], opts(8));
+            let mut p = Picker::new(8, &[], o.clone());
             for &(id, pieces, kind) in peers {
                 p.peer_joined_as(id, &bits(8, pieces), kind);
             }
             p.check_invariants();
             check(&mut p, who, expect);
         }
+        // Once the near peer's pieces are asked, the far peer gets only what it lacks.
+        let mut p = Picker::new(8, &[], o.clone());
+        p.peer_joined_as(A, &bits(8, &[0, 1, 2]), Near);
+        p.peer_joined_as(F, &bits(8, ALL8), Far);
+        check(&mut p, A, &[0, 1, 2]);
+        check(&mut p, F, &[3, 4, 5, 6, 7]);
         // A near holder that rejected a piece, or left, no longer shadows it.
-        let mut p = Picker::new(4, &[], opts(4));
+        let mut p = Picker::new(4, &[], o.clone());
         p.peer_joined_as(A, &bits(4, &[0, 1]), Near);
         p.peer_joined_as(F, &bits(4, &[0, 1, 2, 3]), Far);
-        check(&mut p, F, &[2, 3]);
         check(&mut p, A, &[0, 1]);
+        check(&mut p, F, &[2, 3]);
         p.request_rejected(A, 0);
         check(&mut p, F, &[0]);
         p.peer_left(A);
@@ -1131,6 +1166,37 @@ mod tests {
         p.peer_have(B, 1);
         check(&mut p, F, &[]);
         check(&mut p, B, &[1]);
+    }
+
+    /// Far peers are asked only while the near ones have nothing free to give, and at most
+    /// `max_outstanding_far` requests go to far peers together.
+    #[test]
+    fn far_peers_wait_for_the_near_ones_and_share_one_cap() {
+        use PeerKind::{Far, Near};
+        const F: u8 = 5;
+        const G: u8 = 6;
+        let o = PickerOptions { max_outstanding_far: 2, ..opts(2) };
+        let mut p = Picker::new(8, &[], o);
+        p.peer_joined_as(A, &bits(8, &[0, 1, 2, 3]), Near);
+        p.peer_joined_as(F, &bits(8, ALL8), Far);
+        p.peer_joined_as(G, &bits(8, ALL8), Far);
+        // The near peer still has free pieces (its pipeline of 2 is not even asked yet).
+        check(&mut p, F, &[]);
+        let first = p.next_requests(A);
+        assert_eq!(first.len(), 2);
+        // Two of its pieces are still free: the far peers wait.
+        check(&mut p, G, &[]);
+        p.piece_verified(A, first[0]);
+        p.piece_verified(A, first[1]);
+        assert_eq!(p.next_requests(A).len(), 2);
+        // Nothing near is free now: far peers get 2 requests between them.
+        let f = p.next_requests(F);
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert!(f.iter().all(|&i| i >= 4));
+        check(&mut p, G, &[]);
+        p.piece_verified(F, f[0]);
+        assert_eq!(p.next_requests(G).len(), 1, "one far slot came free");
+        p.check_invariants();
     }
 
     #[test]

@@ -44,7 +44,15 @@ impl EvilPeer {
             }
         });
         let st = stop.clone();
-        let req = AnnounceRequest { blob: meta.digest(), peer_id, addr, complete: true, origin: false, stopped: false };
+        let req = AnnounceRequest {
+            blob: meta.digest(),
+            peer_id,
+            addr,
+            complete: true,
+            origin: false,
+            stopped: false,
+            zone: None,
+        };
         tokio::spawn(async move {
             let http = reqwest::Client::new();
             loop {

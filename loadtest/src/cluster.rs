@@ -40,6 +40,9 @@ pub struct ClusterBuilder {
     /// Mutual TLS on every link between nodes, with certificates from a CA made for the run
     /// ([`Cluster::ca`]). The agents' APIs stay plain HTTP, as in a deployment.
     pub tls: bool,
+    /// Topology zones of the agents: agent `i` is in [`zone_name`]`(i % zones)` (its
+    /// `swarm.zone`); 0 sets none. Origins are in no zone.
+    pub zones: usize,
 }
 
 impl Default for ClusterBuilder {
@@ -54,6 +57,7 @@ impl Default for ClusterBuilder {
             backend: None,
             ip: None,
             tls: false,
+            zones: 0,
         }
     }
 }
@@ -105,6 +109,11 @@ impl ClusterBuilder {
 
     pub fn tls(mut self, on: bool) -> Self {
         self.tls = on;
+        self
+    }
+
+    pub fn zones(mut self, n: usize) -> Self {
+        self.zones = n;
         self
     }
 
@@ -276,6 +285,7 @@ impl Cluster {
                 trackers: vec![self.tracker.url()],
                 egress_rate: b.agent_rate.map(ByteSize),
                 ingress_rate: b.agent_rate.map(ByteSize),
+                zone: (b.zones > 0).then(|| zone_name(i % b.zones)),
                 ..b.swarm.clone()
             },
             ..shoal_agent::Config::default()
@@ -374,6 +384,11 @@ impl Cluster {
 /// The certificate identity the harness gives node `name`: `spiffe://shoal/<name>`.
 pub fn identity(name: &str) -> String {
     format!("spiffe://shoal/{name}")
+}
+
+/// The name of zone `z` in a cluster with zones.
+pub fn zone_name(z: usize) -> String {
+    format!("zone-{z}")
 }
 
 /// Reads a counter (summing its label sets, or the one with `label` = value) from a registry.

@@ -193,6 +193,10 @@ struct CommonArgs {
     /// CPU-seconds per GiB delivered, to compare with a run without it.
     #[arg(long)]
     tls: bool,
+    /// Topology zones of the agents (`swarm.zone`; agent i in zone-(i mod N)); in-process
+    /// mode only. The report adds the copies each zone received from other zones' peers.
+    #[arg(long, default_value_t = 0)]
+    zones: usize,
 }
 
 /// Where a bench run's stores go.
@@ -295,8 +299,10 @@ fn options(
 ) -> anyhow::Result<LocalOptions> {
     anyhow::ensure!(!c.tls || c.mode == Mode::InProcess, "--tls: in-process mode only");
     anyhow::ensure!(!(c.tls && c.baseline), "--tls: the baseline's clients speak plain HTTP; run it without --tls");
+    anyhow::ensure!(c.zones == 0 || c.mode == Mode::InProcess, "--zones: in-process mode only");
     Ok(LocalOptions {
         tls: c.tls,
+        zones: c.zones,
         mode: c.mode,
         agents,
         origins,

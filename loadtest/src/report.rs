@@ -71,6 +71,10 @@ pub struct RunReport {
     /// "tc htb" (a real qdisc on each namespace's link).
     #[serde(default = "agent_limiter")]
     pub link_emulation: String,
+    /// With zones (`local --zones`): per zone, the copies of the pulled bytes its agents
+    /// received from peers of other zones (their `shoal_swarm_cross_zone_bytes_total`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone_copies: Option<Vec<f64>>,
 }
 
 fn agent_limiter() -> String {
@@ -239,6 +243,7 @@ impl RunReport {
             scenario_info: spec.scenario_info,
             tls: false,
             link_emulation: if spec.link_emulation.is_empty() { agent_limiter() } else { spec.link_emulation },
+            zone_copies: None,
         }
     }
 
@@ -298,6 +303,15 @@ impl RunReport {
             self.aggregate_bytes_per_sec.unwrap_or(0.0) / MIB,
         );
         let _ = writeln!(s, "scenario: {} ({} mode)", self.scenario, self.mode);
+        if let Some(copies) = &self.zone_copies {
+            let cells: Vec<String> = copies.iter().enumerate().map(|(z, c)| format!("zone-{z} {c:.2}")).collect();
+            let _ = writeln!(
+                s,
+                "zones: {}; copies of the pulled bytes received from other zones' peers: {}",
+                copies.len(),
+                cells.join(", ")
+            );
+        }
         let _ = writeln!(
             s,
             "setup: {} agents, {} origin(s), {} per agent, agent cap {}, origin cap {} (link emulation: {}), stores on {} ({}), {} core(s)",

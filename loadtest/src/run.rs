@@ -70,6 +70,9 @@ pub struct LocalOptions {
     pub swarm: Vec<(String, serde_json::Value)>,
     /// Mutual TLS between the nodes, with a CA made for the run (in-process mode).
     pub tls: bool,
+    /// Topology zones of the agents (in-process mode): agent `i` in zone `i % zones`; the
+    /// report then gives the copies each zone received from other zones. 0: none.
+    pub zones: usize,
 }
 
 impl Default for LocalOptions {
@@ -91,6 +94,7 @@ impl Default for LocalOptions {
             cold_origin: false,
             swarm: Vec::new(),
             tls: false,
+            zones: 0,
         }
     }
 }
@@ -150,6 +154,7 @@ pub async fn run_local(o: &LocalOptions) -> anyhow::Result<RunReport> {
         .origin_rate(o.origin_rate)
         .root(root)
         .tls(o.tls)
+        .zones(o.zones)
         .start()
         .await?;
     let mut cluster = cluster;
@@ -308,7 +313,22 @@ async fn measure(cluster: &mut Cluster, o: &LocalOptions, sc: &Scenario, store: 
     };
     let mut report = RunReport::new(spec, agents, origin_uploaded, timeline, resources, baseline);
     report.tls = o.tls;
+    if o.zones > 0 {
+        report.zone_copies = Some(zone_copies(cluster, o.zones, sc.total_bytes()));
+    }
     Ok(report)
+}
+
+/// Per zone, the bytes its agents received from other zones' peers
+/// (`shoal_swarm_cross_zone_bytes_total`), in copies of `bytes`.
+pub fn zone_copies(cluster: &Cluster, zones: usize, bytes: u64) -> Vec<f64> {
+    let mut into = vec![0u64; zones];
+    for (i, a) in cluster.agents.iter().enumerate() {
+        if let Some(a) = a {
+            into[i % zones] += crate::cluster::counter(&a.registry, "shoal_swarm_cross_zone_bytes_total", None);
+        }
+    }
+    into.iter().map(|&b| b as f64 / bytes.max(1) as f64).collect()
 }
 
 /// The report's digest field: the one digest, or the digests joined by commas.

@@ -276,3 +276,24 @@ fn a_freed_request_slot_goes_to_a_peer_that_can_use_it() {
     assert_valid(&r, &cfg);
     assert!(r.max < 4.0 * cfg.bound(), "max {} s, bound {} s", r.max, cfg.bound());
 }
+
+/// With zones, a blob crosses into each zone a few times, far below once per host: agents
+/// ask other zones' peers (and origins) only for pieces no peer of their own zone has. A
+/// correctness bound on bytes, not a timing.
+#[test]
+fn with_zones_a_blob_crosses_into_each_zone_far_less_than_once_per_host() {
+    let cfg = SimConfig { hosts: 60, layers: vec![32 << 20], zones: 3, seed: 3, ..SimConfig::default() };
+    let r = run(&cfg);
+    assert_valid(&r, &cfg);
+    let copies = r.zone_copies(&cfg);
+    assert_eq!(copies.len(), 3);
+    for (z, c) in copies.iter().enumerate() {
+        // 20 agents per zone: once per host would be 20 copies (without zones about 13 of
+        // them come from the other two zones); with zones about 4.
+        assert!(*c >= 1.0 - 1e-9, "zone {z} got {c} copies: each zone needs the whole image once");
+        assert!(*c < 10.0, "zone {z}: {c} copies of the image crossed into it ({copies:?})");
+    }
+    // Without zones nothing is counted, and a zoned run still replays exactly.
+    assert!(run(&SimConfig { zones: 0, ..cfg.clone() }).zone_ingress.is_empty());
+    assert_eq!(run(&cfg), r);
+}

@@ -347,6 +347,7 @@ async fn announce_and_connect(node: &Arc<Node>, entry: &Arc<BlobEntry>) -> Durat
         node.cfg.max_peers_per_blob,
         |p| p.origin,
         |p| p.addr == node.advertise || Some(node.peer_id) == p.peer_id,
+        |p| !shoal_core::handout::same_zone(node.cfg.zone.as_deref(), p.zone.as_deref()),
     );
     dial_all(node, entry, handout).await;
     Duration::from_millis(resp.interval_ms.clamp(100, 60_000))

@@ -305,10 +305,33 @@ fn dials_go_to_every_origin_and_to_peers_while_there_is_room() {
     let table: [(usize, usize, &[u32]); 4] =
         [(0, 16, &[1, 2, 7, 3, 8]), (0, 2, &[1, 2, 7, 8]), (1, 3, &[1, 2, 7, 8]), (5, 3, &[7, 8])];
     for (open, max, want) in table {
-        let got = peers_to_dial(handout, open, max, |p| p.1, |p| p.0 == 0);
+        let got = peers_to_dial(handout, open, max, |p| p.1, |p| p.0 == 0, |_| false);
         let got: Vec<u32> = got.into_iter().map(|p| p.0).collect();
         assert_eq!(got, want, "{open} open of {max}");
     }
+}
+
+/// Peers of other zones (over 100) get their share of the room, `max(1, max / 16)`, however
+/// many peers of our zone come before them; the rest goes to our zone, and what one side
+/// cannot use goes to the other.
+#[test]
+fn dials_keep_a_share_for_other_zones() {
+    let mut handout: Vec<(u32, bool)> = (1..=20).map(|p| (p, false)).collect();
+    handout.extend([(10, false), (11, false), (12, false)].map(|(p, o)| (p + 100, o)));
+    handout.push((7, true));
+    let far = |p: &(u32, bool)| p.0 > 100;
+    // (open, max) -> (near dialed, far dialed); the origin always
+    let table = [(0, 16, 15, 1), (0, 48, 20, 3), (0, 32, 20, 3), (14, 16, 1, 1), (15, 16, 0, 1), (16, 16, 0, 0)];
+    for (open, max, near, far_n) in table {
+        let got = peers_to_dial(handout.clone(), open, max, |p| p.1, |p| p.0 == 0, far);
+        assert_eq!(got.iter().filter(|p| !p.1 && !far(p)).count(), near, "{open} open of {max}: {got:?}");
+        assert_eq!(got.iter().filter(|p| far(p)).count(), far_n, "{open} open of {max}: {got:?}");
+        assert!(got.contains(&(7, true)));
+    }
+    // Few near peers: the far ones fill the room.
+    let few: Vec<(u32, bool)> = vec![(1, false), (110, false), (111, false), (112, false), (113, false)];
+    let got = peers_to_dial(few, 0, 4, |p| p.1, |_| false, far);
+    assert_eq!(got, vec![(1, false), (110, false), (111, false), (112, false)]);
 }
 
 /// What a scripted peer does with the next request in flight.
@@ -331,8 +354,8 @@ fn reply() -> impl Strategy<Value = Reply> {
     ]
 }
 
-/// A peer of another zone is asked only for what no peer of ours has; when our peer leaves,
-/// its pieces go to the far one.
+/// A peer of another zone is asked only for what no peer of ours has, once ours has nothing
+/// free to give, one request at a time; when our peer leaves, its pieces go to the far one.
 #[test]
 fn a_far_peer_is_asked_only_for_what_near_peers_lack() {
     let mut s = DownloadState::<u32>::new(8, &[], opts(8, usize::MAX));
@@ -340,12 +363,18 @@ fn a_far_peer_is_asked_only_for_what_near_peers_lack() {
     s.peer_joined_as(2, &all(8), PeerKind::Far, MS);
     let mut asked = requests(&drain(&mut s));
     asked.sort_unstable();
-    assert_eq!(asked, vec![(1, 0), (1, 1), (1, 2), (1, 3), (1, 4), (2, 5), (2, 6), (2, 7)]);
+    assert_eq!(asked.len(), 6, "{asked:?}");
+    assert_eq!(&asked[..5], &[(1, 0), (1, 1), (1, 2), (1, 3), (1, 4)]);
+    assert!(asked[5].0 == 2 && asked[5].1 >= 5, "{asked:?}");
     check(&s, &[1, 2]);
-    s.peer_left(1, 2 * MS);
-    let mut asked = requests(&drain(&mut s));
-    asked.sort_unstable();
-    assert_eq!(asked, vec![(2, 0), (2, 1), (2, 2), (2, 3), (2, 4)]);
+    // The far piece arrives: the next one goes to the far peer.
+    s.piece_ok(2, asked[5].1, 2 * MS);
+    let next = requests(&drain(&mut s));
+    assert!(next.len() == 1 && next[0].0 == 2 && next[0].1 >= 5, "{next:?}");
+    check(&s, &[1, 2]);
+    // Our peer leaves: its pieces become the far peer's, still one at a time.
+    s.peer_left(1, 3 * MS);
+    assert!(requests(&drain(&mut s)).is_empty(), "the far slot is taken");
     check(&s, &[2]);
 }
 

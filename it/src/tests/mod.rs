@@ -16,3 +16,4 @@ mod resume;
 mod s3;
 mod swarm;
 mod tls;
+mod zones;

@@ -106,7 +106,15 @@ impl Liar {
             }
         });
         let s = stop.clone();
-        let req = AnnounceRequest { blob: meta.digest(), peer_id, addr, complete: true, origin: false, stopped: false };
+        let req = AnnounceRequest {
+            blob: meta.digest(),
+            peer_id,
+            addr,
+            complete: true,
+            origin: false,
+            stopped: false,
+            zone: None,
+        };
         tokio::spawn(async move {
             let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap_or_default();
             loop {

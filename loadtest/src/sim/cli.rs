@@ -92,6 +92,10 @@ pub struct SimArgs {
     /// `--no-upload-backlog`.
     #[arg(long)]
     pub no_busy_backoff: bool,
+    /// Topology zones of the agents (agent `i` in zone `i % zones`; origins in none): the
+    /// table then shows the copies of the image that crossed into each zone. 0: no zones.
+    #[arg(long, default_value_t = 0)]
+    pub zones: usize,
     /// Write the simulator's report (config, per-host results, percentiles) here as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -154,6 +158,7 @@ impl SimArgs {
             stripe_lookahead: self.stripe_lookahead.unwrap_or(base.stripe_lookahead),
             request_window: seconds_setting(self.no_request_window, self.request_window_ms, base.request_window),
             busy_backoff: !self.no_busy_backoff,
+            zones: self.zones,
             // The swarm before the back-off had no backlog bound either, and a busy treated as
             // `NotHave` hides the peer's piece for good, which the bound's rejects would stall on.
             upload_backlog: seconds_setting(

@@ -17,6 +17,7 @@ use rand::{Rng, SeedableRng};
 use shoal_core::Digest;
 use shoal_core::download::{Action, DownloadState, TICK, Verified, peers_to_dial};
 use shoal_core::metainfo::default_piece_length;
+use shoal_core::picker::PeerKind;
 use shoal_core::ring::{OriginNode, Ring};
 use shoal_core::seeding::{Refusal, SeedBudget, admit_upload, admits_upload, max_upload_backlog};
 use shoal_swarm::SwarmConfig;
@@ -255,6 +256,8 @@ impl Actor {
 
 struct Host {
     origin: bool,
+    /// Agents with [`SimConfig::zones`]: host `i` is in zone `i % zones`. Origins have none.
+    zone: Option<u32>,
     latency: Ns,
     up: Bucket,
     down: Bucket,
@@ -310,6 +313,8 @@ pub(super) struct Sim<'a> {
     /// Piece bytes delivered to agents so far, sampled every `sample_every` into `timeline`.
     delivered: u64,
     cpu: Option<Cpu>,
+    /// Per zone: piece bytes its agents received from other zones' agents, and from origins.
+    zone_ingress: Vec<(u64, u64)>,
     sample_every: Ns,
     timeline: Vec<(f64, u64)>,
 }
@@ -345,7 +350,8 @@ impl<'a> Sim<'a> {
                     (n_agents + i) as u32
                 })
                 .collect();
-            let mut swarm = Swarm::new(owners.clone(), cfg.max_peers);
+            let mut swarm =
+                Swarm::zoned(owners.clone(), cfg.max_peers, (0..n_agents).map(|i| cfg.zone_of(i)).collect());
             for o in owners {
                 swarm.record(o, true, true);
             }
@@ -369,6 +375,7 @@ impl<'a> Sim<'a> {
                 let (up, down) = if origin { (cfg.origin_up, cfg.origin_down) } else { (cfg.agent_up, cfg.agent_down) };
                 Host {
                     origin,
+                    zone: if origin { None } else { cfg.zone_of(i) },
                     latency: ns(cfg.latency),
                     up: Bucket::new(up),
                     down: Bucket::new(down),
@@ -422,6 +429,7 @@ impl<'a> Sim<'a> {
             refused_dials: 0,
             delivered: 0,
             cpu: cfg.cpu.map(|c| Cpu { free: vec![0; c.cores.max(1)] }),
+            zone_ingress: vec![(0, 0); cfg.zones],
             sample_every: 1,
             timeline: Vec::new(),
         };
@@ -504,6 +512,7 @@ impl<'a> Sim<'a> {
             backlog_rejects: self.backlog_rejects,
             cancelled: self.cancelled,
             refused_dials: self.refused_dials,
+            zone_ingress: self.zone_ingress.clone(),
             events: self.events,
         }
     }
@@ -552,10 +561,15 @@ impl<'a> Sim<'a> {
             Ev::Open { host, peer, blob } => self.open(host, peer, blob),
             Ev::Bitfield { to, from, blob, bits } => {
                 self.open(to, from, blob);
-                let is_origin = self.hosts[from as usize].origin;
+                let (sender, receiver) = (&self.hosts[from as usize], &self.hosts[to as usize]);
+                let kind = match (sender.origin, receiver.zone, sender.zone) {
+                    (true, _, _) => PeerKind::Origin,
+                    (false, Some(a), Some(b)) if a != b => PeerKind::Far,
+                    _ => PeerKind::Near,
+                };
                 let now = self.now;
                 if let Some(a) = self.blob(to, blob).actor.as_mut() {
-                    a.state.peer_joined(from, &bits, is_origin, a.at(now));
+                    a.state.peer_joined_as(from, &bits, kind, a.at(now));
                     self.apply(to, blob);
                 }
             }
@@ -664,7 +678,11 @@ impl<'a> Sim<'a> {
             return;
         }
         let open = self.blob(host, blob).peers.len();
-        let dials = peers_to_dial(peers.iter(), open, self.swarm.max_peers_per_blob, |p| p.origin, |p| p.host == host);
+        let ours = self.hosts[host as usize].zone;
+        let hosts = &self.hosts;
+        let is_far = |p: &&Handed| matches!((ours, hosts[p.host as usize].zone), (Some(a), Some(b)) if a != b);
+        let dials =
+            peers_to_dial(peers.iter(), open, self.swarm.max_peers_per_blob, |p| p.origin, |p| p.host == host, is_far);
         for p in dials {
             if self.hosts[host as usize].conns.contains_key(&p.host) {
                 self.open(host, p.host, blob);
@@ -827,7 +845,7 @@ impl<'a> Sim<'a> {
     /// peers, refills and commits; a copy no download wants counts as a duplicate.
     fn piece_done(&mut self, host: u32, from: u32, blob: u32, piece: u32) {
         let len = self.piece_len(blob, piece);
-        let from_origin = self.hosts[from as usize].origin;
+        let (from_origin, from_zone) = (self.hosts[from as usize].origin, self.hosts[from as usize].zone);
         let now = self.now;
         let h = &mut self.hosts[host as usize];
         h.received += len;
@@ -841,6 +859,16 @@ impl<'a> Sim<'a> {
         };
         if verified != Verified::New {
             self.duplicate_bytes += len;
+        } else if let Some(z) = self.hosts[host as usize].zone {
+            // Bytes into a zone from outside it, counted as the agents' metric counts them
+            // (first copies only): from another zone's agent, or from an origin (origins are
+            // in no zone, so each of their bytes crosses into the receiver's).
+            let ingress = &mut self.zone_ingress[z as usize];
+            if from_origin {
+                ingress.1 += len;
+            } else if from_zone.is_some_and(|f| f != z) {
+                ingress.0 += len;
+            }
         }
         self.apply(host, blob);
     }

@@ -126,6 +126,9 @@ pub struct SimConfig {
     pub busy_backoff: bool,
     /// Run `Picker::check_invariants` after every picker event (slow; small runs only).
     pub check_invariants: bool,
+    /// Topology zones of the agents (`swarm.zone`): agent `i` is in zone `i % zones`; 0
+    /// sets none. Origins are in no zone, so every byte they send crosses into a zone.
+    pub zones: usize,
 }
 
 impl Default for SimConfig {
@@ -166,6 +169,7 @@ impl Default for SimConfig {
             busy_backoff: true,
             cpu: None,
             check_invariants: false,
+            zones: 0,
         }
     }
 }
@@ -191,6 +195,11 @@ impl SimConfig {
             request_timeout: secs(self.request_timeout),
             ..shoal_swarm::SwarmConfig::default()
         }
+    }
+
+    /// Agent `i`'s zone (see [`SimConfig::zones`]).
+    pub fn zone_of(&self, i: usize) -> Option<u32> {
+        (self.zones > 0).then(|| (i % self.zones) as u32)
     }
 
     /// Bytes of the whole image.
@@ -304,6 +313,9 @@ pub struct SimReport {
     pub origin_up_use: Option<f64>,
     pub agent_up_use: Option<f64>,
     pub agent_down_use: Option<f64>,
+    /// Per zone (with [`SimConfig::zones`]): piece bytes its agents received from other
+    /// zones' agents, and from origins; together, what crossed into the zone.
+    pub zone_ingress: Vec<(u64, u64)>,
     /// Piece bytes delivered to agents (duplicates included) over virtual time.
     pub timeline: Vec<(f64, u64)>,
     /// Events processed.
@@ -345,6 +357,27 @@ impl SimReport {
             self.refused_dials,
             self.events
         );
+        if !self.zone_ingress.is_empty() {
+            let copies = self.zone_copies(cfg);
+            s += &format!(
+                "zones: {}; copies of the image into each zone (from other zones' agents + from origins): ",
+                cfg.zones
+            );
+            let size = cfg.total_size().max(1) as f64;
+            let parts: Vec<String> = self
+                .zone_ingress
+                .iter()
+                .zip(&copies)
+                .map(|(&(far, origin), c)| format!("{c:.2} ({:.2} + {:.2})", far as f64 / size, origin as f64 / size))
+                .collect();
+            s += &parts.join(", ");
+            let hosts_per_zone = cfg.hosts as f64 / cfg.zones as f64;
+            s += &format!(
+                "; max {:.2} copies per zone, {:.4} per host\n",
+                copies.iter().copied().fold(0.0, f64::max),
+                copies.iter().copied().fold(0.0, f64::max) / hosts_per_zone
+            );
+        }
         let pct = |u: Option<f64>| u.map_or("unlimited".to_string(), |u| format!("{:.1}%", 100.0 * u));
         s += &format!(
             "link use until the last agent was done: origin upload {}, agent upload {}, agent download {}\n",
@@ -353,6 +386,15 @@ impl SimReport {
             pct(self.agent_down_use)
         );
         s
+    }
+}
+
+impl SimReport {
+    /// Per zone, the copies of the image that crossed into it: the bytes its agents received
+    /// from other zones' agents and from origins, over the image size.
+    pub fn zone_copies(&self, cfg: &SimConfig) -> Vec<f64> {
+        let size = cfg.total_size().max(1) as f64;
+        self.zone_ingress.iter().map(|&(far, origin)| (far + origin) as f64 / size).collect()
     }
 }
 

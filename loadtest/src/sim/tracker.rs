@@ -23,56 +23,93 @@ pub struct Handed {
 
 /// One blob's swarm as the tracker knows it.
 pub struct Swarm {
-    /// Complete peers, in no particular order (swap-removed).
-    seeders: Vec<u32>,
-    /// Incomplete peers.
-    leechers: Vec<u32>,
+    /// Complete and incomplete peers of each zone group (group 0: no zone; group `z + 1`:
+    /// zone `z`), in no particular order (swap-removed).
+    groups: Vec<Group>,
     /// Host → (complete, index in its vector, origin).
     index: HashMap<u32, (bool, usize, bool)>,
+    /// Each host's zone, by host id (hosts past its end have none).
+    zones: Vec<Option<u32>>,
     /// Ring owners of the blob, best first (from `shoal_core::ring::Ring::owners`).
     owners: Vec<u32>,
     max_peers: usize,
 }
 
+#[derive(Default)]
+struct Group {
+    seeders: Vec<u32>,
+    leechers: Vec<u32>,
+}
+
 impl Swarm {
     pub fn new(owners: Vec<u32>, max_peers: usize) -> Swarm {
-        Swarm { seeders: Vec::new(), leechers: Vec::new(), index: HashMap::new(), owners, max_peers }
+        Swarm::zoned(owners, max_peers, Vec::new())
+    }
+
+    /// A swarm whose hosts are in `zones` (by host id; `None` or past the end: no zone).
+    pub fn zoned(owners: Vec<u32>, max_peers: usize, zones: Vec<Option<u32>>) -> Swarm {
+        let n_groups = zones.iter().flatten().max().map_or(1, |z| *z as usize + 2);
+        let groups = (0..n_groups).map(|_| Group::default()).collect();
+        Swarm { groups, index: HashMap::new(), zones, owners, max_peers }
+    }
+
+    fn zone(&self, host: u32) -> Option<u32> {
+        self.zones.get(host as usize).copied().flatten()
+    }
+
+    fn group(&self, host: u32) -> usize {
+        self.zone(host).map_or(0, |z| z as usize + 1)
     }
 
     /// Records (or refreshes) `host` without answering, as a completed node's announce does.
     pub fn record(&mut self, host: u32, complete: bool, origin: bool) {
+        let g = self.group(host);
         if let Some(&(was_complete, i, _)) = self.index.get(&host) {
             if was_complete == complete {
                 self.index.insert(host, (complete, i, origin));
                 return;
             }
-            let list = if was_complete { &mut self.seeders } else { &mut self.leechers };
+            let group = &mut self.groups[g];
+            let list = if was_complete { &mut group.seeders } else { &mut group.leechers };
             list.swap_remove(i);
             if let Some(&moved) = list.get(i) {
                 self.index.get_mut(&moved).expect("indexed").1 = i;
             }
         }
-        let list = if complete { &mut self.seeders } else { &mut self.leechers };
+        let group = &mut self.groups[g];
+        let list = if complete { &mut group.seeders } else { &mut group.leechers };
         list.push(host);
         self.index.insert(host, (complete, list.len() - 1, origin));
     }
 
     /// Records `host` and returns its handout, composed as the tracker composes its own
-    /// (`shoal_core::handout::compose`) from uniform samples of the seeders and leechers.
+    /// (`shoal_core::handout::compose`) from uniform samples of the seeders and leechers,
+    /// drawn per zone group as the tracker's reservoirs are drawn per zone class (near, far):
+    /// up to `max_peers` of each class from every group.
     pub fn announce<R: Rng + ?Sized>(&mut self, host: u32, complete: bool, origin: bool, rng: &mut R) -> Vec<Handed> {
         self.record(host, complete, origin);
         let entry =
             |h: u32, complete: bool| Handed { host: h, complete, origin: self.index.get(&h).is_some_and(|e| e.2) };
-        let seeders =
-            sample_excluding(&self.seeders, host, self.max_peers, rng).into_iter().map(|h| entry(h, true)).collect();
-        let leechers =
-            sample_excluding(&self.leechers, host, self.max_peers, rng).into_iter().map(|h| entry(h, false)).collect();
+        let mut seeders = Vec::new();
+        let mut leechers = Vec::new();
+        for g in &self.groups {
+            seeders.extend(sample_excluding(&g.seeders, host, self.max_peers, rng).into_iter().map(|h| entry(h, true)));
+        }
+        for g in &self.groups {
+            leechers
+                .extend(sample_excluding(&g.leechers, host, self.max_peers, rng).into_iter().map(|h| entry(h, false)));
+        }
         let owners = self.owners.iter().filter(|&&o| o != host).map(|&o| Handed {
             host: o,
             complete: self.index.get(&o).is_some_and(|e| e.0),
             origin: true,
         });
-        handout::compose(seeders, leechers, self.max_peers, owners, |a, b| a.host == b.host, rng)
+        let ours = self.zone(host);
+        let near = |p: &Handed| match (ours, self.zone(p.host)) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        handout::compose(seeders, leechers, self.max_peers, owners, |a, b| a.host == b.host, near, rng)
     }
 }
 
@@ -113,5 +150,21 @@ mod tests {
         s.record(7, true, false);
         let out = s.announce(5, false, false, &mut rng);
         assert_eq!(out.iter().filter(|h| h.complete).count(), 3);
+    }
+
+    /// A zoned host gets its zone's peers first and `max(2, max_peers / 8)` of the others.
+    #[test]
+    fn zoned_hosts_get_their_zone_first() {
+        let zones: Vec<Option<u32>> = (0..60).map(|h| Some(h % 3)).collect();
+        let mut s = Swarm::zoned(vec![100], 16, zones);
+        let mut rng = StdRng::seed_from_u64(2);
+        for h in 0..60 {
+            s.record(h, h % 2 == 0, false);
+        }
+        let out = s.announce(0, false, false, &mut rng);
+        assert_eq!(out.len(), 17);
+        assert!(out[..14].iter().all(|p| p.host % 3 == 0), "{out:?}");
+        assert!(out[14..16].iter().all(|p| p.host % 3 != 0), "{out:?}");
+        assert_eq!(out[16].host, 100);
     }
 }
