@@ -14,7 +14,9 @@
 //! 3. then peers of other zones (far), seeders first, each class in random order: at least
 //!    [`cross_zone_peers`] of them when there are that many, so every zone can fetch its
 //!    first copy of a piece and the swarm stays connected, and more only when too few near
-//!    peers fill the list;
+//!    peers fill the list. Far peers go only to some askers of a large zone
+//!    ([`gets_far_peers`], drawn by the caller before it composes: about [`ZONE_GATEWAYS`] of
+//!    the zone's peers), so that a zone's imports do not grow with its size;
 //! 4. 1 to 3 together at most `max_peers`, the near ones filling all but the far share;
 //! 5. then every ring owner of the blob not already listed, best owner first, even past
 //!    `max_peers`, so every node can always reach a seed of last resort.
@@ -31,6 +33,20 @@ use rand::seq::SliceRandom;
 /// than `max_peers`.
 pub fn cross_zone_peers(max_peers: usize) -> usize {
     (max_peers / 8).max(2).min(max_peers)
+}
+
+/// Askers of one zone that get peers of other zones in a handout, about: the share of a
+/// swarm's askers in a zone that are given far peers is `ZONE_GATEWAYS` over the blob's peers in
+/// that zone ([`gets_far_peers`]), so a zone imports each piece through a bounded number of
+/// links whatever its size (fewer import the same pieces fewer times, but feed the zone more
+/// slowly: see BENCHMARKS.md, "Zones").
+pub const ZONE_GATEWAYS: usize = 16;
+
+/// Whether an asker whose zone has `near` peers in the blob's swarm (the asker not counted)
+/// is handed peers of other zones: always while the zone has at most [`ZONE_GATEWAYS`], else
+/// with probability `ZONE_GATEWAYS / near`. Draws from `rng` only in the second case.
+pub fn gets_far_peers<R: Rng + ?Sized>(near: usize, rng: &mut R) -> bool {
+    near <= ZONE_GATEWAYS || rng.random_range(0..near) < ZONE_GATEWAYS
 }
 
 /// Whether two nodes are in the same zone for the handout and the picker: a node of unknown
@@ -197,6 +213,16 @@ mod tests {
             s.push(99);
             assert_eq!(out, s);
         }
+    }
+
+    #[test]
+    fn far_peers_go_to_about_zone_gateways_askers() {
+        let mut rng = StdRng::seed_from_u64(4);
+        assert!((0..100).all(|_| gets_far_peers(ZONE_GATEWAYS, &mut rng)), "a small zone: everybody");
+        let n = 20 * ZONE_GATEWAYS;
+        let got = (0..10_000).filter(|_| gets_far_peers(n, &mut rng)).count();
+        // 1/20 of 10,000 askers: 500, within a wide margin (seeded, so exact anyway).
+        assert!((350..650).contains(&got), "{got}");
     }
 
     proptest::proptest! {

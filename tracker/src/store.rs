@@ -19,7 +19,10 @@
 //! 1. Complete peers (seeders) of `B` in the asker's zone, in random order.
 //! 2. Then incomplete peers of `B` in the asker's zone, in random order.
 //! 3. Then peers of other zones, seeders first: `max(2, max_peers / 8)` of them when there
-//!    are that many, more only when too few peers of the asker's zone fill the list.
+//!    are that many, more only when too few peers of the asker's zone fill the list. In a
+//!    zone with more than `handout::ZONE_GATEWAYS` (16) peers of `B`, an announce gets them
+//!    with probability 16 over that number, so a zone imports through a bounded number of
+//!    links.
 //! 4. Steps 1 to 3 hold at most `max_peers` entries together. Same-zone seeders fill it
 //!    first. The asker (same peer id or same address) and expired entries are never listed.
 //!    A peer or an asker without a zone counts as in every zone, so without zones steps 1
@@ -269,10 +272,14 @@ impl PeerStore {
         let owners = pass.owners.into_iter().map(|(addr, known)| {
             known.unwrap_or(PeerInfo { peer_id: None, addr, complete: false, origin: true, zone: None })
         });
+        let far_seen = pass.far_seeders.seen + pass.far_leechers.seen;
+        let with_far = far_seen == 0 || handout::gets_far_peers(pass.seeders.seen + pass.leechers.seen, rng);
         let mut seeders = pass.seeders.items;
-        seeders.append(&mut pass.far_seeders.items);
         let mut leechers = pass.leechers.items;
-        leechers.append(&mut pass.far_leechers.items);
+        if with_far {
+            seeders.append(&mut pass.far_seeders.items);
+            leechers.append(&mut pass.far_leechers.items);
+        }
         let zone = req.zone.as_deref();
         let peers = handout::compose(
             seeders,
@@ -983,7 +990,7 @@ mod tests {
     fn zoned_askers_get_their_zone_first() {
         let s = store(16);
         let t = Instant::now();
-        let zone = |n: u8| if n % 3 == 0 { "a" } else { "b" };
+        let zone = |n: u8| if n % 4 == 0 { "a" } else { "b" };
         for n in 1..=60 {
             s.announce(&AnnounceRequest { zone: Some(zone(n).into()), ..req(n, n % 2 == 0) }, t);
         }
@@ -992,7 +999,7 @@ mod tests {
             let h = s.announce(&asker, t);
             assert_eq!(h.peers.len(), 16);
             let zones: Vec<&str> = h.peers.iter().map(|p| p.zone.as_deref().unwrap()).collect();
-            // 20 peers are in zone a: 14 of them, then 2 of zone b.
+            // 15 peers are in zone a: 14 of them, then 2 of zone b.
             assert_eq!(zones.iter().filter(|z| **z == "a").count(), 14, "{zones:?}");
             assert!(zones[..14].iter().all(|z| *z == "a") && zones[14..].iter().all(|z| *z == "b"), "{zones:?}");
             for p in &h.peers {
@@ -1005,5 +1012,29 @@ mod tests {
         assert_eq!(plain.peers.len(), 16);
         let in_a = plain.peers.iter().filter(|p| p.zone.as_deref() == Some("a")).count();
         assert!(in_a < 16, "{in_a}");
+    }
+
+    /// In a zone larger than `ZONE_GATEWAYS`, only some announces get peers of other zones.
+    #[test]
+    fn a_large_zone_gets_far_peers_through_a_few_askers() {
+        let s = store(16);
+        let t = Instant::now();
+        for n in 1..=200u8 {
+            let zone = if n <= 160 { "a" } else { "b" };
+            s.announce(&AnnounceRequest { zone: Some(zone.into()), ..req(n, true) }, t);
+        }
+        let mut rng = StdRng::seed_from_u64(8);
+        let asker = AnnounceRequest { zone: Some("a".into()), ..req(201, false) };
+        let with_far = (0..400)
+            .filter(|_| s.announce_with_rng(&asker, t, &mut rng).peers.iter().any(|p| p.zone.as_deref() == Some("b")))
+            .count();
+        // 16 of the zone's 160 peers: a tenth of 400.
+        assert!((20..70).contains(&with_far), "{with_far}");
+        // Zone b's 40 peers: 16 of 40.
+        let asker = AnnounceRequest { zone: Some("b".into()), ..req(202, false) };
+        let with_far = (0..400)
+            .filter(|_| s.announce_with_rng(&asker, t, &mut rng).peers.iter().any(|p| p.zone.as_deref() == Some("a")))
+            .count();
+        assert!((120..200).contains(&with_far), "{with_far}");
     }
 }

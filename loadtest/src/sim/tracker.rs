@@ -90,12 +90,24 @@ impl Swarm {
         self.record(host, complete, origin);
         let entry =
             |h: u32, complete: bool| Handed { host: h, complete, origin: self.index.get(&h).is_some_and(|e| e.2) };
+        let ours = self.zone(host);
+        let mine = self.group(host);
+        let is_near_group = |g: usize| ours.is_none() || g == 0 || g == mine;
+        let far_groups = (0..self.groups.len()).any(|g| !is_near_group(g));
+        let with_far = !far_groups || {
+            let near: usize = (0..self.groups.len())
+                .filter(|&g| is_near_group(g))
+                .map(|g| self.groups[g].seeders.len() + self.groups[g].leechers.len())
+                .sum();
+            handout::gets_far_peers(near.saturating_sub(1), rng)
+        };
+        let wanted = |g: usize| with_far || is_near_group(g);
         let mut seeders = Vec::new();
         let mut leechers = Vec::new();
-        for g in &self.groups {
+        for (_, g) in self.groups.iter().enumerate().filter(|(i, _)| wanted(*i)) {
             seeders.extend(sample_excluding(&g.seeders, host, self.max_peers, rng).into_iter().map(|h| entry(h, true)));
         }
-        for g in &self.groups {
+        for (_, g) in self.groups.iter().enumerate().filter(|(i, _)| wanted(*i)) {
             leechers
                 .extend(sample_excluding(&g.leechers, host, self.max_peers, rng).into_iter().map(|h| entry(h, false)));
         }
@@ -104,7 +116,6 @@ impl Swarm {
             complete: self.index.get(&o).is_some_and(|e| e.0),
             origin: true,
         });
-        let ours = self.zone(host);
         let near = |p: &Handed| match (ours, self.zone(p.host)) {
             (Some(a), Some(b)) => a == b,
             _ => true,
