@@ -99,9 +99,9 @@ mod tests {
     #[test]
     fn the_table_is_bounded() {
         let z = Zones::new(Some("za"));
-        for i in 0..=MAX_PEER_ZONES as u32 {
+        for i in 0..=MAX_PEER_ZONES {
             let mut id = [0; 16];
-            id[..4].copy_from_slice(&i.to_be_bytes());
+            id[..8].copy_from_slice(&(i as u64).to_be_bytes());
             z.note(PeerId(id), Some("zb"));
         }
         assert!(z.peers.lock().len() <= MAX_PEER_ZONES);

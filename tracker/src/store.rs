@@ -990,7 +990,7 @@ mod tests {
     fn zoned_askers_get_their_zone_first() {
         let s = store(16);
         let t = Instant::now();
-        let zone = |n: u8| if n % 4 == 0 { "a" } else { "b" };
+        let zone = |n: u8| if n.is_multiple_of(4) { "a" } else { "b" };
         for n in 1..=60 {
             s.announce(&AnnounceRequest { zone: Some(zone(n).into()), ..req(n, n % 2 == 0) }, t);
         }
