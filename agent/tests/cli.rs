@@ -70,21 +70,25 @@ fn origin_names_and_the_advertise_ip_as_a_daemonset_gives_them() {
 fn the_zone_comes_from_the_environment_and_is_validated() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("agent.yaml");
-    std::fs::write(&path, "swarm:\n  advertise_addr: 10.0.0.1:7701\n").unwrap();
+    let yaml = "peer_listen: 0.0.0.0:7701\norigins:\n  - id: o1\n    http: http://shoal-origin-0.shoal.svc:7800\n    \
+                peer: shoal-origin-0.shoal.svc:7801\n";
+    std::fs::write(&path, yaml).unwrap();
     let run = |zone: &str| {
         let out = Command::new(BIN)
             .arg("--config")
             .arg(&path)
             .arg("--check-config")
-            .env_remove("SHOAL_AGENT_ADVERTISE_IP")
+            .env("SHOAL_AGENT_ADVERTISE_IP", "10.1.2.3")
             .env("SHOAL_AGENT_ZONE", zone)
             .output()
             .unwrap();
         (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
     };
-    assert_eq!(run("europe-west4-a").0, 0);
+    let (code, err) = run("europe-west4-a");
+    assert_eq!(code, 0, "{err}");
     // Empty (the pod has no zone label): the config's, here none.
-    assert_eq!(run("").0, 0);
+    let (code, err) = run("");
+    assert_eq!(code, 0, "{err}");
     let (code, err) = run("not a zone");
     assert_eq!(code, 64);
     assert!(err.contains("swarm.zone"), "{err}");
