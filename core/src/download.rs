@@ -100,21 +100,25 @@ pub fn peers_to_dial<T>(
     let room = max_peers.saturating_sub(open);
     let entries: Vec<T> = handout.into_iter().filter(|p| !is_self(p)).collect();
     let n_far = entries.iter().filter(|p| !is_origin(p) && is_far(p)).count();
-    let n_near = entries.iter().filter(|p| !is_origin(p) && !is_far(p)).count();
+    let mut near_left = entries.iter().filter(|p| !is_origin(p) && !is_far(p)).count();
     let far_room = n_far.min(far_dials(max_peers)).min(room);
-    let near_room = n_near.min(room - far_room);
-    let far_room = n_far.min(room - near_room);
-    let (mut near, mut far) = (0, 0);
+    let mut far_taken = 0;
     let mut dials = Vec::new();
     for p in entries {
-        if !is_origin(&p) {
-            let (taken, cap) = if is_far(&p) { (&mut far, far_room) } else { (&mut near, near_room) };
-            if *taken >= cap {
-                continue;
+        if is_origin(&p) {
+            dials.push(p);
+        } else if is_far(&p) {
+            // Its share, or any room the node's own zone leaves.
+            if dials.len() < room && (far_taken < far_room || near_left == 0) {
+                far_taken += 1;
+                dials.push(p);
             }
-            *taken += 1;
+        } else {
+            near_left -= 1;
+            if dials.len() + far_room.saturating_sub(far_taken) < room {
+                dials.push(p);
+            }
         }
-        dials.push(p);
     }
     dials
 }

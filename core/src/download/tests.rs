@@ -309,6 +309,9 @@ fn dials_go_to_every_origin_and_to_peers_while_there_is_room() {
         let got: Vec<u32> = got.into_iter().map(|p| p.0).collect();
         assert_eq!(got, want, "{open} open of {max}");
     }
+    // Origins count against the room as they are dialed.
+    let got = peers_to_dial([(7, true), (1, false), (2, false)], 0, 2, |p| p.1, |_| false, |_| false);
+    assert_eq!(got, vec![(7, true), (1, false)]);
 }
 
 /// Peers of other zones (over 100) get their share of the room, `max(1, max / 16)`, however
