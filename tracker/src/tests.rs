@@ -100,6 +100,24 @@ async fn three_peers_get_each_other_seeders_first_then_the_origin() {
     t.stop().await.unwrap();
 }
 
+/// A zone is recorded and handed out; an invalid one is refused before the store sees it.
+#[tokio::test]
+async fn zones_are_handed_out_and_invalid_ones_refused() {
+    let t = start(Config::default()).await;
+    let a = AnnounceRequest { zone: Some("zone-a".into()), ..announce_req(1, "127.0.0.1:7001", true) };
+    let (status, _, body) = post(&t, &a, None).await;
+    assert_eq!(status, 200, "{body}");
+    let b = AnnounceRequest { zone: Some("zone-a".into()), ..announce_req(2, "127.0.0.1:7002", false) };
+    let (_, _, body) = post(&t, &b, None).await;
+    let answer: AnnounceResponse = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer.peers.len(), 1, "{answer:?}");
+    assert_eq!(answer.peers[0].zone.as_deref(), Some("zone-a"));
+    let bad = AnnounceRequest { zone: Some("zone a".into()), ..announce_req(3, "127.0.0.1:7003", false) };
+    let (status, body) = post_raw(&t, serde_json::to_string(&bad).unwrap()).await;
+    assert_eq!((status, body.code.as_str()), (400, "BAD_REQUEST"));
+    assert!(body.message.contains("invalid zone"), "{body:?}");
+}
+
 #[tokio::test]
 async fn garbage_gets_a_400_with_an_error_body() {
     let t = start(Config::default()).await;
