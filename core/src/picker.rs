@@ -31,6 +31,10 @@
 //!   would be asked from nobody, and the download would stall although an origin has it.
 //! - **Don't ask.** After a peer rejected a piece or timed out on it, that peer is not asked
 //!   for it again until it announces it again (a `have`, or a fresh bitfield on re-join).
+//! - **Busy last.** A piece a peer answered busy for stays askable there, but that peer is
+//!   asked for it only after every other piece it has that we lack, until the piece arrives
+//!   or the peer re-joins: a super-seeding origin refuses what it has already sent once and
+//!   must be asked for the rest, or downloaders that cannot find each other stall.
 //! - **Endgame.** When a request is in flight and no missing piece that a connected peer has
 //!   is free any more, [`Picker::next_requests`] may also pick a piece that is outstanding at
 //!   other peers: fewest outstanding requests first, then rarest, then random; at most one
@@ -211,10 +215,17 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
                 self.forget_bits(&old);
                 old
             }
-            None => PeerState { is_origin: false, bits: Vec::new(), dont_ask: Vec::new(), outstanding: Vec::new() },
+            None => PeerState {
+                is_origin: false,
+                bits: Vec::new(),
+                dont_ask: Vec::new(),
+                deferred: Vec::new(),
+                outstanding: Vec::new(),
+            },
         };
         state.is_origin = is_origin;
         state.dont_ask.clear();
+        state.deferred.clear();
         state.bits.clear();
         state.bits.resize(self.have.len(), 0);
         let n = state.bits.len().min(bits.len());
@@ -309,9 +320,18 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
 
     /// The peer refused for now (busy): release the request without marking the piece
     /// "don't ask" at that peer, so it may be asked again later. The caller backs off before
-    /// asking that peer again.
+    /// asking that peer again. Until the piece is here, that peer is asked for it only after
+    /// every other piece it has: a seed that super-seeds answers busy for the pieces it has
+    /// already sent once and wants to be asked for the others, and downloaders that all
+    /// asked again for the same refused pieces would never reach the unsent ones.
     pub fn request_deferred(&mut self, peer: P, piece: u32) {
-        if piece < self.num_pieces && self.peers.contains_key(&peer) {
+        if piece < self.num_pieces
+            && let Some(state) = self.peers.get_mut(&peer)
+        {
+            if state.deferred.is_empty() {
+                state.deferred.resize(self.have.len(), 0);
+            }
+            set_bit(&mut state.deferred, piece, true);
             self.remove_request(piece, peer);
         }
     }
@@ -453,6 +473,9 @@ struct PeerState {
     bits: Vec<u8>,
     /// Pieces not to ask it for (rejected or timed out), packed; empty until the first mark.
     dont_ask: Vec<u8>,
+    /// Pieces it answered busy for, packed; empty until the first mark. They stay askable
+    /// but rank after every other piece it has (see [`Picker::request_deferred`]).
+    deferred: Vec<u8>,
     /// Pieces requested from it and not settled yet; mirrors its entries in `inflight`.
     outstanding: Vec<u32>,
 }
@@ -471,6 +494,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
         let scratch = &mut self.scratch;
         for (byte_idx, (&theirs, &ours)) in (0u32..).zip(state.bits.iter().zip(&self.have)) {
             let dont_ask = state.dont_ask.get(byte_idx as usize).copied().unwrap_or(0);
+            let deferred = state.deferred.get(byte_idx as usize).copied().unwrap_or(0);
             let mut mask = theirs & !ours & !dont_ask;
             while mask != 0 {
                 let j = mask.leading_zeros();
@@ -480,8 +504,9 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
                 if self.n_requests[i] != 0 || (state.is_origin && self.askable_peers[i] != 0) {
                     continue;
                 }
-                let stripe = (piece / self.stripe_len).saturating_sub(base);
-                let key = (u64::from(stripe) << 32) | u64::from(self.avail[i]);
+                let stripe = (piece / self.stripe_len).saturating_sub(base).min(u32::MAX >> 1);
+                let later = u64::from(deferred & (0x80 >> j) != 0) << 63;
+                let key = later | (u64::from(stripe) << 32) | u64::from(self.avail[i]);
                 offer(scratch, want, (key, tie_break(salt, piece), piece));
             }
         }
@@ -1324,6 +1349,39 @@ mod deferred_tests {
         assert_eq!(p.next_requests(1), vec![0], "busy is not a refusal for good");
         p.request_rejected(1, 0);
         assert_eq!(p.next_requests(1), Vec::<u32>::new(), "not-have excludes the piece at that peer");
+        p.check_invariants();
+    }
+
+    /// A seed answered busy for pieces 0..4 (it super-seeds and sent them elsewhere): asked
+    /// again, it is asked for the pieces it did not refuse first, in stripe order among them,
+    /// and for the refused ones only when nothing else is left at it.
+    #[test]
+    fn pieces_a_peer_answered_busy_for_come_after_its_others() {
+        let opts = PickerOptions {
+            max_outstanding_per_origin: 4,
+            max_outstanding_per_peer: 4,
+            stripes: 1,
+            ..PickerOptions::default()
+        };
+        let mut p: Picker<u8> = Picker::new(8, &[false; 8], opts);
+        p.peer_joined(1, &[0xff], true);
+        let mut first = p.next_requests(1);
+        first.sort_unstable();
+        for &piece in &first {
+            p.request_deferred(1, piece);
+        }
+        let mut again = p.next_requests(1);
+        again.sort_unstable();
+        assert!(again.iter().all(|i| !first.contains(i)), "refused {first:?}, asked again {again:?}");
+        assert_eq!(again.len(), 4);
+        for &piece in &again {
+            assert_eq!(p.piece_verified(1, piece), Vec::<u8>::new());
+        }
+        let mut last = p.next_requests(1);
+        last.sort_unstable();
+        assert_eq!(last, first, "the refused pieces are still asked once nothing else is left");
+        // A fresh bitfield (a re-join) forgets the marks.
+        p.peer_joined(1, &[0xff], true);
         p.check_invariants();
     }
 }

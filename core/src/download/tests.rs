@@ -424,3 +424,83 @@ fn run_case(num_pieces: u32, total: usize, replies: &[(Reply, usize)]) -> Result
     prop_assert!(s.is_complete());
     Ok(())
 }
+
+/// Downloaders that know only the blob's origin (no tracker answers and there is no peer
+/// exchange), which super-seeds: a piece it has sent once is answered busy until every piece
+/// has been sent once. Every downloader finishes. With each downloader asking a busy origin
+/// for the same refused pieces of the first stripe again, the pieces nobody had asked for
+/// were never asked, the budget never reopened, and every download stalled.
+#[test]
+fn downloaders_that_know_only_a_super_seeding_origin_all_finish() {
+    use crate::seeding::SeedBudget;
+    const PIECES: u32 = 128;
+    const DOWNLOADERS: u32 = 6;
+    /// The origin's link sends one piece per this many milliseconds.
+    const SEND_MS: u64 = 2;
+    const ORIGIN: u32 = 0;
+    let mut budget = SeedBudget::new(PIECES);
+    let mut states: Vec<DownloadState<u32>> = (0..DOWNLOADERS)
+        .map(|d| {
+            let mut o = opts(4, 8);
+            o.picker.seed = u64::from(d);
+            o.picker.stripes = 8;
+            o.picker.stripe_lookahead = 0;
+            DownloadState::new(PIECES, &[], o)
+        })
+        .collect();
+    // Requests at the origin: (downloader, piece), answered in order.
+    let mut queue: std::collections::VecDeque<(usize, u32)> = Default::default();
+    // Answers on their way back: (due, downloader, piece, sent).
+    let mut replies: Vec<(Duration, usize, u32, bool)> = Vec::new();
+    let mut committed = vec![false; DOWNLOADERS as usize];
+    let mut link_free = Duration::ZERO;
+    for s in &mut states {
+        s.tick(Duration::ZERO);
+        s.announced(Duration::from_secs(30), Duration::ZERO);
+        s.peer_joined(ORIGIN, &all(PIECES), true, Duration::ZERO);
+    }
+    let mut now = Duration::ZERO;
+    while now < Duration::from_secs(50) && committed.iter().any(|c| !c) {
+        for (d, s) in states.iter_mut().enumerate() {
+            while let Some(action) = s.poll() {
+                match action {
+                    Action::Request { piece, .. } => queue.push_back((d, piece)),
+                    Action::Cancel { piece, .. } => queue.retain(|r| *r != (d, piece)),
+                    Action::Announce => s.announced(Duration::from_secs(30), now),
+                    Action::Commit => committed[d] = true,
+                    Action::GiveUp => panic!("downloader {d} gave up"),
+                    Action::Have { .. } => {}
+                }
+            }
+        }
+        // The origin answers what has arrived: a refusal at once, a piece when its link is free.
+        while let Some((d, piece)) = queue.pop_front() {
+            if budget.admit(piece) {
+                link_free = link_free.max(now) + Duration::from_millis(SEND_MS);
+                replies.push((link_free, d, piece, true));
+            } else {
+                replies.push((now + MS, d, piece, false));
+            }
+        }
+        now += MS;
+        let (due, later): (Vec<_>, Vec<_>) = replies.drain(..).partition(|r| r.0 <= now);
+        replies = later;
+        for (_, d, piece, sent) in due {
+            if sent {
+                states[d].piece_ok(ORIGIN, piece, now);
+            } else {
+                states[d].rejected(ORIGIN, piece, true, now);
+            }
+        }
+        if now.as_millis() % TICK.as_millis() == 0 {
+            for s in &mut states {
+                s.tick(now);
+            }
+        }
+    }
+    let done = committed.iter().filter(|c| **c).count();
+    assert_eq!(done, DOWNLOADERS as usize, "{done} of {DOWNLOADERS} finished by {now:?}");
+    // The origin sends each downloader its copy: nothing lost to the refusals but time.
+    let floor = Duration::from_millis(SEND_MS * u64::from(PIECES * DOWNLOADERS));
+    assert!(now < floor * 3, "finished at {now:?}, the origin's link alone needs {floor:?}");
+}
