@@ -306,7 +306,17 @@ mod tests {
                 let auth = h.get("authorization").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
                 s.lock().unwrap().push(auth);
                 async {
-                    (axum::http::StatusCode::ACCEPTED, axum::Json(serde_json::json!({"id": "ph-1", "digests": []})))
+                    let m = shoal_core::Digest::of(b"m");
+                    let status = shoal_core::api::PreheatStatus {
+                        id: "ph-1".into(),
+                        name: "team/app".into(),
+                        reference: m.to_string(),
+                        manifest: m,
+                        digests: vec![m],
+                        states: [(m, shoal_core::api::BlobState::Done)].into(),
+                        errors: Default::default(),
+                    };
+                    (axum::http::StatusCode::ACCEPTED, axum::Json(status))
                 }
             }),
         );

@@ -28,6 +28,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use shoal_core::Digest;
+use shoal_core::api::{BlobState, PreheatRequest, PreheatStatus};
 use shoal_core::manifest::{MAX_MANIFEST_LEN, Manifest};
 use shoal_core::registry::{Reference, RegistryHost, RepoName};
 use shoal_runtime::{ApiError, Cap};
@@ -46,55 +47,6 @@ pub const MAX_MANIFESTS: usize = 128;
 const MANIFEST_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 /// `Retry-After` of a preheat refused because `max_preheats` are running.
 pub const PREHEAT_RETRY_AFTER: u32 = 10;
-
-/// The body of `POST /preheat`.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PreheatRequest {
-    /// Repository, such as `library/nginx`.
-    pub name: String,
-    /// A tag or a digest.
-    pub reference: String,
-    /// The upstream registry host, as containerd's `ns=`; the default upstream if absent.
-    #[serde(default)]
-    pub ns: Option<String>,
-    /// `true` pins every digest in this origin's store, `false` unpins them; absent leaves
-    /// pins as they are.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pin: Option<bool>,
-}
-
-/// Where one blob of a preheat stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BlobState {
-    Pending,
-    Done,
-    Failed,
-}
-
-/// A preheat's progress: the answer of `POST /preheat` (202) and `GET /preheat/<id>`.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct PreheatStatus {
-    pub id: String,
-    pub name: String,
-    pub reference: String,
-    /// The digest the reference resolved to.
-    pub manifest: Digest,
-    /// Every manifest, config and layer digest, in the order they are fetched.
-    pub digests: Vec<Digest>,
-    pub states: BTreeMap<Digest, BlobState>,
-    /// Why a blob failed, by digest.
-    #[serde(default)]
-    pub errors: BTreeMap<Digest, String>,
-}
-
-impl PreheatStatus {
-    /// Whether no blob is pending.
-    pub fn finished(&self) -> bool {
-        self.states.values().all(|s| *s != BlobState::Pending)
-    }
-}
 
 /// The preheat jobs of one origin; cheap to clone.
 #[derive(Clone)]
