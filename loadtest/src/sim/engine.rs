@@ -24,7 +24,8 @@ use shoal_swarm::download::download_options;
 use std::time::Duration;
 
 use super::tracker::{Handed, Swarm};
-use super::{HostResult, SimConfig, SimReport, stats};
+use super::{HostResult, SimConfig, SimReport};
+use crate::bound;
 
 /// Virtual time in nanoseconds.
 type Ns = u64;
@@ -489,10 +490,10 @@ impl<'a> Sim<'a> {
             agent_up_use: cfg.agent_up.and_then(|r| share(peer_bytes, r * n * last)),
             agent_down_use: cfg.agent_down.and_then(|r| share(received, r * busy_down)),
             timeline: self.timeline.clone(),
-            p50: stats::percentile(&times, 50.0),
-            p90: stats::percentile(&times, 90.0),
-            p99: stats::percentile(&times, 99.0),
-            p999: stats::percentile(&times, 99.9),
+            p50: bound::percentile(&times, 50.0).unwrap_or(0.0),
+            p90: bound::percentile(&times, 90.0).unwrap_or(0.0),
+            p99: bound::percentile(&times, 99.0).unwrap_or(0.0),
+            p999: bound::percentile(&times, 99.9).unwrap_or(0.0),
             max: times.last().copied().unwrap_or(0.0),
             bound: self.bound(),
             hosts,
@@ -512,7 +513,8 @@ impl<'a> Sim<'a> {
     fn bound(&self) -> f64 {
         let cfg = self.cfg;
         let seed_up = cfg.origin_up.map(|u| u * self.n_owners as f64);
-        stats::bound(cfg.total_size(), seed_up, &vec![(cfg.agent_up, cfg.agent_down); cfg.hosts])
+        bound::bound_of_rates(cfg.total_size(), seed_up, &vec![(cfg.agent_up, cfg.agent_down); cfg.hosts])
+            .map_or(0.0, |b| b.secs)
     }
 
     fn push(&mut self, t: Ns, ev: Ev) {
