@@ -160,6 +160,7 @@ mod tests {
         let listeners = Listeners { http: bind().await.unwrap(), peer: bind().await.unwrap() };
         let shutdown = CancellationToken::new();
         let (agent, serve) = start(cfg.validate().unwrap(), listeners, registry, shutdown.clone()).await.unwrap();
+        // Test-only: the handle is awaited for the drain's result.
         (agent, shutdown, tokio::spawn(serve))
     }
 
@@ -173,6 +174,7 @@ mod tests {
         let (agent, shutdown, task) = agent(dir.path(), prometheus::Registry::new()).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = format!("http://{}", listener.local_addr().unwrap());
+        // Test-only: the handle is awaited.
         let admin_task =
             tokio::spawn(serve_admin(&agent, listener, shutdown.clone(), std::time::Duration::from_secs(1)));
         let api = format!("http://{}", agent.http_addr);
@@ -322,6 +324,7 @@ mod tests {
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let origin_url = format!("http://{}", listener.local_addr().unwrap());
+        // Test-only server: it ends with the test's runtime.
         tokio::spawn(async move { axum::serve(listener, origin).await });
         let dir = tempfile::tempdir().unwrap();
         let tokens = dir.path().join("tokens");

@@ -344,7 +344,7 @@ pub(crate) mod tests {
             failure_ttl: std::time::Duration::from_secs(15),
             timeout: std::time::Duration::from_secs(60),
         };
-        let fetcher = Fetcher::new(swarm.clone(), Arc::new(backend), limits, metrics.clone());
+        let fetcher = Fetcher::new(swarm.clone(), Arc::new(backend), limits, metrics.clone(), shutdown.child_token());
         let st = AppState {
             swarm,
             fetcher,

@@ -67,7 +67,7 @@ pub async fn start(
         failure_ttl: cfg.failure_ttl.get(),
         timeout: cfg.fetch_timeout.get(),
     };
-    let fetcher = fetch::Fetcher::new(swarm.clone(), backend, limits, metrics.clone());
+    let fetcher = fetch::Fetcher::new(swarm.clone(), backend, limits, metrics.clone(), shutdown.child_token());
     if let Some(wanted) = swarm.wanted() {
         let wanted = fetch::fetch_wanted(fetcher.clone(), wanted, config.ring.clone(), cfg.id.clone());
         shoal_runtime::task::spawn("wanted blobs", shutdown.child_token(), wanted);

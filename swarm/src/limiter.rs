@@ -91,6 +91,7 @@ mod tests {
         let mut tasks = Vec::new();
         for _ in 0..4 {
             let l = l.clone();
+            // Test-only: every handle is awaited below.
             tasks.push(tokio::spawn(async move {
                 for _ in 0..5 {
                     l.acquire(100_000).await;
