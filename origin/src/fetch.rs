@@ -216,6 +216,11 @@ impl Fetcher {
         }
     }
 
+    /// The swarm fetched blobs are stored in and seeded from.
+    pub fn swarm(&self) -> &Swarm {
+        &self.inner.swarm
+    }
+
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.inner.backend
     }

@@ -40,7 +40,7 @@ use shoal_core::ring::Ring;
 use shoal_runtime::{ApiError, Cap};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::AppState;
+use crate::state::AppState;
 
 /// Largest notification body read. Hard-coded: docker/distribution batches a few events per
 /// envelope, and Harbor sends one artifact per webhook.
@@ -298,9 +298,10 @@ async fn preheat_pushed(st: &NotifyState, p: &Pushed, bearer: Option<&str>) {
     };
     let req = PreheatRequest { name: p.name.to_string(), reference: p.digest.to_string(), ns: None, pin: None };
     if st.ring.is_none() || owners.contains(&st.id) {
-        match crate::preheat::start_waiting(st.app.clone(), req).await {
+        let app = &st.app;
+        match app.preheats.start_waiting(&app.fetcher, app.upstreams.as_ref(), req).await {
             Ok(_) => tracing::debug!(name = %p.name, digest = %p.digest, "preheat started"),
-            Err(e) => tracing::warn!(name = %p.name, digest = %p.digest, "preheat failed: {}", e.message),
+            Err(e) => tracing::warn!(name = %p.name, digest = %p.digest, "preheat failed: {e:#}"),
         }
     } else if let Some(ring) = &st.ring {
         let urls = ring.owners(&p.digest).into_iter().map(|o| format!("{}/preheat", o.http.trim_end_matches('/')));
