@@ -17,6 +17,7 @@ use rand::{Rng, SeedableRng};
 use shoal_core::Digest;
 use shoal_core::download::{Action, DownloadState, TICK, Verified, peers_to_dial};
 use shoal_core::metainfo::default_piece_length;
+use shoal_core::ratelimit::{self, ByteRate};
 use shoal_core::ring::{OriginNode, Ring};
 use shoal_core::seeding::{Refusal, SeedBudget, admit_upload, admits_upload, max_upload_backlog};
 use shoal_swarm::SwarmConfig;
@@ -167,28 +168,25 @@ impl Ord for Item {
     }
 }
 
-/// `swarm/src/limiter.rs` in virtual time: a grant is immediate and the debt is slept off,
-/// which makes the bucket a FIFO server of rate `rate` with a credit of `burst`.
+/// `swarm/src/limiter.rs` in virtual time: the same `shoal_core::ratelimit::Bucket`, whose
+/// grant is immediate and whose debt is slept off, which makes it a FIFO server of rate
+/// `rate` with a credit of `burst`.
 struct Bucket {
     rate: Option<f64>,
-    burst: f64,
-    tokens: f64,
-    last: Ns,
+    bucket: ratelimit::Bucket,
 }
 
 impl Bucket {
     fn new(rate: Option<f64>) -> Bucket {
-        let burst = rate.map_or(0.0, |r| (r / 10.0).max(64.0 * 1024.0));
-        Bucket { rate, burst, tokens: burst, last: 0 }
+        Bucket { rate, bucket: ratelimit::Bucket::default() }
     }
 
     /// When `n` bytes asked for at `now` may pass.
     fn acquire(&mut self, now: Ns, n: u64) -> Ns {
-        let Some(rate) = self.rate else { return now };
-        let elapsed = now.saturating_sub(self.last) as f64 / 1e9;
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * rate).min(self.burst) - n as f64;
-        if self.tokens >= 0.0 { now } else { now + ns(-self.tokens / rate) }
+        let Some(per_second) = self.rate else { return now };
+        let rate = ByteRate { per_second, burst: (per_second / 10.0).max(64.0 * 1024.0) };
+        let wait = self.bucket.take(Duration::from_nanos(now), rate.cost(n), rate.capacity());
+        now.saturating_add(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX))
     }
 }
 
