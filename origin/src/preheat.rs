@@ -13,7 +13,7 @@
 //!
 //! At most `max_preheats` jobs run at once, from the request to the last blob; another
 //! request is answered 503 with `Retry-After` ([`PREHEAT_RETRY_AFTER`]), while a preheat for
-//! a push notification waits for its turn ([`start_waiting`]).
+//! a push notification waits for its turn ([`Preheats::start_waiting`]).
 //!
 //! Jobs are kept in memory, the newest [`MAX_JOBS`]; their lock is a sync `Mutex` held only
 //! for map operations, never across an `.await`.

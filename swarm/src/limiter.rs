@@ -7,7 +7,6 @@
 //! average. The bucket is `shoal_core::ratelimit::Bucket`; this module is its clock.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use parking_lot::Mutex;
 use shoal_core::ratelimit::{Bucket, ByteRate};
@@ -64,6 +63,8 @@ impl Limiter {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[tokio::test(start_paused = true)]
