@@ -25,24 +25,24 @@
 
 use std::io::Write;
 
+use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::StreamExt;
 use shoal_core::Digest;
-use shoal_core::metainfo::MetaInfoBuilder;
 use shoal_core::api::PreheatRequest;
+use shoal_core::metainfo::MetaInfoBuilder;
 use shoal_core::registry::{RegistryHost, RepoName, Tag};
 use shoal_runtime::{ApiError, Caller, blob_response, parse_digest};
 
 use crate::fetch::{FetchError, FetchState};
 use crate::preheat::PreheatError;
-pub use crate::state::{AppState, Hints};
 use crate::state::settle;
+pub use crate::state::{AppState, Hints};
 use crate::tags::TagError;
 use crate::upstream::UpstreamError;
 
@@ -374,7 +374,6 @@ async fn get_preheat(State(st): State<AppState>, Path(id): Path<String>) -> Resu
         None => Err(ApiError::new(StatusCode::NOT_FOUND, "UNKNOWN", format!("no preheat {id:?}"))),
     }
 }
-
 
 #[cfg(test)]
 pub(crate) mod tests {

@@ -213,7 +213,11 @@ impl Preheats {
 
 /// Fetches the manifest `root` and every manifest below it; returns the manifests (in walk
 /// order) and the config and layer blobs they reference (first appearance order).
-async fn walk(fetcher: &Fetcher, root: Digest, source: Option<Source>) -> Result<(Vec<Digest>, Vec<Digest>), PreheatError> {
+async fn walk(
+    fetcher: &Fetcher,
+    root: Digest,
+    source: Option<Source>,
+) -> Result<(Vec<Digest>, Vec<Digest>), PreheatError> {
     let mut queue = VecDeque::from([root]);
     let (mut manifests, mut blobs) = (Vec::new(), Vec::new());
     while let Some(d) = queue.pop_front() {

@@ -68,9 +68,9 @@ fn load(args: &Args) -> Result<ValidConfig, ConfigError> {
     let names = shoal_runtime::config::PeerNames::for_check_config(args.check_config);
     let mut config: Config = shoal_runtime::config::load_resolving(args.config.as_deref(), names)?;
     if let Some(listen) = &args.listen {
-        config.listen = listen.parse::<SocketAddr>().map_err(|e| {
-            ConfigError::Invalid(format!("invalid --listen / SHOAL_TRACKER_LISTEN {listen:?}: {e}"))
-        })?;
+        config.listen = listen
+            .parse::<SocketAddr>()
+            .map_err(|e| ConfigError::Invalid(format!("invalid --listen / SHOAL_TRACKER_LISTEN {listen:?}: {e}")))?;
     }
     Ok(config.validate()?)
 }

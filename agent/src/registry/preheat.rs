@@ -51,7 +51,11 @@ pub async fn post_preheat(
     }
 }
 
-async fn preheat(st: &RegistryState, req: AgentPreheatRequest, bearer: Option<&str>) -> Result<Response, RegistryError> {
+async fn preheat(
+    st: &RegistryState,
+    req: AgentPreheatRequest,
+    bearer: Option<&str>,
+) -> Result<Response, RegistryError> {
     let bad = |code, m: String| RegistryError::new(StatusCode::BAD_REQUEST, code, m);
     // Held by the prefetch until its last blob; taken first, so a refusal starts nothing.
     let prefetching = match req.prefetch {
@@ -71,7 +75,8 @@ async fn preheat(st: &RegistryState, req: AgentPreheatRequest, bearer: Option<&s
         Reference::Digest(d) => *d,
         Reference::Tag(tag) => st.tags.resolve(ns_str.as_deref(), &name, tag).await?,
     };
-    let body = PreheatRequest { name: name.to_string(), reference: digest.to_string(), ns: ns_str.clone(), pin: req.pin };
+    let body =
+        PreheatRequest { name: name.to_string(), reference: digest.to_string(), ns: ns_str.clone(), pin: req.pin };
     let reply =
         st.origins.preheat(digest, &body, bearer).await.map_err(|e| RegistryError::from_origin(e, MANIFEST_UNKNOWN))?;
     let mut answer = match reply {
