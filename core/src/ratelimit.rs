@@ -95,6 +95,11 @@ impl Bucket {
         (self.full_at - now).saturating_sub(capacity)
     }
 
+    /// Gives `cost` back at `now` (a grant that was not used), up to a full bucket.
+    pub fn give_back(&mut self, now: Duration, cost: Duration) {
+        self.full_at = self.full_at.saturating_sub(cost).max(now);
+    }
+
     /// Whether the bucket is full at `now` (it would forget nothing if dropped).
     pub fn is_full(&self, now: Duration) -> bool {
         self.full_at <= now
@@ -223,6 +228,10 @@ mod tests {
             assert_eq!(b.try_take(ms(t), cost, cap), want, "at {t}ms");
         }
         assert!(!b.is_full(ms(60)) && b.is_full(ms(160)));
+        b.give_back(ms(60), ms(40));
+        assert_eq!(b.try_take(ms(60), cost, cap), Ok(()), "a refund can be taken again");
+        b.give_back(ms(60), ms(1000));
+        assert!(b.is_full(ms(60)), "no more than a full bucket comes back");
         assert_eq!(ByteRate { per_second: 0.0, burst: 1.0 }.cost(1), Duration::MAX, "a rate of 0 never refills");
     }
 

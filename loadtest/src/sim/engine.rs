@@ -181,12 +181,22 @@ impl Bucket {
         Bucket { rate, bucket: ratelimit::Bucket::default() }
     }
 
+    fn byte_rate(&self) -> Option<ByteRate> {
+        self.rate.map(|per_second| ByteRate { per_second, burst: (per_second / 10.0).max(64.0 * 1024.0) })
+    }
+
     /// When `n` bytes asked for at `now` may pass.
     fn acquire(&mut self, now: Ns, n: u64) -> Ns {
-        let Some(per_second) = self.rate else { return now };
-        let rate = ByteRate { per_second, burst: (per_second / 10.0).max(64.0 * 1024.0) };
+        let Some(rate) = self.byte_rate() else { return now };
         let wait = self.bucket.take(Duration::from_nanos(now), rate.cost(n), rate.capacity());
         now.saturating_add(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    /// Gives back the tokens of `n` bytes granted but not sent.
+    fn give_back(&mut self, now: Ns, n: u64) {
+        if let Some(rate) = self.byte_rate() {
+            self.bucket.give_back(Duration::from_nanos(now), rate.cost(n));
+        }
     }
 }
 
@@ -616,9 +626,9 @@ impl<'a> Sim<'a> {
                     let len = self.piece_len(blob, piece);
                     self.hosts[to as usize].backlog -= len;
                     if self.cfg.refund_cancelled && !self.prioritizes(to) {
-                        let len = self.piece_len(blob, piece) as f64;
-                        let up = &mut self.hosts[to as usize].up;
-                        up.tokens = (up.tokens + len).min(up.burst);
+                        let len = self.piece_len(blob, piece);
+                        let now = self.now;
+                        self.hosts[to as usize].up.give_back(now, len);
                     }
                     if let Some(c) = self.hosts[to as usize].conns.get_mut(&from) {
                         c.uploads -= 1;
