@@ -70,10 +70,10 @@ pub struct Ratios {
 pub fn bound(size: u64, seeds_up: &[Option<u64>], links: &[Link]) -> Option<Bound> {
     // Sum of caps, or `None` if any is unlimited (or there are none: no seed means no source,
     // which we treat as "not a link limit" rather than an infinite bound).
-    let mut u_seed = None;
-    for cap in seeds_up {
-        u_seed = Some(u_seed.unwrap_or(0.0) + (*cap)? as f64);
-    }
+    let u_seed = match seeds_up.iter().map(|c| c.map(|c| c as f64)).sum::<Option<f64>>() {
+        Some(sum) if !seeds_up.is_empty() => Some(sum),
+        _ => None,
+    };
     let rates: Vec<(Option<f64>, Option<f64>)> =
         links.iter().map(|l| (l.up.map(|u| u as f64), l.down.map(|d| d as f64))).collect();
     bound_of_rates(size, u_seed, &rates)
