@@ -194,7 +194,10 @@ pub(crate) async fn run(
     }
     tracing::info!(%digest, "blob complete");
     let n = node.clone();
-    tokio::spawn(async move { announce_once(&n, digest, true).await });
+    shoal_runtime::spawn("announce", node.cancel.clone(), async move {
+        announce_once(&n, digest, true).await;
+        Ok(())
+    });
     Ok(())
 }
 
@@ -259,12 +262,18 @@ impl Actor {
                 Action::Have { piece } => self.announce_have(piece),
                 Action::Announce => {
                     let (n, e) = (self.node.clone(), self.entry.clone());
-                    tokio::spawn(shoal_runtime::request_id::inherit(async move {
-                        let interval = announce_and_connect(&n, &e).await;
-                        if let Some(a) = e.actor() {
-                            let _ = a.send(Event::Announced { interval }).await;
-                        }
-                    }));
+                    let cancel = self.node.cancel.clone();
+                    shoal_runtime::spawn(
+                        "announce",
+                        cancel,
+                        shoal_runtime::request_id::inherit(async move {
+                            let interval = announce_and_connect(&n, &e).await;
+                            if let Some(a) = e.actor() {
+                                let _ = a.send(Event::Announced { interval }).await;
+                            }
+                            Ok(())
+                        }),
+                    );
                 }
                 Action::Commit => return Next::Commit,
                 Action::GiveUp => return Next::GiveUp,

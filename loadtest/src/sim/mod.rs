@@ -37,11 +37,11 @@
 
 pub mod cli;
 mod engine;
-pub mod stats;
 pub mod tracker;
 
 use serde::Serialize;
 
+use crate::bound;
 use crate::pull::{AgentPull, Sample};
 use crate::report::{Caps, Resources, RunReport, RunSpec, Store};
 
@@ -198,10 +198,11 @@ impl SimConfig {
         self.layers.iter().sum()
     }
 
-    /// The bound `T*` of this configuration (see [`stats::bound`]).
+    /// The bound `T*` of this configuration (see [`crate::bound::bound_of_rates`]); 0 when nothing is capped.
     pub fn bound(&self) -> f64 {
         let seed_up = self.origin_up.map(|u| u * self.origins as f64);
-        stats::bound(self.total_size(), seed_up, &vec![(self.agent_up, self.agent_down); self.hosts])
+        bound::bound_of_rates(self.total_size(), seed_up, &vec![(self.agent_up, self.agent_down); self.hosts])
+            .map_or(0.0, |b| b.secs)
     }
 }
 
