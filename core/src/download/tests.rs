@@ -492,7 +492,7 @@ fn downloaders_that_know_only_a_super_seeding_origin_all_finish() {
                 states[d].rejected(ORIGIN, piece, true, now);
             }
         }
-        if now.as_millis() % TICK.as_millis() == 0 {
+        if now.as_millis().is_multiple_of(TICK.as_millis()) {
             for s in &mut states {
                 s.tick(now);
             }
