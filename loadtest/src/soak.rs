@@ -140,7 +140,7 @@ pub async fn main(a: &SoakArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.agents >= 2 && a.blobs >= 1, "--agents at least 2, --blobs at least 1");
     anyhow::ensure!(a.churn < a.agents, "--churn must leave agents that run throughout");
     let warmup = a.warmup.unwrap_or(a.duration / 6).min(a.duration / 2);
-    let base = a.dir.clone().unwrap_or_else(crate::run::default_store_base);
+    let base = a.dir.clone().unwrap_or_else(crate::modes::default_store_base);
     std::fs::create_dir_all(&base)?;
     let tmp = tempfile::Builder::new().prefix("shoal-soak-").tempdir_in(&base)?;
     let mut mounts = Vec::new();

@@ -439,7 +439,7 @@ impl Run {
 
 /// A fresh directory for one row's stores and logs.
 fn row_dir(o: &MatrixOptions, fault: Fault) -> anyhow::Result<tempfile::TempDir> {
-    let base = o.dir.clone().unwrap_or_else(crate::run::default_store_base);
+    let base = o.dir.clone().unwrap_or_else(crate::modes::default_store_base);
     std::fs::create_dir_all(&base)?;
     Ok(tempfile::Builder::new().prefix(&format!("shoal-fault-{}-", fault.name())).tempdir_in(base)?)
 }
