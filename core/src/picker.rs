@@ -31,10 +31,14 @@
 //!   would be asked from nobody, and the download would stall although an origin has it.
 //! - **Don't ask.** After a peer rejected a piece or timed out on it, that peer is not asked
 //!   for it again until it announces it again (a `have`, or a fresh bitfield on re-join).
-//! - **Busy last.** A piece a peer answered busy for stays askable there, but that peer is
-//!   asked for it only after every other piece it has that we lack, until the piece arrives
-//!   or the peer re-joins: a super-seeding origin refuses what it has already sent once and
-//!   must be asked for the rest, or downloaders that cannot find each other stall.
+//! - **Busy.** A piece a peer answered busy for stays askable there, in its place in the
+//!   order ([`Picker::request_busy`]): a full backlog frees soon, and a reader streaming the
+//!   blob may be waiting for that very piece.
+//! - **Seeding last.** A piece a super-seeding peer refused because it sent it elsewhere
+//!   ([`Picker::request_deferred`]) stays askable there too, but that peer is asked for it
+//!   only after every other piece it has that we lack, until the piece arrives or the peer
+//!   re-joins: the origin must be asked for the pieces it has not sent yet, or downloaders
+//!   that cannot find each other stall.
 //! - **Endgame.** When a request is in flight and no missing piece that a connected peer has
 //!   is free any more, [`Picker::next_requests`] may also pick a piece that is outstanding at
 //!   other peers: fewest outstanding requests first, then rarest, then random; at most one
@@ -318,12 +322,20 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
         self.give_up(peer, piece);
     }
 
-    /// The peer refused for now (busy): release the request without marking the piece
-    /// "don't ask" at that peer, so it may be asked again later. The caller backs off before
-    /// asking that peer again. Until the piece is here, that peer is asked for it only after
-    /// every other piece it has: a seed that super-seeds answers busy for the pieces it has
-    /// already sent once and wants to be asked for the others, and downloaders that all
-    /// asked again for the same refused pieces would never reach the unsent ones.
+    /// The peer refused for now (busy: its backlog is full): release the request without
+    /// marking the piece "don't ask" at that peer, so it may be asked again later, in its
+    /// place in the order. The caller backs off before asking that peer again.
+    pub fn request_busy(&mut self, peer: P, piece: u32) {
+        if piece < self.num_pieces && self.peers.contains_key(&peer) {
+            self.remove_request(piece, peer);
+        }
+    }
+
+    /// The peer refused for now because it super-seeds: like [`Picker::request_busy`], but
+    /// until the piece is here that peer is asked for it only after every other piece it
+    /// has. A super-seeding origin refuses the pieces it has already sent once and wants to
+    /// be asked for the others, and downloaders that all asked again for the same refused
+    /// pieces would never reach the unsent ones.
     pub fn request_deferred(&mut self, peer: P, piece: u32) {
         if piece < self.num_pieces
             && let Some(state) = self.peers.get_mut(&peer)
@@ -345,7 +357,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
         if self.askable_elsewhere(peer, piece) {
             self.give_up(peer, piece);
         } else {
-            self.request_deferred(peer, piece);
+            self.request_busy(peer, piece);
         }
     }
 
@@ -1270,6 +1282,7 @@ mod tests {
         Rejected(u8, u32),
         TimedOut(u8, u32),
         Deferred(u8, u32),
+        Busy(u8, u32),
     }
 
     fn event() -> impl Strategy<Value = Event> {
@@ -1285,6 +1298,7 @@ mod tests {
             1 => (peer(), piece()).prop_map(|(q, i)| Event::Rejected(q, i)),
             1 => (peer(), piece()).prop_map(|(q, i)| Event::TimedOut(q, i)),
             1 => (peer(), piece()).prop_map(|(q, i)| Event::Deferred(q, i)),
+            1 => (peer(), piece()).prop_map(|(q, i)| Event::Busy(q, i)),
         ]
     }
 
@@ -1327,6 +1341,7 @@ mod tests {
                     Event::Rejected(q, i) => p.request_rejected(q, i),
                     Event::TimedOut(q, i) => p.request_timed_out(q, i),
                     Event::Deferred(q, i) => p.request_deferred(q, i),
+                    Event::Busy(q, i) => p.request_busy(q, i),
                 }
                 p.check_invariants();
             }
@@ -1345,6 +1360,9 @@ mod deferred_tests {
         p.peer_joined(1, &[0x80], true);
         assert_eq!(p.next_requests(1), vec![0]);
         p.request_deferred(1, 0);
+        assert_eq!(p.outstanding(&1), 0);
+        assert_eq!(p.next_requests(1), vec![0], "seeding is not a refusal for good");
+        p.request_busy(1, 0);
         assert_eq!(p.outstanding(&1), 0);
         assert_eq!(p.next_requests(1), vec![0], "busy is not a refusal for good");
         p.request_rejected(1, 0);
@@ -1382,6 +1400,40 @@ mod deferred_tests {
         assert_eq!(last, first, "the refused pieces are still asked once nothing else is left");
         // A fresh bitfield (a re-join) forgets the marks.
         p.peer_joined(1, &[0xff], true);
+        p.check_invariants();
+    }
+    /// A sole seed answered plain busy (its backlog was full) for the first pieces of the
+    /// blob: asked again, it is asked for them first, in stripe order, since a reader
+    /// streaming the blob waits for them. Putting them last made a streamed pull wait for the
+    /// whole blob before its first byte.
+    #[test]
+    fn pieces_a_peer_answered_plain_busy_for_keep_their_place() {
+        let opts = PickerOptions {
+            max_outstanding_per_origin: 2,
+            max_outstanding_per_peer: 2,
+            stripes: 4,
+            stripe_lookahead: 0,
+            ..PickerOptions::default()
+        };
+        // 64 pieces in 4 stripes of 16.
+        let mut p: Picker<u8> = Picker::new(64, &[false; 64], opts);
+        p.peer_joined(1, &[0xff; 8], true);
+        let first = p.next_requests(1);
+        assert!(first.iter().all(|&i| i < 16), "{first:?}");
+        for &piece in &first {
+            p.request_busy(1, piece);
+        }
+        // Pieces 0..16 one pair at a time: the busy ones are among the first stripe's picks.
+        let mut asked = Vec::new();
+        while asked.len() < 16 {
+            let got = p.next_requests(1);
+            assert!(got.iter().all(|&i| i < 16), "stripe 0 first, busy pieces included: {got:?}");
+            for piece in got {
+                p.piece_verified(1, piece);
+                asked.push(piece);
+            }
+        }
+        assert!(first.iter().all(|i| asked.contains(i)), "{first:?} within {asked:?}");
         p.check_invariants();
     }
 }

@@ -895,8 +895,7 @@ impl Reader {
                 if let Some(a) = node.blob(&blob).and_then(|e| e.actor()) {
                     let ev = match reason {
                         RejectReason::UnknownBlob => Event::PeerGone { peer },
-                        RejectReason::Busy => Event::Rejected { peer, piece, busy: true },
-                        RejectReason::NotHave => Event::Rejected { peer, piece, busy: false },
+                        reason => Event::Rejected { peer, piece, reason },
                     };
                     let _ = a.send(ev).await;
                 }
@@ -930,7 +929,7 @@ impl Reader {
         };
         let (backlog, permit) = match admitted {
             Ok(reserved) => reserved,
-            Err(r) => return reject(if r.is_busy() { RejectReason::Busy } else { RejectReason::NotHave }),
+            Err(r) => return reject(r.reject_reason()),
         };
         // Counted by the budget above; given back unless the piece reaches the socket.
         let charge = self.node.is_origin.then(|| SeedCharge { entry: entry.clone(), piece, sent: false });

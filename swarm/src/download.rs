@@ -32,7 +32,7 @@ use shoal_core::download::{
 };
 use shoal_core::picker::{PickerOptions, window_pieces};
 use shoal_core::seeding::BUSY_BACKOFF;
-use shoal_core::wire::Message;
+use shoal_core::wire::{Message, RejectReason};
 use shoal_core::{Digest, PeerId};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -82,7 +82,7 @@ pub(crate) enum Event {
     Rejected {
         peer: PeerId,
         piece: u32,
-        busy: bool,
+        reason: RejectReason,
     },
     PeerGone {
         peer: PeerId,
@@ -234,7 +234,7 @@ impl Actor {
                 self.state.piece_failed(peer, piece, now);
                 self.conns.remove(&peer);
             }
-            Event::Rejected { peer, piece, busy } => self.state.rejected(peer, piece, busy, now),
+            Event::Rejected { peer, piece, reason } => self.state.rejected(peer, piece, reason, now),
             Event::PeerGone { peer } => {
                 self.state.peer_left(peer, now);
                 self.conns.remove(&peer);

@@ -20,6 +20,7 @@ use shoal_core::metainfo::default_piece_length;
 use shoal_core::ratelimit::{self, ByteRate};
 use shoal_core::ring::{OriginNode, Ring};
 use shoal_core::seeding::{Refusal, SeedBudget, admit_upload, admits_upload, max_upload_backlog};
+use shoal_core::wire::RejectReason;
 use shoal_swarm::SwarmConfig;
 use shoal_swarm::download::download_options;
 use std::time::Duration;
@@ -122,8 +123,7 @@ enum Ev {
         from: u32,
         blob: u32,
         piece: u32,
-        /// `RejectReason::Busy` (else `NotHave`).
-        busy: bool,
+        reason: RejectReason,
     },
     Cancel {
         to: u32,
@@ -612,10 +612,10 @@ impl<'a> Sim<'a> {
                 self.push(t, Ev::PieceDone { to, from, blob, piece });
             }
             Ev::PieceDone { to, from, blob, piece } => self.piece_done(to, from, blob, piece),
-            Ev::Reject { to, from, blob, piece, busy } => {
+            Ev::Reject { to, from, blob, piece, reason } => {
                 let now = self.now;
                 if let Some(a) = self.blob(to, blob).actor.as_mut() {
-                    a.state.rejected(from, piece, busy, a.at(now));
+                    a.state.rejected(from, piece, reason, a.at(now));
                     self.apply(to, blob);
                 }
             }
@@ -789,7 +789,10 @@ impl<'a> Sim<'a> {
             let busy = refusal.is_busy();
             self.busy_rejects += u64::from(busy);
             self.backlog_rejects += u64::from(refusal == Refusal::Backlog);
-            self.push(self.now + d, Ev::Reject { to: client, from: server, blob, piece, busy });
+            self.push(
+                self.now + d,
+                Ev::Reject { to: client, from: server, blob, piece, reason: refusal.reject_reason() },
+            );
             return;
         }
         let conn = self.hosts[server as usize].conns.get_mut(&client).expect("checked above");

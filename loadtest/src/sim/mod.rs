@@ -23,8 +23,9 @@
 //!   sender while its piece waits for egress tokens drops the piece, but the tokens stay spent,
 //!   as the real limiter never refunds them.
 //! - **Origins** super-seed with the real [`shoal_core::seeding::SeedBudget`]: each piece once
-//!   before any twice, a request beyond the budget answered busy; a download that gets a busy
-//!   reject defers the piece (`Picker::request_deferred`) and leaves that peer alone for
+//!   before any twice, a request beyond the budget answered with a seeding reject, which
+//!   defers the piece at that origin (`Picker::request_deferred`); a full backlog is a plain
+//!   busy reject (`Picker::request_busy`). Either leaves that peer alone for
 //!   [`shoal_core::seeding::BUSY_BACKOFF`], ended on the actor's next 100 ms tick, as
 //!   `swarm/src/download.rs` does. Request deadlines also expire on those ticks.
 //! - **The tracker** with the real handout policy ([`tracker`]) and the real ring
