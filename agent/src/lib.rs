@@ -160,6 +160,7 @@ mod tests {
         let listeners = Listeners { http: bind().await.unwrap(), peer: bind().await.unwrap() };
         let shutdown = CancellationToken::new();
         let (agent, serve) = start(cfg.validate().unwrap(), listeners, registry, shutdown.clone()).await.unwrap();
+        // Test-only: the handle is awaited for the drain's result.
         (agent, shutdown, tokio::spawn(serve))
     }
 
@@ -173,6 +174,7 @@ mod tests {
         let (agent, shutdown, task) = agent(dir.path(), prometheus::Registry::new()).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = format!("http://{}", listener.local_addr().unwrap());
+        // Test-only: the handle is awaited.
         let admin_task =
             tokio::spawn(serve_admin(&agent, listener, shutdown.clone(), std::time::Duration::from_secs(1)));
         let api = format!("http://{}", agent.http_addr);
@@ -306,12 +308,23 @@ mod tests {
                 let auth = h.get("authorization").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
                 s.lock().unwrap().push(auth);
                 async {
-                    (axum::http::StatusCode::ACCEPTED, axum::Json(serde_json::json!({"id": "ph-1", "digests": []})))
+                    let m = shoal_core::Digest::of(b"m");
+                    let status = shoal_core::api::PreheatStatus {
+                        id: "ph-1".into(),
+                        name: "team/app".into(),
+                        reference: m.to_string(),
+                        manifest: m,
+                        digests: vec![m],
+                        states: [(m, shoal_core::api::BlobState::Done)].into(),
+                        errors: Default::default(),
+                    };
+                    (axum::http::StatusCode::ACCEPTED, axum::Json(status))
                 }
             }),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let origin_url = format!("http://{}", listener.local_addr().unwrap());
+        // Test-only server: it ends with the test's runtime.
         tokio::spawn(async move { axum::serve(listener, origin).await });
         let dir = tempfile::tempdir().unwrap();
         let tokens = dir.path().join("tokens");

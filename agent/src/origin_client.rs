@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use shoal_core::api::{PreheatAnswer, PreheatRequest, PreheatStatus};
 use shoal_core::registry::RepoName;
 use shoal_core::ring::Ring;
 use shoal_core::{Digest, MetaInfo};
@@ -35,6 +36,16 @@ impl Hints {
         }
         q
     }
+}
+
+/// How the origin that decided a preheat answered.
+#[derive(Debug)]
+pub enum PreheatReply {
+    /// 202: the job started.
+    Started(PreheatAnswer),
+    /// Any other status below 500 (a refusal, a bad request), with its body as it came and the
+    /// origin's ring id added as `origin`.
+    Other { status: u16, body: serde_json::Value },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,15 +159,15 @@ impl OriginClient {
         Err(OriginError::Unavailable { digest, last })
     }
 
-    /// Forwards a preheat request (JSON) to the owners of `manifest`; the first origin that
-    /// answers other than 5xx decides. Returns its status code and JSON body, with the
-    /// origin's ring id added as `origin` (a preheat id is only unique on its origin).
+    /// Forwards a preheat request to the owners of `manifest`; the first origin that answers
+    /// other than 5xx decides. A job it started comes back with its ring id as `origin` (a
+    /// preheat id is only unique on its origin).
     pub async fn preheat(
         &self,
         manifest: Digest,
-        body: &serde_json::Value,
+        body: &PreheatRequest,
         bearer: Option<&str>,
-    ) -> Result<(u16, serde_json::Value), OriginError> {
+    ) -> Result<PreheatReply, OriginError> {
         let mut last = String::from("no origin answered");
         for node in self.ring.owners(&manifest) {
             let url = format!("{}/preheat", node.http.trim_end_matches('/'));
@@ -176,12 +187,22 @@ impl OriginClient {
                 last = describe(&url, resp).await;
                 continue;
             }
+            if status == 202 {
+                match resp.json::<PreheatStatus>().await {
+                    Ok(status) => {
+                        let origin = Some(node.id.clone());
+                        return Ok(PreheatReply::Started(PreheatAnswer { status, origin, prefetch: None }));
+                    }
+                    Err(e) => last = format!("{url}: status {status}, bad body: {e}"),
+                }
+                continue;
+            }
             match resp.json::<serde_json::Value>().await {
-                Ok(mut v) => {
-                    if let Some(obj) = v.as_object_mut() {
+                Ok(mut body) => {
+                    if let Some(obj) = body.as_object_mut() {
                         obj.insert("origin".into(), serde_json::Value::String(node.id.clone()));
                     }
-                    return Ok((status, v));
+                    return Ok(PreheatReply::Other { status, body });
                 }
                 Err(e) => last = format!("{url}: status {status}, bad body: {e}"),
             }

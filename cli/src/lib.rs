@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
-use shoal_core::api::{BlobStat, ErrorBody};
+use shoal_core::api::{AgentPreheatRequest, BlobStat, BlobState, ErrorBody, PreheatAnswer};
 use shoal_core::{Digest, DigestHasher};
 use shoal_runtime::request_id::{HEADER as REQUEST_ID, RequestId};
 use tokio::io::AsyncWriteExt;
@@ -413,27 +413,6 @@ async fn stat(cli: &Cli, digest: Digest) -> Result<Report, CliError> {
     Ok(Report::ok(text, json))
 }
 
-/// The fields of a preheat's state that `shoal` reads (the origin's `PreheatStatus`, with the
-/// agent's `origin` and, on start, `prefetch`).
-#[derive(Debug, serde::Deserialize)]
-struct PreheatState {
-    id: String,
-    #[serde(default)]
-    origin: Option<String>,
-    name: String,
-    manifest: Digest,
-    digests: Vec<Digest>,
-    states: std::collections::BTreeMap<Digest, String>,
-    #[serde(default)]
-    errors: std::collections::BTreeMap<Digest, String>,
-}
-
-impl PreheatState {
-    fn count(&self, state: &str) -> usize {
-        self.states.values().filter(|s| *s == state).count()
-    }
-}
-
 async fn preheat(
     cli: &Cli,
     image: &str,
@@ -444,33 +423,28 @@ async fn preheat(
 ) -> Result<Report, CliError> {
     let img = image::ImageRef::parse(image).map_err(|e| CliError::Usage(format!("{image:?}: {e}")))?;
     let url = format!("{}/preheat", base(&cli.agent));
-    let mut body = serde_json::json!({
-        "name": img.name, "reference": img.reference, "ns": img.registry, "prefetch": prefetch,
-    });
-    if let Some(pin) = pin {
-        body["pin"] = serde_json::json!(pin);
-    }
+    let body = AgentPreheatRequest { name: img.name, reference: img.reference, ns: img.registry, prefetch, pin };
     let resp = send(&url, with_token(cli, client().post(&url).json(&body))?).await?;
     let mut json: serde_json::Value =
         resp.json().await.map_err(|source| CliError::Http { url: url.clone(), source })?;
-    let st: PreheatState = serde_json::from_value(json.clone()).map_err(|e| CliError::Server {
+    let st: PreheatAnswer = serde_json::from_value(json.clone()).map_err(|e| CliError::Server {
         url: url.clone(),
         status: 202,
         code: String::new(),
         message: format!("unexpected answer: {e}"),
     })?;
     let handle = match &st.origin {
-        Some(o) => format!("{o}/{}", st.id),
-        None => st.id.clone(),
+        Some(o) => format!("{o}/{}", st.status.id),
+        None => st.status.id.clone(),
     };
     if let Some(obj) = json.as_object_mut() {
         obj.insert("handle".into(), serde_json::Value::String(handle.clone()));
     }
     let mut text = format!(
         "preheat {handle}: {} blobs of {}@{}{}\n",
-        st.digests.len(),
-        st.name,
-        st.manifest,
+        st.status.digests.len(),
+        st.status.name,
+        st.status.manifest,
         if prefetch { ", prefetching into this agent" } else { "" }
     );
     if !wait {
@@ -483,27 +457,27 @@ async fn preheat(
     Ok(Report { text, json, failure })
 }
 
-fn state_json(s: &PreheatState) -> serde_json::Value {
+fn state_json(s: &PreheatAnswer) -> serde_json::Value {
     serde_json::json!({
-        "id": s.id, "origin": s.origin, "manifest": s.manifest, "blobs": s.digests.len(),
-        "done": s.count("done"), "pending": s.count("pending"), "failed": s.count("failed"), "errors": s.errors,
+        "id": s.status.id, "origin": s.origin, "manifest": s.status.manifest, "blobs": s.status.digests.len(),
+        "done": s.status.count(BlobState::Done), "pending": s.status.count(BlobState::Pending), "failed": s.status.count(BlobState::Failed), "errors": s.status.errors,
     })
 }
 
-fn failed(handle: &str, s: &PreheatState) -> Option<CliError> {
-    let n = s.count("failed");
-    (n > 0).then(|| CliError::PreheatFailed { id: handle.to_string(), failed: n, total: s.states.len() })
+fn failed(handle: &str, s: &PreheatAnswer) -> Option<CliError> {
+    let n = s.status.count(BlobState::Failed);
+    (n > 0).then(|| CliError::PreheatFailed { id: handle.to_string(), failed: n, total: s.status.states.len() })
 }
 
-fn describe_preheat(s: &PreheatState) -> String {
+fn describe_preheat(s: &PreheatAnswer) -> String {
     let mut text = format!(
         "{} done, {} pending, {} failed of {}\n",
-        s.count("done"),
-        s.count("pending"),
-        s.count("failed"),
-        s.states.len()
+        s.status.count(BlobState::Done),
+        s.status.count(BlobState::Pending),
+        s.status.count(BlobState::Failed),
+        s.status.states.len()
     );
-    for (d, e) in &s.errors {
+    for (d, e) in &s.status.errors {
         text.push_str(&format!("  {d}: {e}\n"));
     }
     text
@@ -517,20 +491,20 @@ fn split_handle(handle: &str) -> Result<(&str, &str), CliError> {
         .ok_or_else(|| CliError::Usage(format!("{handle:?}: a preheat id is ORIGIN/ID, as `shoal preheat` prints it")))
 }
 
-async fn get_preheat(cli: &Cli, handle: &str) -> Result<PreheatState, CliError> {
+async fn get_preheat(cli: &Cli, handle: &str) -> Result<PreheatAnswer, CliError> {
     let (origin, id) = split_handle(handle)?;
     let url = format!("{}/preheat/{origin}/{id}", base(&cli.agent));
     let resp = send(&url, client().get(&url)).await?;
-    let mut st: PreheatState = resp.json().await.map_err(|source| CliError::Http { url: url.clone(), source })?;
+    let mut st: PreheatAnswer = resp.json().await.map_err(|source| CliError::Http { url: url.clone(), source })?;
     st.origin.get_or_insert_with(|| origin.to_string());
     Ok(st)
 }
 
-async fn poll_preheat(cli: &Cli, handle: &str, show_progress: bool) -> Result<PreheatState, CliError> {
+async fn poll_preheat(cli: &Cli, handle: &str, show_progress: bool) -> Result<PreheatAnswer, CliError> {
     let mut st = get_preheat(cli, handle).await?;
-    let progress = Progress::count(show_progress, st.states.len() as u64, "preheat");
-    while st.count("pending") > 0 {
-        progress.set((st.states.len() - st.count("pending")) as u64);
+    let progress = Progress::count(show_progress, st.status.states.len() as u64, "preheat");
+    while st.status.count(BlobState::Pending) > 0 {
+        progress.set((st.status.states.len() - st.status.count(BlobState::Pending)) as u64);
         tokio::time::sleep(PREHEAT_POLL).await;
         st = get_preheat(cli, handle).await?;
     }
@@ -540,7 +514,7 @@ async fn poll_preheat(cli: &Cli, handle: &str, show_progress: bool) -> Result<Pr
 
 async fn preheat_status(cli: &Cli, handle: &str) -> Result<Report, CliError> {
     let st = get_preheat(cli, handle).await?;
-    let text = format!("preheat {handle}: {}@{}\n{}", st.name, st.manifest, describe_preheat(&st));
+    let text = format!("preheat {handle}: {}@{}\n{}", st.status.name, st.status.manifest, describe_preheat(&st));
     let failure = failed(handle, &st);
     Ok(Report { text, json: state_json(&st), failure })
 }

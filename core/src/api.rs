@@ -4,13 +4,17 @@
 //! Tracker: `POST /announce` with [`AnnounceRequest`] → [`AnnounceResponse`].
 //! Origin: `GET /blobs/<digest>/metainfo` → a [`crate::MetaInfo`] (200), or 202 with a
 //! `Retry-After` header while the origin is still fetching the blob from its backend, or 404;
-//! `GET`/`HEAD /blobs/<digest>` → the blob's bytes; `PUT /blobs/<digest>` → upload.
+//! `GET`/`HEAD /blobs/<digest>` → the blob's bytes; `PUT /blobs/<digest>` → upload;
+//! `POST /preheat` with [`PreheatRequest`] → [`PreheatStatus`] (202), which the agent's own
+//! `POST /preheat` ([`AgentPreheatRequest`]) answers as a [`PreheatAnswer`].
 //! Errors everywhere are an [`ErrorBody`].
 
 use std::net::SocketAddr;
 
 mod ops;
+mod preheat;
 pub use ops::{BlobStat, LocalCopy, SwarmSize};
+pub use preheat::{AgentPreheatRequest, BlobState, PreheatAnswer, PreheatRequest, PreheatStatus};
 
 use crate::{Digest, PeerId};
 

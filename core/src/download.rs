@@ -21,8 +21,12 @@
 //!   the slot: with a window the freed slot may be one the delivering peer cannot use, and
 //!   left unused a download whose last pieces only another peer holds (an origin, say) would
 //!   wait for an event from that peer that never comes, since nothing is in flight to it.
-//! - **Busy.** A peer that answers busy keeps the piece askable (`Picker::request_deferred`),
-//!   is left alone for `busy_backoff`, and the other peers are offered the piece meanwhile.
+//! - **Busy.** A peer that answers busy keeps the piece askable, is left alone for
+//!   `busy_backoff`, and the other peers are offered the piece meanwhile. A plain busy (a
+//!   full backlog) keeps the piece in its place in the order (`Picker::request_busy`): a
+//!   reader streaming the blob may be waiting for it. A seeding refusal (a super-seeding
+//!   origin sent the piece elsewhere) asks that peer for the piece only after its others
+//!   (`Picker::request_deferred`).
 //! - **Ticks.** Deadlines and back-offs are looked at only by [`DownloadState::tick`], which
 //!   the driver calls every [`TICK`]: an expired request is cancelled and its piece offered to
 //!   every peer; a rested peer is topped up. The first tick announces; after an announce
@@ -41,6 +45,7 @@ use std::hash::Hash;
 use std::time::Duration;
 
 use crate::picker::{PeerKind, Picker, PickerOptions};
+use crate::wire::RejectReason;
 
 /// How often the driver calls [`DownloadState::tick`].
 pub const TICK: Duration = Duration::from_millis(100);
@@ -325,15 +330,19 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> DownloadState<P> {
         self.peer_left(peer, now);
     }
 
-    /// `peer` refused the request for `piece`: it lacks the piece, or is `busy`.
-    pub fn rejected(&mut self, peer: P, piece: u32, busy: bool, now: Duration) {
+    /// `peer` refused the request for `piece` for `reason`: it lacks the piece, or is busy.
+    pub fn rejected(&mut self, peer: P, piece: u32, reason: RejectReason, now: Duration) {
         if self.over {
             return;
         }
         if self.pending.remove(&(peer, piece)).is_some() {
-            match (busy, self.opts.busy_backoff) {
-                (true, Some(backoff)) => {
-                    self.picker.request_deferred(peer, piece);
+            match (reason, self.opts.busy_backoff) {
+                (RejectReason::Busy | RejectReason::Seeding, Some(backoff)) => {
+                    if reason == RejectReason::Seeding {
+                        self.picker.request_deferred(peer, piece);
+                    } else {
+                        self.picker.request_busy(peer, piece);
+                    }
                     self.backoff.insert(peer, now.saturating_add(backoff));
                     // The piece may be available elsewhere.
                     self.fill_all(now);

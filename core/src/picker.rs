@@ -41,6 +41,14 @@
 //!   configured) this is the origin preference alone.
 //! - **Don't ask.** After a peer rejected a piece or timed out on it, that peer is not asked
 //!   for it again until it announces it again (a `have`, or a fresh bitfield on re-join).
+//! - **Busy.** A piece a peer answered busy for stays askable there, in its place in the
+//!   order ([`Picker::request_busy`]): a full backlog frees soon, and a reader streaming the
+//!   blob may be waiting for that very piece.
+//! - **Seeding last.** A piece a super-seeding peer refused because it sent it elsewhere
+//!   ([`Picker::request_deferred`]) stays askable there too, but that peer is asked for it
+//!   only after every other piece it has that we lack, until the piece arrives or the peer
+//!   re-joins: the origin must be asked for the pieces it has not sent yet, or downloaders
+//!   that cannot find each other stall.
 //! - **Endgame.** When a request is in flight and no missing piece that a connected peer has
 //!   is free any more, [`Picker::next_requests`] may also pick a piece that is outstanding at
 //!   other peers: fewest outstanding requests first, then rarest, then random; at most one
@@ -264,10 +272,17 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
                 self.forget_bits(&old);
                 old
             }
-            None => PeerState { kind, bits: Vec::new(), dont_ask: Vec::new(), outstanding: Vec::new() },
+            None => PeerState {
+                kind,
+                bits: Vec::new(),
+                dont_ask: Vec::new(),
+                deferred: Vec::new(),
+                outstanding: Vec::new(),
+            },
         };
         state.kind = kind;
         state.dont_ask.clear();
+        state.deferred.clear();
         state.bits.clear();
         state.bits.resize(self.have.len(), 0);
         let n = state.bits.len().min(bits.len());
@@ -369,11 +384,28 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
         self.give_up(peer, piece);
     }
 
-    /// The peer refused for now (busy): release the request without marking the piece
-    /// "don't ask" at that peer, so it may be asked again later. The caller backs off before
-    /// asking that peer again.
-    pub fn request_deferred(&mut self, peer: P, piece: u32) {
+    /// The peer refused for now (busy: its backlog is full): release the request without
+    /// marking the piece "don't ask" at that peer, so it may be asked again later, in its
+    /// place in the order. The caller backs off before asking that peer again.
+    pub fn request_busy(&mut self, peer: P, piece: u32) {
         if piece < self.num_pieces && self.peers.contains_key(&peer) {
+            self.remove_request(piece, peer);
+        }
+    }
+
+    /// The peer refused for now because it super-seeds: like [`Picker::request_busy`], but
+    /// until the piece is here that peer is asked for it only after every other piece it
+    /// has. A super-seeding origin refuses the pieces it has already sent once and wants to
+    /// be asked for the others, and downloaders that all asked again for the same refused
+    /// pieces would never reach the unsent ones.
+    pub fn request_deferred(&mut self, peer: P, piece: u32) {
+        if piece < self.num_pieces
+            && let Some(state) = self.peers.get_mut(&peer)
+        {
+            if state.deferred.is_empty() {
+                state.deferred.resize(self.have.len(), 0);
+            }
+            set_bit(&mut state.deferred, piece, true);
             self.remove_request(piece, peer);
         }
     }
@@ -387,7 +419,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
         if self.askable_elsewhere(peer, piece) {
             self.give_up(peer, piece);
         } else {
-            self.request_deferred(peer, piece);
+            self.request_busy(peer, piece);
         }
     }
 
@@ -519,6 +551,9 @@ struct PeerState {
     bits: Vec<u8>,
     /// Pieces not to ask it for (rejected or timed out), packed; empty until the first mark.
     dont_ask: Vec<u8>,
+    /// Pieces it refused as seeding, packed; empty until the first mark. They stay askable
+    /// but rank after every other piece it has (see [`Picker::request_deferred`]).
+    deferred: Vec<u8>,
     /// Pieces requested from it and not settled yet; mirrors its entries in `inflight`.
     outstanding: Vec<u32>,
 }
@@ -537,6 +572,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
         let scratch = &mut self.scratch;
         for (byte_idx, (&theirs, &ours)) in (0u32..).zip(state.bits.iter().zip(&self.have)) {
             let dont_ask = state.dont_ask.get(byte_idx as usize).copied().unwrap_or(0);
+            let deferred = state.deferred.get(byte_idx as usize).copied().unwrap_or(0);
             let mut mask = theirs & !ours & !dont_ask;
             while mask != 0 {
                 let j = mask.leading_zeros();
@@ -546,8 +582,9 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
                 if self.n_requests[i] != 0 || shadowed(state.kind, &self.askable_near, &self.askable_peers, i) {
                     continue;
                 }
-                let stripe = (piece / self.stripe_len).saturating_sub(base);
-                let key = (u64::from(stripe) << 32) | u64::from(self.avail[i]);
+                let stripe = (piece / self.stripe_len).saturating_sub(base).min(u32::MAX >> 1);
+                let later = u64::from(deferred & (0x80 >> j) != 0) << 63;
+                let key = later | (u64::from(stripe) << 32) | u64::from(self.avail[i]);
                 offer(scratch, want, (key, tie_break(salt, piece), piece));
             }
         }
@@ -1456,6 +1493,7 @@ mod tests {
         Rejected(u8, u32),
         TimedOut(u8, u32),
         Deferred(u8, u32),
+        Busy(u8, u32),
     }
 
     fn event() -> impl Strategy<Value = Event> {
@@ -1471,6 +1509,7 @@ mod tests {
             1 => (peer(), piece()).prop_map(|(q, i)| Event::Rejected(q, i)),
             1 => (peer(), piece()).prop_map(|(q, i)| Event::TimedOut(q, i)),
             1 => (peer(), piece()).prop_map(|(q, i)| Event::Deferred(q, i)),
+            1 => (peer(), piece()).prop_map(|(q, i)| Event::Busy(q, i)),
         ]
     }
 
@@ -1516,6 +1555,7 @@ mod tests {
                     Event::Rejected(q, i) => p.request_rejected(q, i),
                     Event::TimedOut(q, i) => p.request_timed_out(q, i),
                     Event::Deferred(q, i) => p.request_deferred(q, i),
+                    Event::Busy(q, i) => p.request_busy(q, i),
                 }
                 p.check_invariants();
             }
@@ -1535,9 +1575,79 @@ mod deferred_tests {
         assert_eq!(p.next_requests(1), vec![0]);
         p.request_deferred(1, 0);
         assert_eq!(p.outstanding(&1), 0);
+        assert_eq!(p.next_requests(1), vec![0], "seeding is not a refusal for good");
+        p.request_busy(1, 0);
+        assert_eq!(p.outstanding(&1), 0);
         assert_eq!(p.next_requests(1), vec![0], "busy is not a refusal for good");
         p.request_rejected(1, 0);
         assert_eq!(p.next_requests(1), Vec::<u32>::new(), "not-have excludes the piece at that peer");
+        p.check_invariants();
+    }
+
+    /// A seed answered busy for pieces 0..4 (it super-seeds and sent them elsewhere): asked
+    /// again, it is asked for the pieces it did not refuse first, in stripe order among them,
+    /// and for the refused ones only when nothing else is left at it.
+    #[test]
+    fn pieces_a_peer_answered_busy_for_come_after_its_others() {
+        let opts = PickerOptions {
+            max_outstanding_per_origin: 4,
+            max_outstanding_per_peer: 4,
+            stripes: 1,
+            ..PickerOptions::default()
+        };
+        let mut p: Picker<u8> = Picker::new(8, &[false; 8], opts);
+        p.peer_joined(1, &[0xff], true);
+        let mut first = p.next_requests(1);
+        first.sort_unstable();
+        for &piece in &first {
+            p.request_deferred(1, piece);
+        }
+        let mut again = p.next_requests(1);
+        again.sort_unstable();
+        assert!(again.iter().all(|i| !first.contains(i)), "refused {first:?}, asked again {again:?}");
+        assert_eq!(again.len(), 4);
+        for &piece in &again {
+            assert_eq!(p.piece_verified(1, piece), Vec::<u8>::new());
+        }
+        let mut last = p.next_requests(1);
+        last.sort_unstable();
+        assert_eq!(last, first, "the refused pieces are still asked once nothing else is left");
+        // A fresh bitfield (a re-join) forgets the marks.
+        p.peer_joined(1, &[0xff], true);
+        p.check_invariants();
+    }
+    /// A sole seed answered plain busy (its backlog was full) for the first pieces of the
+    /// blob: asked again, it is asked for them first, in stripe order, since a reader
+    /// streaming the blob waits for them. Putting them last made a streamed pull wait for the
+    /// whole blob before its first byte.
+    #[test]
+    fn pieces_a_peer_answered_plain_busy_for_keep_their_place() {
+        let opts = PickerOptions {
+            max_outstanding_per_origin: 2,
+            max_outstanding_per_peer: 2,
+            stripes: 4,
+            stripe_lookahead: 0,
+            ..PickerOptions::default()
+        };
+        // 64 pieces in 4 stripes of 16.
+        let mut p: Picker<u8> = Picker::new(64, &[false; 64], opts);
+        p.peer_joined(1, &[0xff; 8], true);
+        let first = p.next_requests(1);
+        assert!(first.iter().all(|&i| i < 16), "{first:?}");
+        for &piece in &first {
+            p.request_busy(1, piece);
+        }
+        // Pieces 0..16 one pair at a time: the busy ones are among the first stripe's picks.
+        let mut asked = Vec::new();
+        while asked.len() < 16 {
+            let got = p.next_requests(1);
+            assert!(got.iter().all(|&i| i < 16), "stripe 0 first, busy pieces included: {got:?}");
+            for piece in got {
+                p.piece_verified(1, piece);
+                asked.push(piece);
+            }
+        }
+        assert!(first.iter().all(|i| asked.contains(i)), "{first:?} within {asked:?}");
         p.check_invariants();
     }
 }

@@ -54,6 +54,18 @@ impl Refusal {
     pub fn is_busy(self) -> bool {
         self != Refusal::NotHave
     }
+
+    /// The answer on the wire: a seeding refusal says so, so that the downloader asks for the
+    /// pieces not sent yet before asking for this one again; a full backlog or no permit is
+    /// plain busy, and the downloader keeps its order (a reader may be waiting for the piece).
+    pub fn reject_reason(self) -> crate::wire::RejectReason {
+        use crate::wire::RejectReason;
+        match self {
+            Refusal::NotHave => RejectReason::NotHave,
+            Refusal::Backlog | Refusal::Permits => RejectReason::Busy,
+            Refusal::Seeding => RejectReason::Seeding,
+        }
+    }
 }
 
 /// The serving rule of every node, and of the simulator: whether to upload a requested
@@ -206,6 +218,16 @@ mod tests {
         // Without a budget (not an origin), only the first three rules apply.
         assert_eq!(admit_upload(true, || Some(1), || Some(2), None), Ok((1, 2)));
         assert!(Refusal::Seeding.is_busy() && Refusal::Backlog.is_busy() && !Refusal::NotHave.is_busy());
+        use crate::wire::RejectReason;
+        for (refusal, reason) in [
+            (Refusal::NotHave, RejectReason::NotHave),
+            (Refusal::Backlog, RejectReason::Busy),
+            (Refusal::Permits, RejectReason::Busy),
+            (Refusal::Seeding, RejectReason::Seeding),
+        ] {
+            assert_eq!(refusal.reject_reason(), reason);
+            assert_eq!(reason.is_busy(), refusal.is_busy());
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //! | 3    | Request   | blob [32], piece u32                                          |
 //! | 4    | Piece     | blob [32], piece u32, data (rest of the frame)                |
 //! | 5    | Cancel    | blob [32], piece u32                                          |
-//! | 6    | Reject    | blob [32], piece u32, reason u8                               |
+//! | 6    | Reject    | blob [32], piece u32, reason u8 (0 not-have, 1 unknown blob, 2 busy, 3 seeding) |
 //! | 7    | Error     | code u16, message (UTF-8, rest of the frame)                  |
 //!
 //! The first message on a connection, in both directions, is a `Handshake`. A `Bitfield` for
@@ -55,8 +55,12 @@ pub enum RejectReason {
     NotHave,
     /// The peer does not know the blob at all.
     UnknownBlob,
-    /// The peer is at its upload limit; try elsewhere.
+    /// The peer is at its upload limit; try elsewhere, or ask again after a back-off.
     Busy,
+    /// A seed (an origin) already sent this piece to another peer and sends every piece once
+    /// before any twice: get it from the peers that have it, or ask again after the pieces
+    /// it has not sent yet.
+    Seeding,
 }
 
 impl RejectReason {
@@ -65,13 +69,19 @@ impl RejectReason {
             RejectReason::NotHave => 0,
             RejectReason::UnknownBlob => 1,
             RejectReason::Busy => 2,
+            RejectReason::Seeding => 3,
         }
+    }
+    /// Whether the peer refused for now (it may be asked again) rather than for lack of it.
+    pub fn is_busy(self) -> bool {
+        matches!(self, RejectReason::Busy | RejectReason::Seeding)
     }
     fn from_u8(b: u8) -> Option<RejectReason> {
         Some(match b {
             0 => RejectReason::NotHave,
             1 => RejectReason::UnknownBlob,
             2 => RejectReason::Busy,
+            3 => RejectReason::Seeding,
             _ => return None,
         })
     }

@@ -21,6 +21,8 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use shoal_core::ratelimit::{Bucket, ByteRate};
+
 use crate::pull::{Target, fetch_and_check};
 use tokio::time::Instant;
 
@@ -124,37 +126,33 @@ pub async fn measure_all(origin_http: &str, targets: &[Target], opts: &BaselineO
     })
 }
 
-/// A token bucket that lets takers go into debt: [`TokenBucket::reserve`] always succeeds
-/// and says how long the taker must wait, so concurrent takers queue up fairly behind one
-/// another and the long-run rate is exactly `rate`.
+/// A token bucket that lets takers go into debt (`shoal_core::ratelimit::Bucket::take` on the
+/// wall clock): [`TokenBucket::reserve`] always succeeds and says how long the taker must
+/// wait, so concurrent takers queue up fairly behind one another and the long-run rate is
+/// exactly `rate`.
 #[derive(Debug)]
 pub struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    /// (tokens, when last refilled). Short critical section, never held across an await.
-    state: Mutex<(f64, Option<Instant>)>,
+    rate: ByteRate,
+    /// The bucket, and its time zero (the first reservation). Short critical section, never
+    /// held across an await.
+    state: Mutex<(Bucket, Option<Instant>)>,
 }
 
 impl TokenBucket {
     /// A bucket refilled at `rate` bytes/s holding at most 50 ms of it (at least 64 KiB).
     /// It starts empty, so a transfer that starts at once is never ahead of `rate`.
     pub fn new(rate: u64) -> TokenBucket {
-        let rate = rate.max(1) as f64;
-        let burst = (rate / 20.0).max(65536.0);
-        TokenBucket { rate, burst, state: Mutex::new((0.0, None)) }
+        let per_second = rate.max(1) as f64;
+        let rate = ByteRate { per_second, burst: (per_second / 20.0).max(65536.0) };
+        TokenBucket { rate, state: Mutex::new((Bucket::empty(rate.capacity()), None)) }
     }
 
     /// Takes `n` tokens at `now`; returns how long the caller must wait before going on.
     pub fn reserve(&self, n: u64, now: Instant) -> Duration {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let (tokens, last) = &mut *st;
-        if let Some(last) = *last {
-            let refill = now.saturating_duration_since(last).as_secs_f64() * self.rate;
-            *tokens = (*tokens + refill).min(self.burst);
-        }
-        *last = Some(now);
-        *tokens -= n as f64;
-        if *tokens >= 0.0 { Duration::ZERO } else { Duration::from_secs_f64(-*tokens / self.rate) }
+        let (bucket, epoch) = &mut *st;
+        let since = now.saturating_duration_since(*epoch.get_or_insert(now));
+        bucket.take(since, self.rate.cost(n), self.rate.capacity())
     }
 }
 

@@ -17,6 +17,8 @@
 //! When no term is defined (nothing is capped, or there are no agents) the bound is `None`:
 //! the run is limited by this machine, not by any link, and ratios to a bound are meaningless.
 //! Reports then show throughput instead.
+//!
+//! The real harness's reports and the simulator's use these same functions.
 
 use serde::{Deserialize, Serialize};
 
@@ -66,28 +68,38 @@ pub struct Ratios {
 /// T* for a blob of `size` bytes, seeds with upload caps `seeds_up` and the agents' `links`.
 /// `None` when no term is defined (see the module doc) or when there are no agents.
 pub fn bound(size: u64, seeds_up: &[Option<u64>], links: &[Link]) -> Option<Bound> {
-    if links.is_empty() {
+    // Sum of caps, or `None` if any is unlimited (or there are none: no seed means no source,
+    // which we treat as "not a link limit" rather than an infinite bound).
+    let u_seed = match seeds_up.iter().map(|c| c.map(|c| c as f64)).sum::<Option<f64>>() {
+        Some(sum) if !seeds_up.is_empty() => Some(sum),
+        _ => None,
+    };
+    let rates: Vec<(Option<f64>, Option<f64>)> =
+        links.iter().map(|l| (l.up.map(|u| u as f64), l.down.map(|d| d as f64))).collect();
+    bound_of_rates(size, u_seed, &rates)
+}
+
+/// [`bound`] over rates in bytes/s, as the simulator's configuration gives them: `seed_up` is
+/// the seeds' total upload (`None`: unlimited, or no seed), `agents` each agent's
+/// (upload, download).
+///
+/// In the simulator no schedule beats it by more than the credit the links' token buckets
+/// start with (a tenth of a second, as the real limiter's), so no simulated completion time
+/// is below `T*` minus that (the simulator's tests check it).
+pub fn bound_of_rates(size: u64, seed_up: Option<f64>, agents: &[(Option<f64>, Option<f64>)]) -> Option<Bound> {
+    if agents.is_empty() {
         return None;
     }
     let f = size as f64;
-    let n = links.len() as f64;
-    // Sum of caps, or `None` if any is unlimited (or there are none: no seed means no source,
-    // which we treat as "not a link limit" rather than an infinite bound).
-    let sum_all = |caps: &mut dyn Iterator<Item = Option<u64>>| -> Option<f64> {
-        let mut total = 0.0;
-        let mut any = false;
-        for c in caps {
-            total += c? as f64;
-            any = true;
-        }
-        any.then_some(total)
-    };
-    let u_seed = sum_all(&mut seeds_up.iter().copied());
-    let seed_term = u_seed.map(|u| div(f, u));
-    let min_down = links.iter().filter_map(|l| l.down).min();
-    let download_term = min_down.map(|d| div(f, d as f64));
-    let u_agents = sum_all(&mut links.iter().map(|l| l.up));
-    let total_upload_term = match (u_seed, u_agents) {
+    let n = agents.len() as f64;
+    let seed_term = seed_up.map(|u| div(f, u));
+    let min_down = agents.iter().filter_map(|a| a.1).reduce(f64::min);
+    let download_term = min_down.map(|d| div(f, d));
+    let mut u_agents = Some(0.0);
+    for (up, _) in agents {
+        u_agents = u_agents.zip(*up).map(|(sum, u)| sum + u);
+    }
+    let total_upload_term = match (seed_up, u_agents) {
         (Some(s), Some(a)) => Some(div(n * f, s + a)),
         _ => None,
     };
@@ -222,6 +234,21 @@ mod tests {
         assert!(b.secs.is_infinite());
     }
 
+    /// The simulator's case: 2600 agents at 300 MB/s each way and five such seeds, 3 GB.
+    #[test]
+    fn kraken_bound_is_ten_seconds() {
+        let agents = vec![(Some(300e6), Some(300e6)); 2600];
+        let b = bound_of_rates(3_000_000_000, Some(5.0 * 300e6), &agents).unwrap();
+        assert!((b.secs - 10.0).abs() < 1e-9, "{b:?}");
+        // One slow seed dominates.
+        let b = bound_of_rates(1_000_000, Some(1e5), &agents[..2]).unwrap();
+        assert!((b.secs - 10.0).abs() < 1e-9 && b.binding == "seed upload", "{b:?}");
+        // Unlimited seeds: the downloads alone.
+        let b = bound_of_rates(1_000_000, None, &agents[..2]).unwrap();
+        assert_eq!((b.download_term, b.total_upload_term), (Some(1_000_000.0 / 300e6), None));
+        assert_eq!(bound_of_rates(1, None, &[(None, None)]), None);
+    }
+
     #[test]
     fn percentile_nearest_rank() {
         let s: Vec<f64> = (1..=10).map(f64::from).collect();
@@ -235,6 +262,8 @@ mod tests {
         // 100 samples: p99 is the 99th, not the max.
         let s: Vec<f64> = (1..=100).map(f64::from).collect();
         assert_eq!(percentile(&s, 99.0), Some(99.0));
+        assert_eq!(percentile(&s, 99.9), Some(100.0));
+        assert_eq!(percentile(&s, 50.0), Some(50.0));
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod baseline;
 pub mod bound;
 pub mod cluster;
 pub mod faults;
+pub mod modes;
 pub mod netns;
 pub mod processes;
 pub mod pull;

@@ -28,9 +28,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use shoal_loadtest::baseline::BaselineMode;
+use shoal_loadtest::modes::{LocalOptions, Mode};
 use shoal_loadtest::remote::RemoteOptions;
 use shoal_loadtest::report::{RunReport, human_bytes};
-use shoal_loadtest::run::{LocalOptions, Mode, run};
+use shoal_loadtest::run::run;
 use shoal_loadtest::scenario::{AtTime, BlobSet, Churn, Scenario, parse_secs};
 use shoal_runtime::ByteSize;
 
@@ -186,7 +187,7 @@ struct CommonArgs {
     /// A swarm setting for every node (agents and origins), a key of the `swarm:` section of
     /// their YAML, e.g. `--swarm upload_backlog=50ms`; repeatable. Unknown keys and bad values
     /// are refused before anything starts.
-    #[arg(long = "swarm", value_name = "KEY=VALUE", value_parser = shoal_loadtest::run::parse_swarm_setting)]
+    #[arg(long = "swarm", value_name = "KEY=VALUE", value_parser = shoal_loadtest::modes::parse_swarm_setting)]
     swarm: Vec<(String, serde_json::Value)>,
     /// Mutual TLS on every link between the nodes (peer protocol, origin and tracker APIs),
     /// with certificates from a CA made for the run; in-process mode only. The report adds
@@ -319,7 +320,7 @@ fn options(
         cold_origin: c.cold_origin,
         swarm: {
             // Checked here, before any node starts; each mode applies them to its nodes.
-            shoal_loadtest::run::swarm_with(shoal_swarm::SwarmConfig::default(), &c.swarm)?;
+            shoal_loadtest::modes::swarm_with(shoal_swarm::SwarmConfig::default(), &c.swarm)?;
             c.swarm.clone()
         },
     })

@@ -24,9 +24,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Context;
 
+use crate::modes::LocalOptions;
 use crate::processes::{Launch, Layout, run_with};
 use crate::report::RunReport;
-use crate::run::LocalOptions;
 
 /// [`crate::report::RunReport::link_emulation`] in this mode.
 pub const LINK_TC: &str = "tc htb";

@@ -25,9 +25,9 @@ use tokio::time::Instant;
 
 use crate::baseline::{self, BaselineOptions};
 use crate::cluster::random_blob;
+use crate::modes::{LocalOptions, default_store_base};
 use crate::pull::Target;
 use crate::report::{self, Caps, LINK_AGENT_LIMITER, Resources, RunReport, RunSpec, Store};
-use crate::run::{LocalOptions, default_store_base};
 use crate::scenario::{Nodes, Scenario, Stats, drive};
 
 /// The binaries this mode starts.
@@ -343,7 +343,7 @@ async fn measure(c: &mut ProcCluster<'_>, o: &LocalOptions, sc: &Scenario, store
         crate::pull::warm_origins(&c.http, &format!("http://{}", c.layout.agents[0].0), &digests).await?;
     }
     if o.verbose {
-        println!("{}", crate::run::placed_line(digests.len(), o.cold_origin));
+        println!("{}", crate::modes::placed_line(digests.len(), o.cold_origin));
     }
     let cpu0 = c.procs.cpu_secs();
     let (agents, timeline) = drive(c, o.agents, &targets, sc, &o.drive_options(Duration::from_millis(250))).await?;
@@ -385,7 +385,7 @@ async fn measure(c: &mut ProcCluster<'_>, o: &LocalOptions, sc: &Scenario, store
         mode: if c.launch.limiter() { "processes" } else { "netns" }.into(),
         n_origins: o.origins,
         blob_bytes: sc.total_bytes(),
-        digest: crate::run::digest_label(&digests),
+        digest: crate::modes::digest_label(&digests),
         caps: Caps { agent_rate: o.agent_rate, origin_rate: o.origin_rate, seeding_origins: o.origins.clamp(1, 3) },
         store,
         scenario_info: Some(sc.info()),

@@ -22,9 +22,9 @@ use anyhow::Context;
 use shoal_core::{Digest, DigestHasher};
 
 use crate::baseline::{self, BaselineOptions};
+use crate::modes::LocalOptions;
 use crate::pull::Target;
 use crate::report::{Caps, Resources, RunReport, RunSpec, Store};
-use crate::run::LocalOptions;
 use crate::scenario::{BlobSet, Nodes, Scenario, Stats, drive};
 
 /// Where the remote agents and the blob are.

@@ -10,7 +10,9 @@
 //! restarts nodes on schedule, samples delivered bytes, and returns one [`AgentPull`] per
 //! agent. An agent's time is measured from its own start; a restarted agent's time includes
 //! its downtime. Bytes a node received before it was killed are carried over, so its sources
-//! still add up after a restart. Every wait is bounded by the run's timeout.
+//! still add up after a restart. Every wait is bounded by the run's timeout. [`drive`] owns
+//! the clock, the nodes and the schedule; each agent's state is an `AgentRun` that its events
+//! (start, pulls ended, kill, restart) move on, pure and tested on its own.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -250,24 +252,194 @@ pub struct DriveOptions {
     pub progress: bool,
 }
 
-/// Per-agent state while a scenario runs.
+/// One agent's state while a scenario runs, moved on by the run's events: its start, the end
+/// of its pulls, a kill and a restart. [`drive`] owns the clock and the nodes; these methods
+/// only record what happened, so a pull ended before a kill cannot count after it.
 struct AgentRun {
+    /// When its pulls start, after the run began; read for the report.
     start_at: Duration,
-    /// Bumped on every (re)start; results of older pulls are ignored.
+    /// Bumped by every kill; a pull's result carries the generation it was spawned in, and
+    /// results of older ones are ignored.
     generation: u64,
+    /// The pulls in flight, aborted by a kill or the deadline.
     task: Option<tokio::task::AbortHandle>,
+    /// When its pulls first started; its time counts from here, downtime included.
     started: Option<Instant>,
+    /// What it received and sent before its kills, added to its live stats after a restart.
     carried: Stats,
+    /// Its node is up (false from a kill to its restart).
     running: bool,
+    /// Seconds after the run began.
     killed_at: Option<f64>,
+    /// Seconds after the run began, when the restart was issued.
     restarted_at: Option<f64>,
+    /// Its pulls' time from `started`, bytes, and whether every copy verified.
     result: Option<(f64, u64, bool)>,
 }
 
+impl AgentRun {
+    fn new(start_at: Duration) -> AgentRun {
+        AgentRun {
+            start_at,
+            generation: 0,
+            task: None,
+            started: None,
+            carried: Stats::default(),
+            running: true,
+            killed_at: None,
+            restarted_at: None,
+            result: None,
+        }
+    }
+
+    /// Its start time came: the clock starts at `now` and `spawn` starts its pulls in the
+    /// current generation.
+    fn on_start(&mut self, now: Instant, spawn: impl FnOnce(u64) -> tokio::task::AbortHandle) {
+        self.started = Some(now);
+        self.task = Some(spawn(self.generation));
+    }
+
+    /// Pulls spawned in generation `gen_` ended at `ended` with `r` (bytes, every copy
+    /// verified). Returns the agent's time in seconds, or `None` when the result is stale (an
+    /// older generation, or the node is down); a failed pull of the current generation is an
+    /// error.
+    fn on_pulled(&mut self, gen_: u64, ended: Instant, r: anyhow::Result<(u64, bool)>) -> anyhow::Result<Option<f64>> {
+        if gen_ != self.generation || !self.running {
+            return Ok(None);
+        }
+        let (bytes, ok) = r?;
+        let secs = self.started.map_or(0.0, |s| ended.saturating_duration_since(s).as_secs_f64());
+        self.result = Some((secs, bytes, ok));
+        self.task = None;
+        Ok(Some(secs))
+    }
+
+    /// Its node is being killed `at_secs` into the run, having received and sent `last` since
+    /// it (re)started: its pulls are aborted and their results will be ignored.
+    fn on_kill(&mut self, at_secs: f64, last: Stats) {
+        self.generation += 1;
+        self.abort();
+        self.carried += last;
+        self.running = false;
+        self.killed_at = Some(at_secs);
+    }
+
+    /// Its node was restarted `at_secs` into the run. Returns whether it must pull again (it
+    /// had not finished before the kill).
+    fn on_restart(&mut self, at_secs: f64) -> bool {
+        self.running = true;
+        self.restarted_at = Some(at_secs);
+        self.result.is_none()
+    }
+
+    /// Its pulls start again after a restart, in the new generation; its time keeps counting
+    /// from its first start.
+    fn on_resume(&mut self, now: Instant, spawn: impl FnOnce(u64) -> tokio::task::AbortHandle) {
+        self.started.get_or_insert(now);
+        self.task = Some(spawn(self.generation));
+    }
+
+    /// Aborts its pulls in flight, if any.
+    fn abort(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+
+    /// Nothing more will happen to it unless a restart is pending: it finished, or it is down
+    /// after a kill with no restart yet.
+    fn settled(&self) -> bool {
+        self.result.is_some() || (self.killed_at.is_some() && !self.running && self.restarted_at.is_none())
+    }
+
+    /// It has neither finished nor been taken down.
+    fn pending(&self) -> bool {
+        self.result.is_none() && self.running
+    }
+
+    /// The report's line for agent `agent`, with `live`, what its node has received and sent
+    /// since it last (re)started (`None` when it is down).
+    fn pull(&self, agent: usize, live: Option<Stats>) -> AgentPull {
+        let mut s = self.carried;
+        if let Some(live) = live {
+            s += live;
+        }
+        let (secs, bytes, verified) = self.result.unwrap_or((f64::NAN, 0, false));
+        AgentPull {
+            agent,
+            secs: if self.result.is_some() { secs } else { 0.0 },
+            bytes,
+            verified,
+            from_origin: s.from_origin,
+            from_peers: s.from_peers,
+            uploaded: s.uploaded,
+            started_secs: self.start_at.as_secs_f64(),
+            late: !self.start_at.is_zero(),
+            killed_secs: self.killed_at,
+            restarted_secs: self.restarted_at,
+            finished: self.result.is_some(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Event {
     Start(usize),
     Kill(usize),
     Restart(usize),
+}
+
+/// The run's scheduled events in descending time order, so `pop` takes the earliest: every
+/// agent's start and the churned agents' kills. At equal times, starts come before kills, in
+/// agent order. Restarts are added when their kill happens ([`schedule`]).
+fn initial_events(sc: &Scenario, n: usize) -> Vec<(Duration, Event)> {
+    let mut events: Vec<(Duration, Event)> = (0..n).map(|i| (sc.start_of(i, n), Event::Start(i))).collect();
+    if let Some(c) = sc.churn {
+        for i in 0..c.count.min(n) {
+            events.push((c.at, Event::Kill(i)));
+        }
+    }
+    // Stable, so equal times keep the order above once reversed and popped.
+    events.sort_by_key(|(t, _)| *t);
+    events.reverse();
+    events
+}
+
+/// Adds `ev` at `when` to `events` (descending time order), after the events already due at
+/// the same time.
+fn schedule(events: &mut Vec<(Duration, Event)>, when: Duration, ev: Event) {
+    let pos = events.partition_point(|(t, _)| *t > when);
+    events.insert(pos, (when, ev));
+}
+
+/// What a pull task sends back: the agent, the generation it was spawned in, when its pulls
+/// ended, and their bytes and whether every digest matched.
+type Pulled = (usize, u64, Instant, anyhow::Result<(u64, bool)>);
+
+/// Starts agent `i`'s pulls of every target from `base` (its HTTP API), concurrently; the
+/// outcome goes to `tx` tagged with `gen_`.
+fn spawn_pull(
+    http: &reqwest::Client,
+    tx: &mpsc::UnboundedSender<Pulled>,
+    targets: &[Target],
+    i: usize,
+    gen_: u64,
+    base: String,
+) -> tokio::task::AbortHandle {
+    let (http, tx, targets) = (http.clone(), tx.clone(), targets.to_vec());
+    tokio::spawn(async move {
+        let http = &http;
+        let fetches = targets.iter().map(|t| {
+            let url = format!("{base}/blobs/{}", t.digest);
+            async move { fetch_and_check(http, &url, t, &[]).await.with_context(|| format!("agent {i}")) }
+        });
+        let r = futures::future::join_all(fetches)
+            .await
+            .into_iter()
+            .try_fold((0u64, true), |(bytes, ok), r| r.map(|(b, good)| (bytes + b, ok && good)));
+        let _ = tx.send((i, gen_, Instant::now(), r));
+    })
+    .abort_handle()
 }
 
 /// Runs `sc` on `nodes` (agents `0..n`, every one pulling `targets`) and returns each agent's
@@ -282,75 +454,27 @@ pub(crate) async fn drive<N: Nodes>(
     let http = reqwest::Client::new();
     let digests: &[Digest] = &Target::digests(targets);
     let t0 = Instant::now();
-    let mut agents: Vec<AgentRun> = (0..n)
-        .map(|i| AgentRun {
-            start_at: sc.start_of(i, n),
-            generation: 0,
-            task: None,
-            started: None,
-            carried: Stats::default(),
-            running: true,
-            killed_at: None,
-            restarted_at: None,
-            result: None,
-        })
-        .collect();
-    let mut events: Vec<(Duration, Event)> = (0..n).map(|i| (agents[i].start_at, Event::Start(i))).collect();
-    if let Some(c) = sc.churn {
-        for i in 0..c.count.min(n) {
-            // A restart is scheduled when its kill happens.
-            events.push((c.at, Event::Kill(i)));
-        }
-    }
-    // Stable: at equal times, starts before kills before restarts, in agent order.
-    events.sort_by_key(|(t, _)| *t);
-    events.reverse();
-    // (agent, generation, when its pulls ended, bytes and whether every digest matched)
-    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, u64, Instant, anyhow::Result<(u64, bool)>)>();
-    let spawn_pull = |i: usize, gen_: u64, base: String| {
-        let (http, tx, targets) = (http.clone(), tx.clone(), targets.to_vec());
-        tokio::spawn(async move {
-            let http = &http;
-            let fetches = targets.iter().map(|t| {
-                let url = format!("{base}/blobs/{}", t.digest);
-                async move { fetch_and_check(http, &url, t, &[]).await.with_context(|| format!("agent {i}")) }
-            });
-            let r = futures::future::join_all(fetches)
-                .await
-                .into_iter()
-                .try_fold((0u64, true), |(bytes, ok), r| r.map(|(b, good)| (bytes + b, ok && good)));
-            let _ = tx.send((i, gen_, Instant::now(), r));
-        })
-        .abort_handle()
-    };
+    let mut agents: Vec<AgentRun> = (0..n).map(|i| AgentRun::new(sc.start_of(i, n))).collect();
+    let mut events = initial_events(sc, n);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Pulled>();
+    let (http, tx) = (&http, &tx);
+    let spawn = |i: usize, base: String| move |gen_: u64| spawn_pull(http, tx, targets, i, gen_, base);
     let mut timeline = Vec::new();
     let mut tick = tokio::time::interval(o.sample_every.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let deadline = tokio::time::sleep(o.timeout);
     tokio::pin!(deadline);
     let mut done = 0usize;
-    let finished = |agents: &[AgentRun]| {
-        agents.iter().all(|a| a.result.is_some() || (a.killed_at.is_some() && !a.running && a.restarted_at.is_none()))
-            && !agents.is_empty()
-    };
     // Bounded by the deadline; every branch either makes progress or ends the loop.
     loop {
         let pending_restarts = events.iter().any(|(_, e)| matches!(e, Event::Restart(_) | Event::Kill(_)));
-        if finished(&agents) && !pending_restarts {
+        if !agents.is_empty() && agents.iter().all(AgentRun::settled) && !pending_restarts {
             break;
         }
         let next = events.last().map(|(t, _)| t0 + *t);
         tokio::select! {
             Some((i, gen_, ended, r)) = rx.recv() => {
-                let a = &mut agents[i];
-                if gen_ != a.generation || !a.running {
-                    continue;
-                }
-                let (bytes, ok) = r?;
-                let secs = a.started.map_or(0.0, |s| ended.saturating_duration_since(s).as_secs_f64());
-                a.result = Some((secs, bytes, ok));
-                a.task = None;
-                if o.progress {
+                if let Some(secs) = agents[i].on_pulled(gen_, ended, r)? && o.progress {
                     done += 1;
                     eprintln!("[{done:>4}/{n}] agent {i} done in {secs:.3}s");
                 }
@@ -362,47 +486,32 @@ pub(crate) async fn drive<N: Nodes>(
                     match ev {
                         Event::Start(i) => {
                             let base = nodes.agent_url(i).ok_or_else(|| anyhow::anyhow!("agent {i} is not running"))?;
-                            let a = &mut agents[i];
-                            a.started = Some(Instant::now());
-                            a.task = Some(spawn_pull(i, a.generation, base));
+                            agents[i].on_start(Instant::now(), spawn(i, base));
                         }
                         Event::Kill(i) => {
                             let at = t0.elapsed();
-                            let s = nodes.stats(i, digests).await;
-                            let a = &mut agents[i];
-                            a.generation += 1;
-                            if let Some(t) = a.task.take() {
-                                t.abort();
-                            }
-                            a.carried += s;
-                            a.running = false;
-                            a.killed_at = Some(at.as_secs_f64());
+                            let last = nodes.stats(i, digests).await;
+                            agents[i].on_kill(at.as_secs_f64(), last);
                             nodes.kill(i).await?;
                             if let Some(r) = sc.churn.and_then(|c| c.restart) {
-                                let when = t0.elapsed() + r;
-                                // `events` is in descending time order; pops take the earliest.
-                                let pos = events.partition_point(|(t, _)| *t > when);
-                                events.insert(pos, (when, Event::Restart(i)));
+                                schedule(&mut events, t0.elapsed() + r, Event::Restart(i));
                             }
                             if o.progress {
                                 eprintln!("agent {i} killed at {:.3}s{}", t0.elapsed().as_secs_f64(),
-                                    if a.result.is_some() { " (it had finished)" } else { "" });
+                                    if agents[i].result.is_some() { " (it had finished)" } else { "" });
                             }
                         }
                         Event::Restart(i) => {
                             // When the restart was issued; the node is ready a little later.
                             let at = t0.elapsed();
                             nodes.restart(i).await?;
-                            let a = &mut agents[i];
-                            a.running = true;
-                            a.restarted_at = Some(at.as_secs_f64());
+                            let again = agents[i].on_restart(at.as_secs_f64());
                             if o.progress {
                                 eprintln!("agent {i} restarted at {:.3}s", t0.elapsed().as_secs_f64());
                             }
-                            if a.result.is_none() {
+                            if again {
                                 let base = nodes.agent_url(i).ok_or_else(|| anyhow::anyhow!("agent {i} did not restart"))?;
-                                a.started.get_or_insert_with(Instant::now);
-                                a.task = Some(spawn_pull(i, a.generation, base));
+                                agents[i].on_resume(Instant::now(), spawn(i, base));
                             }
                         }
                     }
@@ -420,37 +529,16 @@ pub(crate) async fn drive<N: Nodes>(
                 timeline.push(Sample { secs, delivered });
             }
             () = &mut deadline => {
-                for a in &agents {
-                    if let Some(t) = &a.task {
-                        t.abort();
-                    }
-                }
-                let left: Vec<usize> = (0..n).filter(|&i| agents[i].result.is_none() && agents[i].running).collect();
+                agents.iter_mut().for_each(AgentRun::abort);
+                let left: Vec<usize> = (0..n).filter(|&i| agents[i].pending()).collect();
                 anyhow::bail!("pull did not finish within {:?}; agents not done: {left:?}", o.timeout);
             }
         }
     }
     let mut out = Vec::with_capacity(n);
     for (i, a) in agents.iter().enumerate() {
-        let mut s = a.carried;
-        if a.running {
-            s += nodes.stats(i, digests).await;
-        }
-        let (secs, bytes, verified) = a.result.unwrap_or((f64::NAN, 0, false));
-        out.push(AgentPull {
-            agent: i,
-            secs: if a.result.is_some() { secs } else { 0.0 },
-            bytes,
-            verified,
-            from_origin: s.from_origin,
-            from_peers: s.from_peers,
-            uploaded: s.uploaded,
-            started_secs: a.start_at.as_secs_f64(),
-            late: !a.start_at.is_zero(),
-            killed_secs: a.killed_at,
-            restarted_secs: a.restarted_at,
-            finished: a.result.is_some(),
-        });
+        let live = if a.running { Some(nodes.stats(i, digests).await) } else { None };
+        out.push(a.pull(i, live));
     }
     let secs = out.iter().filter(|p| p.finished).map(|p| p.started_secs + p.secs).fold(0.0, f64::max);
     timeline.push(Sample { secs, delivered: out.iter().map(|p| p.from_origin + p.from_peers).sum() });
@@ -501,6 +589,79 @@ mod tests {
         assert!(sc.validate(2).is_err());
         assert!(sc.describe(4).contains("late joiner"));
         assert!(sc.info().bound_note.contains("static case"));
+    }
+
+    #[test]
+    fn starts_come_first_and_restarts_queue_behind_equal_times() {
+        let sc = Scenario {
+            late: Some(AtTime { count: 1, at: Duration::from_secs(1) }),
+            churn: Some(Churn { count: 2, at: Duration::from_secs(1), restart: Some(Duration::from_secs(1)) }),
+            ..Scenario::single(10)
+        };
+        let mut events = initial_events(&sc, 4);
+        schedule(&mut events, Duration::from_secs(1), Event::Restart(3));
+        schedule(&mut events, Duration::ZERO, Event::Restart(2));
+        let order: Vec<(u64, Event)> = events.iter().rev().map(|(t, e)| (t.as_secs(), *e)).collect();
+        use Event::{Kill, Restart, Start};
+        let expect =
+            [(0, Start(0)), (0, Start(1)), (0, Start(2)), (0, Restart(2)), (1, Start(3)), (1, Kill(0)), (1, Kill(1))];
+        assert_eq!(order[..7], expect);
+        assert_eq!(order[7], (1, Restart(3)));
+    }
+
+    /// A pull task that never ends, for the agent state's task slot.
+    fn idle(_gen: u64) -> tokio::task::AbortHandle {
+        tokio::spawn(std::future::pending::<()>()).abort_handle()
+    }
+
+    #[tokio::test]
+    async fn a_pull_from_before_a_kill_is_ignored_and_time_counts_from_the_first_start() {
+        let t0 = Instant::now();
+        let secs = Duration::from_secs;
+        let mut a = AgentRun::new(Duration::ZERO);
+        a.on_start(t0, idle);
+        assert!(a.pending() && !a.settled());
+        a.on_kill(1.0, Stats { from_origin: 5, from_peers: 7, uploaded: 1 });
+        assert!(a.task.is_none() && !a.pending() && a.settled());
+        // The killed generation's pulls end later, one way or another: both are ignored.
+        assert_eq!(a.on_pulled(0, t0 + secs(1), Ok((10, true))).unwrap(), None);
+        assert_eq!(a.on_pulled(0, t0 + secs(1), Err(anyhow::anyhow!("connection reset"))).unwrap(), None);
+        assert!(a.on_restart(2.0), "it had not finished, so it pulls again");
+        assert!(a.pending() && !a.settled());
+        a.on_resume(t0 + secs(2), idle);
+        assert!(a.on_pulled(0, t0 + secs(3), Ok((10, true))).unwrap().is_none(), "still stale");
+        assert_eq!(a.on_pulled(1, t0 + secs(3), Ok((10, true))).unwrap(), Some(3.0), "downtime included");
+        assert!(a.task.is_none() && a.settled());
+        let p = a.pull(4, Some(Stats { from_origin: 0, from_peers: 3, uploaded: 2 }));
+        assert_eq!((p.agent, p.secs, p.bytes, p.verified, p.finished), (4, 3.0, 10, true, true));
+        assert_eq!((p.from_origin, p.from_peers, p.uploaded), (5, 10, 3), "carried over the restart");
+        assert_eq!((p.killed_secs, p.restarted_secs, p.late), (Some(1.0), Some(2.0), false));
+    }
+
+    #[tokio::test]
+    async fn kills_before_and_after_finishing() {
+        let t0 = Instant::now();
+        // Finished, then killed and restarted: nothing to pull again, the result stands.
+        let mut a = AgentRun::new(Duration::ZERO);
+        a.on_start(t0, idle);
+        assert_eq!(a.on_pulled(0, t0 + Duration::from_millis(1500), Ok((10, false))).unwrap(), Some(1.5));
+        a.on_kill(2.0, Stats::default());
+        assert!(!a.on_restart(3.0));
+        assert!(a.settled() && !a.pending());
+        let p = a.pull(0, None);
+        assert_eq!((p.secs, p.verified, p.finished), (1.5, false, true));
+        // A late joiner killed for good before finishing: settled, reported unfinished.
+        let mut b = AgentRun::new(Duration::from_secs(2));
+        b.on_start(t0, idle);
+        b.on_kill(2.5, Stats { from_origin: 1, from_peers: 2, uploaded: 3 });
+        assert!(b.settled() && !b.pending());
+        let p = b.pull(1, None);
+        assert_eq!((p.secs, p.bytes, p.finished, p.late, p.started_secs), (0.0, 0, false, true, 2.0));
+        assert_eq!((p.from_origin, p.from_peers, p.uploaded, p.killed_secs), (1, 2, 3, Some(2.5)));
+        // A pull of the current generation that failed is the run's error.
+        let mut c = AgentRun::new(Duration::ZERO);
+        c.on_start(t0, idle);
+        assert!(c.on_pulled(0, t0, Err(anyhow::anyhow!("digest mismatch"))).is_err());
     }
 
     #[test]

@@ -78,7 +78,7 @@ pub struct SoakArgs {
     /// Stores and logs go in a fresh directory under this one (default /dev/shm).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Every sample as CSV (secs, process, rss_kib, fds) here.
+    /// Every sample as CSV (secs, process, rss_kib, fds, threads) here.
     #[arg(long)]
     pub samples: Option<PathBuf>,
     #[arg(long, default_value_t = 1)]
@@ -125,19 +125,22 @@ pub fn trend(samples: &Series, warmup: f64, window: f64, f: impl Fn(&(f64, u64, 
     Some(Trend { first, last })
 }
 
-/// Reads a process's RSS (KiB) and open fds from /proc.
-fn sample(pid: u32) -> Option<(u64, u64)> {
+/// Reads a process's RSS (KiB), open fds and threads from /proc. The threads are only
+/// written to the samples: a step in RSS that comes with one in threads is the runtime's
+/// blocking pool (and each thread's allocator heap), not a table that grows.
+fn sample(pid: u32) -> Option<(u64, u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rss = crate::report::proc_kib(&status, "VmRSS:")? / 1024;
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
-    Some((rss, fds))
+    let threads = status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|v| v.trim().parse().ok())?;
+    Some((rss, fds, threads))
 }
 
 pub async fn main(a: &SoakArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.agents >= 2 && a.blobs >= 1, "--agents at least 2, --blobs at least 1");
     anyhow::ensure!(a.churn < a.agents, "--churn must leave agents that run throughout");
     let warmup = a.warmup.unwrap_or(a.duration / 6).min(a.duration / 2);
-    let base = a.dir.clone().unwrap_or_else(crate::run::default_store_base);
+    let base = a.dir.clone().unwrap_or_else(crate::modes::default_store_base);
     std::fs::create_dir_all(&base)?;
     let tmp = tempfile::Builder::new().prefix("shoal-soak-").tempdir_in(&base)?;
     let mut mounts = Vec::new();
@@ -241,7 +244,7 @@ pub async fn main(a: &SoakArgs) -> anyhow::Result<()> {
         }));
     }
     let mut series: BTreeMap<String, Series> = BTreeMap::new();
-    let mut csv = String::from("secs,process,rss_kib,fds\n");
+    let mut csv = String::from("secs,process,rss_kib,fds,threads\n");
     let mut next_sample = Instant::now();
     let mut next_churn = t0 + a.churn_every;
     let mut churn_k = 0usize;
@@ -252,11 +255,11 @@ pub async fn main(a: &SoakArgs) -> anyhow::Result<()> {
             let secs = t0.elapsed().as_secs_f64();
             for name in c.names() {
                 if let Some(pid) = c.pid(&name)
-                    && let Some((rss, fds)) = sample(pid)
+                    && let Some((rss, fds, threads)) = sample(pid)
                 {
                     // A restarted process is a new series.
                     series.entry(format!("{name}[{pid}]")).or_default().push((secs, rss, fds));
-                    let _ = writeln!(csv, "{secs:.1},{name}[{pid}],{rss},{fds}");
+                    let _ = writeln!(csv, "{secs:.1},{name}[{pid}],{rss},{fds},{threads}");
                 }
             }
             next_sample += a.sample_every;

@@ -6,7 +6,8 @@
 
 use std::time::Duration;
 
-use shoal_loadtest::run::{LocalOptions, Mode, run};
+use shoal_loadtest::modes::{LocalOptions, Mode};
+use shoal_loadtest::run::run;
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")

@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use shoal_loadtest::cluster::{Cluster, random_blob};
+use shoal_loadtest::modes::{LocalOptions, Mode};
 use shoal_loadtest::remote::RemoteOptions;
-use shoal_loadtest::run::{LocalOptions, Mode, run};
+use shoal_loadtest::run::run;
 
 #[tokio::test]
 async fn remote_agents_pull_an_uploaded_blob() {

@@ -6,8 +6,9 @@
 
 use std::time::Duration;
 
+use shoal_loadtest::modes::{LocalOptions, Mode};
 use shoal_loadtest::report::RunReport;
-use shoal_loadtest::run::{LocalOptions, Mode, run};
+use shoal_loadtest::run::run;
 use shoal_loadtest::scenario::{AtTime, BlobSet, Churn, Scenario};
 
 const MIB: u64 = 1 << 20;

@@ -7,8 +7,9 @@
 
 use std::time::Duration;
 
+use shoal_loadtest::modes::LocalOptions;
 use shoal_loadtest::report::{Resources, RunReport};
-use shoal_loadtest::run::{LocalOptions, run_local};
+use shoal_loadtest::run::run_local;
 use shoal_loadtest::sim::{CpuModel, SimConfig, SimReport, Validation, run};
 
 /// What a completion may beat `T*` by: the links' buckets start with a tenth of a second of

@@ -12,49 +12,39 @@
 //! - `POST /preheat` (a caller `auth` allows; a body of at most [`MAX_PREHEAT_BODY`]),
 //!   `GET /preheat/<id>`: warm an image's manifests and blobs ([`crate::preheat`]).
 //!
+//! Tag resolution and preheat are domain functions ([`crate::tags`], [`crate::preheat`]) that
+//! know nothing of HTTP; their handlers, and the mapping of every error to a status and a
+//! Registry v2 code, live here.
+//!
 //! Only the upload route reads a body of any size (streamed to a staging file, bounded by
 //! `max_upload`); every other body is bounded where its route is declared.
 //!
 //! Metainfo, blob and tag requests take two optional query hints for pull-through
-//! ([`Hints`]): `name=<repository>` and `ns=<registry host>`. They choose where a missing
+//! ([`Hints`], in `crate::state`): `name=<repository>` and `ns=<registry host>`. They choose where a missing
 //! blob is pulled from, never what is served: every byte is verified against the digest.
 
 use std::io::Write;
-use std::sync::Arc;
 
+use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::StreamExt;
 use shoal_core::Digest;
+use shoal_core::api::PreheatRequest;
 use shoal_core::metainfo::MetaInfoBuilder;
-use shoal_core::registry::{RegistryHost, RepoName};
-use shoal_runtime::{ApiError, Authorizer, Caller, Cap, blob_response, parse_digest};
-use shoal_swarm::Swarm;
-use tokio::sync::watch;
+use shoal_core::registry::{RegistryHost, RepoName, Tag};
+use shoal_runtime::{ApiError, Caller, blob_response, parse_digest};
 
-use crate::fetch::{FetchError, FetchState, Fetcher, Source};
-use crate::metrics::OriginMetrics;
-use crate::upstream::{UpstreamError, Upstreams};
-
-#[derive(Clone)]
-pub struct AppState {
-    pub swarm: Swarm,
-    pub fetcher: Fetcher,
-    pub metainfo_wait: std::time::Duration,
-    pub max_upload: u64,
-    /// Uploads staging at once (`max_uploads`).
-    pub uploads: Cap,
-    pub metrics: OriginMetrics,
-    /// The pull-through upstreams, if configured.
-    pub upstreams: Option<Arc<Upstreams>>,
-    pub preheats: crate::preheat::Preheats,
-    /// Who may upload and preheat.
-    pub auth: Authorizer,
-}
+use crate::fetch::{FetchError, FetchState};
+use crate::preheat::PreheatError;
+use crate::state::settle;
+pub use crate::state::{AppState, Hints};
+use crate::tags::TagError;
+use crate::upstream::UpstreamError;
 
 /// Largest `POST /preheat` body read. Hard-coded: a request is a name, a reference and a host.
 pub const MAX_PREHEAT_BODY: usize = 64 << 10;
@@ -67,12 +57,9 @@ pub fn router(state: AppState) -> Router {
         .route("/blobs/{digest}/metainfo", get(metainfo))
         // Uploads stream their body and bound it by `max_upload` themselves.
         .route("/blobs/{digest}", get(get_blob).head(get_blob).put(put_blob).layer(DefaultBodyLimit::disable()))
-        .route("/tags/{*rest}", get(crate::tags::get_tag))
-        .route(
-            "/preheat",
-            axum::routing::post(crate::preheat::post_preheat).layer(DefaultBodyLimit::max(MAX_PREHEAT_BODY)),
-        )
-        .route("/preheat/{id}", get(crate::preheat::get_preheat))
+        .route("/tags/{*rest}", get(get_tag))
+        .route("/preheat", axum::routing::post(post_preheat).layer(DefaultBodyLimit::max(MAX_PREHEAT_BODY)))
+        .route("/preheat/{id}", get(get_preheat))
         .with_state(state)
 }
 
@@ -112,62 +99,25 @@ pub struct RawHints {
     ns: Option<String>,
 }
 
-/// Pull-through hints, validated: the repository a request is for and the registry host
-/// the client named. Empty values count as absent.
-#[derive(Clone, Debug, Default)]
-pub struct Hints {
-    pub name: Option<RepoName>,
-    pub ns: Option<RegistryHost>,
+/// Validates the hints of a request (empty values count as absent).
+pub fn parse_hints(raw: RawHints) -> Result<Hints, ApiError> {
+    let invalid = |e: String| ApiError::new(StatusCode::BAD_REQUEST, "NAME_INVALID", e);
+    let name = match raw.name.filter(|n| !n.is_empty()) {
+        Some(n) => Some(RepoName::parse(&n).map_err(|e| invalid(e.to_string()))?),
+        None => None,
+    };
+    let ns = match raw.ns.filter(|n| !n.is_empty()) {
+        Some(n) => Some(RegistryHost::parse(&n).map_err(|e| invalid(e.to_string()))?),
+        None => None,
+    };
+    Ok(Hints { name, ns })
 }
 
-impl Hints {
-    pub fn parse(raw: RawHints) -> Result<Hints, ApiError> {
-        let name = match raw.name.filter(|n| !n.is_empty()) {
-            Some(n) => Some(
-                RepoName::parse(&n)
-                    .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "NAME_INVALID", e.to_string()))?,
-            ),
-            None => None,
-        };
-        let ns = match raw.ns.filter(|n| !n.is_empty()) {
-            Some(n) => Some(
-                RegistryHost::parse(&n)
-                    .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "NAME_INVALID", e.to_string()))?,
-            ),
-            None => None,
-        };
-        Ok(Hints { name, ns })
-    }
-
-    /// Parses the hints of a raw URI's query.
-    pub fn from_uri(uri: &axum::http::Uri) -> Result<Hints, ApiError> {
-        let Query(raw) = Query::<RawHints>::try_from_uri(uri)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "NAME_INVALID", format!("query: {e}")))?;
-        Hints::parse(raw)
-    }
-}
-
-impl AppState {
-    /// Records that `digest` was asked for through the repository `hints` name, which pins it
-    /// if that repository is pinned (`swarm.store.pin.repositories`).
-    pub async fn note_repository(&self, hints: &Hints, digest: Digest) {
-        if let Some(name) = &hints.name {
-            self.swarm.note_repository(name.as_str(), digest).await;
-        }
-    }
-
-    /// Where a blob named by `hints` may be pulled from when the backend lacks it.
-    pub fn source(&self, hints: &Hints) -> Option<Source> {
-        let name = hints.name.clone()?;
-        let upstream = self.upstreams.as_ref()?.select(hints.ns.as_ref(), &name)?;
-        Some(Source { upstream, name })
-    }
-}
-
-/// Waits up to `wait` for a fetch to settle.
-pub(crate) async fn settle(mut rx: watch::Receiver<FetchState>, wait: std::time::Duration) -> FetchState {
-    let _ = tokio::time::timeout(wait, rx.wait_for(|s| !matches!(s, FetchState::Running))).await;
-    rx.borrow().clone()
+/// Parses the hints of a raw URI's query.
+pub fn hints_from_uri(uri: &axum::http::Uri) -> Result<Hints, ApiError> {
+    let Query(raw) = Query::<RawHints>::try_from_uri(uri)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "NAME_INVALID", format!("query: {e}")))?;
+    parse_hints(raw)
 }
 
 async fn metainfo(
@@ -176,7 +126,7 @@ async fn metainfo(
     Query(raw): Query<RawHints>,
 ) -> Result<Response, ApiError> {
     let digest = parse_digest(&digest)?;
-    let hints = Hints::parse(raw)?;
+    let hints = parse_hints(raw)?;
     st.note_repository(&hints, digest).await;
     let source = st.source(&hints);
     match settle(st.fetcher.ensure_from(digest, source).await, st.metainfo_wait).await {
@@ -198,7 +148,7 @@ async fn get_blob(
     Query(raw): Query<RawHints>,
 ) -> Result<Response, ApiError> {
     let digest = parse_digest(&digest)?;
-    let hints = Hints::parse(raw)?;
+    let hints = parse_hints(raw)?;
     st.note_repository(&hints, digest).await;
     let source = st.source(&hints);
     let internal =
@@ -323,11 +273,119 @@ async fn upload(st: &AppState, digest: Digest, len: u64, body: Body, staged: &st
     Ok(())
 }
 
+impl From<TagError> for ApiError {
+    fn from(e: TagError) -> ApiError {
+        let (status, code) = match &e {
+            TagError::Unknown { .. } => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
+            TagError::BadLink { .. } => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
+            TagError::Backend { source, .. } if source.is_transient() => {
+                (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
+            }
+            TagError::Backend { .. } => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
+            TagError::Upstream { source, .. } => upstream_status(source),
+            TagError::Store { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "UNAVAILABLE"),
+        };
+        ApiError::new(status, code, format!("{e:#}"))
+    }
+}
+
+impl From<PreheatError> for ApiError {
+    fn from(e: PreheatError) -> ApiError {
+        let bad = |code: &'static str, m: String| ApiError::new(StatusCode::BAD_REQUEST, code, m);
+        match e {
+            PreheatError::Busy(m) => ApiError::busy(m, crate::preheat::PREHEAT_RETRY_AFTER),
+            PreheatError::Name(m) | PreheatError::Ns(m) => bad("NAME_INVALID", m),
+            PreheatError::Reference(m) => bad("MANIFEST_INVALID", m),
+            PreheatError::Tag(t) => t.into(),
+            PreheatError::Fetch { source, .. } => {
+                let mut a: ApiError = source.into();
+                if a.code == "BLOB_UNKNOWN" {
+                    a.code = "MANIFEST_UNKNOWN";
+                }
+                a
+            }
+            e @ PreheatError::Timeout { .. } => {
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE", e.to_string())
+            }
+            e @ (PreheatError::BadManifest { .. } | PreheatError::TooManyManifests) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "MANIFEST_INVALID", e.to_string())
+            }
+        }
+    }
+}
+
+/// Splits the raw (still percent-encoded) path `/tags/<name>/<tag>` and validates both parts.
+pub fn parse_tag_path(path: &str) -> Result<(RepoName, Tag), ApiError> {
+    let rest = path.strip_prefix("/tags/").unwrap_or_default();
+    let Some((name, tag)) = rest.rsplit_once('/') else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "NAME_INVALID", "expected /tags/<name>/<tag>"));
+    };
+    let name =
+        RepoName::parse(name).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "NAME_INVALID", e.to_string()))?;
+    let tag = Tag::parse(tag).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", e.to_string()))?;
+    Ok((name, tag))
+}
+
+/// `GET /tags/<name>/<tag>[?ns=<host>]`: the digest as text.
+async fn get_tag(State(st): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
+    let (name, tag) = parse_tag_path(uri.path())?;
+    let hints = hints_from_uri(&uri)?;
+    let digest =
+        crate::tags::resolve_through(&st.fetcher, st.upstreams.as_deref(), &name, &tag, hints.ns.as_ref()).await?;
+    tracing::debug!(%name, %tag, %digest, "tag resolved");
+    Ok(([(header::CONTENT_TYPE, "text/plain")], digest.to_string()).into_response())
+}
+
+/// `POST /preheat`, for a caller `auth` allows; refused with 503 while `max_preheats` jobs
+/// run.
+async fn post_preheat(
+    State(st): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Result<Json<PreheatRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, Response> {
+    st.auth.authorize(&caller, &headers).map_err(refused)?;
+    let Json(req) = body.map_err(|r| {
+        let status = r.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "PAYLOAD_TOO_LARGE" } else { "BAD_REQUEST" };
+        ApiError::new(status, code, r.body_text()).into_response()
+    })?;
+    start_preheat(&st, req).await.map_err(IntoResponse::into_response)
+}
+
+/// Starts a preheat (the caller is already allowed): 202 with its status, or 503 (counted)
+/// while `max_preheats` jobs run.
+pub async fn start_preheat(st: &AppState, req: PreheatRequest) -> Result<Response, ApiError> {
+    match st.preheats.start(&st.fetcher, st.upstreams.as_ref(), req).await {
+        Ok(status) => Ok((StatusCode::ACCEPTED, Json(status)).into_response()),
+        Err(e) => {
+            if matches!(e, PreheatError::Busy(_)) {
+                st.metrics.busy.with_label_values(&["preheat"]).inc();
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// `GET /preheat/<id>`.
+async fn get_preheat(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    match st.preheats.get(&id) {
+        Some(s) => Ok(Json(s).into_response()),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, "UNKNOWN", format!("no preheat {id:?}"))),
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
+    use std::sync::Arc;
+
+    use shoal_runtime::{Authorizer, Cap};
+    use shoal_swarm::Swarm;
+
     use super::*;
     use crate::backend::{FsBackend, FsConfig};
-    use crate::fetch::FetchLimits;
+    use crate::fetch::{FetchLimits, Fetcher};
+    use crate::metrics::OriginMetrics;
 
     /// An origin's HTTP state on a temporary directory (store and fs backend), its swarm on
     /// loopback, every cap at 1; the token stops the swarm.
@@ -344,7 +402,7 @@ pub(crate) mod tests {
             failure_ttl: std::time::Duration::from_secs(15),
             timeout: std::time::Duration::from_secs(60),
         };
-        let fetcher = Fetcher::new(swarm.clone(), Arc::new(backend), limits, metrics.clone());
+        let fetcher = Fetcher::new(swarm.clone(), Arc::new(backend), limits, metrics.clone(), shutdown.child_token());
         let st = AppState {
             swarm,
             fetcher,
@@ -388,5 +446,26 @@ pub(crate) mod tests {
         assert_eq!(resp.status(), StatusCode::CREATED);
         assert!(st.swarm.complete(Digest::of(b"an upload")).await.unwrap().is_some());
         shutdown.cancel();
+    }
+
+    fn show(path: &str) -> String {
+        match parse_tag_path(path) {
+            Ok((n, t)) => format!("{n} {t}"),
+            Err(e) => e.code.to_string(),
+        }
+    }
+
+    #[test]
+    fn tag_paths() {
+        assert_eq!(show("/tags/nginx/latest"), "nginx latest");
+        assert_eq!(show("/tags/library/nginx/1.25"), "library/nginx 1.25");
+        assert_eq!(show("/tags/a/b/c/v1"), "a/b/c v1");
+        assert_eq!(show("/tags/latest"), "NAME_INVALID");
+        assert_eq!(show("/tags/"), "NAME_INVALID");
+        assert_eq!(show("/tags/../../etc/passwd"), "NAME_INVALID");
+        assert_eq!(show("/tags/a%2F..%2Fb/v1"), "NAME_INVALID");
+        assert_eq!(show("/tags/a//b/v1"), "NAME_INVALID");
+        assert_eq!(show("/tags/a/.."), "MANIFEST_UNKNOWN");
+        assert_eq!(show("/tags/a/"), "MANIFEST_UNKNOWN");
     }
 }

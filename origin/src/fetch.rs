@@ -133,6 +133,8 @@ struct Inner {
     slots: Semaphore,
     timeout: std::time::Duration,
     metrics: crate::metrics::OriginMetrics,
+    /// Stops fetches still running at shutdown.
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// One remembered failure: when, why, and whether an upstream was tried.
@@ -198,6 +200,7 @@ impl Fetcher {
         backend: Arc<dyn Backend>,
         limits: FetchLimits,
         metrics: crate::metrics::OriginMetrics,
+        shutdown: tokio_util::sync::CancellationToken,
     ) -> Fetcher {
         Fetcher {
             inner: Arc::new(Inner {
@@ -208,8 +211,14 @@ impl Fetcher {
                 slots: Semaphore::new(limits.max_concurrent),
                 timeout: limits.timeout,
                 metrics,
+                shutdown,
             }),
         }
+    }
+
+    /// The swarm fetched blobs are stored in and seeded from.
+    pub fn swarm(&self) -> &Swarm {
+        &self.inner.swarm
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
@@ -243,7 +252,8 @@ impl Fetcher {
         };
         let rx = tx.subscribe();
         let this = self.clone();
-        tokio::spawn(async move {
+        let cancel = self.inner.shutdown.clone();
+        shoal_runtime::spawn("fetch", cancel, async move {
             let tried_upstream = source.is_some();
             let state = match this.fetch(digest, source).await {
                 Ok(meta) => {
@@ -265,6 +275,7 @@ impl Fetcher {
             };
             tx.send_replace(state);
             this.inner.running.remove(&digest);
+            Ok(())
         });
         rx
     }
@@ -504,7 +515,7 @@ mod tests {
             failure_ttl: Duration::from_secs(15),
             timeout: Duration::from_millis(300),
         };
-        let fetcher = Fetcher::new(swarm, Arc::new(Stalling { fs, stall }), limits, metrics.clone());
+        let fetcher = Fetcher::new(swarm, Arc::new(Stalling { fs, stall }), limits, metrics.clone(), shutdown.clone());
 
         let mut stalled = fetcher.ensure(stall).await;
         let mut queued = fetcher.ensure(good_digest).await;
@@ -563,9 +574,10 @@ mod tests {
         let metrics = crate::metrics::OriginMetrics::new(&registry).unwrap();
         let limits =
             FetchLimits { max_concurrent: 2, failure_ttl: Duration::from_secs(15), timeout: Duration::from_secs(30) };
-        let fetcher = Fetcher::new(swarm.clone(), Arc::new(fs), limits, metrics.clone());
+        let fetcher = Fetcher::new(swarm.clone(), Arc::new(fs), limits, metrics.clone(), shutdown.clone());
         let wanted = swarm.wanted().expect("an origin has a wanted queue");
         assert!(swarm.wanted().is_none(), "taken once");
+        // A test's own task, ended with the runtime.
         tokio::spawn(fetch_wanted(fetcher, wanted, Some(ring), "o0".into()));
 
         let mut peer = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -15,6 +15,7 @@ pub mod fetch;
 pub mod metrics;
 pub mod notify;
 pub mod preheat;
+pub mod state;
 pub mod tags;
 pub mod upstream;
 
@@ -67,7 +68,7 @@ pub async fn start(
         failure_ttl: cfg.failure_ttl.get(),
         timeout: cfg.fetch_timeout.get(),
     };
-    let fetcher = fetch::Fetcher::new(swarm.clone(), backend, limits, metrics.clone());
+    let fetcher = fetch::Fetcher::new(swarm.clone(), backend, limits, metrics.clone(), shutdown.child_token());
     if let Some(wanted) = swarm.wanted() {
         let wanted = fetch::fetch_wanted(fetcher.clone(), wanted, config.ring.clone(), cfg.id.clone());
         shoal_runtime::task::spawn("wanted blobs", shutdown.child_token(), wanted);
@@ -76,7 +77,7 @@ pub async fn start(
     // listeners already take requests; none is opened until a peer or a client asks for it.
     swarm.announce_stored();
     let http_addr = listeners.http.local_addr()?;
-    let state = api::AppState {
+    let state = state::AppState {
         swarm: swarm.clone(),
         fetcher,
         metainfo_wait: cfg.metainfo_wait.get(),

@@ -34,12 +34,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use shoal_core::Digest;
+use shoal_core::api::{AgentPreheatRequest, PreheatRequest};
 use shoal_core::registry::RepoName;
 use shoal_core::ring::Ring;
 use shoal_runtime::{ApiError, Cap};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::AppState;
+use crate::state::AppState;
 
 /// Largest notification body read. Hard-coded: docker/distribution batches a few events per
 /// envelope, and Harbor sends one artifact per webhook.
@@ -295,26 +296,27 @@ async fn preheat_pushed(st: &NotifyState, p: &Pushed, bearer: Option<&str>) {
         Some(ring) => ring.owners(&p.digest).into_iter().map(|o| o.id.clone()).collect(),
         None => Vec::new(),
     };
+    let req = PreheatRequest { name: p.name.to_string(), reference: p.digest.to_string(), ns: None, pin: None };
     if st.ring.is_none() || owners.contains(&st.id) {
-        let req = crate::preheat::PreheatRequest {
-            name: p.name.to_string(),
-            reference: p.digest.to_string(),
-            ns: None,
-            pin: None,
-        };
-        match crate::preheat::start_waiting(st.app.clone(), req).await {
+        let app = &st.app;
+        match app.preheats.start_waiting(&app.fetcher, app.upstreams.as_ref(), req).await {
             Ok(_) => tracing::debug!(name = %p.name, digest = %p.digest, "preheat started"),
-            Err(e) => tracing::warn!(name = %p.name, digest = %p.digest, "preheat failed: {}", e.message),
+            Err(e) => tracing::warn!(name = %p.name, digest = %p.digest, "preheat failed: {e:#}"),
         }
     } else if let Some(ring) = &st.ring {
-        let body = serde_json::json!({ "name": p.name.as_str(), "reference": p.digest.to_string() });
         let urls = ring.owners(&p.digest).into_iter().map(|o| format!("{}/preheat", o.http.trim_end_matches('/')));
-        let sent = post_first(&st.http, urls, &body, bearer).await;
+        let sent = post_first(&st.http, urls, &req, bearer).await;
         if let Err(e) = sent {
             tracing::warn!(name = %p.name, digest = %p.digest, "no owner took the preheat: {e}");
         }
     }
-    let body = serde_json::json!({ "name": p.name.as_str(), "reference": p.digest.to_string(), "prefetch": true });
+    let body = AgentPreheatRequest {
+        name: p.name.to_string(),
+        reference: p.digest.to_string(),
+        ns: None,
+        prefetch: true,
+        pin: None,
+    };
     for agent in st.config.agents_for(p.name.as_str()) {
         let url = format!("{}/preheat", agent.trim_end_matches('/'));
         if let Err(e) = post_first(&st.http, std::iter::once(url), &body, bearer).await {
@@ -327,7 +329,7 @@ async fn preheat_pushed(st: &NotifyState, p: &Pushed, bearer: Option<&str>) {
 async fn post_first(
     http: &reqwest::Client,
     urls: impl Iterator<Item = String>,
-    body: &serde_json::Value,
+    body: &impl serde::Serialize,
     bearer: Option<&str>,
 ) -> Result<(), String> {
     let mut last = String::from("no URL");

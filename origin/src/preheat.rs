@@ -1,8 +1,8 @@
 //! Preheat: warming an image in the origin's store before anyone pulls it, so the first
-//! pull of a new release is served from the swarm at once.
+//! pull of a new release is served from the swarm at once. This module knows nothing of
+//! HTTP: `POST /preheat` and `GET /preheat/<id>` are `crate::api`'s, over [`Preheats`].
 //!
-//! `POST /preheat` (from a caller `auth` allows) with `{"name", "reference", "ns"?, "pin"?}`
-//! resolves the tag (backend, then upstream), fetches the manifest, every child manifest of
+//! A preheat ([`PreheatRequest`], from a caller `auth` allows) resolves the tag (backend, then upstream), fetches the manifest, every child manifest of
 //! an index or manifest list, then each image's config and layers, all through the
 //! [`Fetcher`] (so from the backend or pulled through, verified, stored and seeded). Manifests are fetched during the request, so its
 //! answer (202) lists every digest; blobs are fetched in the background, at most
@@ -13,7 +13,7 @@
 //!
 //! At most `max_preheats` jobs run at once, from the request to the last blob; another
 //! request is answered 503 with `Retry-After` ([`PREHEAT_RETRY_AFTER`]), while a preheat for
-//! a push notification waits for its turn ([`start_waiting`]).
+//! a push notification waits for its turn ([`Preheats::start_waiting`]).
 //!
 //! Jobs are kept in memory, the newest [`MAX_JOBS`]; their lock is a sync `Mutex` held only
 //! for map operations, never across an `.await`.
@@ -22,20 +22,18 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use shoal_core::Digest;
+use shoal_core::api::{BlobState, PreheatRequest, PreheatStatus};
 use shoal_core::manifest::{MAX_MANIFEST_LEN, Manifest};
 use shoal_core::registry::{Reference, RegistryHost, RepoName};
-use shoal_runtime::{ApiError, Cap};
+use shoal_runtime::Cap;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{AppState, Hints, settle};
 use crate::fetch::{FetchError, FetchState, Fetcher, Source};
+use crate::state::{Hints, settle};
+use crate::upstream::Upstreams;
 
 /// Jobs remembered. Hard-coded: the oldest is forgotten past it.
 pub const MAX_JOBS: usize = 1000;
@@ -46,55 +44,6 @@ pub const MAX_MANIFESTS: usize = 128;
 const MANIFEST_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 /// `Retry-After` of a preheat refused because `max_preheats` are running.
 pub const PREHEAT_RETRY_AFTER: u32 = 10;
-
-/// The body of `POST /preheat`.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PreheatRequest {
-    /// Repository, such as `library/nginx`.
-    pub name: String,
-    /// A tag or a digest.
-    pub reference: String,
-    /// The upstream registry host, as containerd's `ns=`; the default upstream if absent.
-    #[serde(default)]
-    pub ns: Option<String>,
-    /// `true` pins every digest in this origin's store, `false` unpins them; absent leaves
-    /// pins as they are.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pin: Option<bool>,
-}
-
-/// Where one blob of a preheat stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BlobState {
-    Pending,
-    Done,
-    Failed,
-}
-
-/// A preheat's progress: the answer of `POST /preheat` (202) and `GET /preheat/<id>`.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct PreheatStatus {
-    pub id: String,
-    pub name: String,
-    pub reference: String,
-    /// The digest the reference resolved to.
-    pub manifest: Digest,
-    /// Every manifest, config and layer digest, in the order they are fetched.
-    pub digests: Vec<Digest>,
-    pub states: BTreeMap<Digest, BlobState>,
-    /// Why a blob failed, by digest.
-    #[serde(default)]
-    pub errors: BTreeMap<Digest, String>,
-}
-
-impl PreheatStatus {
-    /// Whether no blob is pending.
-    pub fn finished(&self) -> bool {
-        self.states.values().all(|s| *s != BlobState::Pending)
-    }
-}
 
 /// The preheat jobs of one origin; cheap to clone.
 #[derive(Clone)]
@@ -155,6 +104,16 @@ impl Preheats {
 /// Why a preheat could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum PreheatError {
+    /// `max_preheats` jobs run (only [`Preheats::start`] refuses; the waiting start waits).
+    #[error("{0}")]
+    Busy(String),
+    #[error("{0}")]
+    Name(String),
+    #[error("{0}")]
+    Reference(String),
+    /// The `ns` is not a registry host.
+    #[error("{0}")]
+    Ns(String),
     #[error("resolving the reference: {0}")]
     Tag(#[from] crate::tags::TagError),
     #[error("manifest {digest}: {source}")]
@@ -167,125 +126,98 @@ pub enum PreheatError {
     TooManyManifests,
 }
 
-impl From<PreheatError> for ApiError {
-    fn from(e: PreheatError) -> ApiError {
-        match e {
-            PreheatError::Tag(t) => t.into(),
-            PreheatError::Fetch { source, .. } => {
-                let mut a: ApiError = source.into();
-                if a.code == "BLOB_UNKNOWN" {
-                    a.code = "MANIFEST_UNKNOWN";
-                }
-                a
+impl Preheats {
+    /// Starts a preheat with the fetcher (and its backend) and the pull-through `upstreams`:
+    /// its status once every manifest is fetched, or [`PreheatError::Busy`] while
+    /// `max_preheats` jobs run.
+    pub async fn start(
+        &self,
+        fetcher: &Fetcher,
+        upstreams: Option<&Arc<Upstreams>>,
+        req: PreheatRequest,
+    ) -> Result<PreheatStatus, PreheatError> {
+        let running = self.inner.running.try_take().map_err(|full| PreheatError::Busy(full.to_string()))?;
+        self.run(fetcher, upstreams, req, running).await
+    }
+
+    /// A preheat that waits for one of the `max_preheats` turns instead of being refused.
+    pub async fn start_waiting(
+        &self,
+        fetcher: &Fetcher,
+        upstreams: Option<&Arc<Upstreams>>,
+        req: PreheatRequest,
+    ) -> Result<PreheatStatus, PreheatError> {
+        let running = self.inner.running.take().await;
+        self.run(fetcher, upstreams, req, running).await
+    }
+
+    /// Runs a preheat holding `running` until its last blob is fetched.
+    async fn run(
+        &self,
+        fetcher: &Fetcher,
+        upstreams: Option<&Arc<Upstreams>>,
+        req: PreheatRequest,
+        running: OwnedSemaphorePermit,
+    ) -> Result<PreheatStatus, PreheatError> {
+        let name = RepoName::parse(&req.name).map_err(|e| PreheatError::Name(e.to_string()))?;
+        let reference = Reference::parse(&req.reference).map_err(|e| PreheatError::Reference(e.to_string()))?;
+        let ns = match req.ns.as_deref().filter(|s| !s.is_empty()) {
+            Some(h) => Some(RegistryHost::parse(h).map_err(|e| PreheatError::Ns(e.to_string()))?),
+            None => None,
+        };
+        let upstreams = upstreams.map(Arc::as_ref);
+        let digest = match &reference {
+            Reference::Digest(d) => *d,
+            Reference::Tag(t) => crate::tags::resolve_through(fetcher, upstreams, &name, t, ns.as_ref()).await?,
+        };
+        let source = crate::state::source(upstreams, &Hints { name: Some(name.clone()), ns });
+        let (manifests, blobs) = walk(fetcher, digest, source.clone()).await?;
+        let swarm = fetcher.swarm();
+        for d in manifests.iter().chain(&blobs) {
+            if let Some(pin) = req.pin
+                && let Err(e) = swarm.pin(*d, pin).await
+            {
+                tracing::warn!(%d, "cannot record the pin: {e:#}");
             }
-            e @ PreheatError::Timeout { .. } => {
-                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE", e.to_string())
-            }
-            e @ (PreheatError::BadManifest { .. } | PreheatError::TooManyManifests) => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "MANIFEST_INVALID", e.to_string())
-            }
+            swarm.note_repository(name.as_str(), *d).await;
         }
-    }
-}
-
-/// `POST /preheat`, for a caller `auth` allows; refused with 503 while `max_preheats` jobs
-/// run.
-pub async fn post_preheat(
-    State(st): State<AppState>,
-    caller: shoal_runtime::Caller,
-    headers: axum::http::HeaderMap,
-    body: Result<Json<PreheatRequest>, axum::extract::rejection::JsonRejection>,
-) -> Result<Response, Response> {
-    st.auth.authorize(&caller, &headers).map_err(crate::api::refused)?;
-    let Json(req) = body.map_err(|r| {
-        let status = r.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "PAYLOAD_TOO_LARGE" } else { "BAD_REQUEST" };
-        ApiError::new(status, code, r.body_text()).into_response()
-    })?;
-    start(st, req).await.map_err(IntoResponse::into_response)
-}
-
-/// Starts a preheat (the caller is already allowed): 202 with its status, or 503 while
-/// `max_preheats` jobs run.
-pub async fn start(st: AppState, req: PreheatRequest) -> Result<Response, ApiError> {
-    let running = st.preheats.inner.running.try_take().map_err(|full| {
-        st.metrics.busy.with_label_values(&["preheat"]).inc();
-        ApiError::busy(full.to_string(), PREHEAT_RETRY_AFTER)
-    })?;
-    run(st, req, running).await
-}
-
-/// A preheat that waits for one of the `max_preheats` turns instead of being refused.
-pub async fn start_waiting(st: AppState, req: PreheatRequest) -> Result<Response, ApiError> {
-    let running = st.preheats.inner.running.take().await;
-    run(st, req, running).await
-}
-
-/// Runs a preheat holding `running` until its last blob is fetched.
-async fn run(st: AppState, req: PreheatRequest, running: OwnedSemaphorePermit) -> Result<Response, ApiError> {
-    let bad = |code: &'static str, e: String| ApiError::new(StatusCode::BAD_REQUEST, code, e);
-    let name = RepoName::parse(&req.name).map_err(|e| bad("NAME_INVALID", e.to_string()))?;
-    let reference = Reference::parse(&req.reference).map_err(|e| bad("MANIFEST_INVALID", e.to_string()))?;
-    let ns = match req.ns.as_deref().filter(|s| !s.is_empty()) {
-        Some(h) => Some(RegistryHost::parse(h).map_err(|e| bad("NAME_INVALID", e.to_string()))?),
-        None => None,
-    };
-    let digest = match &reference {
-        Reference::Digest(d) => *d,
-        Reference::Tag(t) => {
-            crate::tags::resolve_through(&st, &name, t, ns.as_ref()).await.map_err(PreheatError::from)?
+        let id = format!("ph-{}", self.inner.next.fetch_add(1, Ordering::Relaxed));
+        let mut states = BTreeMap::new();
+        for d in &manifests {
+            states.insert(*d, BlobState::Done);
         }
-    };
-    let source = st.source(&Hints { name: Some(name.clone()), ns });
-    let (manifests, blobs) = walk(&st, digest, source.clone()).await?;
-    for d in manifests.iter().chain(&blobs) {
-        if let Some(pin) = req.pin
-            && let Err(e) = st.swarm.pin(*d, pin).await
-        {
-            tracing::warn!(%d, "cannot record the pin: {e:#}");
+        for d in &blobs {
+            states.entry(*d).or_insert(BlobState::Pending);
         }
-        st.swarm.note_repository(name.as_str(), *d).await;
-    }
-    let id = format!("ph-{}", st.preheats.inner.next.fetch_add(1, Ordering::Relaxed));
-    let mut states = BTreeMap::new();
-    for d in &manifests {
-        states.insert(*d, BlobState::Done);
-    }
-    for d in &blobs {
-        states.entry(*d).or_insert(BlobState::Pending);
-    }
-    let status = PreheatStatus {
-        id: id.clone(),
-        name: name.to_string(),
-        reference: reference.to_string(),
-        manifest: digest,
-        digests: manifests.iter().chain(blobs.iter()).copied().collect(),
-        states,
-        errors: BTreeMap::new(),
-    };
-    st.preheats.insert(status.clone());
-    tracing::info!(%name, %reference, %digest, id, manifests = manifests.len(), blobs = blobs.len(), "preheat started");
-    let preheats = st.preheats.clone();
-    let fetcher = st.fetcher.clone();
-    shoal_runtime::spawn("preheat", preheats.inner.shutdown.clone(), async move {
-        fetch_all(&preheats, &fetcher, &id, blobs, source).await;
-        drop(running);
-        Ok(())
-    });
-    Ok((StatusCode::ACCEPTED, Json(status)).into_response())
-}
-
-/// `GET /preheat/<id>`.
-pub async fn get_preheat(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    match st.preheats.get(&id) {
-        Some(s) => Ok(Json(s).into_response()),
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, "UNKNOWN", format!("no preheat {id:?}"))),
+        let status = PreheatStatus {
+            id: id.clone(),
+            name: name.to_string(),
+            reference: reference.to_string(),
+            manifest: digest,
+            digests: manifests.iter().chain(blobs.iter()).copied().collect(),
+            states,
+            errors: BTreeMap::new(),
+        };
+        self.insert(status.clone());
+        tracing::info!(%name, %reference, %digest, id, manifests = manifests.len(), blobs = blobs.len(), "preheat started");
+        let preheats = self.clone();
+        let fetcher = fetcher.clone();
+        shoal_runtime::spawn("preheat", preheats.inner.shutdown.clone(), async move {
+            fetch_all(&preheats, &fetcher, &id, blobs, source).await;
+            drop(running);
+            Ok(())
+        });
+        Ok(status)
     }
 }
 
 /// Fetches the manifest `root` and every manifest below it; returns the manifests (in walk
 /// order) and the config and layer blobs they reference (first appearance order).
-async fn walk(st: &AppState, root: Digest, source: Option<Source>) -> Result<(Vec<Digest>, Vec<Digest>), PreheatError> {
+async fn walk(
+    fetcher: &Fetcher,
+    root: Digest,
+    source: Option<Source>,
+) -> Result<(Vec<Digest>, Vec<Digest>), PreheatError> {
     let mut queue = VecDeque::from([root]);
     let (mut manifests, mut blobs) = (Vec::new(), Vec::new());
     while let Some(d) = queue.pop_front() {
@@ -295,7 +227,7 @@ async fn walk(st: &AppState, root: Digest, source: Option<Source>) -> Result<(Ve
         if manifests.len() >= MAX_MANIFESTS {
             return Err(PreheatError::TooManyManifests);
         }
-        let bytes = read_manifest(st, d, source.clone()).await?;
+        let bytes = read_manifest(fetcher, d, source.clone()).await?;
         manifests.push(d);
         match shoal_core::manifest::parse(&bytes) {
             Ok(m @ Manifest::Index { .. }) => queue.extend(m.references()),
@@ -313,15 +245,15 @@ async fn walk(st: &AppState, root: Digest, source: Option<Source>) -> Result<(Ve
 }
 
 /// The bytes of manifest `digest`, fetched into the store first if needed.
-async fn read_manifest(st: &AppState, digest: Digest, source: Option<Source>) -> Result<Vec<u8>, PreheatError> {
-    match settle(st.fetcher.ensure_from(digest, source).await, MANIFEST_WAIT).await {
+async fn read_manifest(fetcher: &Fetcher, digest: Digest, source: Option<Source>) -> Result<Vec<u8>, PreheatError> {
+    match settle(fetcher.ensure_from(digest, source).await, MANIFEST_WAIT).await {
         FetchState::Done(_) => {}
         FetchState::Running => return Err(PreheatError::Timeout { digest }),
         FetchState::Failed(source) => return Err(PreheatError::Fetch { digest, source }),
     }
     let store_err = |m: String| PreheatError::Fetch { digest, source: FetchError::Store(m.into()) };
-    let file = st
-        .swarm
+    let swarm = fetcher.swarm();
+    let file = swarm
         .complete(digest)
         .await
         .map_err(|e| store_err(format!("{e:#}")))?
@@ -331,7 +263,7 @@ async fn read_manifest(st: &AppState, digest: Digest, source: Option<Source>) ->
         return Err(PreheatError::BadManifest { digest, reason: format!("{len} bytes is too large for a manifest") });
     }
     let len = usize::try_from(len).map_err(|_| store_err("length".into()))?;
-    st.swarm.store().blocking().run(move || file.read_at(0, len)).await.map_err(|e| store_err(e.to_string()))
+    swarm.store().blocking().run(move || file.read_at(0, len)).await.map_err(|e| store_err(e.to_string()))
 }
 
 /// Fetches `blobs` through the fetcher, a bounded number at a time, recording each outcome.
@@ -360,6 +292,8 @@ async fn fetch_all(preheats: &Preheats, fetcher: &Fetcher, id: &str, blobs: Vec<
 
 #[cfg(test)]
 mod tests {
+    use axum::http::StatusCode;
+
     use super::*;
 
     fn status(id: &str) -> PreheatStatus {
@@ -403,12 +337,12 @@ mod tests {
             pin: None,
         };
         let running = st.preheats.inner.running.try_take().unwrap();
-        let err = start(st.clone(), req()).await.expect_err("refused while a job runs");
+        let err = crate::api::start_preheat(&st, req()).await.expect_err("refused while a job runs");
         assert_eq!((err.status, err.retry_after), (StatusCode::SERVICE_UNAVAILABLE, Some(PREHEAT_RETRY_AFTER)));
         assert!(err.message.contains("max_preheats"), "{}", err.message);
         assert_eq!(st.metrics.busy.with_label_values(&["preheat"]).get(), 1);
         drop(running);
-        let err = start(st.clone(), req()).await.expect_err("the manifest is missing");
+        let err = crate::api::start_preheat(&st, req()).await.expect_err("the manifest is missing");
         assert_eq!(
             (err.status, err.code),
             (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),

@@ -1,7 +1,8 @@
-//! Tag resolution from the backend, in the docker/distribution layout:
-//! `GET /tags/<name>/<tag>` reads
+//! Tag resolution from the backend, in the docker/distribution layout: a tag's digest is
+//! read from
 //! `<prefix>/docker/registry/v2/repositories/<name>/_manifests/tags/<tag>/current/link`
-//! (text `sha256:<hex>`) and answers the digest as text (200), or 404 `MANIFEST_UNKNOWN`.
+//! (text `sha256:<hex>`). `GET /tags/<name>/<tag>` (`crate::api`) answers it as text (200),
+//! or 404 `MANIFEST_UNKNOWN`. Nothing here knows of HTTP.
 //!
 //! The backend's own `prefix` (the registry's `rootdirectory`) applies, whatever its blob
 //! layout. Name and tag are validated by `shoal_core::registry` before any key is built, so a
@@ -14,18 +15,13 @@
 //! `write_back` the manifest and the tag's link files are written to the backend. The origin
 //! does not cache tags read from the backend: agents do, with their own TTL.
 
-use axum::extract::State;
-use axum::http::{StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use shoal_core::Digest;
 use shoal_core::registry::{Reference, RegistryHost, RepoName, Tag};
-use shoal_runtime::ApiError;
 
-use crate::api::{AppState, Hints};
 use crate::backend::{Backend, BackendError};
-use crate::fetch::FetchError;
-use crate::upstream::UpstreamError;
+use crate::fetch::{FetchError, Fetcher};
+use crate::upstream::{UpstreamError, Upstreams};
 
 /// Largest tag link file read. Hard-coded: a link is `sha256:` and 64 hex characters.
 const MAX_LINK: usize = 256;
@@ -63,17 +59,18 @@ pub fn revision_link_key(name: &RepoName, digest: &Digest) -> String {
 
 /// Resolves a tag from the backend, else through the upstream that `ns` selects.
 pub async fn resolve_through(
-    st: &AppState,
+    fetcher: &Fetcher,
+    upstreams: Option<&Upstreams>,
     name: &RepoName,
     tag: &Tag,
     ns: Option<&RegistryHost>,
 ) -> Result<Digest, TagError> {
-    let backend = st.fetcher.backend().as_ref();
+    let backend = fetcher.backend().as_ref();
     let unknown = match resolve(backend, name, tag).await {
         Err(e @ TagError::Unknown { .. }) => e,
         other => return other,
     };
-    let Some((ups, up)) = st.upstreams.as_ref().and_then(|u| Some((u, u.select(ns, name)?))) else {
+    let Some((ups, up)) = upstreams.and_then(|u| Some((u, u.select(ns, name)?))) else {
         return Err(unknown);
     };
     if let Some(d) = ups.cached_tag(&up, name, tag) {
@@ -83,7 +80,7 @@ pub async fn resolve_through(
         UpstreamError::NotFound => TagError::Unknown { name: name.clone(), tag: tag.clone() },
         source => TagError::Upstream { name: name.clone(), tag: tag.clone(), source },
     })?;
-    st.fetcher.store_manifest(&m, up.cfg.write_back).await.map_err(|source| TagError::Store {
+    fetcher.store_manifest(&m, up.cfg.write_back).await.map_err(|source| TagError::Store {
         name: name.clone(),
         tag: tag.clone(),
         source,
@@ -126,68 +123,10 @@ pub async fn resolve(backend: &dyn Backend, name: &RepoName, tag: &Tag) -> Resul
     })
 }
 
-impl From<TagError> for ApiError {
-    fn from(e: TagError) -> ApiError {
-        let (status, code) = match &e {
-            TagError::Unknown { .. } => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
-            TagError::BadLink { .. } => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
-            TagError::Backend { source, .. } if source.is_transient() => {
-                (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
-            }
-            TagError::Backend { .. } => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
-            TagError::Upstream { source, .. } => crate::api::upstream_status(source),
-            TagError::Store { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "UNAVAILABLE"),
-        };
-        ApiError::new(status, code, format!("{e:#}"))
-    }
-}
-
-/// Splits the raw (still percent-encoded) path `/tags/<name>/<tag>` and validates both parts.
-pub fn parse_tag_path(path: &str) -> Result<(RepoName, Tag), ApiError> {
-    let rest = path.strip_prefix("/tags/").unwrap_or_default();
-    let Some((name, tag)) = rest.rsplit_once('/') else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "NAME_INVALID", "expected /tags/<name>/<tag>"));
-    };
-    let name =
-        RepoName::parse(name).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "NAME_INVALID", e.to_string()))?;
-    let tag = Tag::parse(tag).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", e.to_string()))?;
-    Ok((name, tag))
-}
-
-/// `GET /tags/<name>/<tag>[?ns=<host>]`.
-pub async fn get_tag(State(st): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
-    let (name, tag) = parse_tag_path(uri.path())?;
-    let hints = Hints::from_uri(&uri)?;
-    let digest = resolve_through(&st, &name, &tag, hints.ns.as_ref()).await?;
-    tracing::debug!(%name, %tag, %digest, "tag resolved");
-    Ok(([(header::CONTENT_TYPE, "text/plain")], digest.to_string()).into_response())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::backend::{FsBackend, FsConfig, Layout};
-
-    fn show(path: &str) -> String {
-        match parse_tag_path(path) {
-            Ok((n, t)) => format!("{n} {t}"),
-            Err(e) => e.code.to_string(),
-        }
-    }
-
-    #[test]
-    fn tag_paths() {
-        assert_eq!(show("/tags/nginx/latest"), "nginx latest");
-        assert_eq!(show("/tags/library/nginx/1.25"), "library/nginx 1.25");
-        assert_eq!(show("/tags/a/b/c/v1"), "a/b/c v1");
-        assert_eq!(show("/tags/latest"), "NAME_INVALID");
-        assert_eq!(show("/tags/"), "NAME_INVALID");
-        assert_eq!(show("/tags/../../etc/passwd"), "NAME_INVALID");
-        assert_eq!(show("/tags/a%2F..%2Fb/v1"), "NAME_INVALID");
-        assert_eq!(show("/tags/a//b/v1"), "NAME_INVALID");
-        assert_eq!(show("/tags/a/.."), "MANIFEST_UNKNOWN");
-        assert_eq!(show("/tags/a/"), "MANIFEST_UNKNOWN");
-    }
 
     #[tokio::test]
     async fn resolves_link_files_under_the_prefix() {

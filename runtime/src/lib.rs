@@ -26,7 +26,9 @@ pub use auth::{AuthConfig, AuthError, Authorizer, Grant};
 pub use cap::Cap;
 pub use config::{ConfigError, EX_CONFIG, PeerNames};
 pub use http::{Caller, HttpConfig, serve, serve_with};
-pub use task::{LogFormat, config_or_exit, init_tracing, serve_until_signal, spawn, wait_for_signal};
+pub use task::{
+    LogFormat, config_or_exit, init_tracing, serve_until_signal, serve_until_signal_within, spawn, wait_for_signal,
+};
 pub use tls::{Identity, Tls, TlsConfig};
 pub use units::{ByteSize, Duration, Percent, SizeLimit};
 pub use version::VERSION;

@@ -58,15 +58,45 @@ pub async fn wait_for_signal() {
 }
 
 /// The tail of every service binary: runs `serve` until SIGTERM or SIGINT, then cancels
-/// `shutdown` and waits for the drain.
-pub async fn serve_until_signal<F>(serve: F, shutdown: CancellationToken) -> anyhow::Result<()>
+/// `shutdown` and waits for the drain. Returns at once, with its result, if `serve` ends
+/// before any signal.
+pub async fn serve_until_signal<F, E>(serve: F, shutdown: CancellationToken) -> anyhow::Result<()>
 where
-    F: Future<Output = std::io::Result<()>> + Send + 'static,
+    F: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
 {
-    let server = tokio::spawn(serve);
-    wait_for_signal().await;
+    serve_until_signal_within(serve, shutdown, None).await
+}
+
+/// As [`serve_until_signal`], failing when the drain after the signal outlasts `deadline`
+/// (the service's own grace period plus some slack), so a stuck drain cannot hold the
+/// process.
+pub async fn serve_until_signal_within<F, E>(
+    serve: F,
+    shutdown: CancellationToken,
+    deadline: Option<std::time::Duration>,
+) -> anyhow::Result<()>
+where
+    F: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    // Awaited below, so no cancellation token: the drain is what `shutdown` starts.
+    let mut server = tokio::spawn(serve);
+    tokio::select! {
+        res = &mut server => return Ok(res??),
+        () = wait_for_signal() => {}
+    }
     shutdown.cancel();
-    server.await??;
+    match deadline {
+        None => server.await??,
+        Some(deadline) => match tokio::time::timeout(deadline, &mut server).await {
+            Ok(res) => res??,
+            Err(_) => {
+                tracing::error!(?deadline, "drain deadline passed; exiting with work in flight");
+                anyhow::bail!("the drain outlasted {deadline:?}");
+            }
+        },
+    }
     Ok(())
 }
 

@@ -389,6 +389,8 @@ pub(crate) async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
         };
         let n = node.clone();
         let span = tracing::debug_span!("peer", %remote, dir = "in");
+        // Not `shoal_runtime::spawn`: `run` watches a child of `node.cancel` and closes the
+        // connection in order, and a closed connection is logged at debug, not as a failure.
         tokio::spawn(
             async move {
                 let _ = stream.set_nodelay(true);
@@ -448,6 +450,7 @@ async fn dial(node: &Arc<Node>, addr: SocketAddr, is_origin: bool) -> Option<Arc
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let n = node.clone();
     let span = tracing::debug_span!("peer", remote = %addr, dir = "out");
+    // Not `shoal_runtime::spawn`, as for inbound connections: `run` watches the node's token.
     tokio::spawn(
         async move {
             let ready = Some(ready_tx);
@@ -820,7 +823,10 @@ impl Reader {
                     && let Some((blob, piece)) = wire::parse_corrupt_piece(message)
                 {
                     let n = node.clone();
-                    tokio::spawn(async move { n.reverify_piece(blob, piece).await });
+                    shoal_runtime::spawn("reverify piece", node.cancel.clone(), async move {
+                        n.reverify_piece(blob, piece).await;
+                        Ok(())
+                    });
                 }
                 return Err(ConnError::Closed);
             }
@@ -889,8 +895,7 @@ impl Reader {
                 if let Some(a) = node.blob(&blob).and_then(|e| e.actor()) {
                     let ev = match reason {
                         RejectReason::UnknownBlob => Event::PeerGone { peer },
-                        RejectReason::Busy => Event::Rejected { peer, piece, busy: true },
-                        RejectReason::NotHave => Event::Rejected { peer, piece, busy: false },
+                        reason => Event::Rejected { peer, piece, reason },
                     };
                     let _ = a.send(ev).await;
                 }
@@ -924,7 +929,7 @@ impl Reader {
         };
         let (backlog, permit) = match admitted {
             Ok(reserved) => reserved,
-            Err(r) => return reject(if r.is_busy() { RejectReason::Busy } else { RejectReason::NotHave }),
+            Err(r) => return reject(r.reject_reason()),
         };
         // Counted by the budget above; given back unless the piece reaches the socket.
         let charge = self.node.is_origin.then(|| SeedCharge { entry: entry.clone(), piece, sent: false });
@@ -933,6 +938,8 @@ impl Reader {
         let serving = self.serving.clone();
         let mut map = self.serving.lock();
         let piece_len = u64::from(entry.meta.piece_len(idx));
+        // Not `shoal_runtime::spawn`: its handle is kept in `serving` and aborted when the
+        // request is cancelled or the connection closes.
         let task = tokio::spawn(async move {
             // Validation keeps the memory at least one piece, so this always completes.
             let Some(memory) = node.reserve_upload_memory(piece_len).await else { return };
@@ -1143,6 +1150,7 @@ mod tests {
         let (ours, theirs) = tokio::io::duplex(buffer);
         let permit = node.peers.handshake_permit().await.unwrap();
         let addr = SocketAddr::from(([127, 0, 0, ip], 4000));
+        // Test-only: the handle is awaited for the connection's result.
         let task = tokio::spawn(run(node.clone(), ours, addr, Remote::plain(addr), Admission::Inbound(permit)));
         (FarEnd { io: theirs, buf: BytesMut::new(), peer_id }, task)
     }
@@ -1459,6 +1467,7 @@ mod tests {
         let conn = node.peers.get(&remote.peer_id).unwrap();
         let blob = Digest::of(b"no such blob");
         const REQUESTS: usize = 20_000;
+        // Test-only: the handle is awaited.
         let flood = tokio::spawn(async move {
             let mut out = BytesMut::new();
             for _ in 0..REQUESTS {
@@ -1510,6 +1519,7 @@ mod tests {
         let mut rx = downloading(&node, meta).await;
         let (mut remote, _task) = connected_with(&node, 2, 4096).await;
         const HAVES: usize = 5 * crate::download::EVENT_QUEUE;
+        // Test-only: the handle is awaited.
         let flood = tokio::spawn(async move {
             let mut out = BytesMut::new();
             for _ in 0..HAVES {
@@ -1541,6 +1551,7 @@ mod tests {
         let node = Node::for_tests(cfg, false);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        // Test-only: the loop ends with the test's runtime.
         tokio::spawn(accept_loop(node.clone(), listener));
         let mut idle = Vec::new();
         for _ in 0..10 {
@@ -1560,6 +1571,7 @@ mod tests {
         let far = TcpListener::bind("127.0.0.2:0").await.unwrap();
         let far_addr = far.local_addr().unwrap();
         let n = node.clone();
+        // Test-only: the handle is awaited.
         let peer = tokio::spawn(async move {
             let (io, _) = far.accept().await.unwrap();
             let mut remote = FarEnd { io, buf: BytesMut::new(), peer_id: PeerId([9; 16]) };

@@ -32,7 +32,7 @@ use shoal_core::download::{
 };
 use shoal_core::picker::{PickerOptions, window_pieces};
 use shoal_core::seeding::BUSY_BACKOFF;
-use shoal_core::wire::Message;
+use shoal_core::wire::{Message, RejectReason};
 use shoal_core::{Digest, PeerId};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -82,7 +82,7 @@ pub(crate) enum Event {
     Rejected {
         peer: PeerId,
         piece: u32,
-        busy: bool,
+        reason: RejectReason,
     },
     PeerGone {
         peer: PeerId,
@@ -194,7 +194,10 @@ pub(crate) async fn run(
     }
     tracing::info!(%digest, "blob complete");
     let n = node.clone();
-    tokio::spawn(async move { announce_once(&n, digest, true).await });
+    shoal_runtime::spawn("announce", node.cancel.clone(), async move {
+        announce_once(&n, digest, true).await;
+        Ok(())
+    });
     Ok(())
 }
 
@@ -234,7 +237,7 @@ impl Actor {
                 self.state.piece_failed(peer, piece, now);
                 self.conns.remove(&peer);
             }
-            Event::Rejected { peer, piece, busy } => self.state.rejected(peer, piece, busy, now),
+            Event::Rejected { peer, piece, reason } => self.state.rejected(peer, piece, reason, now),
             Event::PeerGone { peer } => {
                 self.state.peer_left(peer, now);
                 self.conns.remove(&peer);
@@ -262,12 +265,18 @@ impl Actor {
                 Action::Have { piece } => self.announce_have(piece),
                 Action::Announce => {
                     let (n, e) = (self.node.clone(), self.entry.clone());
-                    tokio::spawn(shoal_runtime::request_id::inherit(async move {
-                        let interval = announce_and_connect(&n, &e).await;
-                        if let Some(a) = e.actor() {
-                            let _ = a.send(Event::Announced { interval }).await;
-                        }
-                    }));
+                    let cancel = self.node.cancel.clone();
+                    shoal_runtime::spawn(
+                        "announce",
+                        cancel,
+                        shoal_runtime::request_id::inherit(async move {
+                            let interval = announce_and_connect(&n, &e).await;
+                            if let Some(a) = e.actor() {
+                                let _ = a.send(Event::Announced { interval }).await;
+                            }
+                            Ok(())
+                        }),
+                    );
                 }
                 Action::Commit => return Next::Commit,
                 Action::GiveUp => return Next::GiveUp,

@@ -4,25 +4,26 @@
 //! bytes per second up to `burst`. A request larger than what is available is granted at once
 //! and puts the bucket into debt that the caller then sleeps off, so a 4 MiB piece never
 //! waits forever behind a smaller burst and concurrent callers share the rate fairly on
-//! average.
+//! average. The bucket is `shoal_core::ratelimit::Bucket`; this module is its clock.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use parking_lot::Mutex;
+use shoal_core::ratelimit::{Bucket, ByteRate};
 use tokio::time::Instant;
 
 /// A shared token bucket; `None` rate means unlimited.
 #[derive(Clone)]
 pub struct Limiter {
-    inner: Option<Arc<Mutex<Bucket>>>,
+    inner: Option<Arc<Inner>>,
 }
 
-struct Bucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
+struct Inner {
+    rate: ByteRate,
+    /// The bucket's time zero.
+    epoch: Instant,
+    /// Short critical section; never held across an await.
+    bucket: Mutex<Bucket>,
 }
 
 impl Limiter {
@@ -35,10 +36,10 @@ impl Limiter {
         match rate {
             None | Some(0) => Limiter::unlimited(),
             Some(r) => {
-                let rate = r as f64;
-                let burst = (rate / 10.0).max(64.0 * 1024.0);
+                let per_second = r as f64;
+                let rate = ByteRate { per_second, burst: (per_second / 10.0).max(64.0 * 1024.0) };
                 Limiter {
-                    inner: Some(Arc::new(Mutex::new(Bucket { rate, burst, tokens: burst, last: Instant::now() }))),
+                    inner: Some(Arc::new(Inner { rate, epoch: Instant::now(), bucket: Mutex::new(Bucket::default()) })),
                 }
             }
         }
@@ -46,22 +47,14 @@ impl Limiter {
 
     #[allow(clippy::cast_possible_truncation)] // The rate was made from a u64.
     pub fn rate(&self) -> Option<u64> {
-        self.inner.as_ref().map(|b| b.lock().rate as u64)
+        self.inner.as_ref().map(|b| b.rate.per_second as u64)
     }
 
     /// Waits until `n` bytes may pass.
     pub async fn acquire(&self, n: usize) {
-        let Some(bucket) = &self.inner else { return };
-        let wait = {
-            // Short critical section; never held across an await.
-            let mut b = bucket.lock();
-            let now = Instant::now();
-            let elapsed = now.duration_since(b.last).as_secs_f64();
-            b.last = now;
-            b.tokens = (b.tokens + elapsed * b.rate).min(b.burst);
-            b.tokens -= n as f64;
-            if b.tokens >= 0.0 { Duration::ZERO } else { Duration::from_secs_f64(-b.tokens / b.rate) }
-        };
+        let Some(inner) = &self.inner else { return };
+        let now = Instant::now().duration_since(inner.epoch);
+        let wait = inner.bucket.lock().take(now, inner.rate.cost(n as u64), inner.rate.capacity());
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
@@ -70,6 +63,8 @@ impl Limiter {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[tokio::test(start_paused = true)]
@@ -91,6 +86,7 @@ mod tests {
         let mut tasks = Vec::new();
         for _ in 0..4 {
             let l = l.clone();
+            // Test-only: every handle is awaited below.
             tasks.push(tokio::spawn(async move {
                 for _ in 0..5 {
                     l.acquire(100_000).await;

@@ -777,6 +777,8 @@ impl Swarm {
         let e = entry.clone();
         let cancel = node.cancel.clone();
         // The request that started the download keeps its id in the download's announces.
+        // Not `shoal_runtime::spawn`: the task watches `cancel` itself, so the cleanup below
+        // (metrics, the download slot, the status waiters see) runs on shutdown too.
         tokio::spawn(shoal_runtime::request_id::inherit(async move {
             n.metrics.downloads_active.inc();
             let started = Instant::now();

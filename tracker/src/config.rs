@@ -154,6 +154,16 @@ pub enum ConfigError {
     Tls(String),
 }
 
+impl From<ConfigError> for shoal_runtime::ConfigError {
+    /// The message and its cause in one line, as every binary prints a bad config.
+    fn from(e: ConfigError) -> Self {
+        match std::error::Error::source(&e) {
+            Some(cause) => shoal_runtime::ConfigError::Invalid(format!("{e}: {cause}")),
+            None => shoal_runtime::ConfigError::Invalid(e.to_string()),
+        }
+    }
+}
+
 impl Config {
     /// Checks every limit and builds the origin ring.
     pub fn validate(self) -> Result<ValidConfig, ConfigError> {

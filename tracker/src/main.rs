@@ -1,19 +1,18 @@
 //! The `shoal-tracker` binary: loads and checks the config, binds, runs [`shoal_tracker::run`]
 //! until SIGTERM or SIGINT, then drains.
 //!
-//! Invariant: a bad configuration exits with [`EX_CONFIG`] (64) before any port is bound.
+//! Invariant: a bad configuration exits with `EX_CONFIG` (64) before any port is bound.
 //! Precedence, lowest to highest: built-in defaults, the YAML file (`--config`), then
 //! `--listen`. Each flag has an environment twin (`SHOAL_TRACKER_CONFIG`,
 //! `SHOAL_TRACKER_LISTEN`). An origin's `peer` may be a `host:port` name, looked up once at
 //! startup (see `shoal_runtime::config::load_resolving`).
 
-use std::error::Error as StdError;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
-use shoal_runtime::EX_CONFIG;
+use shoal_runtime::ConfigError;
 use shoal_tracker::{Config, ValidConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -41,97 +40,37 @@ struct Args {
     check_config: bool,
 }
 
-fn main() -> ExitCode {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let config = match load(&args) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("shoal-tracker: {}", report(e.as_ref()));
-            std::process::exit(EX_CONFIG);
-        }
-    };
-    if args.check_config {
-        println!("shoal-tracker: config ok");
-        return ExitCode::SUCCESS;
-    }
+    let config = shoal_runtime::config_or_exit("shoal-tracker", load(&args), args.check_config);
     shoal_runtime::init_tracing("info", config.log_format());
     if config.tls().is_none() {
         shoal_runtime::tls::warn_plaintext("tracker");
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("shoal-tracker: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    rt.block_on(serve(config))
+    let listener = tokio::net::TcpListener::bind(config.listen())
+        .await
+        .with_context(|| format!("cannot bind {}", config.listen()))?;
+    match listener.local_addr() {
+        Ok(addr) => tracing::info!(%addr, "tracker listening"),
+        Err(e) => tracing::warn!("cannot read the bound address: {e}"),
+    }
+    let deadline = config.shutdown_grace() + DRAIN_SLACK;
+    // The node's one registry, passed down.
+    let registry = prometheus::Registry::new();
+    let shutdown = CancellationToken::new();
+    let serve = shoal_tracker::run(config, listener, registry, shutdown.clone());
+    shoal_runtime::serve_until_signal_within(serve, shutdown, Some(deadline)).await
 }
 
 /// Loads the YAML and applies the flags, then validates the result.
-fn load(args: &Args) -> Result<ValidConfig, Box<dyn StdError>> {
+fn load(args: &Args) -> Result<ValidConfig, ConfigError> {
     let names = shoal_runtime::config::PeerNames::for_check_config(args.check_config);
     let mut config: Config = shoal_runtime::config::load_resolving(args.config.as_deref(), names)?;
     if let Some(listen) = &args.listen {
         config.listen = listen
             .parse::<SocketAddr>()
-            .map_err(|e| format!("invalid --listen / SHOAL_TRACKER_LISTEN {listen:?}: {e}"))?;
+            .map_err(|e| ConfigError::Invalid(format!("invalid --listen / SHOAL_TRACKER_LISTEN {listen:?}: {e}")))?;
     }
     Ok(config.validate()?)
-}
-
-async fn serve(config: ValidConfig) -> ExitCode {
-    let grace = config.shutdown_grace();
-    let listener = match tokio::net::TcpListener::bind(config.listen()).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(listen = %config.listen(), "cannot bind: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match listener.local_addr() {
-        Ok(addr) => tracing::info!(%addr, "tracker listening"),
-        Err(e) => tracing::warn!("cannot read the bound address: {e}"),
-    }
-
-    // The node's one registry, passed down.
-    let registry = prometheus::Registry::new();
-    let shutdown = CancellationToken::new();
-    let mut running = std::pin::pin!(shoal_tracker::run(config, listener, registry, shutdown.clone()));
-    let res = tokio::select! {
-        res = &mut running => res,
-        _ = shoal_runtime::wait_for_signal() => {
-            shutdown.cancel();
-            match tokio::time::timeout(grace + DRAIN_SLACK, &mut running).await {
-                Ok(res) => res,
-                Err(_) => {
-                    tracing::error!(?grace, "drain deadline passed; exiting with work in flight");
-                    return ExitCode::FAILURE;
-                }
-            }
-        }
-    };
-    match res {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("tracker failed: {}", report(&e));
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// The error and its causes, joined by `: `. A cause is skipped when the text so far already
-/// contains it (some error types also print their source in their own message).
-fn report(err: &(dyn StdError + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        let text = e.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = e.source();
-    }
-    out
 }

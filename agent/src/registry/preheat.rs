@@ -1,7 +1,8 @@
-//! `POST /preheat` on the agent: `{"name", "reference", "ns"?, "prefetch"?, "pin"?}`. A tag is
+//! `POST /preheat` on the agent ([`AgentPreheatRequest`]). A tag is
 //! resolved through the origins (as a pull would), then the request goes to the origins that
 //! own the manifest, which fetch the image's manifests, configs and layers into their stores
-//! (`shoal_origin::preheat`). The origin's answer (202 with an id and every digest) is passed
+//! (`shoal_origin::preheat`). The origin's status (202 with an id and every digest) comes back
+//! as a [`shoal_core::api::PreheatAnswer`] naming that origin; its refusals are passed
 //! through. With `prefetch`, the agent also downloads every listed blob into its own store
 //! through the swarm, in the background and a bounded number at a time, so the first pull on
 //! this host is local. `"pin": true` pins the image's blobs on the origins, and with
@@ -16,11 +17,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use shoal_core::Digest;
+use shoal_core::api::{AgentPreheatRequest, PreheatRequest};
 use shoal_core::registry::{Reference, RegistryHost, RepoName};
 
 use super::error::{BLOB_UNKNOWN, MANIFEST_UNKNOWN, RegistryError};
 use super::{RegistryState, fetch};
-use crate::origin_client::Hints;
+use crate::origin_client::{Hints, PreheatReply};
 
 /// Blobs the agent downloads at once while prefetching. Hard-coded: each download already
 /// spreads over many peers.
@@ -30,29 +32,12 @@ const MAX_PREFETCH: usize = 4096;
 /// `Retry-After` of a prefetch refused because `max_prefetches` are running.
 pub const PREFETCH_RETRY_AFTER: u32 = 10;
 
-/// The body of the agent's `POST /preheat`.
-#[derive(Clone, Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PreheatRequest {
-    pub name: String,
-    pub reference: String,
-    #[serde(default)]
-    pub ns: Option<String>,
-    /// Also download every blob into this agent's store.
-    #[serde(default)]
-    pub prefetch: bool,
-    /// `true` pins every blob (on the origins, and with `prefetch` here), `false` unpins
-    /// them; absent leaves pins as they are.
-    #[serde(default)]
-    pub pin: Option<bool>,
-}
-
 /// `POST /preheat`.
 pub async fn post_preheat(
     State(st): State<RegistryState>,
     caller: shoal_runtime::Caller,
     headers: axum::http::HeaderMap,
-    body: Result<Json<PreheatRequest>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<AgentPreheatRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let res = async {
         let grant = st.auth.authorize(&caller, &headers)?;
@@ -66,7 +51,11 @@ pub async fn post_preheat(
     }
 }
 
-async fn preheat(st: &RegistryState, req: PreheatRequest, bearer: Option<&str>) -> Result<Response, RegistryError> {
+async fn preheat(
+    st: &RegistryState,
+    req: AgentPreheatRequest,
+    bearer: Option<&str>,
+) -> Result<Response, RegistryError> {
     let bad = |code, m: String| RegistryError::new(StatusCode::BAD_REQUEST, code, m);
     // Held by the prefetch until its last blob; taken first, so a refusal starts nothing.
     let prefetching = match req.prefetch {
@@ -86,43 +75,38 @@ async fn preheat(st: &RegistryState, req: PreheatRequest, bearer: Option<&str>) 
         Reference::Digest(d) => *d,
         Reference::Tag(tag) => st.tags.resolve(ns_str.as_deref(), &name, tag).await?,
     };
-    let mut body = serde_json::json!({"name": name.as_str(), "reference": digest.to_string(), "ns": ns_str});
-    if let Some(pin) = req.pin {
-        // Only when asked: origins from before pinning refuse the key.
-        body["pin"] = serde_json::json!(pin);
-    }
-    let (status, mut answer) =
+    let body =
+        PreheatRequest { name: name.to_string(), reference: digest.to_string(), ns: ns_str.clone(), pin: req.pin };
+    let reply =
         st.origins.preheat(digest, &body, bearer).await.map_err(|e| RegistryError::from_origin(e, MANIFEST_UNKNOWN))?;
-    let digests: Vec<Digest> = answer["digests"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str()?.parse().ok()).take(MAX_PREFETCH).collect())
-        .unwrap_or_default();
+    let mut answer = match reply {
+        PreheatReply::Started(answer) => answer,
+        PreheatReply::Other { status, body } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            return Ok((status, Json(body)).into_response());
+        }
+    };
+    let digests: Vec<Digest> = answer.status.digests.iter().copied().take(MAX_PREFETCH).collect();
     // Pinned before they are downloaded, so no eviction takes them in between; unpinned
     // whether prefetched or not.
-    if status == 202
-        && let Some(pin) = req.pin.filter(|p| !p || req.prefetch)
-    {
+    if let Some(pin) = req.pin.filter(|p| !p || req.prefetch) {
         for d in &digests {
             if let Err(e) = st.swarm.pin(*d, pin).await {
                 tracing::warn!(%d, "cannot record the pin: {e:#}");
             }
         }
     }
-    if let (202, Some(running)) = (status, prefetching) {
+    if let Some(running) = prefetching {
         let hints = Hints { name: Some(name.clone()), ns: ns_str.clone() };
         let st2 = st.clone();
-        let n = digests.len();
+        answer.prefetch = Some(digests.len());
         shoal_runtime::spawn("prefetch", st.shutdown.clone(), async move {
             prefetch(&st2, digests, &hints).await;
             drop(running);
             Ok(())
         });
-        if let Some(obj) = answer.as_object_mut() {
-            obj.insert("prefetch".into(), serde_json::json!(n));
-        }
     }
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-    Ok((status, Json(answer)).into_response())
+    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }
 
 /// Downloads `digests` into the agent's store, a bounded number at a time; failures are
@@ -174,8 +158,8 @@ mod tests {
         (st, shutdown)
     }
 
-    fn request(prefetch: bool) -> PreheatRequest {
-        PreheatRequest {
+    fn request(prefetch: bool) -> AgentPreheatRequest {
+        AgentPreheatRequest {
             name: "team/app".into(),
             reference: Digest::of(b"m").to_string(),
             ns: None,

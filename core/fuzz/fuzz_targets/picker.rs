@@ -23,6 +23,7 @@ enum Event {
     Rejected { peer: u8, piece: u32 },
     TimedOut { peer: u8, piece: u32 },
     Deferred { peer: u8, piece: u32 },
+    Busy { peer: u8, piece: u32 },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -89,6 +90,7 @@ fuzz_target!(|input: Input| {
             Event::Rejected { peer, piece: i } => p.request_rejected(peer % PEERS, piece(i)),
             Event::TimedOut { peer, piece: i } => p.request_timed_out(peer % PEERS, piece(i)),
             Event::Deferred { peer, piece: i } => p.request_deferred(peer % PEERS, piece(i)),
+            Event::Busy { peer, piece: i } => p.request_busy(peer % PEERS, piece(i)),
         }
         p.check_invariants();
     }

@@ -142,7 +142,7 @@ fn a_busy_peer_is_left_alone_until_its_backoff_ends_on_a_tick() {
     let first = requests(&drain(&mut s));
     assert_eq!(first.len(), 2);
     let (_, piece) = first[0];
-    s.rejected(1, piece, true, 10 * MS);
+    s.rejected(1, piece, RejectReason::Busy, 10 * MS);
     assert!(requests(&drain(&mut s)).is_empty(), "a busy peer is not asked again at once");
     // The deferred piece stays askable: a peer holding only it is asked for it.
     s.peer_joined(2, &only(32, &[piece]), false, 20 * MS);
@@ -167,7 +167,7 @@ fn without_a_busy_backoff_busy_is_like_not_having_the_piece() {
     let mut s = DownloadState::<u32>::new(32, &[], o);
     s.peer_joined(1, &all(32), false, Duration::ZERO);
     let (_, piece) = requests(&drain(&mut s))[0];
-    s.rejected(1, piece, true, MS);
+    s.rejected(1, piece, RejectReason::Busy, MS);
     let got = requests(&drain(&mut s));
     assert_eq!(got.len(), 1);
     assert_ne!(got[0].1, piece, "marked don't-ask at that peer");
@@ -202,7 +202,7 @@ fn a_rejected_piece_is_asked_elsewhere_and_a_leaving_peer_releases_its_requests(
     s.peer_joined(1, &all(16), false, Duration::ZERO);
     let mine = requests(&drain(&mut s));
     let (a, b) = (mine[0].1, mine[1].1);
-    s.rejected(1, a, false, MS);
+    s.rejected(1, a, RejectReason::NotHave, MS);
     let got = requests(&drain(&mut s));
     assert_eq!(got.len(), 1, "peer 1 is topped up");
     let c = got[0].1;
@@ -342,6 +342,7 @@ fn dials_keep_a_share_for_other_zones() {
 enum Reply {
     Ok,
     Busy,
+    Seeding,
     NotHave,
     Corrupt,
     Silent,
@@ -351,6 +352,7 @@ fn reply() -> impl Strategy<Value = Reply> {
     prop_oneof![
         6 => Just(Reply::Ok),
         2 => Just(Reply::Busy),
+        1 => Just(Reply::Seeding),
         1 => Just(Reply::NotHave),
         1 => Just(Reply::Silent),
         1 => Just(Reply::Corrupt),
@@ -439,8 +441,9 @@ fn run_case(num_pieces: u32, total: usize, replies: &[(Reply, usize)]) -> Result
                 Reply::Ok => {
                     s.piece_ok(peer, piece, now);
                 }
-                Reply::Busy => s.rejected(peer, piece, true, now),
-                Reply::NotHave => s.rejected(peer, piece, false, now),
+                Reply::Busy => s.rejected(peer, piece, RejectReason::Busy, now),
+                Reply::Seeding => s.rejected(peer, piece, RejectReason::Seeding, now),
+                Reply::NotHave => s.rejected(peer, piece, RejectReason::NotHave, now),
                 Reply::Corrupt => {
                     s.piece_failed(peer, piece, now);
                     inflight.retain(|(p, _)| *p != peer);
@@ -478,4 +481,144 @@ fn run_case(num_pieces: u32, total: usize, replies: &[(Reply, usize)]) -> Result
     );
     prop_assert!(s.is_complete());
     Ok(())
+}
+
+/// Downloaders that know only the blob's origin (no tracker answers and there is no peer
+/// exchange), which super-seeds: a piece it has sent once is answered busy until every piece
+/// has been sent once. Every downloader finishes. With each downloader asking a busy origin
+/// for the same refused pieces of the first stripe again, the pieces nobody had asked for
+/// were never asked, the budget never reopened, and every download stalled.
+#[test]
+fn downloaders_that_know_only_a_super_seeding_origin_all_finish() {
+    use crate::seeding::SeedBudget;
+    const PIECES: u32 = 128;
+    const DOWNLOADERS: u32 = 6;
+    /// The origin's link sends one piece per this many milliseconds.
+    const SEND_MS: u64 = 2;
+    const ORIGIN: u32 = 0;
+    let mut budget = SeedBudget::new(PIECES);
+    let mut states: Vec<DownloadState<u32>> = (0..DOWNLOADERS)
+        .map(|d| {
+            let mut o = opts(4, 8);
+            o.picker.seed = u64::from(d);
+            o.picker.stripes = 8;
+            o.picker.stripe_lookahead = 0;
+            DownloadState::new(PIECES, &[], o)
+        })
+        .collect();
+    // Requests at the origin: (downloader, piece), answered in order.
+    let mut queue: std::collections::VecDeque<(usize, u32)> = Default::default();
+    // Answers on their way back: (due, downloader, piece, sent).
+    let mut replies: Vec<(Duration, usize, u32, bool)> = Vec::new();
+    let mut committed = vec![false; DOWNLOADERS as usize];
+    let mut link_free = Duration::ZERO;
+    for s in &mut states {
+        s.tick(Duration::ZERO);
+        s.announced(Duration::from_secs(30), Duration::ZERO);
+        s.peer_joined(ORIGIN, &all(PIECES), true, Duration::ZERO);
+    }
+    let mut now = Duration::ZERO;
+    while now < Duration::from_secs(50) && committed.iter().any(|c| !c) {
+        for (d, s) in states.iter_mut().enumerate() {
+            while let Some(action) = s.poll() {
+                match action {
+                    Action::Request { piece, .. } => queue.push_back((d, piece)),
+                    Action::Cancel { piece, .. } => queue.retain(|r| *r != (d, piece)),
+                    Action::Announce => s.announced(Duration::from_secs(30), now),
+                    Action::Commit => committed[d] = true,
+                    Action::GiveUp => panic!("downloader {d} gave up"),
+                    Action::Have { .. } => {}
+                }
+            }
+        }
+        // The origin answers what has arrived: a refusal at once, a piece when its link is free.
+        while let Some((d, piece)) = queue.pop_front() {
+            if budget.admit(piece) {
+                link_free = link_free.max(now) + Duration::from_millis(SEND_MS);
+                replies.push((link_free, d, piece, true));
+            } else {
+                replies.push((now + MS, d, piece, false));
+            }
+        }
+        now += MS;
+        let (due, later): (Vec<_>, Vec<_>) = replies.drain(..).partition(|r| r.0 <= now);
+        replies = later;
+        for (_, d, piece, sent) in due {
+            if sent {
+                states[d].piece_ok(ORIGIN, piece, now);
+            } else {
+                states[d].rejected(ORIGIN, piece, RejectReason::Seeding, now);
+            }
+        }
+        if now.as_millis().is_multiple_of(TICK.as_millis()) {
+            for s in &mut states {
+                s.tick(now);
+            }
+        }
+    }
+    let done = committed.iter().filter(|c| **c).count();
+    assert_eq!(done, DOWNLOADERS as usize, "{done} of {DOWNLOADERS} finished by {now:?}");
+    // The origin sends each downloader its copy: nothing lost to the refusals but time.
+    let floor = Duration::from_millis(SEND_MS * u64::from(PIECES * DOWNLOADERS));
+    assert!(now < floor * 3, "finished at {now:?}, the origin's link alone needs {floor:?}");
+}
+
+/// A reader streams the blob from one origin whose backlog holds one piece, so most requests
+/// are answered plain busy: the pieces still arrive stripe by stripe, every piece of a stripe
+/// before any of the stripe after next. When a busy piece went after every other piece, a
+/// streamed pull got its first byte only once the whole blob was in.
+#[test]
+fn a_sole_origin_answering_busy_still_fills_the_stripes_in_order() {
+    const PIECES: u32 = 64;
+    const STRIPES: u32 = 4;
+    const SEND_MS: u64 = 5;
+    const ORIGIN: u32 = 0;
+    let mut o = opts(4, 8);
+    o.picker.stripes = STRIPES;
+    o.picker.stripe_lookahead = 0;
+    let mut s = DownloadState::<u32>::new(PIECES, &[], o);
+    s.tick(Duration::ZERO);
+    s.announced(Duration::from_secs(30), Duration::ZERO);
+    s.peer_joined(ORIGIN, &all(PIECES), true, Duration::ZERO);
+    // The piece on the origin's link and when it arrives; refusals arrive a millisecond later.
+    let mut sending: Option<(Duration, u32)> = None;
+    let mut refused: Vec<(Duration, u32)> = Vec::new();
+    let mut order = Vec::new();
+    let mut now = Duration::ZERO;
+    while !s.is_over() && now < Duration::from_secs(10) {
+        while let Some(action) = s.poll() {
+            match action {
+                Action::Request { piece, .. } if sending.is_none() => {
+                    sending = Some((now + Duration::from_millis(SEND_MS), piece));
+                }
+                Action::Request { piece, .. } => refused.push((now + MS, piece)),
+                Action::Announce => s.announced(Duration::from_secs(30), now),
+                Action::GiveUp => panic!("gave up"),
+                _ => {}
+            }
+        }
+        now += MS;
+        if let Some((due, piece)) = sending
+            && due <= now
+        {
+            sending = None;
+            order.push(piece);
+            s.piece_ok(ORIGIN, piece, now);
+        }
+        let (due, later): (Vec<_>, Vec<_>) = refused.drain(..).partition(|r| r.0 <= now);
+        refused = later;
+        for (_, piece) in due {
+            s.rejected(ORIGIN, piece, RejectReason::Busy, now);
+        }
+        if now.as_millis().is_multiple_of(TICK.as_millis()) {
+            s.tick(now);
+        }
+    }
+    assert!(s.is_complete(), "{} of {PIECES} pieces by {now:?}", order.len());
+    let stripe_len = PIECES / STRIPES;
+    for (k, &piece) in order.iter().enumerate() {
+        let stripe = piece / stripe_len;
+        let behind = order[k..].iter().filter(|&&p| p / stripe_len + 2 <= stripe).count();
+        assert_eq!(behind, 0, "piece {piece} (stripe {stripe}) came before a piece two stripes earlier: {order:?}");
+    }
 }

@@ -154,7 +154,12 @@ fn piece_max() {
 #[test]
 fn reject_every_reason() {
     let b = blob();
-    let cases = [(0, RejectReason::NotHave), (1, RejectReason::UnknownBlob), (2, RejectReason::Busy)];
+    let cases = [
+        (0, RejectReason::NotHave),
+        (1, RejectReason::UnknownBlob),
+        (2, RejectReason::Busy),
+        (3, RejectReason::Seeding),
+    ];
     for (byte, reason) in cases {
         check(&frame(T_REJECT, &[b.as_bytes(), &be(5), &[byte]]), Ok(Message::Reject { blob: b, piece: 5, reason }));
     }
@@ -282,7 +287,7 @@ fn bitfield_spare_bits_must_be_zero() {
 #[test]
 fn unknown_reject_reason() {
     let b = blob();
-    check(&frame(T_REJECT, &[b.as_bytes(), &be(0), &[3]]), Err(DecodeError::BadReason(3)));
+    check(&frame(T_REJECT, &[b.as_bytes(), &be(0), &[4]]), Err(DecodeError::BadReason(4)));
     check(&frame(T_REJECT, &[b.as_bytes(), &be(0), &[0xff]]), Err(DecodeError::BadReason(0xff)));
 }
 #[test]
@@ -431,8 +436,12 @@ impl Arbitrary for OwnedMessage {
 
     fn arbitrary_with((): ()) -> Self::Strategy {
         let blob = any::<[u8; 32]>().prop_map(Digest::from_wire);
-        let reason =
-            prop_oneof![Just(RejectReason::NotHave), Just(RejectReason::UnknownBlob), Just(RejectReason::Busy)];
+        let reason = prop_oneof![
+            Just(RejectReason::NotHave),
+            Just(RejectReason::UnknownBlob),
+            Just(RejectReason::Busy),
+            Just(RejectReason::Seeding)
+        ];
         // Mostly small bitfields, whose spare bits are the interesting part, and some up to the limit.
         let bitfield = (blob.clone(), prop_oneof![3 => 1..=24u32, 1 => 1..=MAX_PIECES]).prop_flat_map(|(blob, n)| {
             let n_bytes = (n as usize).div_ceil(8);

@@ -381,6 +381,12 @@ impl FaultCluster {
         Some(crate::processes::sum_metric(&text, name))
     }
 
+    /// The sum of counter `name`'s samples labelled `key="value"` in node `node`'s `/metrics`.
+    pub async fn labelled_metric(&self, node: &str, name: &str, key: &str, value: &str) -> Option<u64> {
+        let text = self.http.get(format!("{}/metrics", self.url(node).ok()?)).send().await.ok()?.text().await.ok()?;
+        Some(crate::processes::labelled_metric(&text, name, key, value))
+    }
+
     /// The lines of every node's log that report a panic.
     pub fn panics(&self) -> Vec<String> {
         let mut out = Vec::new();

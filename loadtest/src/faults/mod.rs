@@ -439,7 +439,7 @@ impl Run {
 
 /// A fresh directory for one row's stores and logs.
 fn row_dir(o: &MatrixOptions, fault: Fault) -> anyhow::Result<tempfile::TempDir> {
-    let base = o.dir.clone().unwrap_or_else(crate::run::default_store_base);
+    let base = o.dir.clone().unwrap_or_else(crate::modes::default_store_base);
     std::fs::create_dir_all(&base)?;
     Ok(tempfile::Builder::new().prefix(&format!("shoal-fault-{}-", fault.name())).tempdir_in(base)?)
 }
@@ -825,8 +825,18 @@ async fn disk_full(o: &MatrixOptions, tmp: tempfile::TempDir, data: Vec<u8>) -> 
     }
     let served = get_small(&r).await;
     r.row.wrong_bytes += served.wrong_bytes + first.wrong_bytes;
+    // Under the free-space floor the agent may evict the smaller blob (least recently used,
+    // not pinned, not in use): then it no longer holds it, and asked for it, it downloads it
+    // again into the full disk and fails like the larger one. Held, it must be served.
+    let evicted_for_floor =
+        r.c.labelled_metric("agent-0", "shoal_swarm_store_evictions_total", "reason", "disk_free").await.unwrap_or(0);
     if served.done.is_some() {
         r.row.notes.push("agent 0 still served the smaller blob it held while its disk was full".into());
+    } else if evicted_for_floor > 0 {
+        r.row.notes.push(format!(
+            "agent 0 evicted {evicted_for_floor} blob(s) under its free-space floor and no longer held the smaller one: {}",
+            served.failure_summary()
+        ));
     } else {
         r.row.problems.push(format!(
             "agent 0 did not serve the blob it held while its disk was full: {}",

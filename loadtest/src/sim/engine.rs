@@ -18,14 +18,17 @@ use shoal_core::Digest;
 use shoal_core::download::{Action, DownloadState, TICK, Verified, peers_to_dial};
 use shoal_core::metainfo::default_piece_length;
 use shoal_core::picker::PeerKind;
+use shoal_core::ratelimit::{self, ByteRate};
 use shoal_core::ring::{OriginNode, Ring};
 use shoal_core::seeding::{Refusal, SeedBudget, admit_upload, admits_upload, max_upload_backlog};
+use shoal_core::wire::RejectReason;
 use shoal_swarm::SwarmConfig;
 use shoal_swarm::download::download_options;
 use std::time::Duration;
 
 use super::tracker::{Handed, Swarm};
-use super::{HostResult, SimConfig, SimReport, stats};
+use super::{HostResult, SimConfig, SimReport};
+use crate::bound;
 
 /// Virtual time in nanoseconds.
 type Ns = u64;
@@ -121,8 +124,7 @@ enum Ev {
         from: u32,
         blob: u32,
         piece: u32,
-        /// `RejectReason::Busy` (else `NotHave`).
-        busy: bool,
+        reason: RejectReason,
     },
     Cancel {
         to: u32,
@@ -167,28 +169,35 @@ impl Ord for Item {
     }
 }
 
-/// `swarm/src/limiter.rs` in virtual time: a grant is immediate and the debt is slept off,
-/// which makes the bucket a FIFO server of rate `rate` with a credit of `burst`.
+/// `swarm/src/limiter.rs` in virtual time: the same `shoal_core::ratelimit::Bucket`, whose
+/// grant is immediate and whose debt is slept off, which makes it a FIFO server of rate
+/// `rate` with a credit of `burst`.
 struct Bucket {
     rate: Option<f64>,
-    burst: f64,
-    tokens: f64,
-    last: Ns,
+    bucket: ratelimit::Bucket,
 }
 
 impl Bucket {
     fn new(rate: Option<f64>) -> Bucket {
-        let burst = rate.map_or(0.0, |r| (r / 10.0).max(64.0 * 1024.0));
-        Bucket { rate, burst, tokens: burst, last: 0 }
+        Bucket { rate, bucket: ratelimit::Bucket::default() }
+    }
+
+    fn byte_rate(&self) -> Option<ByteRate> {
+        self.rate.map(|per_second| ByteRate { per_second, burst: (per_second / 10.0).max(64.0 * 1024.0) })
     }
 
     /// When `n` bytes asked for at `now` may pass.
     fn acquire(&mut self, now: Ns, n: u64) -> Ns {
-        let Some(rate) = self.rate else { return now };
-        let elapsed = now.saturating_sub(self.last) as f64 / 1e9;
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * rate).min(self.burst) - n as f64;
-        if self.tokens >= 0.0 { now } else { now + ns(-self.tokens / rate) }
+        let Some(rate) = self.byte_rate() else { return now };
+        let wait = self.bucket.take(Duration::from_nanos(now), rate.cost(n), rate.capacity());
+        now.saturating_add(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    /// Gives back the tokens of `n` bytes granted but not sent.
+    fn give_back(&mut self, now: Ns, n: u64) {
+        if let Some(rate) = self.byte_rate() {
+            self.bucket.give_back(Duration::from_nanos(now), rate.cost(n));
+        }
     }
 }
 
@@ -497,10 +506,10 @@ impl<'a> Sim<'a> {
             agent_up_use: cfg.agent_up.and_then(|r| share(peer_bytes, r * n * last)),
             agent_down_use: cfg.agent_down.and_then(|r| share(received, r * busy_down)),
             timeline: self.timeline.clone(),
-            p50: stats::percentile(&times, 50.0),
-            p90: stats::percentile(&times, 90.0),
-            p99: stats::percentile(&times, 99.0),
-            p999: stats::percentile(&times, 99.9),
+            p50: bound::percentile(&times, 50.0).unwrap_or(0.0),
+            p90: bound::percentile(&times, 90.0).unwrap_or(0.0),
+            p99: bound::percentile(&times, 99.0).unwrap_or(0.0),
+            p999: bound::percentile(&times, 99.9).unwrap_or(0.0),
             max: times.last().copied().unwrap_or(0.0),
             bound: self.bound(),
             hosts,
@@ -521,7 +530,8 @@ impl<'a> Sim<'a> {
     fn bound(&self) -> f64 {
         let cfg = self.cfg;
         let seed_up = cfg.origin_up.map(|u| u * self.n_owners as f64);
-        stats::bound(cfg.total_size(), seed_up, &vec![(cfg.agent_up, cfg.agent_down); cfg.hosts])
+        bound::bound_of_rates(cfg.total_size(), seed_up, &vec![(cfg.agent_up, cfg.agent_down); cfg.hosts])
+            .map_or(0.0, |b| b.secs)
     }
 
     fn push(&mut self, t: Ns, ev: Ev) {
@@ -616,10 +626,10 @@ impl<'a> Sim<'a> {
                 self.push(t, Ev::PieceDone { to, from, blob, piece });
             }
             Ev::PieceDone { to, from, blob, piece } => self.piece_done(to, from, blob, piece),
-            Ev::Reject { to, from, blob, piece, busy } => {
+            Ev::Reject { to, from, blob, piece, reason } => {
                 let now = self.now;
                 if let Some(a) = self.blob(to, blob).actor.as_mut() {
-                    a.state.rejected(from, piece, busy, a.at(now));
+                    a.state.rejected(from, piece, reason, a.at(now));
                     self.apply(to, blob);
                 }
             }
@@ -630,9 +640,9 @@ impl<'a> Sim<'a> {
                     let len = self.piece_len(blob, piece);
                     self.hosts[to as usize].backlog -= len;
                     if self.cfg.refund_cancelled && !self.prioritizes(to) {
-                        let len = self.piece_len(blob, piece) as f64;
-                        let up = &mut self.hosts[to as usize].up;
-                        up.tokens = (up.tokens + len).min(up.burst);
+                        let len = self.piece_len(blob, piece);
+                        let now = self.now;
+                        self.hosts[to as usize].up.give_back(now, len);
                     }
                     if let Some(c) = self.hosts[to as usize].conns.get_mut(&from) {
                         c.uploads -= 1;
@@ -797,7 +807,10 @@ impl<'a> Sim<'a> {
             let busy = refusal.is_busy();
             self.busy_rejects += u64::from(busy);
             self.backlog_rejects += u64::from(refusal == Refusal::Backlog);
-            self.push(self.now + d, Ev::Reject { to: client, from: server, blob, piece, busy });
+            self.push(
+                self.now + d,
+                Ev::Reject { to: client, from: server, blob, piece, reason: refusal.reject_reason() },
+            );
             return;
         }
         let conn = self.hosts[server as usize].conns.get_mut(&client).expect("checked above");

@@ -23,8 +23,9 @@
 //!   sender while its piece waits for egress tokens drops the piece, but the tokens stay spent,
 //!   as the real limiter never refunds them.
 //! - **Origins** super-seed with the real [`shoal_core::seeding::SeedBudget`]: each piece once
-//!   before any twice, a request beyond the budget answered busy; a download that gets a busy
-//!   reject defers the piece (`Picker::request_deferred`) and leaves that peer alone for
+//!   before any twice, a request beyond the budget answered with a seeding reject, which
+//!   defers the piece at that origin (`Picker::request_deferred`); a full backlog is a plain
+//!   busy reject (`Picker::request_busy`). Either leaves that peer alone for
 //!   [`shoal_core::seeding::BUSY_BACKOFF`], ended on the actor's next 100 ms tick, as
 //!   `swarm/src/download.rs` does. Request deadlines also expire on those ticks.
 //! - **The tracker** with the real handout policy ([`tracker`]) and the real ring
@@ -37,11 +38,11 @@
 
 pub mod cli;
 mod engine;
-pub mod stats;
 pub mod tracker;
 
 use serde::Serialize;
 
+use crate::bound;
 use crate::pull::{AgentPull, Sample};
 use crate::report::{Caps, Resources, RunReport, RunSpec, Store};
 
@@ -207,10 +208,11 @@ impl SimConfig {
         self.layers.iter().sum()
     }
 
-    /// The bound `T*` of this configuration (see [`stats::bound`]).
+    /// The bound `T*` of this configuration (see [`crate::bound::bound_of_rates`]); 0 when nothing is capped.
     pub fn bound(&self) -> f64 {
         let seed_up = self.origin_up.map(|u| u * self.origins as f64);
-        stats::bound(self.total_size(), seed_up, &vec![(self.agent_up, self.agent_down); self.hosts])
+        bound::bound_of_rates(self.total_size(), seed_up, &vec![(self.agent_up, self.agent_down); self.hosts])
+            .map_or(0.0, |b| b.secs)
     }
 }
 

@@ -1041,6 +1041,7 @@ mod tests {
         });
         let reg_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", reg_listener.local_addr().unwrap());
+        // Test-only servers: they end with the test's runtime.
         tokio::spawn(async move { axum::serve(token_listener, token).await });
         tokio::spawn(async move { axum::serve(reg_listener, registry).await });
         use axum::response::IntoResponse;
@@ -1086,6 +1087,7 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        // Test-only server: its tasks end with the test's runtime.
         tokio::spawn(async move {
             while let Ok((mut socket, _)) = listener.accept().await {
                 let (head, body) = (head.clone(), body.clone());

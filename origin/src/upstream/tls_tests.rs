@@ -75,6 +75,7 @@ pub(crate) async fn tls_server(server_ca: &Ca, client_ca: Option<&Ca>, answer: V
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    // Test-only server: its tasks end with the test's runtime.
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
