@@ -15,8 +15,9 @@
 //!    [`cross_zone_peers`] of them when there are that many, so every zone can fetch its
 //!    first copy of a piece and the swarm stays connected, and more only when too few near
 //!    peers fill the list. Far peers go only to some askers of a large zone
-//!    ([`gets_far_peers`], drawn by the caller before it composes: about [`ZONE_GATEWAYS`] of
-//!    the zone's peers), so that a zone's imports do not grow with its size;
+//!    ([`gets_far_peers`], decided by the caller before it composes: about [`ZONE_GATEWAYS`]
+//!    of the zone's peers, the same ones at every announce), so that a zone's imports do not
+//!    grow with its size or with the length of the download;
 //! 4. 1 to 3 together at most `max_peers`, the near ones filling all but the far share;
 //! 5. then every ring owner of the blob not already listed, best owner first, even past
 //!    `max_peers`, so every node can always reach a seed of last resort.
@@ -44,9 +45,22 @@ pub const ZONE_GATEWAYS: usize = 16;
 
 /// Whether an asker whose zone has `near` peers in the blob's swarm (the asker not counted)
 /// is handed peers of other zones: always while the zone has at most [`ZONE_GATEWAYS`], else
-/// with probability `ZONE_GATEWAYS / near`. Draws from `rng` only in the second case.
-pub fn gets_far_peers<R: Rng + ?Sized>(near: usize, rng: &mut R) -> bool {
-    near <= ZONE_GATEWAYS || rng.random_range(0..near) < ZONE_GATEWAYS
+/// when its `key` ([`gateway_key`]: a hash of the blob and the asker) falls in the lowest
+/// `ZONE_GATEWAYS / near` of the key space. The choice is the same at every announce of that
+/// node for that blob, so a zone imports through the same few nodes all along; a draw per
+/// announce would hand far peers to a growing share of the zone over a download.
+pub fn gets_far_peers(near: usize, key: u64) -> bool {
+    near <= ZONE_GATEWAYS || (u128::from(key) * near as u128) >> 64 < ZONE_GATEWAYS as u128
+}
+
+/// The key of a node (`node`: its peer id, or its address when it announced none) for `blob`
+/// in [`gets_far_peers`]: uniform over `u64`, and the same in every tracker and simulator.
+pub fn gateway_key(blob: &[u8], node: &[u8]) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(blob);
+    h.update(node);
+    let out = h.finalize();
+    u64::from_le_bytes(out.as_bytes()[..8].try_into().unwrap_or_default())
 }
 
 /// Whether two nodes are in the same zone for the handout and the picker: a node of unknown
@@ -216,13 +230,24 @@ mod tests {
     }
 
     #[test]
-    fn far_peers_go_to_about_zone_gateways_askers() {
-        let mut rng = StdRng::seed_from_u64(4);
-        assert!((0..100).all(|_| gets_far_peers(ZONE_GATEWAYS, &mut rng)), "a small zone: everybody");
+    fn far_peers_go_to_about_zone_gateways_askers_and_always_the_same() {
+        let blob = [7u8; 32];
+        let keys: Vec<u64> = (0u32..10_000).map(|n| gateway_key(&blob, &n.to_be_bytes())).collect();
+        assert!(keys.iter().all(|&k| gets_far_peers(ZONE_GATEWAYS, k)), "a small zone: everybody");
         let n = 20 * ZONE_GATEWAYS;
-        let got = (0..10_000).filter(|_| gets_far_peers(n, &mut rng)).count();
-        // 1/20 of 10,000 askers: 500, within a wide margin (seeded, so exact anyway).
-        assert!((350..650).contains(&got), "{got}");
+        let got: Vec<bool> = keys.iter().map(|&k| gets_far_peers(n, k)).collect();
+        let count = got.iter().filter(|g| **g).count();
+        // 1/20 of 10,000 askers: 500, within a wide margin (the keys are fixed, so exact anyway).
+        assert!((350..650).contains(&count), "{count}");
+        // The same asker gets the same answer every time; a larger zone keeps a subset.
+        let again: Vec<bool> = keys.iter().map(|&k| gets_far_peers(n, k)).collect();
+        assert_eq!(got, again);
+        assert!(keys.iter().all(|&k| !gets_far_peers(2 * n, k) || gets_far_peers(n, k)));
+        // Another blob picks other gateways.
+        let other: Vec<bool> =
+            (0u32..10_000).map(|i| gets_far_peers(n, gateway_key(&[8u8; 32], &i.to_be_bytes()))).collect();
+        assert_ne!(got, other);
+        assert!(gets_far_peers(n, 0) && !gets_far_peers(n, u64::MAX));
     }
 
     proptest::proptest! {

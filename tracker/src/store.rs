@@ -20,9 +20,9 @@
 //! 2. Then incomplete peers of `B` in the asker's zone, in random order.
 //! 3. Then peers of other zones, seeders first: `max(2, max_peers / 8)` of them when there
 //!    are that many, more only when too few peers of the asker's zone fill the list. In a
-//!    zone with more than `handout::ZONE_GATEWAYS` (16) peers of `B`, an announce gets them
-//!    with probability 16 over that number, so a zone imports through a bounded number of
-//!    links.
+//!    zone with more than `handout::ZONE_GATEWAYS` (16) peers of `B`, only about 16 of them
+//!    get them, the same ones at every announce (`handout::gets_far_peers` on a hash of the
+//!    blob and the asker's peer id), so a zone imports through a bounded number of links.
 //! 4. Steps 1 to 3 hold at most `max_peers` entries together. Same-zone seeders fill it
 //!    first. The asker (same peer id or same address) and expired entries are never listed.
 //!    A peer or an asker without a zone counts as in every zone, so without zones steps 1
@@ -273,7 +273,11 @@ impl PeerStore {
             known.unwrap_or(PeerInfo { peer_id: None, addr, complete: false, origin: true, zone: None })
         });
         let far_seen = pass.far_seeders.seen + pass.far_leechers.seen;
-        let with_far = far_seen == 0 || handout::gets_far_peers(pass.seeders.seen + pass.leechers.seen, rng);
+        let with_far = far_seen == 0
+            || handout::gets_far_peers(
+                pass.seeders.seen + pass.leechers.seen,
+                handout::gateway_key(req.blob.as_bytes(), &req.peer_id.0),
+            );
         let mut seeders = pass.seeders.items;
         let mut leechers = pass.leechers.items;
         if with_far {
@@ -1014,7 +1018,8 @@ mod tests {
         assert!(in_a < 16, "{in_a}");
     }
 
-    /// In a zone larger than `ZONE_GATEWAYS`, only some announces get peers of other zones.
+    /// In a zone larger than `ZONE_GATEWAYS`, only about that many of its peers get peers of
+    /// other zones, and each gets the same answer at every announce.
     #[test]
     fn a_large_zone_gets_far_peers_through_a_few_askers() {
         let s = store(16);
@@ -1024,17 +1029,19 @@ mod tests {
             s.announce(&AnnounceRequest { zone: Some(zone.into()), ..req(n, true) }, t);
         }
         let mut rng = StdRng::seed_from_u64(8);
-        let asker = AnnounceRequest { zone: Some("a".into()), ..req(201, false) };
-        let with_far = (0..400)
-            .filter(|_| s.announce_with_rng(&asker, t, &mut rng).peers.iter().any(|p| p.zone.as_deref() == Some("b")))
-            .count();
-        // 16 of the zone's 160 peers: a tenth of 400.
-        assert!((20..70).contains(&with_far), "{with_far}");
-        // Zone b's 40 peers: 16 of 40.
-        let asker = AnnounceRequest { zone: Some("b".into()), ..req(202, false) };
-        let with_far = (0..400)
-            .filter(|_| s.announce_with_rng(&asker, t, &mut rng).peers.iter().any(|p| p.zone.as_deref() == Some("a")))
-            .count();
-        assert!((120..200).contains(&with_far), "{with_far}");
+        let far = |zone: &str, other: &str, n: u8, rng: &mut StdRng| {
+            let asker = AnnounceRequest { zone: Some(zone.into()), ..req(n, true) };
+            s.announce_with_rng(&asker, t, rng).peers.iter().any(|p| p.zone.as_deref() == Some(other))
+        };
+        let gateways: Vec<u8> = (1..=160).filter(|&n| far("a", "b", n, &mut rng)).collect();
+        // About 16 of the zone's 160 peers.
+        assert!((6..30).contains(&gateways.len()), "{gateways:?}");
+        for _ in 0..3 {
+            let again: Vec<u8> = (1..=160).filter(|&n| far("a", "b", n, &mut rng)).collect();
+            assert_eq!(again, gateways, "the same peers at every announce");
+        }
+        // Zone b has 40 peers: about 16 of them.
+        let in_b = (161..=200).filter(|&n| far("b", "a", n, &mut rng)).count();
+        assert!((8..28).contains(&in_b), "{in_b}");
     }
 }

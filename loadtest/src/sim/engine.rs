@@ -359,8 +359,12 @@ impl<'a> Sim<'a> {
                     (n_agents + i) as u32
                 })
                 .collect();
-            let mut swarm =
-                Swarm::zoned(owners.clone(), cfg.max_peers, (0..n_agents).map(|i| cfg.zone_of(i)).collect());
+            let mut swarm = Swarm::zoned(
+                owners.clone(),
+                cfg.max_peers,
+                (0..n_agents).map(|i| cfg.zone_of(i)).collect(),
+                digest.as_bytes(),
+            );
             for o in owners {
                 swarm.record(o, true, true);
             }

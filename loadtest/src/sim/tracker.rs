@@ -33,6 +33,8 @@ pub struct Swarm {
     /// Ring owners of the blob, best first (from `shoal_core::ring::Ring::owners`).
     owners: Vec<u32>,
     max_peers: usize,
+    /// The blob's digest, for `handout::gateway_key`.
+    blob: Vec<u8>,
 }
 
 #[derive(Default)]
@@ -43,14 +45,15 @@ struct Group {
 
 impl Swarm {
     pub fn new(owners: Vec<u32>, max_peers: usize) -> Swarm {
-        Swarm::zoned(owners, max_peers, Vec::new())
+        Swarm::zoned(owners, max_peers, Vec::new(), &[])
     }
 
-    /// A swarm whose hosts are in `zones` (by host id; `None` or past the end: no zone).
-    pub fn zoned(owners: Vec<u32>, max_peers: usize, zones: Vec<Option<u32>>) -> Swarm {
+    /// A swarm of `blob` whose hosts are in `zones` (by host id; `None` or past the end: no
+    /// zone).
+    pub fn zoned(owners: Vec<u32>, max_peers: usize, zones: Vec<Option<u32>>, blob: &[u8]) -> Swarm {
         let n_groups = zones.iter().flatten().max().map_or(1, |z| *z as usize + 2);
         let groups = (0..n_groups).map(|_| Group::default()).collect();
-        Swarm { groups, index: HashMap::new(), zones, owners, max_peers }
+        Swarm { groups, index: HashMap::new(), zones, owners, max_peers, blob: blob.to_vec() }
     }
 
     fn zone(&self, host: u32) -> Option<u32> {
@@ -99,7 +102,7 @@ impl Swarm {
                 .filter(|&g| is_near_group(g))
                 .map(|g| self.groups[g].seeders.len() + self.groups[g].leechers.len())
                 .sum();
-            handout::gets_far_peers(near.saturating_sub(1), rng)
+            handout::gets_far_peers(near.saturating_sub(1), handout::gateway_key(&self.blob, &host.to_be_bytes()))
         };
         let wanted = |g: usize| with_far || is_near_group(g);
         let mut seeders = Vec::new();
@@ -167,7 +170,7 @@ mod tests {
     #[test]
     fn zoned_hosts_get_their_zone_first() {
         let zones: Vec<Option<u32>> = (0..60).map(|h| Some(h % 3)).collect();
-        let mut s = Swarm::zoned(vec![100], 16, zones);
+        let mut s = Swarm::zoned(vec![100], 16, zones, &[1; 32]);
         let mut rng = StdRng::seed_from_u64(2);
         for h in 0..60 {
             s.record(h, h % 2 == 0, false);
