@@ -14,7 +14,10 @@
 //! 3. **Free-space floor.** When the filesystem's free space is under `min_free`, whoever
 //!    filled it, blobs are evicted in the same order until the free space is back to
 //!    `free_target` (the floor plus the gap between the two marks), so one freed blob does not
-//!    leave the next write to trip the floor again.
+//!    leave the next write to trip the floor again. Unless it cannot help: when the downloads
+//!    in progress still have more to write than the free space would be after evicting every
+//!    evictable blob, they fail for lack of room whatever is evicted, so the floor evicts
+//!    nothing and the node keeps serving what it holds ([`Plan::floor_futile`]).
 //!
 //! Never evicted: a candidate in use (a download writing it, a client reading it, a piece of
 //! it on its way to a peer), and a pinned complete blob. A pin does not keep an abandoned
@@ -46,6 +49,9 @@ pub struct Candidate<K> {
     pub pinned: bool,
     /// Being downloaded, streamed to a client or uploaded to a peer.
     pub in_use: bool,
+    /// For a download in progress: the bytes it has still to write (its length less what the
+    /// filesystem holds of it), which it will take from the free space. 0 otherwise.
+    pub unwritten: u64,
 }
 
 /// Why a blob left the store; the label of `shoal_swarm_store_evictions_total`.
@@ -133,8 +139,11 @@ pub struct Plan<K> {
     /// Usage once they are gone (free space assumes each frees its size).
     pub after: Usage,
     /// Bytes the plan could not free to reach its targets, because everything left is pinned
-    /// or in use; 0 when it reaches them.
+    /// or in use, or because the floor could not be helped; 0 when it reaches them.
     pub short: u64,
+    /// Under the floor, evicting every evictable blob would not leave room for what the
+    /// downloads in progress still have to write, so the floor evicted nothing.
+    pub floor_futile: bool,
 }
 
 /// Decides what to evict (see the module docs).
@@ -169,13 +178,20 @@ pub fn plan<K: Ord + Clone>(candidates: &[Candidate<K>], usage: Usage, limits: &
     // The budget and the floor, least recently used first.
     let over_high = after.used > limits.high;
     let under_floor = after.free < limits.min_free;
+    let mut floor_futile = false;
     if over_high || under_floor {
         let mut order: Vec<usize> =
             (0..candidates.len()).filter(|&i| !taken[i] && !candidates[i].in_use && !candidates[i].pinned).collect();
         order.sort_by(|&a, &b| lru_order(&candidates[a], &candidates[b]));
+        if under_floor {
+            let evictable: u64 = order.iter().map(|&i| candidates[i].size).sum();
+            let demand: u64 =
+                candidates.iter().filter(|c| c.in_use && c.kind == Kind::Partial).map(|c| c.unwritten).sum();
+            floor_futile = demand > after.free.saturating_add(evictable);
+        }
         for i in order {
             let for_size = over_high && after.used > limits.low;
-            let for_floor = under_floor && after.free < limits.free_target;
+            let for_floor = under_floor && !floor_futile && after.free < limits.free_target;
             if !for_size && !for_floor {
                 break;
             }
@@ -184,7 +200,7 @@ pub fn plan<K: Ord + Clone>(candidates: &[Candidate<K>], usage: Usage, limits: &
     }
     let size_short = if over_high { after.used.saturating_sub(limits.low) } else { 0 };
     let floor_short = if under_floor { limits.free_target.saturating_sub(after.free) } else { 0 };
-    Plan { evict, after, short: size_short.max(floor_short) }
+    Plan { evict, after, short: size_short.max(floor_short), floor_futile }
 }
 
 /// Longest unused first; equal ones by key.
@@ -202,7 +218,15 @@ mod tests {
 
     /// A complete blob `key` of `size` bytes unused for `idle` seconds.
     fn blob(key: &'static str, size: u64, idle: u64) -> Candidate<&'static str> {
-        Candidate { key, kind: Kind::Complete, size, idle: Duration::from_secs(idle), pinned: false, in_use: false }
+        Candidate {
+            key,
+            kind: Kind::Complete,
+            size,
+            idle: Duration::from_secs(idle),
+            pinned: false,
+            in_use: false,
+            unwritten: 0,
+        }
     }
 
     fn partial(key: &'static str, size: u64, idle: u64) -> Candidate<&'static str> {
@@ -215,6 +239,11 @@ mod tests {
 
     fn in_use(c: Candidate<&'static str>) -> Candidate<&'static str> {
         Candidate { in_use: true, ..c }
+    }
+
+    /// A download in progress of `size` bytes with `unwritten` of them still to write.
+    fn downloading(key: &'static str, size: u64, unwritten: u64) -> Candidate<&'static str> {
+        Candidate { unwritten, ..in_use(partial(key, size, 0)) }
     }
 
     /// A budget of 1000 bytes, marks at 90% and 60%, no floor, no TTL, partials kept an hour.
@@ -297,6 +326,22 @@ mod tests {
             ),
             ("the floor with nothing to evict", vec![pinned(blob("a", 100, 9))], 10, floor(50), vec![], 340),
             (
+                "under the floor, a download that cannot fit even after every eviction: nothing goes",
+                vec![blob("a", 100, 9), downloading("dl", 600, 400)],
+                40,
+                floor(50),
+                vec![],
+                310,
+            ),
+            (
+                "under the floor, a download that fits once the floor evicts: evicted as usual",
+                vec![blob("a", 100, 9), downloading("dl", 600, 100)],
+                40,
+                floor(50),
+                vec![("a", DiskFree)],
+                210,
+            ),
+            (
                 "ttl: idle past it goes even under the mark; at it, stays",
                 vec![
                     blob("stale", 10, 101),
@@ -371,6 +416,7 @@ mod tests {
                 idle: Duration::from_secs(idle),
                 pinned,
                 in_use,
+                unwritten: if is_partial && in_use { size / 2 } else { 0 },
             }).collect();
             let limits = Limits::new(4000, 9000, 6000, min_free, ttl.map(Duration::from_secs), Duration::from_secs(5000));
             let usage = Usage { used: cands.iter().map(|c| c.size).sum(), free };
@@ -385,7 +431,10 @@ mod tests {
             }
             let evictable_left = cands.iter().enumerate().any(|(i, c)| !seen.contains(&i) && !c.in_use && !c.pinned);
             if p.short > 0 {
-                prop_assert!(!evictable_left, "short while something evictable is left");
+                prop_assert!(!evictable_left || p.floor_futile, "short while something evictable is left");
+            }
+            if p.floor_futile {
+                prop_assert!(p.evict.iter().all(|(_, r)| *r != Reason::DiskFree), "a futile floor evicted");
             }
             if p.after.used > limits.high {
                 prop_assert!(!evictable_left && p.short > 0, "left above the high mark");

@@ -100,6 +100,8 @@ pub(crate) async fn round(node: &Arc<Node>) -> RoundReport {
 
     let now = SystemTime::now();
     let mut snapshot = store.index().snapshot();
+    let downloading = snapshot.iter().filter(|s| s.partial && s.in_use).map(|s| (s.digest, s.size)).collect();
+    let unwritten = store.unwritten(downloading).await;
     let candidates: Vec<Candidate<(Digest, bool)>> = snapshot
         .iter()
         .map(|s| Candidate {
@@ -112,6 +114,7 @@ pub(crate) async fn round(node: &Arc<Node>) -> RoundReport {
                 Some(f) => !node.only_held_by_its_entry(&s.digest, f),
                 None => s.in_use,
             },
+            unwritten: if s.partial { unwritten.get(&s.digest).copied().unwrap_or(0) } else { 0 },
         })
         .collect();
     // The snapshot's own hold on open files would keep them from being evicted.
@@ -146,7 +149,15 @@ pub(crate) async fn round(node: &Arc<Node>) -> RoundReport {
             "store evicted"
         );
     }
-    if plan.short > 0 {
+    if plan.floor_futile {
+        tracing::warn!(
+            free = space.free,
+            min_free = limits.min_free,
+            "the filesystem is under the store's free-space floor, and the downloads in progress \
+             need more than evicting every blob would free: nothing evicted, they will fail for \
+             lack of room"
+        );
+    } else if plan.short > 0 {
         tracing::warn!(
             short = plan.short,
             used = report.used_after,
@@ -359,6 +370,44 @@ mod tests {
         assert!(r.short > 0);
         assert!(node.store.contains(&b));
         assert_eq!(evicted(&node, Reason::DiskFree), 1);
+    }
+
+    /// Under the floor while a download in progress still has more to write than evicting
+    /// every blob would free: nothing is evicted (the download fails for lack of room either
+    /// way, and the node keeps serving what it holds). Once the download is over, the floor
+    /// evicts as usual.
+    #[tokio::test]
+    async fn the_floor_does_not_evict_for_a_download_that_cannot_fit_anyway() {
+        use shoal_core::metainfo::{MAX_PIECE_LEN, MAX_PIECES, PieceHash};
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig { min_free: SizeLimit::Percent(Percent::FULL), ..budget(1 << 40) };
+        let store = Store::open(dir.path(), Blocking::new(2)).unwrap();
+        let a = put(&store, &data(1)).await;
+        drop(store);
+        let node = node(&dir, cfg);
+        // The largest blob there is: a sparse partial file that holds nothing yet.
+        let len = u64::from(MAX_PIECE_LEN) * u64::from(MAX_PIECES);
+        let free = node.store.space().await.unwrap().free;
+        if free >= len {
+            eprintln!("skipped: the test filesystem has {free} bytes free, more than a {len}-byte blob needs");
+            return;
+        }
+        let meta = MetaInfo::from_parts(
+            Digest::of(b"too big"),
+            len,
+            MAX_PIECE_LEN,
+            vec![PieceHash::of(b""); MAX_PIECES as usize],
+        )
+        .unwrap();
+        let partial = node.store.open_partial(meta).await.unwrap();
+        let r = round(&node).await;
+        assert!(r.evicted.is_empty() && r.partials_removed == 0, "{r:?}");
+        assert!(node.store.contains(&a));
+        assert_eq!(evicted(&node, Reason::DiskFree), 0);
+        drop(partial);
+        let r = round(&node).await;
+        assert_eq!((r.evicted.as_slice(), r.partials_removed), ([a].as_slice(), 1));
+        assert_eq!(evicted(&node, Reason::DiskFree), 2);
     }
 
     /// A complete blob unused for `idle_timeout` is closed (entry and file) but stays in the

@@ -28,7 +28,7 @@
 //! present pieces (a piece that extends the prefix is hashed from memory as it is written,
 //! later ones from the file once the gap before them fills), so the commit only finishes it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
@@ -355,6 +355,26 @@ impl Store {
                 }
             })
             .await;
+    }
+
+    /// For each partial download in `partials`, the bytes of its data file that the filesystem
+    /// does not hold yet (its length less its allocated blocks): what finishing it will take
+    /// from the free space. A file that cannot be read counts 0.
+    pub async fn unwritten(&self, partials: Vec<(Digest, u64)>) -> HashMap<Digest, u64> {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = self.root.join("partial");
+        self.blocking
+            .run(move || {
+                partials
+                    .into_iter()
+                    .map(|(d, len)| {
+                        let held = fs::metadata(dir.join(format!("{}.data", d.hex())))
+                            .map_or(len, |m| m.blocks().saturating_mul(512));
+                        (d, len.saturating_sub(held))
+                    })
+                    .collect()
+            })
+            .await
     }
 
     /// The size and free space of the store's filesystem.
