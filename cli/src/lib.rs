@@ -216,6 +216,13 @@ impl Report {
     }
 }
 
+/// The agent's piece bytes of a blob from peers and from origins (`GET /debug/blobs/<digest>`
+/// at `url`); `None` when it does not know the blob or does not answer.
+async fn sources(http: &reqwest::Client, url: &str) -> Option<(u64, u64)> {
+    let v: serde_json::Value = http.get(url).send().await.ok()?.error_for_status().ok()?.json().await.ok()?;
+    Some((v["from_peers"].as_u64().unwrap_or(0), v["from_origin"].as_u64().unwrap_or(0)))
+}
+
 async fn pull(cli: &Cli, digest: Digest, output: Option<&Path>, show_progress: bool) -> Result<Report, CliError> {
     if output.is_none() && std::io::stdout().is_terminal() {
         return Err(CliError::Usage("refusing to write a blob to a terminal: use -o FILE or a pipe".into()));
@@ -229,6 +236,25 @@ async fn pull(cli: &Cli, digest: Digest, output: Option<&Path>, show_progress: b
     let resp = send(&url, http.get(&url)).await?;
     let len = resp.content_length();
     let progress = Progress::bytes(show_progress && output.is_some(), len, "pull");
+    // While the bar is drawn, where the agent's pieces come from: peers against origins.
+    let sources_task = progress.visible().then(|| {
+        let (http, progress) = (http.clone(), progress.clone());
+        let u = format!("{}/debug/blobs/{digest}", base(&cli.agent));
+        tokio::spawn(async move {
+            loop {
+                if let Some((peers, origins)) = sources(&http, &u).await
+                    && peers + origins > 0
+                {
+                    progress.message(format!(
+                        "pieces: {} from peers, {} from origins",
+                        human_bytes(peers),
+                        human_bytes(origins)
+                    ));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
+        })
+    });
     // The file appears under its name only once every byte matched.
     let part = output.map(|p| {
         let mut name = p.file_name().map(|n| n.to_os_string()).unwrap_or_default();
@@ -263,6 +289,9 @@ async fn pull(cli: &Cli, digest: Digest, output: Option<&Path>, show_progress: b
         Ok::<(), CliError>(())
     }
     .await;
+    if let Some(t) = sources_task {
+        t.abort();
+    }
     progress.finish();
     if let Err(e) = res {
         if let Some(p) = &part {
@@ -272,13 +301,8 @@ async fn pull(cli: &Cli, digest: Digest, output: Option<&Path>, show_progress: b
     }
     let secs = started.elapsed().as_secs_f64();
     // Where the bytes came from, as the agent counted them (absent for a blob it already had).
-    let sources: Option<serde_json::Value> = async {
-        let u = format!("{}/debug/blobs/{digest}", base(&cli.agent));
-        http.get(&u).send().await.ok()?.error_for_status().ok()?.json().await.ok()
-    }
-    .await;
-    let from_peers = sources.as_ref().and_then(|s| s["from_peers"].as_u64()).unwrap_or(0);
-    let from_origin = sources.as_ref().and_then(|s| s["from_origin"].as_u64()).unwrap_or(0);
+    let (from_peers, from_origin) =
+        sources(&http, &format!("{}/debug/blobs/{digest}", base(&cli.agent))).await.unwrap_or((0, 0));
     let dest = output.map(|p| p.display().to_string());
     let mut text =
         format!("pulled {digest}: {} in {secs:.1}s ({})", human_bytes(n), human_rate(n as f64 / secs.max(1e-9)));

@@ -13,13 +13,13 @@ impl Progress {
         let bar = match len {
             Some(n) => ProgressBar::new(n).with_style(
                 ProgressStyle::with_template(
-                    "{prefix:>7} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+                    "{prefix:>7} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {msg}",
                 )
                 .expect("valid template")
                 .progress_chars("=> "),
             ),
             None => ProgressBar::new_spinner().with_style(
-                ProgressStyle::with_template("{prefix:>7} {spinner} {bytes} {binary_bytes_per_sec}")
+                ProgressStyle::with_template("{prefix:>7} {spinner} {bytes} {binary_bytes_per_sec} {msg}")
                     .expect("valid template"),
             ),
         };
@@ -43,6 +43,16 @@ impl Progress {
 
     pub fn set(&self, pos: u64) {
         self.0.set_position(pos);
+    }
+
+    /// The text after the bar (where the bytes come from, say).
+    pub fn message(&self, text: String) {
+        self.0.set_message(text);
+    }
+
+    /// Whether the bar is drawn.
+    pub fn visible(&self) -> bool {
+        !self.0.is_hidden()
     }
 
     /// Removes the bar from the screen.
