@@ -10,20 +10,50 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use shoal_core::picker::{Picker, PickerOptions};
+use shoal_core::picker::{PeerKind, Picker, PickerOptions};
 
 #[derive(Arbitrary, Debug)]
 enum Event {
-    Join { peer: u8, bits: Vec<u8>, origin: bool },
-    Have { peer: u8, piece: u32 },
-    Left { peer: u8 },
-    Next { peer: u8 },
-    Verified { peer: u8, piece: u32 },
-    Failed { peer: u8, piece: u32 },
-    Rejected { peer: u8, piece: u32 },
-    TimedOut { peer: u8, piece: u32 },
-    Deferred { peer: u8, piece: u32 },
-    Busy { peer: u8, piece: u32 },
+    /// `kind` folds to near, far (another zone) or origin.
+    Join {
+        peer: u8,
+        bits: Vec<u8>,
+        kind: u8,
+    },
+    Have {
+        peer: u8,
+        piece: u32,
+    },
+    Left {
+        peer: u8,
+    },
+    Next {
+        peer: u8,
+    },
+    Verified {
+        peer: u8,
+        piece: u32,
+    },
+    Failed {
+        peer: u8,
+        piece: u32,
+    },
+    Rejected {
+        peer: u8,
+        piece: u32,
+    },
+    TimedOut {
+        peer: u8,
+        piece: u32,
+    },
+    Deferred {
+        peer: u8,
+        piece: u32,
+    },
+    Busy {
+        peer: u8,
+        piece: u32,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -36,6 +66,7 @@ struct Input {
     endgame_pieces: u8,
     stripes: u8,
     stripe_lookahead: u8,
+    far: u8,
     seed: u64,
     events: Vec<Event>,
 }
@@ -55,13 +86,17 @@ fuzz_target!(|input: Input| {
         stripes: u32::from(input.stripes % 16),
         stripe_lookahead: u32::from(input.stripe_lookahead % 4),
         max_outstanding_total: total,
+        max_outstanding_far: usize::from(input.far % 4),
     };
     let mut p: Picker<u8> = Picker::new(num_pieces, &input.have, opts);
     p.check_invariants();
     let piece = |i: u32| if i.is_multiple_of(4) { i } else { i % num_pieces.max(1) };
     for event in input.events.into_iter().take(2000) {
         match event {
-            Event::Join { peer, bits, origin } => p.peer_joined(peer % PEERS, &bits, origin),
+            Event::Join { peer, bits, kind } => {
+                let kind = [PeerKind::Near, PeerKind::Far, PeerKind::Origin][usize::from(kind % 3)];
+                p.peer_joined_as(peer % PEERS, &bits, kind);
+            }
             Event::Have { peer, piece: i } => p.peer_have(peer % PEERS, piece(i)),
             Event::Left { peer } => p.peer_left(peer % PEERS),
             Event::Next { peer } => {
