@@ -225,6 +225,20 @@ impl FaultCluster {
             lab,
             http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?,
         };
+        // A port another cluster on this machine holds would make its process answer for ours.
+        if c.lab.is_none() {
+            for n in &c.nodes {
+                for key in ["listen", "peer_listen"] {
+                    if let Some(addr) =
+                        n.cfg.get(key).and_then(|v| v.as_str()).and_then(|a| a.parse::<SocketAddr>().ok())
+                    {
+                        std::net::TcpListener::bind(addr).with_context(|| {
+                            format!("{}'s {key} {addr} is taken: is another cluster (a soak, say) running?", n.name)
+                        })?;
+                    }
+                }
+            }
+        }
         let names: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
         for name in &names {
             c.spawn(name).await?;
