@@ -63,9 +63,10 @@ pub fn gateway_key(blob: &[u8], node: &[u8]) -> u64 {
     u64::from_le_bytes(out.as_bytes()[..8].try_into().unwrap_or_default())
 }
 
-/// Whether two nodes are in the same zone for the handout and the picker: a node of unknown
+/// Whether two nodes are in the same zone for the handout, the dials and the picker (the
+/// tracker's and the swarm's zone names, the simulator's zone numbers): a node of unknown
 /// zone is near to everyone, so a cluster without zones behaves as one zone.
-pub fn same_zone(a: Option<&str>, b: Option<&str>) -> bool {
+pub fn same_zone<Z: PartialEq + ?Sized>(a: Option<&Z>, b: Option<&Z>) -> bool {
     match (a, b) {
         (Some(a), Some(b)) => a == b,
         _ => true,

@@ -111,11 +111,13 @@ impl PeerKind {
 
     /// The kind of a non-origin peer in `theirs` for a node in `ours`: `Far` only when both
     /// are known and differ.
-    pub fn of_zones(is_origin: bool, ours: Option<&str>, theirs: Option<&str>) -> PeerKind {
-        match (is_origin, ours, theirs) {
-            (true, _, _) => PeerKind::Origin,
-            (false, Some(a), Some(b)) if a != b => PeerKind::Far,
-            _ => PeerKind::Near,
+    pub fn of_zones<Z: PartialEq + ?Sized>(is_origin: bool, ours: Option<&Z>, theirs: Option<&Z>) -> PeerKind {
+        if is_origin {
+            PeerKind::Origin
+        } else if crate::handout::same_zone(ours, theirs) {
+            PeerKind::Near
+        } else {
+            PeerKind::Far
         }
     }
 }

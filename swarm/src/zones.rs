@@ -16,6 +16,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use shoal_core::PeerId;
 use shoal_core::api::is_valid_zone;
+use shoal_core::handout::same_zone;
 use shoal_core::picker::PeerKind;
 
 /// Peers whose zone is remembered at most. Hard-coded: a node meets a few thousand peers.
@@ -54,21 +55,19 @@ impl Zones {
         }
     }
 
+    /// The zone a handout gave for `peer`, if any.
+    fn zone_of(&self, peer: &PeerId) -> Option<Arc<str>> {
+        self.peers.lock().get(peer).cloned()
+    }
+
     /// Whether `peer` is known to be in a zone other than ours.
     pub fn is_far(&self, peer: &PeerId) -> bool {
-        let Some(ours) = self.ours.as_deref() else { return false };
-        self.peers.lock().get(peer).is_some_and(|z| **z != *ours)
+        !same_zone(self.ours.as_deref(), self.zone_of(peer).as_deref())
     }
 
     /// How the picker ranks `peer`: an origin as an origin, else far or near by zone.
     pub fn kind(&self, peer: &PeerId, is_origin: bool) -> PeerKind {
-        if is_origin {
-            PeerKind::Origin
-        } else if self.is_far(peer) {
-            PeerKind::Far
-        } else {
-            PeerKind::Near
-        }
+        PeerKind::of_zones(is_origin, self.ours.as_deref(), self.zone_of(peer).as_deref())
     }
 }
 

@@ -16,6 +16,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use shoal_core::Digest;
 use shoal_core::download::{Action, DownloadState, TICK, Verified, peers_to_dial};
+use shoal_core::handout;
 use shoal_core::metainfo::default_piece_length;
 use shoal_core::picker::PeerKind;
 use shoal_core::ratelimit::{self, ByteRate};
@@ -576,11 +577,7 @@ impl<'a> Sim<'a> {
             Ev::Bitfield { to, from, blob, bits } => {
                 self.open(to, from, blob);
                 let (sender, receiver) = (&self.hosts[from as usize], &self.hosts[to as usize]);
-                let kind = match (sender.origin, receiver.zone, sender.zone) {
-                    (true, _, _) => PeerKind::Origin,
-                    (false, Some(a), Some(b)) if a != b => PeerKind::Far,
-                    _ => PeerKind::Near,
-                };
+                let kind = PeerKind::of_zones(sender.origin, receiver.zone.as_ref(), sender.zone.as_ref());
                 let now = self.now;
                 if let Some(a) = self.blob(to, blob).actor.as_mut() {
                     a.state.peer_joined_as(from, &bits, kind, a.at(now));
@@ -694,7 +691,7 @@ impl<'a> Sim<'a> {
         let open = self.blob(host, blob).peers.len();
         let ours = self.hosts[host as usize].zone;
         let hosts = &self.hosts;
-        let is_far = |p: &&Handed| matches!((ours, hosts[p.host as usize].zone), (Some(a), Some(b)) if a != b);
+        let is_far = |p: &&Handed| !handout::same_zone(ours.as_ref(), hosts[p.host as usize].zone.as_ref());
         let dials =
             peers_to_dial(peers.iter(), open, self.swarm.max_peers_per_blob, |p| p.origin, |p| p.host == host, is_far);
         for p in dials {

@@ -119,10 +119,7 @@ impl Swarm {
             complete: self.index.get(&o).is_some_and(|e| e.0),
             origin: true,
         });
-        let near = |p: &Handed| match (ours, self.zone(p.host)) {
-            (Some(a), Some(b)) => a == b,
-            _ => true,
-        };
+        let near = |p: &Handed| handout::same_zone(ours.as_ref(), self.zone(p.host).as_ref());
         handout::compose(seeders, leechers, self.max_peers, owners, |a, b| a.host == b.host, near, rng)
     }
 }
