@@ -22,6 +22,7 @@
 //! kernel keeps an unlinked file until its last descriptor closes, so no peer ever gets a
 //! short or mixed piece.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -100,8 +101,14 @@ pub(crate) async fn round(node: &Arc<Node>) -> RoundReport {
 
     let now = SystemTime::now();
     let mut snapshot = store.index().snapshot();
-    let downloading = snapshot.iter().filter(|s| s.partial && s.in_use).map(|s| (s.digest, s.size)).collect();
-    let unwritten = store.unwritten(downloading).await;
+    // What the downloads still have to write matters only under the free-space floor
+    // (`cache::plan`'s futility rule); above it nothing is read from the disk for it.
+    let unwritten = if space.free < limits.min_free {
+        let downloading = snapshot.iter().filter(|s| s.partial && s.in_use).map(|s| (s.digest, s.size)).collect();
+        store.unwritten(downloading).await
+    } else {
+        HashMap::new()
+    };
     let candidates: Vec<Candidate<(Digest, bool)>> = snapshot
         .iter()
         .map(|s| Candidate {
