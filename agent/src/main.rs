@@ -12,8 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 /// mimalloc returns freed piece buffers to the OS promptly; glibc malloc keeps an arena per
 /// thread that held one, which took an agent moving a 4 GiB blob well past 64 MiB of RSS.
+/// Counted, for `shoal_heap_bytes` (`shoal_runtime::alloc`).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: cap::Cap<mimalloc::MiMalloc> = cap::Cap::new(mimalloc::MiMalloc, usize::MAX);
 
 #[derive(Parser)]
 #[command(version = shoal_runtime::VERSION, about = "Shoal agent: pulls container image blobs through the peer-to-peer swarm")]
@@ -286,6 +287,7 @@ fn load(args: &Args) -> Result<shoal_agent::ValidConfig, config::ConfigError> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    shoal_runtime::alloc::count_heap_with(|| GLOBAL.allocated());
     let args = Args::parse();
     if let Some(Command::Configure(runtime)) = &args.command {
         std::process::exit(configure(runtime));

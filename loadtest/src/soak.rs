@@ -96,8 +96,10 @@ pub fn parse_setting(s: &str) -> Result<(String, serde_json::Value), String> {
     Ok((k.to_string(), serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.into()))))
 }
 
-/// One process's samples: (secs since start, RSS KiB, open fds).
-type Series = Vec<(f64, u64, u64)>;
+/// One process's samples: (secs since start, RSS KiB, open fds, heap KiB). The heap is what
+/// the process's allocator counts as live (`shoal_heap_bytes`; 0 where it gives none): a rise
+/// in RSS without one in the heap is memory the allocator keeps, not a table that grows.
+type Series = Vec<(f64, u64, u64, u64)>;
 
 /// What a process did over the measured time.
 #[derive(Clone, Debug, PartialEq)]
@@ -116,8 +118,8 @@ impl Trend {
 }
 
 /// The means of the first and last windows of `samples` (value picked by `f`) after `warmup`.
-pub fn trend(samples: &Series, warmup: f64, window: f64, f: impl Fn(&(f64, u64, u64)) -> u64) -> Option<Trend> {
-    let kept: Vec<&(f64, u64, u64)> = samples.iter().filter(|s| s.0 >= warmup).collect();
+pub fn trend(samples: &Series, warmup: f64, window: f64, f: impl Fn(&(f64, u64, u64, u64)) -> u64) -> Option<Trend> {
+    let kept: Vec<&(f64, u64, u64, u64)> = samples.iter().filter(|s| s.0 >= warmup).collect();
     let (start, end) = (kept.first()?.0, kept.last()?.0);
     let mean = |sel: Vec<u64>| (!sel.is_empty()).then(|| sel.iter().sum::<u64>() as f64 / sel.len() as f64);
     let first = mean(kept.iter().filter(|s| s.0 <= start + window).map(|s| f(s)).collect())?;
@@ -244,7 +246,7 @@ pub async fn main(a: &SoakArgs) -> anyhow::Result<()> {
         }));
     }
     let mut series: BTreeMap<String, Series> = BTreeMap::new();
-    let mut csv = String::from("secs,process,rss_kib,fds,threads\n");
+    let mut csv = String::from("secs,process,rss_kib,fds,threads,heap_kib\n");
     let mut next_sample = Instant::now();
     let mut next_churn = t0 + a.churn_every;
     let mut churn_k = 0usize;
@@ -257,9 +259,15 @@ pub async fn main(a: &SoakArgs) -> anyhow::Result<()> {
                 if let Some(pid) = c.pid(&name)
                     && let Some((rss, fds, threads)) = sample(pid)
                 {
+                    let heap = tokio::time::timeout(Duration::from_secs(2), c.metric(&name, "shoal_heap_bytes"))
+                        .await
+                        .ok()
+                        .flatten()
+                        .unwrap_or(0)
+                        / 1024;
                     // A restarted process is a new series.
-                    series.entry(format!("{name}[{pid}]")).or_default().push((secs, rss, fds));
-                    let _ = writeln!(csv, "{secs:.1},{name}[{pid}],{rss},{fds},{threads}");
+                    series.entry(format!("{name}[{pid}]")).or_default().push((secs, rss, fds, heap));
+                    let _ = writeln!(csv, "{secs:.1},{name}[{pid}],{rss},{fds},{threads},{heap}");
                 }
             }
             next_sample += a.sample_every;
@@ -294,14 +302,23 @@ pub async fn main(a: &SoakArgs) -> anyhow::Result<()> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<22} {:>12} {:>12} {:>8} {:>8} {:>8} {:>8}  verdict",
-        "process", "RSS first MiB", "RSS last MiB", "change", "fds first", "fds last", "change"
+        "{:<22} {:>12} {:>12} {:>8} {:>8} {:>8} {:>8} {:>11} {:>11}  verdict",
+        "process",
+        "RSS first MiB",
+        "RSS last MiB",
+        "change",
+        "fds first",
+        "fds last",
+        "change",
+        "heap first",
+        "heap last"
     );
     let mut all_flat = true;
     for (name, s) in &series {
         let lived = s.first().is_some_and(|x| x.0 <= w)
             && s.last().is_some_and(|x| x.0 >= a.duration.as_secs_f64() - 2.0 * a.sample_every.as_secs_f64());
         let (Some(rss), Some(fds)) = (trend(s, w, window, |x| x.1), trend(s, w, window, |x| x.2)) else { continue };
+        let heap = trend(s, w, window, |x| x.3).unwrap_or(Trend { first: 0.0, last: 0.0 });
         let verdict = if !lived {
             "restarted: not judged"
         } else if rss.flat() && fds.flat() {
@@ -312,14 +329,16 @@ pub async fn main(a: &SoakArgs) -> anyhow::Result<()> {
         };
         let _ = writeln!(
             out,
-            "{:<22} {:>12.1} {:>12.1} {:>7.1}% {:>8.0} {:>8.0} {:>7.1}%  {verdict}",
+            "{:<22} {:>12.1} {:>12.1} {:>7.1}% {:>8.0} {:>8.0} {:>7.1}% {:>11.1} {:>11.1}  {verdict}",
             name,
             rss.first / 1024.0,
             rss.last / 1024.0,
             rss.change() * 100.0,
             fds.first,
             fds.last,
-            fds.change() * 100.0
+            fds.change() * 100.0,
+            heap.first / 1024.0,
+            heap.last / 1024.0
         );
     }
     let errors = errors.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
@@ -354,8 +373,14 @@ mod tests {
     #[test]
     fn trend_compares_the_first_and_last_windows_after_warmup() {
         // Warm-up spike, then flat around 100, then a rise to 130.
-        let s: Series =
-            vec![(0.0, 500, 9), (10.0, 100, 10), (20.0, 104, 10), (30.0, 96, 10), (40.0, 130, 10), (50.0, 130, 10)];
+        let s: Series = vec![
+            (0.0, 500, 9, 0),
+            (10.0, 100, 10, 0),
+            (20.0, 104, 10, 0),
+            (30.0, 96, 10, 0),
+            (40.0, 130, 10, 0),
+            (50.0, 130, 10, 0),
+        ];
         let t = trend(&s, 10.0, 10.0, |x| x.1).unwrap();
         assert_eq!(t.first, 102.0);
         assert_eq!(t.last, 130.0);

@@ -9,8 +9,9 @@ use tokio_util::sync::CancellationToken;
 
 /// mimalloc returns freed piece buffers to the OS promptly; glibc malloc keeps an arena per
 /// thread that held one, which took an agent moving a 4 GiB blob well past 64 MiB of RSS.
+/// Counted, for `shoal_heap_bytes` (`shoal_runtime::alloc`).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: cap::Cap<mimalloc::MiMalloc> = cap::Cap::new(mimalloc::MiMalloc, usize::MAX);
 
 #[derive(Parser)]
 #[command(version = shoal_runtime::VERSION, about = "Shoal origin: seeds blobs from S3 or a local directory into the swarm")]
@@ -49,6 +50,7 @@ fn load(args: &Args) -> Result<shoal_origin::ValidConfig, config::ConfigError> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    shoal_runtime::alloc::count_heap_with(|| GLOBAL.allocated());
     let args = Args::parse();
     let cfg = shoal_runtime::config_or_exit("shoal-origin", load(&args), args.check_config);
     shoal_runtime::init_tracing("info", cfg.config.log_format);

@@ -56,8 +56,9 @@ pub const GIT_COMMIT: &str = env!("SHOAL_GIT_COMMIT");
 
 impl Admin {
     /// Registers what every service reports on `registry`: `shoal_build_info{version,commit}`
-    /// (always 1) and, on Linux, the process's CPU, memory, open files and start time
-    /// (`process_*`). A registry that already has them keeps its own.
+    /// (always 1), on Linux the process's CPU, memory, open files and start time
+    /// (`process_*`), and the heap bytes live where the allocator counts them
+    /// (`shoal_heap_bytes`, [`crate::alloc`]). A registry that already has them keeps its own.
     pub fn new(registry: Registry) -> Admin {
         register_common(&registry);
         Admin { registry, phase: watch::Sender::new(Phase::Starting) }
@@ -129,6 +130,10 @@ fn register_common(registry: &Registry) {
     }
     #[cfg(target_os = "linux")]
     collectors.push(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+    match crate::alloc::HeapCollector::new() {
+        Ok(c) => collectors.push(Box::new(c)),
+        Err(e) => tracing::warn!("shoal_heap_bytes: {e}"),
+    }
     for c in collectors {
         match registry.register(c) {
             Ok(()) | Err(prometheus::Error::AlreadyReg) => {}

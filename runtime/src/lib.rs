@@ -9,6 +9,7 @@
 //! binaries call these helpers, libraries receive their results.
 
 pub mod admin;
+pub mod alloc;
 pub mod api_error;
 pub mod auth;
 pub mod cap;

@@ -7,7 +7,9 @@
 //! A buffer from the pool is already faulted in.
 //!
 //! The pool keeps at most [`MAX_POOLED_BYTES`] of idle buffers; a buffer returned past that
-//! is freed. The bytes handed out are ordinary [`Bytes`], whose owner gives the buffer back
+//! is freed. [`BufPool::trim`] (each store round, `swarm::gc`) frees the buffers that stayed
+//! idle since the round before, so what a burst of uploads took is given back once the burst
+//! is over instead of being held for the node's life. The bytes handed out are ordinary [`Bytes`], whose owner gives the buffer back
 //! when the last clone is dropped.
 
 use std::sync::{Arc, Weak};
@@ -26,8 +28,12 @@ pub struct BufPool {
 
 #[derive(Default)]
 struct Idle {
+    /// Oldest first: a taken buffer is removed where it sits, a returned one pushed last.
     bufs: Vec<Vec<u8>>,
     bytes: usize,
+    /// The fewest idle buffers since the last [`BufPool::trim`]: that many of the oldest were
+    /// never needed in between.
+    low: usize,
 }
 
 impl BufPool {
@@ -40,14 +46,31 @@ impl BufPool {
     /// pieces and a stream's chunks are all of one size but the last.
     pub fn take(&self, len: usize) -> Vec<u8> {
         let mut idle = self.idle.lock();
-        match idle.bufs.iter().position(|b| b.capacity() == len) {
+        // The newest of that size: warmest in cache, and it leaves the oldest for `trim`.
+        match idle.bufs.iter().rposition(|b| b.capacity() == len) {
             Some(i) => {
-                let buf = idle.bufs.swap_remove(i);
+                let buf = idle.bufs.remove(i);
                 idle.bytes -= buf.capacity();
+                idle.low = idle.low.min(idle.bufs.len());
                 buf
             }
             None => Vec::with_capacity(len),
         }
+    }
+
+    /// Frees as many idle buffers as no [`take`](Self::take) needed since the last trim, the
+    /// oldest first (takes reach for the newest), and returns the bytes freed.
+    pub fn trim(&self) -> usize {
+        let freed: Vec<Vec<u8>> = {
+            let mut idle = self.idle.lock();
+            let n = idle.low.min(idle.bufs.len());
+            let freed: Vec<Vec<u8>> = idle.bufs.drain(..n).collect();
+            idle.bytes -= freed.iter().map(Vec::capacity).sum::<usize>();
+            idle.low = idle.bufs.len();
+            freed
+        };
+        // Freed outside the lock.
+        freed.iter().map(Vec::capacity).sum()
     }
 
     /// `buf` as [`Bytes`] that return it to this pool when the last clone is dropped.
@@ -111,6 +134,27 @@ mod tests {
         assert_eq!(again.as_ptr(), ptr, "the same memory, reused");
         assert!(again.is_empty());
         assert_eq!(pool.idle_bytes(), 0);
+    }
+
+    #[test]
+    fn trim_frees_what_stayed_idle_since_the_last_trim() {
+        let pool = BufPool::new();
+        // A burst: eight buffers out at once, all back.
+        let burst: Vec<Bytes> = (0..8).map(|_| pool.share(pool.take(1000))).collect();
+        drop(burst);
+        assert_eq!(pool.idle_bytes(), 8000);
+        assert_eq!(pool.trim(), 0, "the first trim only marks what is idle");
+        // From now on two at a time are in use.
+        for _ in 0..5 {
+            let two = [pool.share(pool.take(1000)), pool.share(pool.take(1000))];
+            drop(two);
+        }
+        assert_eq!(pool.trim(), 6000, "six were never needed since the last trim");
+        assert_eq!(pool.idle_bytes(), 2000);
+        // Nothing taken at all: the next trim frees the rest.
+        assert_eq!(pool.trim(), 2000);
+        assert_eq!(pool.idle_bytes(), 0);
+        assert_eq!(pool.trim(), 0);
     }
 
     #[test]

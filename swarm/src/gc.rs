@@ -5,7 +5,8 @@
 //! its high mark:
 //!
 //! 1. closes blobs unused for `idle_timeout` (their in-memory entry and open file; they stay
-//!    in the store and are opened again when asked for), and drops failed downloads' entries;
+//!    in the store and are opened again when asked for), drops failed downloads' entries, and
+//!    frees the read buffers that stayed idle since the last round (`bufpool`);
 //! 2. writes the last uses recorded since the previous round to disk (each data file's mtime);
 //! 3. measures the filesystem, resolves the limits, and asks the policy what to evict, from
 //!    the index's sizes, last uses and pins and from what is in use;
@@ -88,6 +89,10 @@ pub(crate) async fn round(node: &Arc<Node>) -> RoundReport {
     let cfg = &node.cfg.store;
     let store = &node.store;
     let closed = node.close_idle(cfg.idle_timeout.get());
+    let trimmed = store.trim_buffers();
+    if trimmed > 0 {
+        tracing::debug!(bytes = trimmed, "freed idle read buffers");
+    }
     store.persist_last_uses().await;
     let space = match store.space().await {
         Ok(s) => s,

@@ -169,6 +169,12 @@ impl Store {
             .await
     }
 
+    /// Frees the read buffers that stayed idle since the last call ([`BufPool::trim`]);
+    /// returns the bytes freed.
+    pub fn trim_buffers(&self) -> usize {
+        self.bufs.trim()
+    }
+
     /// Streams `[start, end)` of `file` in 1 MiB chunks read on the blocking pool into reused
     /// buffers.
     pub fn stream(

@@ -18,8 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 /// mimalloc returns freed piece buffers to the OS promptly; glibc malloc keeps an arena per
 /// thread that held one, which took an agent moving a 4 GiB blob well past 64 MiB of RSS.
+/// Counted, for `shoal_heap_bytes` (`shoal_runtime::alloc`).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: cap::Cap<mimalloc::MiMalloc> = cap::Cap::new(mimalloc::MiMalloc, usize::MAX);
 
 /// Extra time, on top of `shutdown_grace`, for the tracker's own tasks to stop after the HTTP
 /// drain. This is hard-coded.
@@ -42,6 +43,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    shoal_runtime::alloc::count_heap_with(|| GLOBAL.allocated());
     let args = Args::parse();
     let config = shoal_runtime::config_or_exit("shoal-tracker", load(&args), args.check_config);
     shoal_runtime::init_tracing("info", config.log_format());
