@@ -54,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let cfg = shoal_runtime::config_or_exit("shoal-origin", load(&args), args.check_config);
     shoal_runtime::init_tracing("info", cfg.config.log_format);
+    shoal_runtime::alloc::no_huge_pages();
     if cfg.tls.is_none() {
         shoal_runtime::tls::warn_plaintext("origin");
     }

@@ -47,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = shoal_runtime::config_or_exit("shoal-tracker", load(&args), args.check_config);
     shoal_runtime::init_tracing("info", config.log_format());
+    shoal_runtime::alloc::no_huge_pages();
     if config.tls().is_none() {
         shoal_runtime::tls::warn_plaintext("tracker");
     }
