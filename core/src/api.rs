@@ -75,6 +75,11 @@ pub struct AnnounceResponse {
     pub peers: Vec<PeerInfo>,
     /// Milliseconds until the next announce.
     pub interval_ms: u64,
+    /// What the asker is to ask peers of other zones for: sent only to an asker that named a
+    /// zone (`{"share": {"slot": k, "of": m}}` to a gateway of its zone, `"none"` to the
+    /// others); absent, a node asks them for any piece its zone lacks, as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imports: Option<crate::handout::Imports>,
 }
 
 /// Body of every error response.
@@ -145,5 +150,19 @@ mod tests {
         let with = PeerInfo { zone: Some("b".into()), ..peer };
         let text = serde_json::to_string(&with).unwrap();
         assert_eq!(serde_json::from_str::<PeerInfo>(&text).unwrap(), with);
+    }
+
+    /// `imports` is sent only when the tracker says it; an answer without it (an older
+    /// tracker) parses as `None`.
+    #[test]
+    fn imports_are_optional_on_the_wire() {
+        let old = r#"{"peers":[],"interval_ms":3000}"#;
+        let answer: AnnounceResponse = serde_json::from_str(old).unwrap();
+        assert_eq!(answer.imports, None);
+        assert_eq!(serde_json::to_string(&answer).unwrap(), old);
+        let told = AnnounceResponse { imports: Some(crate::handout::Imports::Share { slot: 2, of: 16 }), ..answer };
+        let text = serde_json::to_string(&told).unwrap();
+        assert_eq!(text, r#"{"peers":[],"interval_ms":3000,"imports":{"share":{"slot":2,"of":16}}}"#);
+        assert_eq!(serde_json::from_str::<AnnounceResponse>(&text).unwrap(), told);
     }
 }

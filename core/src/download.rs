@@ -44,6 +44,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
 use std::time::Duration;
 
+use crate::handout::Imports;
 use crate::picker::{PeerKind, Picker, PickerOptions};
 use crate::wire::RejectReason;
 
@@ -53,6 +54,10 @@ pub const TICK: Duration = Duration::from_millis(100);
 pub const STALLED_ANNOUNCE: Duration = Duration::from_millis(500);
 /// When to announce again after an announce failed.
 pub const ANNOUNCE_RETRY: Duration = Duration::from_secs(1);
+/// A download told to import only a share from other zones (or nothing) that has had no new
+/// piece for this long asks peers of other zones for any piece its zone lacks
+/// (`Picker::set_far_fallback`): the gateway of another share is gone or slow.
+pub const FAR_FALLBACK: Duration = Duration::from_millis(300);
 
 /// Tunables of one download.
 #[derive(Clone, Debug)]
@@ -129,10 +134,12 @@ pub fn peers_to_dial<T>(
 }
 
 /// Peers of other zones a download dials when it has room for `max_peers`: `max(1,
-/// max_peers / 16)`. Every node links its zone to others, so pieces spread between zones as
-/// fast as within them; more links would only import the same pieces more times.
+/// max_peers / 2)`, at most what the tracker hands out. Only a zone's gateways are handed
+/// peers of other zones, and each asks them only for the pieces of its share, one request at
+/// a time (`crate::handout::Imports`), so more links feed its share sooner without importing
+/// a piece more times (see BENCHMARKS.md, "Zones").
 pub fn far_dials(max_peers: usize) -> usize {
-    (max_peers / 16).max(1).min(max_peers)
+    (max_peers / 2).max(1).min(max_peers)
 }
 
 /// What the driver is to do.
@@ -183,6 +190,8 @@ pub struct DownloadState<P> {
     over: bool,
     /// Requests expired so far.
     timeouts: u64,
+    /// When the last new piece came (or the imports were told): the far fallback's clock.
+    last_progress: Duration,
     actions: VecDeque<Action<P>>,
 }
 
@@ -202,6 +211,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> DownloadState<P> {
             announcing: false,
             over: false,
             timeouts: 0,
+            last_progress: Duration::ZERO,
             actions: VecDeque::new(),
         };
         if s.picker.is_complete() {
@@ -264,6 +274,9 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> DownloadState<P> {
         for &due in self.pending.values().chain(self.backoff.values()) {
             t = t.min(due);
         }
+        if self.fallback_pending() {
+            t = t.min(self.last_progress.saturating_add(FAR_FALLBACK));
+        }
         Some(t)
     }
 
@@ -313,6 +326,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> DownloadState<P> {
             self.actions.push_back(Action::Cancel { peer: other, piece });
         }
         self.actions.push_back(Action::Have { piece });
+        self.last_progress = now;
         if self.picker.is_complete() {
             self.finish();
         } else {
@@ -397,6 +411,10 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> DownloadState<P> {
             }
             self.fill_all(now);
         }
+        if self.fallback_pending() && now.saturating_sub(self.last_progress) >= FAR_FALLBACK {
+            self.picker.set_far_fallback(true);
+            self.fill_all(now);
+        }
         if now >= self.next_announce && !self.announcing {
             self.announcing = true;
             self.actions.push_back(Action::Announce);
@@ -409,6 +427,23 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> DownloadState<P> {
         self.announcing = false;
         let wait = if self.peers.is_empty() { interval.min(STALLED_ANNOUNCE) } else { interval };
         self.next_announce = now.saturating_add(wait);
+    }
+
+    /// The tracker told which pieces to ask peers of other zones for (see
+    /// `crate::handout::Imports`; [`Imports::All`] until told). A download that then has no
+    /// new piece for [`FAR_FALLBACK`] asks them for any piece its zone lacks.
+    pub fn set_imports(&mut self, imports: Imports, now: Duration) {
+        if self.over || imports == self.picker.imports() {
+            return;
+        }
+        self.picker.set_imports(imports);
+        self.last_progress = self.last_progress.max(now);
+        self.fill_all(now);
+    }
+
+    /// Whether the far fallback may still come: the imports are restricted and it is off.
+    fn fallback_pending(&self) -> bool {
+        !self.picker.far_fallback() && self.picker.imports() != Imports::All
     }
 
     /// Tops up `peer`'s pipeline; returns how many requests went out.

@@ -14,17 +14,21 @@
 //! 3. then peers of other zones (far), seeders first, each class in random order: at least
 //!    [`cross_zone_peers`] of them when there are that many, so every zone can fetch its
 //!    first copy of a piece and the swarm stays connected, and more only when too few near
-//!    peers fill the list. Far peers go only to some askers of a large zone
-//!    ([`gets_far_peers`], decided by the caller before it composes: about [`ZONE_GATEWAYS`]
-//!    of the zone's peers, the same ones at every announce), so that a zone's imports do not
-//!    grow with its size or with the length of the download;
+//!    peers fill the list. Far peers go only to the zone's gateways: at most
+//!    [`ZONE_GATEWAYS`] of its peers, each holding a slot ([`gateway_slot`], decided by the
+//!    caller before it composes, kept until its entry expires), so that a zone's imports do
+//!    not grow with its size, with the length of the download or with how many of its peers
+//!    announce at once;
 //! 4. 1 to 3 together at most `max_peers`, the near ones filling all but the far share;
 //! 5. then every ring owner of the blob not already listed, best owner first, even past
 //!    `max_peers`, so every node can always reach a seed of last resort.
 //!
-//! So each blob crosses a zone boundary about once per zone rather than once per host, since
-//! the picker (`crate::picker`, its zone preference) asks far peers only for what no near
-//! peer has.
+//! With the handout the tracker tells a zoned asker what to import ([`Imports`]): a gateway
+//! the pieces of its slot's share, the others nothing. So each piece crosses into a zone
+//! about once, through the gateway whose share it is, since the picker (`crate::picker`, its
+//! zone preference) asks far peers only for pieces of its share that no near peer has; a
+//! download that gets no new piece for a while asks them for anything its zone lacks
+//! (`crate::download::FAR_FALLBACK`), so a dead or slow gateway's share still comes.
 
 use rand::Rng;
 use rand::seq::SliceRandom;
@@ -36,31 +40,73 @@ pub fn cross_zone_peers(max_peers: usize) -> usize {
     (max_peers / 8).max(2).min(max_peers)
 }
 
-/// Askers of one zone that get peers of other zones in a handout, about: the share of a
-/// swarm's askers in a zone that are given far peers is `ZONE_GATEWAYS` over the blob's peers in
-/// that zone ([`gets_far_peers`]), so a zone imports each piece through a bounded number of
-/// links whatever its size (fewer import the same pieces fewer times, but feed the zone more
-/// slowly: see BENCHMARKS.md, "Zones").
-pub const ZONE_GATEWAYS: usize = 16;
+/// Gateways of a zone: at most this many of a zone's peers of a blob hold a share
+/// ([`gateway_slot`]), and only they are handed peers of other zones. Each imports the pieces
+/// of its share ([`Imports::Share`]), so a zone imports each piece through one link whatever
+/// its size (fewer gateways import as little but feed the zone more slowly: see
+/// BENCHMARKS.md, "Zones").
+pub const ZONE_GATEWAYS: u8 = 16;
 
-/// Whether an asker whose zone has `near` peers in the blob's swarm (the asker not counted)
-/// is handed peers of other zones: always while the zone has at most [`ZONE_GATEWAYS`], else
-/// when its `key` ([`gateway_key`]: a hash of the blob and the asker) falls in the lowest
-/// `ZONE_GATEWAYS / near` of the key space. The choice is the same at every announce of that
-/// node for that blob, so a zone imports through the same few nodes all along; a draw per
-/// announce would hand far peers to a growing share of the zone over a download.
-pub fn gets_far_peers(near: usize, key: u64) -> bool {
-    near <= ZONE_GATEWAYS || (u128::from(key) * near as u128) >> 64 < ZONE_GATEWAYS as u128
+/// Which pieces a download asks peers of other zones for: the tracker's answer to a zoned
+/// asker (`imports` in `crate::api::AnnounceResponse`, absent from an older tracker and for
+/// an asker without a zone), read by the picker (`crate::picker`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Imports {
+    /// Any piece no peer of its zone has: what a download does when told nothing.
+    #[default]
+    All,
+    /// The pieces of share `slot` of `of` ([`in_share`]): the asker is one of its zone's
+    /// gateways, and the others import the other shares.
+    Share { slot: u32, of: u32 },
+    /// None: the zone's gateways import for it.
+    None,
 }
 
-/// The key of a node (`node`: its peer id, or its address when it announced none) for `blob`
-/// in [`gets_far_peers`]: uniform over `u64`, and the same in every tracker and simulator.
-pub fn gateway_key(blob: &[u8], node: &[u8]) -> u64 {
-    let mut h = blake3::Hasher::new();
-    h.update(blob);
-    h.update(node);
-    let out = h.finalize();
-    u64::from_le_bytes(out.as_bytes()[..8].try_into().unwrap_or_default())
+impl Imports {
+    /// What the tracker tells a zoned asker that holds `slot` ([`gateway_slot`]), or none.
+    pub fn of_slot(slot: Option<u8>) -> Imports {
+        match slot {
+            Some(k) => Imports::Share { slot: u32::from(k), of: u32::from(ZONE_GATEWAYS) },
+            None => Imports::None,
+        }
+    }
+
+    /// Whether `piece` may be asked from a peer of another zone (before any fallback).
+    pub fn includes(self, piece: u32) -> bool {
+        match self {
+            Imports::All => true,
+            Imports::Share { slot, of } => in_share(piece, slot, of),
+            Imports::None => false,
+        }
+    }
+}
+
+/// Whether `piece` is in share `slot` of `of`: the pieces `slot`, `slot + of`, `slot + 2 of`
+/// and so on, so each share has pieces of every stripe (the picker's in-order preference)
+/// and the gateways import in the zone's order side by side. `of` 0 is every piece.
+pub fn in_share(piece: u32, slot: u32, of: u32) -> bool {
+    of == 0 || piece % of == slot
+}
+
+/// The gateway slot of an announce for a blob: the slot the asker already holds (`held`, as
+/// long as it announces the same zone), else, for an incomplete asker with a zone, the lowest
+/// of the [`ZONE_GATEWAYS`] slots that no live peer of its zone holds (`taken`, bit `k` for
+/// slot `k`), else none. A holder keeps its slot until its entry expires or leaves, so a
+/// zone has at most [`ZONE_GATEWAYS`] gateways however its peers announce (at once, say),
+/// each with a share of its own, and a dead gateway's share passes to the next asker of its
+/// zone once its entry expires.
+pub fn gateway_slot(held: Option<u8>, taken: u32, complete: bool, zoned: bool) -> Option<u8> {
+    if !zoned {
+        return None;
+    }
+    if held.is_some_and(|k| k < ZONE_GATEWAYS) {
+        return held;
+    }
+    if complete {
+        return None;
+    }
+    (0..ZONE_GATEWAYS).find(|k| taken & (1 << k) == 0)
 }
 
 /// Whether two nodes are in the same zone for the handout, the dials and the picker (the
@@ -231,24 +277,72 @@ mod tests {
     }
 
     #[test]
-    fn far_peers_go_to_about_zone_gateways_askers_and_always_the_same() {
-        let blob = [7u8; 32];
-        let keys: Vec<u64> = (0u32..10_000).map(|n| gateway_key(&blob, &n.to_be_bytes())).collect();
-        assert!(keys.iter().all(|&k| gets_far_peers(ZONE_GATEWAYS, k)), "a small zone: everybody");
-        let n = 20 * ZONE_GATEWAYS;
-        let got: Vec<bool> = keys.iter().map(|&k| gets_far_peers(n, k)).collect();
-        let count = got.iter().filter(|g| **g).count();
-        // 1/20 of 10,000 askers: 500, within a wide margin (the keys are fixed, so exact anyway).
-        assert!((350..650).contains(&count), "{count}");
-        // The same asker gets the same answer every time; a larger zone keeps a subset.
-        let again: Vec<bool> = keys.iter().map(|&k| gets_far_peers(n, k)).collect();
-        assert_eq!(got, again);
-        assert!(keys.iter().all(|&k| !gets_far_peers(2 * n, k) || gets_far_peers(n, k)));
-        // Another blob picks other gateways.
-        let other: Vec<bool> =
-            (0u32..10_000).map(|i| gets_far_peers(n, gateway_key(&[8u8; 32], &i.to_be_bytes()))).collect();
-        assert_ne!(got, other);
-        assert!(gets_far_peers(n, 0) && !gets_far_peers(n, u64::MAX));
+    fn gateway_slots_are_kept_and_handed_lowest_free_first() {
+        let full = (1u32 << ZONE_GATEWAYS) - 1;
+        // (held, taken, complete, zoned, slot)
+        type Row = (Option<u8>, u32, bool, bool, Option<u8>);
+        let table: [Row; 9] = [
+            (None, 0, false, true, Some(0)),                // the first asker of a zone
+            (None, 0b1011, false, true, Some(2)),           // the lowest free slot
+            (None, full, false, true, None),                // every slot held: not a gateway
+            (Some(5), full, false, true, Some(5)),          // a holder keeps its slot
+            (Some(5), 0, true, true, Some(5)),              // also once complete
+            (None, 0, true, true, None),                    // a seeder takes none
+            (None, 0, false, false, None),                  // no zone: no slot
+            (Some(3), 0, false, false, None),               // nor after leaving its zone
+            (Some(ZONE_GATEWAYS), 0, false, true, Some(0)), // out of range: a new one
+        ];
+        for (held, taken, complete, zoned, slot) in table {
+            assert_eq!(gateway_slot(held, taken, complete, zoned), slot, "{held:?} {taken:b} {complete} {zoned}");
+        }
+        // A zone filling up slot by slot has at most ZONE_GATEWAYS gateways, each its own.
+        let mut taken = 0u32;
+        let mut slots = Vec::new();
+        for _ in 0..100 {
+            if let Some(k) = gateway_slot(None, taken, false, true) {
+                assert_eq!(taken & (1 << k), 0);
+                taken |= 1 << k;
+                slots.push(k);
+            }
+        }
+        assert_eq!(slots, (0..ZONE_GATEWAYS).collect::<Vec<u8>>());
+    }
+
+    #[test]
+    fn the_shares_split_the_pieces() {
+        // (imports, pieces 0..8 it includes)
+        let share = |slot| Imports::Share { slot, of: 4 };
+        let table: [(Imports, [bool; 8]); 6] = [
+            (Imports::All, [true; 8]),
+            (Imports::None, [false; 8]),
+            (share(0), [true, false, false, false, true, false, false, false]),
+            (share(3), [false, false, false, true, false, false, false, true]),
+            (Imports::Share { slot: 0, of: 0 }, [true; 8]),
+            (Imports::Share { slot: 9, of: 4 }, [false; 8]), // a slot past the shares: none
+        ];
+        for (imports, expect) in table {
+            let got: Vec<bool> = (0..8).map(|p| imports.includes(p)).collect();
+            assert_eq!(got, expect, "{imports:?}");
+        }
+        // Every piece is in exactly one of the ZONE_GATEWAYS shares.
+        for piece in 0..1000 {
+            let n = (0..ZONE_GATEWAYS).filter(|&k| Imports::of_slot(Some(k)).includes(piece)).count();
+            assert_eq!(n, 1, "piece {piece}");
+        }
+        assert_eq!(Imports::of_slot(None), Imports::None);
+    }
+
+    #[test]
+    fn imports_on_the_wire() {
+        let table = [
+            (Imports::Share { slot: 3, of: 16 }, r#"{"share":{"slot":3,"of":16}}"#),
+            (Imports::None, r#""none""#),
+            (Imports::All, r#""all""#),
+        ];
+        for (imports, json) in table {
+            assert_eq!(serde_json::to_string(&imports).unwrap(), json);
+            assert_eq!(serde_json::from_str::<Imports>(json).unwrap(), imports);
+        }
     }
 
     proptest::proptest! {

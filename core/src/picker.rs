@@ -33,12 +33,17 @@
 //!   zone unknown), `Far` (another zone) or `Origin`. The origin rule is the last of a ladder:
 //!   a `Far` peer is only asked for pieces that no askable `Near` peer has, and an origin only
 //!   for pieces that no askable `Near` or `Far` peer has. So a piece crosses a zone boundary
-//!   only while nobody in our zone can give it. Far peers are also asked only when the near
-//!   ones have nothing left to give (no missing piece an askable near peer has is free), and
-//!   at most [`PickerOptions::max_outstanding_far`] requests are in flight to far peers
-//!   together: a zone whose hosts start at once would otherwise pull the same pieces across
-//!   the boundary many times before any of them lands. With every peer `Near` (no zones
-//!   configured) this is the origin preference alone.
+//!   only while nobody in our zone can give it. At most
+//!   [`PickerOptions::max_outstanding_far`] requests are in flight to far peers together: a
+//!   zone whose hosts start at once would otherwise pull the same pieces across the boundary
+//!   many times before any of them lands. Which pieces far peers may be asked for is what the
+//!   tracker said ([`Picker::set_imports`], `crate::handout::Imports`): told nothing
+//!   (`All`), any piece, but only when the near peers have nothing left to give (no missing
+//!   piece an askable near peer has is free); a gateway of its zone (`Share`), the pieces of
+//!   its share, whatever the near peers still have, since no other node of the zone imports
+//!   them; any other node of a zone (`None`), none. [`Picker::set_far_fallback`] lifts the
+//!   share: any piece, as with `All`. With every peer `Near` (no zones configured) this is
+//!   the origin preference alone.
 //! - **Don't ask.** After a peer rejected a piece or timed out on it, that peer is not asked
 //!   for it again until it announces it again (a `have`, or a fresh bitfield on re-join).
 //! - **Busy.** A piece a peer answered busy for stays askable there, in its place in the
@@ -89,6 +94,7 @@ use std::hash::Hash;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::handout::Imports;
 use crate::wire::bit;
 
 /// How a peer ranks as a source of pieces (see the module docs' zone preference): a peer is
@@ -222,6 +228,10 @@ pub struct Picker<P> {
     scratch: BinaryHeap<Candidate>,
     /// Pieces per stripe (the in-order preference).
     stripe_len: u32,
+    /// Which pieces `Far` peers may be asked for (the tracker's share for this node).
+    imports: Imports,
+    /// Far peers may be asked for any piece whatever `imports` says (the download stalled).
+    far_fallback: bool,
 }
 
 impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
@@ -253,7 +263,35 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
             peers: HashMap::new(),
             blacklist: HashSet::new(),
             scratch: BinaryHeap::new(),
+            imports: Imports::All,
+            far_fallback: false,
         }
+    }
+
+    /// Which pieces `Far` peers may be asked for from now on (the tracker's answer; see
+    /// `crate::handout::Imports`); [`Imports::All`] until told.
+    pub fn set_imports(&mut self, imports: Imports) {
+        self.imports = imports;
+    }
+
+    pub fn imports(&self) -> Imports {
+        self.imports
+    }
+
+    /// Lets `Far` peers be asked for any piece no `Near` peer has, whatever the share: the
+    /// download's fallback when the pieces of the other shares do not come (a gateway of its
+    /// zone is gone or slow).
+    pub fn set_far_fallback(&mut self, on: bool) {
+        self.far_fallback = on;
+    }
+
+    pub fn far_fallback(&self) -> bool {
+        self.far_fallback
+    }
+
+    /// Whether `Far` peers may be asked for nothing at all now.
+    fn imports_nothing(&self) -> bool {
+        !self.far_fallback && self.imports == Imports::None
     }
 
     /// A peer connected and sent its packed bitfield (MSB-first; missing bytes read as unset,
@@ -335,7 +373,8 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
         };
         let mut want = cap.saturating_sub(state.outstanding.len()).min(self.room());
         if state.kind == PeerKind::Far && want > 0 && self.missing > 0 {
-            if self.near_can_fill() {
+            let share = matches!(self.imports, Imports::Share { .. }) && !self.far_fallback;
+            if self.imports_nothing() || (!share && self.near_can_fill()) {
                 return Vec::new();
             }
             want = want.min(self.opts.max_outstanding_far.saturating_sub(self.far_in_flight()));
@@ -581,7 +620,10 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
                 mask &= !(0x80 >> j);
                 let piece = byte_idx * 8 + j;
                 let i = piece as usize;
-                if self.n_requests[i] != 0 || shadowed(state.kind, &self.askable_near, &self.askable_peers, i) {
+                if self.n_requests[i] != 0
+                    || shadowed(state.kind, &self.askable_near, &self.askable_peers, i)
+                    || (state.kind == PeerKind::Far && !far_may_ask(self.imports, self.far_fallback, piece))
+                {
                     continue;
                 }
                 let stripe = (piece / self.stripe_len).saturating_sub(base).min(u32::MAX >> 1);
@@ -621,6 +663,7 @@ impl<P: Copy + Eq + Hash + Ord + std::fmt::Debug> Picker<P> {
                 || !bit(&state.bits, piece)
                 || bit(&state.dont_ask, piece)
                 || shadowed(state.kind, &self.askable_near, &self.askable_peers, i)
+                || (state.kind == PeerKind::Far && !far_may_ask(self.imports, self.far_fallback, piece))
                 || state.outstanding.contains(&piece)
             {
                 continue;
@@ -797,6 +840,11 @@ fn shadowed(kind: PeerKind, askable_near: &[u32], askable_peers: &[u32], i: usiz
         PeerKind::Far => askable_near[i] != 0,
         PeerKind::Origin => askable_peers[i] != 0,
     }
+}
+
+/// Whether a `Far` peer may be asked for `piece` under `imports` (see [`Picker::set_imports`]).
+fn far_may_ask(imports: Imports, fallback: bool, piece: u32) -> bool {
+    fallback || imports.includes(piece)
 }
 
 /// Keeps the `k` smallest candidates offered so far in a max-heap.
@@ -1236,6 +1284,55 @@ mod tests {
         p.piece_verified(F, f[0]);
         assert_eq!(p.next_requests(G).len(), 1, "one far slot came free");
         p.check_invariants();
+    }
+
+    /// A gateway asks far peers only for the pieces of its share that no near peer has, and
+    /// for those even while the near peers have free pieces; told `None`, far peers are asked
+    /// for nothing; the fallback lifts both.
+    #[test]
+    fn far_peers_are_asked_for_the_share_only() {
+        use crate::handout::Imports;
+        use PeerKind::{Far, Near};
+        const F: u8 = 5;
+        let share = |slot| Imports::Share { slot, of: 4 };
+        let o = PickerOptions { max_outstanding_far: 8, ..opts(8) };
+        // (imports, fallback, pieces the near peer A has, what F (every piece) is asked for)
+        type Case<'a> = (Imports, bool, &'a [u32], &'a [u32]);
+        let cases: &[Case<'_>] = &[
+            (Imports::All, false, &[], ALL8),
+            (share(1), false, &[], &[1, 5]),
+            (share(3), false, &[], &[3, 7]),
+            (Imports::None, false, &[], &[]),
+            // A near holder shadows a piece of the share too.
+            (share(1), false, &[5], &[1]),
+            // The near peer has free pieces: without a share the far peer waits, with one it
+            // is asked for its share at once.
+            (Imports::All, false, &[0, 2], &[]),
+            (share(1), false, &[0, 2], &[1, 5]),
+            // The fallback: anything, as without a share, once the near peers have nothing
+            // free.
+            (share(1), true, &[], ALL8),
+            (share(1), true, &[0, 2], &[]),
+            (Imports::None, true, &[], ALL8),
+        ];
+        for &(imports, fallback, near, expect) in cases {
+            let mut p = Picker::new(8, &[], o.clone());
+            p.set_imports(imports);
+            p.set_far_fallback(fallback);
+            p.peer_joined_as(A, &bits(8, near), Near);
+            p.peer_joined_as(F, &bits(8, ALL8), Far);
+            let mut got = p.next_requests(F);
+            got.sort_unstable();
+            assert_eq!(got, expect, "{imports:?} fallback {fallback} near {near:?}");
+            p.check_invariants();
+        }
+        // The share goes to far peers one request at a time by default.
+        let mut p = Picker::new(8, &[], opts(8));
+        p.set_imports(share(2));
+        p.peer_joined_as(F, &bits(8, ALL8), Far);
+        p.peer_joined_as(6, &bits(8, ALL8), Far);
+        assert_eq!(p.next_requests(F).len(), 1);
+        check(&mut p, 6, &[]);
     }
 
     #[test]

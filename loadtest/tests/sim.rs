@@ -278,9 +278,9 @@ fn a_freed_request_slot_goes_to_a_peer_that_can_use_it() {
     assert!(r.max < 4.0 * cfg.bound(), "max {} s, bound {} s", r.max, cfg.bound());
 }
 
-/// With zones, a blob crosses into each zone a few times, far below once per host: agents
-/// ask other zones' peers (and origins) only for pieces no peer of their own zone has. A
-/// correctness bound on bytes, not a timing.
+/// With zones, a blob crosses into each zone about once, far below once per host: only a
+/// zone's gateways ask other zones' peers, each for its own share of the pieces, and agents
+/// ask origins only for pieces no peer has. A correctness bound on bytes, not a timing.
 #[test]
 fn with_zones_a_blob_crosses_into_each_zone_far_less_than_once_per_host() {
     let cfg = SimConfig { hosts: 60, layers: vec![32 << 20], zones: 3, seed: 3, ..SimConfig::default() };
@@ -290,11 +290,23 @@ fn with_zones_a_blob_crosses_into_each_zone_far_less_than_once_per_host() {
     assert_eq!(copies.len(), 3);
     for (z, c) in copies.iter().enumerate() {
         // 20 agents per zone: once per host would be 20 copies (without zones about 13 of
-        // them come from the other two zones); with zones about 4.
+        // them come from the other two zones); with zones 1.0 to 1.4.
         assert!(*c >= 1.0 - 1e-9, "zone {z} got {c} copies: each zone needs the whole image once");
-        assert!(*c < 10.0, "zone {z}: {c} copies of the image crossed into it ({copies:?})");
+        assert!(*c < 2.0, "zone {z}: {c} copies of the image crossed into it ({copies:?})");
     }
     // Without zones nothing is counted, and a zoned run still replays exactly.
     assert!(run(&SimConfig { zones: 0, ..cfg.clone() }).zone_ingress.is_empty());
     assert_eq!(run(&cfg), r);
+}
+
+/// A zone larger than its gateways imports each piece about once, through the gateway whose
+/// share it is: 3 zones of 100 agents, a 256 MiB layer (BENCHMARKS.md, "Zones": 1.07 to 1.11
+/// copies per zone with seed 1).
+#[test]
+fn a_large_zone_takes_each_piece_about_once() {
+    let cfg = SimConfig { hosts: 300, layers: vec![256 << 20], zones: 3, seed: 1, ..SimConfig::default() };
+    let r = run(&cfg);
+    assert_valid(&r, &cfg);
+    let copies = r.zone_copies(&cfg);
+    assert!(copies.iter().all(|c| (1.0 - 1e-9..1.5).contains(c)), "{copies:?}");
 }

@@ -30,6 +30,7 @@ use shoal_core::api::{AnnounceRequest, PeerInfo};
 use shoal_core::download::{
     ANNOUNCE_RETRY, Action, DownloadOptions, DownloadState, TICK, Verified, peers_to_dial, request_timeout,
 };
+use shoal_core::handout::Imports;
 use shoal_core::picker::{PickerOptions, window_pieces};
 use shoal_core::seeding::BUSY_BACKOFF;
 use shoal_core::wire::{Message, RejectReason};
@@ -91,9 +92,11 @@ pub(crate) enum Event {
     StoreFailed {
         error: Arc<StoreError>,
     },
-    /// An announce finished; announce again after `interval`.
+    /// An announce finished; announce again after `interval`. `imports`: what the tracker
+    /// said to ask peers of other zones for, if it said.
     Announced {
         interval: Duration,
+        imports: Option<Imports>,
     },
 }
 
@@ -242,7 +245,12 @@ impl Actor {
                 self.state.peer_left(peer, now);
                 self.conns.remove(&peer);
             }
-            Event::Announced { interval } => self.state.announced(interval, now),
+            Event::Announced { interval, imports } => {
+                if let Some(imports) = imports {
+                    self.state.set_imports(imports, now);
+                }
+                self.state.announced(interval, now);
+            }
             Event::StoreFailed { .. } => {}
         }
     }
@@ -270,9 +278,9 @@ impl Actor {
                         "announce",
                         cancel,
                         shoal_runtime::request_id::inherit(async move {
-                            let interval = announce_and_connect(&n, &e).await;
+                            let (interval, imports) = announce_and_connect(&n, &e).await;
                             if let Some(a) = e.actor() {
-                                let _ = a.send(Event::Announced { interval }).await;
+                                let _ = a.send(Event::Announced { interval, imports }).await;
                             }
                             Ok(())
                         }),
@@ -307,8 +315,8 @@ impl Actor {
 /// Announces a downloading blob and dials the peers handed out, and the blob's owners on the
 /// ring meanwhile; opens the blob on each connection. When no tracker answers, the blob is
 /// also opened on peers already connected (up to `max_peers_per_blob`). Returns when to
-/// announce again.
-async fn announce_and_connect(node: &Arc<Node>, entry: &Arc<BlobEntry>) -> Duration {
+/// announce again, and what the tracker said to ask peers of other zones for, if it said.
+async fn announce_and_connect(node: &Arc<Node>, entry: &Arc<BlobEntry>) -> (Duration, Option<Imports>) {
     let digest = entry.meta.digest();
     let req = AnnounceRequest {
         blob: digest,
@@ -329,7 +337,7 @@ async fn announce_and_connect(node: &Arc<Node>, entry: &Arc<BlobEntry>) -> Durat
             node.metrics.announce_failures.inc();
             tracing::warn!(%digest, "announce failed: {e:#}; using the ring's owners and the peers already connected");
             open_on_known(node, entry).await;
-            return ANNOUNCE_RETRY;
+            return (ANNOUNCE_RETRY, None);
         }
     };
     // Only peers inside the configured networks: whatever a tracker says, this node never
@@ -359,7 +367,7 @@ async fn announce_and_connect(node: &Arc<Node>, entry: &Arc<BlobEntry>) -> Durat
         |p| !shoal_core::handout::same_zone(node.cfg.zone.as_deref(), p.zone.as_deref()),
     );
     dial_all(node, entry, handout).await;
-    Duration::from_millis(resp.interval_ms.clamp(100, 60_000))
+    (Duration::from_millis(resp.interval_ms.clamp(100, 60_000)), resp.imports)
 }
 
 /// A ring owner as a tracker would hand it out.

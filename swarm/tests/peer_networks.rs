@@ -89,6 +89,7 @@ async fn a_poisoned_handout_outside_the_peer_networks_is_never_dialed() {
     let answer = AnnounceResponse {
         peers: vec![peer(outside.local_addr().unwrap(), true), peer(inside.local_addr().unwrap(), false)],
         interval_ms: 100,
+        imports: None,
     };
     let announces = Arc::new(AtomicUsize::new(0));
     let counted = announces.clone();
@@ -151,7 +152,7 @@ async fn announces_carry_the_tracker_token() {
         post(move |headers: axum::http::HeaderMap| {
             let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
             s.lock().unwrap().push(auth);
-            async { axum::Json(AnnounceResponse { peers: Vec::new(), interval_ms: 100 }) }
+            async { axum::Json(AnnounceResponse { peers: Vec::new(), interval_ms: 100, imports: None }) }
         }),
     );
     let tracker_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

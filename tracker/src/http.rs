@@ -199,7 +199,7 @@ impl AppState {
                 "announce answered but not recorded");
         }
         tracing::trace!(blob = %req.blob, peer = %req.peer_id, n_peers = h.peers.len(), "announce");
-        AnnounceResponse { peers: h.peers, interval_ms: self.interval_ms }
+        AnnounceResponse { peers: h.peers, interval_ms: self.interval_ms, imports: h.imports }
     }
 }
 

@@ -19,10 +19,12 @@
 //! 1. Complete peers (seeders) of `B` in the asker's zone, in random order.
 //! 2. Then incomplete peers of `B` in the asker's zone, in random order.
 //! 3. Then peers of other zones, seeders first: `max(2, max_peers / 8)` of them when there
-//!    are that many, more only when too few peers of the asker's zone fill the list. In a
-//!    zone with more than `handout::ZONE_GATEWAYS` (16) peers of `B`, only about 16 of them
-//!    get them, the same ones at every announce (`handout::gets_far_peers` on a hash of the
-//!    blob and the asker's peer id), so a zone imports through a bounded number of links.
+//!    are that many, more only when too few peers of the asker's zone fill the list. Only
+//!    the zone's gateways get them: the first `handout::ZONE_GATEWAYS` (16) incomplete
+//!    askers of the zone each take a free slot (`handout::gateway_slot`), kept in their
+//!    entry until it expires or leaves, so a zone imports through at most 16 links. The
+//!    answer to a zoned asker also says what it imports (`imports`): a holder the pieces of
+//!    its slot's share, any other peer of the zone nothing.
 //! 4. Steps 1 to 3 hold at most `max_peers` entries together. Same-zone seeders fill it
 //!    first. The asker (same peer id or same address) and expired entries are never listed.
 //!    A peer or an asker without a zone counts as in every zone, so without zones steps 1
@@ -62,7 +64,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use dashmap::DashMap;
 use rand::Rng;
 use shoal_core::api::{AnnounceRequest, PeerInfo};
-use shoal_core::handout;
+use shoal_core::handout::{self, Imports};
 use shoal_core::ring::Ring;
 use shoal_core::{Digest, PeerId};
 use tokio::time::Instant;
@@ -124,6 +126,9 @@ pub struct Handout {
     pub recorded: Recorded,
     /// Expired entries this announce removed.
     pub purged: usize,
+    /// What a zoned asker imports from other zones (`handout::gateway_slot`); `None` for an
+    /// asker without a zone.
+    pub imports: Option<Imports>,
 }
 
 /// Whether an announce was recorded, and if not, why.
@@ -184,6 +189,8 @@ struct Entry {
     zone: Option<Arc<str>>,
     /// The time of its last announce. Expired when `now - last_seen > peer_ttl`.
     last_seen: Instant,
+    /// The gateway slot it holds in its zone (`handout::gateway_slot`).
+    slot: Option<u8>,
 }
 
 impl PeerStore {
@@ -234,6 +241,8 @@ impl PeerStore {
             owners: owners.iter().map(|a| (*a, None)).collect(),
             removed: 0,
             purged: 0,
+            held: None,
+            taken: 0,
         };
 
         let usable = !req.addr.ip().is_unspecified() && req.addr.port() != 0;
@@ -251,12 +260,18 @@ impl PeerStore {
                 Swarm::default()
             })),
         };
+        let zoned = req.zone.is_some();
+        let mut slot = None;
         if let Some(mut swarm) = swarm {
             pass.visit(&mut swarm, rng);
             if usable {
-                recorded = self.upsert(&mut swarm, req, now, pass.same_host);
+                slot = handout::gateway_slot(pass.held, pass.taken, req.complete, zoned);
+                recorded = self.upsert(&mut swarm, req, now, pass.same_host, slot);
             }
             now_empty = swarm.peers.is_empty();
+        }
+        if recorded != Recorded::Yes {
+            slot = None;
         }
         if !usable {
             recorded = Recorded::UnusableAddr;
@@ -273,11 +288,7 @@ impl PeerStore {
             known.unwrap_or(PeerInfo { peer_id: None, addr, complete: false, origin: true, zone: None })
         });
         let far_seen = pass.far_seeders.seen + pass.far_leechers.seen;
-        let with_far = far_seen == 0
-            || handout::gets_far_peers(
-                pass.seeders.seen + pass.leechers.seen,
-                handout::gateway_key(req.blob.as_bytes(), &req.peer_id.0),
-            );
+        let with_far = far_seen == 0 || slot.is_some();
         let mut seeders = pass.seeders.items;
         let mut leechers = pass.leechers.items;
         if with_far {
@@ -294,7 +305,7 @@ impl PeerStore {
             |p| handout::same_zone(zone, p.zone.as_deref()),
             rng,
         );
-        Handout { peers, recorded, purged: pass.purged }
+        Handout { peers, recorded, purged: pass.purged, imports: zoned.then(|| Imports::of_slot(slot)) }
     }
 
     /// A node left `req.blob`'s swarm: its entry goes, and any other at its address (an
@@ -321,7 +332,7 @@ impl PeerStore {
         if now_empty {
             self.remove_if_empty(&req.blob);
         }
-        Handout { peers: Vec::new(), recorded: Recorded::Stopped, purged: 0 }
+        Handout { peers: Vec::new(), recorded: Recorded::Stopped, purged: 0, imports: None }
     }
 
     /// Removes every expired entry, and every blob left without peers.
@@ -378,10 +389,17 @@ impl PeerStore {
 
     /// Inserts or refreshes the asker. The caller has already purged expired entries, and
     /// counted the other entries at the asker's IP address (`same_host`).
-    fn upsert(&self, swarm: &mut Swarm, req: &AnnounceRequest, now: Instant, same_host: usize) -> Recorded {
+    fn upsert(
+        &self,
+        swarm: &mut Swarm,
+        req: &AnnounceRequest,
+        now: Instant,
+        same_host: usize,
+        slot: Option<u8>,
+    ) -> Recorded {
         let origin = req.origin && self.is_origin_addr(&req.addr);
         let zone = req.zone.as_deref().map(Arc::from);
-        let entry = Entry { addr: req.addr, complete: req.complete, origin, zone, last_seen: now };
+        let entry = Entry { addr: req.addr, complete: req.complete, origin, zone, last_seen: now, slot };
         let host = req.addr.ip().to_canonical();
         if let Some(old) = swarm.peers.get_mut(&req.peer_id) {
             let old_host = old.addr.ip().to_canonical();
@@ -474,6 +492,10 @@ struct Pass<'a> {
     removed: usize,
     /// Of which expired.
     purged: usize,
+    /// The gateway slot the asker holds, if it announced the same zone before.
+    held: Option<u8>,
+    /// The gateway slots the other live peers of the asker's zone hold, bit `k` for slot `k`.
+    taken: u32,
 }
 
 impl Pass<'_> {
@@ -485,7 +507,11 @@ impl Pass<'_> {
                 self.gone.push(e.addr.ip().to_canonical());
                 return false;
             }
+            let same_zone = self.zone.is_some() && e.zone.as_deref() == self.zone;
             if *id == self.asker {
+                if same_zone {
+                    self.held = e.slot;
+                }
                 return true;
             }
             if e.addr == self.asker_addr {
@@ -496,6 +522,9 @@ impl Pass<'_> {
             }
             if e.addr.ip().to_canonical() == self.asker_host {
                 self.same_host += 1;
+            }
+            if let (true, Some(k)) = (same_zone, e.slot) {
+                self.taken |= 1 << k;
             }
             let info = e.info(*id);
             if let Some((_, known)) = self.owners.iter_mut().find(|(a, _)| *a == e.addr) {
@@ -795,9 +824,10 @@ mod tests {
                 let addr = SocketAddr::from((std::net::Ipv4Addr::from(0x0a00_0000 + n), 7603));
                 let mut pid = [0u8; 16];
                 pid[..4].copy_from_slice(&n.to_le_bytes());
-                swarm
-                    .peers
-                    .insert(PeerId(pid), Entry { addr, complete: true, origin: false, zone: None, last_seen: t });
+                swarm.peers.insert(
+                    PeerId(pid),
+                    Entry { addr, complete: true, origin: false, zone: None, last_seen: t, slot: None },
+                );
             }
         }
         s.n_blobs.store(1, Ordering::Relaxed);
@@ -1018,30 +1048,50 @@ mod tests {
         assert!(in_a < 16, "{in_a}");
     }
 
-    /// In a zone larger than `ZONE_GATEWAYS`, only about that many of its peers get peers of
-    /// other zones, and each gets the same answer at every announce.
+    /// A zone's first `ZONE_GATEWAYS` incomplete askers hold a slot each, and only they get
+    /// peers of other zones, with their share to import; the others are told to import
+    /// nothing. A holder keeps its slot at every announce, complete or not, until its entry
+    /// expires; then the next asker of its zone takes it.
     #[test]
-    fn a_large_zone_gets_far_peers_through_a_few_askers() {
+    fn a_zone_imports_through_its_slot_holders() {
         let s = store(16);
         let t = Instant::now();
-        for n in 1..=200u8 {
-            let zone = if n <= 160 { "a" } else { "b" };
-            s.announce(&AnnounceRequest { zone: Some(zone.into()), ..req(n, true) }, t);
-        }
-        let mut rng = StdRng::seed_from_u64(8);
-        let far = |zone: &str, other: &str, n: u8, rng: &mut StdRng| {
-            let asker = AnnounceRequest { zone: Some(zone.into()), ..req(n, true) };
-            s.announce_with_rng(&asker, t, rng).peers.iter().any(|p| p.zone.as_deref() == Some(other))
+        let zone = |n: u8| if n <= 160 { "a" } else { "b" };
+        let ask = |n: u8, complete: bool, at: Instant| {
+            s.announce(&AnnounceRequest { zone: Some(zone(n).into()), ..req(n, complete) }, at)
         };
-        let gateways: Vec<u8> = (1..=160).filter(|&n| far("a", "b", n, &mut rng)).collect();
-        // About 16 of the zone's 160 peers.
-        assert!((6..30).contains(&gateways.len()), "{gateways:?}");
-        for _ in 0..3 {
-            let again: Vec<u8> = (1..=160).filter(|&n| far("a", "b", n, &mut rng)).collect();
-            assert_eq!(again, gateways, "the same peers at every announce");
+        for n in 1..=200u8 {
+            ask(n, false, t);
         }
-        // Zone b has 40 peers: about 16 of them.
-        let in_b = (161..=200).filter(|&n| far("b", "a", n, &mut rng)).count();
-        assert!((8..28).contains(&in_b), "{in_b}");
+        let other = |n: u8| if zone(n) == "a" { "b" } else { "a" };
+        let gets_far = |h: &Handout, n: u8| h.peers.iter().any(|p| p.zone.as_deref() == Some(other(n)));
+        let share = |k: u8| Some(Imports::Share { slot: u32::from(k), of: u32::from(handout::ZONE_GATEWAYS) });
+        // (asker, complete, imports)
+        let mut table: Vec<(u8, bool, Option<Imports>)> = Vec::new();
+        table.extend((1..=16).map(|n| (n, false, share(n - 1))));
+        table.extend((17..=160).step_by(13).map(|n| (n, false, Some(Imports::None))));
+        table.extend((161..=176).map(|n| (n, false, share(n - 161))));
+        table.extend([(177, false, Some(Imports::None)), (200, false, Some(Imports::None))]);
+        // A gateway that completed keeps its slot; a seeder that never held one gets none.
+        table.extend([(3, true, share(2)), (40, true, Some(Imports::None))]);
+        for (n, complete, imports) in table {
+            for _ in 0..2 {
+                let h = ask(n, complete, t);
+                assert_eq!(h.imports, imports, "asker {n}");
+                assert_eq!(gets_far(&h, n), imports != Some(Imports::None), "asker {n}: {:?}", h.peers);
+            }
+        }
+        // No zone: nothing said, and every peer alike.
+        let plain = s.announce(&req(201, false), t);
+        assert_eq!(plain.imports, None);
+        // Zone a's peers but gateway 5 (slot 4) announce again later; 5 expires, and the next
+        // incomplete asker of zone a takes slot 4, the others still none.
+        for n in (1..=200u8).filter(|&n| n != 5 && n != 100) {
+            ask(n, n <= 16, t + TTL / 2);
+        }
+        let later = t + TTL + Duration::from_secs(1);
+        assert_eq!(ask(100, false, later).imports, share(4));
+        assert_eq!(ask(101, false, later).imports, Some(Imports::None));
+        assert_eq!(ask(5, false, later).imports, Some(Imports::None), "its slot went to another");
     }
 }

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 
 use shoal_core::api::{AnnounceRequest, AnnounceResponse, ErrorBody, PeerInfo};
+use shoal_core::handout::{Imports, ZONE_GATEWAYS};
 use shoal_core::ring::Ring;
 use shoal_core::{Digest, PeerId};
 use shoal_runtime::Phase;
@@ -112,6 +113,15 @@ async fn zones_are_handed_out_and_invalid_ones_refused() {
     let answer: AnnounceResponse = serde_json::from_str(&body).unwrap();
     assert_eq!(answer.peers.len(), 1, "{answer:?}");
     assert_eq!(answer.peers[0].zone.as_deref(), Some("zone-a"));
+    // b is its zone's first incomplete asker: a gateway, told its share; a seeder is told none,
+    // and an asker without a zone is told nothing (no `imports` in the body).
+    let share = Imports::Share { slot: 0, of: u32::from(ZONE_GATEWAYS) };
+    assert_eq!(answer.imports, Some(share), "{body}");
+    assert!(body.contains(r#""imports":{"share":{"slot":0,"of":16}}"#), "{body}");
+    let (_, _, body) = post(&t, &a, None).await;
+    assert!(body.contains(r#""imports":"none""#), "{body}");
+    let (_, _, body) = post(&t, &announce_req(4, "127.0.0.1:7004", false), None).await;
+    assert!(!body.contains("imports"), "{body}");
     let bad = AnnounceRequest { zone: Some("zone a".into()), ..announce_req(3, "127.0.0.1:7003", false) };
     let (status, body) = post_raw(&t, serde_json::to_string(&bad).unwrap()).await;
     assert_eq!((status, body.code.as_str()), (400, "BAD_REQUEST"));

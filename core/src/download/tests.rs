@@ -324,7 +324,8 @@ fn dials_keep_a_share_for_other_zones() {
     handout.push((7, true));
     let far = |p: &(u32, bool)| p.0 > 100;
     // (open, max) -> (near dialed, far dialed); the origin always
-    let table = [(0, 16, 15, 1), (0, 48, 20, 3), (0, 32, 20, 3), (14, 16, 1, 1), (15, 16, 0, 1), (16, 16, 0, 0)];
+    let table =
+        [(0, 16, 13, 3), (0, 48, 20, 3), (0, 32, 20, 3), (0, 4, 2, 2), (14, 16, 0, 2), (15, 16, 0, 1), (16, 16, 0, 0)];
     for (open, max, near, far_n) in table {
         let got = peers_to_dial(handout.clone(), open, max, |p| p.1, |p| p.0 == 0, far);
         assert_eq!(got.iter().filter(|p| !p.1 && !far(p)).count(), near, "{open} open of {max}: {got:?}");
@@ -381,6 +382,50 @@ fn a_far_peer_is_asked_only_for_what_near_peers_lack() {
     s.peer_left(1, 3 * MS);
     assert!(requests(&drain(&mut s)).is_empty(), "the far slot is taken");
     check(&s, &[2]);
+}
+
+/// A gateway told its share asks the far peer for it at once; a node told `None` does not
+/// ask it at all; either asks it for anything its zone lacks once no new piece came for
+/// `FAR_FALLBACK` (a gateway of another share is gone), and a piece that comes puts that off.
+#[test]
+fn imports_restrict_far_requests_until_the_download_stalls() {
+    // (imports, pieces of the far requests before the fallback)
+    let share = Imports::Share { slot: 1, of: 4 };
+    let table: [(Imports, &[u32]); 2] = [(share, &[1, 5]), (Imports::None, &[])];
+    for (imports, at_once) in table {
+        let mut s = DownloadState::<u32>::new(8, &[], opts(8, usize::MAX));
+        s.set_imports(imports, Duration::ZERO);
+        // The near peer keeps pieces 0 and 2 in flight and never answers; the far one has all.
+        s.peer_joined_as(1, &only(8, &[0, 2]), PeerKind::Near, Duration::ZERO);
+        s.peer_joined_as(2, &all(8), PeerKind::Far, MS);
+        s.announced(Duration::from_secs(10), MS);
+        let mut far: Vec<u32> = requests(&drain(&mut s)).into_iter().filter(|r| r.0 == 2).map(|r| r.1).collect();
+        far.sort_unstable();
+        // A share goes out one request at a time.
+        assert_eq!(far.len(), at_once.len().min(1), "{imports:?}: {far:?}");
+        assert!(far.iter().all(|p| at_once.contains(p)), "{imports:?}: {far:?}");
+        check(&s, &[1, 2]);
+        if let Some(&p) = far.first() {
+            // The piece comes at 100 ms: the next of the share goes, and the clock restarts.
+            s.piece_ok(2, p, 100 * MS);
+            let next = requests(&drain(&mut s));
+            assert_eq!(next.len(), 1, "{next:?}");
+            assert!(at_once.contains(&next[0].1) && next[0].1 != p, "{next:?}");
+            s.piece_ok(2, next[0].1, 100 * MS);
+            drain(&mut s);
+        }
+        let since = if far.is_empty() { Duration::ZERO } else { 100 * MS };
+        assert_eq!(s.next_wakeup(), Some(since + FAR_FALLBACK), "{imports:?}");
+        s.tick(since + FAR_FALLBACK - MS);
+        assert!(requests(&drain(&mut s)).is_empty(), "{imports:?}: not yet");
+        s.tick(since + FAR_FALLBACK);
+        // Pieces 0 and 2 are still in flight at the near peer; the rest go one at a time.
+        let late = requests(&drain(&mut s));
+        assert_eq!(late.len(), 1, "{imports:?}: {late:?}");
+        assert!(late[0].0 == 2 && ![0, 2, 1, 5].contains(&late[0].1), "{imports:?}: {late:?}");
+        assert!(s.picker().far_fallback());
+        check(&s, &[1, 2]);
+    }
 }
 
 proptest! {

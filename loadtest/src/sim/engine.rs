@@ -16,7 +16,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use shoal_core::Digest;
 use shoal_core::download::{Action, DownloadState, TICK, Verified, peers_to_dial};
-use shoal_core::handout;
+use shoal_core::handout::{self, Imports};
 use shoal_core::metainfo::default_piece_length;
 use shoal_core::picker::PeerKind;
 use shoal_core::ratelimit::{self, ByteRate};
@@ -59,6 +59,8 @@ enum Ev {
         host: u32,
         blob: u32,
         peers: Vec<Handed>,
+        /// What the tracker told it to import from other zones (zoned agents only).
+        imports: Option<Imports>,
     },
     /// A dial's handshake reaches `to`.
     Dial {
@@ -360,12 +362,8 @@ impl<'a> Sim<'a> {
                     (n_agents + i) as u32
                 })
                 .collect();
-            let mut swarm = Swarm::zoned(
-                owners.clone(),
-                cfg.max_peers,
-                (0..n_agents).map(|i| cfg.zone_of(i)).collect(),
-                digest.as_bytes(),
-            );
+            let mut swarm =
+                Swarm::zoned(owners.clone(), cfg.max_peers, (0..n_agents).map(|i| cfg.zone_of(i)).collect());
             for o in owners {
                 swarm.record(o, true, true);
             }
@@ -566,12 +564,12 @@ impl<'a> Sim<'a> {
                 if complete {
                     self.swarms[blob as usize].record(host, true, false);
                 } else {
-                    let peers = self.swarms[blob as usize].announce(host, false, false, &mut self.rng);
+                    let (peers, imports) = self.swarms[blob as usize].announce(host, false, false, &mut self.rng);
                     let t = self.now + self.hosts[host as usize].latency;
-                    self.push(t, Ev::AnnounceReply { host, blob, peers });
+                    self.push(t, Ev::AnnounceReply { host, blob, peers, imports });
                 }
             }
-            Ev::AnnounceReply { host, blob, peers } => self.announce_reply(host, blob, &peers),
+            Ev::AnnounceReply { host, blob, peers, imports } => self.announce_reply(host, blob, &peers, imports),
             Ev::Dial { from, to, blob } => self.dial(from, to, blob),
             Ev::Open { host, peer, blob } => self.open(host, peer, blob),
             Ev::Bitfield { to, from, blob, bits } => {
@@ -684,7 +682,7 @@ impl<'a> Sim<'a> {
     /// `announce_and_connect`: dial what [`peers_to_dial`] picks (up to `max_peers_per_blob`
     /// minus the peers already open, origins always), then tell the state when to announce
     /// again.
-    fn announce_reply(&mut self, host: u32, blob: u32, peers: &[Handed]) {
+    fn announce_reply(&mut self, host: u32, blob: u32, peers: &[Handed], imports: Option<Imports>) {
         if self.blob(host, blob).actor.is_none() {
             return;
         }
@@ -706,6 +704,9 @@ impl<'a> Sim<'a> {
         let interval = Duration::from_secs_f64(self.cfg.announce_interval);
         let now = self.now;
         if let Some(a) = self.blob(host, blob).actor.as_mut() {
+            if let Some(imports) = imports {
+                a.state.set_imports(imports, a.at(now));
+            }
             a.state.announced(interval, a.at(now));
             self.apply(host, blob);
         }

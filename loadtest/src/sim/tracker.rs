@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 
 use rand::Rng;
-use shoal_core::handout;
+use shoal_core::handout::{self, Imports};
 
 /// One entry of a handout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,8 +33,9 @@ pub struct Swarm {
     /// Ring owners of the blob, best first (from `shoal_core::ring::Ring::owners`).
     owners: Vec<u32>,
     max_peers: usize,
-    /// The blob's digest, for `handout::gateway_key`.
-    blob: Vec<u8>,
+    /// Gateway slots held (`handout::gateway_slot`): by host, and per zone the slots taken.
+    slots: HashMap<u32, u8>,
+    taken: Vec<u32>,
 }
 
 #[derive(Default)]
@@ -45,15 +46,23 @@ struct Group {
 
 impl Swarm {
     pub fn new(owners: Vec<u32>, max_peers: usize) -> Swarm {
-        Swarm::zoned(owners, max_peers, Vec::new(), &[])
+        Swarm::zoned(owners, max_peers, Vec::new())
     }
 
     /// A swarm of `blob` whose hosts are in `zones` (by host id; `None` or past the end: no
     /// zone).
-    pub fn zoned(owners: Vec<u32>, max_peers: usize, zones: Vec<Option<u32>>, blob: &[u8]) -> Swarm {
+    pub fn zoned(owners: Vec<u32>, max_peers: usize, zones: Vec<Option<u32>>) -> Swarm {
         let n_groups = zones.iter().flatten().max().map_or(1, |z| *z as usize + 2);
         let groups = (0..n_groups).map(|_| Group::default()).collect();
-        Swarm { groups, index: HashMap::new(), zones, owners, max_peers, blob: blob.to_vec() }
+        Swarm {
+            groups,
+            index: HashMap::new(),
+            zones,
+            owners,
+            max_peers,
+            slots: HashMap::new(),
+            taken: vec![0; n_groups],
+        }
     }
 
     fn zone(&self, host: u32) -> Option<u32> {
@@ -88,22 +97,32 @@ impl Swarm {
     /// Records `host` and returns its handout, composed as the tracker composes its own
     /// (`shoal_core::handout::compose`) from uniform samples of the seeders and leechers,
     /// drawn per zone group as the tracker's reservoirs are drawn per zone class (near, far):
-    /// up to `max_peers` of each class from every group.
-    pub fn announce<R: Rng + ?Sized>(&mut self, host: u32, complete: bool, origin: bool, rng: &mut R) -> Vec<Handed> {
+    /// up to `max_peers` of each class from every group; and what it imports from other
+    /// zones, as the tracker tells a zoned asker (`handout::gateway_slot`; `None` without a
+    /// zone). Far peers go only to the zone's gateways.
+    pub fn announce<R: Rng + ?Sized>(
+        &mut self,
+        host: u32,
+        complete: bool,
+        origin: bool,
+        rng: &mut R,
+    ) -> (Vec<Handed>, Option<Imports>) {
         self.record(host, complete, origin);
+        let zoned = self.zone(host).is_some();
+        let g = self.group(host);
+        let slot = handout::gateway_slot(self.slots.get(&host).copied(), self.taken[g], complete, zoned);
+        if let Some(k) = slot {
+            self.slots.insert(host, k);
+            self.taken[g] |= 1 << k;
+        }
+        let imports = zoned.then(|| Imports::of_slot(slot));
         let entry =
             |h: u32, complete: bool| Handed { host: h, complete, origin: self.index.get(&h).is_some_and(|e| e.2) };
         let ours = self.zone(host);
         let mine = self.group(host);
         let is_near_group = |g: usize| ours.is_none() || g == 0 || g == mine;
         let far_groups = (0..self.groups.len()).any(|g| !is_near_group(g));
-        let with_far = !far_groups || {
-            let near: usize = (0..self.groups.len())
-                .filter(|&g| is_near_group(g))
-                .map(|g| self.groups[g].seeders.len() + self.groups[g].leechers.len())
-                .sum();
-            handout::gets_far_peers(near.saturating_sub(1), handout::gateway_key(&self.blob, &host.to_be_bytes()))
-        };
+        let with_far = !far_groups || slot.is_some();
         let wanted = |g: usize| with_far || is_near_group(g);
         let mut seeders = Vec::new();
         let mut leechers = Vec::new();
@@ -120,7 +139,8 @@ impl Swarm {
             origin: true,
         });
         let near = |p: &Handed| handout::same_zone(ours.as_ref(), self.zone(p.host).as_ref());
-        handout::compose(seeders, leechers, self.max_peers, owners, |a, b| a.host == b.host, near, rng)
+        let peers = handout::compose(seeders, leechers, self.max_peers, owners, |a, b| a.host == b.host, near, rng);
+        (peers, imports)
     }
 }
 
@@ -151,7 +171,8 @@ mod tests {
         for h in 0..10 {
             s.record(h, h < 2, false);
         }
-        let out = s.announce(5, false, false, &mut rng);
+        let (out, imports) = s.announce(5, false, false, &mut rng);
+        assert_eq!(imports, None, "no zone: nothing said");
         assert_eq!(out.len(), 5);
         assert!(out[0].complete && out[1].complete && !out[2].complete);
         assert!(out.iter().all(|h| h.host != 5));
@@ -159,23 +180,33 @@ mod tests {
         assert!(out[3].origin);
         // Completing moves a host to the seeders.
         s.record(7, true, false);
-        let out = s.announce(5, false, false, &mut rng);
+        let (out, _) = s.announce(5, false, false, &mut rng);
         assert_eq!(out.iter().filter(|h| h.complete).count(), 3);
     }
 
-    /// A zoned host gets its zone's peers first and `max(2, max_peers / 8)` of the others.
+    /// A zoned host gets its zone's peers first and `max(2, max_peers / 8)` of the others
+    /// when it is a gateway (its zone's first incomplete asker here); past the zone's
+    /// `ZONE_GATEWAYS` gateways, only its zone's peers, and nothing to import.
     #[test]
     fn zoned_hosts_get_their_zone_first() {
         let zones: Vec<Option<u32>> = (0..60).map(|h| Some(h % 3)).collect();
-        let mut s = Swarm::zoned(vec![100], 16, zones, &[1; 32]);
+        let mut s = Swarm::zoned(vec![100], 16, zones);
         let mut rng = StdRng::seed_from_u64(2);
         for h in 0..60 {
             s.record(h, h % 2 == 0, false);
         }
-        let out = s.announce(0, false, false, &mut rng);
+        let (out, imports) = s.announce(0, false, false, &mut rng);
+        assert_eq!(imports, Some(Imports::Share { slot: 0, of: u32::from(handout::ZONE_GATEWAYS) }));
         assert_eq!(out.len(), 17);
         assert!(out[..14].iter().all(|p| p.host % 3 == 0), "{out:?}");
         assert!(out[14..16].iter().all(|p| p.host % 3 != 0), "{out:?}");
         assert_eq!(out[16].host, 100);
+        let askers: Vec<u32> = (1..60).filter(|h| h % 3 == 0).collect();
+        let told: Vec<Option<Imports>> = askers.iter().map(|&h| s.announce(h, false, false, &mut rng).1).collect();
+        let gateways = told.iter().filter(|t| matches!(t, Some(Imports::Share { .. }))).count();
+        assert_eq!(gateways, usize::from(handout::ZONE_GATEWAYS) - 1, "{told:?}");
+        let (out, imports) = s.announce(57, false, false, &mut rng);
+        assert_eq!(imports, Some(Imports::None));
+        assert!(out[..16].iter().all(|p| p.host % 3 == 0), "{out:?}");
     }
 }
