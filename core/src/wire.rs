@@ -10,7 +10,7 @@
 //!
 //! | type | message   | body                                                          |
 //! |------|-----------|---------------------------------------------------------------|
-//! | 0    | Handshake | magic `SHOALP2P`, version u16, peer id [16]                   |
+//! | 0    | Handshake | magic `SHOALP2P`, version u16, peer id [16], extensions       |
 //! | 1    | Bitfield  | blob [32], piece count u32, bits (MSB first, ceil(count/8))   |
 //! | 2    | Have      | blob [32], piece u32                                          |
 //! | 3    | Request   | blob [32], piece u32                                          |
@@ -19,7 +19,10 @@
 //! | 6    | Reject    | blob [32], piece u32, reason u8 (0 not-have, 1 unknown blob, 2 busy, 3 seeding) |
 //! | 7    | Error     | code u16, message (UTF-8, rest of the frame)                  |
 //!
-//! The first message on a connection, in both directions, is a `Handshake`. A `Bitfield` for
+//! The first message on a connection, in both directions, is a `Handshake`. Its extensions
+//! follow the peer id, each `tag u8, len u8, value [len]`; a decoder skips tags it does not
+//! know, so a later build can add one without a new version. Tag 1 is the sender's topology
+//! zone (UTF-8; whether it is a valid zone name is the receiver's call). A `Bitfield` for
 //! a blob opens that blob on the connection (the sender is in the blob's swarm and has the
 //! pieces whose bits are set); `Have` then announces each new piece.
 //!
@@ -34,8 +37,16 @@ use crate::metainfo::{MAX_PIECE_LEN, MAX_PIECES};
 
 /// Magic at the start of every handshake: garbage on the peer port fails fast.
 pub const MAGIC: [u8; 8] = *b"SHOALP2P";
-/// Protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Newest protocol version this build speaks. Version 2 added the handshake's extensions; a
+/// node sends it only when it has an extension to send, and version 1 otherwise, so a node
+/// without a zone talks with builds that know only version 1.
+pub const PROTOCOL_VERSION: u16 = 2;
+/// Oldest protocol version this build accepts from a peer.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+/// Handshake extension tag: the sender's topology zone.
+pub const EXT_ZONE: u8 = 1;
+/// Bytes of a handshake before its extensions (magic, version, peer id).
+const HANDSHAKE_FIXED: usize = 8 + 2 + 16;
 /// Bytes of the length prefix.
 pub const LEN_PREFIX: usize = 4;
 /// Largest bitfield body: one bit per piece of the largest blob.
@@ -110,14 +121,43 @@ pub fn parse_corrupt_piece(text: &str) -> Option<(Digest, u32)> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message<'a> {
     KeepAlive,
-    Handshake { version: u16, peer_id: PeerId },
-    Bitfield { blob: Digest, num_pieces: u32, bits: &'a [u8] },
-    Have { blob: Digest, piece: u32 },
-    Request { blob: Digest, piece: u32 },
-    Piece { blob: Digest, piece: u32, data: &'a [u8] },
-    Cancel { blob: Digest, piece: u32 },
-    Reject { blob: Digest, piece: u32, reason: RejectReason },
-    Error { code: u16, message: &'a str },
+    /// `zone`: the sender's topology zone, if it has one (the [`EXT_ZONE`] extension).
+    Handshake {
+        version: u16,
+        peer_id: PeerId,
+        zone: Option<&'a str>,
+    },
+    Bitfield {
+        blob: Digest,
+        num_pieces: u32,
+        bits: &'a [u8],
+    },
+    Have {
+        blob: Digest,
+        piece: u32,
+    },
+    Request {
+        blob: Digest,
+        piece: u32,
+    },
+    Piece {
+        blob: Digest,
+        piece: u32,
+        data: &'a [u8],
+    },
+    Cancel {
+        blob: Digest,
+        piece: u32,
+    },
+    Reject {
+        blob: Digest,
+        piece: u32,
+        reason: RejectReason,
+    },
+    Error {
+        code: u16,
+        message: &'a str,
+    },
 }
 
 /// Why bytes are not a valid message. Every variant is the sender's fault: the driver closes
@@ -136,8 +176,10 @@ pub enum DecodeError {
     BadBitfield { num_pieces: u32, len: usize },
     #[error("unknown reject reason {0}")]
     BadReason(u8),
-    #[error("error message is not utf-8")]
+    #[error("text is not utf-8")]
     BadText,
+    #[error("handshake extension is truncated")]
+    BadExtension,
 }
 
 const T_HANDSHAKE: u8 = 0;
@@ -197,6 +239,25 @@ fn at_least(kind: u8, body: &[u8], expected: usize) -> Result<(), DecodeError> {
     Ok(())
 }
 
+/// Walks a handshake's extensions; returns the zone's, skipping unknown tags. A truncated
+/// extension or a zone that is not UTF-8 is an error; of two zones the last counts.
+fn handshake_zone(mut ext: &[u8]) -> Result<Option<&str>, DecodeError> {
+    let mut zone = None;
+    while !ext.is_empty() {
+        let [tag, len, rest @ ..] = ext else {
+            return Err(DecodeError::BadExtension);
+        };
+        let Some((value, rest)) = rest.split_at_checked(usize::from(*len)) else {
+            return Err(DecodeError::BadExtension);
+        };
+        if *tag == EXT_ZONE {
+            zone = Some(std::str::from_utf8(value).map_err(|_| DecodeError::BadText)?);
+        }
+        ext = rest;
+    }
+    Ok(zone)
+}
+
 fn blob_at(body: &[u8]) -> Digest {
     let mut d = [0u8; 32];
     d.copy_from_slice(&body[..32]);
@@ -210,14 +271,15 @@ fn u32_at(body: &[u8], at: usize) -> u32 {
 fn decode_body(kind: u8, body: &[u8]) -> Result<Message<'_>, DecodeError> {
     Ok(match kind {
         T_HANDSHAKE => {
-            exact(kind, body, 8 + 2 + 16)?;
+            at_least(kind, body, HANDSHAKE_FIXED)?;
             if body[..8] != MAGIC {
                 return Err(DecodeError::BadMagic);
             }
             let version = u16::from_be_bytes([body[8], body[9]]);
             let mut id = [0u8; 16];
             id.copy_from_slice(&body[10..26]);
-            Message::Handshake { version, peer_id: PeerId(id) }
+            let zone = handshake_zone(&body[HANDSHAKE_FIXED..])?;
+            Message::Handshake { version, peer_id: PeerId(id), zone }
         }
         T_BITFIELD => {
             at_least(kind, body, 36)?;
@@ -275,12 +337,21 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message<'_>, DecodeError> {
 pub fn encode(msg: &Message<'_>, dst: &mut BytesMut) {
     match *msg {
         Message::KeepAlive => dst.put_u32(0),
-        Message::Handshake { version, peer_id } => {
-            dst.put_u32(1 + 8 + 2 + 16);
+        Message::Handshake { version, peer_id, zone } => {
+            let ext = zone.map_or(0, |z| {
+                assert!(z.len() <= usize::from(u8::MAX), "zone too long for a handshake");
+                2 + z.len()
+            });
+            dst.put_u32((1 + HANDSHAKE_FIXED + ext) as u32);
             dst.put_u8(T_HANDSHAKE);
             dst.put_slice(&MAGIC);
             dst.put_u16(version);
             dst.put_slice(&peer_id.0);
+            if let Some(z) = zone {
+                dst.put_u8(EXT_ZONE);
+                dst.put_u8(z.len() as u8);
+                dst.put_slice(z.as_bytes());
+            }
         }
         Message::Bitfield { blob, num_pieces, bits } => {
             assert!(num_pieces > 0 && num_pieces <= MAX_PIECES && bits.len() == (num_pieces as usize).div_ceil(8));

@@ -79,7 +79,7 @@ impl Drop for EvilPeer {
 
 async fn serve(mut sock: TcpStream, peer_id: PeerId, meta: &MetaInfo, served: &AtomicU64) -> anyhow::Result<()> {
     let mut out = BytesMut::new();
-    wire::encode(&Message::Handshake { version: PROTOCOL_VERSION, peer_id }, &mut out);
+    wire::encode(&Message::Handshake { version: PROTOCOL_VERSION, peer_id, zone: None }, &mut out);
     sock.write_all(&out).await?;
     let mut buf = BytesMut::with_capacity(1 << 16);
     loop {

@@ -582,7 +582,7 @@ mod tests {
 
         let mut peer = tokio::net::TcpStream::connect(addr).await.unwrap();
         let mut out = bytes::BytesMut::new();
-        wire::encode(&Message::Handshake { version: PROTOCOL_VERSION, peer_id: PeerId([7; 16]) }, &mut out);
+        wire::encode(&Message::Handshake { version: PROTOCOL_VERSION, peer_id: PeerId([7; 16]), zone: None }, &mut out);
         for blob in [theirs, mine] {
             wire::encode(&Message::Bitfield { blob, num_pieces: 1, bits: &[0] }, &mut out);
         }

@@ -48,7 +48,9 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use prometheus::IntGauge;
 use shoal_core::seeding;
-use shoal_core::wire::{self, DecodeError, ERROR_CORRUPT_PIECE, Message, PROTOCOL_VERSION, RejectReason};
+use shoal_core::wire::{
+    self, DecodeError, ERROR_CORRUPT_PIECE, MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION, RejectReason,
+};
 use shoal_core::{Digest, PeerId};
 use shoal_runtime::tls::{Identity, Link, Side};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -542,7 +544,7 @@ where
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let pending =
         matches!(admission, Admission::Inbound(_)).then(|| PendingGauge::new(&node.metrics.handshakes_pending));
-    let peer_id = match handshake(&node, &mut rd, &mut wr, &mut buf).await {
+    let (peer_id, zone) = match handshake(&node, &mut rd, &mut wr, &mut buf).await {
         Ok(p) => p,
         Err(e) => {
             node.metrics.connections_rejected.inc();
@@ -585,6 +587,8 @@ where
         return Err(refusal.into());
     }
     node.metrics.connections.inc();
+    // Known before any bitfield, so a peer that dialed in ranks by its zone too.
+    node.zones.heard(peer_id, zone.as_deref());
     if let Some(r) = ready {
         let _ = r.send(handle.clone());
     }
@@ -640,20 +644,32 @@ where
     res
 }
 
-async fn handshake<R, W>(node: &Node, rd: &mut R, wr: &mut W, buf: &mut BytesMut) -> Result<PeerId, ConnError>
+/// Trades handshakes; gives the peer's id and the zone it named, if any.
+async fn handshake<R, W>(
+    node: &Node,
+    rd: &mut R,
+    wr: &mut W,
+    buf: &mut BytesMut,
+) -> Result<(PeerId, Option<String>), ConnError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let deadline = node.cfg.handshake_timeout.get();
     let mut out = BytesMut::new();
-    wire::encode(&Message::Handshake { version: PROTOCOL_VERSION, peer_id: node.peer_id }, &mut out);
+    let zone = node.cfg.zone.as_deref();
+    let version = if zone.is_some() { PROTOCOL_VERSION } else { MIN_PROTOCOL_VERSION };
+    wire::encode(&Message::Handshake { version, peer_id: node.peer_id, zone }, &mut out);
     tokio::time::timeout(deadline, wr.write_all(&out)).await.map_err(|_| ConnError::Timeout(deadline))??;
     let fut = async {
         loop {
             if let Some((msg, used)) = wire::decode(buf)? {
                 let res = match msg {
-                    Message::Handshake { version, peer_id } if version == PROTOCOL_VERSION => Ok(peer_id),
+                    Message::Handshake { version, peer_id, zone }
+                        if (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) =>
+                    {
+                        Ok((peer_id, zone.map(str::to_owned)))
+                    }
                     Message::Handshake { version, .. } => {
                         Err(ConnError::Protocol(format!("unsupported protocol version {version}")))
                     }
@@ -1029,6 +1045,7 @@ mod tests {
 
     use shoal_core::MetaInfo;
     use shoal_core::metainfo::{MIN_PIECE_LEN, MetaInfoBuilder};
+    use shoal_core::picker::PeerKind;
     use shoal_core::wire::pack_bits;
     use tempfile::TempDir;
     use tokio::io::DuplexStream;
@@ -1127,10 +1144,20 @@ mod tests {
 
         /// Sends our handshake and checks the node's.
         async fn handshake(&mut self, node: &Node) {
-            self.send(&Message::Handshake { version: PROTOCOL_VERSION, peer_id: self.peer_id }).await;
+            self.handshake_in(node, None).await;
+        }
+
+        /// Sends our handshake naming `zone` and checks the node's, which names its own.
+        /// Without a zone it is exactly what a build of protocol version 1 sends.
+        async fn handshake_in(&mut self, node: &Node, zone: Option<&str>) {
+            let version = if zone.is_some() { PROTOCOL_VERSION } else { 1 };
+            self.send(&Message::Handshake { version, peer_id: self.peer_id, zone }).await;
             let f = self.frame().await;
             let (msg, _) = wire::decode(&f).unwrap().unwrap();
-            assert_eq!(msg, Message::Handshake { version: PROTOCOL_VERSION, peer_id: node.peer_id });
+            let ours = node.cfg.zone.as_deref();
+            // Version 1 unless there is an extension to carry.
+            let version = if ours.is_some() { PROTOCOL_VERSION } else { 1 };
+            assert_eq!(msg, Message::Handshake { version, peer_id: node.peer_id, zone: ours });
         }
     }
 
@@ -1194,10 +1221,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_peer_that_dials_in_ranks_by_the_zone_its_handshake_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let zone = Some("za".to_owned());
+        let cfg = SwarmConfig { store_dir: dir.path().to_path_buf(), zone, ..SwarmConfig::default() };
+        let node = Node::for_tests(cfg, false);
+        for (n, zone, want) in
+            [(2, Some("zb"), PeerKind::Far), (3, Some("za"), PeerKind::Near), (4, None, PeerKind::Near)]
+        {
+            let (mut remote, _task) = start(&node, n).await;
+            remote.handshake_in(&node, zone).await;
+            tokio::time::timeout(WAIT, async {
+                while node.peers.get(&remote.peer_id).is_none() {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .expect("the connection is registered");
+            assert_eq!(node.zones.kind(&remote.peer_id, false), want, "peer {n} in {zone:?}");
+        }
+    }
+
+    #[tokio::test]
     async fn wrong_magic_or_version_is_refused() {
         let (node, _dir) = node();
         let mut hs = BytesMut::new();
-        wire::encode(&Message::Handshake { version: PROTOCOL_VERSION, peer_id: PeerId([2; 16]) }, &mut hs);
+        wire::encode(&Message::Handshake { version: PROTOCOL_VERSION, peer_id: PeerId([2; 16]), zone: None }, &mut hs);
         // The magic follows the length prefix and the type byte.
         hs[wire::LEN_PREFIX + 1] ^= 0xff;
         let (mut remote, task) = start(&node, 2).await;
@@ -1205,16 +1254,21 @@ mod tests {
         assert!(matches!(ended(task).await, Err(ConnError::Decode(_))));
 
         let (mut remote, task) = start(&node, 3).await;
-        remote.send(&Message::Handshake { version: PROTOCOL_VERSION + 1, peer_id: remote.peer_id }).await;
+        remote.send(&Message::Handshake { version: PROTOCOL_VERSION + 1, peer_id: remote.peer_id, zone: None }).await;
         assert!(matches!(ended(task).await, Err(ConnError::Protocol(_))));
 
         let (mut remote, task) = start(&node, 4).await;
         remote.send(&Message::KeepAlive).await;
         assert!(matches!(ended(task).await, Err(ConnError::Protocol(_))), "the first frame must be a handshake");
 
+        let (mut remote, task) = start(&node, 5).await;
+        remote.send(&Message::Handshake { version: 0, peer_id: remote.peer_id, zone: None }).await;
+        let res = ended(task).await;
+        assert!(matches!(&res, Err(ConnError::Protocol(m)) if m == "unsupported protocol version 0"), "{res:?}");
+
         assert_eq!(node.peers.len(), 0);
-        assert_eq!(node.metrics.connections_rejected.get(), 3);
-        assert_eq!(node.metrics.protocol_errors.get(), 3);
+        assert_eq!(node.metrics.connections_rejected.get(), 4);
+        assert_eq!(node.metrics.protocol_errors.get(), 4);
     }
 
     #[tokio::test]

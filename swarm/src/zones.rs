@@ -1,11 +1,11 @@
 //! The zones of the peers this node heard of, and how each ranks as a source.
 //!
-//! A node learns a peer's zone from a tracker's handout (`PeerInfo::zone`), keyed by peer id:
-//! a connection's peer id is what its handshake proved, so a connection is matched with the
-//! zone the tracker gave for that id whichever side dialed. A peer the node has no zone for
-//! (an inbound peer the tracker never handed out, an origin taken from the ring, a node
-//! without a zone) counts as near, as does every peer when this node has no zone: without
-//! zones nothing changes.
+//! A node learns a peer's zone from the peer's handshake (its zone extension) and from a
+//! tracker's handout (`PeerInfo::zone`), keyed by peer id, the newer word winning: a
+//! connection's peer id is what its handshake proved, so a connection is matched with its
+//! zone whichever side dialed. A peer the node has no zone for (an origin or a node without a
+//! zone) counts as near, as does every peer when this node has no zone: without zones nothing
+//! changes.
 //!
 //! Bounded: at most [`MAX_PEER_ZONES`] peers are remembered; when full the table is emptied
 //! and refilled from the next handouts (a peer forgotten meanwhile only counts as near).
@@ -55,6 +55,14 @@ impl Zones {
         }
     }
 
+    /// `peer`'s handshake named `zone`. A missing or invalid zone changes nothing: the
+    /// tracker's word, if any, stands.
+    pub fn heard(&self, peer: PeerId, zone: Option<&str>) {
+        if let Some(z) = zone.filter(|z| is_valid_zone(z)) {
+            self.note(peer, Some(z));
+        }
+    }
+
     /// The zone a handout gave for `peer`, if any.
     fn zone_of(&self, peer: &PeerId) -> Option<Arc<str>> {
         self.peers.lock().get(peer).cloned()
@@ -93,6 +101,21 @@ mod tests {
         plain.note(b, Some("zb"));
         assert_eq!(plain.kind(&b, false), PeerKind::Near);
         assert!(!plain.is_far(&b));
+    }
+
+    #[test]
+    fn a_handshake_names_a_zone_but_never_unnames_one() {
+        let b = PeerId([2; 16]);
+        let z = Zones::new(Some("za"));
+        z.heard(b, Some("zb"));
+        assert_eq!(z.kind(&b, false), PeerKind::Far);
+        z.heard(b, None);
+        z.heard(b, Some("not a zone"));
+        assert_eq!(z.kind(&b, false), PeerKind::Far, "silence or nonsense keeps what was known");
+        z.heard(b, Some("za"));
+        assert_eq!(z.kind(&b, false), PeerKind::Near, "the newer word wins");
+        z.note(b, Some("zc"));
+        assert_eq!(z.kind(&b, false), PeerKind::Far);
     }
 
     #[test]

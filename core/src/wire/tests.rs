@@ -83,10 +83,44 @@ fn keep_alive() {
 #[test]
 fn handshake() {
     let peer_id = PeerId([7; 16]);
-    check(&frame(T_HANDSHAKE, &[&handshake_body(&MAGIC, 1)]), Ok(Message::Handshake { version: 1, peer_id }));
+    check(
+        &frame(T_HANDSHAKE, &[&handshake_body(&MAGIC, 1)]),
+        Ok(Message::Handshake { version: 1, peer_id, zone: None }),
+    );
     // The codec does not judge versions; the connection driver does.
     let body = handshake_body(&MAGIC, u16::MAX);
-    check(&frame(T_HANDSHAKE, &[&body]), Ok(Message::Handshake { version: u16::MAX, peer_id }));
+    check(&frame(T_HANDSHAKE, &[&body]), Ok(Message::Handshake { version: u16::MAX, peer_id, zone: None }));
+}
+#[test]
+fn handshake_extensions() {
+    let peer_id = PeerId([7; 16]);
+    let hs = |ext: &[u8]| frame(T_HANDSHAKE, &[&handshake_body(&MAGIC, 2), ext]);
+    let with = |zone| Ok(Message::Handshake { version: 2, peer_id, zone });
+    // Canonical: encoding the message gives these bytes back.
+    check(&hs(&[EXT_ZONE, 4, b'e', b'u', b'-', b'1']), with(Some("eu-1")));
+    // An empty value is passed on; the receiver judges the name.
+    check(&hs(&[EXT_ZONE, 0]), with(Some("")));
+    let table: &[(&[u8], Result<Message<'_>, DecodeError>)] = &[
+        // Unknown tags are skipped, before and after the zone.
+        (&[9, 2, 0xff, 0xfe, EXT_ZONE, 1, b'a', 200, 0], with(Some("a"))),
+        (&[9, 0], with(None)),
+        // Of two zones the last counts.
+        (&[EXT_ZONE, 1, b'a', EXT_ZONE, 1, b'b'], with(Some("b"))),
+        // Truncated: a lone tag, a length past the end.
+        (&[EXT_ZONE], Err(DecodeError::BadExtension)),
+        (&[EXT_ZONE, 5, b'a'], Err(DecodeError::BadExtension)),
+        (&[9, 1], Err(DecodeError::BadExtension)),
+        // A zone that is not UTF-8.
+        (&[EXT_ZONE, 2, 0xc3, 0x28], Err(DecodeError::BadText)),
+    ];
+    for (ext, want) in table {
+        let frame = hs(ext);
+        let want = want.clone().map(|m| Some((m, frame.len())));
+        assert_eq!(decode(&frame), want, "extensions {ext:?}");
+        for cut in 0..frame.len() {
+            assert_eq!(decode(&frame[..cut]), Ok(None), "prefix of {cut} bytes of {ext:?}");
+        }
+    }
 }
 #[test]
 fn bitfield_one_piece() {
@@ -222,7 +256,7 @@ fn wrong_body_length_of_fixed_size_types() {
     let bad = |kind, len, expected| Err(DecodeError::BadLength { kind, len, expected });
     check(&frame(T_HANDSHAKE, &[]), bad(T_HANDSHAKE, 0, 26));
     check(&frame(T_HANDSHAKE, &[&hs[..25]]), bad(T_HANDSHAKE, 25, 26));
-    check(&frame(T_HANDSHAKE, &[&hs, &[0]]), bad(T_HANDSHAKE, 27, 26));
+    check(&frame(T_HANDSHAKE, &[&hs, &[0]]), Err(DecodeError::BadExtension));
     let b = blob();
     for kind in [T_HAVE, T_REQUEST, T_CANCEL] {
         check(&frame(kind, &[]), bad(kind, 0, 36));
@@ -327,7 +361,8 @@ fn several_messages_from_one_buffer() {
     let b = blob();
     let bits = pack_bits(10, |i| i % 2 == 0);
     let msgs = [
-        Message::Handshake { version: PROTOCOL_VERSION, peer_id: PeerId([1; 16]) },
+        Message::Handshake { version: PROTOCOL_VERSION, peer_id: PeerId([1; 16]), zone: None },
+        Message::Handshake { version: PROTOCOL_VERSION, peer_id: PeerId([2; 16]), zone: Some("rack-7.eu-west-1a") },
         Message::Bitfield { blob: b, num_pieces: 10, bits: &bits },
         Message::KeepAlive,
         Message::Request { blob: b, piece: 4 },
@@ -365,7 +400,11 @@ fn captured_frames() {
     let peer_id = PeerId(core::array::from_fn(|i| u8::try_from(i).unwrap()));
     let cases: &[(&[u8], Message<'_>)] = &[
         (include_bytes!("../../tests/data/keepalive.bin"), Message::KeepAlive),
-        (include_bytes!("../../tests/data/handshake.bin"), Message::Handshake { version: 1, peer_id }),
+        (include_bytes!("../../tests/data/handshake.bin"), Message::Handshake { version: 1, peer_id, zone: None }),
+        (
+            include_bytes!("../../tests/data/handshake_zone.bin"),
+            Message::Handshake { version: 2, peer_id, zone: Some("eu-west-1a") },
+        ),
         (
             include_bytes!("../../tests/data/bitfield.bin"),
             Message::Bitfield { blob: b, num_pieces: 10, bits: &pack_bits(10, |i| [0, 2, 5, 7, 9].contains(&i)) },
@@ -404,7 +443,7 @@ fn bit_helpers() {
 #[derive(Clone, Debug)]
 enum OwnedMessage {
     KeepAlive,
-    Handshake { version: u16, peer_id: PeerId },
+    Handshake { version: u16, peer_id: PeerId, zone: Option<String> },
     Bitfield { blob: Digest, num_pieces: u32, bits: Vec<u8> },
     Have { blob: Digest, piece: u32 },
     Request { blob: Digest, piece: u32 },
@@ -418,7 +457,9 @@ impl OwnedMessage {
     fn as_message(&self) -> Message<'_> {
         match *self {
             OwnedMessage::KeepAlive => Message::KeepAlive,
-            OwnedMessage::Handshake { version, peer_id } => Message::Handshake { version, peer_id },
+            OwnedMessage::Handshake { version, peer_id, ref zone } => {
+                Message::Handshake { version, peer_id, zone: zone.as_deref() }
+            }
             OwnedMessage::Bitfield { blob, num_pieces, ref bits } => Message::Bitfield { blob, num_pieces, bits },
             OwnedMessage::Have { blob, piece } => Message::Have { blob, piece },
             OwnedMessage::Request { blob, piece } => Message::Request { blob, piece },
@@ -453,8 +494,9 @@ impl Arbitrary for OwnedMessage {
         });
         prop_oneof![
             Just(OwnedMessage::KeepAlive),
-            (any::<u16>(), any::<[u8; 16]>())
-                .prop_map(|(version, id)| OwnedMessage::Handshake { version, peer_id: PeerId(id) }),
+            // Zones of up to 63 chars of up to 4 bytes: within the 255 bytes an extension holds.
+            (any::<u16>(), any::<[u8; 16]>(), proptest::option::of("(?s).{0,63}"))
+                .prop_map(|(version, id, zone)| { OwnedMessage::Handshake { version, peer_id: PeerId(id), zone } }),
             bitfield,
             (blob.clone(), any::<u32>()).prop_map(|(blob, piece)| OwnedMessage::Have { blob, piece }),
             (blob.clone(), any::<u32>()).prop_map(|(blob, piece)| OwnedMessage::Request { blob, piece }),

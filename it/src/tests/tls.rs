@@ -50,7 +50,7 @@ async fn peer_handshake(addr: SocketAddr, config: rustls::ClientConfig) -> bool 
     let Ok(mut s) = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await else { return false };
     // TLS 1.3: a refused client certificate shows as an alert on the first read.
     let mut hs = BytesMut::new();
-    wire::encode(&Message::Handshake { version: PROTOCOL_VERSION, peer_id: PeerId::random() }, &mut hs);
+    wire::encode(&Message::Handshake { version: PROTOCOL_VERSION, peer_id: PeerId::random(), zone: None }, &mut hs);
     if s.write_all(&hs).await.is_err() || s.flush().await.is_err() {
         return false;
     }
@@ -106,7 +106,7 @@ async fn strangers_are_refused_at_the_handshake_on_every_link_and_counted() {
     // No TLS at all: a plaintext node on the peer port, plain HTTP on the APIs.
     let mut plain = TcpStream::connect(agent_peer).await.unwrap();
     let mut hs = BytesMut::new();
-    wire::encode(&Message::Handshake { version: PROTOCOL_VERSION, peer_id: PeerId::random() }, &mut hs);
+    wire::encode(&Message::Handshake { version: PROTOCOL_VERSION, peer_id: PeerId::random(), zone: None }, &mut hs);
     plain.write_all(&hs).await.unwrap();
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut buf)).await;
@@ -146,7 +146,7 @@ async fn a_peer_id_claimed_under_another_certificate_is_refused() {
     let name = rustls::pki_types::ServerName::IpAddress(agent_peer.ip().into());
     let mut s = probe.connector(shoal_runtime::tls::Link::Peer).connect(name, tcp).await.unwrap();
     let mut hs = BytesMut::new();
-    wire::encode(&Message::Handshake { version: PROTOCOL_VERSION, peer_id: origin_id }, &mut hs);
+    wire::encode(&Message::Handshake { version: PROTOCOL_VERSION, peer_id: origin_id, zone: None }, &mut hs);
     s.write_all(&hs).await.unwrap();
     s.flush().await.unwrap();
     // The agent answers with its own handshake, then closes.

@@ -154,7 +154,7 @@ async fn serve(
     stats: &Mutex<LiarStats>,
 ) -> anyhow::Result<()> {
     let mut out = BytesMut::new();
-    wire::encode(&Message::Handshake { version: PROTOCOL_VERSION, peer_id }, &mut out);
+    wire::encode(&Message::Handshake { version: PROTOCOL_VERSION, peer_id, zone: None }, &mut out);
     sock.write_all(&out).await?;
     let mut buf = BytesMut::with_capacity(1 << 16);
     let mut stalled = false;
