@@ -24,7 +24,11 @@
 //!    `max_peers`, so every node can always reach a seed of last resort.
 //!
 //! With the handout the tracker tells a zoned asker what to import ([`Imports`]): a gateway
-//! the pieces of its slot's share, the others nothing. So each piece crosses into a zone
+//! the pieces of its slot's share, the others nothing. The pieces are split into as many
+//! shares as the zone has gateways so far ([`Imports::of_slot`], [`in_share`]), the way
+//! linear hashing splits buckets: a gateway told of fewer gateways holds a superset of the
+//! share it would hold now, so the shares of a growing zone overlap for an announce interval
+//! but never leave a piece to nobody. So each piece crosses into a zone
 //! about once, through the gateway whose share it is, since the picker (`crate::picker`, its
 //! zone preference) asks far peers only for pieces of its share that no near peer has; a
 //! download that gets no new piece for a while asks them for anything its zone lacks
@@ -47,6 +51,21 @@ pub fn cross_zone_peers(max_peers: usize) -> usize {
 /// BENCHMARKS.md, "Zones").
 pub const ZONE_GATEWAYS: u8 = 16;
 
+/// How soon a gateway of a zone that may still grow is told to announce again: its share
+/// ([`Imports::of_slot`]) was cut for the gateways the tracker knew of, and narrows as more
+/// take a slot. Only a zone's (at most [`ZONE_GATEWAYS`]) gateways announce this often, and only
+/// while their share is not the smallest one.
+pub const SHARE_REFRESH: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The interval to tell an asker: `base`, or [`SHARE_REFRESH`] when shorter for a gateway
+/// whose share may still narrow.
+pub fn announce_interval(base: std::time::Duration, imports: Option<Imports>) -> std::time::Duration {
+    match imports {
+        Some(Imports::Share { of, .. }) if of < u32::from(ZONE_GATEWAYS) => base.min(SHARE_REFRESH),
+        _ => base,
+    }
+}
+
 /// Which pieces a download asks peers of other zones for: the tracker's answer to a zoned
 /// asker (`imports` in `crate::api::AnnounceResponse`, absent from an older tracker and for
 /// an asker without a zone), read by the picker (`crate::picker`).
@@ -57,7 +76,7 @@ pub enum Imports {
     #[default]
     All,
     /// The pieces of share `slot` of `of` ([`in_share`]): the asker is one of its zone's
-    /// gateways, and the others import the other shares.
+    /// `of` gateways (as far as the tracker knew), and the others import the other shares.
     Share { slot: u32, of: u32 },
     /// None: the zone's gateways import for it.
     None,
@@ -65,9 +84,15 @@ pub enum Imports {
 
 impl Imports {
     /// What the tracker tells a zoned asker that holds `slot` ([`gateway_slot`]), or none.
-    pub fn of_slot(slot: Option<u8>) -> Imports {
+    /// `taken`: the slots the zone's other live peers hold (bit `k` for slot `k`). The
+    /// pieces are split into shares up to the highest slot held: a zone of 4 askers splits
+    /// them in 4, not in [`ZONE_GATEWAYS`] with 12 shares nobody imports.
+    pub fn of_slot(slot: Option<u8>, taken: u32) -> Imports {
         match slot {
-            Some(k) => Imports::Share { slot: u32::from(k), of: u32::from(ZONE_GATEWAYS) },
+            Some(k) => {
+                let held = taken | 1 << k;
+                Imports::Share { slot: u32::from(k), of: u32::BITS - held.leading_zeros() }
+            }
             None => Imports::None,
         }
     }
@@ -82,11 +107,20 @@ impl Imports {
     }
 }
 
-/// Whether `piece` is in share `slot` of `of`: the pieces `slot`, `slot + of`, `slot + 2 of`
-/// and so on, so each share has pieces of every stripe (the picker's in-order preference)
-/// and the gateways import in the zone's order side by side. `of` 0 is every piece.
+/// Whether `piece` is in share `slot` of `of` (`of` 0 is every piece). The share of a piece
+/// is its index modulo `m`, the power of two at or above `of`, or modulo `m / 2` when that is
+/// `of` or more (linear hashing). So each share has pieces of every stripe (the picker's
+/// in-order preference) and the gateways import in the zone's order side by side; and going
+/// from `of` to `of + 1` shares only moves pieces of one share into the new one, so share
+/// `slot` of `of` holds share `slot` of any larger `of`.
 pub fn in_share(piece: u32, slot: u32, of: u32) -> bool {
-    of == 0 || piece % of == slot
+    if of == 0 {
+        return true;
+    }
+    let m = of.next_power_of_two();
+    let b = piece % m;
+    let share = if b < of { b } else { b - m / 2 };
+    share == slot
 }
 
 /// The gateway slot of an announce for a blob: the slot the asker already holds (`held`, as
@@ -277,6 +311,53 @@ mod tests {
     }
 
     #[test]
+    fn shares_cover_every_piece_once_and_only_shrink_as_a_zone_grows() {
+        // (piece, of, share)
+        let table: [(u32, u32, u32); 10] = [
+            (7, 1, 0),
+            (7, 2, 1),
+            (6, 3, 2),
+            (7, 3, 1),
+            (5, 3, 1),
+            (4, 3, 0),
+            (12, 5, 4),
+            (13, 5, 1),
+            (15, 16, 15),
+            (31, 16, 15),
+        ];
+        for (piece, of, share) in table {
+            assert!(in_share(piece, share, of), "piece {piece} of {of}");
+        }
+        let pieces = 0..1000u32;
+        for of in 1..=u32::from(ZONE_GATEWAYS) {
+            for p in pieces.clone() {
+                let holders = (0..of).filter(|&k| in_share(p, k, of)).count();
+                assert_eq!(holders, 1, "piece {p} in {holders} of {of} shares");
+                for k in 0..of {
+                    assert!(!in_share(p, k, of + 1) || in_share(p, k, of), "share {k} grew from {of} to {}", of + 1);
+                }
+            }
+            // Within one piece of even: no gateway carries twice another's load.
+            let sizes: Vec<usize> = (0..of).map(|k| pieces.clone().filter(|&p| in_share(p, k, of)).count()).collect();
+            let (lo, hi) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+            assert!(*hi <= 2 * lo + 1, "{of}: {sizes:?}");
+        }
+        assert!(pieces.clone().all(|p| in_share(p, 3, 0)), "of 0 is every piece");
+        // Gateways told of 1, 2, 3, 4 gateways as the zone grew still cover every piece.
+        assert!(pieces.clone().all(|p| (0..4).any(|k| in_share(p, k, k + 1))));
+    }
+
+    #[test]
+    fn the_share_count_follows_the_highest_slot_held() {
+        assert_eq!(Imports::of_slot(Some(0), 0), Imports::Share { slot: 0, of: 1 });
+        assert_eq!(Imports::of_slot(Some(2), 0b11), Imports::Share { slot: 2, of: 3 });
+        assert_eq!(Imports::of_slot(Some(1), 0b1001), Imports::Share { slot: 1, of: 4 });
+        let all = (1u32 << ZONE_GATEWAYS) - 1;
+        assert_eq!(Imports::of_slot(Some(15), all), Imports::Share { slot: 15, of: 16 });
+        assert_eq!(Imports::of_slot(None, all), Imports::None);
+    }
+
+    #[test]
     fn gateway_slots_are_kept_and_handed_lowest_free_first() {
         let full = (1u32 << ZONE_GATEWAYS) - 1;
         // (held, taken, complete, zoned, slot)
@@ -324,12 +405,13 @@ mod tests {
             let got: Vec<bool> = (0..8).map(|p| imports.includes(p)).collect();
             assert_eq!(got, expect, "{imports:?}");
         }
-        // Every piece is in exactly one of the ZONE_GATEWAYS shares.
+        // Every piece is in exactly one of the shares of a full zone.
+        let all = (1u32 << ZONE_GATEWAYS) - 1;
         for piece in 0..1000 {
-            let n = (0..ZONE_GATEWAYS).filter(|&k| Imports::of_slot(Some(k)).includes(piece)).count();
+            let n = (0..ZONE_GATEWAYS).filter(|&k| Imports::of_slot(Some(k), all).includes(piece)).count();
             assert_eq!(n, 1, "piece {piece}");
         }
-        assert_eq!(Imports::of_slot(None), Imports::None);
+        assert_eq!(Imports::of_slot(None, 0), Imports::None);
     }
 
     #[test]

@@ -199,7 +199,11 @@ impl AppState {
                 "announce answered but not recorded");
         }
         tracing::trace!(blob = %req.blob, peer = %req.peer_id, n_peers = h.peers.len(), "announce");
-        AnnounceResponse { peers: h.peers, interval_ms: self.interval_ms, imports: h.imports }
+        // A gateway whose share may still narrow comes back sooner (`handout::announce_interval`).
+        let base = std::time::Duration::from_millis(self.interval_ms);
+        let interval = shoal_core::handout::announce_interval(base, h.imports);
+        let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+        AnnounceResponse { peers: h.peers, interval_ms, imports: h.imports }
     }
 }
 

@@ -305,7 +305,7 @@ impl PeerStore {
             |p| handout::same_zone(zone, p.zone.as_deref()),
             rng,
         );
-        Handout { peers, recorded, purged: pass.purged, imports: zoned.then(|| Imports::of_slot(slot)) }
+        Handout { peers, recorded, purged: pass.purged, imports: zoned.then(|| Imports::of_slot(slot, pass.taken)) }
     }
 
     /// A node left `req.blob`'s swarm: its entry goes, and any other at its address (an

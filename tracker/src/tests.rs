@@ -115,11 +115,15 @@ async fn zones_are_handed_out_and_invalid_ones_refused() {
     assert_eq!(answer.peers[0].zone.as_deref(), Some("zone-a"));
     // b is its zone's first incomplete asker: a gateway, told its share; a seeder is told none,
     // and an asker without a zone is told nothing (no `imports` in the body).
-    let share = Imports::Share { slot: 0, of: u32::from(ZONE_GATEWAYS) };
+    // Alone in its zone so far: one share, every piece; and told to come back soon, as its
+    // share narrows when more gateways come.
+    let share = Imports::Share { slot: 0, of: 1 };
     assert_eq!(answer.imports, Some(share), "{body}");
-    assert!(body.contains(r#""imports":{"share":{"slot":0,"of":16}}"#), "{body}");
+    assert_eq!(answer.interval_ms, 250, "{body}");
+    assert!(body.contains(r#""imports":{"share":{"slot":0,"of":1}}"#), "{body}");
     let (_, _, body) = post(&t, &a, None).await;
     assert!(body.contains(r#""imports":"none""#), "{body}");
+    assert!(body.contains(r#""interval_ms":3000"#), "not a gateway: the configured interval: {body}");
     let (_, _, body) = post(&t, &announce_req(4, "127.0.0.1:7004", false), None).await;
     assert!(!body.contains("imports"), "{body}");
     let bad = AnnounceRequest { zone: Some("zone a".into()), ..announce_req(3, "127.0.0.1:7003", false) };

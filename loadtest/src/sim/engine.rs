@@ -701,7 +701,7 @@ impl<'a> Sim<'a> {
                 self.push(t, Ev::Dial { from: host, to: p.host, blob });
             }
         }
-        let interval = Duration::from_secs_f64(self.cfg.announce_interval);
+        let interval = handout::announce_interval(Duration::from_secs_f64(self.cfg.announce_interval), imports);
         let now = self.now;
         if let Some(a) = self.blob(host, blob).actor.as_mut() {
             if let Some(imports) = imports {

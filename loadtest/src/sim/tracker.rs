@@ -115,7 +115,7 @@ impl Swarm {
             self.slots.insert(host, k);
             self.taken[g] |= 1 << k;
         }
-        let imports = zoned.then(|| Imports::of_slot(slot));
+        let imports = zoned.then(|| Imports::of_slot(slot, self.taken[g]));
         let entry =
             |h: u32, complete: bool| Handed { host: h, complete, origin: self.index.get(&h).is_some_and(|e| e.2) };
         let ours = self.zone(host);
@@ -196,7 +196,7 @@ mod tests {
             s.record(h, h % 2 == 0, false);
         }
         let (out, imports) = s.announce(0, false, false, &mut rng);
-        assert_eq!(imports, Some(Imports::Share { slot: 0, of: u32::from(handout::ZONE_GATEWAYS) }));
+        assert_eq!(imports, Some(Imports::Share { slot: 0, of: 1 }), "the zone's first gateway");
         assert_eq!(out.len(), 17);
         assert!(out[..14].iter().all(|p| p.host % 3 == 0), "{out:?}");
         assert!(out[14..16].iter().all(|p| p.host % 3 != 0), "{out:?}");
@@ -205,6 +205,11 @@ mod tests {
         let told: Vec<Option<Imports>> = askers.iter().map(|&h| s.announce(h, false, false, &mut rng).1).collect();
         let gateways = told.iter().filter(|t| matches!(t, Some(Imports::Share { .. }))).count();
         assert_eq!(gateways, usize::from(handout::ZONE_GATEWAYS) - 1, "{told:?}");
+        // Each told of the gateways so far, itself included.
+        for (k, t) in told.iter().take(gateways).enumerate() {
+            let k = u32::try_from(k).unwrap() + 1;
+            assert_eq!(*t, Some(Imports::Share { slot: k, of: k + 1 }), "{told:?}");
+        }
         let (out, imports) = s.announce(57, false, false, &mut rng);
         assert_eq!(imports, Some(Imports::None));
         assert!(out[..16].iter().all(|p| p.host % 3 == 0), "{out:?}");
