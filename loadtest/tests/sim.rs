@@ -290,9 +290,12 @@ fn with_zones_a_blob_crosses_into_each_zone_far_less_than_once_per_host() {
     assert_eq!(copies.len(), 3);
     for (z, c) in copies.iter().enumerate() {
         // 20 agents per zone: once per host would be 20 copies (without zones about 13 of
-        // them come from the other two zones); with zones 1.0 to 1.4.
+        // them come from the other two zones); with zones 1.6 to 2.2, origins' bytes
+        // included. The layer takes 0.16 s, less than a gateway waits to announce again
+        // (`handout::SHARE_REFRESH`), so the shares of the zone's first gateways, cut when
+        // they were fewer, overlap for the whole run.
         assert!(*c >= 1.0 - 1e-9, "zone {z} got {c} copies: each zone needs the whole image once");
-        assert!(*c < 2.0, "zone {z}: {c} copies of the image crossed into it ({copies:?})");
+        assert!(*c < 2.5, "zone {z}: {c} copies of the image crossed into it ({copies:?})");
     }
     // Without zones nothing is counted, and a zoned run still replays exactly.
     assert!(run(&SimConfig { zones: 0, ..cfg.clone() }).zone_ingress.is_empty());
@@ -300,13 +303,36 @@ fn with_zones_a_blob_crosses_into_each_zone_far_less_than_once_per_host() {
 }
 
 /// A zone larger than its gateways imports each piece about once, through the gateway whose
-/// share it is: 3 zones of 100 agents, a 256 MiB layer (BENCHMARKS.md, "Zones": 1.07 to 1.11
-/// copies per zone with seed 1).
+/// share it is: 3 zones of 100 agents, a 256 MiB layer (BENCHMARKS.md, "Zones").
 #[test]
 fn a_large_zone_takes_each_piece_about_once() {
     let cfg = SimConfig { hosts: 300, layers: vec![256 << 20], zones: 3, seed: 1, ..SimConfig::default() };
     let r = run(&cfg);
     assert_valid(&r, &cfg);
     let copies = r.zone_copies(&cfg);
+    assert!(copies.iter().all(|c| (1.0 - 1e-9..1.5).contains(c)), "{copies:?}");
+}
+
+/// A zone of fewer askers than gateway slots splits the pieces among the gateways it has:
+/// with 4 agents per zone, shares of 16 left 12 shares to nobody until the download stalled
+/// and fell back (1.88 T* against 1.13 without zones). Virtual time, so deterministic.
+#[test]
+fn a_small_zone_is_about_as_fast_as_no_zones() {
+    let rate = Some(f64::from(50u32 << 20));
+    let cfg = SimConfig {
+        hosts: 12,
+        layers: vec![64 << 20],
+        agent_up: rate,
+        agent_down: rate,
+        origin_up: rate,
+        zones: 3,
+        seed: 1,
+        ..SimConfig::default()
+    };
+    let zoned = run(&cfg);
+    assert_valid(&zoned, &cfg);
+    let plain = run(&SimConfig { zones: 0, ..cfg.clone() });
+    assert!(zoned.max < 1.1 * plain.max, "zoned {} s, unzoned {} s (bound {} s)", zoned.max, plain.max, cfg.bound());
+    let copies = zoned.zone_copies(&cfg);
     assert!(copies.iter().all(|c| (1.0 - 1e-9..1.5).contains(c)), "{copies:?}");
 }
