@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 
 use shoal_core::api::{AnnounceRequest, AnnounceResponse, ErrorBody, PeerInfo};
-use shoal_core::handout::{Imports, ZONE_GATEWAYS};
+use shoal_core::handout::Imports;
 use shoal_core::ring::Ring;
 use shoal_core::{Digest, PeerId};
 use shoal_runtime::Phase;
