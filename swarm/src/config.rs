@@ -86,8 +86,15 @@ pub struct SwarmConfig {
     pub upload_backlog: Duration,
     /// Memory for pieces read for upload and not yet on the socket, over all connections;
     /// an upload waits for room before it reads its piece. At least 4MiB (the largest
-    /// piece). Default 8MiB.
+    /// piece). Uploads sent with `sendfile` read nothing into memory and take none of it.
+    /// Default 8MiB.
     pub upload_memory: ByteSize,
+    /// Send piece uploads on plain TCP connections with `sendfile(2)`, from the blob's store
+    /// file straight to the socket, instead of reading each piece into memory and writing
+    /// it. Connections with TLS always read and encrypt. On a store whose pages are not
+    /// cached (a cold disk), a runtime thread may wait on the disk inside the call. Default
+    /// true.
+    pub sendfile: bool,
     /// Base time a piece request may take before it is given to another peer; a capped link
     /// adds the time the pipeline needs at the cap. Default 10s.
     pub request_timeout: Duration,
@@ -143,6 +150,7 @@ impl Default for SwarmConfig {
             max_uploads_per_connection: 8,
             upload_backlog: Duration::from_millis(50),
             upload_memory: ByteSize(8 << 20),
+            sendfile: true,
             request_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(5),
             io_timeout: Duration::from_secs(30),
@@ -340,6 +348,17 @@ mod tests {
         assert_eq!(cfg.validate(), Ok(()));
         assert!(serde_yaml::from_str::<SwarmConfig>("store: { max_sise: 1GiB }").is_err(), "unknown key");
         assert!(serde_yaml::from_str::<SwarmConfig>("store: { max_size: 120% }").is_err());
+    }
+
+    #[test]
+    fn sendfile_is_on_unless_turned_off() {
+        assert!(SwarmConfig::default().sendfile);
+        let off: SwarmConfig = serde_yaml::from_str("sendfile: false").unwrap();
+        assert!(!off.sendfile);
+        assert_eq!(off.validate(), Ok(()));
+        for bad in ["sendfile: maybe", "sendfile: 1", "sendfile: [true]"] {
+            assert!(serde_yaml::from_str::<SwarmConfig>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

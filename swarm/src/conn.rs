@@ -14,8 +14,13 @@
 //! only itself shunned.
 //!
 //! Uploads: a `Request` is served by a short task holding one of the connection's upload
-//! permits, released only once the piece is written to the socket, so memory held by a
-//! connection for uploads is bounded by `max_uploads_per_connection` pieces. A connection's
+//! permits, released only once the piece is written to the socket, so a connection has at
+//! most `max_uploads_per_connection` uploads queued. On a plain TCP connection (with
+//! `swarm.sendfile`, the default) the writer sends the piece with `sendfile(2)` from the
+//! blob's open file, which holds no piece in memory; otherwise (TLS) the task first reads the
+//! piece into a buffer within the node's `upload_memory`. A piece is never cut short: a file
+//! that ends before the piece does (truncated under the upload) closes the connection, since
+//! its head already promised the whole piece. A connection's
 //! requests beyond `peer_request_rate` a second are answered "busy" at once. On an origin, an
 //! upload counts in the blob's seed budget from admission until it is written, and is given
 //! back if it never is ([`SeedCharge`]). A request for a
@@ -53,7 +58,8 @@ use shoal_core::wire::{
 };
 use shoal_core::{Digest, PeerId};
 use shoal_runtime::tls::{Identity, Link, Side};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::AbortHandle;
@@ -63,6 +69,7 @@ use tracing::Instrument;
 use crate::download::Event;
 use crate::node::{BlobEntry, Node};
 use crate::peers::Slot;
+use crate::store::BlobFile;
 
 /// Control bytes queued for the writer past which the reader stops reading until the writer
 /// has drained them. Hard-coded: honest traffic queues a few KiB (requests and answers are
@@ -142,18 +149,54 @@ impl ConnError {
 /// One frame to write: a header or whole small message, and piece data after it.
 pub(crate) struct Out {
     head: Bytes,
-    data: Option<Bytes>,
+    data: Option<Payload>,
     /// Bytes of this frame counted in the connection's [`SendQueue`] (control frames; piece
     /// uploads are bounded by their permits instead).
     counted: usize,
-    /// Upload permits (the connection's slot and the node's buffer memory) released once the
-    /// data is on the socket.
-    _permit: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+    /// Upload permits (the connection's slot, and the node's buffer memory for a piece read
+    /// into memory) released once the data is on the socket.
+    _permit: Option<(OwnedSemaphorePermit, Option<OwnedSemaphorePermit>)>,
     /// An origin's count of this upload in its seed budget, kept once the piece is written.
     charge: Option<SeedCharge>,
     /// The last frame: the writer stops once it is out.
     last: bool,
 }
+
+/// A piece's bytes after its head.
+enum Payload {
+    /// Read into memory.
+    Bytes(Bytes),
+    /// Still in the blob's file: the writer sends it with `sendfile(2)`.
+    File(FileRange),
+}
+
+/// Bytes of an open blob file that a plain TCP writer sends with `sendfile(2)`. The file is
+/// held open, so a blob evicted (unlinked) or committed (renamed) meanwhile is still read.
+struct FileRange {
+    file: Arc<BlobFile>,
+    offset: u64,
+    len: usize,
+    /// What the bytes are, for errors.
+    blob: Digest,
+    piece: u32,
+}
+
+/// The write half of a connection: an `AsyncWrite`, and on plain TCP the socket under it,
+/// to which piece uploads go with `sendfile(2)`.
+pub(crate) trait PeerWrite: AsyncWrite + Unpin + Send + 'static {
+    /// The TCP socket this half writes to, when nothing (TLS) stands between them.
+    fn socket(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+impl PeerWrite for OwnedWriteHalf {
+    fn socket(&self) -> Option<&TcpStream> {
+        Some(self.as_ref())
+    }
+}
+
+impl<T: AsyncWrite + Send + 'static> PeerWrite for tokio::io::WriteHalf<T> {}
 
 /// An origin's count of one admitted upload in the blob's `SeedBudget`. Dropped before the
 /// piece reached the socket (the requester cancelled, the read failed, the connection
@@ -397,7 +440,10 @@ pub(crate) async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
             async move {
                 let _ = stream.set_nodelay(true);
                 let res = match n.tls.clone() {
-                    None => run(n, stream, remote, Remote::plain(remote), Admission::Inbound(permit)).await,
+                    None => {
+                        let (rd, wr) = stream.into_split();
+                        run(n, rd, wr, remote, Remote::plain(remote), Admission::Inbound(permit)).await
+                    }
                     Some(tls) => {
                         let acceptor = tls.acceptor(Link::Peer, shoal_runtime::tls::ClientAuth::Required);
                         let deadline = n.cfg.handshake_timeout.get();
@@ -407,7 +453,8 @@ pub(crate) async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
                                     identity: peer_identity(s.get_ref().1.peer_certificates()),
                                     ip: remote.ip(),
                                 };
-                                run(n, s, remote, who, Admission::Inbound(permit)).await
+                                let (rd, wr) = tokio::io::split(s);
+                                run(n, rd, wr, remote, who, Admission::Inbound(permit)).await
                             }
                             Ok(Err(e)) => Err(tls_refused(&n, Side::Server, e)),
                             Err(_) => Err(tls_timed_out(&n, Side::Server, deadline)),
@@ -458,7 +505,10 @@ async fn dial(node: &Arc<Node>, addr: SocketAddr, is_origin: bool) -> Option<Arc
             let ready = Some(ready_tx);
             let admission = Admission::Outbound { slot: permit, is_origin };
             let res = match n.tls.clone() {
-                None => run_with_ready(n, stream, addr, Remote::plain(addr), admission, ready).await,
+                None => {
+                    let (rd, wr) = stream.into_split();
+                    run_with_ready(n, rd, wr, addr, Remote::plain(addr), admission, ready).await
+                }
                 Some(tls) => {
                     // Peers are dialed by address; the certificate is checked against the CA,
                     // and its identity bound to the peer id below.
@@ -467,7 +517,8 @@ async fn dial(node: &Arc<Node>, addr: SocketAddr, is_origin: bool) -> Option<Arc
                         Ok(Ok(s)) => {
                             let who =
                                 Remote { identity: peer_identity(s.get_ref().1.peer_certificates()), ip: addr.ip() };
-                            run_with_ready(n, s, addr, who, admission, ready).await
+                            let (rd, wr) = tokio::io::split(s);
+                            run_with_ready(n, rd, wr, addr, who, admission, ready).await
                         }
                         Ok(Err(e)) => Err(tls_refused(&n, Side::Client, e)),
                         Err(_) => Err(tls_timed_out(&n, Side::Client, deadline)),
@@ -515,32 +566,37 @@ enum Admission {
     Outbound { slot: Slot, is_origin: bool },
 }
 
-async fn run<S>(
+/// Drives a connection over its two halves: a plain TCP socket's (`into_split`), or the
+/// halves of a TLS stream (`tokio::io::split`).
+async fn run<R, W>(
     node: Arc<Node>,
-    stream: S,
+    rd: R,
+    wr: W,
     addr: SocketAddr,
     remote: Remote,
     admission: Admission,
 ) -> Result<(), ConnError>
 where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+    R: AsyncRead + Unpin + Send + 'static,
+    W: PeerWrite,
 {
-    run_with_ready(node, stream, addr, remote, admission, None).await
+    run_with_ready(node, rd, wr, addr, remote, admission, None).await
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn run_with_ready<S>(
+async fn run_with_ready<R, W>(
     node: Arc<Node>,
-    stream: S,
+    mut rd: R,
+    mut wr: W,
     addr: SocketAddr,
     remote: Remote,
     admission: Admission,
     ready: Option<tokio::sync::oneshot::Sender<Arc<ConnHandle>>>,
 ) -> Result<(), ConnError>
 where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+    R: AsyncRead + Unpin + Send + 'static,
+    W: PeerWrite,
 {
-    let (mut rd, mut wr) = tokio::io::split(stream);
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let pending =
         matches!(admission, Admission::Inbound(_)).then(|| PendingGauge::new(&node.metrics.handshakes_pending));
@@ -594,11 +650,13 @@ where
     }
 
     let io_timeout = node.cfg.io_timeout.get();
-    let writer = write_loop(wr, rx, &handle.queue, io_timeout);
+    let sendfile = node.cfg.sendfile && wr.socket().is_some();
+    let writer = write_loop(wr, rx, &handle.queue, &node, io_timeout);
     tokio::pin!(writer);
     let mut reader = Reader {
         node: node.clone(),
         conn: handle.clone(),
+        sendfile,
         serving: Arc::new(Mutex::new(HashMap::new())),
         uploads: Arc::new(Semaphore::new(node.cfg.max_uploads_per_connection)),
         requests: shoal_core::ratelimit::Bucket::default(),
@@ -704,10 +762,11 @@ fn kind(m: &Message<'_>) -> &'static str {
     }
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(
+async fn write_loop<W: PeerWrite>(
     mut wr: W,
     mut rx: mpsc::UnboundedReceiver<Out>,
     queue: &SendQueue,
+    node: &Node,
     io_timeout: Duration,
 ) -> Result<(), ConnError> {
     let keepalive = io_timeout / 3;
@@ -723,10 +782,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         };
         let idle = rx.is_empty();
         let write = async {
-            wr.write_all(&out.head).await?;
-            if let Some(d) = &out.data {
-                wr.write_all(d).await?;
-            }
+            write_frame(&mut wr, &out, node).await?;
             // TLS holds back what the socket did not take; plain TCP flushes for free.
             if idle {
                 wr.flush().await?;
@@ -742,6 +798,89 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             return Err(ConnError::Closed);
         }
     }
+}
+
+/// Writes one frame: its head, then its payload, if any. A file range goes with
+/// `sendfile(2)` on a plain TCP socket, and is read (within the node's upload memory) and
+/// written otherwise: a file that cannot be sent that way, after which the node reads every
+/// upload ([`Node::sendfile_refused`]); a writer with no socket of its own never gets one.
+async fn write_frame<W: PeerWrite>(wr: &mut W, out: &Out, node: &Node) -> std::io::Result<()> {
+    let range = match &out.data {
+        None => return wr.write_all(&out.head).await,
+        Some(Payload::Bytes(d)) => {
+            wr.write_all(&out.head).await?;
+            return wr.write_all(d).await;
+        }
+        Some(Payload::File(range)) => range,
+    };
+    match wr.socket() {
+        Some(sock) => {
+            // The head waits for the piece's first bytes, so the two leave in one segment.
+            send_all(sock, &out.head, rustix::net::SendFlags::MORE).await?;
+            if send_file(sock, range).await? {
+                return Ok(());
+            }
+            if !node.sendfile_refused.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    blob = %range.blob,
+                    "sendfile(2) refused a store file; uploads are read into memory from now on"
+                );
+            }
+        }
+        None => wr.write_all(&out.head).await?,
+    }
+    // Validation keeps the memory at least one piece, so this always completes.
+    let _memory = node.reserve_upload_memory(range.len as u64).await;
+    let data = node.store.read_shared(range.file.clone(), range.offset, range.len).await?;
+    wr.write_all(&data).await
+}
+
+/// Writes all of `buf` to `sock` with `send(2)` and `flags`, as the socket has room.
+async fn send_all(sock: &TcpStream, buf: &[u8], flags: rustix::net::SendFlags) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let flags = flags | rustix::net::SendFlags::NOSIGNAL;
+        done += sock
+            .async_io(Interest::WRITABLE, || rustix::net::send(sock, &buf[done..], flags).map_err(std::io::Error::from))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Sends `range` on `sock` with `sendfile(2)`, as the socket has room (each call sends what
+/// fits; it returns `WouldBlock` when nothing does, and the socket's readiness is awaited).
+/// Returns false, having sent nothing, when the file cannot be sent this way (`EINVAL`:
+/// a file system without it). A file that ends before the range does is an error: the
+/// piece's head is out, and a short piece would leave the peer waiting for the rest.
+async fn send_file(sock: &TcpStream, range: &FileRange) -> std::io::Result<bool> {
+    let end = range.offset + range.len as u64;
+    let mut at = range.offset;
+    while at < end {
+        let left = usize::try_from(end - at).expect("a piece fits in memory");
+        match sock.async_io(Interest::WRITABLE, || range.file.send_to(sock, at, left)).await {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "piece {} of {}: its file ends {} bytes short of it (truncated?)",
+                        range.piece,
+                        range.blob,
+                        end - at
+                    ),
+                ));
+            }
+            Ok(n) => at += n as u64,
+            Err(e) if at == range.offset && is_unsupported(&e) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// Whether `sendfile(2)` failed because the file or the socket does not support it.
+fn is_unsupported(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    [Errno::INVAL, Errno::NOSYS, Errno::OPNOTSUPP].iter().any(|no| e.raw_os_error() == Some(no.raw_os_error()))
 }
 
 /// Counts an accepted socket in `shoal_swarm_handshakes_pending` until dropped.
@@ -765,6 +904,8 @@ type Serving = Arc<Mutex<HashMap<(Digest, u32), AbortHandle>>>;
 struct Reader {
     node: Arc<Node>,
     conn: Arc<ConnHandle>,
+    /// Uploads go with `sendfile(2)`: a plain TCP connection, and `swarm.sendfile`.
+    sendfile: bool,
     /// Uploads in progress, so a `Cancel` can stop them.
     serving: Serving,
     uploads: Arc<Semaphore>,
@@ -952,30 +1093,37 @@ impl Reader {
         let node = self.node.clone();
         let conn = self.conn.clone();
         let serving = self.serving.clone();
+        let sendfile = self.sendfile && !self.node.sendfile_refused.load(Ordering::Relaxed);
         let mut map = self.serving.lock();
-        let piece_len = u64::from(entry.meta.piece_len(idx));
         // Not `shoal_runtime::spawn`: its handle is kept in `serving` and aborted when the
         // request is cancelled or the connection closes.
         let task = tokio::spawn(async move {
-            // Validation keeps the memory at least one piece, so this always completes.
-            let Some(memory) = node.reserve_upload_memory(piece_len).await else { return };
             let (offset, len) = (entry.meta.piece_offset(idx), entry.meta.piece_len(idx) as usize);
-            let read = node.store.read_shared(entry.file.clone(), offset, len).await;
-            let data = match read {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::warn!(%blob, piece, "cannot read piece to upload: {e}");
-                    conn.send(&Message::Reject { blob, piece, reason: RejectReason::NotHave });
-                    serving.lock().remove(&(blob, piece));
-                    return;
+            // A piece sent from its file holds no memory: the connection's upload permits
+            // bound what is queued. One read into a buffer waits for room in the node's
+            // upload memory first.
+            let (data, memory) = if sendfile {
+                let range = FileRange { file: entry.file.clone(), offset, len, blob, piece };
+                (Payload::File(range), None)
+            } else {
+                // Validation keeps the memory at least one piece, so this always completes.
+                let Some(memory) = node.reserve_upload_memory(len as u64).await else { return };
+                match node.store.read_shared(entry.file.clone(), offset, len).await {
+                    Ok(d) => (Payload::Bytes(d), Some(memory)),
+                    Err(e) => {
+                        tracing::warn!(%blob, piece, "cannot read piece to upload: {e}");
+                        conn.send(&Message::Reject { blob, piece, reason: RejectReason::NotHave });
+                        serving.lock().remove(&(blob, piece));
+                        return;
+                    }
                 }
             };
-            node.egress.acquire(data.len()).await;
+            node.egress.acquire(len).await;
             drop(backlog);
             let mut head = BytesMut::with_capacity(wire::LEN_PREFIX + wire::PIECE_HEADER_LEN);
-            wire::encode_piece_header(blob, piece, data.len(), &mut head);
-            node.metrics.bytes_out.inc_by(data.len() as u64);
-            entry.uploaded.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            wire::encode_piece_header(blob, piece, len, &mut head);
+            node.metrics.bytes_out.inc_by(len as u64);
+            entry.uploaded.fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
             node.store.touch(&blob);
             serving.lock().remove(&(blob, piece));
             let out = Out {
@@ -1086,7 +1234,12 @@ mod tests {
 
     /// Registers `data` as a complete blob of `node`.
     async fn complete(node: &Arc<Node>, data: &[u8]) -> MetaInfo {
-        let meta = meta(data, MIN_PIECE_LEN);
+        complete_in(node, data, MIN_PIECE_LEN).await
+    }
+
+    /// Registers `data` as a complete blob of `node`, in pieces of `piece_length`.
+    async fn complete_in(node: &Arc<Node>, data: &[u8], piece_length: u32) -> MetaInfo {
+        let meta = meta(data, piece_length);
         let partial = node.store.open_partial(meta.clone()).await.unwrap();
         for i in meta.all_pieces() {
             partial.write_piece(i, piece(&meta, data, i.get())).unwrap();
@@ -1178,7 +1331,8 @@ mod tests {
         let permit = node.peers.handshake_permit().await.unwrap();
         let addr = SocketAddr::from(([127, 0, 0, ip], 4000));
         // Test-only: the handle is awaited for the connection's result.
-        let task = tokio::spawn(run(node.clone(), ours, addr, Remote::plain(addr), Admission::Inbound(permit)));
+        let (rd, wr) = tokio::io::split(ours);
+        let task = tokio::spawn(run(node.clone(), rd, wr, addr, Remote::plain(addr), Admission::Inbound(permit)));
         (FarEnd { io: theirs, buf: BytesMut::new(), peer_id }, task)
     }
 
@@ -1202,6 +1356,37 @@ mod tests {
         .await
         .expect("the connection is registered");
         (remote, task)
+    }
+
+    /// Runs the driver for an inbound connection over real loopback TCP, from peer `n`. The
+    /// node's socket may send at most `sndbuf` bytes ahead of the far end (the kernel doubles
+    /// it), and the far end buffers as little, so a piece takes several `sendfile` calls and
+    /// waits between them. Returns the node's send buffer as the kernel set it.
+    async fn tcp_connected(
+        node: &Arc<Node>,
+        n: u8,
+        sndbuf: usize,
+    ) -> (FarEnd<TcpStream>, JoinHandle<Result<(), ConnError>>, usize) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let far = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        rustix::net::sockopt::set_socket_recv_buffer_size(&far, sndbuf).unwrap();
+        let (ours, addr) = listener.accept().await.unwrap();
+        rustix::net::sockopt::set_socket_send_buffer_size(&ours, sndbuf).unwrap();
+        let set = rustix::net::sockopt::socket_send_buffer_size(&ours).unwrap();
+        let permit = node.peers.handshake_permit().await.unwrap();
+        let (rd, wr) = ours.into_split();
+        // Test-only: the handle is awaited for the connection's result.
+        let task = tokio::spawn(run(node.clone(), rd, wr, addr, Remote::plain(addr), Admission::Inbound(permit)));
+        let mut remote = FarEnd { io: far, buf: BytesMut::new(), peer_id: PeerId([n; 16]) };
+        remote.handshake(node).await;
+        tokio::time::timeout(WAIT, async {
+            while node.peers.get(&remote.peer_id).is_none() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the connection is registered");
+        (remote, task, set)
     }
 
     async fn ended(task: JoinHandle<Result<(), ConnError>>) -> Result<(), ConnError> {
@@ -1685,7 +1870,7 @@ mod tests {
         assert_eq!(msg, Message::Bitfield { blob, num_pieces: 2, bits: &pack_bits(2, |_| true) });
     }
 
-    async fn expect(remote: &mut FarEnd, want: Message<'_>) {
+    async fn expect<S: AsyncRead + AsyncWrite + Unpin>(remote: &mut FarEnd<S>, want: Message<'_>) {
         let f = remote.frame().await;
         assert_eq!(wire::decode(&f).unwrap().unwrap().0, want);
     }
@@ -1761,5 +1946,106 @@ mod tests {
         assert!(node.blob(&blob).is_none());
         assert_eq!(node.store.evictions().get(shoal_core::cache::Reason::Corrupt), 1);
         assert!(!node.peers.is_shunned(&at(2)), "reporting is not misbehaving");
+    }
+
+    /// A node whose upload memory is all taken: an upload that reads its piece into memory
+    /// waits, one sent from the file does not.
+    fn node_with_no_upload_memory(is_origin: bool) -> (Arc<Node>, TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SwarmConfig {
+            store_dir: dir.path().to_path_buf(),
+            upload_memory: shoal_runtime::ByteSize(u64::from(shoal_core::metainfo::MAX_PIECE_LEN)),
+            ..SwarmConfig::default()
+        };
+        (Node::for_tests(cfg, is_origin), dir)
+    }
+
+    /// Pieces uploaded over plain TCP go with `sendfile` from the store file, byte-exact: a
+    /// short last piece, and pieces many times the socket's buffer, requested at once and
+    /// read only after a while, so the sends wait for room and resume. The node's upload
+    /// memory is all held, so no piece went through a buffer.
+    #[tokio::test]
+    async fn pieces_go_out_with_sendfile_byte_exact_over_tcp() {
+        let (node, _dir) = node_with_no_upload_memory(false);
+        let _held = node.reserve_upload_memory(u64::from(shoal_core::metainfo::MAX_PIECE_LEN)).await.unwrap();
+        let piece_length = shoal_core::metainfo::MAX_PIECE_LEN;
+        let bytes = data(2 * piece_length as usize + 12_345);
+        let meta = complete_in(&node, &bytes, piece_length).await;
+        let blob = meta.digest();
+        let (mut remote, task, sndbuf) = tcp_connected(&node, 2, 64 << 10).await;
+        assert!(sndbuf < piece_length as usize / 8, "the socket's buffer ({sndbuf}) is far smaller than a piece");
+        for p in [0, 2, 1] {
+            remote.send(&Message::Request { blob, piece: p }).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut got = HashMap::new();
+        for _ in 0..3 {
+            let f = remote.frame().await;
+            match wire::decode(&f).unwrap().unwrap().0 {
+                Message::Piece { blob: b, piece: p, data } if b == blob => {
+                    assert!(data == piece(&meta, &bytes, p), "piece {p} arrives byte-exact");
+                    got.insert(p, data.len());
+                }
+                other => panic!("expected a piece, got {other:?}"),
+            }
+        }
+        assert_eq!(got.len(), 3);
+        assert_eq!(node.metrics.bytes_out.get(), bytes.len() as u64);
+        assert_eq!(node.store.idle_buffer_bytes(), 0, "no piece was read into a buffer");
+        // More requests on the same connection still go.
+        remote.send(&Message::Request { blob, piece: 2 }).await;
+        expect(&mut remote, Message::Piece { blob, piece: 2, data: piece(&meta, &bytes, 2) }).await;
+        assert!(!task.is_finished());
+    }
+
+    /// A blob's file unlinked (evicted) while its entry is still held: the open file is
+    /// still sent from.
+    #[tokio::test]
+    async fn a_piece_of_an_unlinked_file_is_sent_from_the_open_file() {
+        let (node, _dir) = node();
+        let bytes = data(2 * MIN_PIECE_LEN as usize);
+        let meta = complete(&node, &bytes).await;
+        let blob = meta.digest();
+        std::fs::remove_file(node.store.complete_path(&blob)).unwrap();
+        let (mut remote, _task, _) = tcp_connected(&node, 2, 64 << 10).await;
+        remote.send(&Message::Request { blob, piece: 1 }).await;
+        expect(&mut remote, Message::Piece { blob, piece: 1, data: piece(&meta, &bytes, 1) }).await;
+    }
+
+    /// The store file of a blob truncated under an upload: the piece's head is out, so the
+    /// connection ends with an error naming the piece, never with a short piece the peer
+    /// would wait on; an origin gives the piece's count back to its seed budget.
+    #[tokio::test]
+    async fn a_file_truncated_under_an_upload_ends_the_connection() {
+        let (node, _dir) = node_with_no_upload_memory(true);
+        let _held = node.reserve_upload_memory(u64::from(shoal_core::metainfo::MAX_PIECE_LEN)).await.unwrap();
+        let bytes = data(2 * MIN_PIECE_LEN as usize);
+        let meta = complete(&node, &bytes).await;
+        let blob = meta.digest();
+        let (mut remote, task, _) = tcp_connected(&node, 2, 64 << 10).await;
+        let kept = MIN_PIECE_LEN as usize / 3;
+        let cut = u64::from(MIN_PIECE_LEN) + kept as u64;
+        std::fs::OpenOptions::new().write(true).open(node.store.complete_path(&blob)).unwrap().set_len(cut).unwrap();
+        remote.send(&Message::Request { blob, piece: 1 }).await;
+        // The far end reads all it gets until the stream ends.
+        // Test-only: the handle is awaited.
+        let far = tokio::spawn(async move {
+            let mut rest = Vec::new();
+            remote.io.read_to_end(&mut rest).await.unwrap();
+            remote.buf.extend_from_slice(&rest);
+            remote.buf
+        });
+        let res = ended(task).await;
+        let Err(ConnError::Io(e)) = &res else { panic!("the connection ends with an i/o error: {res:?}") };
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
+        let short = u64::from(MIN_PIECE_LEN) * 2 - cut;
+        assert!(e.to_string().contains(&format!("piece 1 of {blob}: its file ends {short} bytes short")), "{e}");
+        // The far end got the head and what the file had, then the end of the stream.
+        let got = tokio::time::timeout(WAIT, far).await.expect("the stream ends").unwrap();
+        let header = wire::LEN_PREFIX + wire::PIECE_HEADER_LEN;
+        assert_eq!(got.len(), header + kept, "the head and the bytes before the cut");
+        assert!(wire::decode(&got).unwrap().is_none(), "no frame completes");
+        assert!(!node.peers.is_shunned(&Remote::plain(SocketAddr::from(([127, 0, 0, 1], 0)))));
+        wait_unsent(&node, &blob, 2).await;
     }
 }

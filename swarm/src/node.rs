@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use dashmap::DashMap;
 use futures::StreamExt;
@@ -181,6 +181,9 @@ pub(crate) struct Node {
     max_upload_backlog: Option<u64>,
     /// Room for piece buffers read for upload, in [`UPLOAD_MEMORY_UNIT`]s.
     upload_memory: Arc<Semaphore>,
+    /// Set once `sendfile(2)` refused the store's files (a file system without it): uploads
+    /// are read into memory from then on, as with `swarm.sendfile: false`.
+    pub sendfile_refused: AtomicBool,
     /// Re-verifications of stored pieces a peer reported corrupt, at once.
     pub reverify: Arc<Semaphore>,
     /// On an origin, blobs peers opened that it lacks ([`Swarm::wanted`]).
@@ -271,6 +274,7 @@ impl Node {
             upload_memory: Arc::new(Semaphore::new(
                 usize::try_from(cfg.upload_memory.0 / UPLOAD_MEMORY_UNIT).unwrap_or(Semaphore::MAX_PERMITS),
             )),
+            sendfile_refused: AtomicBool::new(false),
             max_upload_backlog: cfg.egress_rate.map(|r| max_upload_backlog(r.0, cfg.upload_backlog.get())),
             reverify: Arc::new(Semaphore::new(gc::REVERIFY_AT_ONCE)),
             wanted: is_origin.then(|| {

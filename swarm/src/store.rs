@@ -17,7 +17,10 @@
 //! complete blob is checked each time it is opened: its metainfo must parse and name it, and
 //! the file must be exactly the metainfo's length; one that fails is removed (that blob is
 //! downloaded again, nothing else is lost). All calls that touch the disk run on the
-//! [`Blocking`] pool.
+//! [`Blocking`] pool, but for [`BlobFile::send_to`]: an upload's `sendfile(2)` on a plain TCP
+//! connection runs where the socket is ready, on the runtime's threads, and reads pages there
+//! (cached ones, usually: the blob was just downloaded or served; `swarm.sendfile: false`
+//! reads every upload on the pool instead).
 //!
 //! The store keeps an [`Index`](crate::index) of what it holds, rebuilt at open from a listing
 //! (a `stat` per blob, no open): asking for a blob it lacks touches no disk, a complete blob's
@@ -173,6 +176,12 @@ impl Store {
     /// returns the bytes freed.
     pub fn trim_buffers(&self) -> usize {
         self.bufs.trim()
+    }
+
+    /// Bytes of read buffers idle in the pool: 0 while no piece or chunk was read to be sent.
+    #[cfg(test)]
+    pub(crate) fn idle_buffer_bytes(&self) -> usize {
+        self.bufs.idle_bytes()
     }
 
     /// Streams `[start, end)` of `file` in 1 MiB chunks read on the blocking pool into reused
@@ -644,6 +653,17 @@ impl BlobFile {
     /// Reads one piece.
     pub fn read_piece(&self, i: PieceIndex) -> io::Result<Bytes> {
         self.read_at(self.meta.piece_offset(i), self.meta.piece_len(i) as usize).map(Bytes::from)
+    }
+
+    /// One `sendfile(2)` of up to `len` bytes at `offset` of this file to `out`: the bytes
+    /// go from the page cache to the socket without a copy through user memory. The file's
+    /// own position is not used, so uploads of one file may run at once. Returns how many
+    /// bytes went (0 at the end of the file; on a non-blocking socket, `WouldBlock` when it
+    /// takes nothing). It reads the file on the calling thread: cached pages cost nothing,
+    /// others wait for the disk.
+    pub(crate) fn send_to(&self, out: impl std::os::fd::AsFd, offset: u64, len: usize) -> io::Result<usize> {
+        let mut at = offset;
+        rustix::fs::sendfile(out, &self.file, Some(&mut at), len).map_err(io::Error::from)
     }
 }
 
