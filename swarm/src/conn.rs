@@ -1347,14 +1347,7 @@ mod tests {
     async fn connected_with(node: &Arc<Node>, n: u8, buffer: usize) -> (FarEnd, JoinHandle<Result<(), ConnError>>) {
         let (mut remote, task) = start_with(node, n, buffer).await;
         remote.handshake(node).await;
-        // The node registers the connection right after its handshake went out.
-        tokio::time::timeout(WAIT, async {
-            while node.peers.get(&remote.peer_id).is_none() {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await
-        .expect("the connection is registered");
+        registered(node, &remote.peer_id).await;
         (remote, task)
     }
 
@@ -1379,14 +1372,20 @@ mod tests {
         let task = tokio::spawn(run(node.clone(), rd, wr, addr, Remote::plain(addr), Admission::Inbound(permit)));
         let mut remote = FarEnd { io: far, buf: BytesMut::new(), peer_id: PeerId([n; 16]) };
         remote.handshake(node).await;
+        registered(node, &remote.peer_id).await;
+        (remote, task, set)
+    }
+
+    /// Waits until the node registered `peer`'s connection, which it does right after its
+    /// handshake went out.
+    async fn registered(node: &Node, peer: &PeerId) {
         tokio::time::timeout(WAIT, async {
-            while node.peers.get(&remote.peer_id).is_none() {
+            while node.peers.get(peer).is_none() {
                 tokio::task::yield_now().await;
             }
         })
         .await
         .expect("the connection is registered");
-        (remote, task, set)
     }
 
     async fn ended(task: JoinHandle<Result<(), ConnError>>) -> Result<(), ConnError> {
@@ -1416,13 +1415,7 @@ mod tests {
         {
             let (mut remote, _task) = start(&node, n).await;
             remote.handshake_in(&node, zone).await;
-            tokio::time::timeout(WAIT, async {
-                while node.peers.get(&remote.peer_id).is_none() {
-                    tokio::task::yield_now().await;
-                }
-            })
-            .await
-            .expect("the connection is registered");
+            registered(&node, &remote.peer_id).await;
             assert_eq!(node.zones.kind(&remote.peer_id, false), want, "peer {n} in {zone:?}");
         }
     }
