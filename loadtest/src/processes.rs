@@ -330,7 +330,12 @@ impl Nodes for ProcCluster<'_> {
     }
 }
 
-async fn measure(c: &mut ProcCluster<'_>, o: &LocalOptions, sc: &Scenario, store: Store) -> anyhow::Result<RunReport> {
+async fn measure(
+    c: &mut ProcCluster<'_>,
+    o: &LocalOptions,
+    sc: &Scenario,
+    mut store: Store,
+) -> anyhow::Result<RunReport> {
     let mut targets = Vec::new();
     for &size in &sc.blobs {
         let data = random_blob(size, rand::random());
@@ -345,6 +350,8 @@ async fn measure(c: &mut ProcCluster<'_>, o: &LocalOptions, sc: &Scenario, store
     if o.verbose {
         println!("{}", crate::modes::placed_line(digests.len(), o.cold_origin));
     }
+    store.fresh_write_ns_per_byte =
+        report::fresh_write_probe(std::path::Path::new(&store.path), report::FRESH_PROBE_BYTES);
     let cpu0 = c.procs.cpu_secs();
     let (agents, timeline) = drive(c, o.agents, &targets, sc, &o.drive_options(Duration::from_millis(250))).await?;
     let cpu1 = c.procs.cpu_secs();

@@ -115,7 +115,12 @@ fn place_blobs(cluster: &Cluster, sizes: &[u64]) -> anyhow::Result<Vec<Target>> 
         .collect()
 }
 
-async fn measure(cluster: &mut Cluster, o: &LocalOptions, sc: &Scenario, store: Store) -> anyhow::Result<RunReport> {
+async fn measure(
+    cluster: &mut Cluster,
+    o: &LocalOptions,
+    sc: &Scenario,
+    mut store: Store,
+) -> anyhow::Result<RunReport> {
     let targets = place_blobs(cluster, &sc.blobs)?;
     let digests = Target::digests(&targets);
     if !o.cold_origin {
@@ -125,6 +130,8 @@ async fn measure(cluster: &mut Cluster, o: &LocalOptions, sc: &Scenario, store: 
     if o.verbose {
         println!("{}", placed_line(digests.len(), o.cold_origin));
     }
+    store.fresh_write_ns_per_byte =
+        report::fresh_write_probe(std::path::Path::new(&store.path), report::FRESH_PROBE_BYTES);
     let rss_reset = report::reset_peak_rss();
     let cpu0 = report::cpu_times();
     let (agents, timeline) =
