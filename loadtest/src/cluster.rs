@@ -364,6 +364,16 @@ impl Cluster {
     }
 
     /// Bytes all origins uploaded to peers.
+    /// Seconds the live agents have spent writing pieces into their stores
+    /// (`shoal_swarm_store_write_seconds_total`).
+    pub fn store_write_secs(&self) -> f64 {
+        self.agents
+            .iter()
+            .flatten()
+            .map(|a| counter_value(&a.registry, "shoal_swarm_store_write_seconds_total", None))
+            .sum()
+    }
+
     pub fn origin_uploaded(&self) -> u64 {
         self.origins.iter().map(|o| counter(&o.registry, "shoal_swarm_piece_bytes_sent_total", None)).sum()
     }
@@ -393,6 +403,11 @@ pub fn zone_name(z: usize) -> String {
 
 /// Reads a counter (summing its label sets, or the one with `label` = value) from a registry.
 pub fn counter(registry: &prometheus::Registry, name: &str, label: Option<(&str, &str)>) -> u64 {
+    counter_value(registry, name, label) as u64
+}
+
+/// [`counter`] without rounding, for counters of seconds.
+pub fn counter_value(registry: &prometheus::Registry, name: &str, label: Option<(&str, &str)>) -> f64 {
     let mut total = 0.0;
     for mf in registry.gather() {
         if mf.name() != name {
@@ -407,7 +422,7 @@ pub fn counter(registry: &prometheus::Registry, name: &str, label: Option<(&str,
             total += m.get_counter().get_value();
         }
     }
-    total as u64
+    total
 }
 
 /// A blob of `size` pseudo-random bytes.

@@ -330,12 +330,7 @@ impl Nodes for ProcCluster<'_> {
     }
 }
 
-async fn measure(
-    c: &mut ProcCluster<'_>,
-    o: &LocalOptions,
-    sc: &Scenario,
-    mut store: Store,
-) -> anyhow::Result<RunReport> {
+async fn measure(c: &mut ProcCluster<'_>, o: &LocalOptions, sc: &Scenario, store: Store) -> anyhow::Result<RunReport> {
     let mut targets = Vec::new();
     for &size in &sc.blobs {
         let data = random_blob(size, rand::random());
@@ -350,18 +345,18 @@ async fn measure(
     if o.verbose {
         println!("{}", crate::modes::placed_line(digests.len(), o.cold_origin));
     }
-    store.fresh_write_ns_per_byte =
-        report::fresh_write_probe(std::path::Path::new(&store.path), report::FRESH_PROBE_BYTES);
     let cpu0 = c.procs.cpu_secs();
+    let written0 = store_write_secs(c).await;
     let (agents, timeline) = drive(c, o.agents, &targets, sc, &o.drive_options(Duration::from_millis(250))).await?;
     let cpu1 = c.procs.cpu_secs();
+    let written = store_write_secs(c).await - written0;
     let mut origin_uploaded = 0;
     for (h, _) in &c.layout.origins {
         origin_uploaded += metric(&c.http, *h, "shoal_swarm_piece_bytes_sent_total").await.unwrap_or(0);
     }
     let rss: Vec<(String, u64)> = c.procs.peak_rss();
     let max_agent = rss.iter().filter(|(n, _)| n.starts_with("agent")).map(|(_, r)| *r).max();
-    let resources = Resources::between(
+    let mut resources = Resources::between(
         cpu0,
         cpu1,
         (!rss.is_empty()).then(|| rss.iter().map(|(_, r)| r).sum()),
@@ -371,6 +366,7 @@ async fn measure(
             if sc.churn.is_some() { " (a killed process's CPU is not counted)" } else { "" }
         ),
     );
+    resources.store_write_secs = Some(written);
     let baseline = match o.baseline {
         None => None,
         Some(mode) => {
@@ -419,19 +415,33 @@ async fn metric(http: &reqwest::Client, h: SocketAddr, name: &str) -> anyhow::Re
     Ok(sum_metric(&text, name))
 }
 
+/// Seconds the agents have spent writing pieces into their stores, from their `/metrics`
+/// (an agent that does not answer counts 0).
+async fn store_write_secs(c: &ProcCluster<'_>) -> f64 {
+    let mut total = 0.0;
+    for (h, _) in &c.layout.agents {
+        if let Ok(r) = c.http.get(format!("http://{h}/metrics")).send().await
+            && let Ok(text) = r.text().await
+        {
+            total += metric_samples(&text, "shoal_swarm_store_write_seconds_total", None);
+        }
+    }
+    total
+}
+
 /// Sums every sample of `name` (any labels) in Prometheus text format.
 pub fn sum_metric(text: &str, name: &str) -> u64 {
-    metric_samples(text, name, None)
+    metric_samples(text, name, None) as u64
 }
 
 /// Sums the samples of counter `name` whose label `key` is `value`, in Prometheus text format.
 pub fn labelled_metric(text: &str, name: &str, key: &str, value: &str) -> u64 {
-    metric_samples(text, name, Some(&format!("{key}=\"{value}\"")))
+    metric_samples(text, name, Some(&format!("{key}=\"{value}\""))) as u64
 }
 
 /// Sums the samples of `name`, all of them or those carrying the label pair `want`
 /// (`key="value"`).
-fn metric_samples(text: &str, name: &str, want: Option<&str>) -> u64 {
+fn metric_samples(text: &str, name: &str, want: Option<&str>) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
@@ -446,7 +456,7 @@ fn metric_samples(text: &str, name: &str, want: Option<&str>) -> u64 {
             }
             l.rsplit(' ').next()?.parse::<f64>().ok()
         })
-        .sum::<f64>() as u64
+        .sum::<f64>()
 }
 
 /// Polls `<base>/ready` until it answers 200, for at most [`READY_TIMEOUT`].

@@ -237,7 +237,7 @@ pub async fn run_remote(o: &LocalOptions) -> anyhow::Result<RunReport> {
         blob_bytes: size,
         digest: digest.to_string(),
         caps: Caps { agent_rate: o.agent_rate, origin_rate: o.origin_rate, seeding_origins: 1 },
-        store: Store { path: "remote agents".into(), kind: "remote".into(), ..Store::default() },
+        store: Store { path: "remote agents".into(), fs_type: None, kind: "remote".into() },
         scenario_info: Some(sc.info()),
         link_emulation: "remote (real links; caps as declared)".into(),
     };

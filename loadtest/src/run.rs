@@ -115,12 +115,7 @@ fn place_blobs(cluster: &Cluster, sizes: &[u64]) -> anyhow::Result<Vec<Target>> 
         .collect()
 }
 
-async fn measure(
-    cluster: &mut Cluster,
-    o: &LocalOptions,
-    sc: &Scenario,
-    mut store: Store,
-) -> anyhow::Result<RunReport> {
+async fn measure(cluster: &mut Cluster, o: &LocalOptions, sc: &Scenario, store: Store) -> anyhow::Result<RunReport> {
     let targets = place_blobs(cluster, &sc.blobs)?;
     let digests = Target::digests(&targets);
     if !o.cold_origin {
@@ -130,14 +125,14 @@ async fn measure(
     if o.verbose {
         println!("{}", placed_line(digests.len(), o.cold_origin));
     }
-    store.fresh_write_ns_per_byte =
-        report::fresh_write_probe(std::path::Path::new(&store.path), report::FRESH_PROBE_BYTES);
     let rss_reset = report::reset_peak_rss();
     let cpu0 = report::cpu_times();
+    let written0 = cluster.store_write_secs();
     let (agents, timeline) =
         drive(cluster, o.agents, &targets, sc, &o.drive_options(Duration::from_millis(100))).await?;
     let cpu1 = report::cpu_times();
-    let resources = Resources::between(
+    let written = cluster.store_write_secs() - written0;
+    let mut resources = Resources::between(
         cpu0,
         cpu1,
         report::peak_rss(),
@@ -147,6 +142,7 @@ async fn measure(
             if rss_reset { "since just before the pull" } else { "over the process lifetime (reset not allowed)" }
         ),
     );
+    resources.store_write_secs = Some(written);
     let origin_uploaded = cluster.origin_uploaded();
     let baseline = match o.baseline {
         None => None,

@@ -1155,6 +1155,7 @@ impl Reader {
             return Ok(()); // Endgame duplicate.
         }
         let len = data.len() as u64;
+        let write_seconds = node.metrics.store_write_seconds.clone();
         let verified = node
             .store
             .blocking()
@@ -1162,7 +1163,9 @@ impl Reader {
                 if !partial.meta().verify_piece(idx, &data) {
                     return Ok(false);
                 }
-                partial.write_piece(idx, &data).map(|()| true)
+                let secs = partial.write_piece(idx, &data)?;
+                write_seconds.inc_by(secs);
+                Ok(true)
             })
             .await;
         match verified {

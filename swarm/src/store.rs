@@ -743,13 +743,16 @@ impl PartialBlob {
     }
 
     /// Writes a piece the caller has verified, then records it, and advances the prefix hash
-    /// if the piece extends it. Blocking.
-    pub fn write_piece(&self, i: PieceIndex, data: &[u8]) -> Result<(), StoreError> {
+    /// if the piece extends it. Blocking. Returns the CPU-seconds the write of the data itself
+    /// took on this thread (`shoal_swarm_store_write_seconds_total`).
+    pub fn write_piece(&self, i: PieceIndex, data: &[u8]) -> Result<f64, StoreError> {
         let path = || self.dir.join(format!("{}.data", self.blob.meta.digest().hex()));
+        let started = crate::metrics::thread_cpu_secs();
         self.blob
             .file
             .write_all_at(data, self.blob.meta.piece_offset(i))
             .map_err(|e| StoreError::io("write", &path())(e))?;
+        let write_secs = (crate::metrics::thread_cpu_secs() - started).max(0.0);
         {
             let mut have = self.have.lock();
             have[i.as_usize()] = true;
@@ -768,7 +771,7 @@ impl PartialBlob {
         if let Some(mut prefix) = self.prefix.as_ref().and_then(|p| p.try_lock()) {
             self.advance_prefix(&mut prefix, Some((i, data))).map_err(|e| StoreError::io("read", &path())(e))?;
         }
-        Ok(())
+        Ok(write_secs)
     }
 
     /// Hashes present pieces from `prefix.next` on, using `fresh` (a piece just written)

@@ -451,7 +451,7 @@ impl SimReport {
                 origin_rate: cfg.origin_up.map(|r| r as u64),
                 seeding_origins: self.seeding_origins,
             },
-            store: Store { kind: "none (simulated)".into(), ..Store::default() },
+            store: Store { path: String::new(), fs_type: None, kind: "none (simulated)".into() },
             ..RunSpec::default()
         };
         let timeline = self.timeline.iter().map(|&(secs, delivered)| Sample { secs, delivered }).collect();
