@@ -125,6 +125,8 @@ fn a_lightly_loaded_cpu_delays_a_host_by_less_than_its_own_work() {
 /// (2026-12-02, `CpuModel::measured` at 3.71 ns per byte) the simulations give p50 2.04 s, max
 /// 2.07 s (2.04-2.11 s over the seeds) and origin copies 1.04, and real runs came out at max
 /// 1.97-2.39 s with 1.00-1.06 copies: gaps of -13.5% to +5.5%, the real runs the more spread.
+/// With the cost re-measured on 2026-12-06 (2.78 ns per byte): real max 2.195 s, simulated
+/// 2.069 s (1.999-2.122 s), -5.7%.
 /// Smaller setups are poor probes: at 4 MiB/s a run of 8 MiB is over before the swarm settles,
 /// and its tail is made of busy back-offs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

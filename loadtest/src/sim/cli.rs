@@ -118,7 +118,9 @@ pub struct SimArgs {
     /// delivered byte that these other real runs' `report.json` measured
     /// (`CpuModel::calibrated`), instead of `--shared-cpu`'s fixed costs. With several, each
     /// validated run takes the cost at its own number of agents, interpolated linearly between
-    /// the calibrations' (the cost per byte grows with the agents sharing the cores).
+    /// the calibrations' (the cost per byte grows with the agents sharing the cores). Where
+    /// the reports have the agents' store write time, each run's own replaces the
+    /// calibrations' (it swings with the machine's fresh memory from run to run).
     #[arg(long, num_args = 1.., conflicts_with = "shared_cpu")]
     pub cpu_from: Vec<PathBuf>,
 }
@@ -227,24 +229,37 @@ fn validate(args: &SimArgs) -> anyhow::Result<()> {
         let text = std::fs::read(&file).map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
         serde_json::from_slice(&text).map_err(|e| anyhow::anyhow!("parsing {}: {e}", file.display()))
     };
+    // With every calibration's store writes known, they come out of its cost, and each
+    // validated run that knows its own puts those back in: the part of the cost that swings
+    // with this machine's fresh memory is taken from the run itself.
     let mut calibrations = Vec::new();
+    let mut without_stores = Vec::new();
     for path in &args.cpu_from {
         let cal = read(path)?;
         let m = CpuModel::calibrated(&cal)?;
+        let store = CpuModel::store_secs_per_byte(&cal);
         println!(
-            "CPU from {} (N = {}): {:.2} ns per delivered byte on {} core(s)",
+            "CPU from {} (N = {}): {:.2} ns per delivered byte on {} core(s){}",
             path.display(),
             cal.n_agents,
             1e9 / m.piece_rate,
-            m.cores
+            m.cores,
+            store.map_or(String::new(), |s| format!(", {:.2} of them writing the stores", 1e9 * s)),
         );
         calibrations.push((cal.n_agents, m));
+        if let Some(s) = store {
+            without_stores.push((cal.n_agents, m.minus_per_byte(s)));
+        }
     }
     let mut rows = Vec::new();
     for path in &args.validate {
         let real = read(path)?;
+        let own_store = CpuModel::store_secs_per_byte(&real);
         let cpu = if calibrations.is_empty() {
             args.shared_cpu.then(|| CpuModel::measured(real.machine.cores))
+        } else if let Some(s) = own_store.filter(|_| without_stores.len() == calibrations.len()) {
+            println!("{}: the stores took {:.2} ns per delivered byte in this run", path.display(), 1e9 * s);
+            Some(CpuModel::at_agents(&without_stores, real.n_agents).plus_per_byte(s))
         } else {
             Some(CpuModel::at_agents(&calibrations, real.n_agents))
         };

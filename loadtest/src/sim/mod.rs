@@ -232,12 +232,13 @@ pub struct CpuModel {
 }
 
 impl CpuModel {
-    /// This machine's cost, measured on 2026-12-02 with `local --agents 10 --size 64MiB
-    /// --agent-rate 50MiB --origin-rate 50MiB` (2.49 CPU-seconds for the 640 MiB of pieces its
-    /// agents received: 3.71 ns per byte), all of it charged per piece byte as
-    /// [`CpuModel::calibrated`] does.
+    /// This machine's cost, measured on 2026-12-06 (sendfile uploads, pooled read buffers)
+    /// with `local --agents 10 --size 256MiB --agent-rate 50MiB --origin-rate 50MiB` on a
+    /// 2-core Xeon: 7.47 CPU-seconds for the 2.5 GiB of pieces its agents received, 2.78 ns
+    /// per byte, of which 0.29 writing warm store pages; all of it charged per piece byte as
+    /// [`CpuModel::calibrated`] does. (On 2026-12-02, before those changes: 3.71 ns.)
     pub fn measured(cores: usize) -> CpuModel {
-        CpuModel { cores: cores.max(1), piece_rate: 1e9 / 3.71, blob_rate: f64::INFINITY }
+        CpuModel { cores: cores.max(1), piece_rate: 1e9 / 2.78, blob_rate: f64::INFINITY }
     }
 
     /// The cost the real run `cal` measured: its CPU-seconds over the piece bytes its agents
@@ -249,6 +250,27 @@ impl CpuModel {
         let bytes: u64 = cal.agents.iter().map(|a| a.from_origin + a.from_peers).sum();
         anyhow::ensure!(cpu > 0.0 && bytes > 0, "the calibration run moved nothing");
         Ok(CpuModel { cores: cal.machine.cores.max(1), piece_rate: bytes as f64 / cpu, blob_rate: f64::INFINITY })
+    }
+
+    /// The seconds per received byte the run `r`'s agents spent writing pieces into their
+    /// stores (`resources.store_write_secs`), if the report has them. On a VM that hands free
+    /// memory back to its hypervisor this part swings several-fold between runs of one setup
+    /// (see BENCHMARKS.md, "Fresh memory"), the rest of the cost does not.
+    pub fn store_secs_per_byte(r: &RunReport) -> Option<f64> {
+        let bytes: u64 = r.agents.iter().map(|a| a.from_origin + a.from_peers).sum();
+        r.resources.store_write_secs.filter(|_| bytes > 0).map(|w| w / bytes as f64)
+    }
+
+    /// This model without `secs` per byte (the calibration's own store writes, say), never
+    /// below a tenth of its cost.
+    pub fn minus_per_byte(self, secs: f64) -> CpuModel {
+        let per_byte = 1.0 / self.piece_rate;
+        CpuModel { piece_rate: 1.0 / (per_byte - secs).max(per_byte / 10.0), ..self }
+    }
+
+    /// This model with `secs` more per byte (a validated run's own store writes, say).
+    pub fn plus_per_byte(self, secs: f64) -> CpuModel {
+        CpuModel { piece_rate: 1.0 / (1.0 / self.piece_rate + secs.max(0.0)), ..self }
     }
 
     /// The cost at `n` agents from calibrations made at other numbers of agents: the cost per
@@ -596,6 +618,25 @@ mod tests {
         r.resources.cpu_secs = Some(1.0);
         r.agents.clear();
         assert!(CpuModel::calibrated(&r).is_err());
+    }
+
+    /// A run's store writes come out of its calibration and another run's go in: 12 MiB
+    /// received for 1.0 CPU-s, of which 0.25 s writing the stores.
+    #[test]
+    fn store_writes_move_between_runs() {
+        let r = sample_report(true);
+        let bytes = (12u64 << 20) as f64;
+        let store = CpuModel::store_secs_per_byte(&r).unwrap();
+        assert!((store - 0.25 / bytes).abs() < 1e-15);
+        let cal = CpuModel::calibrated(&r).unwrap();
+        let without = cal.minus_per_byte(store);
+        assert!((1.0 / without.piece_rate - 0.75 / bytes).abs() < 1e-15);
+        let slow = without.plus_per_byte(2.0 * store);
+        assert!((1.0 / slow.piece_rate - 1.25 / bytes).abs() < 1e-15);
+        assert_eq!(cal.minus_per_byte(10.0 / bytes).piece_rate, cal.piece_rate * 10.0, "a tenth of the cost stays");
+        let mut old = r.clone();
+        old.resources.store_write_secs = None;
+        assert_eq!(CpuModel::store_secs_per_byte(&old), None);
     }
 
     #[test]
