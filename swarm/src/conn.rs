@@ -49,7 +49,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
 use prometheus::IntGauge;
 use shoal_core::seeding;
@@ -899,6 +899,10 @@ impl Drop for PendingGauge {
     }
 }
 
+/// Frames of at least this many bytes (pieces: every other frame is far smaller) are read
+/// into pooled buffers ([`Reader::read_pooled`]).
+const POOLED_FRAME: usize = 64 * 1024;
+
 type Serving = Arc<Mutex<HashMap<(Digest, u32), AbortHandle>>>;
 
 struct Reader {
@@ -933,6 +937,17 @@ impl Reader {
             // Drain every complete frame in the buffer.
             while let Some(len) = wire::frame_len(&buf)? {
                 let total = wire::LEN_PREFIX + len;
+                if buf.len() < total && total >= POOLED_FRAME {
+                    // A piece: the rest of it is read into a reused buffer of its size, so a
+                    // fresh allocation (and its fresh pages) per piece is not made.
+                    let since = *frame_started.get_or_insert_with(tokio::time::Instant::now);
+                    let frame = self.read_pooled(rd, &mut buf, total, since, io_timeout, frame_timeout).await?;
+                    frame_started = None;
+                    let (msg, _) = wire::decode(&frame)?.ok_or(ConnError::Protocol("incomplete frame".into()))?;
+                    self.conn.queue.room().await;
+                    self.handle(&frame, msg).await?;
+                    continue;
+                }
                 if buf.len() < total {
                     buf.reserve(total - buf.len());
                     break;
@@ -960,6 +975,37 @@ impl Reader {
                 return Err(ConnError::Closed);
             }
         }
+    }
+
+    /// Reads the rest of a frame of `total` bytes, whose start is in `buf`, into a pooled
+    /// buffer of that size (no read goes past the frame), under the same deadlines
+    /// as [`Reader::read_loop`]: the frame began at `since`.
+    async fn read_pooled<R: AsyncRead + Unpin>(
+        &self,
+        rd: &mut R,
+        buf: &mut BytesMut,
+        total: usize,
+        since: tokio::time::Instant,
+        io_timeout: Duration,
+        frame_timeout: Duration,
+    ) -> Result<Bytes, ConnError> {
+        let pool = self.node.store.buffers();
+        let mut frame = pool.take(total);
+        frame.extend_from_slice(buf);
+        buf.clear();
+        while frame.len() < total {
+            let deadline = frame_timeout.saturating_sub(since.elapsed()).min(io_timeout);
+            let left = total - frame.len();
+            let mut room = (&mut frame).limit(left);
+            let n = match tokio::time::timeout(deadline, rd.read_buf(&mut room)).await {
+                Ok(n) => n?,
+                Err(_) => return Err(ConnError::Stalled(frame_timeout)),
+            };
+            if n == 0 {
+                return Err(ConnError::Closed);
+            }
+        }
+        Ok(pool.share(frame))
     }
 
     fn abort_uploads(&self) {
@@ -1668,12 +1714,19 @@ mod tests {
     /// A peer that sends half a piece and stops: once `request_timeout` has passed since the
     /// frame began, the connection is dropped as the peer's fault and the peer shunned. Silence
     /// between frames for as long is not a fault (keep-alives come at a third of io_timeout).
+    /// Small pieces and pieces read into pooled buffers alike.
     #[tokio::test(start_paused = true)]
     async fn a_peer_that_stalls_mid_piece_is_dropped_and_shunned() {
+        stall_mid_piece(MIN_PIECE_LEN).await;
+        stall_mid_piece(8 * MIN_PIECE_LEN).await;
+    }
+
+    async fn stall_mid_piece(piece_len: u32) {
+        assert_eq!(piece_len as usize >= POOLED_FRAME, piece_len > MIN_PIECE_LEN, "one case of each");
         let (node, _dir) = node();
         let request_timeout = node.cfg.request_timeout.get();
-        let bytes = data(2 * MIN_PIECE_LEN as usize);
-        let meta = meta(&bytes, MIN_PIECE_LEN);
+        let bytes = data(2 * piece_len as usize);
+        let meta = meta(&bytes, piece_len);
         let blob = meta.digest();
         let mut rx = downloading(&node, meta.clone()).await;
         let (mut remote, task) = connected(&node, 2).await;
@@ -1691,6 +1744,45 @@ mod tests {
         assert!(matches!(res, Err(ConnError::Stalled(t)) if t == request_timeout), "{res:?}");
         assert!(node.peers.is_shunned(&at(2)));
         assert_eq!(node.store.open_partial(meta).await.unwrap().have(), vec![false, false]);
+    }
+
+    /// Pieces of at least [`POOLED_FRAME`] bytes are read into pooled buffers of their exact
+    /// size: two of them and a `Have` in one stream, cut at odd places, all arrive whole and
+    /// in order (no read runs into the next frame), and the buffers go back to the pool.
+    #[tokio::test]
+    async fn large_pieces_cut_anywhere_arrive_whole_through_pooled_buffers() {
+        let (node, _dir) = node();
+        let piece_len = 8 * MIN_PIECE_LEN;
+        let bytes = data(3 * piece_len as usize);
+        let meta = meta(&bytes, piece_len);
+        let blob = meta.digest();
+        let mut rx = downloading(&node, meta.clone()).await;
+        let (mut remote, task) = connected(&node, 2).await;
+        remote.send(&Message::Bitfield { blob, num_pieces: 3, bits: &pack_bits(3, |i| i < 2) }).await;
+        assert!(matches!(event(&mut rx).await, Event::PeerBitfield { .. }));
+        let mut stream = BytesMut::new();
+        for piece_idx in [1, 0] {
+            wire::encode(
+                &Message::Piece { blob, piece: piece_idx, data: piece(&meta, &bytes, piece_idx) },
+                &mut stream,
+            );
+        }
+        wire::encode(&Message::Have { blob, piece: 2 }, &mut stream);
+        for part in stream.chunks(10_007) {
+            remote.send_raw(part).await;
+            tokio::task::yield_now().await;
+        }
+        for want in [1, 0] {
+            let ev = event(&mut rx).await;
+            assert!(
+                matches!(ev, Event::PieceOk { piece, len, .. } if piece == want && len == u64::from(piece_len)),
+                "piece {want} did not arrive next"
+            );
+        }
+        assert!(matches!(event(&mut rx).await, Event::Have { piece: 2, .. }));
+        assert!(!task.is_finished());
+        assert_eq!(node.store.open_partial(meta).await.unwrap().have(), vec![true, true, false]);
+        assert!(node.store.idle_buffer_bytes() >= piece_len as usize, "the frames' buffers are back in the pool");
     }
 
     /// A peer that sends requests and never reads the answers: the node stops reading it

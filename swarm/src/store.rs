@@ -172,6 +172,12 @@ impl Store {
             .await
     }
 
+    /// The pool of reused buffers: read buffers for bytes going to a socket, and the receive
+    /// buffers of piece frames.
+    pub(crate) fn buffers(&self) -> &BufPool {
+        &self.bufs
+    }
+
     /// Frees the read buffers that stayed idle since the last call ([`BufPool::trim`]);
     /// returns the bytes freed.
     pub fn trim_buffers(&self) -> usize {
