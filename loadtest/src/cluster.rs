@@ -363,7 +363,6 @@ impl Cluster {
         Ok(resp.bytes().await?.to_vec())
     }
 
-    /// Bytes all origins uploaded to peers.
     /// Seconds the live agents have spent writing pieces into their stores
     /// (`shoal_swarm_store_write_seconds_total`).
     pub fn store_write_secs(&self) -> f64 {
@@ -374,6 +373,7 @@ impl Cluster {
             .sum()
     }
 
+    /// Bytes all origins uploaded to peers.
     pub fn origin_uploaded(&self) -> u64 {
         self.origins.iter().map(|o| counter(&o.registry, "shoal_swarm_piece_bytes_sent_total", None)).sum()
     }

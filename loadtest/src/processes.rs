@@ -411,8 +411,13 @@ async fn debug_stats(http: &reqwest::Client, h: SocketAddr, d: Digest) -> anyhow
 
 /// Sums the samples of counter `name` in a node's `/metrics`.
 async fn metric(http: &reqwest::Client, h: SocketAddr, name: &str) -> anyhow::Result<u64> {
+    Ok(metric_value(http, h, name).await? as u64)
+}
+
+/// [`metric`] without rounding, for counters of seconds.
+async fn metric_value(http: &reqwest::Client, h: SocketAddr, name: &str) -> anyhow::Result<f64> {
     let text = http.get(format!("http://{h}/metrics")).send().await?.text().await?;
-    Ok(sum_metric(&text, name))
+    Ok(metric_samples(&text, name, None))
 }
 
 /// Seconds the agents have spent writing pieces into their stores, from their `/metrics`
@@ -420,11 +425,7 @@ async fn metric(http: &reqwest::Client, h: SocketAddr, name: &str) -> anyhow::Re
 async fn store_write_secs(c: &ProcCluster<'_>) -> f64 {
     let mut total = 0.0;
     for (h, _) in &c.layout.agents {
-        if let Ok(r) = c.http.get(format!("http://{h}/metrics")).send().await
-            && let Ok(text) = r.text().await
-        {
-            total += metric_samples(&text, "shoal_swarm_store_write_seconds_total", None);
-        }
+        total += metric_value(&c.http, *h, "shoal_swarm_store_write_seconds_total").await.unwrap_or(0.0);
     }
     total
 }

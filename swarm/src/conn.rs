@@ -937,23 +937,18 @@ impl Reader {
             // Drain every complete frame in the buffer.
             while let Some(len) = wire::frame_len(&buf)? {
                 let total = wire::LEN_PREFIX + len;
-                if buf.len() < total && total >= POOLED_FRAME {
+                let frame = if buf.len() >= total {
+                    buf.split_to(total).freeze()
+                } else if total >= POOLED_FRAME {
                     // A piece: the rest of it is read into a reused buffer of its size, so a
                     // fresh allocation (and its fresh pages) per piece is not made.
                     let since = *frame_started.get_or_insert_with(tokio::time::Instant::now);
-                    let frame = self.read_pooled(rd, &mut buf, total, since, io_timeout, frame_timeout).await?;
-                    frame_started = None;
-                    let (msg, _) = wire::decode(&frame)?.ok_or(ConnError::Protocol("incomplete frame".into()))?;
-                    self.conn.queue.room().await;
-                    self.handle(&frame, msg).await?;
-                    continue;
-                }
-                if buf.len() < total {
+                    self.read_pooled(rd, &mut buf, total, since, io_timeout, frame_timeout).await?
+                } else {
                     buf.reserve(total - buf.len());
                     break;
-                }
+                };
                 frame_started = None;
-                let frame = buf.split_to(total).freeze();
                 let (msg, _) = wire::decode(&frame)?.ok_or(ConnError::Protocol("incomplete frame".into()))?;
                 // Answers wait for room in the writer's queue: a peer that does not read
                 // them is not read either.
