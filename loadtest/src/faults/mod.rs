@@ -76,7 +76,7 @@ pub enum Fault {
     /// Three liars announced as seeders: one serving corrupt pieces, one stalling mid-piece,
     /// one sending garbage frames; each is dropped by every agent that met it and not redialed.
     Liars,
-    /// Agent 0's store on a tmpfs too small for the blob (it holds a smaller blob first): its
+    /// Agent 0's store on a tmpfs too small for the blob (it holds a smaller, pinned blob first): its
     /// pull fails (507, or a response cut short once it streams) and its log says why, it still
     /// serves the smaller blob, and when the tmpfs grows it finishes. Needs root.
     DiskFull,
@@ -792,7 +792,14 @@ async fn disk_full(o: &MatrixOptions, tmp: tempfile::TempDir, data: Vec<u8>) -> 
     let small_d = Digest::of(&small);
     std::fs::create_dir_all(tmp.path().join("backend/sha256"))?;
     std::fs::write(tmp.path().join("backend/sha256").join(small_d.hex()), &small)?;
-    let spec = ClusterSpec { agent_store: vec![(0, mount.0.join("agent-0"))], ..base_spec(o) };
+    // The smaller blob is pinned: on a disk this small the budget (a share of the
+    // filesystem) would rightly evict it while the larger one downloads, and the row is about
+    // serving what the node holds, not about which blob the budget keeps.
+    let spec = ClusterSpec {
+        agent_store: vec![(0, mount.0.join("agent-0"))],
+        swarm: vec![("store".into(), serde_json::json!({ "pin": { "digests": [small_d.to_string()] } }))],
+        ..base_spec(o)
+    };
     let mut r = Run::start(Fault::DiskFull, o, spec, None, tmp, data).await?;
     let small = Arc::new(small);
     let small_url = format!("{}/blobs/{small_d}", r.c.agent_url(0));
@@ -825,23 +832,23 @@ async fn disk_full(o: &MatrixOptions, tmp: tempfile::TempDir, data: Vec<u8>) -> 
     }
     let served = get_small(&r).await;
     r.row.wrong_bytes += served.wrong_bytes + first.wrong_bytes;
-    // Under the free-space floor the agent may evict the smaller blob (least recently used,
-    // not pinned, not in use): then it no longer holds it, and asked for it, it downloads it
-    // again into the full disk and fails like the larger one. Held, it must be served.
-    let evicted_for_floor =
-        r.c.labelled_metric("agent-0", "shoal_swarm_store_evictions_total", "reason", "disk_free").await.unwrap_or(0);
     if served.done.is_some() {
         r.row.notes.push("agent 0 still served the smaller blob it held while its disk was full".into());
-    } else if evicted_for_floor > 0 {
-        r.row.notes.push(format!(
-            "agent 0 evicted {evicted_for_floor} blob(s) under its free-space floor and no longer held the smaller one: {}",
-            served.failure_summary()
-        ));
     } else {
         r.row.problems.push(format!(
             "agent 0 did not serve the blob it held while its disk was full: {}",
             served.failure_summary()
         ));
+    }
+    let mut evictions = Vec::new();
+    for reason in shoal_core::cache::Reason::ALL {
+        let n = r.c.labelled_metric("agent-0", "shoal_swarm_store_evictions_total", "reason", reason.as_str()).await;
+        if let Some(n @ 1..) = n {
+            evictions.push(format!("{}×{n}", reason.as_str()));
+        }
+    }
+    if !evictions.is_empty() {
+        r.row.notes.push(format!("agent 0's evictions while its disk was full: {}", evictions.join(", ")));
     }
     // Space returns.
     mount.resize(f * 3)?;
