@@ -33,7 +33,7 @@ use crate::error::SwarmError;
 use crate::limiter::Limiter;
 use crate::metrics::SwarmMetrics;
 use crate::peers::{Limits, Peers};
-use crate::store::{BlobFile, PartialBlob, Store};
+use crate::store::{BlobFile, PartialBlob, PrefixFeeder, Store};
 use crate::zones::Zones;
 use crate::{gc, index};
 
@@ -432,6 +432,9 @@ struct PieceReader {
     status: watch::Receiver<Status>,
     cancel: CancellationToken,
     end: u64,
+    /// While the blob downloads and this reader started at its first byte: the prefix hash,
+    /// fed what the reader reads.
+    feeder: Option<Arc<PrefixFeeder>>,
 }
 
 impl Drop for PieceReader {
@@ -468,7 +471,10 @@ impl PieceReader {
         let meta = &self.entry.meta;
         let piece_end = meta.piece_offset(index) + u64::from(meta.piece_len(index));
         let len = usize::try_from(piece_end.min(self.end).min(off + Self::CHUNK) - off).expect("at most a chunk");
-        self.store.read_shared(self.entry.file.clone(), off, len).await
+        match &self.feeder {
+            Some(f) => self.store.read_feeding(self.entry.file.clone(), off, len, f.clone()).await,
+            None => self.store.read_shared(self.entry.file.clone(), off, len).await,
+        }
     }
 
     /// Waits until the piece holding `off` is present; the download's own error if it fails
@@ -713,7 +719,9 @@ impl Swarm {
     ) -> Result<impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static + use<>, SwarmError> {
         let end = end.min(meta.length());
         let entry = self.start_download(meta).await?;
+        let partial = if start == 0 { entry.shared.lock().partial.clone() } else { None };
         let mut reader = PieceReader {
+            feeder: partial.and_then(|p| p.feeder()).map(Arc::new),
             store: self.node.store.clone(),
             progress: entry.progress.subscribe(),
             status: entry.status.subscribe(),

@@ -30,14 +30,17 @@
 //! The whole blob's sha256 is computed while it downloads, over the contiguous prefix of
 //! present pieces (a piece that extends the prefix is hashed from memory as it is written,
 //! later ones from the file once the gap before them fills), so the commit only finishes it.
+//! While a client streams the blob from its start, the bytes its response reads are hashed
+//! instead ([`PrefixFeeder`]), on the thread that just read them: the pieces that arrived
+//! ahead of the prefix are then read once, not twice.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -120,12 +123,54 @@ pub struct PartialBlob {
     /// pieces arrive so the commit does not read the whole blob again; `None` when the store
     /// does not check it ([`Store::verify_blob_digest`]).
     prefix: Option<Mutex<PrefixHash>>,
+    /// Readers streaming the blob from its start that feed the prefix hash what they read
+    /// ([`PrefixFeeder`]): while there is one, a piece written ahead of the prefix is left to
+    /// it rather than read back.
+    feeders: AtomicUsize,
+    /// Bytes read back from the file for the prefix hash.
+    read_back: AtomicU64,
+    /// How far the prefix hash may trail the present pieces and wait for a feeder: past
+    /// that its reader is slow (a client reading slower than the download), and the writers
+    /// read back, so the commit never has much left to hash.
+    feed_lag: AtomicU64,
 }
 
-/// A sha256 over pieces `0..next`.
+/// [`PartialBlob`]'s `feed_lag`.
+const FEED_LAG: u64 = 32 << 20;
+
+/// A sha256 over the blob's first `at` bytes.
 struct PrefixHash {
     hasher: DigestHasher,
-    next: u32,
+    at: u64,
+}
+
+/// Held by a reader streaming a download from its start, which hands it each chunk it reads
+/// ([`PrefixFeeder::feed`]) so the prefix hash takes those bytes instead of reading them
+/// again. Dropped, the writers read back again what they skip. It does not keep the
+/// download's partial files open: once the download is over, feeding does nothing.
+pub struct PrefixFeeder(Weak<PartialBlob>);
+
+impl PrefixFeeder {
+    /// Hashes `bytes`, read from the blob at `offset` out of present pieces, if the prefix
+    /// hash has reached `offset` and not beyond. Blocking (a sha256 of the chunk).
+    pub fn feed(&self, offset: u64, bytes: &[u8]) {
+        let Some(partial) = self.0.upgrade() else { return };
+        if let Some(prefix) = &partial.prefix {
+            let mut prefix = prefix.lock();
+            if prefix.at == offset && offset + bytes.len() as u64 <= partial.blob.meta.length() {
+                prefix.hasher.update(bytes);
+                prefix.at += bytes.len() as u64;
+            }
+        }
+    }
+}
+
+impl Drop for PrefixFeeder {
+    fn drop(&mut self) {
+        if let Some(partial) = self.0.upgrade() {
+            partial.feeders.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Store {
@@ -167,6 +212,26 @@ impl Store {
             .run(move || {
                 let mut buf = bufs.take(len);
                 file.read_into(offset, len, &mut buf)?;
+                Ok(bufs.share(buf))
+            })
+            .await
+    }
+
+    /// [`Store::read_shared`] for a reader streaming a download from its start: the bytes
+    /// read go to `feeder` too, on the thread that read them, while they are in its cache.
+    pub async fn read_feeding(
+        &self,
+        file: Arc<BlobFile>,
+        offset: u64,
+        len: usize,
+        feeder: Arc<PrefixFeeder>,
+    ) -> io::Result<Bytes> {
+        let bufs = self.bufs.clone();
+        self.blocking
+            .run(move || {
+                let mut buf = bufs.take(len);
+                file.read_into(offset, len, &mut buf)?;
+                feeder.feed(offset, &buf);
                 Ok(bufs.share(buf))
             })
             .await
@@ -722,7 +787,7 @@ impl PartialBlob {
         let packed = pack_bits(n, |i| have[i as usize]);
         bits_file.set_len(nbytes as u64).map_err(StoreError::io("allocate", &bits_path))?;
         bits_file.write_all_at(&packed, 0).map_err(StoreError::io("write", &bits_path))?;
-        let prefix = verify_digest.then(|| Mutex::new(PrefixHash { hasher: DigestHasher::new(), next: 0 }));
+        let prefix = verify_digest.then(|| Mutex::new(PrefixHash { hasher: DigestHasher::new(), at: 0 }));
         Ok(PartialBlob {
             blob: Arc::new(blob),
             root: root.to_path_buf(),
@@ -731,6 +796,9 @@ impl PartialBlob {
             have: Mutex::new(have),
             bits_file,
             prefix,
+            feeders: AtomicUsize::new(0),
+            read_back: AtomicU64::new(0),
+            feed_lag: AtomicU64::new(FEED_LAG),
         })
     }
 
@@ -741,6 +809,19 @@ impl PartialBlob {
 
     pub fn meta(&self) -> &MetaInfo {
         &self.blob.meta
+    }
+
+    /// A feeder for a reader streaming this blob from its start; `None` when the store does
+    /// not check the whole blob's sha256.
+    pub fn feeder(self: &Arc<Self>) -> Option<PrefixFeeder> {
+        self.prefix.as_ref()?;
+        self.feeders.fetch_add(1, Ordering::Relaxed);
+        Some(PrefixFeeder(Arc::downgrade(self)))
+    }
+
+    /// Bytes read back from the file for the whole blob's sha256 so far.
+    pub fn read_back_bytes(&self) -> u64 {
+        self.read_back.load(Ordering::Relaxed)
     }
 
     /// Which pieces are present.
@@ -773,28 +854,65 @@ impl PartialBlob {
             self.bits_file.write_all_at(&[byte], byte_idx as u64).map_err(StoreError::io("write", &bits_path))?;
         }
         // Another thread extending the prefix picks this piece up when it gets there; a piece
-        // both miss is hashed at commit.
+        // both miss is hashed at commit. Pieces written earlier are read back unless a
+        // streaming reader will hand them over.
         if let Some(mut prefix) = self.prefix.as_ref().and_then(|p| p.try_lock()) {
-            self.advance_prefix(&mut prefix, Some((i, data))).map_err(|e| StoreError::io("read", &path())(e))?;
+            let read_back = self.feeders.load(Ordering::Relaxed) == 0;
+            self.advance_prefix(&mut prefix, Some((i, data)), read_back)
+                .map_err(|e| StoreError::io("read", &path())(e))?;
         }
         Ok(write_secs)
     }
 
-    /// Hashes present pieces from `prefix.next` on, using `fresh` (a piece just written)
-    /// instead of reading it back.
-    fn advance_prefix(&self, prefix: &mut PrefixHash, fresh: Option<(PieceIndex, &[u8])>) -> io::Result<()> {
+    /// Hashes present pieces from `prefix.at` on, using `fresh` (a piece just written)
+    /// instead of reading it back; without `read_back`, stops at the first byte it would have
+    /// to read.
+    fn advance_prefix(
+        &self,
+        prefix: &mut PrefixHash,
+        fresh: Option<(PieceIndex, &[u8])>,
+        read_back: bool,
+    ) -> io::Result<()> {
         let meta = &self.blob.meta;
-        while let Some(next) = meta.piece(prefix.next) {
+        while prefix.at < meta.length() {
+            let Some(next) = u32::try_from(prefix.at / u64::from(meta.piece_length())).ok().and_then(|k| meta.piece(k))
+            else {
+                break;
+            };
             if !self.have.lock()[next.as_usize()] {
                 break;
             }
+            let (start, end) = (meta.piece_offset(next), meta.piece_offset(next) + u64::from(meta.piece_len(next)));
             match fresh {
-                Some((i, data)) if i == next => prefix.hasher.update(data),
-                _ => prefix.hasher.update(&self.blob.read_piece(next)?),
+                Some((i, data)) if i == next && prefix.at == start => prefix.hasher.update(data),
+                _ if !read_back && self.present_run(prefix.at) < self.feed_lag.load(Ordering::Relaxed) => break,
+                _ => {
+                    // The whole piece, or the rest of it past what a streaming reader fed.
+                    let len = usize::try_from(end - prefix.at).expect("at most a piece");
+                    prefix.hasher.update(&self.blob.read_at(prefix.at, len)?);
+                    self.read_back.fetch_add(len as u64, Ordering::Relaxed);
+                }
             }
-            prefix.next += 1;
+            prefix.at = end;
         }
         Ok(())
+    }
+
+    /// Bytes of present pieces from `from` on, counted up to `feed_lag`.
+    fn present_run(&self, from: u64) -> u64 {
+        let (meta, limit) = (&self.blob.meta, self.feed_lag.load(Ordering::Relaxed));
+        let have = self.have.lock();
+        let mut at = from;
+        while at < meta.length() && at - from < limit {
+            let Some(k) = u32::try_from(at / u64::from(meta.piece_length())).ok().and_then(|k| meta.piece(k)) else {
+                break;
+            };
+            if !have[k.as_usize()] {
+                break;
+            }
+            at = meta.piece_offset(k) + u64::from(meta.piece_len(k));
+        }
+        at - from
     }
 
     /// Checks the whole blob's sha256 (unless the store skips it) and moves it into `blobs/`,
@@ -814,9 +932,10 @@ impl PartialBlob {
         let got = match &self.prefix {
             Some(prefix) => {
                 let mut prefix = prefix.lock();
-                self.advance_prefix(&mut prefix, None).map_err(StoreError::io("read", &data_path))?;
-                if prefix.next != meta.num_pieces() {
-                    return Err(missing(prefix.next));
+                self.advance_prefix(&mut prefix, None, true).map_err(StoreError::io("read", &data_path))?;
+                if prefix.at != meta.length() {
+                    let piece = u32::try_from(prefix.at / u64::from(meta.piece_length())).unwrap_or(u32::MAX);
+                    return Err(missing(piece));
                 }
                 std::mem::take(&mut prefix.hasher).finish()
             }
@@ -935,6 +1054,153 @@ mod tests {
         p.commit().unwrap();
         let f = store.open_complete(meta.digest()).await.unwrap().unwrap();
         assert!(f.read_at(0, data.len()).unwrap() == *data);
+    }
+
+    /// A reader streaming the download from its start, as `Swarm::stream` does: after each
+    /// piece is written it reads (in chunks of `chunk` bytes, from the file) and feeds the
+    /// prefix hash whatever is present from its position on, as long as `stop` allows.
+    fn stream_while_writing(
+        p: &Arc<PartialBlob>,
+        data: &[u8],
+        order: &[u32],
+        chunk: u64,
+        stop: u64,
+    ) -> (u64, Option<PrefixFeeder>) {
+        let meta = p.meta().clone();
+        let mut feeder = p.feeder();
+        let mut pos = 0u64;
+        for &k in order {
+            let i = meta.piece(k).unwrap();
+            p.write_piece(i, piece_bytes(&meta, data, i)).unwrap();
+            while let Some(f) = feeder.as_ref().filter(|_| pos < stop.min(meta.length())) {
+                let piece = meta.piece((pos / u64::from(meta.piece_length())) as u32).unwrap();
+                if !p.have()[piece.as_usize()] {
+                    break;
+                }
+                let piece_end = meta.piece_offset(piece) + u64::from(meta.piece_len(piece));
+                let len = piece_end.min(pos + chunk).min(stop) - pos;
+                let bytes = p.file().read_at(pos, len as usize).unwrap();
+                f.feed(pos, &bytes);
+                pos += len;
+            }
+            if pos >= stop {
+                feeder = None;
+            }
+        }
+        (pos, feeder)
+    }
+
+    /// With a reader streaming from the start, the pieces that arrived ahead of the prefix
+    /// are hashed from what the reader read: nothing is read back for the sha256, and the
+    /// commit checks it as ever. Chunks smaller than a piece, and a last piece shorter than
+    /// the others, included.
+    #[tokio::test]
+    async fn a_streaming_reader_feeds_the_digest_and_nothing_is_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Blocking::new(2)).unwrap();
+        let data = blob(9 * MIN_PIECE_LEN as usize + 123);
+        let meta = meta_of(&data);
+        for chunk in [u64::from(MIN_PIECE_LEN), u64::from(MIN_PIECE_LEN) / 3 + 1] {
+            let p = store.open_partial(meta.clone()).await.unwrap();
+            let (pos, _feeder) = stream_while_writing(&p, &data, &[7, 0, 3, 1, 9, 2, 8, 4, 6, 5], chunk, u64::MAX);
+            assert_eq!(pos, data.len() as u64, "chunk {chunk}: the reader read it all");
+            p.commit().unwrap();
+            assert_eq!(p.read_back_bytes(), 0, "chunk {chunk}: nothing read back for the sha256");
+            let f = store.open_complete(meta.digest()).await.unwrap().unwrap();
+            assert!(f.read_at(0, data.len()).unwrap() == data);
+            store.evict(meta.digest(), true, Reason::Size).await.unwrap();
+        }
+    }
+
+    /// Without a reader every piece written ahead of the prefix is read back once; a reader
+    /// that stops mid-piece leaves the rest of the piece and everything after it to the
+    /// writers and the commit, which still finds the true sha256.
+    #[tokio::test]
+    async fn without_a_reader_the_writers_read_back_what_is_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Blocking::new(2)).unwrap();
+        let data = blob(9 * MIN_PIECE_LEN as usize + 123);
+        let meta = meta_of(&data);
+        let order = [7u32, 0, 3, 1, 9, 2, 8, 4, 6, 5];
+        // No reader: pieces 1, 2 (after 0 and 1 came), then 3, 4 (when 2 came)... Piece 0
+        // arrives second and 1 fourth, and each piece that did not extend the prefix when it
+        // came is read back once.
+        let p = store.open_partial(meta.clone()).await.unwrap();
+        for &k in &order {
+            let i = meta.piece(k).unwrap();
+            p.write_piece(i, piece_bytes(&meta, &data, i)).unwrap();
+        }
+        let ahead: u64 = [7u32, 3, 9, 8, 6].iter().map(|&k| u64::from(meta.piece_len(meta.piece(k).unwrap()))).sum();
+        assert_eq!(p.read_back_bytes(), ahead);
+        p.commit().unwrap();
+        store.evict(meta.digest(), true, Reason::Size).await.unwrap();
+
+        // A reader that stops half-way through piece 2 and goes away.
+        let p = store.open_partial(meta.clone()).await.unwrap();
+        let stop = 2 * u64::from(MIN_PIECE_LEN) + u64::from(MIN_PIECE_LEN) / 2;
+        let (pos, feeder) = stream_while_writing(&p, &data, &order, u64::from(MIN_PIECE_LEN) / 4, stop);
+        assert_eq!(pos, stop);
+        assert!(feeder.is_none());
+        p.commit().unwrap();
+        assert!(p.read_back_bytes() > 0, "the rest was read back");
+        let f = store.open_complete(meta.digest()).await.unwrap().unwrap();
+        assert!(f.read_at(0, data.len()).unwrap() == data);
+    }
+
+    /// A reader that does not keep up (it never feeds here): once the present pieces run
+    /// `feed_lag` past the prefix hash, the writers read them back after all.
+    #[tokio::test]
+    async fn a_reader_that_falls_behind_leaves_the_hash_to_the_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Blocking::new(2)).unwrap();
+        let data = blob(10 * MIN_PIECE_LEN as usize);
+        let meta = meta_of(&data);
+        let p = store.open_partial(meta.clone()).await.unwrap();
+        p.feed_lag.store(3 * u64::from(MIN_PIECE_LEN), Ordering::Relaxed);
+        let _feeder = p.feeder().unwrap();
+        let piece = u64::from(MIN_PIECE_LEN);
+        // (piece written, bytes read back by then): 1 to 3 wait, the prefix cannot pass the
+        // missing piece 0; 0 extends it, and of the run 1-3 after it the writer reads back
+        // piece 1, which leaves the prefix trailing by less than the lag; 5 leaves it there
+        // (pieces 2-3 present after it); 4 makes the run 2-5: 2 and 3 are read back, 4 is
+        // hashed as it is written, and the prefix waits before 5.
+        for (k, read_back) in [(1, 0), (2, 0), (3, 0), (0, piece), (5, piece), (4, 3 * piece)] {
+            let i = meta.piece(k).unwrap();
+            p.write_piece(i, piece_bytes(&meta, &data, i)).unwrap();
+            assert_eq!(p.read_back_bytes(), read_back, "after piece {k}");
+        }
+        for k in 6..10 {
+            let i = meta.piece(k).unwrap();
+            p.write_piece(i, piece_bytes(&meta, &data, i)).unwrap();
+        }
+        p.commit().unwrap();
+        // Every piece but 0 and 4, each hashed as it was written: it extended the prefix.
+        assert_eq!(p.read_back_bytes(), 8 * piece);
+    }
+
+    /// What a feeder hands over is checked like everything else: bytes that are not the
+    /// blob's make the commit fail, and the partial download is discarded.
+    #[tokio::test]
+    async fn a_feeder_cannot_make_a_wrong_blob_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Blocking::new(2)).unwrap();
+        let data = blob(3 * MIN_PIECE_LEN as usize);
+        let meta = meta_of(&data);
+        let p = store.open_partial(meta.clone()).await.unwrap();
+        let feeder = p.feeder().unwrap();
+        // Pieces 1 and 2 come first and are left to the reader; piece 0 extends the prefix.
+        for k in [1, 2, 0] {
+            let i = meta.piece(k).unwrap();
+            p.write_piece(i, piece_bytes(&meta, &data, i)).unwrap();
+        }
+        // Out of place (behind the prefix, or ahead of it): ignored.
+        feeder.feed(0, &vec![0u8; MIN_PIECE_LEN as usize]);
+        feeder.feed(2 * u64::from(MIN_PIECE_LEN), &vec![0u8; MIN_PIECE_LEN as usize]);
+        assert_eq!(p.read_back_bytes(), 0);
+        // In place, but not the blob's bytes.
+        feeder.feed(u64::from(MIN_PIECE_LEN), &vec![0u8; MIN_PIECE_LEN as usize]);
+        assert!(matches!(p.commit(), Err(StoreError::Corrupt { .. })));
+        assert!(store.open_complete(meta.digest()).await.unwrap().is_none());
     }
 
     /// Reads at any offset and length within the file give exactly those bytes; a read past
