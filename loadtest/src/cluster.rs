@@ -373,6 +373,16 @@ impl Cluster {
             .sum()
     }
 
+    /// Bytes the live agents have read back from their stores for the whole-blob sha256
+    /// (`shoal_swarm_digest_read_back_bytes_total`).
+    pub fn digest_read_back(&self) -> u64 {
+        self.agents
+            .iter()
+            .flatten()
+            .map(|a| counter(&a.registry, "shoal_swarm_digest_read_back_bytes_total", None))
+            .sum()
+    }
+
     /// Bytes all origins uploaded to peers.
     pub fn origin_uploaded(&self) -> u64 {
         self.origins.iter().map(|o| counter(&o.registry, "shoal_swarm_piece_bytes_sent_total", None)).sum()

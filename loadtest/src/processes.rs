@@ -347,9 +347,11 @@ async fn measure(c: &mut ProcCluster<'_>, o: &LocalOptions, sc: &Scenario, store
     }
     let cpu0 = c.procs.cpu_secs();
     let written0 = store_write_secs(c).await;
+    let read_back0 = digest_read_back(c).await;
     let (agents, timeline) = drive(c, o.agents, &targets, sc, &o.drive_options(Duration::from_millis(250))).await?;
     let cpu1 = c.procs.cpu_secs();
     let written = store_write_secs(c).await - written0;
+    let read_back = digest_read_back(c).await.saturating_sub(read_back0);
     let mut origin_uploaded = 0;
     for (h, _) in &c.layout.origins {
         origin_uploaded += metric(&c.http, *h, "shoal_swarm_piece_bytes_sent_total").await.unwrap_or(0);
@@ -367,6 +369,7 @@ async fn measure(c: &mut ProcCluster<'_>, o: &LocalOptions, sc: &Scenario, store
         ),
     );
     resources.store_write_secs = Some(written);
+    resources.digest_read_back = Some(read_back);
     let baseline = match o.baseline {
         None => None,
         Some(mode) => {
@@ -426,6 +429,16 @@ async fn store_write_secs(c: &ProcCluster<'_>) -> f64 {
     let mut total = 0.0;
     for (h, _) in &c.layout.agents {
         total += metric_value(&c.http, *h, "shoal_swarm_store_write_seconds_total").await.unwrap_or(0.0);
+    }
+    total
+}
+
+/// Bytes the agents have read back from their stores for the whole-blob sha256, from their
+/// `/metrics` (an agent that does not answer counts 0).
+async fn digest_read_back(c: &ProcCluster<'_>) -> u64 {
+    let mut total = 0;
+    for (h, _) in &c.layout.agents {
+        total += metric(&c.http, *h, "shoal_swarm_digest_read_back_bytes_total").await.unwrap_or(0);
     }
     total
 }

@@ -132,6 +132,10 @@ pub struct Resources {
     /// reporting): every fresh page the stores touch then faults there too.
     #[serde(default)]
     pub store_write_secs: Option<f64>,
+    /// Bytes the agents read back from their stores during the pull for the whole-blob
+    /// sha256 (`shoal_swarm_digest_read_back_bytes_total`): what no streaming client fed it.
+    #[serde(default)]
+    pub digest_read_back: Option<u64>,
     /// Whose processes these figures cover.
     pub note: String,
 }
@@ -157,6 +161,7 @@ impl Resources {
             peak_rss_bytes,
             max_agent_rss_bytes,
             store_write_secs: None,
+            digest_read_back: None,
             note,
         }
     }
@@ -413,6 +418,15 @@ impl RunReport {
                 } else {
                     ""
                 }
+            );
+        }
+        if let Some(b) = r.digest_read_back {
+            let received = self.from_origin + self.from_peers;
+            let _ = writeln!(
+                s,
+                "sha256: {} read back from the stores ({:.0}% of the bytes received; the rest was hashed as it arrived or as clients read it)",
+                human_bytes(b),
+                100.0 * b as f64 / received.max(1) as f64
             );
         }
         let _ = writeln!(s, "every copy matches {}: {}", self.digest, yes_no(self.verified_all));
@@ -882,6 +896,7 @@ pub(crate) mod tests {
                 peak_rss_bytes: Some(MIB_U),
                 max_agent_rss_bytes: None,
                 store_write_secs: Some(0.25),
+                digest_read_back: Some(3 * MIB_U),
                 note: "test".into(),
             },
             Some(baseline),
@@ -950,6 +965,17 @@ pub(crate) mod tests {
         r.resources.store_write_secs = Some(0.001);
         assert!(!line(&r).unwrap().contains("slow"));
         r.resources.store_write_secs = None;
+        assert_eq!(line(&r), None);
+    }
+
+    /// The table says how much the sha256 read back: 3 MiB of the sample's 12 MiB received.
+    #[test]
+    fn table_names_the_digest_read_back() {
+        let mut r = sample_report(true);
+        let line = |r: &RunReport| r.table().lines().find(|l| l.starts_with("sha256:")).map(str::to_string);
+        let l = line(&r).unwrap();
+        assert!(l.contains("3MiB read back") && l.contains("(25% of the bytes received"), "{l}");
+        r.resources.digest_read_back = None;
         assert_eq!(line(&r), None);
     }
 

@@ -128,10 +128,12 @@ async fn measure(cluster: &mut Cluster, o: &LocalOptions, sc: &Scenario, store: 
     let rss_reset = report::reset_peak_rss();
     let cpu0 = report::cpu_times();
     let written0 = cluster.store_write_secs();
+    let read_back0 = cluster.digest_read_back();
     let (agents, timeline) =
         drive(cluster, o.agents, &targets, sc, &o.drive_options(Duration::from_millis(100))).await?;
     let cpu1 = report::cpu_times();
     let written = cluster.store_write_secs() - written0;
+    let read_back = cluster.digest_read_back().saturating_sub(read_back0);
     let mut resources = Resources::between(
         cpu0,
         cpu1,
@@ -143,6 +145,7 @@ async fn measure(cluster: &mut Cluster, o: &LocalOptions, sc: &Scenario, store: 
         ),
     );
     resources.store_write_secs = Some(written);
+    resources.digest_read_back = Some(read_back);
     let origin_uploaded = cluster.origin_uploaded();
     let baseline = match o.baseline {
         None => None,

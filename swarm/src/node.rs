@@ -243,6 +243,7 @@ impl Node {
             Err(e) => tracing::warn!("cannot measure the store's filesystem: {e:#}"),
         }
         store.evictions().register(registry)?;
+        registry.register(Box::new(store.read_back_counter().clone()))?;
         crate::store_metrics::register(registry, cfg.store_dir.clone(), cfg.store.clone())?;
         let peer_id = match &tls {
             Some(t) => PeerId::bound(t.identity().as_str()),

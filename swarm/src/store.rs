@@ -89,6 +89,9 @@ pub struct Store {
     tmp_seq: Arc<AtomicU64>,
     index: Arc<Index>,
     evictions: Evictions,
+    /// `shoal_swarm_digest_read_back_bytes_total`: bytes read back from the store for the
+    /// whole-blob sha256, over every download.
+    read_back: prometheus::IntCounter,
     /// Downloads check the whole blob's sha256 before commit ([`Store::verify_blob_digest`]).
     verify_digest: bool,
     /// Buffers for the pieces and chunks read to be sent ([`Store::read_shared`]).
@@ -127,8 +130,9 @@ pub struct PartialBlob {
     /// ([`PrefixFeeder`]): while there is one, a piece written ahead of the prefix is left to
     /// it rather than read back.
     feeders: AtomicUsize,
-    /// Bytes read back from the file for the prefix hash.
+    /// Bytes read back from the file for the prefix hash, this download's and the store's.
     read_back: AtomicU64,
+    store_read_back: prometheus::IntCounter,
     /// How far the prefix hash may trail the present pieces and wait for a feeder: past
     /// that its reader is slow (a client reading slower than the download), and the writers
     /// read back, so the commit never has much left to hash.
@@ -191,6 +195,11 @@ impl Store {
         let store = Store {
             index: Arc::new(Index::new()),
             evictions: Evictions::new(),
+            read_back: prometheus::IntCounter::new(
+                "shoal_swarm_digest_read_back_bytes_total",
+                "Bytes read back from the store for the whole-blob sha256: pieces that arrived ahead of the verified prefix and no streaming client fed it",
+            )
+            .expect("valid metric"),
             root: Arc::new(root),
             blocking,
             tmp_seq: Arc::new(AtomicU64::new(0)),
@@ -355,6 +364,11 @@ impl Store {
         &self.evictions
     }
 
+    /// `shoal_swarm_digest_read_back_bytes_total`, for the node's registry.
+    pub(crate) fn read_back_counter(&self) -> &prometheus::IntCounter {
+        &self.read_back
+    }
+
     /// Path of the complete blob (it may not exist).
     pub fn complete_path(&self, d: &Digest) -> PathBuf {
         self.root.join("blobs").join(d.hex())
@@ -502,6 +516,7 @@ impl Store {
         let root = self.root.to_path_buf();
         let index = self.index.clone();
         let verify = self.verify_digest;
+        let read_back = self.read_back.clone();
         self.blocking
             .run(move || {
                 let d = meta.digest();
@@ -510,7 +525,8 @@ impl Store {
                     let _gate = index.gate.lock();
                     index.partial_opened(d, meta.length());
                 }
-                PartialBlob::open(&root, meta, index.clone(), verify).inspect_err(|_| index.partial_closed(&d))
+                PartialBlob::open(&root, meta, index.clone(), verify, read_back)
+                    .inspect_err(|_| index.partial_closed(&d))
             })
             .await
             .map(Arc::new)
@@ -739,7 +755,13 @@ impl BlobFile {
 }
 
 impl PartialBlob {
-    fn open(root: &Path, meta: MetaInfo, index: Arc<Index>, verify_digest: bool) -> Result<PartialBlob, StoreError> {
+    fn open(
+        root: &Path,
+        meta: MetaInfo,
+        index: Arc<Index>,
+        verify_digest: bool,
+        store_read_back: prometheus::IntCounter,
+    ) -> Result<PartialBlob, StoreError> {
         let dir = root.join("partial");
         let hex = meta.digest().hex();
         let data_path = dir.join(format!("{hex}.data"));
@@ -798,6 +820,7 @@ impl PartialBlob {
             prefix,
             feeders: AtomicUsize::new(0),
             read_back: AtomicU64::new(0),
+            store_read_back,
             feed_lag: AtomicU64::new(FEED_LAG),
         })
     }
@@ -891,6 +914,7 @@ impl PartialBlob {
                     let len = usize::try_from(end - prefix.at).expect("at most a piece");
                     prefix.hasher.update(&self.blob.read_at(prefix.at, len)?);
                     self.read_back.fetch_add(len as u64, Ordering::Relaxed);
+                    self.store_read_back.inc_by(len as u64);
                 }
             }
             prefix.at = end;
@@ -1132,6 +1156,7 @@ mod tests {
         }
         let ahead: u64 = [7u32, 3, 9, 8, 6].iter().map(|&k| u64::from(meta.piece_len(meta.piece(k).unwrap()))).sum();
         assert_eq!(p.read_back_bytes(), ahead);
+        assert_eq!(store.read_back_counter().get(), ahead, "the store's metric counts it too");
         p.commit().unwrap();
         store.evict(meta.digest(), true, Reason::Size).await.unwrap();
 
