@@ -363,24 +363,10 @@ impl Cluster {
         Ok(resp.bytes().await?.to_vec())
     }
 
-    /// Seconds the live agents have spent writing pieces into their stores
-    /// (`shoal_swarm_store_write_seconds_total`).
-    pub fn store_write_secs(&self) -> f64 {
-        self.agents
-            .iter()
-            .flatten()
-            .map(|a| counter_value(&a.registry, "shoal_swarm_store_write_seconds_total", None))
-            .sum()
-    }
-
-    /// Bytes the live agents have read back from their stores for the whole-blob sha256
-    /// (`shoal_swarm_digest_read_back_bytes_total`).
-    pub fn digest_read_back(&self) -> u64 {
-        self.agents
-            .iter()
-            .flatten()
-            .map(|a| counter(&a.registry, "shoal_swarm_digest_read_back_bytes_total", None))
-            .sum()
+    /// Counter `name` summed over the live agents (`shoal_swarm_store_write_seconds_total`,
+    /// `shoal_swarm_digest_read_back_bytes_total`).
+    pub fn agents_counter(&self, name: &str) -> f64 {
+        self.agents.iter().flatten().map(|a| counter_value(&a.registry, name, None)).sum()
     }
 
     /// Bytes all origins uploaded to peers.

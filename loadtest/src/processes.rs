@@ -27,7 +27,9 @@ use crate::baseline::{self, BaselineOptions};
 use crate::cluster::random_blob;
 use crate::modes::{LocalOptions, default_store_base};
 use crate::pull::Target;
-use crate::report::{self, Caps, LINK_AGENT_LIMITER, Resources, RunReport, RunSpec, Store};
+use crate::report::{
+    self, Caps, DIGEST_READ_BACK, LINK_AGENT_LIMITER, Resources, RunReport, RunSpec, STORE_WRITE_SECONDS, Store,
+};
 use crate::scenario::{Nodes, Scenario, Stats, drive};
 
 /// The binaries this mode starts.
@@ -346,12 +348,12 @@ async fn measure(c: &mut ProcCluster<'_>, o: &LocalOptions, sc: &Scenario, store
         println!("{}", crate::modes::placed_line(digests.len(), o.cold_origin));
     }
     let cpu0 = c.procs.cpu_secs();
-    let written0 = store_write_secs(c).await;
-    let read_back0 = digest_read_back(c).await;
+    let written0 = agents_metric(c, STORE_WRITE_SECONDS).await;
+    let read_back0 = agents_metric(c, DIGEST_READ_BACK).await;
     let (agents, timeline) = drive(c, o.agents, &targets, sc, &o.drive_options(Duration::from_millis(250))).await?;
     let cpu1 = c.procs.cpu_secs();
-    let written = store_write_secs(c).await - written0;
-    let read_back = digest_read_back(c).await.saturating_sub(read_back0);
+    let written = agents_metric(c, STORE_WRITE_SECONDS).await - written0;
+    let read_back = (agents_metric(c, DIGEST_READ_BACK).await - read_back0) as u64;
     let mut origin_uploaded = 0;
     for (h, _) in &c.layout.origins {
         origin_uploaded += metric(&c.http, *h, "shoal_swarm_piece_bytes_sent_total").await.unwrap_or(0);
@@ -423,22 +425,12 @@ async fn metric_value(http: &reqwest::Client, h: SocketAddr, name: &str) -> anyh
     Ok(metric_samples(&text, name, None))
 }
 
-/// Seconds the agents have spent writing pieces into their stores, from their `/metrics`
-/// (an agent that does not answer counts 0).
-async fn store_write_secs(c: &ProcCluster<'_>) -> f64 {
+/// Counter `name` summed over the agents' `/metrics` (an agent that does not answer counts
+/// 0).
+async fn agents_metric(c: &ProcCluster<'_>, name: &str) -> f64 {
     let mut total = 0.0;
     for (h, _) in &c.layout.agents {
-        total += metric_value(&c.http, *h, "shoal_swarm_store_write_seconds_total").await.unwrap_or(0.0);
-    }
-    total
-}
-
-/// Bytes the agents have read back from their stores for the whole-blob sha256, from their
-/// `/metrics` (an agent that does not answer counts 0).
-async fn digest_read_back(c: &ProcCluster<'_>) -> u64 {
-    let mut total = 0;
-    for (h, _) in &c.layout.agents {
-        total += metric(&c.http, *h, "shoal_swarm_digest_read_back_bytes_total").await.unwrap_or(0);
+        total += metric_value(&c.http, *h, name).await.unwrap_or(0.0);
     }
     total
 }

@@ -651,6 +651,11 @@ impl Store {
 /// warm tmpfs page takes about 0.3 ns per byte on the 2-core machines the figures come from.
 pub const STORE_WRITE_SLOW: f64 = 1.0;
 
+/// The agents' counter behind [`Resources::store_write_secs`].
+pub const STORE_WRITE_SECONDS: &str = "shoal_swarm_store_write_seconds_total";
+/// The agents' counter behind [`Resources::digest_read_back`].
+pub const DIGEST_READ_BACK: &str = "shoal_swarm_digest_read_back_bytes_total";
+
 /// This process's CPU time so far: (user, system) seconds from `/proc/self/stat`.
 pub fn cpu_times() -> Option<(f64, f64)> {
     parse_stat_times(&std::fs::read_to_string("/proc/self/stat").ok()?)

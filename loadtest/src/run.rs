@@ -17,7 +17,7 @@ use crate::baseline::{self, BaselineOptions};
 use crate::cluster::{Cluster, random_blob};
 use crate::modes::{LocalOptions, Mode, default_store_base, digest_label, placed_line, swarm_with};
 use crate::pull::Target;
-use crate::report::{self, Caps, Resources, RunReport, RunSpec, Store};
+use crate::report::{self, Caps, DIGEST_READ_BACK, Resources, RunReport, RunSpec, STORE_WRITE_SECONDS, Store};
 use crate::scenario::{Nodes, Scenario, Stats, drive};
 
 /// Runs the scenario once in `o.mode`.
@@ -127,13 +127,13 @@ async fn measure(cluster: &mut Cluster, o: &LocalOptions, sc: &Scenario, store: 
     }
     let rss_reset = report::reset_peak_rss();
     let cpu0 = report::cpu_times();
-    let written0 = cluster.store_write_secs();
-    let read_back0 = cluster.digest_read_back();
+    let written0 = cluster.agents_counter(STORE_WRITE_SECONDS);
+    let read_back0 = cluster.agents_counter(DIGEST_READ_BACK);
     let (agents, timeline) =
         drive(cluster, o.agents, &targets, sc, &o.drive_options(Duration::from_millis(100))).await?;
     let cpu1 = report::cpu_times();
-    let written = cluster.store_write_secs() - written0;
-    let read_back = cluster.digest_read_back().saturating_sub(read_back0);
+    let written = cluster.agents_counter(STORE_WRITE_SECONDS) - written0;
+    let read_back = (cluster.agents_counter(DIGEST_READ_BACK) - read_back0) as u64;
     let mut resources = Resources::between(
         cpu0,
         cpu1,

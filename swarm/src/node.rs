@@ -472,20 +472,15 @@ impl PieceReader {
         let meta = &self.entry.meta;
         let piece_end = meta.piece_offset(index) + u64::from(meta.piece_len(index));
         let len = usize::try_from(piece_end.min(self.end).min(off + Self::CHUNK) - off).expect("at most a chunk");
-        match &self.feeder {
-            Some(f) => self.store.read_feeding(self.entry.file.clone(), off, len, f.clone()).await,
-            None => self.store.read_shared(self.entry.file.clone(), off, len).await,
-        }
+        self.store.read_feeding(self.entry.file.clone(), off, len, self.feeder.clone()).await
     }
 
     /// Waits until the piece holding `off` is present; the download's own error if it fails
     /// first.
     async fn wait_piece(&mut self, off: u64) -> Result<PieceIndex, SwarmError> {
         let meta = &self.entry.meta;
-        let index = u32::try_from(off / u64::from(meta.piece_length()))
-            .ok()
-            .and_then(|i| meta.piece(i))
-            .ok_or_else(|| SwarmError::Failed(format!("offset {off} is beyond the blob").into()))?;
+        let index =
+            meta.piece_at(off).ok_or_else(|| SwarmError::Failed(format!("offset {off} is beyond the blob").into()))?;
         loop {
             self.progress.borrow_and_update();
             if self.entry.has_piece(index.get()) {

@@ -130,9 +130,9 @@ pub struct PartialBlob {
     /// ([`PrefixFeeder`]): while there is one, a piece written ahead of the prefix is left to
     /// it rather than read back.
     feeders: AtomicUsize,
-    /// Bytes read back from the file for the prefix hash, this download's and the store's.
-    read_back: AtomicU64,
-    store_read_back: prometheus::IntCounter,
+    /// The store's `shoal_swarm_digest_read_back_bytes_total`: bytes read back from the file
+    /// for the prefix hash.
+    read_back: prometheus::IntCounter,
     /// How far the prefix hash may trail the present pieces and wait for a feeder: past
     /// that its reader is slow (a client reading slower than the download), and the writers
     /// read back, so the commit never has much left to hash.
@@ -216,31 +216,27 @@ impl Store {
     /// ([`BufPool`]), for bytes that go to a socket: the buffer returns to the pool when the
     /// last clone of the answer is dropped.
     pub async fn read_shared(&self, file: Arc<BlobFile>, offset: u64, len: usize) -> io::Result<Bytes> {
-        let bufs = self.bufs.clone();
-        self.blocking
-            .run(move || {
-                let mut buf = bufs.take(len);
-                file.read_into(offset, len, &mut buf)?;
-                Ok(bufs.share(buf))
-            })
-            .await
+        self.read_feeding(file, offset, len, None).await
     }
 
-    /// [`Store::read_shared`] for a reader streaming a download from its start: the bytes
-    /// read go to `feeder` too, on the thread that read them, while they are in its cache.
+    /// [`Store::read_shared`], for a reader streaming a download from its start with a
+    /// `feeder`: the bytes read go to it too, on the thread that read them, while they are in
+    /// its cache.
     pub async fn read_feeding(
         &self,
         file: Arc<BlobFile>,
         offset: u64,
         len: usize,
-        feeder: Arc<PrefixFeeder>,
+        feeder: Option<Arc<PrefixFeeder>>,
     ) -> io::Result<Bytes> {
         let bufs = self.bufs.clone();
         self.blocking
             .run(move || {
                 let mut buf = bufs.take(len);
                 file.read_into(offset, len, &mut buf)?;
-                feeder.feed(offset, &buf);
+                if let Some(f) = feeder {
+                    f.feed(offset, &buf);
+                }
                 Ok(bufs.share(buf))
             })
             .await
@@ -760,7 +756,7 @@ impl PartialBlob {
         meta: MetaInfo,
         index: Arc<Index>,
         verify_digest: bool,
-        store_read_back: prometheus::IntCounter,
+        read_back: prometheus::IntCounter,
     ) -> Result<PartialBlob, StoreError> {
         let dir = root.join("partial");
         let hex = meta.digest().hex();
@@ -819,8 +815,7 @@ impl PartialBlob {
             bits_file,
             prefix,
             feeders: AtomicUsize::new(0),
-            read_back: AtomicU64::new(0),
-            store_read_back,
+            read_back,
             feed_lag: AtomicU64::new(FEED_LAG),
         })
     }
@@ -840,11 +835,6 @@ impl PartialBlob {
         self.prefix.as_ref()?;
         self.feeders.fetch_add(1, Ordering::Relaxed);
         Some(PrefixFeeder(Arc::downgrade(self)))
-    }
-
-    /// Bytes read back from the file for the whole blob's sha256 so far.
-    pub fn read_back_bytes(&self) -> u64 {
-        self.read_back.load(Ordering::Relaxed)
     }
 
     /// Which pieces are present.
@@ -897,11 +887,7 @@ impl PartialBlob {
         read_back: bool,
     ) -> io::Result<()> {
         let meta = &self.blob.meta;
-        while prefix.at < meta.length() {
-            let Some(next) = u32::try_from(prefix.at / u64::from(meta.piece_length())).ok().and_then(|k| meta.piece(k))
-            else {
-                break;
-            };
+        while let Some(next) = meta.piece_at(prefix.at) {
             if !self.have.lock()[next.as_usize()] {
                 break;
             }
@@ -913,8 +899,7 @@ impl PartialBlob {
                     // The whole piece, or the rest of it past what a streaming reader fed.
                     let len = usize::try_from(end - prefix.at).expect("at most a piece");
                     prefix.hasher.update(&self.blob.read_at(prefix.at, len)?);
-                    self.read_back.fetch_add(len as u64, Ordering::Relaxed);
-                    self.store_read_back.inc_by(len as u64);
+                    self.read_back.inc_by(len as u64);
                 }
             }
             prefix.at = end;
@@ -927,10 +912,7 @@ impl PartialBlob {
         let (meta, limit) = (&self.blob.meta, self.feed_lag.load(Ordering::Relaxed));
         let have = self.have.lock();
         let mut at = from;
-        while at < meta.length() && at - from < limit {
-            let Some(k) = u32::try_from(at / u64::from(meta.piece_length())).ok().and_then(|k| meta.piece(k)) else {
-                break;
-            };
+        while let Some(k) = meta.piece_at(at).filter(|_| at - from < limit) {
             if !have[k.as_usize()] {
                 break;
             }
@@ -957,9 +939,8 @@ impl PartialBlob {
             Some(prefix) => {
                 let mut prefix = prefix.lock();
                 self.advance_prefix(&mut prefix, None, true).map_err(StoreError::io("read", &data_path))?;
-                if prefix.at != meta.length() {
-                    let piece = u32::try_from(prefix.at / u64::from(meta.piece_length())).unwrap_or(u32::MAX);
-                    return Err(missing(piece));
+                if let Some(piece) = meta.piece_at(prefix.at) {
+                    return Err(missing(piece.get()));
                 }
                 std::mem::take(&mut prefix.hasher).finish()
             }
@@ -1097,7 +1078,7 @@ mod tests {
             let i = meta.piece(k).unwrap();
             p.write_piece(i, piece_bytes(&meta, data, i)).unwrap();
             while let Some(f) = feeder.as_ref().filter(|_| pos < stop.min(meta.length())) {
-                let piece = meta.piece((pos / u64::from(meta.piece_length())) as u32).unwrap();
+                let piece = meta.piece_at(pos).unwrap();
                 if !p.have()[piece.as_usize()] {
                     break;
                 }
@@ -1129,7 +1110,7 @@ mod tests {
             let (pos, _feeder) = stream_while_writing(&p, &data, &[7, 0, 3, 1, 9, 2, 8, 4, 6, 5], chunk, u64::MAX);
             assert_eq!(pos, data.len() as u64, "chunk {chunk}: the reader read it all");
             p.commit().unwrap();
-            assert_eq!(p.read_back_bytes(), 0, "chunk {chunk}: nothing read back for the sha256");
+            assert_eq!(store.read_back_counter().get(), 0, "chunk {chunk}: nothing read back for the sha256");
             let f = store.open_complete(meta.digest()).await.unwrap().unwrap();
             assert!(f.read_at(0, data.len()).unwrap() == data);
             store.evict(meta.digest(), true, Reason::Size).await.unwrap();
@@ -1155,8 +1136,7 @@ mod tests {
             p.write_piece(i, piece_bytes(&meta, &data, i)).unwrap();
         }
         let ahead: u64 = [7u32, 3, 9, 8, 6].iter().map(|&k| u64::from(meta.piece_len(meta.piece(k).unwrap()))).sum();
-        assert_eq!(p.read_back_bytes(), ahead);
-        assert_eq!(store.read_back_counter().get(), ahead, "the store's metric counts it too");
+        assert_eq!(store.read_back_counter().get(), ahead);
         p.commit().unwrap();
         store.evict(meta.digest(), true, Reason::Size).await.unwrap();
 
@@ -1167,7 +1147,7 @@ mod tests {
         assert_eq!(pos, stop);
         assert!(feeder.is_none());
         p.commit().unwrap();
-        assert!(p.read_back_bytes() > 0, "the rest was read back");
+        assert!(store.read_back_counter().get() > ahead, "the rest was read back");
         let f = store.open_complete(meta.digest()).await.unwrap().unwrap();
         assert!(f.read_at(0, data.len()).unwrap() == data);
     }
@@ -1192,7 +1172,7 @@ mod tests {
         for (k, read_back) in [(1, 0), (2, 0), (3, 0), (0, piece), (5, piece), (4, 3 * piece)] {
             let i = meta.piece(k).unwrap();
             p.write_piece(i, piece_bytes(&meta, &data, i)).unwrap();
-            assert_eq!(p.read_back_bytes(), read_back, "after piece {k}");
+            assert_eq!(store.read_back_counter().get(), read_back, "after piece {k}");
         }
         for k in 6..10 {
             let i = meta.piece(k).unwrap();
@@ -1200,7 +1180,7 @@ mod tests {
         }
         p.commit().unwrap();
         // Every piece but 0 and 4, each hashed as it was written: it extended the prefix.
-        assert_eq!(p.read_back_bytes(), 8 * piece);
+        assert_eq!(store.read_back_counter().get(), 8 * piece);
     }
 
     /// What a feeder hands over is checked like everything else: bytes that are not the
@@ -1221,7 +1201,7 @@ mod tests {
         // Out of place (behind the prefix, or ahead of it): ignored.
         feeder.feed(0, &vec![0u8; MIN_PIECE_LEN as usize]);
         feeder.feed(2 * u64::from(MIN_PIECE_LEN), &vec![0u8; MIN_PIECE_LEN as usize]);
-        assert_eq!(p.read_back_bytes(), 0);
+        assert_eq!(store.read_back_counter().get(), 0);
         // In place, but not the blob's bytes.
         feeder.feed(u64::from(MIN_PIECE_LEN), &vec![0u8; MIN_PIECE_LEN as usize]);
         assert!(matches!(p.commit(), Err(StoreError::Corrupt { .. })));
