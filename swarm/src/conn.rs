@@ -27,6 +27,13 @@
 //! stored blob that is not open (closed for being idle) opens it; one for a blob the store
 //! does not hold (never had, or evicted) is answered `Reject` `UnknownBlob`.
 //!
+//! Downloads: a piece frame is read into a pooled buffer, then checked against its hash and
+//! written to the store in a task of its own ([`receive_piece`]) while the reader reads on:
+//! one such task per connection, and up to [`MAX_VERIFYING`] while the node has spare slots,
+//! so one peer's stream hashes and writes on more than one core and the pieces held for it stay
+//! bounded. Their `PieceOk`s may reach the download in any order, and all of them before the
+//! connection's `PeerGone`.
+//!
 //! A received piece that fails its hash closes the connection, after an `Error` frame
 //! (`ERROR_CORRUPT_PIECE`) naming the piece, so the sender can check its own copy; a node told
 //! so hashes that piece from its disk again and drops the blob if it fails there too.
@@ -62,7 +69,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio::task::AbortHandle;
+use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -661,12 +668,27 @@ where
         uploads: Arc::new(Semaphore::new(node.cfg.max_uploads_per_connection)),
         requests: shoal_core::ratelimit::Bucket::default(),
         started: tokio::time::Instant::now(),
+        verifying: JoinSet::new(),
     };
     let (res, writer_ended) = tokio::select! {
         r = reader.read_loop(&mut rd, buf, io_timeout, node.cfg.request_timeout.get()) => (r, false),
         r = &mut writer => (r, true),
         _ = cancel.cancelled() => (Err(ConnError::Closed), false),
     };
+    // The pieces still being verified count: one found corrupt after its sender closed shuns
+    // the sender all the same. A connection closed from this side (or a node shutting down)
+    // does not wait for them.
+    if cancel.is_cancelled() {
+        reader.verifying.abort_all();
+    }
+    let mut res = res;
+    while !reader.verifying.is_empty() {
+        if let Err(bad) = verified(&mut reader.verifying).await
+            && !matches!(&res, Err(e) if e.is_peer_fault())
+        {
+            res = Err(bad);
+        }
+    }
     let res = if handle.queue.overflowed.load(Ordering::Acquire) {
         node.metrics.send_queue_overflows.inc();
         Err(ConnError::QueueFull)
@@ -917,6 +939,23 @@ struct Reader {
     requests: shoal_core::ratelimit::Bucket,
     /// The time base of `requests`.
     started: tokio::time::Instant,
+    /// Pieces received and being verified and written ([`receive_piece`]) while the next
+    /// ones are read: one per connection, up to [`MAX_VERIFYING`] with the node's spare slots.
+    verifying: JoinSet<Result<(), ConnError>>,
+}
+
+/// Pieces one connection verifies and writes at once (see [`Reader::room_to_verify`]).
+const MAX_VERIFYING: usize = 4;
+
+/// Waits for a piece being verified to be done (forever if there is none) and gives its
+/// result: a corrupt piece's error. Cancel-safe.
+async fn verified(set: &mut JoinSet<Result<(), ConnError>>) -> Result<(), ConnError> {
+    match set.join_next().await {
+        None => std::future::pending().await,
+        Some(Ok(r)) => r,
+        Some(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Some(Err(_)) => Ok(()), // Aborted.
+    }
 }
 
 impl Reader {
@@ -961,7 +1000,15 @@ impl Reader {
                 let since = *frame_started.get_or_insert_with(tokio::time::Instant::now);
                 frame_timeout.saturating_sub(since.elapsed()).min(io_timeout)
             };
-            let n = match tokio::time::timeout(deadline, rd.read_buf(&mut buf)).await {
+            // A corrupt piece ends the connection as soon as it is found, not at the next frame.
+            let read = tokio::select! {
+                done = verified(&mut self.verifying) => {
+                    done?;
+                    continue;
+                }
+                read = tokio::time::timeout(deadline, rd.read_buf(&mut buf)) => read,
+            };
+            let n = match read {
                 Ok(n) => n?,
                 Err(_) if buf.is_empty() => return Err(ConnError::Timeout(io_timeout)),
                 Err(_) => return Err(ConnError::Stalled(frame_timeout)),
@@ -976,7 +1023,7 @@ impl Reader {
     /// buffer of that size (no read goes past the frame), under the same deadlines
     /// as [`Reader::read_loop`]: the frame began at `since`.
     async fn read_pooled<R: AsyncRead + Unpin>(
-        &self,
+        &mut self,
         rd: &mut R,
         buf: &mut BytesMut,
         total: usize,
@@ -992,7 +1039,14 @@ impl Reader {
             let deadline = frame_timeout.saturating_sub(since.elapsed()).min(io_timeout);
             let left = total - frame.len();
             let mut room = (&mut frame).limit(left);
-            let n = match tokio::time::timeout(deadline, rd.read_buf(&mut room)).await {
+            let read = tokio::select! {
+                done = verified(&mut self.verifying) => {
+                    done?;
+                    continue;
+                }
+                read = tokio::time::timeout(deadline, rd.read_buf(&mut room)) => read,
+            };
+            let n = match read {
                 Ok(n) => n?,
                 Err(_) => return Err(ConnError::Stalled(frame_timeout)),
             };
@@ -1001,6 +1055,25 @@ impl Reader {
             }
         }
         Ok(pool.share(frame))
+    }
+
+    /// Makes room for one more piece to verify. A connection verifies and writes one piece
+    /// while it reads the next, and more at once (up to [`MAX_VERIFYING`]) while the node
+    /// has spare slots (`blocking_threads` of them, so the pieces held in memory for this stay
+    /// bounded): one peer's stream then uses more than one core for its hashing and store
+    /// writes. Otherwise it waits for a piece to be done; a corrupt one ends the connection.
+    async fn room_to_verify(&mut self) -> Result<Option<OwnedSemaphorePermit>, ConnError> {
+        loop {
+            if self.verifying.is_empty() {
+                return Ok(None);
+            }
+            if self.verifying.len() < MAX_VERIFYING
+                && let Ok(spare) = self.node.spare_verifies.clone().try_acquire_owned()
+            {
+                return Ok(Some(spare));
+            }
+            verified(&mut self.verifying).await?;
+        }
     }
 
     fn abort_uploads(&self) {
@@ -1100,7 +1173,14 @@ impl Reader {
             }
             Message::Piece { blob, piece, data } => {
                 let data = frame.slice_ref(data);
-                self.receive_piece(blob, piece, data).await?;
+                let spare = self.room_to_verify().await?;
+                let node = &self.node;
+                node.ingress.acquire(data.len()).await;
+                let task = receive_piece(node.clone(), self.conn.clone(), blob, piece, data);
+                self.verifying.spawn(async move {
+                    let _spare = spare;
+                    task.await
+                });
             }
         }
         Ok(())
@@ -1179,53 +1259,61 @@ impl Reader {
         });
         map.insert((blob, piece), task.abort_handle());
     }
+}
 
-    async fn receive_piece(&self, blob: Digest, piece: u32, data: Bytes) -> Result<(), ConnError> {
-        let node = &self.node;
-        node.ingress.acquire(data.len()).await;
-        let Some(entry) = node.blob(&blob) else { return Ok(()) };
-        let (actor, partial) = {
-            let s = entry.shared.lock();
-            (s.actor.clone(), s.partial.clone())
-        };
-        let (Some(actor), Some(partial)) = (actor, partial) else { return Ok(()) }; // Not downloading: late duplicate.
-        let Some(idx) = entry.meta.piece(piece) else {
-            return Err(ConnError::Protocol(format!("piece {piece} out of range")));
-        };
-        if entry.has_piece(piece) {
-            return Ok(()); // Endgame duplicate.
+/// Verifies a piece received from `conn` against the metainfo and writes it to the store, on
+/// the blocking pool, and tells the download. The connection's reader runs this in a task of
+/// its own and reads on meanwhile (see [`Reader::room_to_verify`]); a corrupt piece ends the
+/// connection.
+async fn receive_piece(
+    node: Arc<Node>,
+    conn: Arc<ConnHandle>,
+    blob: Digest,
+    piece: u32,
+    data: Bytes,
+) -> Result<(), ConnError> {
+    let Some(entry) = node.blob(&blob) else { return Ok(()) };
+    let (actor, partial) = {
+        let s = entry.shared.lock();
+        (s.actor.clone(), s.partial.clone())
+    };
+    let (Some(actor), Some(partial)) = (actor, partial) else { return Ok(()) }; // Not downloading: late duplicate.
+    let Some(idx) = entry.meta.piece(piece) else {
+        return Err(ConnError::Protocol(format!("piece {piece} out of range")));
+    };
+    if entry.has_piece(piece) {
+        return Ok(()); // Endgame duplicate.
+    }
+    let len = data.len() as u64;
+    let write_seconds = node.metrics.store_write_seconds.clone();
+    let verified = node
+        .store
+        .blocking()
+        .run(move || {
+            if !partial.meta().verify_piece(idx, &data) {
+                return Ok(false);
+            }
+            let secs = partial.write_piece(idx, &data)?;
+            write_seconds.inc_by(secs);
+            Ok(true)
+        })
+        .await;
+    match verified {
+        Ok(true) => {
+            // The actor counts the bytes: two endgame copies can both get here, and only
+            // the first it sees is new.
+            let ok = Event::PieceOk { peer: conn.peer_id, piece, len, from_origin: conn.is_origin };
+            let _ = actor.send(ok).await;
+            Ok(())
         }
-        let len = data.len() as u64;
-        let write_seconds = node.metrics.store_write_seconds.clone();
-        let verified = node
-            .store
-            .blocking()
-            .run(move || {
-                if !partial.meta().verify_piece(idx, &data) {
-                    return Ok(false);
-                }
-                let secs = partial.write_piece(idx, &data)?;
-                write_seconds.inc_by(secs);
-                Ok(true)
-            })
-            .await;
-        match verified {
-            Ok(true) => {
-                // The actor counts the bytes: two endgame copies can both get here, and only
-                // the first it sees is new.
-                let ok = Event::PieceOk { peer: self.conn.peer_id, piece, len, from_origin: self.conn.is_origin };
-                let _ = actor.send(ok).await;
-                Ok(())
-            }
-            Ok(false) => {
-                node.metrics.pieces_corrupt.inc();
-                let _ = actor.send(Event::PieceBad { peer: self.conn.peer_id, piece }).await;
-                Err(ConnError::CorruptPiece { blob, piece })
-            }
-            Err(e) => {
-                let _ = actor.send(Event::StoreFailed { error: Arc::new(e) }).await;
-                Ok(())
-            }
+        Ok(false) => {
+            node.metrics.pieces_corrupt.inc();
+            let _ = actor.send(Event::PieceBad { peer: conn.peer_id, piece }).await;
+            Err(ConnError::CorruptPiece { blob, piece })
+        }
+        Err(e) => {
+            let _ = actor.send(Event::StoreFailed { error: Arc::new(e) }).await;
+            Ok(())
         }
     }
 }
@@ -1589,6 +1677,126 @@ mod tests {
         assert_eq!(conn.remote_bits(&blob, 2), None);
     }
 
+    /// A connection reads the next piece while the one before waits to be verified and
+    /// written: the pool's only thread is held, and the next piece still goes through a pipe
+    /// far smaller than it.
+    #[tokio::test]
+    async fn the_next_piece_is_read_while_the_one_before_is_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SwarmConfig { store_dir: dir.path().to_path_buf(), blocking_threads: 1, ..SwarmConfig::default() };
+        let node = Node::for_tests(cfg, false);
+        let bytes = data(2 * MIN_PIECE_LEN as usize);
+        let meta = meta(&bytes, MIN_PIECE_LEN);
+        let blob = meta.digest();
+        let mut rx = downloading(&node, meta.clone()).await;
+        let (mut remote, task) = connected_with(&node, 2, 1024).await;
+        let bits = pack_bits(2, |_| true);
+        remote.send(&Message::Bitfield { blob, num_pieces: 2, bits: &bits }).await;
+        assert!(matches!(event(&mut rx).await, Event::PeerBitfield { .. }));
+
+        let (started, holding) = tokio::sync::oneshot::channel();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let pool = node.store.blocking().clone();
+        let blocker = tokio::spawn(async move {
+            pool.run(move || {
+                let _ = started.send(());
+                held.recv()
+            })
+            .await
+        });
+        holding.await.unwrap();
+
+        remote.send(&Message::Piece { blob, piece: 0, data: piece(&meta, &bytes, 0) }).await;
+        let next = Message::Piece { blob, piece: 1, data: piece(&meta, &bytes, 1) };
+        tokio::time::timeout(WAIT, remote.send(&next))
+            .await
+            .expect("the next piece is read while piece 0 waits for the pool");
+        release.send(()).unwrap();
+        blocker.await.unwrap().unwrap();
+        let mut done = Vec::new();
+        for _ in 0..2 {
+            match event(&mut rx).await {
+                Event::PieceOk { piece, .. } => done.push(piece),
+                _ => panic!("a piece verified"),
+            }
+        }
+        done.sort_unstable();
+        assert_eq!(done, [0, 1]);
+        assert!(!task.is_finished(), "the connection stays up");
+    }
+
+    /// The pieces a connection holds while they wait to be verified are bounded: one, and one
+    /// more per spare slot of the node (`blocking_threads`, here 1). With the pool's only
+    /// thread held, a third piece is read but a fourth is not, until the pool frees.
+    #[tokio::test]
+    async fn the_pieces_waiting_to_be_verified_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SwarmConfig { store_dir: dir.path().to_path_buf(), blocking_threads: 1, ..SwarmConfig::default() };
+        let node = Node::for_tests(cfg, false);
+        let bytes = data(4 * MIN_PIECE_LEN as usize);
+        let meta = meta(&bytes, MIN_PIECE_LEN);
+        let blob = meta.digest();
+        let mut rx = downloading(&node, meta.clone()).await;
+        let (mut remote, task) = connected_with(&node, 2, 1024).await;
+        remote.send(&Message::Bitfield { blob, num_pieces: 4, bits: &pack_bits(4, |_| true) }).await;
+        assert!(matches!(event(&mut rx).await, Event::PeerBitfield { .. }));
+
+        let (started, holding) = tokio::sync::oneshot::channel();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let pool = node.store.blocking().clone();
+        let blocker = tokio::spawn(async move {
+            pool.run(move || {
+                let _ = started.send(());
+                held.recv()
+            })
+            .await
+        });
+        holding.await.unwrap();
+
+        for i in 0..3 {
+            remote.send(&Message::Piece { blob, piece: i, data: piece(&meta, &bytes, i) }).await;
+        }
+        assert_eq!(node.spare_verifies.available_permits(), 0, "the second piece took the spare slot");
+        let fourth = Message::Piece { blob, piece: 3, data: piece(&meta, &bytes, 3) };
+        let sent = tokio::time::timeout(Duration::from_millis(300), remote.send(&fourth)).await;
+        assert!(sent.is_err(), "the fourth piece is not read while three wait");
+        release.send(()).unwrap();
+        blocker.await.unwrap().unwrap();
+        let mut done = Vec::new();
+        for _ in 0..3 {
+            match event(&mut rx).await {
+                Event::PieceOk { piece, .. } => done.push(piece),
+                _ => panic!("a piece verified"),
+            }
+        }
+        done.sort_unstable();
+        assert_eq!(done, [0, 1, 2]);
+        assert!(!task.is_finished(), "the connection stays up");
+    }
+
+    /// A corrupt piece still being verified when its sender closes the connection shuns the
+    /// sender all the same.
+    #[tokio::test]
+    async fn a_corrupt_piece_shuns_its_sender_that_closed_at_once() {
+        let (node, _dir) = node();
+        let bytes = data(2 * MIN_PIECE_LEN as usize);
+        let meta = meta(&bytes, MIN_PIECE_LEN);
+        let blob = meta.digest();
+        let mut rx = downloading(&node, meta.clone()).await;
+        let (mut remote, task) = connected(&node, 2).await;
+        let bits = pack_bits(2, |_| true);
+        remote.send(&Message::Bitfield { blob, num_pieces: 2, bits: &bits }).await;
+        assert!(matches!(event(&mut rx).await, Event::PeerBitfield { .. }));
+
+        let mut corrupt = piece(&meta, &bytes, 0).to_vec();
+        corrupt[7] ^= 1;
+        remote.send(&Message::Piece { blob, piece: 0, data: &corrupt }).await;
+        drop(remote);
+        assert!(matches!(ended(task).await, Err(ConnError::CorruptPiece { piece: 0, .. })));
+        assert!(matches!(event(&mut rx).await, Event::PieceBad { piece: 0, .. }));
+        assert!(node.peers.is_shunned(&at(2)));
+    }
+
     #[tokio::test]
     async fn a_good_piece_is_reported_and_a_corrupt_one_shuns_its_sender() {
         let (node, _dir) = node();
@@ -1767,14 +1975,17 @@ mod tests {
             remote.send_raw(part).await;
             tokio::task::yield_now().await;
         }
-        for want in [1, 0] {
-            let ev = event(&mut rx).await;
-            assert!(
-                matches!(ev, Event::PieceOk { piece, len, .. } if piece == want && len == u64::from(piece_len)),
-                "piece {want} did not arrive next"
-            );
+        // The pieces are verified at once, so their events come in any order, the `Have` too.
+        let (mut ok, mut have) = (Vec::new(), false);
+        for _ in 0..3 {
+            match event(&mut rx).await {
+                Event::PieceOk { piece, len, .. } if len == u64::from(piece_len) => ok.push(piece),
+                Event::Have { piece: 2, .. } => have = true,
+                _ => panic!("two whole pieces and a Have"),
+            }
         }
-        assert!(matches!(event(&mut rx).await, Event::Have { piece: 2, .. }));
+        ok.sort_unstable();
+        assert_eq!((ok, have), (vec![0, 1], true));
         assert!(!task.is_finished());
         assert_eq!(node.store.open_partial(meta).await.unwrap().have(), vec![true, true, false]);
         assert!(node.store.idle_buffer_bytes() >= piece_len as usize, "the frames' buffers are back in the pool");
