@@ -1677,23 +1677,32 @@ mod tests {
         assert_eq!(conn.remote_bits(&blob, 2), None);
     }
 
-    /// A connection reads the next piece while the one before waits to be verified and
-    /// written: the pool's only thread is held, and the next piece still goes through a pipe
-    /// far smaller than it.
-    #[tokio::test]
-    async fn the_next_piece_is_read_while_the_one_before_is_verified() {
+    /// A node whose blocking pool has one thread, held by the test until it sends on the
+    /// returned channel; a download of `n` pieces, and a peer with all of them over a pipe
+    /// of 1 KiB, far smaller than a piece.
+    struct HeldPool {
+        node: Arc<Node>,
+        _dir: TempDir,
+        rx: mpsc::Receiver<Event>,
+        remote: FarEnd,
+        task: JoinHandle<Result<(), ConnError>>,
+        bytes: Vec<u8>,
+        meta: MetaInfo,
+        release: std::sync::mpsc::Sender<()>,
+        blocker: JoinHandle<Result<(), std::sync::mpsc::RecvError>>,
+    }
+
+    async fn held_pool(n: u32) -> HeldPool {
         let dir = tempfile::tempdir().unwrap();
         let cfg = SwarmConfig { store_dir: dir.path().to_path_buf(), blocking_threads: 1, ..SwarmConfig::default() };
         let node = Node::for_tests(cfg, false);
-        let bytes = data(2 * MIN_PIECE_LEN as usize);
+        let bytes = data(n as usize * MIN_PIECE_LEN as usize);
         let meta = meta(&bytes, MIN_PIECE_LEN);
         let blob = meta.digest();
         let mut rx = downloading(&node, meta.clone()).await;
         let (mut remote, task) = connected_with(&node, 2, 1024).await;
-        let bits = pack_bits(2, |_| true);
-        remote.send(&Message::Bitfield { blob, num_pieces: 2, bits: &bits }).await;
+        remote.send(&Message::Bitfield { blob, num_pieces: n, bits: &pack_bits(n, |_| true) }).await;
         assert!(matches!(event(&mut rx).await, Event::PeerBitfield { .. }));
-
         let (started, holding) = tokio::sync::oneshot::channel();
         let (release, held) = std::sync::mpsc::channel::<()>();
         let pool = node.store.blocking().clone();
@@ -1705,22 +1714,40 @@ mod tests {
             .await
         });
         holding.await.unwrap();
+        HeldPool { node, _dir: dir, rx, remote, task, bytes, meta, release, blocker }
+    }
 
-        remote.send(&Message::Piece { blob, piece: 0, data: piece(&meta, &bytes, 0) }).await;
-        let next = Message::Piece { blob, piece: 1, data: piece(&meta, &bytes, 1) };
-        tokio::time::timeout(WAIT, remote.send(&next))
-            .await
-            .expect("the next piece is read while piece 0 waits for the pool");
-        release.send(()).unwrap();
-        blocker.await.unwrap().unwrap();
-        let mut done = Vec::new();
-        for _ in 0..2 {
-            match event(&mut rx).await {
-                Event::PieceOk { piece, .. } => done.push(piece),
-                _ => panic!("a piece verified"),
-            }
+    impl HeldPool {
+        async fn send_piece(&mut self, i: u32) {
+            let msg = Message::Piece { blob: self.meta.digest(), piece: i, data: piece(&self.meta, &self.bytes, i) };
+            self.remote.send(&msg).await;
         }
-        done.sort_unstable();
+
+        /// Frees the pool and gives the pieces then verified, `n` of them, in order.
+        async fn release(mut self, n: usize) -> (Vec<u32>, JoinHandle<Result<(), ConnError>>) {
+            self.release.send(()).unwrap();
+            self.blocker.await.unwrap().unwrap();
+            let mut done = Vec::new();
+            for _ in 0..n {
+                match event(&mut self.rx).await {
+                    Event::PieceOk { piece, .. } => done.push(piece),
+                    _ => panic!("a piece verified"),
+                }
+            }
+            done.sort_unstable();
+            (done, self.task)
+        }
+    }
+
+    /// A connection reads the next piece while the one before waits to be verified and
+    /// written: the pool's only thread is held, and the next piece still goes through a pipe
+    /// far smaller than it.
+    #[tokio::test]
+    async fn the_next_piece_is_read_while_the_one_before_is_verified() {
+        let mut held = held_pool(2).await;
+        held.send_piece(0).await;
+        tokio::time::timeout(WAIT, held.send_piece(1)).await.expect("the next piece is read while piece 0 waits");
+        let (done, task) = held.release(2).await;
         assert_eq!(done, [0, 1]);
         assert!(!task.is_finished(), "the connection stays up");
     }
@@ -1730,46 +1757,14 @@ mod tests {
     /// thread held, a third piece is read but a fourth is not, until the pool frees.
     #[tokio::test]
     async fn the_pieces_waiting_to_be_verified_are_bounded() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = SwarmConfig { store_dir: dir.path().to_path_buf(), blocking_threads: 1, ..SwarmConfig::default() };
-        let node = Node::for_tests(cfg, false);
-        let bytes = data(4 * MIN_PIECE_LEN as usize);
-        let meta = meta(&bytes, MIN_PIECE_LEN);
-        let blob = meta.digest();
-        let mut rx = downloading(&node, meta.clone()).await;
-        let (mut remote, task) = connected_with(&node, 2, 1024).await;
-        remote.send(&Message::Bitfield { blob, num_pieces: 4, bits: &pack_bits(4, |_| true) }).await;
-        assert!(matches!(event(&mut rx).await, Event::PeerBitfield { .. }));
-
-        let (started, holding) = tokio::sync::oneshot::channel();
-        let (release, held) = std::sync::mpsc::channel::<()>();
-        let pool = node.store.blocking().clone();
-        let blocker = tokio::spawn(async move {
-            pool.run(move || {
-                let _ = started.send(());
-                held.recv()
-            })
-            .await
-        });
-        holding.await.unwrap();
-
+        let mut held = held_pool(4).await;
         for i in 0..3 {
-            remote.send(&Message::Piece { blob, piece: i, data: piece(&meta, &bytes, i) }).await;
+            held.send_piece(i).await;
         }
-        assert_eq!(node.spare_verifies.available_permits(), 0, "the second piece took the spare slot");
-        let fourth = Message::Piece { blob, piece: 3, data: piece(&meta, &bytes, 3) };
-        let sent = tokio::time::timeout(Duration::from_millis(300), remote.send(&fourth)).await;
-        assert!(sent.is_err(), "the fourth piece is not read while three wait");
-        release.send(()).unwrap();
-        blocker.await.unwrap().unwrap();
-        let mut done = Vec::new();
-        for _ in 0..3 {
-            match event(&mut rx).await {
-                Event::PieceOk { piece, .. } => done.push(piece),
-                _ => panic!("a piece verified"),
-            }
-        }
-        done.sort_unstable();
+        assert_eq!(held.node.spare_verifies.available_permits(), 0, "the second piece took the spare slot");
+        let fourth = tokio::time::timeout(Duration::from_millis(300), held.send_piece(3)).await;
+        assert!(fourth.is_err(), "the fourth piece is not read while three wait");
+        let (done, task) = held.release(3).await;
         assert_eq!(done, [0, 1, 2]);
         assert!(!task.is_finished(), "the connection stays up");
     }
