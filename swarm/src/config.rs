@@ -111,8 +111,8 @@ pub struct SwarmConfig {
     /// expire making room). Default 5m.
     pub blacklist_duration: Duration,
     /// Threads doing disk I/O and hashing at once; also how many received pieces the
-    /// connections may hold, beyond one each, while they wait to be checked and written.
-    /// Default 8.
+    /// connections may hold while they wait to be checked and written and their readers
+    /// read on. Default 8.
     pub blocking_threads: usize,
     /// How often a seeding node re-announces each complete blob; keep it well under the
     /// tracker's peer TTL. Default 10s.

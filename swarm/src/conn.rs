@@ -28,11 +28,12 @@
 //! does not hold (never had, or evicted) is answered `Reject` `UnknownBlob`.
 //!
 //! Downloads: a piece frame is read into a pooled buffer, then checked against its hash and
-//! written to the store in a task of its own ([`receive_piece`]) while the reader reads on:
-//! one such task per connection, and up to [`MAX_VERIFYING`] while the node has spare slots,
-//! so one peer's stream hashes and writes on more than one core and the pieces held for it stay
-//! bounded. Their `PieceOk`s may reach the download in any order, and all of them before the
-//! connection's `PeerGone`.
+//! written to the store in a task of its own ([`receive_piece`]) while the reader reads on,
+//! up to [`MAX_VERIFYING`] per connection while the node has free slots for them
+//! (`blocking_threads`), so one peer's stream hashes and writes on more than one core and the
+//! pieces held for this stay bounded; without a slot the reader waits for the piece, as it
+//! always did. Their `PieceOk`s may reach the download in any order, and all of them before
+//! the connection's `PeerGone`.
 //!
 //! A received piece that fails its hash closes the connection, after an `Error` frame
 //! (`ERROR_CORRUPT_PIECE`) naming the piece, so the sender can check its own copy; a node told
@@ -940,7 +941,7 @@ struct Reader {
     /// The time base of `requests`.
     started: tokio::time::Instant,
     /// Pieces received and being verified and written ([`receive_piece`]) while the next
-    /// ones are read: one per connection, up to [`MAX_VERIFYING`] with the node's spare slots.
+    /// ones are read, each holding one of the node's slots (see [`Reader::room_to_verify`]).
     verifying: JoinSet<Result<(), ConnError>>,
 }
 
@@ -1057,20 +1058,22 @@ impl Reader {
         Ok(pool.share(frame))
     }
 
-    /// Makes room for one more piece to verify. A connection verifies and writes one piece
-    /// while it reads the next, and more at once (up to [`MAX_VERIFYING`]) while the node
-    /// has spare slots (`blocking_threads` of them, so the pieces held in memory for this stay
-    /// bounded): one peer's stream then uses more than one core for its hashing and store
-    /// writes. Otherwise it waits for a piece to be done; a corrupt one ends the connection.
+    /// Makes room for one more piece to verify while the reader reads on: a slot of the
+    /// node's (`blocking_threads` of them, so the pieces held in memory for this stay bounded
+    /// whatever the number of connections), up to [`MAX_VERIFYING`] per connection. One
+    /// peer's stream then hashes and writes on more than one core. Without a free slot it
+    /// waits for this connection's pieces to be done (a corrupt one ends the connection), and
+    /// gives `None` once there are none: the piece is then verified before the reader reads
+    /// on, as if there were no slots at all.
     async fn room_to_verify(&mut self) -> Result<Option<OwnedSemaphorePermit>, ConnError> {
         loop {
+            if self.verifying.len() < MAX_VERIFYING
+                && let Ok(slot) = self.node.verify_slots.clone().try_acquire_owned()
+            {
+                return Ok(Some(slot));
+            }
             if self.verifying.is_empty() {
                 return Ok(None);
-            }
-            if self.verifying.len() < MAX_VERIFYING
-                && let Ok(spare) = self.node.spare_verifies.clone().try_acquire_owned()
-            {
-                return Ok(Some(spare));
             }
             verified(&mut self.verifying).await?;
         }
@@ -1173,14 +1176,18 @@ impl Reader {
             }
             Message::Piece { blob, piece, data } => {
                 let data = frame.slice_ref(data);
-                let spare = self.room_to_verify().await?;
+                let slot = self.room_to_verify().await?;
                 let node = &self.node;
                 node.ingress.acquire(data.len()).await;
                 let task = receive_piece(node.clone(), self.conn.clone(), blob, piece, data);
+                let reads_on = slot.is_some();
                 self.verifying.spawn(async move {
-                    let _spare = spare;
+                    let _slot = slot;
                     task.await
                 });
+                if !reads_on {
+                    verified(&mut self.verifying).await?;
+                }
             }
         }
         Ok(())
@@ -1752,20 +1759,21 @@ mod tests {
         assert!(!task.is_finished(), "the connection stays up");
     }
 
-    /// The pieces a connection holds while they wait to be verified are bounded: one, and one
-    /// more per spare slot of the node (`blocking_threads`, here 1). With the pool's only
-    /// thread held, a third piece is read but a fourth is not, until the pool frees.
+    /// The pieces held while they wait to be verified are bounded by the node's slots
+    /// (`blocking_threads`, here 1), not by its connections: with the pool's only thread held,
+    /// the first piece takes the slot and the reader reads on; the second, without a slot, is
+    /// read and waited for; the third is not read until the pool frees.
     #[tokio::test]
     async fn the_pieces_waiting_to_be_verified_are_bounded() {
-        let mut held = held_pool(4).await;
-        for i in 0..3 {
+        let mut held = held_pool(3).await;
+        for i in 0..2 {
             held.send_piece(i).await;
         }
-        assert_eq!(held.node.spare_verifies.available_permits(), 0, "the second piece took the spare slot");
-        let fourth = tokio::time::timeout(Duration::from_millis(300), held.send_piece(3)).await;
-        assert!(fourth.is_err(), "the fourth piece is not read while three wait");
-        let (done, task) = held.release(3).await;
-        assert_eq!(done, [0, 1, 2]);
+        assert_eq!(held.node.verify_slots.available_permits(), 0, "the first piece took the slot");
+        let third = tokio::time::timeout(Duration::from_millis(300), held.send_piece(2)).await;
+        assert!(third.is_err(), "the third piece is not read while two wait");
+        let (done, task) = held.release(2).await;
+        assert_eq!(done, [0, 1]);
         assert!(!task.is_finished(), "the connection stays up");
     }
 

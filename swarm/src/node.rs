@@ -162,8 +162,8 @@ pub(crate) struct Node {
     pub metrics: SwarmMetrics,
     pub egress: Limiter,
     pub ingress: Limiter,
-    /// Slots for pieces a connection verifies beyond its first at once (`blocking_threads`).
-    pub spare_verifies: Arc<Semaphore>,
+    /// Slots for received pieces verified while their connection reads on (`blocking_threads`).
+    pub verify_slots: Arc<Semaphore>,
     pub tracker: TrackerClient,
     /// Connections, dials, origin addresses and the blacklist.
     pub peers: Peers,
@@ -268,7 +268,7 @@ impl Node {
             metrics: SwarmMetrics::new(registry)?,
             egress: Limiter::new(cfg.egress_rate.map(|b| b.0)),
             ingress: Limiter::new(cfg.ingress_rate.map(|b| b.0)),
-            spare_verifies: Arc::new(Semaphore::new(cfg.blocking_threads)),
+            verify_slots: Arc::new(Semaphore::new(cfg.blocking_threads)),
             peers: Peers::new(peer_id, advertise, limits, ring_origins),
             zones,
             blobs: DashMap::new(),
