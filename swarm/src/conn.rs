@@ -1777,11 +1777,19 @@ mod tests {
         assert!(!task.is_finished(), "the connection stays up");
     }
 
-    /// A corrupt piece still being verified when its sender closes the connection shuns the
-    /// sender all the same.
-    #[tokio::test]
-    async fn a_corrupt_piece_shuns_its_sender_that_closed_at_once() {
-        let (node, _dir) = node();
+    /// A node downloading a blob of two pieces, and a connected peer that has both.
+    struct TwoPieces {
+        node: Arc<Node>,
+        _dir: TempDir,
+        bytes: Vec<u8>,
+        meta: MetaInfo,
+        rx: mpsc::Receiver<Event>,
+        remote: FarEnd,
+        task: JoinHandle<Result<(), ConnError>>,
+    }
+
+    async fn two_pieces() -> TwoPieces {
+        let (node, dir) = node();
         let bytes = data(2 * MIN_PIECE_LEN as usize);
         let meta = meta(&bytes, MIN_PIECE_LEN);
         let blob = meta.digest();
@@ -1790,6 +1798,15 @@ mod tests {
         let bits = pack_bits(2, |_| true);
         remote.send(&Message::Bitfield { blob, num_pieces: 2, bits: &bits }).await;
         assert!(matches!(event(&mut rx).await, Event::PeerBitfield { .. }));
+        TwoPieces { node, _dir: dir, bytes, meta, rx, remote, task }
+    }
+
+    /// A corrupt piece still being verified when its sender closes the connection shuns the
+    /// sender all the same.
+    #[tokio::test]
+    async fn a_corrupt_piece_shuns_its_sender_that_closed_at_once() {
+        let TwoPieces { node, _dir, bytes, meta, mut rx, mut remote, task } = two_pieces().await;
+        let blob = meta.digest();
 
         let mut corrupt = piece(&meta, &bytes, 0).to_vec();
         corrupt[7] ^= 1;
@@ -1802,15 +1819,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_good_piece_is_reported_and_a_corrupt_one_shuns_its_sender() {
-        let (node, _dir) = node();
-        let bytes = data(2 * MIN_PIECE_LEN as usize);
-        let meta = meta(&bytes, MIN_PIECE_LEN);
+        let TwoPieces { node, _dir, bytes, meta, mut rx, mut remote, task } = two_pieces().await;
         let blob = meta.digest();
-        let mut rx = downloading(&node, meta.clone()).await;
-        let (mut remote, task) = connected(&node, 2).await;
-        let bits = pack_bits(2, |_| true);
-        remote.send(&Message::Bitfield { blob, num_pieces: 2, bits: &bits }).await;
-        assert!(matches!(event(&mut rx).await, Event::PeerBitfield { .. }));
 
         remote.send(&Message::Piece { blob, piece: 1, data: piece(&meta, &bytes, 1) }).await;
         let ev = event(&mut rx).await;
