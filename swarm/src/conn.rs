@@ -959,6 +959,24 @@ async fn verified(set: &mut JoinSet<Result<(), ConnError>>) -> Result<(), ConnEr
     }
 }
 
+/// Reads into `buf` within `deadline`, unless a piece being verified is done first: then
+/// `None`, and a corrupt piece ends the connection as soon as it is found, not at the next
+/// frame.
+async fn read_or_verified<R: AsyncRead + Unpin, B: bytes::BufMut>(
+    verifying: &mut JoinSet<Result<(), ConnError>>,
+    rd: &mut R,
+    buf: &mut B,
+    deadline: Duration,
+) -> Result<Option<Result<usize, tokio::time::error::Elapsed>>, ConnError> {
+    tokio::select! {
+        done = verified(verifying) => done.map(|()| None),
+        read = tokio::time::timeout(deadline, rd.read_buf(buf)) => match read {
+            Ok(n) => Ok(Some(Ok(n?))),
+            Err(elapsed) => Ok(Some(Err(elapsed))),
+        },
+    }
+}
+
 impl Reader {
     /// Reads and handles frames until the connection ends. Between frames the peer may be
     /// silent for `io_timeout` (it sends keep-alives at a third of it); once a frame has begun,
@@ -1001,16 +1019,9 @@ impl Reader {
                 let since = *frame_started.get_or_insert_with(tokio::time::Instant::now);
                 frame_timeout.saturating_sub(since.elapsed()).min(io_timeout)
             };
-            // A corrupt piece ends the connection as soon as it is found, not at the next frame.
-            let read = tokio::select! {
-                done = verified(&mut self.verifying) => {
-                    done?;
-                    continue;
-                }
-                read = tokio::time::timeout(deadline, rd.read_buf(&mut buf)) => read,
-            };
+            let Some(read) = read_or_verified(&mut self.verifying, rd, &mut buf, deadline).await? else { continue };
             let n = match read {
-                Ok(n) => n?,
+                Ok(n) => n,
                 Err(_) if buf.is_empty() => return Err(ConnError::Timeout(io_timeout)),
                 Err(_) => return Err(ConnError::Stalled(frame_timeout)),
             };
@@ -1040,15 +1051,9 @@ impl Reader {
             let deadline = frame_timeout.saturating_sub(since.elapsed()).min(io_timeout);
             let left = total - frame.len();
             let mut room = (&mut frame).limit(left);
-            let read = tokio::select! {
-                done = verified(&mut self.verifying) => {
-                    done?;
-                    continue;
-                }
-                read = tokio::time::timeout(deadline, rd.read_buf(&mut room)) => read,
-            };
+            let Some(read) = read_or_verified(&mut self.verifying, rd, &mut room, deadline).await? else { continue };
             let n = match read {
-                Ok(n) => n?,
+                Ok(n) => n,
                 Err(_) => return Err(ConnError::Stalled(frame_timeout)),
             };
             if n == 0 {
@@ -1180,13 +1185,14 @@ impl Reader {
                 let node = &self.node;
                 node.ingress.acquire(data.len()).await;
                 let task = receive_piece(node.clone(), self.conn.clone(), blob, piece, data);
-                let reads_on = slot.is_some();
-                self.verifying.spawn(async move {
-                    let _slot = slot;
-                    task.await
-                });
-                if !reads_on {
-                    verified(&mut self.verifying).await?;
+                match slot {
+                    Some(slot) => {
+                        self.verifying.spawn(async move {
+                            let _slot = slot;
+                            task.await
+                        });
+                    }
+                    None => task.await?, // No slot: verified before the reader reads on.
                 }
             }
         }
