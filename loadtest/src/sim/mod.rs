@@ -236,7 +236,9 @@ impl CpuModel {
     /// with `local --agents 10 --size 256MiB --agent-rate 50MiB --origin-rate 50MiB` on a
     /// 2-core Xeon: 7.47 CPU-seconds for the 2.5 GiB of pieces its agents received, 2.78 ns
     /// per byte, of which 0.29 writing warm store pages; all of it charged per piece byte as
-    /// [`CpuModel::calibrated`] does. (On 2026-12-02, before those changes: 3.71 ns.)
+    /// [`CpuModel::calibrated`] does. (On 2026-12-02, before those changes: 3.71 ns. The
+    /// same calibration of the build with pieces verified while the next are read, on a
+    /// 2-core AMD VM: 2.85 ns, 0.41 of it store writes; BENCHMARKS.md, "Validation".)
     pub fn measured(cores: usize) -> CpuModel {
         CpuModel { cores: cores.max(1), piece_rate: 1e9 / 2.78, blob_rate: f64::INFINITY }
     }
